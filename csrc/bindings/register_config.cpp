@@ -1,0 +1,45 @@
+// Build information, ISA levels, threads and the FMA roofline.
+#include <omp.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "build_info.h"
+#include "pyrnn/isa.h"
+#include "pyrnn/kernels.h"
+#include "pyrnn/threads.h"
+
+namespace py = pybind11;
+
+void register_config(py::module_& m) {
+  m.def("build_info", [] {
+    py::dict d;
+    d["compiler"] = PYRNN_COMPILER;
+    d["flags"] = PYRNN_FLAGS_COMMON;
+    py::dict isa_flags;
+#if defined(PYRNN_HAVE_X86)
+    isa_flags["avx512"] = PYRNN_FLAGS_AVX512;
+    isa_flags["avx2"] = PYRNN_FLAGS_AVX2;
+#endif
+    isa_flags["scalar"] = PYRNN_FLAGS_PORTABLE;
+    d["isa_flags"] = isa_flags;
+    d["openmp"] = int(_OPENMP);
+    return d;
+  });
+  m.def("isa_supported", [] {
+    std::vector<std::string> out;
+    for (auto i : pyrnn::isa_supported()) out.push_back(pyrnn::isa_name(i));
+    return out;
+  });
+  m.def("isa_selected", [] { return std::string(pyrnn::isa_name(pyrnn::isa_selected())); },
+        "The level kernels use now (PYRNN_ISA if set); ValueError if PYRNN_ISA is invalid or unsupported.");
+  m.def("get_num_threads", &pyrnn::get_num_threads);
+  m.def("set_num_threads", &pyrnn::set_num_threads, py::arg("n"));
+  m.def("num_procs", [] { return omp_get_num_procs(); });
+  m.def(
+      "fma_peak_gflops",
+      [](int nthreads, double seconds) {
+        py::gil_scoped_release nogil;
+        return pyrnn::measure_fma_peak_gflops(nthreads, seconds);
+      },
+      py::arg("nthreads"), py::arg("seconds") = 0.2);
+}

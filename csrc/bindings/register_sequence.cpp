@@ -1,0 +1,238 @@
+// Sequence kernels: array checks, output allocation, GIL release.
+//
+// pyrnn.functional validates arguments with friendly messages first; the
+// checks here make the module safe to call directly (no crash on bad input).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstring>
+#include <optional>
+#include <string>
+
+#include "pyrnn/kernels.h"
+#include "pyrnn/threads.h"
+
+namespace py = pybind11;
+using pyrnn::CellKind;
+
+namespace {
+
+std::string shape_str(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) s += (d ? ", " : "") + std::to_string(a.shape(d));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+void check_array(const char* name, const py::array& a, const py::dtype& dt, std::initializer_list<int64_t> shape) {
+  if (!a.dtype().is(dt))
+    throw py::type_error(std::string(name) + " must have dtype " + std::string(py::str(dt)) + ", got " +
+                         std::string(py::str(a.dtype())));
+  bool ok = a.ndim() == py::ssize_t(shape.size());
+  int d = 0;
+  for (int64_t s : shape) ok = ok && a.shape(d++) == s;
+  if (!ok) {
+    std::string want = "(";
+    d = 0;
+    for (int64_t s : shape) want += (d++ ? ", " : "") + std::to_string(s);
+    throw py::value_error(std::string(name) + " must have shape " + want + (shape.size() == 1 ? ",)" : ")") +
+                          ", got " + shape_str(a));
+  }
+  if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(name) + " must be C-contiguous");
+}
+
+std::optional<py::array> opt_array(const py::object& o) {
+  if (o.is_none()) return std::nullopt;
+  py::array a = py::array::ensure(o);
+  if (!a) throw py::type_error("expected an array or None, got " + std::string(py::str(py::type::of(o))));
+  return a;
+}
+
+// Keeps the forward's arrays alive for backward, with the kernel workspace.
+struct SequenceState {
+  CellKind cell = CellKind::Lstm;
+  bool f64 = false;
+  pyrnn::WorkspacePtr<float> wf;
+  pyrnn::WorkspacePtr<double> wd;
+  pyrnn::ForwardArgs<float> af;
+  pyrnn::ForwardArgs<double> ad;
+  py::object x, h0, c0, W_ih, W_hh, b_ih, b_hh, y, lengths;
+  int64_t T = 0, B = 0, I = 0, H = 0;
+  bool has_bias = false;
+
+  int64_t nbytes() const { return f64 ? (wd ? pyrnn::workspace_bytes(*wd) : 0) : (wf ? pyrnn::workspace_bytes(*wf) : 0); }
+};
+
+template <class T>
+T* ptr(const std::optional<py::array>& a) {
+  return a ? static_cast<T*>(const_cast<void*>(a->data())) : nullptr;
+}
+
+template <class Real>
+py::tuple forward_typed(CellKind cell, py::array x, std::optional<py::array> h0, std::optional<py::array> c0,
+                        py::array W_ih, py::array W_hh, std::optional<py::array> b_ih, std::optional<py::array> b_hh,
+                        std::optional<py::array> lengths, bool reverse, bool training) {
+  const py::dtype dt = py::dtype::of<Real>();
+  const int G = pyrnn::gates_of(cell);
+  if (x.ndim() != 3) throw py::value_error("x must be a 3-D array [T, B, I], got shape " + shape_str(x));
+  const int64_t T = x.shape(0), B = x.shape(1), I = x.shape(2);
+  if (W_hh.ndim() != 2) throw py::value_error("W_hh must be a 2-D array (G*H, H), got shape " + shape_str(W_hh));
+  const int64_t H = W_hh.shape(1);
+  if (T < 1) throw py::value_error("x must have at least one time step, got T = 0");
+  if (H < 1 || I < 1) throw py::value_error("input and hidden sizes must be at least 1");
+  check_array("x", x, dt, {T, B, I});
+  check_array("W_ih", W_ih, dt, {G * H, I});
+  check_array("W_hh", W_hh, dt, {G * H, H});
+  if (bool(b_ih) != bool(b_hh)) throw py::value_error("b_ih and b_hh must both be given or both be None");
+  if (b_ih) check_array("b_ih", *b_ih, dt, {G * H}), check_array("b_hh", *b_hh, dt, {G * H});
+  if (h0) check_array("h0", *h0, dt, {B, H});
+  if (c0) {
+    if (cell != CellKind::Lstm) throw py::value_error("c0 is only used by the LSTM");
+    check_array("c0", *c0, dt, {B, H});
+  }
+  if (lengths) {
+    check_array("lengths", *lengths, py::dtype::of<int64_t>(), {B});
+    const int64_t* L = ptr<int64_t>(lengths);
+    for (int64_t b = 0; b < B; ++b)
+      if (L[b] < 1 || L[b] > T)
+        throw py::value_error("lengths must lie in [1, T] = [1, " + std::to_string(T) + "], got " +
+                              std::to_string(L[b]) + " at index " + std::to_string(b));
+  }
+  // y is zero at padded steps, so it starts zeroed when lengths are given.
+  py::array_t<Real> y({T, B, H});
+  if (lengths) std::memset(y.mutable_data(), 0, sizeof(Real) * size_t(T * B * H));
+  py::array_t<Real> h_n({B, H});
+  py::object c_n = py::none();
+  pyrnn::ForwardArgs<Real> a;
+  a.cell = cell, a.T = T, a.B = B, a.I = I, a.H = H;
+  a.x = ptr<Real>(x), a.h0 = ptr<Real>(h0), a.c0 = ptr<Real>(c0);
+  a.W_ih = ptr<Real>(W_ih), a.W_hh = ptr<Real>(W_hh), a.b_ih = ptr<Real>(b_ih), a.b_hh = ptr<Real>(b_hh);
+  a.lengths = ptr<int64_t>(lengths);
+  a.reverse = reverse;
+  a.y = y.mutable_data(), a.h_n = h_n.mutable_data();
+  if (cell == CellKind::Lstm) {
+    py::array_t<Real> cn({B, H});
+    a.c_n = cn.mutable_data();
+    c_n = cn;
+  }
+  const int nth = pyrnn::get_num_threads();
+  pyrnn::WorkspacePtr<Real> ws;
+  {
+    py::gil_scoped_release nogil;  // only raw buffers are touched below
+    ws = pyrnn::sequence_forward<Real>(a, training, nth);
+  }
+  py::object state = py::none();
+  if (training) {
+    auto st = std::make_unique<SequenceState>();
+    st->cell = cell, st->T = T, st->B = B, st->I = I, st->H = H, st->has_bias = bool(b_ih);
+    st->x = x, st->W_ih = W_ih, st->W_hh = W_hh, st->y = y;
+    st->h0 = h0 ? py::object(*h0) : py::none();
+    st->c0 = c0 ? py::object(*c0) : py::none();
+    st->b_ih = b_ih ? py::object(*b_ih) : py::none();
+    st->b_hh = b_hh ? py::object(*b_hh) : py::none();
+    st->lengths = lengths ? py::object(*lengths) : py::none();
+    if constexpr (std::is_same_v<Real, float>) {
+      st->wf = std::move(ws), st->af = a;
+    } else {
+      st->f64 = true, st->wd = std::move(ws), st->ad = a;
+    }
+    state = py::cast(std::move(st));
+  }
+  return py::make_tuple(y, h_n, c_n, state);
+}
+
+template <class Real>
+py::tuple backward_typed(SequenceState& st, std::optional<py::array> dy, std::optional<py::array> dh_n,
+                         std::optional<py::array> dc_n, bool want_dh_seq) {
+  const py::dtype dt = py::dtype::of<Real>();
+  const int64_t T_ = st.T, B = st.B, I = st.I, H = st.H, G = pyrnn::gates_of(st.cell);
+  if (dy) check_array("dy", *dy, dt, {T_, B, H});
+  if (dh_n) check_array("dh_n", *dh_n, dt, {B, H});
+  if (dc_n) {
+    if (st.cell != CellKind::Lstm) throw py::value_error("dc_n is only used by the LSTM");
+    check_array("dc_n", *dc_n, dt, {B, H});
+  }
+  auto zeros = [&](std::initializer_list<int64_t> shape) {
+    py::array_t<Real> a(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+    std::memset(a.mutable_data(), 0, sizeof(Real) * size_t(a.size()));
+    return a;
+  };
+  // dx rows of padded steps are never written; with an empty batch nothing is.
+  const bool sparse = !st.lengths.is_none() || B == 0;
+  py::array_t<Real> dx = sparse ? zeros({T_, B, I}) : py::array_t<Real>({T_, B, I});
+  py::array_t<Real> dh0 = zeros({B, H});
+  py::array_t<Real> dW_ih = B == 0 ? zeros({G * H, I}) : py::array_t<Real>({G * H, I});
+  py::array_t<Real> dW_hh = B == 0 ? zeros({G * H, H}) : py::array_t<Real>({G * H, H});
+  py::object dc0 = py::none(), db_ih = py::none(), db_hh = py::none(), dh_seq = py::none();
+  pyrnn::BackwardArgs<Real> g;
+  g.dy = ptr<Real>(dy), g.dh_n = ptr<Real>(dh_n), g.dc_n = ptr<Real>(dc_n);
+  g.dx = dx.mutable_data(), g.dh0 = dh0.mutable_data();
+  g.dW_ih = dW_ih.mutable_data(), g.dW_hh = dW_hh.mutable_data();
+  if (st.cell == CellKind::Lstm) {
+    auto a = zeros({B, H});
+    g.dc0 = a.mutable_data();
+    dc0 = a;
+  }
+  if (st.has_bias) {
+    auto a = zeros({G * H}), b = zeros({G * H});
+    g.db_ih = a.mutable_data(), g.db_hh = b.mutable_data();
+    db_ih = a, db_hh = b;
+  }
+  if (want_dh_seq) {
+    auto a = zeros({T_, B, H});
+    g.dh_seq = a.mutable_data();
+    dh_seq = a;
+  }
+  const int nth = pyrnn::get_num_threads();
+  {
+    py::gil_scoped_release nogil;
+    if constexpr (std::is_same_v<Real, float>)
+      pyrnn::sequence_backward<float>(*st.wf, st.af, g, nth);
+    else
+      pyrnn::sequence_backward<double>(*st.wd, st.ad, g, nth);
+  }
+  return py::make_tuple(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dh_seq);
+}
+
+}  // namespace
+
+void register_sequence(py::module_& m) {
+  py::enum_<CellKind>(m, "CellKind")
+      .value("RNN_TANH", CellKind::RnnTanh)
+      .value("RNN_RELU", CellKind::RnnRelu)
+      .value("LSTM", CellKind::Lstm)
+      .value("GRU", CellKind::Gru)
+      .value("GRU_RESET_BEFORE", CellKind::GruResetBefore);
+
+  py::class_<SequenceState>(m, "Workspace",
+                            "What a training forward keeps for backward: saved activations plus "
+                            "references to the forward's inputs, weights and outputs.")
+      .def_readonly("cell", &SequenceState::cell)
+      .def_property_readonly("nbytes", &SequenceState::nbytes, "Bytes of saved activations.")
+      .def_property_readonly("dtype", [](const SequenceState& s) { return s.f64 ? py::dtype::of<double>() : py::dtype::of<float>(); })
+      .def_property_readonly("shape", [](const SequenceState& s) { return py::make_tuple(s.T, s.B, s.I, s.H); });
+
+  m.def(
+      "sequence_forward",
+      [](CellKind cell, py::array x, py::object h0, py::object c0, py::array W_ih, py::array W_hh, py::object b_ih,
+         py::object b_hh, py::object lengths, bool reverse, bool training) {
+        if (x.dtype().is(py::dtype::of<float>()))
+          return forward_typed<float>(cell, x, opt_array(h0), opt_array(c0), W_ih, W_hh, opt_array(b_ih),
+                                      opt_array(b_hh), opt_array(lengths), reverse, training);
+        if (x.dtype().is(py::dtype::of<double>()))
+          return forward_typed<double>(cell, x, opt_array(h0), opt_array(c0), W_ih, W_hh, opt_array(b_ih),
+                                       opt_array(b_hh), opt_array(lengths), reverse, training);
+        throw py::type_error("x must have dtype float32 or float64, got " + std::string(py::str(x.dtype())));
+      },
+      py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("W_ih"), py::arg("W_hh"), py::arg("b_ih"),
+      py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"), py::arg("training"),
+      "Returns (y, h_n, c_n or None, Workspace or None).");
+
+  m.def(
+      "sequence_backward",
+      [](SequenceState& st, py::object dy, py::object dh_n, py::object dc_n, bool want_dh_seq) {
+        if (st.f64) return backward_typed<double>(st, opt_array(dy), opt_array(dh_n), opt_array(dc_n), want_dh_seq);
+        return backward_typed<float>(st, opt_array(dy), opt_array(dh_n), opt_array(dc_n), want_dh_seq);
+      },
+      py::arg("workspace"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("want_dh_seq") = false,
+      "Returns (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dh_seq); absent entries are None.");
+}

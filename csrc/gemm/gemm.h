@@ -1,0 +1,226 @@
+// Packed GEMM for one ISA level: micro-kernels, packing, a per-thread driver.
+//
+// C[M,N] (+)= A[M,K] B[K,N]. The micro-kernel keeps an MR x (NV*lanes) tile
+// of C in registers; B arrives packed in panels of NV*lanes columns
+// ([K][NR] contiguous), A either packed in MR-row panels ([K][MR]) or read in
+// place through MR row pointers (rows contiguous along K). Each element of C
+// is summed over k in increasing order whatever the blocking, which is what
+// makes results independent of how work is split among threads.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "simd.h"
+#include "../sequence/aligned.h"
+
+namespace pyrnn {
+namespace PYRNN_ISA_NS {
+
+// Tile shapes. With 32 registers a 6 x 4-vector tile leaves room for the B
+// vectors and the broadcast; with 16, 6 x 2.
+constexpr int kGemmNV = PYRNN_NREGS >= 32 ? 4 : 2;
+constexpr int kGemmMR = 6;
+
+// Rows of a tile whose accumulators fit beside NV B vectors and a broadcast.
+constexpr int tile_rows(int nv) {
+  int r = (PYRNN_NREGS - nv - 2) / nv;
+  int cap = PYRNN_NREGS >= 32 ? 12 : 8;
+  return r < 1 ? 1 : (r > cap ? cap : r);
+}
+
+// tile[MR][NV*lanes] = sum_k A(r,k) * Bp[k][:]
+// PACKED_A: a[k*MR + r]; otherwise arows[r][k].
+template <class T, int MR, int NV, bool PACKED_A>
+inline void ukernel(int64_t K, const T* __restrict a, const T* const* arows, const T* __restrict b,
+                    T* __restrict tile) {
+  constexpr int L = kLanes<T>;
+  Vec<T> acc[MR][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[r][v] = Vec<T>{};
+  const T* ap[MR];
+  if (!PACKED_A) {
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) ap[r] = arows[r];
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    Vec<T> bv[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) bv[v] = loadu(b + v * L);
+    b += NV * L;
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      Vec<T> av = bcast(PACKED_A ? a[r] : ap[r][k]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
+    }
+    if (PACKED_A) a += MR;
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) storeu(tile + (r * NV + v) * L, acc[r][v]);
+}
+
+// Runs the MR-row kernel with only m rows (1 <= m <= MR): a small batch must
+// not pay for MR rows of FMAs. For packed A the panel keeps its MR stride.
+template <class T, int MR, int NV, bool PACKED_A, int M = MR>
+inline void ukernel_rows(int m, int64_t K, const T* a, const T* const* arows, const T* b, T* tile) {
+  if constexpr (PACKED_A) {
+    ukernel<T, MR, NV, true>(K, a, arows, b, tile);
+  } else if constexpr (M == 1) {
+    ukernel<T, 1, NV, false>(K, a, arows, b, tile);
+  } else {
+    if (m == M)
+      ukernel<T, M, NV, false>(K, a, arows, b, tile);
+    else
+      ukernel_rows<T, MR, NV, false, M - 1>(m, K, a, arows, b, tile);
+  }
+}
+
+// B(k,n): by_rows ? ptr[k][n] : ptr[n][k]; a null pointer reads as zeros.
+template <class T>
+struct BView {
+  const T* const* ptr = nullptr;
+  bool by_rows = true;
+};
+
+// A(i,k): rows ? rows[i][k] : p[i*rs + k*cs].
+template <class T>
+struct AView {
+  const T* const* rows = nullptr;
+  const T* p = nullptr;
+  int64_t rs = 0, cs = 0;
+};
+
+// C(i,n): rows ? rows[i][n] (a null row is dropped) : p[i*ld + n].
+template <class T>
+struct CView {
+  T* const* rows = nullptr;
+  T* p = nullptr;
+  int64_t ld = 0;
+  T* row(int64_t i) const { return rows ? rows[i] : p + i * ld; }
+};
+
+// Packs B(k0..k0+kc, n0..n0+nc) into panels of NR columns, zero-padded.
+template <class T, int NR>
+void pack_b(const BView<T>& B, int64_t k0, int64_t kc, int64_t n0, int64_t nc, T* out) {
+  for (int64_t j = 0; j < nc; j += NR) {
+    int64_t nw = std::min<int64_t>(NR, nc - j);
+    for (int64_t k = 0; k < kc; ++k) {
+      T* o = out + (j / NR) * kc * NR + k * NR;
+      if (B.by_rows) {
+        const T* src = B.ptr[k0 + k];
+        if (src)
+          for (int64_t n = 0; n < nw; ++n) o[n] = src[n0 + j + n];
+        else
+          for (int64_t n = 0; n < nw; ++n) o[n] = T(0);
+      } else {
+        for (int64_t n = 0; n < nw; ++n) {
+          const T* src = B.ptr[n0 + j + n];
+          o[n] = src ? src[k0 + k] : T(0);
+        }
+      }
+      for (int64_t n = nw; n < NR; ++n) o[n] = T(0);
+    }
+  }
+}
+
+// Packs A(i0..i0+mc, k0..k0+kc) (strided view) into MR-row panels, zero-padded.
+template <class T, int MR>
+void pack_a(const AView<T>& A, int64_t i0, int64_t mc, int64_t k0, int64_t kc, T* out) {
+  for (int64_t i = 0; i < mc; i += MR) {
+    int64_t mw = std::min<int64_t>(MR, mc - i);
+    T* o = out + (i / MR) * kc * MR;
+    for (int64_t k = 0; k < kc; ++k) {
+      const T* src = A.p + (i0 + i) * A.rs + (k0 + k) * A.cs;
+      for (int64_t r = 0; r < mw; ++r) o[k * MR + r] = src[r * A.rs];
+      for (int64_t r = mw; r < MR; ++r) o[k * MR + r] = T(0);
+    }
+  }
+}
+
+// Adds (or stores) an m x nw corner of a tile into C rows i0.., columns n0..
+template <class T, int NR>
+inline void write_tile(const T* tile, int m, int nw, const CView<T>& C, int64_t i0, int64_t n0,
+                       const T* bias, bool overwrite) {
+  for (int r = 0; r < m; ++r) {
+    T* c = C.row(i0 + r);
+    if (!c) continue;
+    c += n0;
+    const T* t = tile + r * NR;
+    if (overwrite) {
+      if (bias)
+        for (int n = 0; n < nw; ++n) c[n] = t[n] + bias[n0 + n];
+      else
+        for (int n = 0; n < nw; ++n) c[n] = t[n];
+    } else {
+      for (int n = 0; n < nw; ++n) c[n] += t[n];
+    }
+  }
+}
+
+// Per-thread scratch for gemm(); grows on demand, reused across calls.
+template <class T>
+struct GemmScratch {
+  AlignedBuffer<T> a, b;
+};
+
+// One thread computes C[0..M, 0..N] = A B (+ bias[n]) or C += A B.
+// Called by each thread on its own block of C, so no synchronisation here.
+template <class T>
+void gemm(int64_t M, int64_t N, int64_t K, const AView<T>& A, const BView<T>& B, const CView<T>& C,
+          const T* bias, bool accumulate, GemmScratch<T>& s) {
+  constexpr int NV = kGemmNV, MR = kGemmMR, NR = NV * kLanes<T>;
+  // B block kc x nc (~256 KiB) stays in L2; in-place A rows are re-read from L2 per panel.
+  constexpr int64_t KC = 256;
+  constexpr int64_t NC = (int64_t(256 * 1024) / int64_t(KC * sizeof(T))) / NR * NR;
+  constexpr int64_t MC = 72;
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < M; ++i) {
+        T* c = C.row(i);
+        if (c)
+          for (int64_t n = 0; n < N; ++n) c[n] = bias ? bias[n] : T(0);
+      }
+    return;
+  }
+  const bool packed_a = A.rows == nullptr;
+  s.b.reserve(size_t(KC * NC));
+  if (packed_a) s.a.reserve(size_t(KC * MC));
+  alignas(64) T tile[MR * NR];
+  const T* arows[MR];
+  for (int64_t jc = 0; jc < N; jc += NC) {
+    int64_t nc = std::min(NC, N - jc);
+    for (int64_t pc = 0; pc < K; pc += KC) {
+      int64_t kc = std::min(KC, K - pc);
+      bool first = pc == 0;
+      pack_b<T, NR>(B, pc, kc, jc, nc, s.b.data());
+      for (int64_t ic = 0; ic < M; ic += MC) {
+        int64_t mc = std::min(MC, M - ic);
+        if (packed_a) pack_a<T, MR>(A, ic, mc, pc, kc, s.a.data());
+        for (int64_t jr = 0; jr < nc; jr += NR) {
+          int nw = int(std::min<int64_t>(NR, nc - jr));
+          const T* bp = s.b.data() + (jr / NR) * kc * NR;
+          for (int64_t ir = 0; ir < mc; ir += MR) {
+            int m = int(std::min<int64_t>(MR, mc - ir));
+            if (packed_a) {
+              ukernel<T, MR, NV, true>(kc, s.a.data() + (ir / MR) * kc * MR, nullptr, bp, tile);
+            } else {
+              for (int r = 0; r < MR; ++r) arows[r] = A.rows[ic + ir + std::min(r, m - 1)] + pc;
+              ukernel_rows<T, MR, NV, false>(m, kc, nullptr, arows, bp, tile);
+            }
+            write_tile<T, NR>(tile, m, nw, C, ic + ir, jc + jr, bias,
+                              first && !accumulate);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace PYRNN_ISA_NS
+}  // namespace pyrnn

@@ -1,0 +1,86 @@
+// Sequence kernels: one layer, one direction, a whole sequence per call.
+//
+// Dimension names, used the same way everywhere:
+//   T time steps, B batch, I input features, H hidden units, G gates per unit
+//   (RNN 1, GRU 3, LSTM 4). Layout is PyTorch's:
+//   x [T,B,I]; h0, c0, h_n, c_n [B,H]; y [T,B,H];
+//   W_ih [G*H,I]; W_hh [G*H,H]; b_ih, b_hh [G*H]; gate order LSTM i,f,g,o, GRU r,z,n.
+// All arrays are C-contiguous. Optional pointers may be null (zeros / no bias).
+#pragma once
+#include <cstdint>
+#include <memory>
+
+#include "pyrnn/isa.h"
+
+namespace pyrnn {
+
+enum class CellKind : int { RnnTanh = 0, RnnRelu = 1, Lstm = 2, Gru = 3, GruResetBefore = 4 };
+
+int gates_of(CellKind cell);
+
+template <class Real>
+struct ForwardArgs {
+  CellKind cell = CellKind::Lstm;
+  int64_t T = 0, B = 0, I = 0, H = 0;
+  const Real* x = nullptr;
+  const Real* h0 = nullptr;       // null: zeros
+  const Real* c0 = nullptr;       // LSTM only; null: zeros
+  const Real* W_ih = nullptr;
+  const Real* W_hh = nullptr;
+  const Real* b_ih = nullptr;     // null: no bias (then b_hh is null too)
+  const Real* b_hh = nullptr;
+  const int64_t* lengths = nullptr;  // [B] in [1,T]; null: all T
+  bool reverse = false;        // consume x[L_b-1] ... x[0]; y stays aligned with x
+  Real* y = nullptr;              // [T,B,H]; must be zero-filled by the caller when lengths are given
+  Real* h_n = nullptr;
+  Real* c_n = nullptr;            // LSTM only
+};
+
+// What backward needs, filled by a training forward. Owned by the caller
+// (Python holds it together with references to the forward's arrays, which
+// backward reads again: x, h0, c0, the weights and y).
+template <class T>
+struct Workspace;
+
+template <class T>
+struct WorkspaceDeleter {
+  void operator()(Workspace<T>* w) const;
+};
+template <class T>
+using WorkspacePtr = std::unique_ptr<Workspace<T>, WorkspaceDeleter<T>>;
+
+template <class Real>
+struct BackwardArgs {
+  const Real* dy = nullptr;     // [T,B,H]; null: zeros
+  const Real* dh_n = nullptr;   // [B,H]; null: zeros
+  const Real* dc_n = nullptr;   // LSTM; null: zeros
+  Real* dx = nullptr;           // [T,B,I] (overwritten)
+  Real* dh0 = nullptr;          // [B,H] (overwritten)
+  Real* dc0 = nullptr;          // LSTM [B,H] (overwritten)
+  Real* dW_ih = nullptr;        // overwritten
+  Real* dW_hh = nullptr;
+  Real* db_ih = nullptr;        // overwritten when the forward had a bias
+  Real* db_hh = nullptr;
+  // Optional [T,B,H]: ||dL/dh_t|| diagnostics; receives dL/dh_t for each step
+  // (the total gradient reaching h_t, recurrent and from dy). Null: not stored.
+  Real* dh_seq = nullptr;
+};
+
+// Entry points; every call picks the kernel for isa_selected() once.
+// `training`: when true, returns a workspace for backward; otherwise null.
+template <class T>
+WorkspacePtr<T> sequence_forward(const ForwardArgs<T>& args, bool training, int nthreads);
+
+template <class T>
+void sequence_backward(const Workspace<T>& ws, const ForwardArgs<T>& fwd, const BackwardArgs<T>& args,
+                       int nthreads);
+
+// Bytes a training workspace holds for these arguments (for reporting memory use).
+template <class T>
+int64_t workspace_bytes(const Workspace<T>& ws);
+
+// Register-only FMA loop for the roofline: returns fp32 GFLOP/s measured on
+// `nthreads` threads with the selected ISA.
+double measure_fma_peak_gflops(int nthreads, double seconds);
+
+}  // namespace pyrnn

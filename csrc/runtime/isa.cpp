@@ -1,0 +1,82 @@
+// Run-time ISA detection with CPUID/XGETBV, and the PYRNN_ISA override.
+#include "pyrnn/isa.h"
+
+#include <cstdint>
+#include <cstdlib>
+#include <stdexcept>
+
+#if defined(PYRNN_HAVE_X86)
+#include <cpuid.h>
+#endif
+
+namespace pyrnn {
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::Avx512: return "avx512";
+    case Isa::Avx2: return "avx2";
+    default: return "scalar";
+  }
+}
+
+namespace {
+#if defined(PYRNN_HAVE_X86)
+// XCR0 bits the OS must save for the vector state to survive a context switch.
+uint64_t xcr0() {
+  uint32_t eax, edx;
+  __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
+  return (uint64_t(edx) << 32) | eax;
+}
+
+Isa detect() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return Isa::Portable;
+  const bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28);
+  if (!(fma && osxsave && avx)) return Isa::Portable;
+  const uint64_t xcr = xcr0();
+  if ((xcr & 0x6) != 0x6) return Isa::Portable;  // SSE and AVX state
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return Isa::Portable;
+  const bool avx2 = b & (1u << 5);
+  if (!avx2) return Isa::Portable;
+  const bool f = b & (1u << 16), dq = b & (1u << 17), bw = b & (1u << 30), vl = b & (1u << 31);
+  if (f && dq && bw && vl && (xcr & 0xE6) == 0xE6) return Isa::Avx512;  // + opmask, ZMM state
+  return Isa::Avx2;
+}
+#else
+Isa detect() { return Isa::Portable; }
+#endif
+}  // namespace
+
+Isa isa_best_supported() {
+  static const Isa best = detect();
+  return best;
+}
+
+std::vector<Isa> isa_supported() {
+  std::vector<Isa> out;
+  for (int i = 0; i <= int(isa_best_supported()); ++i) out.push_back(Isa(i));
+  return out;
+}
+
+Isa isa_from_name(const std::string& name) {
+  if (name == "avx512") return Isa::Avx512;
+  if (name == "avx2") return Isa::Avx2;
+  if (name == "scalar" || name == "portable") return Isa::Portable;
+  throw std::invalid_argument("PYRNN_ISA must be one of 'avx512', 'avx2', 'scalar', got '" + name + "'");
+}
+
+Isa isa_selected() {
+  const char* env = std::getenv("PYRNN_ISA");
+  if (!env || !*env) return isa_best_supported();
+  Isa want = isa_from_name(env);
+  if (int(want) > int(isa_best_supported()))
+    throw std::invalid_argument(std::string("PYRNN_ISA=") + env + " is not supported by this CPU/build; supported: " +
+                                [] {
+                                  std::string s;
+                                  for (Isa i : isa_supported()) s += std::string(s.empty() ? "" : ", ") + isa_name(i);
+                                  return s;
+                                }());
+  return want;
+}
+
+}  // namespace pyrnn

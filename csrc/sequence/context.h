@@ -1,0 +1,101 @@
+// Shared state of one forward or backward call, for one ISA level.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "../gemm/gemm.h"
+#include "workspace.h"
+
+namespace pyrnn {
+namespace PYRNN_ISA_NS {
+
+// Hidden-state rows given by the caller are H wide; internal rows are Hp wide
+// (whole vectors). These read and write the unpadded ones at unit u.
+template <class T>
+inline Vec<T> load_h(const T* row, int64_t u, int64_t H) {
+  constexpr int L = kLanes<T>;
+  if (u + L <= H) return loadu(row + u);
+  if (u >= H) return Vec<T>{};
+  return load_first(row + u, int(H - u));
+}
+template <class T>
+inline void store_h(T* row, int64_t u, int64_t H, Vec<T> v) {
+  constexpr int L = kLanes<T>;
+  if (u + L <= H)
+    storeu(row + u, v);
+  else if (u < H)
+    store_first(row + u, v, int(H - u));
+}
+
+inline void split_range(int64_t n, int nth, int tid, int64_t& begin, int64_t& end) {
+  int64_t q = n / nth, r = n % nth;
+  begin = tid * q + std::min<int64_t>(tid, r);
+  end = begin + q + (tid < r ? 1 : 0);
+}
+
+template <class T>
+struct FwdCtx {
+  const ForwardArgs<T>& a;
+  const Schedule& sc;
+  Workspace<T>* ws;  // null in inference
+  int64_t H, I, Hp;
+  AlignedBuffer<T> xp;       // [rows, G*Hp]: x W_ih^T + folded biases
+  AlignedBuffer<T> bias;     // [G*Hp] folded into xp
+  AlignedBuffer<T> b_hn;     // [Hp] GRU (reset after)
+  AlignedBuffer<T> panels;   // recurrent weights in blocked panels
+  AlignedBuffer<T> panels2;  // GRU reset-before: W_hn panels
+  AlignedBuffer<T> state;    // [B, Hp] LSTM c; GRU reset-before z (inference)
+  AlignedBuffer<T> rh;       // [B, Hp] GRU reset-before r*h (inference)
+  AlignedBuffer<T> zeros;    // a zero row
+  std::vector<const T*> xrows, hprev;  // [rows]
+  std::vector<T*> yrows;               // [rows]
+  std::vector<const T*> wih_cols;      // [G*Hp] W_ih row of a gate column; null: padding
+
+  FwdCtx(const ForwardArgs<T>& args, const Schedule& s, Workspace<T>* w, int64_t hp)
+      : a(args), sc(s), ws(w), H(args.H), I(args.I), Hp(hp) {}
+
+  T* rh_row(int64_t s, int64_t i) {
+    return ws ? ws->extra.data() + (sc.offset[s] + i) * Hp : rh.data() + i * Hp;
+  }
+};
+
+template <class T>
+struct BwdCtx {
+  const ForwardArgs<T>& a;
+  const BackwardArgs<T>& g;
+  const Workspace<T>& ws;
+  const Schedule& sc;
+  int64_t H, I, Hp;
+  AlignedBuffer<T> dG;       // [rows, kGrad*Hp]
+  AlignedBuffer<T> panels;   // W_hh for dh_{t-1} = dG_hh W_hh, in unit blocks
+  AlignedBuffer<T> panels2;  // GRU reset-before: W_hn
+  AlignedBuffer<T> carry;    // [B, Hp] LSTM dc; GRU the part of dh_{t-1} not through W_hh
+  AlignedBuffer<T> zeros;
+  std::vector<const T*> hprev, xrows;
+  std::vector<T*> yrows;
+
+  BwdCtx(const ForwardArgs<T>& fa, const BackwardArgs<T>& ba, const Workspace<T>& w)
+      : a(fa), g(ba), ws(w), sc(w.sched), H(fa.H), I(fa.I), Hp(w.Hp) {}
+
+  const T* c0row(int64_t i) const { return a.c0 ? a.c0 + sc.order[i] * H : zeros.data(); }
+};
+
+// Row pointers of every packed row: x_t, y_t and h_{t-1} (h0 or zeros at s=0).
+template <class T, class Ctx>
+void fill_row_pointers(Ctx& c, const T* x, const T* h0, T* y) {
+  const Schedule& sc = c.sc;
+  c.xrows.resize(sc.rows);
+  c.hprev.resize(sc.rows);
+  c.yrows.resize(sc.rows);
+  for (int64_t s = 0; s < sc.S; ++s)
+    for (int64_t i = 0; i < sc.active[s]; ++i) {
+      int64_t row = sc.offset[s] + i, b = sc.row_b[row], t = sc.row_t[row];
+      c.xrows[row] = x + (t * sc.B + b) * c.I;
+      c.yrows[row] = y + (t * sc.B + b) * c.H;
+      c.hprev[row] = s == 0 ? (h0 ? h0 + b * c.H : c.zeros.data()) : c.yrows[sc.offset[s - 1] + i];
+    }
+}
+
+}  // namespace PYRNN_ISA_NS
+}  // namespace pyrnn

@@ -1,0 +1,114 @@
+// ISA-independent parts of a sequence call: the schedule and the dispatch.
+#include <algorithm>
+#include <numeric>
+#include <stdexcept>
+
+#include "dispatch.h"
+#include "pyrnn/threads.h"
+#include "workspace.h"
+
+namespace pyrnn {
+
+int gates_of(CellKind cell) {
+  switch (cell) {
+    case CellKind::Lstm: return 4;
+    case CellKind::Gru:
+    case CellKind::GruResetBefore: return 3;
+    default: return 1;
+  }
+}
+
+Schedule make_schedule(int64_t T, int64_t B, const int64_t* lengths, bool reverse) {
+  Schedule s;
+  s.T = T, s.B = B, s.reverse = reverse;
+  s.order.resize(size_t(B));
+  std::iota(s.order.begin(), s.order.end(), int64_t(0));
+  auto len_of = [&](int64_t b) { return lengths ? lengths[b] : T; };
+  std::stable_sort(s.order.begin(), s.order.end(), [&](int64_t a, int64_t b) { return len_of(a) > len_of(b); });
+  s.len.resize(size_t(B));
+  for (int64_t i = 0; i < B; ++i) s.len[i] = len_of(s.order[i]);
+  s.S = B ? s.len[0] : 0;
+  s.active.assign(size_t(s.S), 0);
+  s.offset.assign(size_t(s.S + 1), 0);
+  for (int64_t st = 0; st < s.S; ++st) {
+    int64_t n = 0;
+    while (n < B && s.len[n] > st) ++n;  // a prefix, lengths decrease along i
+    s.active[st] = n;
+    s.offset[st + 1] = s.offset[st] + n;
+  }
+  s.rows = s.offset[s.S];
+  s.row_b.resize(size_t(s.rows));
+  s.row_t.resize(size_t(s.rows));
+  for (int64_t st = 0; st < s.S; ++st)
+    for (int64_t i = 0; i < s.active[st]; ++i) {
+      int64_t row = s.offset[st] + i;
+      s.row_b[row] = s.order[i];
+      s.row_t[row] = reverse ? s.len[i] - 1 - st : st;
+    }
+  return s;
+}
+
+const KernelTable& kernels_for(Isa isa) {
+#if defined(PYRNN_HAVE_X86)
+  if (isa == Isa::Avx512) return kernels_avx512();
+  if (isa == Isa::Avx2) return kernels_avx2();
+#endif
+  (void)isa;
+  return kernels_portable();
+}
+
+namespace {
+template <class T>
+void run_forward(const KernelTable& k, const ForwardArgs<T>& a, Workspace<T>& w, bool tr, int nth) {
+  if constexpr (std::is_same_v<T, float>)
+    k.forward_f32(a, w, tr, nth);
+  else
+    k.forward_f64(a, w, tr, nth);
+}
+template <class T>
+void run_backward(const KernelTable& k, const Workspace<T>& w, const ForwardArgs<T>& a, const BackwardArgs<T>& g,
+                  int nth) {
+  if constexpr (std::is_same_v<T, float>)
+    k.backward_f32(w, a, g, nth);
+  else
+    k.backward_f64(w, a, g, nth);
+}
+}  // namespace
+
+template <class T>
+WorkspacePtr<T> sequence_forward(const ForwardArgs<T>& args, bool training, int nthreads) {
+  WorkspacePtr<T> w(new Workspace<T>());
+  w->sched = make_schedule(args.T, args.B, args.lengths, args.reverse);
+  w->cell = args.cell;
+  w->isa = isa_selected();
+  run_forward(kernels_for(w->isa), args, *w, training, std::max(1, nthreads));
+  if (!training) w.reset();
+  return w;
+}
+
+template <class T>
+void sequence_backward(const Workspace<T>& ws, const ForwardArgs<T>& fwd, const BackwardArgs<T>& args, int nthreads) {
+  // Backward runs on the level that ran forward: the saved layout depends on it.
+  run_backward(kernels_for(ws.isa), ws, fwd, args, std::max(1, nthreads));
+}
+
+template <class T>
+int64_t workspace_bytes(const Workspace<T>& ws) {
+  return int64_t((ws.gates.size() + ws.extra.size()) * sizeof(T));
+}
+
+double measure_fma_peak_gflops(int nthreads, double seconds) {
+  return kernels_for(isa_selected()).fma_peak(std::max(1, nthreads), seconds);
+}
+
+template WorkspacePtr<float> sequence_forward(const ForwardArgs<float>&, bool, int);
+template WorkspacePtr<double> sequence_forward(const ForwardArgs<double>&, bool, int);
+template void sequence_backward(const Workspace<float>&, const ForwardArgs<float>&, const BackwardArgs<float>&, int);
+template void sequence_backward(const Workspace<double>&, const ForwardArgs<double>&, const BackwardArgs<double>&,
+                                int);
+template int64_t workspace_bytes(const Workspace<float>&);
+template int64_t workspace_bytes(const Workspace<double>&);
+template struct WorkspaceDeleter<float>;
+template struct WorkspaceDeleter<double>;
+
+}  // namespace pyrnn

@@ -1,0 +1,512 @@
+// The time loop of one layer, one direction, for one ISA level.
+//
+// Forward: (1) the input projection x W_ih^T + b for all valid (t, b) rows as
+// one GEMM before the loop; (2) per step, the recurrent GEMM h_{t-1} W_hh^T
+// tile by tile with the cell's element-wise update applied to each tile while
+// it is in L1 (cells.h). Threads own fixed blocks of hidden units with all
+// their gates, so each keeps its slice of the packed W_hh in its own L2 for
+// the whole sequence; the only synchronisation is one barrier per step (two
+// for GRU reset-before, whose W_hn multiplies r*h).
+//
+// Backward: per step (last to first), the GEMM dh = dG_{t+1} W_hh for the
+// thread's unit block, fused with the cell's gradient kernel that writes dG_t;
+// one barrier per step. After the loop dx, dW_ih, dW_hh come from single
+// GEMMs over all rows and db from column sums.
+//
+// Every output element is summed in a fixed order (k ascending in GEMMs, rows
+// ascending in reductions), and work is split only over output elements, so
+// results are bitwise identical for any thread count.
+#pragma once
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+
+#include "../cells/cells.h"
+#include "context.h"
+#include "dispatch.h"
+
+namespace pyrnn {
+namespace PYRNN_ISA_NS {
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Panel for forward block j: [H][ng*HB], column gi*HB + v holds gate gates[gi]
+// of unit j*HB + v (zero beyond H).
+template <class T>
+void pack_forward_panel(const T* W, int64_t H, const int* gates, int ng, int64_t HB, int64_t j, T* out) {
+  const int64_t NR = ng * HB;
+  for (int gi = 0; gi < ng; ++gi)
+    for (int64_t v = 0; v < HB; ++v) {
+      int64_t u = j * HB + v;
+      const T* src = u < H ? W + (gates[gi] * H + u) * H : nullptr;
+      T* o = out + gi * HB + v;
+      for (int64_t k = 0; k < H; ++k) o[k * NR] = src ? src[k] : T(0);
+    }
+}
+
+// Panel for backward unit block q: [ng*Hp][UB], row gi*Hp + u' holds W_hh row
+// (gates[gi], u') restricted to units q*UB.. (zero beyond H).
+template <class T>
+void pack_backward_panel(const T* W, int64_t H, int64_t Hp, const int* gates, int ng, int64_t UB, int64_t q,
+                         T* out) {
+  for (int64_t k = 0; k < ng * Hp; ++k) {
+    int64_t up = k % Hp;
+    const T* src = up < H ? W + (gates[k / Hp] * H + up) * H : nullptr;
+    for (int64_t n = 0; n < UB; ++n) {
+      int64_t unit = q * UB + n;
+      out[k * UB + n] = (src && unit < H) ? src[unit] : T(0);
+    }
+  }
+}
+
+// x W_ih^T + bias for this thread's units [ua, ub) of every gate.
+template <class T>
+void project_inputs(FwdCtx<T>& f, int G, int64_t ua, int64_t ub, GemmScratch<T>& scratch) {
+  if (ua >= ub) return;
+  const int64_t ld = G * f.Hp;
+  for (int g = 0; g < G; ++g) {
+    int64_t c0 = g * f.Hp + ua;
+    gemm<T>(f.sc.rows, ub - ua, f.I, AView<T>{f.xrows.data()}, BView<T>{f.wih_cols.data() + c0, false},
+            CView<T>{nullptr, f.xp.data() + c0, ld}, f.bias.data() + c0, false, scratch);
+  }
+}
+
+// h_n (and c_n from `cstate`, [B,Hp]) for units [ua, ub): each entry's last valid step.
+template <class T>
+void write_final_state(FwdCtx<T>& f, int64_t ua, int64_t ub, const T* cstate) {
+  const Schedule& sc = f.sc;
+  ub = std::min(ub, f.H);
+  if (ua >= ub) return;
+  for (int64_t i = 0; i < sc.B; ++i) {
+    int64_t b = sc.order[i];
+    const T* h = f.yrows[sc.offset[sc.len[i] - 1] + i];
+    std::memcpy(f.a.h_n + b * f.H + ua, h + ua, sizeof(T) * size_t(ub - ua));
+    if (cstate) std::memcpy(f.a.c_n + b * f.H + ua, cstate + i * f.Hp + ua, sizeof(T) * size_t(ub - ua));
+  }
+}
+
+// One step's recurrent GEMM over the active entries for one block, each tile
+// handed to `epi(i0, m, tile)`. `arow(i)` gives the A row of entry i.
+template <class T, int MR, int NV, class ARow, class Epi>
+inline void step_tiles(int64_t n, int64_t K, const T* panel, ARow arow, Epi epi) {
+  alignas(64) T tile[MR * NV * kLanes<T>];
+  const T* arows[MR];
+  for (int64_t r0 = 0; r0 < n; r0 += MR) {
+    int m = int(std::min<int64_t>(MR, n - r0));
+    for (int r = 0; r < MR; ++r) arows[r] = arow(r0 + std::min(r, m - 1));
+    ukernel_rows<T, MR, NV, false>(m, K, nullptr, arows, panel, tile);
+    epi(r0, m, tile);
+  }
+}
+
+template <class T, class Cell, bool TRAIN>
+void forward_one_phase(FwdCtx<T>& f, int nthreads) {
+  constexpr int L = kLanes<T>, NV = Cell::G * Cell::kBlockVecs, MR = tile_rows(NV);
+  constexpr int64_t HB = Cell::kBlockVecs * L, NR = NV * L;
+  static constexpr int kGates[4] = {0, 1, 2, 3};
+  const Schedule& sc = f.sc;
+  const int64_t H = f.H, nblk = ceil_div(f.Hp, HB);
+  f.panels.reserve(size_t(nblk * H * NR));
+  const bool lstm = Cell::kSaved == 4 && !Cell::kDirectCarry;
+#pragma omp parallel num_threads(int(std::min<int64_t>(nthreads, nblk)))
+  {
+    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+    int64_t j0, j1;
+    split_range(nblk, nt, tid, j0, j1);
+    for (int64_t j = j0; j < j1; ++j)
+      pack_forward_panel(f.a.W_hh, H, kGates, Cell::G, HB, j, f.panels.data() + j * H * NR);
+    {
+      GemmScratch<T> scratch;
+      project_inputs(f, Cell::G, j0 * HB, std::min(j1 * HB, f.Hp), scratch);
+    }
+    for (int64_t s = 0; s < sc.S; ++s) {
+      const int64_t off = sc.offset[s];
+      for (int64_t j = j0; j < j1; ++j)
+        step_tiles<T, MR, NV>(
+            sc.active[s], H, f.panels.data() + j * H * NR, [&](int64_t i) { return f.hprev[off + i]; },
+            [&](int64_t i0, int m, const T* tile) {
+              Cell::template forward_tile<T, TRAIN>(f, s, i0, m, j * HB, tile);
+            });
+#pragma omp barrier
+    }
+    write_final_state(f, j0 * HB, j1 * HB, lstm ? f.state.data() : nullptr);
+  }
+}
+
+template <class T, bool TRAIN>
+void forward_gru_reset_before(FwdCtx<T>& f, int nthreads) {
+  using Cell = GruResetBeforeCell;
+  constexpr int L = kLanes<T>, MR1 = tile_rows(2), MR2 = tile_rows(1);
+  static constexpr int kRz[2] = {0, 1}, kN[1] = {2};
+  const Schedule& sc = f.sc;
+  const int64_t H = f.H, nblk = ceil_div(f.Hp, L);
+  f.panels.reserve(size_t(nblk * H * 2 * L));
+  f.panels2.reserve(size_t(nblk * H * L));
+#pragma omp parallel num_threads(int(std::min<int64_t>(nthreads, nblk)))
+  {
+    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+    int64_t j0, j1;
+    split_range(nblk, nt, tid, j0, j1);
+    for (int64_t j = j0; j < j1; ++j) {
+      pack_forward_panel(f.a.W_hh, H, kRz, 2, L, j, f.panels.data() + j * H * 2 * L);
+      pack_forward_panel(f.a.W_hh, H, kN, 1, L, j, f.panels2.data() + j * H * L);
+    }
+    {
+      GemmScratch<T> scratch;
+      project_inputs(f, 3, j0 * L, std::min(j1 * L, f.Hp), scratch);
+    }
+    for (int64_t s = 0; s < sc.S; ++s) {
+      const int64_t off = sc.offset[s], n = sc.active[s];
+      for (int64_t j = j0; j < j1; ++j)
+        step_tiles<T, MR1, 2>(
+            n, H, f.panels.data() + j * H * 2 * L, [&](int64_t i) { return f.hprev[off + i]; },
+            [&](int64_t i0, int m, const T* tile) { Cell::forward_rz<T, TRAIN>(f, s, i0, m, j * L, tile); });
+#pragma omp barrier
+      for (int64_t j = j0; j < j1; ++j)
+        step_tiles<T, MR2, 1>(
+            n, H, f.panels2.data() + j * H * L, [&](int64_t i) { return (const T*)f.rh_row(s, i); },
+            [&](int64_t i0, int m, const T* tile) { Cell::forward_n<T, TRAIN>(f, s, i0, m, j * L, tile); });
+#pragma omp barrier
+    }
+    write_final_state<T>(f, j0 * L, j1 * L, nullptr);
+  }
+}
+
+template <class T>
+void forward_impl(const ForwardArgs<T>& a, Workspace<T>& w, bool training, int nthreads) {
+  constexpr int L = kLanes<T>;
+  const Schedule& sc = w.sched;
+  if (sc.rows == 0) return;
+  const int64_t H = a.H, Hp = ceil_div(H, L) * L;
+  const int G = gates_of(a.cell);
+  FwdCtx<T> f(a, sc, training ? &w : nullptr, Hp);
+  f.zeros.zero(size_t(Hp + L));
+  fill_row_pointers<T>(f, a.x, a.h0, a.y);
+  f.wih_cols.assign(size_t(G * Hp), nullptr);
+  for (int g = 0; g < G; ++g)
+    for (int64_t u = 0; u < H; ++u) f.wih_cols[g * Hp + u] = a.W_ih + (g * H + u) * a.I;
+  // Biases that can be added before the nonlinearity go into the projection;
+  // GRU's b_hn stays apart because r multiplies it.
+  f.bias.zero(size_t(G * Hp));
+  f.b_hn.zero(size_t(Hp));
+  if (a.b_ih)
+    for (int g = 0; g < G; ++g)
+      for (int64_t u = 0; u < H; ++u) {
+        bool fold = !(a.cell == CellKind::Gru && g == 2);
+        f.bias.data()[g * Hp + u] = a.b_ih[g * H + u] + (fold ? a.b_hh[g * H + u] : T(0));
+        if (!fold) f.b_hn.data()[u] = a.b_hh[g * H + u];
+      }
+  f.xp.reserve(size_t(sc.rows * G * Hp));
+  f.state.zero(size_t(sc.B * Hp));
+  if (a.cell == CellKind::Lstm && a.c0)
+    for (int64_t i = 0; i < sc.B; ++i)
+      std::memcpy(f.state.data() + i * Hp, a.c0 + sc.order[i] * H, sizeof(T) * size_t(H));
+  if (a.cell == CellKind::GruResetBefore && !training) f.rh.zero(size_t(sc.B * Hp));
+  if (training) {
+    w.Hp = Hp;
+    int saved = a.cell == CellKind::Lstm || a.cell == CellKind::Gru ? 4 : a.cell == CellKind::GruResetBefore ? 3 : 0;
+    if (saved) w.gates.reserve(size_t(sc.rows * saved * Hp));
+    if (a.cell == CellKind::Lstm || a.cell == CellKind::GruResetBefore) w.extra.zero(size_t(sc.rows * Hp));
+  }
+  auto run = [&](auto train_tag) {
+    constexpr bool TR = decltype(train_tag)::value;
+    switch (a.cell) {
+      case CellKind::Lstm: return forward_one_phase<T, LstmCell, TR>(f, nthreads);
+      case CellKind::Gru: return forward_one_phase<T, GruCell, TR>(f, nthreads);
+      case CellKind::RnnTanh: return forward_one_phase<T, RnnCell<false>, TR>(f, nthreads);
+      case CellKind::RnnRelu: return forward_one_phase<T, RnnCell<true>, TR>(f, nthreads);
+      case CellKind::GruResetBefore: return forward_gru_reset_before<T, TR>(f, nthreads);
+    }
+  };
+  if (training)
+    run(std::true_type{});
+  else
+    run(std::false_type{});
+}
+
+// ---------------------------------------------------------------- backward --
+
+// The weight-gradient GEMMs after the loop: dG columns [col0, col0+ng*Hp) of
+// every row, times the rows `brows` (x or h_{t-1} per packed row), into the
+// weight rows of gates `order`.
+template <class T>
+struct WeightGradJob {
+  int64_t col0;
+  int ng;
+  const int* order;
+  const std::vector<const T*>* brows;
+  T* dW;
+  int64_t N;  // columns of dW
+};
+
+template <class T>
+void weight_grad(BwdCtx<T>& b, int64_t ldg, const WeightGradJob<T>& job, int tid, int nt, GemmScratch<T>& s) {
+  const int64_t Hp = b.Hp, H = b.H, M = job.ng * Hp;
+  int64_t m0, m1;
+  split_range(ceil_div(M, kGemmMR), nt, tid, m0, m1);
+  m0 *= kGemmMR, m1 = std::min(M, m1 * kGemmMR);
+  if (m0 >= m1) return;
+  std::vector<T*> crows(size_t(m1 - m0));
+  for (int64_t m = m0; m < m1; ++m) {
+    int64_t up = m % Hp;
+    crows[m - m0] = up < H ? job.dW + (job.order[m / Hp] * H + up) * job.N : nullptr;
+  }
+  AView<T> A{nullptr, b.dG.data() + job.col0 + m0, 1, ldg};
+  gemm<T>(m1 - m0, job.N, b.sc.rows, A, BView<T>{job.brows->data(), true}, CView<T>{crows.data()}, nullptr,
+          false, s);
+}
+
+// db over gate columns [col0, col0+ng*Hp): sums of dG over rows, in row order.
+template <class T>
+void bias_grad(BwdCtx<T>& b, int64_t ldg, int64_t col0, int ng, const int* order, T* db, int tid, int nt) {
+  constexpr int L = kLanes<T>;
+  const int64_t Hp = b.Hp, H = b.H, nvec = ng * Hp / L;
+  int64_t v0, v1;
+  split_range(nvec, nt, tid, v0, v1);
+  for (int64_t v = v0; v < v1; ++v) {
+    const T* p = b.dG.data() + col0 + v * L;
+    Vec<T> acc{};
+    for (int64_t row = 0; row < b.sc.rows; ++row) acc += loadu(p + row * ldg);
+    int64_t k = v * L, g = k / Hp, up = k % Hp;
+    store_h(db + order[g] * H, up, H, acc);
+  }
+}
+
+// dx for this thread's rows: dG_ih W_ih.
+template <class T>
+void input_grad(BwdCtx<T>& b, int64_t ldg, int64_t col0, int ng, const int* order, int tid, int nt,
+                GemmScratch<T>& s) {
+  const int64_t Hp = b.Hp, H = b.H, rows = b.sc.rows;
+  int64_t r0, r1;
+  split_range(rows, nt, tid, r0, r1);
+  if (r0 >= r1) return;
+  std::vector<const T*> arows(size_t(r1 - r0)), wrows(size_t(ng * Hp));
+  std::vector<T*> crows(size_t(r1 - r0));
+  for (int64_t r = r0; r < r1; ++r) {
+    arows[r - r0] = b.dG.data() + r * ldg + col0;
+    crows[r - r0] = b.g.dx + (b.sc.row_t[r] * b.sc.B + b.sc.row_b[r]) * b.I;
+  }
+  for (int64_t k = 0; k < ng * Hp; ++k)
+    wrows[k] = k % Hp < H ? b.a.W_ih + (order[k / Hp] * H + k % Hp) * b.I : nullptr;
+  gemm<T>(r1 - r0, b.I, ng * Hp, AView<T>{arows.data()}, BView<T>{wrows.data(), true}, CView<T>{crows.data()},
+          nullptr, false, s);
+}
+
+// Adds dy_t, the dh_n of entries whose last step is s, and the direct carry.
+template <class T, bool DIRECT>
+inline Vec<T> gather_dh(BwdCtx<T>& b, Vec<T> dh, int64_t i, int64_t row, int64_t u, bool last_step) {
+  const Schedule& sc = b.sc;
+  const int64_t H = b.H, bi = sc.row_b[row], t = sc.row_t[row];
+  if (b.g.dy) dh += load_h(b.g.dy + (t * sc.B + bi) * H, u, H);
+  if (last_step && b.g.dh_n) dh += load_h(b.g.dh_n + bi * H, u, H);
+  if (DIRECT) dh += loadu(b.carry.data() + i * b.Hp + u);
+  if (b.g.dh_seq) store_h(b.g.dh_seq + (t * sc.B + bi) * H, u, H, dh);
+  return dh;
+}
+
+// dh0 = dG_0 (hh columns) W_hh (+ carry when DIRECT) for units of block q.
+template <class T, int MR, int NV, bool DIRECT>
+void initial_state_grad(BwdCtx<T>& b, int64_t K, int64_t col0, int64_t ldg, const T* panel, int64_t u0) {
+  constexpr int L = kLanes<T>;
+  const Schedule& sc = b.sc;
+  step_tiles<T, MR, NV>(
+      sc.active[0], K, panel, [&](int64_t i) { return (const T*)b.dG.data() + (sc.offset[0] + i) * ldg + col0; },
+      [&](int64_t i0, int m, const T* tile) {
+        for (int r = 0; r < m; ++r)
+          for (int c = 0; c < NV && u0 + c * L < b.Hp; ++c) {
+            int64_t i = i0 + r, u = u0 + c * L;
+            Vec<T> dh = loadu(tile + (r * NV + c) * L);
+            if (DIRECT) dh += loadu(b.carry.data() + i * b.Hp + u);
+            store_h(b.g.dh0 + sc.order[i] * b.H, u, b.H, dh);
+          }
+      });
+}
+
+template <class T>
+void init_carry(BwdCtx<T>& b, const T* from, int64_t ua, int64_t ub) {
+  constexpr int L = kLanes<T>;
+  for (int64_t i = 0; i < b.sc.B; ++i)
+    for (int64_t u = ua; u < ub; u += L)
+      storeu(b.carry.data() + i * b.Hp + u, from ? load_h(from + b.sc.order[i] * b.H, u, b.H) : Vec<T>{});
+}
+
+template <class T>
+void copy_carry_out(BwdCtx<T>& b, T* to, int64_t ua, int64_t ub) {
+  constexpr int L = kLanes<T>;
+  for (int64_t i = 0; i < b.sc.B; ++i)
+    for (int64_t u = ua; u < ub; u += L) store_h(to + b.sc.order[i] * b.H, u, b.H, loadu(b.carry.data() + i * b.Hp + u));
+}
+
+template <class T, class Cell>
+void backward_one_phase(BwdCtx<T>& b, int nthreads) {
+  constexpr int L = kLanes<T>, NV = 2, MR = tile_rows(NV);
+  constexpr int64_t UB = NV * L;
+  const Schedule& sc = b.sc;
+  const int64_t Hp = b.Hp, ldg = Cell::kGrad * Hp, hh0 = Cell::kHhOff * Hp, K = Cell::kHhGroups * Hp;
+  const int64_t nblk = ceil_div(Hp, UB);
+  b.panels.reserve(size_t(nblk * K * UB));
+  constexpr bool kLstm = Cell::kSaved == 4 && !Cell::kDirectCarry;
+#pragma omp parallel num_threads(int(std::min<int64_t>(nthreads, nblk)))
+  {
+    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+    int64_t q0, q1;
+    split_range(nblk, nt, tid, q0, q1);
+    const int64_t ua = q0 * UB, ub = std::min(q1 * UB, Hp);
+    for (int64_t q = q0; q < q1; ++q)
+      pack_backward_panel(b.a.W_hh, b.H, Hp, Cell::kHhOrder, Cell::kHhGroups, UB, q, b.panels.data() + q * K * UB);
+    init_carry(b, kLstm ? b.g.dc_n : nullptr, ua, ub);
+    for (int64_t s = sc.S - 1; s >= 0; --s) {
+      const int64_t off = sc.offset[s], nn = s + 1 < sc.S ? sc.active[s + 1] : 0;
+      const int64_t offn = s + 1 < sc.S ? sc.offset[s + 1] : 0;
+      for (int64_t q = q0; q < q1; ++q)
+        step_tiles<T, MR, NV>(
+            sc.active[s], K, b.panels.data() + q * K * UB,
+            [&](int64_t i) { return i < nn ? (const T*)b.dG.data() + (offn + i) * ldg + hh0 : b.zeros.data(); },
+            [&](int64_t i0, int m, const T* tile) {
+              for (int r = 0; r < m; ++r)
+                for (int c = 0; c < NV && q * UB + c * L < Hp; ++c) {
+                  const int64_t i = i0 + r, row = off + i, u = q * UB + c * L;
+                  Vec<T> dh = gather_dh<T, Cell::kDirectCarry>(b, loadu(tile + (r * NV + c) * L), i, row, u, i >= nn);
+                  Cell::backward_unit(b, s, i, row, u, dh);
+                }
+            });
+#pragma omp barrier
+    }
+    for (int64_t q = q0; q < q1; ++q)
+      initial_state_grad<T, MR, NV, Cell::kDirectCarry>(b, K, hh0, ldg, b.panels.data() + q * K * UB, q * UB);
+    if (kLstm && b.g.dc0) copy_carry_out(b, b.g.dc0, ua, ub);
+    // dG is complete since the last step's barrier.
+    GemmScratch<T> scratch;
+    const int Gih = Cell::kHhGroups;
+    input_grad(b, ldg, Cell::kIhOff * Hp, Gih, Cell::kIhOrder, tid, nt, scratch);
+    weight_grad(b, ldg, WeightGradJob<T>{Cell::kIhOff * Hp, Gih, Cell::kIhOrder, &b.xrows, b.g.dW_ih, b.I}, tid, nt,
+                scratch);
+    weight_grad(b, ldg, WeightGradJob<T>{hh0, Cell::kHhGroups, Cell::kHhOrder, &b.hprev, b.g.dW_hh, b.H}, tid, nt,
+                scratch);
+    if (b.g.db_ih) bias_grad(b, ldg, Cell::kIhOff * Hp, Gih, Cell::kIhOrder, b.g.db_ih, tid, nt);
+    if (b.g.db_hh) bias_grad(b, ldg, hh0, Cell::kHhGroups, Cell::kHhOrder, b.g.db_hh, tid, nt);
+  }
+}
+
+template <class T>
+void backward_gru_reset_before(BwdCtx<T>& b, int nthreads) {
+  using Cell = GruResetBeforeCell;
+  constexpr int L = kLanes<T>, NV = 2, MR = tile_rows(NV);
+  constexpr int64_t UB = NV * L;
+  static constexpr int kRz[2] = {0, 1}, kN[1] = {2}, kRzn[3] = {0, 1, 2};
+  const Schedule& sc = b.sc;
+  const int64_t Hp = b.Hp, ldg = 3 * Hp, nblk = ceil_div(Hp, UB);
+  b.panels.reserve(size_t(nblk * 2 * Hp * UB));
+  b.panels2.reserve(size_t(nblk * Hp * UB));
+  std::vector<const T*> rh_rows(size_t(sc.rows));
+  for (int64_t r = 0; r < sc.rows; ++r) rh_rows[r] = b.ws.extra.data() + r * Hp;
+#pragma omp parallel num_threads(int(std::min<int64_t>(nthreads, nblk)))
+  {
+    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+    int64_t q0, q1;
+    split_range(nblk, nt, tid, q0, q1);
+    const int64_t ua = q0 * UB, ub = std::min(q1 * UB, Hp);
+    for (int64_t q = q0; q < q1; ++q) {
+      pack_backward_panel(b.a.W_hh, b.H, Hp, kRz, 2, UB, q, b.panels.data() + q * 2 * Hp * UB);
+      pack_backward_panel(b.a.W_hh, b.H, Hp, kN, 1, UB, q, b.panels2.data() + q * Hp * UB);
+    }
+    init_carry<T>(b, nullptr, ua, ub);
+    for (int64_t s = sc.S - 1; s >= 0; --s) {
+      const int64_t off = sc.offset[s], nn = s + 1 < sc.S ? sc.active[s + 1] : 0;
+      const int64_t offn = s + 1 < sc.S ? sc.offset[s + 1] : 0;
+      for (int64_t q = q0; q < q1; ++q)
+        step_tiles<T, MR, NV>(
+            sc.active[s], 2 * Hp, b.panels.data() + q * 2 * Hp * UB,
+            [&](int64_t i) { return i < nn ? (const T*)b.dG.data() + (offn + i) * ldg : b.zeros.data(); },
+            [&](int64_t i0, int m, const T* tile) {
+              for (int r = 0; r < m; ++r)
+                for (int c = 0; c < NV && q * UB + c * L < Hp; ++c) {
+                  const int64_t i = i0 + r, row = off + i, u = q * UB + c * L;
+                  Vec<T> dh = gather_dh<T, true>(b, loadu(tile + (r * NV + c) * L), i, row, u, i >= nn);
+                  Cell::backward_zn(b, i, row, u, dh);
+                }
+            });
+#pragma omp barrier
+      for (int64_t q = q0; q < q1; ++q)
+        step_tiles<T, MR, NV>(
+            sc.active[s], Hp, b.panels2.data() + q * Hp * UB,
+            [&](int64_t i) { return (const T*)b.dG.data() + (off + i) * ldg + 2 * Hp; },
+            [&](int64_t i0, int m, const T* tile) {
+              for (int r = 0; r < m; ++r)
+                for (int c = 0; c < NV && q * UB + c * L < Hp; ++c) {
+                  const int64_t i = i0 + r, u = q * UB + c * L;
+                  Cell::backward_r(b, i, off + i, u, loadu(tile + (r * NV + c) * L));
+                }
+            });
+#pragma omp barrier
+    }
+    for (int64_t q = q0; q < q1; ++q)
+      initial_state_grad<T, MR, NV, true>(b, 2 * Hp, 0, ldg, b.panels.data() + q * 2 * Hp * UB, q * UB);
+    GemmScratch<T> scratch;
+    input_grad(b, ldg, 0, 3, kRzn, tid, nt, scratch);
+    weight_grad(b, ldg, WeightGradJob<T>{0, 3, kRzn, &b.xrows, b.g.dW_ih, b.I}, tid, nt, scratch);
+    weight_grad(b, ldg, WeightGradJob<T>{0, 2, kRz, &b.hprev, b.g.dW_hh, b.H}, tid, nt, scratch);
+    weight_grad(b, ldg, WeightGradJob<T>{2 * Hp, 1, kN, &rh_rows, b.g.dW_hh, b.H}, tid, nt, scratch);
+    if (b.g.db_ih) bias_grad(b, ldg, 0, 3, kRzn, b.g.db_ih, tid, nt);
+    if (b.g.db_hh) bias_grad(b, ldg, 0, 3, kRzn, b.g.db_hh, tid, nt);
+  }
+}
+
+template <class T>
+void backward_impl(const Workspace<T>& w, const ForwardArgs<T>& a, const BackwardArgs<T>& g, int nthreads) {
+  constexpr int L = kLanes<T>;
+  BwdCtx<T> b(a, g, w);
+  const Schedule& sc = w.sched;
+  if (sc.rows == 0) return;
+  const int64_t Hp = w.Hp;
+  int grad_groups = a.cell == CellKind::Lstm || a.cell == CellKind::Gru ? 4 : a.cell == CellKind::GruResetBefore ? 3 : 1;
+  b.zeros.zero(size_t(grad_groups * Hp + L));
+  fill_row_pointers<T>(b, a.x, a.h0, a.y);
+  b.dG.reserve(size_t(sc.rows * grad_groups * Hp));
+  b.carry.zero(size_t(sc.B * Hp));
+  switch (a.cell) {
+    case CellKind::Lstm: return backward_one_phase<T, LstmCell>(b, nthreads);
+    case CellKind::Gru: return backward_one_phase<T, GruCell>(b, nthreads);
+    case CellKind::RnnTanh: return backward_one_phase<T, RnnCell<false>>(b, nthreads);
+    case CellKind::RnnRelu: return backward_one_phase<T, RnnCell<true>>(b, nthreads);
+    case CellKind::GruResetBefore: return backward_gru_reset_before<T>(b, nthreads);
+  }
+}
+
+// Register-only FMA chains: the machine's fp32 roofline for this ISA.
+inline double fma_peak_gflops(int nthreads, double seconds) {
+  constexpr int L = kLanes<float>, kChains = 12;
+  double flops = 0, t0 = omp_get_wtime(), t1 = t0;
+  float sink = 0;
+#pragma omp parallel num_threads(nthreads) reduction(+ : flops, sink)
+  {
+    Vec<float> acc[kChains];
+    for (int c = 0; c < kChains; ++c) acc[c] = bcast(float(c) * 1e-3f);
+    const Vec<float> mul = bcast(0.9999999f), add = bcast(1e-7f);
+    double start = omp_get_wtime();
+    long iters = 0;
+    do {
+      for (int rep = 0; rep < 100000; ++rep)
+#pragma GCC unroll 12
+        for (int c = 0; c < kChains; ++c) acc[c] = acc[c] * mul + add;
+      iters += 100000;
+    } while (omp_get_wtime() - start < seconds);
+    flops += double(iters) * kChains * L * 2;
+    for (int c = 0; c < kChains; ++c)
+      for (int l = 0; l < L; ++l) sink += acc[c][l];
+  }
+  t1 = omp_get_wtime();
+  if (sink == 12345.678f) flops += 1;  // keeps the chains alive
+  return flops / (t1 - t0) / 1e9;
+}
+
+inline const KernelTable& make_table() {
+  static const KernelTable table{&forward_impl<float>, &forward_impl<double>, &backward_impl<float>,
+                                 &backward_impl<double>, &fma_peak_gflops};
+  return table;
+}
+
+}  // namespace PYRNN_ISA_NS
+}  // namespace pyrnn

@@ -1,0 +1,49 @@
+// Schedule of a sequence call and the training workspace (ISA-independent).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "aligned.h"
+#include "pyrnn/kernels.h"
+
+namespace pyrnn {
+
+// Batch entries are processed in order of decreasing length (stable), so the
+// entries still running at step s are a prefix 0..active[s] of that order and
+// each step's work shrinks with the batch. Step s of entry i lives in "packed
+// row" offset[s] + i of every per-row buffer (PyTorch's PackedSequence order).
+struct Schedule {
+  int64_t T = 0, B = 0;
+  int64_t S = 0;     // steps: the longest length
+  int64_t rows = 0;  // valid (step, entry) pairs: the sum of lengths
+  bool reverse = false;
+  std::vector<int64_t> order;   // [B] entry i -> batch index b
+  std::vector<int64_t> len;     // [B] length of entry i
+  std::vector<int64_t> active;  // [S]
+  std::vector<int64_t> offset;  // [S+1]
+  std::vector<int64_t> row_b;   // [rows] batch index
+  std::vector<int64_t> row_t;   // [rows] time index of x consumed at that row
+};
+
+// lengths: null or [B] values already validated to lie in [1,T].
+Schedule make_schedule(int64_t T, int64_t B, const int64_t* lengths, bool reverse);
+
+template <class T>
+struct Workspace {
+  Schedule sched;
+  CellKind cell = CellKind::Lstm;
+  Isa isa = Isa::Portable;
+  int64_t Hp = 0;  // H rounded up to whole vectors of the ISA that ran forward
+  // Per packed row, gate-major, each group Hp wide:
+  //   LSTM [i f g o], GRU [r z n (W_hn h + b_hn)], GRU reset-before [r z n], RNN: none.
+  AlignedBuffer<T> gates;
+  // LSTM: c_t; GRU reset-before: r * h_{t-1}. [rows, Hp]
+  AlignedBuffer<T> extra;
+};
+
+template <class T>
+void WorkspaceDeleter<T>::operator()(Workspace<T>* w) const {
+  delete w;
+}
+
+}  // namespace pyrnn

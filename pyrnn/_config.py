@@ -1,0 +1,83 @@
+"""Build configuration, ISA selection and thread control."""
+
+from __future__ import annotations
+
+import numbers
+import sys
+
+from . import _core
+
+
+def isa() -> str:
+    """The ISA level kernels use now: 'avx512', 'avx2' or 'scalar'.
+
+    ``PYRNN_ISA`` forces a lower level; a level above what this CPU (or build)
+    supports raises ValueError.
+    """
+    return _core.isa_selected()
+
+
+def get_num_threads() -> int:
+    """Threads pyrnn's kernels use (default: OMP_NUM_THREADS, else the core count)."""
+    return _core.get_num_threads()
+
+
+def set_num_threads(n: int) -> None:
+    """Set the threads pyrnn's kernels use; n must be a positive integer.
+
+    This affects pyrnn only: NumPy's and PyTorch's thread settings are untouched.
+    """
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"num_threads must be a positive integer, got {type(n).__name__} {n!r}")
+    if n < 1:
+        raise ValueError(f"num_threads must be a positive integer, got {n}")
+    _core.set_num_threads(int(n))
+
+
+def fma_peak_gflops(threads: int | None = None, seconds: float = 0.2) -> float:
+    """Measured fp32 FMA peak (GFLOP/s) of this machine for the selected ISA.
+
+    Runs independent FMA chains in registers on ``threads`` threads (default:
+    pyrnn's thread count); this is the roofline benchmarks report against.
+    """
+    threads = get_num_threads() if threads is None else threads
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    return _core.fma_peak_gflops(int(threads), float(seconds))
+
+
+def config() -> dict:
+    """The configuration as a dict (what show_config prints)."""
+    from . import __version__
+
+    info = _core.build_info()
+    try:
+        selected = _core.isa_selected()
+    except ValueError as e:
+        selected = f"invalid PYRNN_ISA: {e}"
+    return {
+        "version": __version__,
+        "compiler": info["compiler"],
+        "flags": info["flags"],
+        "isa_flags": dict(info["isa_flags"]),
+        "openmp": info["openmp"],
+        "isa_supported": list(_core.isa_supported()),
+        "isa_selected": selected,
+        "num_threads": _core.get_num_threads(),
+        "num_procs": _core.num_procs(),
+    }
+
+
+def show_config(file=None) -> None:
+    """Print version, compiler and flags, ISA levels and threads."""
+    c = config()
+    out = file or sys.stdout
+    print(f"pyrnn {c['version']}", file=out)
+    print(f"  compiler:       {c['compiler']}", file=out)
+    print(f"  flags:          {c['flags']}", file=out)
+    for name, flags in c["isa_flags"].items():
+        print(f"  {name + ' flags:':15} {flags or '(none)'}", file=out)
+    print(f"  OpenMP:         {c['openmp']}", file=out)
+    print(f"  ISA supported:  {', '.join(c['isa_supported'])}", file=out)
+    print(f"  ISA selected:   {c['isa_selected']}", file=out)
+    print(f"  threads:        {c['num_threads']} (cores available: {c['num_procs']})", file=out)

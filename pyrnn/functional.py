@@ -1,0 +1,126 @@
+"""Stateless calls into pyrnn's C++ kernels: one layer, one direction.
+
+Each function mirrors :mod:`pyrnn.reference` name for name and argument for
+argument, so code (and tests) can switch between the NumPy oracle and the
+kernels by swapping the module. The differences: the training forward returns
+a :class:`pyrnn._core.Workspace` instead of a dict, and backward accepts
+``return_dh_seq=True`` to also return dL/dh_t for every step ([T, B, H], the
+total gradient reaching each hidden state; see :mod:`pyrnn.diagnostics`).
+
+The workspace keeps references to the forward's inputs, weights and output
+``y``; do not modify them in place before calling backward.
+
+Inputs may be any float32/float64 arrays of one dtype; non-contiguous ones are
+copied. The kernels release the GIL and use ``pyrnn.get_num_threads()``
+threads; results are bitwise identical for any thread count.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _core
+from ._validation import _as_float_array, _check_forward_inputs, _check_shape
+
+__all__ = [
+    "rnn_forward",
+    "rnn_backward",
+    "lstm_forward",
+    "lstm_backward",
+    "gru_forward",
+    "gru_backward",
+]
+
+_CELL_NAMES = {
+    _core.CellKind.RNN_TANH: "rnn",
+    _core.CellKind.RNN_RELU: "rnn",
+    _core.CellKind.LSTM: "lstm",
+    _core.CellKind.GRU: "gru",
+    _core.CellKind.GRU_RESET_BEFORE: "gru",
+}
+
+
+def _c(a):
+    return None if a is None else np.ascontiguousarray(a)
+
+
+def _forward(kind, cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training):
+    given = dict(states)
+    x, state_arrays, W_ih, W_hh, b_ih, b_hh, lengths_arr = _check_forward_inputs(
+        cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths)
+    # Omitted states are zeros inside the kernel; no need to pass arrays of them.
+    h0 = state_arrays[0] if given["h0"] is not None else None
+    c0 = state_arrays[1] if cell == "lstm" and given["c0"] is not None else None
+    lengths64 = None if lengths is None else np.ascontiguousarray(lengths_arr, dtype=np.int64)
+    return _core.sequence_forward(kind, _c(x), _c(h0), _c(c0), _c(W_ih), _c(W_hh), _c(b_ih), _c(b_hh),
+                                  lengths64, bool(reverse), bool(training))
+
+
+def _backward(cell, ws, grads, return_dh_seq):
+    if ws is None:
+        raise ValueError(f"{cell}_backward needs the workspace of {cell}_forward(..., training=True), got None")
+    if not isinstance(ws, _core.Workspace):
+        raise TypeError(f"{cell}_backward needs a pyrnn workspace from {cell}_forward, got {type(ws).__name__}")
+    if _CELL_NAMES[ws.cell] != cell:
+        raise ValueError(f"{cell}_backward needs a workspace from {cell}_forward, got one from "
+                         f"{_CELL_NAMES[ws.cell]}_forward")
+    T, B, _, H = ws.shape
+    checked = []
+    for name, g in grads.items():
+        if g is not None:
+            g = _as_float_array(name, g)
+            if g.dtype != ws.dtype:
+                raise TypeError(f"{name} must have the forward dtype {ws.dtype}, got {g.dtype}")
+            shape, layout = ((T, B, H), "(T, B, H)") if name == "dy" else ((B, H), "(B, H)")
+            _check_shape(name, g, shape, layout)
+            g = np.ascontiguousarray(g)
+        checked.append(g)
+    dy, dh_n = checked[0], checked[1]
+    dc_n = checked[2] if len(checked) > 2 else None
+    return _core.sequence_backward(ws, dy, dh_n, dc_n, bool(return_dh_seq))
+
+
+def rnn_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", lengths=None, reverse=False,
+                training=True):
+    """Elman RNN forward. Returns (y, h_n, workspace); workspace is None unless training."""
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    kind = _core.CellKind.RNN_TANH if nonlinearity == "tanh" else _core.CellKind.RNN_RELU
+    y, h_n, _, ws = _forward(kind, "rnn", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training)
+    return y, h_n, ws
+
+
+def rnn_backward(ws, dy=None, dh_n=None, *, return_dh_seq=False):
+    """Returns (dx, dh0, dW_ih, dW_hh, db_ih, db_hh) [+ dh_seq]; db_* are None without bias."""
+    dx, dh0, _, dW_ih, dW_hh, db_ih, db_hh, dh_seq = _backward("rnn", ws, {"dy": dy, "dh_n": dh_n}, return_dh_seq)
+    out = (dx, dh0, dW_ih, dW_hh, db_ih, db_hh)
+    return out + (dh_seq,) if return_dh_seq else out
+
+
+def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False, training=True):
+    """LSTM forward (gates i, f, g, o). Returns (y, h_n, c_n, workspace)."""
+    return _forward(_core.CellKind.LSTM, "lstm", x, {"h0": h0, "c0": c0}, W_ih, W_hh, b_ih, b_hh, lengths,
+                    reverse, training)
+
+
+def lstm_backward(ws, dy=None, dh_n=None, dc_n=None, *, return_dh_seq=False):
+    """Returns (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh) [+ dh_seq]."""
+    dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dh_seq = _backward(
+        "lstm", ws, {"dy": dy, "dh_n": dh_n, "dc_n": dc_n}, return_dh_seq)
+    out = (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh)
+    return out + (dh_seq,) if return_dh_seq else out
+
+
+def gru_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, reset_after=True, lengths=None, reverse=False,
+                training=True):
+    """GRU forward (gates r, z, n); reset_after=False is Cho et al. v3. Returns (y, h_n, workspace)."""
+    kind = _core.CellKind.GRU if reset_after else _core.CellKind.GRU_RESET_BEFORE
+    y, h_n, _, ws = _forward(kind, "gru", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training)
+    return y, h_n, ws
+
+
+def gru_backward(ws, dy=None, dh_n=None, *, return_dh_seq=False):
+    """Returns (dx, dh0, dW_ih, dW_hh, db_ih, db_hh) [+ dh_seq]."""
+    dx, dh0, _, dW_ih, dW_hh, db_ih, db_hh, dh_seq = _backward("gru", ws, {"dy": dy, "dh_n": dh_n}, return_dh_seq)
+    out = (dx, dh0, dW_ih, dW_hh, db_ih, db_hh)
+    return out + (dh_seq,) if return_dh_seq else out

@@ -1,0 +1,362 @@
+"""NumPy reference ("oracle") for one recurrent layer in one direction.
+
+Forward and backward (backpropagation through time) passes for the Elman RNN,
+the LSTM and the GRU, written for clarity rather than speed: vectorised over
+the batch, a plain Python loop over time.  Everything is computed in the dtype
+of the inputs (float32 or float64, all inputs the same), and every output has
+that dtype.  Only NumPy is needed.
+
+Layout (as ``torch.nn.RNN`` / ``LSTM`` / ``GRU``, ``batch_first=False``)::
+
+    x        [T, B, I]
+    h0, c0   [B, H]          (None means zeros)
+    W_ih     [G*H, I]
+    W_hh     [G*H, H]
+    b_ih     [G*H] or None   (b_ih and b_hh are both given or both None)
+    b_hh     [G*H] or None
+    y        [T, B, H]
+
+with G = 1 for the RNN, G = 4 for the LSTM (gate blocks i, f, g, o) and G = 3
+for the GRU (gate blocks r, z, n), in PyTorch's order.
+
+Equations (``s`` is the sigmoid, ``*`` the element-wise product)::
+
+    RNN   h' = act(W_ih x + b_ih + W_hh h + b_hh),   act = tanh or relu
+    LSTM  i, f, g, o = s, s, tanh, s of (W_ih x + b_ih + W_hh h + b_hh)
+          c' = f * c + i * g;   h' = o * tanh(c')
+    GRU   r = s(W_ir x + b_ir + W_hr h + b_hr);   z likewise
+          reset_after=True  (PyTorch, cuDNN):
+              n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+          reset_after=False (Cho et al. 2014 v3, Keras reset_after=False):
+              n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)
+          h' = (1 - z) * n + z * h
+
+Variable lengths (``lengths``, an integer array [B], each in [1, T]) follow
+PyTorch's packed-sequence semantics: sequence b only consumes its first L_b
+inputs; its output is zero at t >= L_b, and its final state is the state after
+its own last valid step.  In backward, ``dy`` at padded positions is ignored,
+the gradient with respect to padded inputs is zero, and ``dh_n`` / ``dc_n``
+enter at each sequence's own last valid step.
+
+``reverse=True`` processes each sequence backwards in time: sequence b
+consumes x[L_b - 1], x[L_b - 2], ..., x[0] (as the reverse direction of a
+bidirectional PyTorch layer on a packed sequence does).  ``y[t, b]`` is the
+output produced when consuming ``x[t, b]``, and ``h_n`` is the state after
+consuming ``x[0]``.
+
+With ``training=True`` the forward functions also return a ``cache`` (a plain
+dict) holding what the matching ``*_backward`` needs; with ``training=False``
+the cache is None.  Cache entries:
+
+    "cell"       "rnn", "lstm" or "gru"
+    "x", "W_ih", "W_hh", "b_ih", "b_hh"   the (validated) forward inputs;
+                 the biases may be None
+    "lengths"    int array [B] (all T when no lengths were given)
+    "reverse"    bool
+    "nonlinearity" (RNN) or "reset_after" (GRU)
+    "h"          [T+1, B, H]: "h"[s] is the hidden state *before* processing
+                 step s ("h"[0] = h0, "h"[T] = h_n); steps are counted in
+                 processing order, so with reverse=True step s consumes
+                 x[L_b - 1 - s]; padded steps repeat the previous state
+    "c"          (LSTM) [T+1, B, H], the cell state, indexed like "h"
+    activations, each [T, B, H] and indexed by processing step:
+        RNN:  "a"  (the new hidden state before length masking)
+        LSTM: "i", "f", "g", "o" (activated gates), "tanh_c" (tanh of the new c)
+        GRU:  "r", "z", "n" (activated gates) and "hn", the hidden-side
+              pre-activation of n: W_hn h + b_hn (reset_after=True) or
+              W_hn (r * h) + b_hn (reset_after=False)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._validation import _check_backward_inputs, _check_forward_inputs
+
+__all__ = [
+    "rnn_forward",
+    "rnn_backward",
+    "lstm_forward",
+    "lstm_backward",
+    "gru_forward",
+    "gru_backward",
+]
+
+_STATE_NAMES = {"rnn": ("h",), "lstm": ("h", "c"), "gru": ("h",)}
+
+
+# --------------------------------------------------------------------------
+# small numeric helpers
+# --------------------------------------------------------------------------
+
+
+def _sigmoid(v):
+    # The tanh form never overflows (no RuntimeWarning for large |v|) and
+    # keeps the dtype of v.
+    return 0.5 * (1.0 + np.tanh(0.5 * v))
+
+
+def _affine(v, W, b):
+    """v @ W.T + b, with b possibly None."""
+    out = v @ W.T
+    return out if b is None else out + b
+
+
+# --------------------------------------------------------------------------
+# time loop shared by the three cells
+# --------------------------------------------------------------------------
+
+
+def _time_order(lengths, T, reverse):
+    """Which input each sequence consumes at each processing step.
+
+    Returns (idx, valid), both [T, B]: at processing step s, sequence b
+    consumes x[idx[s, b], b] when valid[s, b]; a step is valid while
+    s < L_b.  Forward order is idx = s, reverse order is idx = L_b - 1 - s.
+    Invalid entries of idx are 0 (any in-range index would do).
+    """
+    steps = np.arange(T)[:, None]
+    valid = steps < lengths[None, :]
+    idx = lengths[None, :] - 1 - steps if reverse else np.broadcast_to(steps, valid.shape)
+    return np.where(valid, idx, 0), valid
+
+
+def _run_forward(step, x, states, lengths, reverse, training, cache):
+    """Run ``step`` over time.
+
+    ``step(x_s, states) -> (new_states, activations)`` computes one step for
+    the whole batch; new_states[0] is the hidden state (the output) and
+    activations is a dict of [B, H] arrays for backward.  Padded steps keep
+    the previous state and produce a zero output.  ``cache`` holds the common
+    entries; it is completed and returned when training, else None is.
+    """
+    T, B, _ = x.shape
+    H = states[0].shape[1]
+    idx, valid = _time_order(lengths, T, reverse)
+    batch = np.arange(B)
+    y = np.zeros((T, B, H), dtype=x.dtype)
+    state_history = [states]
+    activations = []
+    for s in range(T):
+        new_states, acts = step(x[idx[s], batch], states)
+        keep = valid[s][:, None]
+        states = tuple(np.where(keep, new, old) for new, old in zip(new_states, states))
+        y[idx[s][valid[s]], batch[valid[s]]] = new_states[0][valid[s]]
+        if training:
+            state_history.append(states)
+            activations.append(acts)
+    if not training:
+        return y, states, None
+    for k, name in enumerate(_STATE_NAMES[cache["cell"]]):
+        cache[name] = np.stack([st[k] for st in state_history])
+    for key in activations[0]:
+        cache[key] = np.stack([acts[key] for acts in activations])
+    return y, states, cache
+
+
+def _run_backward(step_backward, cache, dy, dfinal):
+    """Backpropagate through time.
+
+    ``step_backward(s, x_s, dstates) -> (dgi, dgh, dW_hh_s, dprev)`` handles
+    processing step s: dstates are the gradients with respect to the states
+    after the step (dy already added to the hidden one); it returns the
+    gradients with respect to the input-side pre-activation W_ih x + b_ih
+    (dgi, [B, G*H]) and the hidden-side pre-activation (dgh, [B, G*H]), the
+    step's W_hh gradient and the gradients with respect to the previous
+    states.  This driver accumulates the parameter gradients, scatters dx and
+    lets the state gradients pass unchanged through padded steps.
+    Returns (dx, dstates0, dW_ih, dW_hh, db_ih, db_hh).
+    """
+    x, W_ih, W_hh = cache["x"], cache["W_ih"], cache["W_hh"]
+    T, B, _ = x.shape
+    idx, valid = _time_order(cache["lengths"], T, cache["reverse"])
+    batch = np.arange(B)
+    dx = np.zeros_like(x)
+    dW_ih = np.zeros_like(W_ih)
+    dW_hh = np.zeros_like(W_hh)
+    db_ih = np.zeros(W_hh.shape[0], dtype=x.dtype)
+    db_hh = np.zeros(W_hh.shape[0], dtype=x.dtype)
+    dstates = dfinal
+    for s in reversed(range(T)):
+        live = valid[s][:, None]
+        x_s = x[idx[s], batch]
+        d_in = (dstates[0] + dy[idx[s], batch],) + dstates[1:]
+        d_in = tuple(d * live for d in d_in)  # padded rows contribute nothing
+        dgi, dgh, dW_hh_s, dprev = step_backward(s, x_s, d_in)
+        dW_ih += dgi.T @ x_s
+        db_ih += dgi.sum(axis=0)
+        dW_hh += dW_hh_s
+        db_hh += dgh.sum(axis=0)
+        dx[idx[s][valid[s]], batch[valid[s]]] = (dgi @ W_ih)[valid[s]]
+        dstates = tuple(np.where(live, new, old) for new, old in zip(dprev, dstates))
+    if cache["b_ih"] is None:
+        db_ih = db_hh = None
+    return dx, dstates, dW_ih, dW_hh, db_ih, db_hh
+
+
+def _common_cache(cell, x, W_ih, W_hh, b_ih, b_hh, lengths, reverse, **options):
+    return {
+        "cell": cell,
+        "x": x,
+        "W_ih": W_ih,
+        "W_hh": W_hh,
+        "b_ih": b_ih,
+        "b_hh": b_hh,
+        "lengths": lengths,
+        "reverse": reverse,
+        **options,
+    }
+
+
+# --------------------------------------------------------------------------
+# Elman RNN
+# --------------------------------------------------------------------------
+
+
+def rnn_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
+                lengths=None, reverse=False, training=True):
+    """Elman RNN forward.  Returns (y, h_n, cache); cache is None unless training."""
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    x, (h0,), W_ih, W_hh, b_ih, b_hh, lengths = _check_forward_inputs(
+        "rnn", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, lengths)
+    act = np.tanh if nonlinearity == "tanh" else (lambda v: np.maximum(v, 0.0))
+
+    def step(x_s, states):
+        (h,) = states
+        a = act(_affine(x_s, W_ih, b_ih) + _affine(h, W_hh, b_hh))
+        return (a,), {"a": a}
+
+    cache = _common_cache("rnn", x, W_ih, W_hh, b_ih, b_hh, lengths, bool(reverse),
+                          nonlinearity=nonlinearity)
+    y, (h_n,), cache = _run_forward(step, x, (h0,), lengths, bool(reverse), training, cache)
+    return y, h_n, cache
+
+
+def rnn_backward(cache, dy=None, dh_n=None):
+    """Elman RNN backward.  Returns (dx, dh0, dW_ih, dW_hh, db_ih, db_hh)."""
+    dy, dfinal = _check_backward_inputs("rnn", cache, dy, {"dh_n": dh_n})
+    W_hh = cache["W_hh"]
+    tanh = cache["nonlinearity"] == "tanh"
+
+    def step_backward(s, x_s, dstates):
+        (dh,) = dstates
+        a, h = cache["a"][s], cache["h"][s]
+        dpre = dh * (1.0 - a * a) if tanh else dh * (a > 0)  # relu'(0) = 0
+        return dpre, dpre, dpre.T @ h, (dpre @ W_hh,)
+
+    dx, (dh0,), dW_ih, dW_hh, db_ih, db_hh = _run_backward(step_backward, cache, dy, dfinal)
+    return dx, dh0, dW_ih, dW_hh, db_ih, db_hh
+
+
+# --------------------------------------------------------------------------
+# LSTM
+# --------------------------------------------------------------------------
+
+
+def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, lengths=None,
+                 reverse=False, training=True):
+    """LSTM forward.  Returns (y, h_n, c_n, cache); cache is None unless training."""
+    x, (h0, c0), W_ih, W_hh, b_ih, b_hh, lengths = _check_forward_inputs(
+        "lstm", x, {"h0": h0, "c0": c0}, W_ih, W_hh, b_ih, b_hh, lengths)
+
+    def step(x_s, states):
+        h, c = states
+        pre = _affine(x_s, W_ih, b_ih) + _affine(h, W_hh, b_hh)
+        pre_i, pre_f, pre_g, pre_o = np.split(pre, 4, axis=1)
+        i, f, g, o = _sigmoid(pre_i), _sigmoid(pre_f), np.tanh(pre_g), _sigmoid(pre_o)
+        c_new = f * c + i * g
+        tanh_c = np.tanh(c_new)
+        return (o * tanh_c, c_new), {"i": i, "f": f, "g": g, "o": o, "tanh_c": tanh_c}
+
+    cache = _common_cache("lstm", x, W_ih, W_hh, b_ih, b_hh, lengths, bool(reverse))
+    y, (h_n, c_n), cache = _run_forward(step, x, (h0, c0), lengths, bool(reverse), training, cache)
+    return y, h_n, c_n, cache
+
+
+def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
+    """LSTM backward.  Returns (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh)."""
+    dy, dfinal = _check_backward_inputs("lstm", cache, dy, {"dh_n": dh_n, "dc_n": dc_n})
+    W_hh = cache["W_hh"]
+
+    def step_backward(s, x_s, dstates):
+        dh, dc = dstates
+        i, f, g, o = (cache[k][s] for k in ("i", "f", "g", "o"))
+        tanh_c, h_prev, c_prev = cache["tanh_c"][s], cache["h"][s], cache["c"][s]
+        do = dh * tanh_c
+        dc = dc + dh * o * (1.0 - tanh_c * tanh_c)
+        dpre = np.concatenate([
+            dc * g * i * (1.0 - i),       # input gate
+            dc * c_prev * f * (1.0 - f),  # forget gate
+            dc * i * (1.0 - g * g),       # cell candidate
+            do * o * (1.0 - o),           # output gate
+        ], axis=1)
+        return dpre, dpre, dpre.T @ h_prev, (dpre @ W_hh, dc * f)
+
+    dx, (dh0, dc0), dW_ih, dW_hh, db_ih, db_hh = _run_backward(step_backward, cache, dy, dfinal)
+    return dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh
+
+
+# --------------------------------------------------------------------------
+# GRU
+# --------------------------------------------------------------------------
+
+
+def gru_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, reset_after=True,
+                lengths=None, reverse=False, training=True):
+    """GRU forward.  Returns (y, h_n, cache); cache is None unless training."""
+    x, (h0,), W_ih, W_hh, b_ih, b_hh, lengths = _check_forward_inputs(
+        "gru", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, lengths)
+    reset_after = bool(reset_after)
+    H = W_hh.shape[1]
+    W_hrz, W_hn = W_hh[:2 * H], W_hh[2 * H:]
+    b_hrz, b_hn = (None, None) if b_hh is None else (b_hh[:2 * H], b_hh[2 * H:])
+
+    def step(x_s, states):
+        (h,) = states
+        gi = _affine(x_s, W_ih, b_ih)
+        r, z = np.split(_sigmoid(gi[:, :2 * H] + _affine(h, W_hrz, b_hrz)), 2, axis=1)
+        if reset_after:
+            hn = _affine(h, W_hn, b_hn)
+            n = np.tanh(gi[:, 2 * H:] + r * hn)
+        else:
+            hn = _affine(r * h, W_hn, b_hn)
+            n = np.tanh(gi[:, 2 * H:] + hn)
+        h_new = n + z * (h - n)  # = (1 - z) * n + z * h
+        return (h_new,), {"r": r, "z": z, "n": n, "hn": hn}
+
+    cache = _common_cache("gru", x, W_ih, W_hh, b_ih, b_hh, lengths, bool(reverse),
+                          reset_after=reset_after)
+    y, (h_n,), cache = _run_forward(step, x, (h0,), lengths, bool(reverse), training, cache)
+    return y, h_n, cache
+
+
+def gru_backward(cache, dy=None, dh_n=None):
+    """GRU backward.  Returns (dx, dh0, dW_ih, dW_hh, db_ih, db_hh)."""
+    dy, dfinal = _check_backward_inputs("gru", cache, dy, {"dh_n": dh_n})
+    W_hh = cache["W_hh"]
+    H = W_hh.shape[1]
+    W_hrz, W_hn = W_hh[:2 * H], W_hh[2 * H:]
+
+    def step_backward(s, x_s, dstates):
+        (dh,) = dstates
+        r, z, n, hn = (cache[k][s] for k in ("r", "z", "n", "hn"))
+        h = cache["h"][s]
+        dn_pre = dh * (1.0 - z) * (1.0 - n * n)
+        dz_pre = dh * (h - n) * z * (1.0 - z)
+        if cache["reset_after"]:
+            dr_pre = dn_pre * hn * r * (1.0 - r)
+            dgh = np.concatenate([dr_pre, dz_pre, dn_pre * r], axis=1)
+            dW_hh_s = dgh.T @ h
+            dh_prev = dh * z + dgh @ W_hh
+        else:
+            d_rh = dn_pre @ W_hn  # gradient with respect to r * h
+            dr_pre = d_rh * h * r * (1.0 - r)
+            dgh = np.concatenate([dr_pre, dz_pre, dn_pre], axis=1)
+            dW_hh_s = np.concatenate([dgh[:, :2 * H].T @ h, dn_pre.T @ (r * h)], axis=0)
+            dh_prev = dh * z + d_rh * r + dgh[:, :2 * H] @ W_hrz
+        dgi = np.concatenate([dr_pre, dz_pre, dn_pre], axis=1)
+        return dgi, dgh, dW_hh_s, (dh_prev,)
+
+    dx, (dh0,), dW_ih, dW_hh, db_ih, db_hh = _run_backward(step_backward, cache, dy, dfinal)
+    return dx, dh0, dW_ih, dW_hh, db_ih, db_hh
