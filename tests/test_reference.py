@@ -16,65 +16,20 @@ import pytest
 
 from pyrnn import reference as ref
 
-# variant name -> (cell, cell-specific keyword options)
-VARIANTS = {
-    "rnn_tanh": ("rnn", {"nonlinearity": "tanh"}),
-    "rnn_relu": ("rnn", {"nonlinearity": "relu"}),
-    "lstm": ("lstm", {}),
-    "gru": ("gru", {"reset_after": True}),
-    "gru_v3": ("gru", {"reset_after": False}),
-}
-NUM_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
-# names of the backward results, in order
-GRAD_NAMES = {
-    "rnn": ("x", "h0", "W_ih", "W_hh", "b_ih", "b_hh"),
-    "lstm": ("x", "h0", "c0", "W_ih", "W_hh", "b_ih", "b_hh"),
-    "gru": ("x", "h0", "W_ih", "W_hh", "b_ih", "b_hh"),
-}
+from pyrnn.testing import GRAD_NAMES, NUM_GATES, VARIANTS, make_params, random_cotangents
+from pyrnn.testing import run_backward as _run_backward
+from pyrnn.testing import run_forward as _run_forward
+
 T, B, I, H = 4, 3, 5, 7
 
 
-def make_params(rng, cell, T=T, B=B, I=I, H=H, bias=True, dtype=np.float64):
-    """Random inputs for ``cell``: x, h0 (c0), W_ih, W_hh (b_ih, b_hh)."""
-    G = NUM_GATES[cell]
-    p = {"x": rng.standard_normal((T, B, I)), "h0": 0.5 * rng.standard_normal((B, H))}
-    if cell == "lstm":
-        p["c0"] = 0.5 * rng.standard_normal((B, H))
-    p["W_ih"] = rng.uniform(-0.5, 0.5, (G * H, I))
-    p["W_hh"] = rng.uniform(-0.5, 0.5, (G * H, H))
-    if bias:
-        p["b_ih"] = rng.uniform(-0.5, 0.5, G * H)
-        p["b_hh"] = rng.uniform(-0.5, 0.5, G * H)
-    return {k: v.astype(dtype) for k, v in p.items()}
-
-
 def run_forward(variant, p, **kw):
-    """Forward of ``variant`` on the inputs ``p``; returns (outputs dict, cache)."""
-    cell, opts = VARIANTS[variant]
-    biases = (p.get("b_ih"), p.get("b_hh"))
-    if cell == "lstm":
-        y, h_n, c_n, cache = ref.lstm_forward(
-            p["x"], p["h0"], p["c0"], p["W_ih"], p["W_hh"], *biases, **opts, **kw)
-        return {"y": y, "h_n": h_n, "c_n": c_n}, cache
-    forward = ref.rnn_forward if cell == "rnn" else ref.gru_forward
-    y, h_n, cache = forward(p["x"], p["h0"], p["W_ih"], p["W_hh"], *biases, **opts, **kw)
-    return {"y": y, "h_n": h_n}, cache
+    return _run_forward(ref, variant, p, **kw)
 
 
 def run_backward(variant, cache, cot):
-    """Backward of ``variant`` for the output cotangents ``cot``; returns a dict of gradients."""
-    cell = VARIANTS[variant][0]
-    if cell == "lstm":
-        grads = ref.lstm_backward(cache, cot["y"], cot["h_n"], cot["c_n"])
-    else:
-        backward = ref.rnn_backward if cell == "rnn" else ref.gru_backward
-        grads = backward(cache, cot["y"], cot["h_n"])
-    assert len(grads) == len(GRAD_NAMES[cell])
-    return dict(zip(GRAD_NAMES[cell], grads))
+    return _run_backward(ref, variant, cache, cot)
 
-
-def random_cotangents(rng, outs):
-    return {k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in outs.items()}
 
 
 # ---------------------------------------------------------------------------

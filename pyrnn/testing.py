@@ -1,0 +1,85 @@
+"""Helpers for checking kernels against the reference (used by tests and benchmarks).
+
+``module`` arguments are :mod:`pyrnn.reference` or :mod:`pyrnn.functional`,
+which share names and signatures, so one call runs either.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# variant name -> (cell, cell-specific keyword options)
+VARIANTS = {
+    "rnn_tanh": ("rnn", {"nonlinearity": "tanh"}),
+    "rnn_relu": ("rnn", {"nonlinearity": "relu"}),
+    "lstm": ("lstm", {}),
+    "gru": ("gru", {"reset_after": True}),
+    "gru_v3": ("gru", {"reset_after": False}),
+}
+NUM_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+# names of the backward results, in order
+GRAD_NAMES = {
+    "rnn": ("x", "h0", "W_ih", "W_hh", "b_ih", "b_hh"),
+    "lstm": ("x", "h0", "c0", "W_ih", "W_hh", "b_ih", "b_hh"),
+    "gru": ("x", "h0", "W_ih", "W_hh", "b_ih", "b_hh"),
+}
+
+# The one tolerance table: kernel vs reference, per dtype. float32 kernels are
+# compared with the float64 reference run on the same (float32) inputs; atol
+# is relative to the largest magnitude of the expected array.
+TOLERANCES = {
+    np.dtype(np.float64): {"rtol": 1e-12, "atol": 1e-12},
+    np.dtype(np.float32): {"rtol": 1e-5, "atol": 1e-5},
+}
+
+
+def assert_close(actual, expected, dtype, name=""):
+    """Asserts ``actual`` matches ``expected`` within the table's tolerance for ``dtype``."""
+    tol = TOLERANCES[np.dtype(dtype)]
+    expected = np.asarray(expected)
+    scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
+    np.testing.assert_allclose(actual, expected, rtol=tol["rtol"], atol=tol["atol"] * scale,
+                               err_msg=f"{name} ({np.dtype(dtype).name})")
+
+
+def make_params(rng, cell, T=4, B=3, I=5, H=7, bias=True, dtype=np.float64):
+    """Random inputs for ``cell``: x, h0 (c0), W_ih, W_hh (b_ih, b_hh)."""
+    G = NUM_GATES[cell]
+    p = {"x": rng.standard_normal((T, B, I)), "h0": 0.5 * rng.standard_normal((B, H))}
+    if cell == "lstm":
+        p["c0"] = 0.5 * rng.standard_normal((B, H))
+    p["W_ih"] = rng.uniform(-0.5, 0.5, (G * H, I))
+    p["W_hh"] = rng.uniform(-0.5, 0.5, (G * H, H))
+    if bias:
+        p["b_ih"] = rng.uniform(-0.5, 0.5, G * H)
+        p["b_hh"] = rng.uniform(-0.5, 0.5, G * H)
+    return {k: v.astype(dtype) for k, v in p.items()}
+
+
+def run_forward(module, variant, p, **kw):
+    """Forward of ``variant`` on the inputs ``p``; returns (outputs dict, cache)."""
+    cell, opts = VARIANTS[variant]
+    biases = (p.get("b_ih"), p.get("b_hh"))
+    if cell == "lstm":
+        y, h_n, c_n, cache = module.lstm_forward(
+            p["x"], p.get("h0"), p.get("c0"), p["W_ih"], p["W_hh"], *biases, **opts, **kw)
+        return {"y": y, "h_n": h_n, "c_n": c_n}, cache
+    forward = module.rnn_forward if cell == "rnn" else module.gru_forward
+    y, h_n, cache = forward(p["x"], p.get("h0"), p["W_ih"], p["W_hh"], *biases, **opts, **kw)
+    return {"y": y, "h_n": h_n}, cache
+
+
+def run_backward(module, variant, cache, cot):
+    """Backward of ``variant`` for the output cotangents ``cot``; returns a dict of gradients."""
+    cell = VARIANTS[variant][0]
+    if cell == "lstm":
+        grads = module.lstm_backward(cache, cot.get("y"), cot.get("h_n"), cot.get("c_n"))
+    else:
+        backward = module.rnn_backward if cell == "rnn" else module.gru_backward
+        grads = backward(cache, cot.get("y"), cot.get("h_n"))
+    assert len(grads) == len(GRAD_NAMES[cell])
+    return dict(zip(GRAD_NAMES[cell], grads))
+
+
+def random_cotangents(rng, outs):
+    return {k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in outs.items()}

@@ -1,0 +1,27 @@
+import numpy as np
+import pytest
+
+import pyrnn
+from pyrnn import _core
+
+ISA_LEVELS = list(_core.isa_supported())
+
+
+@pytest.fixture(params=ISA_LEVELS)
+def isa(request, monkeypatch):
+    """Runs the test once per ISA level this CPU supports (PYRNN_ISA forced)."""
+    monkeypatch.setenv("PYRNN_ISA", request.param)
+    return request.param
+
+
+@pytest.fixture
+def threads():
+    """Lets a test change pyrnn's thread count; restores it afterwards."""
+    before = pyrnn.get_num_threads()
+    yield pyrnn.set_num_threads
+    pyrnn.set_num_threads(before)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

@@ -1,0 +1,284 @@
+"""The C++ kernels (pyrnn.functional) against the NumPy reference.
+
+Parity for every cell variant, float32 and float64, at every ISA level this
+CPU supports, over sizes that leave SIMD tails; float64 finite-difference
+checks of the kernels themselves; bitwise equality across thread counts;
+saturation and NaN handling of the vectorised nonlinearities; validation.
+"""
+
+import numpy as np
+import pytest
+
+from pyrnn import _core
+from pyrnn import functional as F
+from pyrnn import reference as R
+from pyrnn.testing import (
+    GRAD_NAMES,
+    VARIANTS,
+    assert_close,
+    make_params,
+    random_cotangents,
+    run_backward,
+    run_forward,
+)
+
+# (T, B, I, H, bias, lengths, reverse): odd sizes leave tails for every vector
+# width; lengths are unsorted and include 1 and T.
+CONFIGS = {
+    "T4B3I5H7": (4, 3, 5, 7, True, None, False),
+    "T1B1H1": (1, 1, 3, 1, True, None, False),
+    "H17-nobias-rev-len": (5, 2, 17, 17, False, [5, 2], True),
+    "H33-len": (3, 5, 8, 33, True, [3, 1, 2, 3, 1], False),
+    "H100-B9-len": (6, 9, 20, 100, True, [6, 5, 5, 2, 1, 1, 6, 3, 4], False),
+    "H65-B13-rev-nobias": (2, 13, 33, 65, False, None, True),
+    "I100-H7-B1-len-rev": (7, 1, 100, 7, True, [4], True),
+}
+
+
+def _params(variant, cfg, dtype, rng, drop_states=False):
+    T, B, I, H, bias, lengths, reverse = cfg
+    p = make_params(rng, VARIANTS[variant][0], T=T, B=B, I=I, H=H, bias=bias, dtype=dtype)
+    if drop_states:
+        p.pop("h0")
+        p.pop("c0", None)
+    kw = {"lengths": None if lengths is None else np.array(lengths), "reverse": reverse}
+    return p, kw
+
+
+def _check_parity(variant, p, kw, dtype, rng):
+    outs, ws = run_forward(F, variant, p, **kw)
+    # float32 kernels are compared with the float64 reference on the same values
+    p64 = {k: v.astype(np.float64) for k, v in p.items()}
+    ref_outs, cache = run_forward(R, variant, p64, **kw)
+    for k in ref_outs:
+        assert outs[k].dtype == dtype
+        assert_close(outs[k], ref_outs[k], dtype, k)
+    cot = random_cotangents(rng, outs)
+    grads = run_backward(F, variant, ws, cot)
+    ref_grads = run_backward(R, variant, cache, {k: v.astype(np.float64) for k, v in cot.items()})
+    for k in GRAD_NAMES[VARIANTS[variant][0]]:
+        if ref_grads[k] is None:
+            assert grads[k] is None, k
+            continue
+        if k in ("h0", "c0") and k not in p:
+            ref_grads[k] = ref_grads[k]  # gradient wrt the implicit zero state
+        assert grads[k].dtype == dtype, k
+        assert_close(grads[k], ref_grads[k], dtype, "d" + k)
+
+
+@pytest.mark.parametrize("cfg", list(CONFIGS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_parity_with_reference(variant, dtype, cfg, isa, rng):
+    p, kw = _params(variant, CONFIGS[cfg], dtype, rng)
+    _check_parity(variant, p, kw, dtype, rng)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_parity_without_initial_states(variant, dtype, isa, rng):
+    p, kw = _params(variant, CONFIGS["H33-len"], dtype, rng, drop_states=True)
+    _check_parity(variant, p, kw, dtype, rng)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_partial_cotangents(variant, rng):
+    """dy, dh_n, dc_n may each be absent (zeros)."""
+    p, kw = _params(variant, CONFIGS["T4B3I5H7"], np.float64, rng)
+    outs, ws = run_forward(F, variant, p, **kw)
+    ref_outs, cache = run_forward(R, variant, p, **kw)
+    cot = random_cotangents(rng, outs)
+    for missing in cot:
+        partial = {k: v for k, v in cot.items() if k != missing}
+        grads = run_backward(F, variant, ws, partial)
+        ref_grads = run_backward(R, variant, cache, partial)
+        for k, g in grads.items():
+            if g is not None:
+                assert_close(g, ref_grads[k], np.float64, f"d{k} without {missing}")
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_kernel_gradients_match_finite_differences(variant, rng):
+    p, kw = _params(variant, (4, 3, 5, 6, True, [4, 2, 3], False), np.float64, rng)
+    outs, ws = run_forward(F, variant, p, **kw)
+    cot = random_cotangents(rng, outs)
+    grads = run_backward(F, variant, ws, cot)
+    names = GRAD_NAMES[VARIANTS[variant][0]]
+    direction = {k: rng.standard_normal(p[k].shape) for k in names}
+
+    def loss(eps):
+        q = {k: v + eps * direction[k] if k in direction else v for k, v in p.items()}
+        o, _ = run_forward(F, variant, q, training=False, **kw)
+        return sum(float(np.sum(cot[k] * o[k])) for k in o)
+
+    eps = 1e-6
+    numeric = (loss(eps) - loss(-eps)) / (2 * eps)
+    analytic = sum(float(np.sum(grads[k] * direction[k])) for k in names)
+    assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_bitwise_identical_across_thread_counts(variant, dtype, threads, rng):
+    p, kw = _params(variant, (6, 9, 37, 100, True, [6, 5, 5, 2, 1, 1, 6, 3, 4], True), dtype, rng)
+    cot = None
+    results = []
+    for n in (1, 2, 3):
+        threads(n)
+        outs, ws = run_forward(F, variant, p, **kw)
+        cot = cot or random_cotangents(np.random.default_rng(7), outs)
+        grads = run_backward(F, variant, ws, cot)
+        results.append({**outs, **{"d" + k: v for k, v in grads.items() if v is not None}})
+    for other in results[1:]:
+        for k, v in results[0].items():
+            assert np.array_equal(v, other[k], equal_nan=True), k
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_inference_equals_training_forward(variant, rng):
+    p, kw = _params(variant, CONFIGS["H100-B9-len"], np.float32, rng)
+    train, ws = run_forward(F, variant, p, **kw)
+    infer, none = run_forward(F, variant, p, training=False, **kw)
+    assert none is None and ws is not None
+    for k in train:
+        assert np.array_equal(train[k], infer[k]), k
+
+
+def test_workspace_reports_saved_bytes(rng):
+    p, kw = _params("lstm", CONFIGS["H100-B9-len"], np.float32, rng)
+    _, ws = run_forward(F, "lstm", p, **kw)
+    rows = sum(CONFIGS["H100-B9-len"][5])
+    # 4 gates and c per valid (t, b), each padded to whole vectors
+    assert 5 * rows * 100 * 4 <= ws.nbytes <= 5 * rows * 128 * 4
+    assert ws.shape == (6, 9, 20, 100) and ws.dtype == np.float32
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_nonlinearities_saturate_and_propagate_nan(variant, isa, rng):
+    p, kw = _params(variant, (3, 4, 5, 19, True, None, False), np.float32, rng)
+    p["x"] = (p["x"] * 1e4).astype(np.float32)
+    outs, _ = run_forward(F, variant, p, training=False, **kw)
+    assert np.all(np.isfinite(outs["y"]))
+    if variant != "rnn_relu":  # GRU mixes in h0, which may exceed 1
+        bound = max(1.0, float(np.abs(p["h0"]).max())) if variant.startswith("gru") else 1.0
+        assert np.all(np.abs(outs["y"]) <= bound * (1 + 1e-6))
+    p64 = {k: v.astype(np.float64) for k, v in p.items()}
+    ref_outs, _ = run_forward(R, variant, p64, training=False, **kw)
+    assert_close(outs["y"], ref_outs["y"], np.float32, "y at large inputs")
+    p["x"][0, 1, 2] = np.nan
+    outs, _ = run_forward(F, variant, p, training=False, **kw)
+    assert np.all(np.isnan(outs["y"][:, 1]))  # carried through the recurrence
+    assert np.all(np.isfinite(np.delete(outs["y"], 1, axis=1)))
+
+
+def test_float32_tanh_accuracy(isa):
+    """RNN with W_ih = identity and W_hh = 0 computes tanh(x) elementwise (inf is left out:
+    inf * 0 in the projection is NaN, as in any GEMM)."""
+    x = np.concatenate([np.linspace(-20, 20, 4001), np.geomspace(1e-7, 1.0, 500), -np.geomspace(1e-7, 1.0, 500),
+                        [0.0, 0.624, 0.625, 0.626, 44.0, 1e30, -1e30]]).astype(np.float32)
+    H = 25
+    x = np.pad(x, (0, -len(x) % H)).reshape(-1, 1, H)
+    W_ih = np.eye(H, dtype=np.float32)
+    W_hh = np.zeros((H, H), np.float32)
+    y, _, _ = F.rnn_forward(x, None, W_ih, W_hh, training=False)
+    expected = np.tanh(x.astype(np.float64))
+    np.testing.assert_allclose(y, expected, rtol=3e-7 * 8, atol=1e-30)
+
+
+def test_non_contiguous_inputs_are_copied(rng):
+    p, kw = _params("lstm", CONFIGS["H17-nobias-rev-len"], np.float64, rng)
+    q = {k: np.asfortranarray(v) for k, v in p.items()}
+    q["x"] = np.ascontiguousarray(p["x"].transpose(1, 0, 2)).transpose(1, 0, 2)  # strided view
+    assert not q["x"].flags.c_contiguous
+    a, _ = run_forward(F, "lstm", p, **kw)
+    b, _ = run_forward(F, "lstm", q, **kw)
+    for k in a:
+        assert np.array_equal(a[k], b[k])
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_empty_batch(variant, with_lengths, rng):
+    p = make_params(rng, VARIANTS[variant][0], T=3, B=0, I=4, H=5)
+    kw = {"lengths": np.zeros(0, np.int64)} if with_lengths else {}
+    outs, ws = run_forward(F, variant, p, **kw)
+    assert outs["y"].shape == (3, 0, 5) and outs["h_n"].shape == (0, 5)
+    grads = run_backward(F, variant, ws, random_cotangents(rng, outs))
+    for k, g in grads.items():
+        assert g.shape == p[k].shape and not np.any(g), k
+
+
+# ------------------------------------------------------------ validation --
+
+def _lstm(**changes):
+    rng = np.random.default_rng(0)
+    p = make_params(rng, "lstm", T=3, B=2, I=4, H=5)
+    p.update(changes)
+    return F.lstm_forward(p["x"], p["h0"], p["c0"], p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"],
+                          lengths=p.get("lengths"))
+
+
+@pytest.mark.parametrize("changes, exc, fragment", [
+    ({"x": np.zeros((3, 2, 3))}, ValueError, "W_ih must have shape"),
+    ({"x": np.zeros((3, 4))}, ValueError, "x must be a 3-D array"),
+    ({"x": np.zeros((0, 2, 4))}, ValueError, "at least one time step"),
+    ({"x": np.zeros((3, 2, 4), np.int64)}, TypeError, "float32 or float64"),
+    ({"x": np.zeros((3, 2, 4), np.float32)}, TypeError, "same dtype"),
+    ({"h0": np.zeros((2, 4))}, ValueError, "h0 must have shape"),
+    ({"c0": np.zeros((3, 5))}, ValueError, "c0 must have shape"),
+    ({"W_hh": np.zeros((20, 4))}, ValueError, "W_hh must have shape"),
+    ({"b_ih": np.zeros(19)}, ValueError, "b_ih must have shape"),
+    ({"b_ih": None}, ValueError, "both be given"),
+    ({"lengths": np.array([4, 1])}, ValueError, "lengths must lie in [1, T]"),
+    ({"lengths": np.array([0, 1])}, ValueError, "lengths must lie in [1, T]"),
+    ({"lengths": np.array([1, 2, 3])}, ValueError, "size B = 2"),
+    ({"lengths": np.array([1.0, 2.0])}, TypeError, "integer"),
+])
+def test_forward_validation(changes, exc, fragment):
+    with pytest.raises(exc, match=pytest.importorskip("re").escape(fragment)):
+        _lstm(**changes)
+
+
+def test_backward_validation(rng):
+    p = make_params(rng, "gru", T=3, B=2, I=4, H=5)
+    y, h_n, ws = F.gru_forward(p["x"], p["h0"], p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"])
+    with pytest.raises(ValueError, match="training=True"):
+        F.gru_backward(None, y)
+    with pytest.raises(TypeError, match="pyrnn workspace"):
+        F.gru_backward({"cell": "gru"}, y)
+    with pytest.raises(ValueError, match="from gru_forward"):
+        F.lstm_backward(ws, y)
+    with pytest.raises(ValueError, match=r"dy must have shape \(T, B, H\)"):
+        F.gru_backward(ws, y[:2])
+    with pytest.raises(TypeError, match="forward dtype"):
+        F.gru_backward(ws, y.astype(np.float32))
+    with pytest.raises(ValueError, match=r"dh_n must have shape"):
+        F.gru_backward(ws, y, np.zeros((3, 5)))
+
+
+def test_core_checks_arrays_itself(rng):
+    """Calling the extension directly with bad arrays raises instead of crashing."""
+    p = make_params(rng, "lstm", T=3, B=2, I=4, H=5)
+    args = dict(cell=_core.CellKind.LSTM, x=p["x"], h0=None, c0=None, W_ih=p["W_ih"], W_hh=p["W_hh"],
+                b_ih=None, b_hh=None, lengths=None, reverse=False, training=False)
+    _core.sequence_forward(**args)
+    bad = [
+        ({"W_ih": p["W_ih"].astype(np.float32)}, TypeError),
+        ({"W_hh": p["W_hh"][:, :4]}, ValueError),
+        ({"lengths": np.array([3, 4], np.int64)}, ValueError),
+        ({"lengths": np.array([3, 1], np.int32)}, TypeError),
+        ({"x": np.asfortranarray(p["x"])}, ValueError),
+        ({"cell": _core.CellKind.GRU}, ValueError),
+        ({"b_ih": p["b_ih"]}, ValueError),
+        ({"h0": "zeros"}, TypeError),
+    ]
+    for change, exc in bad:
+        with pytest.raises(exc):
+            _core.sequence_forward(**{**args, **change})
+
+
+def test_invalid_isa_request_raises(monkeypatch, rng):
+    p = make_params(rng, "rnn", T=2, B=1, I=3, H=4)
+    monkeypatch.setenv("PYRNN_ISA", "sse9")
+    with pytest.raises(ValueError, match="PYRNN_ISA must be one of"):
+        F.rnn_forward(p["x"], p["h0"], p["W_ih"], p["W_hh"])
