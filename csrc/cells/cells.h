@@ -30,7 +30,7 @@ struct LstmCell {
     const int64_t Hp = f.Hp, H = f.H;
     for (int r = 0; r < m; ++r) {
       const int64_t i = i0 + r, row = f.sc.offset[s] + i;
-      const T* xp = f.xp.data() + row * G * Hp + u;
+      const T* xp = f.xp_row(row) + u;
       const T* t = tile + r * NR;
       Vec<T> ig = sigmoid(loadu(t) + loadu(xp));
       Vec<T> fg = sigmoid(loadu(t + L) + loadu(xp + Hp));
@@ -41,9 +41,9 @@ struct LstmCell {
       storeu(cs, c);
       store_h(f.yrows[row], u, H, og * tanh_approx(c));
       if (TRAIN) {
-        T* g = f.ws->gates.data() + row * 4 * Hp + u;
+        T* g = f.ws->gates_row(row) + u;
         storeu(g, ig), storeu(g + Hp, fg), storeu(g + 2 * Hp, gg), storeu(g + 3 * Hp, og);
-        storeu(f.ws->extra.data() + row * Hp + u, c);
+        storeu(f.ws->extra_row(row) + u, c);
       }
     }
   }
@@ -51,15 +51,15 @@ struct LstmCell {
   template <class T>
   static void backward_unit(BwdCtx<T>& b, int64_t s, int64_t i, int64_t row, int64_t u, Vec<T> dh) {
     const int64_t Hp = b.Hp;
-    const T* g = b.ws.gates.data() + row * 4 * Hp + u;
+    const T* g = b.ws.gates_row(row) + u;
     Vec<T> ig = loadu(g), fg = loadu(g + Hp), gg = loadu(g + 2 * Hp), og = loadu(g + 3 * Hp);
-    Vec<T> c = loadu(b.ws.extra.data() + row * Hp + u);
-    Vec<T> cprev = s > 0 ? loadu(b.ws.extra.data() + (b.sc.offset[s - 1] + i) * Hp + u)
+    Vec<T> c = loadu(b.ws.extra_row(row) + u);
+    Vec<T> cprev = s > 0 ? loadu(b.ws.extra_row(b.sc.offset[s - 1] + i) + u)
                          : load_h(b.c0row(i), u, b.H);
     Vec<T> tc = tanh_approx(c);
     T* carry = b.carry.data() + i * Hp + u;
     Vec<T> dc = loadu(carry) + dh * og * (T(1) - tc * tc);
-    T* d = b.dG.data() + row * 4 * Hp + u;
+    T* d = b.dG_row(row) + u;
     storeu(d, dc * gg * ig * (T(1) - ig));
     storeu(d + Hp, dc * cprev * fg * (T(1) - fg));
     storeu(d + 2 * Hp, dc * ig * (T(1) - gg * gg));
@@ -89,7 +89,7 @@ struct GruCell {
     Vec<T> bhn = loadu(f.b_hn.data() + u);
     for (int r = 0; r < m; ++r) {
       const int64_t i = i0 + r, row = f.sc.offset[s] + i;
-      const T* xp = f.xp.data() + row * G * Hp + u;
+      const T* xp = f.xp_row(row) + u;
       const T* t = tile + r * NR;
       Vec<T> rg = sigmoid(loadu(t) + loadu(xp));
       Vec<T> zg = sigmoid(loadu(t + L) + loadu(xp + Hp));
@@ -98,7 +98,7 @@ struct GruCell {
       Vec<T> hp = load_h(f.hprev[row], u, H);
       store_h(f.yrows[row], u, H, ng + zg * (hp - ng));
       if (TRAIN) {
-        T* g = f.ws->gates.data() + row * 4 * Hp + u;
+        T* g = f.ws->gates_row(row) + u;
         storeu(g, rg), storeu(g + Hp, zg), storeu(g + 2 * Hp, ng), storeu(g + 3 * Hp, hn);
       }
     }
@@ -107,11 +107,11 @@ struct GruCell {
   template <class T>
   static void backward_unit(BwdCtx<T>& b, int64_t, int64_t i, int64_t row, int64_t u, Vec<T> dh) {
     const int64_t Hp = b.Hp;
-    const T* g = b.ws.gates.data() + row * 4 * Hp + u;
+    const T* g = b.ws.gates_row(row) + u;
     Vec<T> rg = loadu(g), zg = loadu(g + Hp), ng = loadu(g + 2 * Hp), hn = loadu(g + 3 * Hp);
     Vec<T> hp = load_h(b.hprev[row], u, b.H);
     Vec<T> dn = dh * (T(1) - zg) * (T(1) - ng * ng);
-    T* d = b.dG.data() + row * 4 * Hp + u;
+    T* d = b.dG_row(row) + u;
     storeu(d, dn);
     storeu(d + Hp, dn * hn * rg * (T(1) - rg));
     storeu(d + 2 * Hp, dh * (hp - ng) * zg * (T(1) - zg));
@@ -148,7 +148,7 @@ struct RnnCell {
     const int64_t Hp = f.Hp, H = f.H;
     for (int r = 0; r < m; ++r) {
       const int64_t row = f.sc.offset[s] + i0 + r;
-      const T* xp = f.xp.data() + row * Hp;
+      const T* xp = f.xp_row(row);
       for (int c = 0; c < kBlockVecs && u0 + c * L < Hp; ++c) {
         int64_t u = u0 + c * L;
         store_h(f.yrows[row], u, H, act<T>(loadu(tile + r * NR + c * L) + loadu(xp + u)));
@@ -164,7 +164,7 @@ struct RnnCell {
       d = h > Vec<T>{} ? dh : Vec<T>{};
     else
       d = dh * (T(1) - h * h);
-    storeu(b.dG.data() + row * b.Hp + u, d);
+    storeu(b.dG_row(row) + u, d);
   }
   static constexpr bool kDirectCarry = false;
 };
@@ -183,13 +183,13 @@ struct GruResetBeforeCell {
     const int64_t Hp = f.Hp, H = f.H;
     for (int r = 0; r < m; ++r) {
       const int64_t i = i0 + r, row = f.sc.offset[s] + i;
-      const T* xp = f.xp.data() + row * 3 * Hp + u;
+      const T* xp = f.xp_row(row) + u;
       Vec<T> rg = sigmoid(loadu(tile + r * NR) + loadu(xp));
       Vec<T> zg = sigmoid(loadu(tile + r * NR + L) + loadu(xp + Hp));
       Vec<T> rh = rg * load_h(f.hprev[row], u, H);
       storeu(f.rh_row(s, i) + u, rh);
       if (TRAIN) {
-        T* g = f.ws->gates.data() + row * 3 * Hp + u;
+        T* g = f.ws->gates_row(row) + u;
         storeu(g, rg), storeu(g + Hp, zg);
       } else {
         storeu(f.state.data() + i * Hp + u, zg);
@@ -203,9 +203,9 @@ struct GruResetBeforeCell {
     const int64_t Hp = f.Hp, H = f.H;
     for (int r = 0; r < m; ++r) {
       const int64_t i = i0 + r, row = f.sc.offset[s] + i;
-      const T* xp = f.xp.data() + row * 3 * Hp + u;
+      const T* xp = f.xp_row(row) + u;
       Vec<T> ng = tanh_approx(loadu(tile + r * L) + loadu(xp + 2 * Hp));
-      T* g = TRAIN ? f.ws->gates.data() + row * 3 * Hp + u : nullptr;
+      T* g = TRAIN ? f.ws->gates_row(row) + u : nullptr;
       Vec<T> zg = TRAIN ? loadu(g + Hp) : loadu(f.state.data() + i * Hp + u);
       Vec<T> hp = load_h(f.hprev[row], u, H);
       store_h(f.yrows[row], u, H, ng + zg * (hp - ng));
@@ -218,10 +218,10 @@ struct GruResetBeforeCell {
   template <class T>
   static void backward_zn(BwdCtx<T>& b, int64_t i, int64_t row, int64_t u, Vec<T> dh) {
     const int64_t Hp = b.Hp;
-    const T* g = b.ws.gates.data() + row * 3 * Hp + u;
+    const T* g = b.ws.gates_row(row) + u;
     Vec<T> zg = loadu(g + Hp), ng = loadu(g + 2 * Hp);
     Vec<T> hp = load_h(b.hprev[row], u, b.H);
-    T* d = b.dG.data() + row * 3 * Hp + u;
+    T* d = b.dG_row(row) + u;
     storeu(d + Hp, dh * (hp - ng) * zg * (T(1) - zg));
     storeu(d + 2 * Hp, dh * (T(1) - zg) * (T(1) - ng * ng));
     storeu(b.carry.data() + i * Hp + u, dh * zg);
@@ -230,9 +230,9 @@ struct GruResetBeforeCell {
   template <class T>
   static void backward_r(BwdCtx<T>& b, int64_t i, int64_t row, int64_t u, Vec<T> drh) {
     const int64_t Hp = b.Hp;
-    Vec<T> rg = loadu(b.ws.gates.data() + row * 3 * Hp + u);
+    Vec<T> rg = loadu(b.ws.gates_row(row) + u);
     Vec<T> hp = load_h(b.hprev[row], u, b.H);
-    storeu(b.dG.data() + row * 3 * Hp + u, drh * hp * rg * (T(1) - rg));
+    storeu(b.dG_row(row) + u, drh * hp * rg * (T(1) - rg));
     T* carry = b.carry.data() + i * Hp + u;
     storeu(carry, loadu(carry) + drh * rg);
   }

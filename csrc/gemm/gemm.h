@@ -31,7 +31,9 @@ constexpr int tile_rows(int nv) {
 
 // tile[MR][NV*lanes] = sum_k A(r,k) * Bp[k][:]
 // PACKED_A: a[k*MR + r]; otherwise arows[r][k].
-template <class T, int MR, int NV, bool PACKED_A>
+// ACC: start from the tile's current values instead of zero. Splitting K into
+// chunks this way keeps each element's sum in the same order as one pass.
+template <class T, int MR, int NV, bool PACKED_A, bool ACC = false>
 inline void ukernel(int64_t K, const T* __restrict a, const T* const* arows, const T* __restrict b,
                     T* __restrict tile) {
   constexpr int L = kLanes<T>;
@@ -39,7 +41,7 @@ inline void ukernel(int64_t K, const T* __restrict a, const T* const* arows, con
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) acc[r][v] = Vec<T>{};
+    for (int v = 0; v < NV; ++v) acc[r][v] = ACC ? loadu(tile + (r * NV + v) * L) : Vec<T>{};
   const T* ap[MR];
   if (!PACKED_A) {
 #pragma GCC unroll 16
@@ -66,17 +68,17 @@ inline void ukernel(int64_t K, const T* __restrict a, const T* const* arows, con
 
 // Runs the MR-row kernel with only m rows (1 <= m <= MR): a small batch must
 // not pay for MR rows of FMAs. For packed A the panel keeps its MR stride.
-template <class T, int MR, int NV, bool PACKED_A, int M = MR>
+template <class T, int MR, int NV, bool PACKED_A, bool ACC = false, int M = MR>
 inline void ukernel_rows(int m, int64_t K, const T* a, const T* const* arows, const T* b, T* tile) {
   if constexpr (PACKED_A) {
-    ukernel<T, MR, NV, true>(K, a, arows, b, tile);
+    ukernel<T, MR, NV, true, ACC>(K, a, arows, b, tile);
   } else if constexpr (M == 1) {
-    ukernel<T, 1, NV, false>(K, a, arows, b, tile);
+    ukernel<T, 1, NV, false, ACC>(K, a, arows, b, tile);
   } else {
     if (m == M)
-      ukernel<T, M, NV, false>(K, a, arows, b, tile);
+      ukernel<T, M, NV, false, ACC>(K, a, arows, b, tile);
     else
-      ukernel_rows<T, MR, NV, false, M - 1>(m, K, a, arows, b, tile);
+      ukernel_rows<T, MR, NV, false, ACC, M - 1>(m, K, a, arows, b, tile);
   }
 }
 
@@ -129,16 +131,15 @@ void pack_b(const BView<T>& B, int64_t k0, int64_t kc, int64_t n0, int64_t nc, T
 }
 
 // Packs A(i0..i0+mc, k0..k0+kc) (strided view) into MR-row panels, zero-padded.
+// k outer, i inner: for dG^T (rs = 1) each k reads one contiguous run of mc.
 template <class T, int MR>
 void pack_a(const AView<T>& A, int64_t i0, int64_t mc, int64_t k0, int64_t kc, T* out) {
-  for (int64_t i = 0; i < mc; i += MR) {
-    int64_t mw = std::min<int64_t>(MR, mc - i);
-    T* o = out + (i / MR) * kc * MR;
-    for (int64_t k = 0; k < kc; ++k) {
-      const T* src = A.p + (i0 + i) * A.rs + (k0 + k) * A.cs;
-      for (int64_t r = 0; r < mw; ++r) o[k * MR + r] = src[r * A.rs];
-      for (int64_t r = mw; r < MR; ++r) o[k * MR + r] = T(0);
-    }
+  const int64_t mp = (mc + MR - 1) / MR * MR;
+  for (int64_t k = 0; k < kc; ++k) {
+    const T* src = A.p + i0 * A.rs + (k0 + k) * A.cs;
+    T* o = out + k * MR;
+    for (int64_t i = 0; i < mc; ++i) o[(i / MR) * kc * MR + i % MR] = src[i * A.rs];
+    for (int64_t i = mc; i < mp; ++i) o[(i / MR) * kc * MR + i % MR] = T(0);
   }
 }
 

@@ -51,9 +51,11 @@ template <class T>
 inline void storeu(T* p, Vec<T> v) {
   std::memcpy(p, &v, sizeof v);
 }
+// Splat. Written as s - 0 (an identity even for -0.0) so the compiler emits a
+// plain broadcast; 0 + s would need a real add (0 + -0.0 is +0.0).
 template <class T>
 inline Vec<T> bcast(T s) {
-  return Vec<T>{} + s;
+  return s - Vec<T>{};
 }
 // First n (< kLanes) lanes from p, the rest zero.
 template <class T>

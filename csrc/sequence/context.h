@@ -40,7 +40,8 @@ struct FwdCtx {
   const Schedule& sc;
   Workspace<T>* ws;  // null in inference
   int64_t H, I, Hp;
-  AlignedBuffer<T> xp;       // [rows, G*Hp]: x W_ih^T + folded biases
+  int64_t ld_xp = 0;
+  AlignedBuffer<T> xp;       // [rows, ld_xp >= G*Hp]: x W_ih^T + folded biases
   AlignedBuffer<T> bias;     // [G*Hp] folded into xp
   AlignedBuffer<T> b_hn;     // [Hp] GRU (reset after)
   AlignedBuffer<T> panels;   // recurrent weights in blocked panels
@@ -55,9 +56,8 @@ struct FwdCtx {
   FwdCtx(const ForwardArgs<T>& args, const Schedule& s, Workspace<T>* w, int64_t hp)
       : a(args), sc(s), ws(w), H(args.H), I(args.I), Hp(hp) {}
 
-  T* rh_row(int64_t s, int64_t i) {
-    return ws ? ws->extra.data() + (sc.offset[s] + i) * Hp : rh.data() + i * Hp;
-  }
+  T* rh_row(int64_t s, int64_t i) { return ws ? ws->extra_row(sc.offset[s] + i) : rh.data() + i * Hp; }
+  const T* xp_row(int64_t row) const { return xp.data() + row * ld_xp; }
 };
 
 template <class T>
@@ -67,7 +67,8 @@ struct BwdCtx {
   const Workspace<T>& ws;
   const Schedule& sc;
   int64_t H, I, Hp;
-  AlignedBuffer<T> dG;       // [rows, kGrad*Hp]
+  int64_t ld_dG = 0;
+  AlignedBuffer<T> dG;       // [rows, ld_dG >= kGrad*Hp]
   AlignedBuffer<T> panels;   // W_hh for dh_{t-1} = dG_hh W_hh, in unit blocks
   AlignedBuffer<T> panels2;  // GRU reset-before: W_hn
   AlignedBuffer<T> carry;    // [B, Hp] LSTM dc; GRU the part of dh_{t-1} not through W_hh
@@ -78,6 +79,7 @@ struct BwdCtx {
   BwdCtx(const ForwardArgs<T>& fa, const BackwardArgs<T>& ba, const Workspace<T>& w)
       : a(fa), g(ba), ws(w), sc(w.sched), H(fa.H), I(fa.I), Hp(w.Hp) {}
 
+  T* dG_row(int64_t row) { return dG.data() + row * ld_dG; }
   const T* c0row(int64_t i) const { return a.c0 ? a.c0 + sc.order[i] * H : zeros.data(); }
 };
 

@@ -65,7 +65,7 @@ void pack_backward_panel(const T* W, int64_t H, int64_t Hp, const int* gates, in
 template <class T>
 void project_inputs(FwdCtx<T>& f, int G, int64_t ua, int64_t ub, GemmScratch<T>& scratch) {
   if (ua >= ub) return;
-  const int64_t ld = G * f.Hp;
+  const int64_t ld = f.ld_xp;
   for (int g = 0; g < G; ++g) {
     int64_t c0 = g * f.Hp + ua;
     gemm<T>(f.sc.rows, ub - ua, f.I, AView<T>{f.xrows.data()}, BView<T>{f.wih_cols.data() + c0, false},
@@ -89,16 +89,48 @@ void write_final_state(FwdCtx<T>& f, int64_t ua, int64_t ub, const T* cstate) {
 
 // One step's recurrent GEMM over the active entries for one block, each tile
 // handed to `epi(i0, m, tile)`. `arow(i)` gives the A row of entry i.
+//
+// With several row tiles, K is split into chunks whose slice of the panel
+// (~24 KiB) stays in L1 while every row tile passes over it; the tiles wait
+// in `acc` (ceil(n/MR)*MR*NR) between chunks. Otherwise each row tile would
+// stream the whole panel, and its A rows, from L2.
 template <class T, int MR, int NV, class ARow, class Epi>
-inline void step_tiles(int64_t n, int64_t K, const T* panel, ARow arow, Epi epi) {
-  alignas(64) T tile[MR * NV * kLanes<T>];
+inline void step_tiles(int64_t n, int64_t K, const T* panel, ARow arow, Epi epi, T* acc) {
+  constexpr int64_t NR = NV * kLanes<T>;
+  constexpr int64_t KC = std::max<int64_t>(16, (24 * 1024 / int64_t(NR * sizeof(T))) / 8 * 8);
   const T* arows[MR];
-  for (int64_t r0 = 0; r0 < n; r0 += MR) {
-    int m = int(std::min<int64_t>(MR, n - r0));
-    for (int r = 0; r < MR; ++r) arows[r] = arow(r0 + std::min(r, m - 1));
-    ukernel_rows<T, MR, NV, false>(m, K, nullptr, arows, panel, tile);
-    epi(r0, m, tile);
+  auto rows_at = [&](int64_t r0, int m, int64_t k0) {
+    for (int r = 0; r < MR; ++r) arows[r] = arow(r0 + std::min(r, m - 1)) + k0;
+  };
+  if (n <= MR || K <= KC) {
+    for (int64_t r0 = 0; r0 < n; r0 += MR) {
+      int m = int(std::min<int64_t>(MR, n - r0));
+      rows_at(r0, m, 0);
+      ukernel_rows<T, MR, NV, false>(m, K, nullptr, arows, panel, acc);
+      epi(r0, m, acc);
+    }
+    return;
   }
+  for (int64_t k0 = 0; k0 < K; k0 += KC) {
+    const int64_t kc = std::min(KC, K - k0);
+    for (int64_t r0 = 0; r0 < n; r0 += MR) {
+      int m = int(std::min<int64_t>(MR, n - r0));
+      rows_at(r0, m, k0);
+      T* tile = acc + r0 * NR;
+      if (k0 == 0)
+        ukernel_rows<T, MR, NV, false>(m, kc, nullptr, arows, panel, tile);
+      else
+        ukernel_rows<T, MR, NV, false, true>(m, kc, nullptr, arows, panel + k0 * NR, tile);
+    }
+  }
+  for (int64_t r0 = 0; r0 < n; r0 += MR) epi(r0, int(std::min<int64_t>(MR, n - r0)), acc + r0 * NR);
+}
+
+// Per-thread tile storage for step_tiles: B entries rounded up to MR rows.
+template <class T>
+T* tile_scratch(AlignedBuffer<T>& buf, int64_t B, int MR, int64_t NR) {
+  buf.reserve(size_t(((B + MR - 1) / MR * MR) * NR));
+  return buf.data();
 }
 
 template <class T, class Cell, bool TRAIN>
@@ -121,6 +153,8 @@ void forward_one_phase(FwdCtx<T>& f, int nthreads) {
       GemmScratch<T> scratch;
       project_inputs(f, Cell::G, j0 * HB, std::min(j1 * HB, f.Hp), scratch);
     }
+    AlignedBuffer<T> tiles;
+    T* acc = tile_scratch(tiles, sc.B, MR, NR);
     for (int64_t s = 0; s < sc.S; ++s) {
       const int64_t off = sc.offset[s];
       for (int64_t j = j0; j < j1; ++j)
@@ -128,7 +162,8 @@ void forward_one_phase(FwdCtx<T>& f, int nthreads) {
             sc.active[s], H, f.panels.data() + j * H * NR, [&](int64_t i) { return f.hprev[off + i]; },
             [&](int64_t i0, int m, const T* tile) {
               Cell::template forward_tile<T, TRAIN>(f, s, i0, m, j * HB, tile);
-            });
+            },
+            acc);
 #pragma omp barrier
     }
     write_final_state(f, j0 * HB, j1 * HB, lstm ? f.state.data() : nullptr);
@@ -157,17 +192,22 @@ void forward_gru_reset_before(FwdCtx<T>& f, int nthreads) {
       GemmScratch<T> scratch;
       project_inputs(f, 3, j0 * L, std::min(j1 * L, f.Hp), scratch);
     }
+    AlignedBuffer<T> tiles;
+    tile_scratch(tiles, sc.B, MR1, 2 * L);
+    T* acc = tile_scratch(tiles, sc.B, MR2, L);
     for (int64_t s = 0; s < sc.S; ++s) {
       const int64_t off = sc.offset[s], n = sc.active[s];
       for (int64_t j = j0; j < j1; ++j)
         step_tiles<T, MR1, 2>(
             n, H, f.panels.data() + j * H * 2 * L, [&](int64_t i) { return f.hprev[off + i]; },
-            [&](int64_t i0, int m, const T* tile) { Cell::forward_rz<T, TRAIN>(f, s, i0, m, j * L, tile); });
+            [&](int64_t i0, int m, const T* tile) { Cell::forward_rz<T, TRAIN>(f, s, i0, m, j * L, tile); },
+            acc);
 #pragma omp barrier
       for (int64_t j = j0; j < j1; ++j)
         step_tiles<T, MR2, 1>(
             n, H, f.panels2.data() + j * H * L, [&](int64_t i) { return (const T*)f.rh_row(s, i); },
-            [&](int64_t i0, int m, const T* tile) { Cell::forward_n<T, TRAIN>(f, s, i0, m, j * L, tile); });
+            [&](int64_t i0, int m, const T* tile) { Cell::forward_n<T, TRAIN>(f, s, i0, m, j * L, tile); },
+            acc);
 #pragma omp barrier
     }
     write_final_state<T>(f, j0 * L, j1 * L, nullptr);
@@ -198,7 +238,8 @@ void forward_impl(const ForwardArgs<T>& a, Workspace<T>& w, bool training, int n
         f.bias.data()[g * Hp + u] = a.b_ih[g * H + u] + (fold ? a.b_hh[g * H + u] : T(0));
         if (!fold) f.b_hn.data()[u] = a.b_hh[g * H + u];
       }
-  f.xp.reserve(size_t(sc.rows * G * Hp));
+  f.ld_xp = good_ld<T>(G * Hp);
+  f.xp.reserve(size_t(sc.rows * f.ld_xp));
   f.state.zero(size_t(sc.B * Hp));
   if (a.cell == CellKind::Lstm && a.c0)
     for (int64_t i = 0; i < sc.B; ++i)
@@ -207,8 +248,10 @@ void forward_impl(const ForwardArgs<T>& a, Workspace<T>& w, bool training, int n
   if (training) {
     w.Hp = Hp;
     int saved = a.cell == CellKind::Lstm || a.cell == CellKind::Gru ? 4 : a.cell == CellKind::GruResetBefore ? 3 : 0;
-    if (saved) w.gates.reserve(size_t(sc.rows * saved * Hp));
-    if (a.cell == CellKind::Lstm || a.cell == CellKind::GruResetBefore) w.extra.zero(size_t(sc.rows * Hp));
+    w.ld_gates = good_ld<T>(saved * Hp);
+    w.ld_extra = good_ld<T>(Hp);
+    if (saved) w.gates.reserve(size_t(sc.rows * w.ld_gates));
+    if (a.cell == CellKind::Lstm || a.cell == CellKind::GruResetBefore) w.extra.zero(size_t(sc.rows * w.ld_extra));
   }
   auto run = [&](auto train_tag) {
     constexpr bool TR = decltype(train_tag)::value;
@@ -258,19 +301,23 @@ void weight_grad(BwdCtx<T>& b, int64_t ldg, const WeightGradJob<T>& job, int tid
           false, s);
 }
 
-// db over gate columns [col0, col0+ng*Hp): sums of dG over rows, in row order.
+// db over gate columns [col0, col0+ng*Hp): sums of dG over rows, in row order
+// (rows outer, so dG is read sequentially).
 template <class T>
 void bias_grad(BwdCtx<T>& b, int64_t ldg, int64_t col0, int ng, const int* order, T* db, int tid, int nt) {
   constexpr int L = kLanes<T>;
   const int64_t Hp = b.Hp, H = b.H, nvec = ng * Hp / L;
   int64_t v0, v1;
   split_range(nvec, nt, tid, v0, v1);
+  if (v0 >= v1) return;
+  std::vector<Vec<T>> acc(size_t(v1 - v0), Vec<T>{});
+  for (int64_t row = 0; row < b.sc.rows; ++row) {
+    const T* p = b.dG.data() + row * ldg + col0;
+    for (int64_t v = v0; v < v1; ++v) acc[v - v0] += loadu(p + v * L);
+  }
   for (int64_t v = v0; v < v1; ++v) {
-    const T* p = b.dG.data() + col0 + v * L;
-    Vec<T> acc{};
-    for (int64_t row = 0; row < b.sc.rows; ++row) acc += loadu(p + row * ldg);
     int64_t k = v * L, g = k / Hp, up = k % Hp;
-    store_h(db + order[g] * H, up, H, acc);
+    store_h(db + order[g] * H, up, H, acc[v - v0]);
   }
 }
 
@@ -308,7 +355,7 @@ inline Vec<T> gather_dh(BwdCtx<T>& b, Vec<T> dh, int64_t i, int64_t row, int64_t
 
 // dh0 = dG_0 (hh columns) W_hh (+ carry when DIRECT) for units of block q.
 template <class T, int MR, int NV, bool DIRECT>
-void initial_state_grad(BwdCtx<T>& b, int64_t K, int64_t col0, int64_t ldg, const T* panel, int64_t u0) {
+void initial_state_grad(BwdCtx<T>& b, int64_t K, int64_t col0, int64_t ldg, const T* panel, int64_t u0, T* acc) {
   constexpr int L = kLanes<T>;
   const Schedule& sc = b.sc;
   step_tiles<T, MR, NV>(
@@ -321,7 +368,8 @@ void initial_state_grad(BwdCtx<T>& b, int64_t K, int64_t col0, int64_t ldg, cons
             if (DIRECT) dh += loadu(b.carry.data() + i * b.Hp + u);
             store_h(b.g.dh0 + sc.order[i] * b.H, u, b.H, dh);
           }
-      });
+      },
+      acc);
 }
 
 template <class T>
@@ -341,10 +389,10 @@ void copy_carry_out(BwdCtx<T>& b, T* to, int64_t ua, int64_t ub) {
 
 template <class T, class Cell>
 void backward_one_phase(BwdCtx<T>& b, int nthreads) {
-  constexpr int L = kLanes<T>, NV = 2, MR = tile_rows(NV);
+  constexpr int L = kLanes<T>, NV = kGemmNV, MR = tile_rows(NV);
   constexpr int64_t UB = NV * L;
   const Schedule& sc = b.sc;
-  const int64_t Hp = b.Hp, ldg = Cell::kGrad * Hp, hh0 = Cell::kHhOff * Hp, K = Cell::kHhGroups * Hp;
+  const int64_t Hp = b.Hp, ldg = b.ld_dG, hh0 = Cell::kHhOff * Hp, K = Cell::kHhGroups * Hp;
   const int64_t nblk = ceil_div(Hp, UB);
   b.panels.reserve(size_t(nblk * K * UB));
   constexpr bool kLstm = Cell::kSaved == 4 && !Cell::kDirectCarry;
@@ -357,6 +405,8 @@ void backward_one_phase(BwdCtx<T>& b, int nthreads) {
     for (int64_t q = q0; q < q1; ++q)
       pack_backward_panel(b.a.W_hh, b.H, Hp, Cell::kHhOrder, Cell::kHhGroups, UB, q, b.panels.data() + q * K * UB);
     init_carry(b, kLstm ? b.g.dc_n : nullptr, ua, ub);
+    AlignedBuffer<T> tiles;
+    T* acc = tile_scratch(tiles, sc.B, MR, UB);
     for (int64_t s = sc.S - 1; s >= 0; --s) {
       const int64_t off = sc.offset[s], nn = s + 1 < sc.S ? sc.active[s + 1] : 0;
       const int64_t offn = s + 1 < sc.S ? sc.offset[s + 1] : 0;
@@ -371,11 +421,12 @@ void backward_one_phase(BwdCtx<T>& b, int nthreads) {
                   Vec<T> dh = gather_dh<T, Cell::kDirectCarry>(b, loadu(tile + (r * NV + c) * L), i, row, u, i >= nn);
                   Cell::backward_unit(b, s, i, row, u, dh);
                 }
-            });
+            },
+            acc);
 #pragma omp barrier
     }
     for (int64_t q = q0; q < q1; ++q)
-      initial_state_grad<T, MR, NV, Cell::kDirectCarry>(b, K, hh0, ldg, b.panels.data() + q * K * UB, q * UB);
+      initial_state_grad<T, MR, NV, Cell::kDirectCarry>(b, K, hh0, ldg, b.panels.data() + q * K * UB, q * UB, acc);
     if (kLstm && b.g.dc0) copy_carry_out(b, b.g.dc0, ua, ub);
     // dG is complete since the last step's barrier.
     GemmScratch<T> scratch;
@@ -393,15 +444,15 @@ void backward_one_phase(BwdCtx<T>& b, int nthreads) {
 template <class T>
 void backward_gru_reset_before(BwdCtx<T>& b, int nthreads) {
   using Cell = GruResetBeforeCell;
-  constexpr int L = kLanes<T>, NV = 2, MR = tile_rows(NV);
+  constexpr int L = kLanes<T>, NV = kGemmNV, MR = tile_rows(NV);
   constexpr int64_t UB = NV * L;
   static constexpr int kRz[2] = {0, 1}, kN[1] = {2}, kRzn[3] = {0, 1, 2};
   const Schedule& sc = b.sc;
-  const int64_t Hp = b.Hp, ldg = 3 * Hp, nblk = ceil_div(Hp, UB);
+  const int64_t Hp = b.Hp, ldg = b.ld_dG, nblk = ceil_div(Hp, UB);
   b.panels.reserve(size_t(nblk * 2 * Hp * UB));
   b.panels2.reserve(size_t(nblk * Hp * UB));
   std::vector<const T*> rh_rows(size_t(sc.rows));
-  for (int64_t r = 0; r < sc.rows; ++r) rh_rows[r] = b.ws.extra.data() + r * Hp;
+  for (int64_t r = 0; r < sc.rows; ++r) rh_rows[r] = b.ws.extra_row(r);
 #pragma omp parallel num_threads(int(std::min<int64_t>(nthreads, nblk)))
   {
     const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -413,6 +464,8 @@ void backward_gru_reset_before(BwdCtx<T>& b, int nthreads) {
       pack_backward_panel(b.a.W_hh, b.H, Hp, kN, 1, UB, q, b.panels2.data() + q * Hp * UB);
     }
     init_carry<T>(b, nullptr, ua, ub);
+    AlignedBuffer<T> tiles;
+    T* acc = tile_scratch(tiles, sc.B, MR, UB);
     for (int64_t s = sc.S - 1; s >= 0; --s) {
       const int64_t off = sc.offset[s], nn = s + 1 < sc.S ? sc.active[s + 1] : 0;
       const int64_t offn = s + 1 < sc.S ? sc.offset[s + 1] : 0;
@@ -427,7 +480,8 @@ void backward_gru_reset_before(BwdCtx<T>& b, int nthreads) {
                   Vec<T> dh = gather_dh<T, true>(b, loadu(tile + (r * NV + c) * L), i, row, u, i >= nn);
                   Cell::backward_zn(b, i, row, u, dh);
                 }
-            });
+            },
+            acc);
 #pragma omp barrier
       for (int64_t q = q0; q < q1; ++q)
         step_tiles<T, MR, NV>(
@@ -439,11 +493,12 @@ void backward_gru_reset_before(BwdCtx<T>& b, int nthreads) {
                   const int64_t i = i0 + r, u = q * UB + c * L;
                   Cell::backward_r(b, i, off + i, u, loadu(tile + (r * NV + c) * L));
                 }
-            });
+            },
+            acc);
 #pragma omp barrier
     }
     for (int64_t q = q0; q < q1; ++q)
-      initial_state_grad<T, MR, NV, true>(b, 2 * Hp, 0, ldg, b.panels.data() + q * 2 * Hp * UB, q * UB);
+      initial_state_grad<T, MR, NV, true>(b, 2 * Hp, 0, ldg, b.panels.data() + q * 2 * Hp * UB, q * UB, acc);
     GemmScratch<T> scratch;
     input_grad(b, ldg, 0, 3, kRzn, tid, nt, scratch);
     weight_grad(b, ldg, WeightGradJob<T>{0, 3, kRzn, &b.xrows, b.g.dW_ih, b.I}, tid, nt, scratch);
@@ -464,7 +519,8 @@ void backward_impl(const Workspace<T>& w, const ForwardArgs<T>& a, const Backwar
   int grad_groups = a.cell == CellKind::Lstm || a.cell == CellKind::Gru ? 4 : a.cell == CellKind::GruResetBefore ? 3 : 1;
   b.zeros.zero(size_t(grad_groups * Hp + L));
   fill_row_pointers<T>(b, a.x, a.h0, a.y);
-  b.dG.reserve(size_t(sc.rows * grad_groups * Hp));
+  b.ld_dG = good_ld<T>(grad_groups * Hp);
+  b.dG.reserve(size_t(sc.rows * b.ld_dG));
   b.carry.zero(size_t(sc.B * Hp));
   switch (a.cell) {
     case CellKind::Lstm: return backward_one_phase<T, LstmCell>(b, nthreads);

@@ -39,7 +39,21 @@ struct Workspace {
   AlignedBuffer<T> gates;
   // LSTM: c_t; GRU reset-before: r * h_{t-1}. [rows, Hp]
   AlignedBuffer<T> extra;
+  int64_t ld_gates = 0, ld_extra = 0;  // row strides (see good_ld)
+
+  T* gates_row(int64_t r) { return gates.data() + r * ld_gates; }
+  const T* gates_row(int64_t r) const { return gates.data() + r * ld_gates; }
+  T* extra_row(int64_t r) { return extra.data() + r * ld_extra; }
+  const T* extra_row(int64_t r) const { return extra.data() + r * ld_extra; }
 };
+
+// Row stride for n elements: strides that are multiples of 1 KiB put the rows
+// a micro-kernel reads together into the same L1 sets (4K aliasing), so such
+// strides get one extra cache line (as oneDNN's get_good_ld does).
+template <class T>
+inline int64_t good_ld(int64_t n) {
+  return (n * int64_t(sizeof(T))) % 1024 == 0 ? n + 64 / int64_t(sizeof(T)) : n;
+}
 
 template <class T>
 void WorkspaceDeleter<T>::operator()(Workspace<T>* w) const {
