@@ -47,12 +47,16 @@ def _check_lengths(lengths, T, B):
     return lengths.astype(np.intp)
 
 
-def _check_forward_inputs(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths):
+def _check_forward_inputs(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, extras=None, W_hr=None):
     """Validate the forward inputs of ``cell``.
 
-    ``states`` maps "h0" (and "c0") to an array or None.  Returns
-    (x, states tuple with None replaced by zeros, W_ih, W_hh, b_ih, b_hh,
-    lengths as an intp array).
+    ``states`` maps "h0" (and "c0") to an array or None.  ``W_hr`` (LSTM
+    projection, [P, H]) makes h P wide: W_hh is then [4H, P], h0 [B, P].
+    ``extras`` maps further names to an array or None, each checked to be
+    [B, Ho] (Ho = P or H) and of the common dtype (e.g. a recurrent-dropout
+    mask).  Returns (x, states tuple with None replaced by zeros, W_ih, W_hh,
+    b_ih, b_hh, lengths as an intp array) and, when ``extras`` or ``W_hr`` is
+    given, a dict of the checked extras (with "W_hr") as a last element.
     """
     G = _NUM_GATES[cell]
     x = _as_float_array("x", x)
@@ -63,9 +67,18 @@ def _check_forward_inputs(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths):
         raise ValueError(f"x must have at least one time step (T >= 1), got T = {T}")
 
     W_hh = _as_float_array("W_hh", W_hh)
-    if W_hh.ndim != 2 or W_hh.shape[0] != G * W_hh.shape[1]:
-        raise ValueError(f"W_hh must have shape ({G}*H, H) for {cell}, got {W_hh.shape}")
-    H = W_hh.shape[1]
+    if W_hr is not None:
+        if cell != "lstm":
+            raise ValueError(f"W_hr (a projection) is only supported for the LSTM, not {cell}")
+        W_hr = _as_float_array("W_hr", W_hr)
+        if W_hr.ndim != 2 or not 1 <= W_hr.shape[0] < W_hr.shape[1]:
+            raise ValueError(f"W_hr must have shape (P, H) with 1 <= P < H, got {W_hr.shape}")
+        P, H = W_hr.shape
+        _check_shape("W_hh", W_hh, (G * H, P), f"({G}*H, P)")
+    else:
+        if W_hh.ndim != 2 or W_hh.shape[0] != G * W_hh.shape[1]:
+            raise ValueError(f"W_hh must have shape ({G}*H, H) for {cell}, got {W_hh.shape}")
+        H = P = W_hh.shape[1]
 
     W_ih = _as_float_array("W_ih", W_ih)
     _check_shape("W_ih", W_ih, (G * H, I), f"({G}*H, I)")
@@ -79,18 +92,31 @@ def _check_forward_inputs(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths):
         _check_shape("b_hh", b_hh, (G * H,), f"({G}*H,)")
 
     given_states = {}
+    sizes = {}
     for name, s in states.items():
+        size, layout = (H, "(B, H)") if name == "c0" or W_hr is None else (P, "(B, P)")
+        sizes[name] = size
         if s is not None:
             s = _as_float_array(name, s)
-            _check_shape(name, s, (B, H), "(B, H)")
+            _check_shape(name, s, (B, size), layout)
         given_states[name] = s
+    checked_extras = {}
+    for name, e in (extras or {}).items():
+        if e is not None:
+            e = _as_float_array(name, e)
+            _check_shape(name, e, (B, P), "(B, P)" if W_hr is not None else "(B, H)")
+        checked_extras[name] = e
 
-    _check_same_dtype({"x": x, "W_ih": W_ih, "W_hh": W_hh, "b_ih": b_ih, "b_hh": b_hh, **given_states})
+    _check_same_dtype({"x": x, "W_ih": W_ih, "W_hh": W_hh, "b_ih": b_ih, "b_hh": b_hh, "W_hr": W_hr,
+                       **given_states, **checked_extras})
     state_arrays = tuple(
-        np.zeros((B, H), dtype=x.dtype) if s is None else s for s in given_states.values()
+        np.zeros((B, sizes[name]), dtype=x.dtype) if s is None else s for name, s in given_states.items()
     )
     lengths = _check_lengths(lengths, T, B)
-    return x, state_arrays, W_ih, W_hh, b_ih, b_hh, lengths
+    out = (x, state_arrays, W_ih, W_hh, b_ih, b_hh, lengths)
+    if extras is not None or W_hr is not None:
+        out += ({**checked_extras, "W_hr": W_hr},)
+    return out
 
 
 def _check_backward_inputs(cell, cache, dy, dfinal):

@@ -44,16 +44,16 @@ def _c(a):
     return None if a is None else np.ascontiguousarray(a)
 
 
-def _forward(kind, cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training):
+def _forward(kind, cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training, h_mask=None, W_hr=None):
     given = dict(states)
-    x, state_arrays, W_ih, W_hh, b_ih, b_hh, lengths_arr = _check_forward_inputs(
-        cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths)
+    x, state_arrays, W_ih, W_hh, b_ih, b_hh, lengths_arr, extra = _check_forward_inputs(
+        cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, extras={"h_mask": h_mask}, W_hr=W_hr)
     # Omitted states are zeros inside the kernel; no need to pass arrays of them.
     h0 = state_arrays[0] if given["h0"] is not None else None
     c0 = state_arrays[1] if cell == "lstm" and given["c0"] is not None else None
     lengths64 = None if lengths is None else np.ascontiguousarray(lengths_arr, dtype=np.int64)
     return _core.sequence_forward(kind, _c(x), _c(h0), _c(c0), _c(W_ih), _c(W_hh), _c(b_ih), _c(b_hh),
-                                  lengths64, bool(reverse), bool(training))
+                                  lengths64, bool(reverse), bool(training), _c(extra["W_hr"]), _c(extra["h_mask"]))
 
 
 def _backward(cell, ws, grads, return_dh_seq):
@@ -65,6 +65,7 @@ def _backward(cell, ws, grads, return_dh_seq):
         raise ValueError(f"{cell}_backward needs a workspace from {cell}_forward, got one from "
                          f"{_CELL_NAMES[ws.cell]}_forward")
     T, B, _, H = ws.shape
+    H = ws.proj_size or H
     checked = []
     for name, g in grads.items():
         if g is not None:
@@ -81,46 +82,61 @@ def _backward(cell, ws, grads, return_dh_seq):
 
 
 def rnn_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", lengths=None, reverse=False,
-                training=True):
-    """Elman RNN forward. Returns (y, h_n, workspace); workspace is None unless training."""
+                training=True, h_mask=None):
+    """Elman RNN forward. Returns (y, h_n, workspace); workspace is None unless training.
+
+    h_mask ([B, H], optional): recurrent (variational) dropout; the recurrent
+    product uses h_{t-1} * h_mask at every step.
+    """
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     kind = _core.CellKind.RNN_TANH if nonlinearity == "tanh" else _core.CellKind.RNN_RELU
-    y, h_n, _, ws = _forward(kind, "rnn", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training)
+    y, h_n, _, ws = _forward(kind, "rnn", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training, h_mask)
     return y, h_n, ws
 
 
 def rnn_backward(ws, dy=None, dh_n=None, *, return_dh_seq=False):
     """Returns (dx, dh0, dW_ih, dW_hh, db_ih, db_hh) [+ dh_seq]; db_* are None without bias."""
-    dx, dh0, _, dW_ih, dW_hh, db_ih, db_hh, dh_seq = _backward("rnn", ws, {"dy": dy, "dh_n": dh_n}, return_dh_seq)
+    dx, dh0, _, dW_ih, dW_hh, db_ih, db_hh, dh_seq, _ = _backward("rnn", ws, {"dy": dy, "dh_n": dh_n}, return_dh_seq)
     out = (dx, dh0, dW_ih, dW_hh, db_ih, db_hh)
     return out + (dh_seq,) if return_dh_seq else out
 
 
-def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False, training=True):
-    """LSTM forward (gates i, f, g, o). Returns (y, h_n, c_n, workspace)."""
+def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False, training=True,
+                 h_mask=None, W_hr=None):
+    """LSTM forward (gates i, f, g, o). Returns (y, h_n, c_n, workspace).
+
+    W_hr ([P, H], optional): PyTorch's proj_size; h_t = W_hr (o * tanh(c_t)) is
+    P wide, W_hh is [4H, P] and y, h0, h_n are P wide. h_mask ([B, P or H],
+    optional): recurrent (variational) dropout on h_{t-1}.
+    """
     return _forward(_core.CellKind.LSTM, "lstm", x, {"h0": h0, "c0": c0}, W_ih, W_hh, b_ih, b_hh, lengths,
-                    reverse, training)
+                    reverse, training, h_mask, W_hr)
 
 
 def lstm_backward(ws, dy=None, dh_n=None, dc_n=None, *, return_dh_seq=False):
-    """Returns (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh) [+ dh_seq]."""
-    dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dh_seq = _backward(
+    """Returns (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh) [+ dW_hr with a projection] [+ dh_seq]."""
+    dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dh_seq, dW_hr = _backward(
         "lstm", ws, {"dy": dy, "dh_n": dh_n, "dc_n": dc_n}, return_dh_seq)
-    out = (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh)
+    out = (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh) + ((dW_hr,) if ws.proj_size else ())
     return out + (dh_seq,) if return_dh_seq else out
 
 
 def gru_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, reset_after=True, lengths=None, reverse=False,
-                training=True):
-    """GRU forward (gates r, z, n); reset_after=False is Cho et al. v3. Returns (y, h_n, workspace)."""
+                training=True, h_mask=None):
+    """GRU forward (gates r, z, n); reset_after=False is Cho et al. v3. Returns (y, h_n, workspace).
+
+    h_mask ([B, H], optional): recurrent (variational) dropout: the recurrent
+    products use h_{t-1} * h_mask (z * h_{t-1} keeps the unmasked state).
+    """
     kind = _core.CellKind.GRU if reset_after else _core.CellKind.GRU_RESET_BEFORE
-    y, h_n, _, ws = _forward(kind, "gru", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training)
+    y, h_n, _, ws = _forward(kind, "gru", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training,
+                             h_mask)
     return y, h_n, ws
 
 
 def gru_backward(ws, dy=None, dh_n=None, *, return_dh_seq=False):
     """Returns (dx, dh0, dW_ih, dW_hh, db_ih, db_hh) [+ dh_seq]."""
-    dx, dh0, _, dW_ih, dW_hh, db_ih, db_hh, dh_seq = _backward("gru", ws, {"dy": dy, "dh_n": dh_n}, return_dh_seq)
+    dx, dh0, _, dW_ih, dW_hh, db_ih, db_hh, dh_seq, _ = _backward("gru", ws, {"dy": dy, "dh_n": dh_n}, return_dh_seq)
     out = (dx, dh0, dW_ih, dW_hh, db_ih, db_hh)
     return out + (dh_seq,) if return_dh_seq else out

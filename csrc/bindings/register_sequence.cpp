@@ -55,8 +55,8 @@ struct SequenceState {
   pyrnn::WorkspacePtr<double> wd;
   pyrnn::ForwardArgs<float> af;
   pyrnn::ForwardArgs<double> ad;
-  py::object x, h0, c0, W_ih, W_hh, b_ih, b_hh, y, lengths;
-  int64_t T = 0, B = 0, I = 0, H = 0;
+  py::object x, h0, c0, W_ih, W_hh, b_ih, b_hh, y, lengths, W_hr, h_mask;
+  int64_t T = 0, B = 0, I = 0, H = 0, P = 0;
   bool has_bias = false;
 
   int64_t nbytes() const { return f64 ? (wd ? pyrnn::workspace_bytes(*wd) : 0) : (wf ? pyrnn::workspace_bytes(*wf) : 0); }
@@ -70,21 +70,28 @@ T* ptr(const std::optional<py::array>& a) {
 template <class Real>
 py::tuple forward_typed(CellKind cell, py::array x, std::optional<py::array> h0, std::optional<py::array> c0,
                         py::array W_ih, py::array W_hh, std::optional<py::array> b_ih, std::optional<py::array> b_hh,
-                        std::optional<py::array> lengths, bool reverse, bool training) {
+                        std::optional<py::array> lengths, bool reverse, bool training, std::optional<py::array> W_hr,
+                        std::optional<py::array> h_mask) {
   const py::dtype dt = py::dtype::of<Real>();
   const int G = pyrnn::gates_of(cell);
   if (x.ndim() != 3) throw py::value_error("x must be a 3-D array [T, B, I], got shape " + shape_str(x));
   const int64_t T = x.shape(0), B = x.shape(1), I = x.shape(2);
   if (W_hh.ndim() != 2) throw py::value_error("W_hh must be a 2-D array (G*H, H), got shape " + shape_str(W_hh));
-  const int64_t H = W_hh.shape(1);
+  if (W_hr && cell != CellKind::Lstm) throw py::value_error("W_hr (a projection) is only supported for the LSTM");
+  if (W_hr && W_hr->ndim() != 2) throw py::value_error("W_hr must be a 2-D array (P, H), got shape " + shape_str(*W_hr));
+  const int64_t P = W_hr ? W_hr->shape(0) : 0;
+  const int64_t H = W_hr ? W_hr->shape(1) : W_hh.shape(1), Ho = P ? P : H;
+  if (W_hr && (P < 1 || P >= H)) throw py::value_error("W_hr must have 1 <= P < H rows, got shape " + shape_str(*W_hr));
   if (T < 1) throw py::value_error("x must have at least one time step, got T = 0");
   if (H < 1 || I < 1) throw py::value_error("input and hidden sizes must be at least 1");
   check_array("x", x, dt, {T, B, I});
   check_array("W_ih", W_ih, dt, {G * H, I});
-  check_array("W_hh", W_hh, dt, {G * H, H});
+  check_array("W_hh", W_hh, dt, {G * H, Ho});
+  if (W_hr) check_array("W_hr", *W_hr, dt, {P, H});
   if (bool(b_ih) != bool(b_hh)) throw py::value_error("b_ih and b_hh must both be given or both be None");
   if (b_ih) check_array("b_ih", *b_ih, dt, {G * H}), check_array("b_hh", *b_hh, dt, {G * H});
-  if (h0) check_array("h0", *h0, dt, {B, H});
+  if (h0) check_array("h0", *h0, dt, {B, Ho});
+  if (h_mask) check_array("h_mask", *h_mask, dt, {B, Ho});
   if (c0) {
     if (cell != CellKind::Lstm) throw py::value_error("c0 is only used by the LSTM");
     check_array("c0", *c0, dt, {B, H});
@@ -98,15 +105,16 @@ py::tuple forward_typed(CellKind cell, py::array x, std::optional<py::array> h0,
                               std::to_string(L[b]) + " at index " + std::to_string(b));
   }
   // y is zero at padded steps, so it starts zeroed when lengths are given.
-  py::array_t<Real> y({T, B, H});
-  if (lengths) std::memset(y.mutable_data(), 0, sizeof(Real) * size_t(T * B * H));
-  py::array_t<Real> h_n({B, H});
+  py::array_t<Real> y({T, B, Ho});
+  if (lengths) std::memset(y.mutable_data(), 0, sizeof(Real) * size_t(T * B * Ho));
+  py::array_t<Real> h_n({B, Ho});
   py::object c_n = py::none();
   pyrnn::ForwardArgs<Real> a;
   a.cell = cell, a.T = T, a.B = B, a.I = I, a.H = H;
   a.x = ptr<Real>(x), a.h0 = ptr<Real>(h0), a.c0 = ptr<Real>(c0);
   a.W_ih = ptr<Real>(W_ih), a.W_hh = ptr<Real>(W_hh), a.b_ih = ptr<Real>(b_ih), a.b_hh = ptr<Real>(b_hh);
   a.lengths = ptr<int64_t>(lengths);
+  a.P = P, a.W_hr = ptr<Real>(W_hr), a.h_mask = ptr<Real>(h_mask);
   a.reverse = reverse;
   a.y = y.mutable_data(), a.h_n = h_n.mutable_data();
   if (cell == CellKind::Lstm) {
@@ -130,6 +138,9 @@ py::tuple forward_typed(CellKind cell, py::array x, std::optional<py::array> h0,
     st->b_ih = b_ih ? py::object(*b_ih) : py::none();
     st->b_hh = b_hh ? py::object(*b_hh) : py::none();
     st->lengths = lengths ? py::object(*lengths) : py::none();
+    st->W_hr = W_hr ? py::object(*W_hr) : py::none();
+    st->h_mask = h_mask ? py::object(*h_mask) : py::none();
+    st->P = P;
     if constexpr (std::is_same_v<Real, float>) {
       st->wf = std::move(ws), st->af = a;
     } else {
@@ -144,9 +155,10 @@ template <class Real>
 py::tuple backward_typed(SequenceState& st, std::optional<py::array> dy, std::optional<py::array> dh_n,
                          std::optional<py::array> dc_n, bool want_dh_seq) {
   const py::dtype dt = py::dtype::of<Real>();
-  const int64_t T_ = st.T, B = st.B, I = st.I, H = st.H, G = pyrnn::gates_of(st.cell);
-  if (dy) check_array("dy", *dy, dt, {T_, B, H});
-  if (dh_n) check_array("dh_n", *dh_n, dt, {B, H});
+  const int64_t T_ = st.T, B = st.B, I = st.I, H = st.H, G = pyrnn::gates_of(st.cell), P = st.P;
+  const int64_t Ho = P ? P : H;
+  if (dy) check_array("dy", *dy, dt, {T_, B, Ho});
+  if (dh_n) check_array("dh_n", *dh_n, dt, {B, Ho});
   if (dc_n) {
     if (st.cell != CellKind::Lstm) throw py::value_error("dc_n is only used by the LSTM");
     check_array("dc_n", *dc_n, dt, {B, H});
@@ -159,10 +171,10 @@ py::tuple backward_typed(SequenceState& st, std::optional<py::array> dy, std::op
   // dx rows of padded steps are never written; with an empty batch nothing is.
   const bool sparse = !st.lengths.is_none() || B == 0;
   py::array_t<Real> dx = sparse ? zeros({T_, B, I}) : py::array_t<Real>({T_, B, I});
-  py::array_t<Real> dh0 = zeros({B, H});
+  py::array_t<Real> dh0 = zeros({B, Ho});
   py::array_t<Real> dW_ih = B == 0 ? zeros({G * H, I}) : py::array_t<Real>({G * H, I});
-  py::array_t<Real> dW_hh = B == 0 ? zeros({G * H, H}) : py::array_t<Real>({G * H, H});
-  py::object dc0 = py::none(), db_ih = py::none(), db_hh = py::none(), dh_seq = py::none();
+  py::array_t<Real> dW_hh = B == 0 ? zeros({G * H, Ho}) : py::array_t<Real>({G * H, Ho});
+  py::object dc0 = py::none(), db_ih = py::none(), db_hh = py::none(), dh_seq = py::none(), dW_hr = py::none();
   pyrnn::BackwardArgs<Real> g;
   g.dy = ptr<Real>(dy), g.dh_n = ptr<Real>(dh_n), g.dc_n = ptr<Real>(dc_n);
   g.dx = dx.mutable_data(), g.dh0 = dh0.mutable_data();
@@ -177,8 +189,13 @@ py::tuple backward_typed(SequenceState& st, std::optional<py::array> dy, std::op
     g.db_ih = a.mutable_data(), g.db_hh = b.mutable_data();
     db_ih = a, db_hh = b;
   }
+  if (P) {
+    auto a = B == 0 ? zeros({P, H}) : py::array_t<Real>({P, H});
+    g.dW_hr = a.mutable_data();
+    dW_hr = a;
+  }
   if (want_dh_seq) {
-    auto a = zeros({T_, B, H});
+    auto a = zeros({T_, B, Ho});
     g.dh_seq = a.mutable_data();
     dh_seq = a;
   }
@@ -190,7 +207,7 @@ py::tuple backward_typed(SequenceState& st, std::optional<py::array> dy, std::op
     else
       pyrnn::sequence_backward<double>(*st.wd, st.ad, g, nth);
   }
-  return py::make_tuple(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dh_seq);
+  return py::make_tuple(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dh_seq, dW_hr);
 }
 
 }  // namespace
@@ -209,23 +226,26 @@ void register_sequence(py::module_& m) {
       .def_readonly("cell", &SequenceState::cell)
       .def_property_readonly("nbytes", &SequenceState::nbytes, "Bytes of saved activations.")
       .def_property_readonly("dtype", [](const SequenceState& s) { return s.f64 ? py::dtype::of<double>() : py::dtype::of<float>(); })
-      .def_property_readonly("shape", [](const SequenceState& s) { return py::make_tuple(s.T, s.B, s.I, s.H); });
+      .def_property_readonly("shape", [](const SequenceState& s) { return py::make_tuple(s.T, s.B, s.I, s.H); })
+      .def_property_readonly("proj_size", [](const SequenceState& s) { return s.P; });
 
   m.def(
       "sequence_forward",
       [](CellKind cell, py::array x, py::object h0, py::object c0, py::array W_ih, py::array W_hh, py::object b_ih,
-         py::object b_hh, py::object lengths, bool reverse, bool training) {
+         py::object b_hh, py::object lengths, bool reverse, bool training, py::object W_hr, py::object h_mask) {
         if (x.dtype().is(py::dtype::of<float>()))
           return forward_typed<float>(cell, x, opt_array(h0), opt_array(c0), W_ih, W_hh, opt_array(b_ih),
-                                      opt_array(b_hh), opt_array(lengths), reverse, training);
+                                      opt_array(b_hh), opt_array(lengths), reverse, training, opt_array(W_hr),
+                                      opt_array(h_mask));
         if (x.dtype().is(py::dtype::of<double>()))
           return forward_typed<double>(cell, x, opt_array(h0), opt_array(c0), W_ih, W_hh, opt_array(b_ih),
-                                       opt_array(b_hh), opt_array(lengths), reverse, training);
+                                       opt_array(b_hh), opt_array(lengths), reverse, training, opt_array(W_hr),
+                                       opt_array(h_mask));
         throw py::type_error("x must have dtype float32 or float64, got " + std::string(py::str(x.dtype())));
       },
       py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("W_ih"), py::arg("W_hh"), py::arg("b_ih"),
-      py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"), py::arg("training"),
-      "Returns (y, h_n, c_n or None, Workspace or None).");
+      py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"), py::arg("training"), py::arg("W_hr") = py::none(),
+      py::arg("h_mask") = py::none(), "Returns (y, h_n, c_n or None, Workspace or None).");
 
   m.def(
       "sequence_backward",
@@ -234,5 +254,5 @@ void register_sequence(py::module_& m) {
         return backward_typed<float>(st, opt_array(dy), opt_array(dh_n), opt_array(dc_n), want_dh_seq);
       },
       py::arg("workspace"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("want_dh_seq") = false,
-      "Returns (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dh_seq); absent entries are None.");
+      "Returns (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dh_seq, dW_hr); absent entries are None.");
 }

@@ -39,7 +39,10 @@ struct LstmCell {
       T* cs = f.state.data() + i * Hp + u;
       Vec<T> c = fg * loadu(cs) + ig * gg;
       storeu(cs, c);
-      store_h(f.yrows[row], u, H, og * tanh_approx(c));
+      if (f.a.P)
+        storeu(f.m_row(row) + u, og * tanh_approx(c));  // projected after the step's barrier
+      else
+        f.emit_h(row, u, og * tanh_approx(c));
       if (TRAIN) {
         T* g = f.ws->gates_row(row) + u;
         storeu(g, ig), storeu(g + Hp, fg), storeu(g + 2 * Hp, gg), storeu(g + 3 * Hp, og);
@@ -96,7 +99,7 @@ struct GruCell {
       Vec<T> hn = loadu(t + 2 * L) + bhn;
       Vec<T> ng = tanh_approx(loadu(xp + 2 * Hp) + rg * hn);
       Vec<T> hp = load_h(f.hprev[row], u, H);
-      store_h(f.yrows[row], u, H, ng + zg * (hp - ng));
+      f.emit_h(row, u, ng + zg * (hp - ng));
       if (TRAIN) {
         T* g = f.ws->gates_row(row) + u;
         storeu(g, rg), storeu(g + Hp, zg), storeu(g + 2 * Hp, ng), storeu(g + 3 * Hp, hn);
@@ -151,7 +154,7 @@ struct RnnCell {
       const T* xp = f.xp_row(row);
       for (int c = 0; c < kBlockVecs && u0 + c * L < Hp; ++c) {
         int64_t u = u0 + c * L;
-        store_h(f.yrows[row], u, H, act<T>(loadu(tile + r * NR + c * L) + loadu(xp + u)));
+        f.emit_h(row, u, act<T>(loadu(tile + r * NR + c * L) + loadu(xp + u)));
       }
     }
   }
@@ -186,7 +189,7 @@ struct GruResetBeforeCell {
       const T* xp = f.xp_row(row) + u;
       Vec<T> rg = sigmoid(loadu(tile + r * NR) + loadu(xp));
       Vec<T> zg = sigmoid(loadu(tile + r * NR + L) + loadu(xp + Hp));
-      Vec<T> rh = rg * load_h(f.hprev[row], u, H);
+      Vec<T> rh = rg * load_h(f.arow[row], u, H);  // r * (h_{t-1} * mask)
       storeu(f.rh_row(s, i) + u, rh);
       if (TRAIN) {
         T* g = f.ws->gates_row(row) + u;
@@ -208,7 +211,7 @@ struct GruResetBeforeCell {
       T* g = TRAIN ? f.ws->gates_row(row) + u : nullptr;
       Vec<T> zg = TRAIN ? loadu(g + Hp) : loadu(f.state.data() + i * Hp + u);
       Vec<T> hp = load_h(f.hprev[row], u, H);
-      store_h(f.yrows[row], u, H, ng + zg * (hp - ng));
+      f.emit_h(row, u, ng + zg * (hp - ng));
       if (TRAIN) storeu(g + 2 * Hp, ng);
     }
   }
@@ -231,10 +234,10 @@ struct GruResetBeforeCell {
   static void backward_r(BwdCtx<T>& b, int64_t i, int64_t row, int64_t u, Vec<T> drh) {
     const int64_t Hp = b.Hp;
     Vec<T> rg = loadu(b.ws.gates_row(row) + u);
-    Vec<T> hp = load_h(b.hprev[row], u, b.H);
-    storeu(b.dG_row(row) + u, drh * hp * rg * (T(1) - rg));
+    Vec<T> hpm = load_h(b.arow[row], u, b.H);
+    storeu(b.dG_row(row) + u, drh * hpm * rg * (T(1) - rg));
     T* carry = b.carry.data() + i * Hp + u;
-    storeu(carry, loadu(carry) + drh * rg);
+    storeu(carry, loadu(carry) + b.masked(drh * rg, b.sc.row_b[row], u));
   }
 };
 

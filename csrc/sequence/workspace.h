@@ -40,6 +40,12 @@ struct Workspace {
   // LSTM: c_t; GRU reset-before: r * h_{t-1}. [rows, Hp]
   AlignedBuffer<T> extra;
   int64_t ld_gates = 0, ld_extra = 0;  // row strides (see good_ld)
+  // With h_mask: h_t * mask per packed row [rows, ld_hm], and h0 * mask [B, ld_hm].
+  AlignedBuffer<T> hm, h0m;
+  int64_t ld_hm = 0;
+  // LSTM projection: m_t = o * tanh(c_t) per packed row [rows, ld_m].
+  AlignedBuffer<T> m;
+  int64_t ld_m = 0;
 
   T* gates_row(int64_t r) { return gates.data() + r * ld_gates; }
   const T* gates_row(int64_t r) const { return gates.data() + r * ld_gates; }

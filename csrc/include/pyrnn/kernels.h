@@ -31,6 +31,13 @@ struct ForwardArgs {
   const Real* b_hh = nullptr;
   const int64_t* lengths = nullptr;  // [B] in [1,T]; null: all T
   bool reverse = false;        // consume x[L_b-1] ... x[0]; y stays aligned with x
+  // LSTM projection (PyTorch proj_size): P > 0 makes h P wide, h_t = W_hr (o * tanh(c_t)),
+  // W_hh [4H,P]; y, h0, h_n are [.., P]. 0: none.
+  int64_t P = 0;
+  const Real* W_hr = nullptr;  // [P,H]
+  // Variational (recurrent) dropout: the recurrent GEMM uses h_{t-1} * h_mask[b]
+  // (the same mask at every step of a sequence); [B, Hout]; null: none.
+  const Real* h_mask = nullptr;
   Real* y = nullptr;              // [T,B,H]; must be zero-filled by the caller when lengths are given
   Real* h_n = nullptr;
   Real* c_n = nullptr;            // LSTM only
@@ -61,6 +68,7 @@ struct BackwardArgs {
   Real* dW_hh = nullptr;
   Real* db_ih = nullptr;        // overwritten when the forward had a bias
   Real* db_hh = nullptr;
+  Real* dW_hr = nullptr;     // [P,H] when the forward projected (overwritten)
   // Optional [T,B,H]: ||dL/dh_t|| diagnostics; receives dL/dh_t for each step
   // (the total gradient reaching h_t, recurrent and from dy). Null: not stored.
   Real* dh_seq = nullptr;
