@@ -4,6 +4,7 @@ from importlib.metadata import PackageNotFoundError, version as _version
 
 from . import functional, reference
 from ._config import fma_peak_gflops, get_num_threads, isa, set_num_threads, show_config
+from .layers import GRU, LSTM, RNN
 
 try:
     __version__ = _version("pyrnn")
@@ -11,6 +12,9 @@ except PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
 __all__ = [
+    "RNN",
+    "LSTM",
+    "GRU",
     "functional",
     "reference",
     "show_config",

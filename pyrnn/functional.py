@@ -65,15 +65,17 @@ def _backward(cell, ws, grads, return_dh_seq):
         raise ValueError(f"{cell}_backward needs a workspace from {cell}_forward, got one from "
                          f"{_CELL_NAMES[ws.cell]}_forward")
     T, B, _, H = ws.shape
-    H = ws.proj_size or H
+    Ho = ws.proj_size or H  # width of h (and y): P with a projection
+    h_layout = "P" if ws.proj_size else "H"
+    expected = {"dy": ((T, B, Ho), f"(T, B, {h_layout})"), "dh_n": ((B, Ho), f"(B, {h_layout})"),
+                "dc_n": ((B, H), "(B, H)")}
     checked = []
     for name, g in grads.items():
         if g is not None:
             g = _as_float_array(name, g)
             if g.dtype != ws.dtype:
                 raise TypeError(f"{name} must have the forward dtype {ws.dtype}, got {g.dtype}")
-            shape, layout = ((T, B, H), "(T, B, H)") if name == "dy" else ((B, H), "(B, H)")
-            _check_shape(name, g, shape, layout)
+            _check_shape(name, g, *expected[name])
             g = np.ascontiguousarray(g)
         checked.append(g)
     dy, dh_n = checked[0], checked[1]
