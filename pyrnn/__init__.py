@@ -4,6 +4,7 @@ from importlib.metadata import PackageNotFoundError, version as _version
 
 from . import functional, reference
 from ._config import fma_peak_gflops, get_num_threads, isa, set_num_threads, show_config
+from .cells import GRUCell, LSTMCell, RNNCell
 from .layers import GRU, LSTM, RNN
 
 try:
@@ -15,6 +16,9 @@ __all__ = [
     "RNN",
     "LSTM",
     "GRU",
+    "RNNCell",
+    "LSTMCell",
+    "GRUCell",
     "functional",
     "reference",
     "show_config",

@@ -40,7 +40,6 @@ from pyrnn.testing import NUM_GATES, VARIANTS, run_backward, run_forward
 
 CELLS = ("lstm", "gru", "rnn")
 MODES = ("fwd", "fwdbwd")
-MODE_TITLES = {"fwd": "forward (inference)", "fwdbwd": "forward+backward (training)"}
 PEERS = ("torch", "reference")  # frameworks timed against pyrnn, in column order
 PEER_TITLES = {"torch": "PyTorch", "reference": "NumPy reference"}
 CHECK_TOL = 1e-3  # max |pyrnn - peer| / max(1, max |peer|), for y and dx
@@ -453,6 +452,8 @@ def _make_runners(case, inputs, modes, peers):
                 runners[fw][mode] = RUNNERS[fw](case, inputs, mode)
             except Unavailable as e:
                 runners[fw][mode] = str(e)
+            except Exception as e:  # e.g. an API that changed: report it, run the other cases
+                runners[fw][mode] = f"error: {type(e).__name__}: {e}"
     return runners
 
 
@@ -476,11 +477,12 @@ def run_suite(cases, threads, modes, peers, profile, peaks, log=None) -> list:
         for case in cases:
             inputs = build_inputs(case)
             runners = _make_runners(case, inputs, modes, peers)
-            missing = runners["pyrnn"][modes[0]]
-            if not callable(missing):  # pyrnn cannot run this case: one row per case
+            missing = next((r for r in runners["pyrnn"].values() if not callable(r)), None)
+            if missing is not None:  # pyrnn cannot run this case: one row for the case
                 done += len(threads) * len(modes)
-                print(f"[{done}/{total}] {case.label}: not available ({missing})", file=log, flush=True)
-                rows.append(dict(_base_row(case, inputs, "-", None), status=f"not available ({missing})"))
+                status = missing if missing.startswith("error") else f"not available ({missing})"
+                print(f"[{done}/{total}] {case.label}: {status}", file=log, flush=True)
+                rows.append(dict(_base_row(case, inputs, "-", None), status=status))
                 continue
             setter.set(threads[-1])
             try:
@@ -542,6 +544,14 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def load_average():
+    """1-minute load average (None where unknown): a busy machine makes the numbers unreliable."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def _fmt(value, spec, suffix=""):
     return "-" if value is None else f"{value:{spec}}{suffix}"
 
@@ -587,8 +597,9 @@ def header_lines(meta) -> list:
                   else "PyTorch not importable: its columns show '-'")
     return [
         f"pyrnn {meta['pyrnn']['version']} benchmark, {meta['suite']}",
-        f"machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores; ISA {meta['pyrnn']['isa_selected']}; "
-        f"fp32; threads {','.join(map(str, meta['threads']))}; {meta['date']}",
+        f"machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores (load average "
+        f"{meta['machine']['load_average_at_start']} at start); ISA {meta['pyrnn']['isa_selected']}; fp32; "
+        f"threads {','.join(map(str, meta['threads']))}; {meta['date']}",
         torch_line,
         f"measured FMA peak: {peaks}",
         f"command: {meta['command']}",
@@ -643,9 +654,11 @@ def write_plot(path, rows, meta):
 
     frameworks = ["pyrnn"] + list(meta["peers"])
     threads = meta["threads"]
-    fig, axes = plt.subplots(len(threads), 1, figsize=(max(8, 0.9 * len(rows)), 4.5 * len(threads)), squeeze=False)
+    per_thread = {t: [r for r in rows if r["threads"] == t and r["pyrnn_gflops"] is not None] for t in threads}
+    width_in = max(8.0, 0.45 * len(frameworks) * max(len(sub) for sub in per_thread.values()))
+    fig, axes = plt.subplots(len(threads), 1, figsize=(width_in, 5 * len(threads)), squeeze=False)
     for ax, t in zip(axes[:, 0], threads):
-        sub = [r for r in rows if r["threads"] == t and r["pyrnn_gflops"] is not None]
+        sub = per_thread[t]
         xs = np.arange(len(sub))
         width = 0.8 / len(frameworks)
         for k, fw in enumerate(frameworks):
@@ -712,22 +725,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def machine_info(args, argv, peaks, torch) -> dict:
-    profile = PROFILES["tiny" if args.tiny else "quick" if args.quick else "full"]
+def machine_info(args, argv, profile, torch) -> dict:
+    """Run metadata; "peak_gflops" is filled in by the caller once measured."""
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": "python -m pyrnn.bench" + (" " + shlex.join(argv) if argv else ""),
         "suite": profile.description,
         "machine": {"cpu": cpu_model(), "cores": available_cores(), "platform": platform.platform(),
-                    "python": platform.python_version()},
+                    "python": platform.python_version(), "load_average_at_start": load_average()},
         "pyrnn": pyrnn._config.config(),
         "numpy": np.__version__,
         "torch": torch.__version__ if torch is not None else None,
         "threads": args.threads,
         "modes": args.modes,
         "peers": [p for p in PEERS if p != "reference" or args.reference],
-        "peak_gflops": peaks,
+        "peak_gflops": {},
     }
+
+
+def failed_row(row) -> bool:
+    notes = [row[f"{peer}_note"] or "" for peer in PEERS]
+    return (row["status"].startswith("error") or (row["check"] or "ok") != "ok"
+            or any(n.startswith("error") for n in notes))
 
 
 def main(argv=None) -> int:
@@ -744,8 +763,8 @@ def main(argv=None) -> int:
             return 2
     profile = PROFILES["tiny" if args.tiny else "quick" if args.quick else "full"]
     torch = _import_torch()
-    peaks = {t: pyrnn.fma_peak_gflops(t, profile.peak_seconds) for t in args.threads}
-    meta = machine_info(args, argv, peaks, torch)
+    meta = machine_info(args, argv, profile, torch)  # first: the load average before we add to it
+    peaks = meta["peak_gflops"] = {t: pyrnn.fma_peak_gflops(t, profile.peak_seconds) for t in args.threads}
     cases = select_cases(profile, args.cells)
     rows = run_suite(cases, args.threads, args.modes, meta["peers"], profile, peaks)
 
@@ -759,9 +778,9 @@ def main(argv=None) -> int:
             f.write(render_markdown(rows, meta))
     if args.plot:
         write_plot(args.plot, rows, meta)
-    failed = [r for r in rows if r["status"].startswith("error") or (r["check"] or "ok") != "ok"]
+    failed = [r for r in rows if failed_row(r)]
     if failed:
-        print(f"{len(failed)} row(s) failed a correctness check or errored: see the check column",
+        print(f"{len(failed)} row(s) failed a correctness check or errored: see the check column and notes",
               file=sys.stderr)
     return 1 if failed else 0
 

@@ -203,6 +203,23 @@ class _RNNBase(_Parametrised):
         ])
         return f"{self.mode}({self.input_size}, {self.hidden_size}{extra})"
 
+    def load_keras_weights(self, kernel, recurrent_kernel, bias=None, *, layer=0, direction=0):
+        """Loads one Keras layer's weights (``layer.get_weights()``) into layer `layer`,
+        direction `direction` (0 forward, 1 reverse). See :mod:`pyrnn.keras`."""
+        from .keras import from_keras
+
+        if self.proj_size:
+            raise ValueError("Keras LSTMs have no projection: cannot load into a layer with proj_size > 0")
+        if not 0 <= layer < self.num_layers or direction not in range(self.num_directions):
+            raise ValueError(f"no layer {layer} direction {direction} in {self!r}")
+        w = from_keras(self.mode.lower(), kernel, recurrent_kernel, bias, reset_after=self.reset_after)
+        if (w["b_ih"] is None) == self.bias:
+            raise ValueError(f"the layer has bias={self.bias} but the Keras weights "
+                             f"{'have no' if w['b_ih'] is None else 'have a'} bias")
+        sfx = self._suffixes(layer)[direction]
+        names = {"W_ih": "weight_ih", "W_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh"}
+        self.load_state_dict({names[k] + sfx: v for k, v in w.items() if v is not None}, strict=False)
+
     # ------------------------------------------------------------------ forward
 
     def __call__(self, x, hx=None, lengths=None):

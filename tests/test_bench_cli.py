@@ -35,7 +35,7 @@ def test_gru_fwd_json_and_markdown(tmp_path, capsys):
     rc, report = run_json(tmp_path, "--quick", "--cells", "gru", "--modes", "fwd", "--markdown", md)
     assert rc == 0
     out, err = capsys.readouterr()
-    assert "[1/2] gru B=3 T=4 H=8 fwd 1 thread ..." in err
+    assert "[1/3] gru B=3 T=4 H=8 fwd 1 thread ..." in err
     assert "pyrnn ms" in out and "% peak" in out
 
     assert report["threads"] == [1] and set(report["peak_gflops"]) == {"1"}
@@ -43,7 +43,7 @@ def test_gru_fwd_json_and_markdown(tmp_path, capsys):
     assert report["pyrnn"]["isa_selected"] == pyrnn.isa()
     assert {"date", "command", "machine", "torch", "rows"} <= set(report)
     rows = report["rows"]
-    assert len(rows) == 2  # the two GRU shapes of the suite
+    assert len(rows) == 3  # the three GRU shapes of the suite
     for r in rows:
         assert set(r) == ROW_KEYS
         assert (r["cell"], r["mode"], r["threads"], r["status"], r["check"]) == ("gru", "fwd", 1, "ok", "ok")
@@ -96,6 +96,19 @@ def test_layer_case_runs_with_pyrnn_layers(tmp_path, monkeypatch):
         assert r["status"] == "ok" and r["check"] == "ok" and r["pyrnn_ms"] > 0 and r["impl"] == "layer"
         assert r["gflop"] == pytest.approx(bench.case_gflop(bench.scale_case(bench.SUITE[9], bench.PROFILES["tiny"]),
                                                             np.array(r["lengths"]), r["mode"]))
+
+
+def test_broken_layer_is_an_error_not_a_crash(tmp_path, monkeypatch):
+    class BrokenLSTM:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("boom")
+
+    monkeypatch.setattr(pyrnn, "LSTM", BrokenLSTM, raising=False)
+    rc, report = run_json(tmp_path, "--cells", "lstm", "--modes", "fwd")
+    assert rc == 1
+    (bidir,) = [r for r in report["rows"] if r["bidirectional"]]
+    assert bidir["status"] == "error: RuntimeError: boom"
+    assert all(r["status"] == "ok" for r in report["rows"] if not r["bidirectional"])
 
 
 def test_without_torch(tmp_path, monkeypatch, capsys):

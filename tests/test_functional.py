@@ -282,3 +282,49 @@ def test_invalid_isa_request_raises(monkeypatch, rng):
     monkeypatch.setenv("PYRNN_ISA", "sse9")
     with pytest.raises(ValueError, match="PYRNN_ISA must be one of"):
         F.rnn_forward(p["x"], p["h0"], p["W_ih"], p["W_hh"])
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_recurrent_mask_matches_scaled_weights(variant, isa, rng):
+    """h_mask multiplies h_{t-1} in the recurrent products only. For one sequence
+    that equals W_hh scaled by the mask along its columns, which the reference
+    can run; gradients follow by the chain rule (dW_hh = sum_b dW'_b * m_b)."""
+    cell, opts = VARIANTS[variant]
+    p, kw = _params(variant, (5, 3, 4, 9, True, [5, 2, 4], True), np.float64, rng)
+    mask = (rng.random((3, 9)) > 0.4) / 0.6
+    outs, ws = run_forward(F, variant, p, h_mask=mask, **kw)
+    cot = random_cotangents(rng, outs)
+    grads = run_backward(F, variant, ws, cot)
+    dW_hh = np.zeros_like(p["W_hh"])
+    for b in range(3):
+        q = {k: (v[:, b:b + 1] if k == "x" else v[b:b + 1] if k in ("h0", "c0") else v) for k, v in p.items()}
+        q["W_hh"] = p["W_hh"] * mask[b]
+        kb = {"lengths": kw["lengths"][b:b + 1], "reverse": kw["reverse"]}
+        ref_outs, cache = run_forward(R, variant, q, **kb)
+        for k in ref_outs:
+            sl = outs[k][:, b:b + 1] if k == "y" else outs[k][b:b + 1]
+            assert_close(sl, ref_outs[k], np.float64, k)
+        cb = {k: (v[:, b:b + 1] if k == "y" else v[b:b + 1]) for k, v in cot.items()}
+        rg = run_backward(R, variant, cache, cb)
+        assert_close(grads["x"][:, b:b + 1], rg["x"], np.float64, "dx")
+        assert_close(grads["h0"][b:b + 1], rg["h0"], np.float64, "dh0")
+        dW_hh += rg["W_hh"] * mask[b]
+    assert_close(grads["W_hh"], dW_hh, np.float64, "dW_hh")
+
+
+def test_projection_shapes_and_errors(rng):
+    p = make_params(rng, "lstm", T=3, B=2, I=4, H=6)
+    W_hr = rng.standard_normal((3, 6))
+    W_hh = rng.standard_normal((24, 3))
+    y, h_n, c_n, ws = F.lstm_forward(p["x"], None, None, p["W_ih"], W_hh, W_hr=W_hr)
+    assert y.shape == (3, 2, 3) and h_n.shape == (2, 3) and c_n.shape == (2, 6)
+    grads = F.lstm_backward(ws, np.ones_like(y))
+    assert len(grads) == 8 and grads[-1].shape == (3, 6) and grads[4].shape == (24, 3)
+    with pytest.raises(ValueError, match=r"W_hh must have shape \(4\*H, P\)"):
+        F.lstm_forward(p["x"], None, None, p["W_ih"], p["W_hh"], W_hr=W_hr)
+    with pytest.raises(ValueError, match="1 <= P < H"):
+        F.lstm_forward(p["x"], None, None, p["W_ih"], rng.standard_normal((24, 6)), W_hr=np.zeros((6, 6)))
+    with pytest.raises(ValueError, match=r"h0 must have shape \(B, P\)"):
+        F.lstm_forward(p["x"], p["h0"], None, p["W_ih"], W_hh, W_hr=W_hr)
+    with pytest.raises(ValueError, match=r"h_mask must have shape \(B, P\)"):
+        F.lstm_forward(p["x"], None, None, p["W_ih"], W_hh, W_hr=W_hr, h_mask=np.ones((2, 6)))

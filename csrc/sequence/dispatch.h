@@ -11,6 +11,8 @@ struct KernelTable {
   void (*backward_f32)(const Workspace<float>&, const ForwardArgs<float>&, const BackwardArgs<float>&, int);
   void (*backward_f64)(const Workspace<double>&, const ForwardArgs<double>&, const BackwardArgs<double>&, int);
   double (*fma_peak)(int nthreads, double seconds);
+  void (*cell_f32)(const CellStepArgs<float>&, int nthreads);
+  void (*cell_f64)(const CellStepArgs<double>&, int nthreads);
 };
 
 const KernelTable& kernels_portable();

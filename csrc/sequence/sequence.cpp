@@ -97,6 +97,17 @@ int64_t workspace_bytes(const Workspace<T>& ws) {
   return int64_t((ws.gates.size() + ws.extra.size()) * sizeof(T));
 }
 
+template <class T>
+void cell_step(const CellStepArgs<T>& args, int nthreads) {
+  const KernelTable& k = kernels_for(isa_selected());
+  if constexpr (std::is_same_v<T, float>)
+    k.cell_f32(args, std::max(1, nthreads));
+  else
+    k.cell_f64(args, std::max(1, nthreads));
+}
+template void cell_step(const CellStepArgs<float>&, int);
+template void cell_step(const CellStepArgs<double>&, int);
+
 double measure_fma_peak_gflops(int nthreads, double seconds) {
   return kernels_for(isa_selected()).fma_peak(std::max(1, nthreads), seconds);
 }

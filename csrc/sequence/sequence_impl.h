@@ -23,6 +23,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "../cells/cell_step.h"
 #include "../cells/cells.h"
 #include "context.h"
 #include "dispatch.h"
@@ -715,8 +716,9 @@ inline double fma_peak_gflops(int nthreads, double seconds) {
 }
 
 inline const KernelTable& make_table() {
-  static const KernelTable table{&forward_impl<float>, &forward_impl<double>, &backward_impl<float>,
-                                 &backward_impl<double>, &fma_peak_gflops};
+  static const KernelTable table{&forward_impl<float>,   &forward_impl<double>,   &backward_impl<float>,
+                                 &backward_impl<double>, &fma_peak_gflops,        &cell_step_impl<float>,
+                                 &cell_step_impl<double>};
   return table;
 }
 

@@ -87,6 +87,21 @@ void sequence_backward(const Workspace<T>& ws, const ForwardArgs<T>& fwd, const 
 template <class T>
 int64_t workspace_bytes(const Workspace<T>& ws);
 
+// One cell step for a batch (the cells' generation path): x [B,I], h, c [B,H]
+// (null: zeros), weights as in ForwardArgs (no projection). Writes h_out (and
+// c_out for the LSTM). Backward of a step goes through sequence_backward (T=1).
+template <class Real>
+struct CellStepArgs {
+  CellKind cell = CellKind::Lstm;
+  int64_t B = 0, I = 0, H = 0;
+  const Real *x = nullptr, *h = nullptr, *c = nullptr;
+  const Real *W_ih = nullptr, *W_hh = nullptr, *b_ih = nullptr, *b_hh = nullptr;
+  Real *h_out = nullptr, *c_out = nullptr;
+};
+
+template <class T>
+void cell_step(const CellStepArgs<T>& args, int nthreads);
+
 // Register-only FMA loop for the roofline: returns fp32 GFLOP/s measured on
 // `nthreads` threads with the selected ISA.
 double measure_fma_peak_gflops(int nthreads, double seconds);

@@ -1,0 +1,182 @@
+"""Drop-in replacements for torch.nn.RNNCell / LSTMCell / GRUCell, on NumPy arrays.
+
+One step per call, for generation loops that feed a model its own output::
+
+    cell = pyrnn.LSTMCell(65, 128).eval()
+    h = c = None
+    for _ in range(steps):
+        h, c = cell(x, None if h is None else (h, c))
+
+The step runs in C++ straight on the PyTorch-layout weights (no packing, so
+in-place weight updates are always seen) and releases the GIL. In training
+mode a call keeps its inputs, and ``backward`` returns the gradients of that
+step and adds the parameter gradients to ``grads`` (it reruns the step through
+the sequence kernels with T = 1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _core
+from . import functional as F
+from .layers import _check_positive_int, _make_rng, _Parametrised
+
+__all__ = ["RNNCell", "LSTMCell", "GRUCell"]
+
+
+class _CellBase(_Parametrised):
+    _gates = 1
+
+    def __init__(self, kind, input_size, hidden_size, bias, dtype, seed, rng):
+        super().__init__(dtype)
+        _check_positive_int("input_size", input_size)
+        _check_positive_int("hidden_size", hidden_size)
+        self._kind = kind
+        self.input_size = int(input_size)
+        self.hidden_size = int(hidden_size)
+        self.bias = bool(bias)
+        self._saved = None
+        G, H = self._gates, self.hidden_size
+        r = _make_rng(seed, rng)
+        bound = 1.0 / math.sqrt(H)
+        self._add_param("weight_ih", (G * H, self.input_size), r, bound)
+        self._add_param("weight_hh", (G * H, H), r, bound)
+        if self.bias:
+            self._add_param("bias_ih", (G * H,), r, bound)
+            self._add_param("bias_hh", (G * H,), r, bound)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.input_size}, {self.hidden_size}{'' if self.bias else ', bias=False'})"
+
+    def __call__(self, x, hx=None):
+        return self.forward(x, hx)
+
+    def _array(self, name, a, ndim, size):
+        if type(a) is not np.ndarray or a.dtype != self.dtype:
+            a = np.asarray(a)
+            if a.dtype != self.dtype:
+                raise TypeError(f"{type(self).__name__}: {name} must have the cell's dtype {self.dtype}, "
+                                f"got {a.dtype}")
+        if a.ndim != ndim or a.shape[-1] != size:
+            raise ValueError(f"{name} has inconsistent size: got shape {a.shape}, expected "
+                             f"{'(B, ' if ndim == 2 else '('}{size})")
+        return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+    def _step(self, x, h, c):
+        p = self._params
+        return _core.cell_step(self._kind, x, h, c, p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
+                               p.get("bias_hh"))
+
+    def _prepare(self, x, states):
+        x = np.asarray(x) if type(x) is not np.ndarray else x
+        if x.ndim not in (1, 2):
+            raise ValueError(f"{type(self).__name__}: Expected input to be 1D or 2D, got {x.ndim}D instead")
+        unbatched = x.ndim == 1
+        x = self._array("input", x[None] if unbatched else x, 2, self.input_size)
+        out = []
+        for name, s in states:
+            if s is not None:
+                s = self._array(name, s[None] if unbatched and np.ndim(s) == 1 else s, 2, self.hidden_size)
+                if s.shape[0] != x.shape[0]:
+                    raise ValueError(f"Input batch size {x.shape[0]} doesn't match {name} batch size {s.shape[0]}")
+            out.append(s)
+        return x, out, unbatched
+
+    def backward(self, dh1=None, dc1=None):
+        """Gradients of the last training-mode step: returns (dx, dh) or, for the
+        LSTM, (dx, (dh, dc)); parameter gradients are added to ``grads``."""
+        if self._saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward needs a call in training mode first")
+        x, h, c, unbatched = self._saved
+        self._saved = None
+        p = self._params
+        weights = (p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"))
+        shape = x.shape[:1] + (self.hidden_size,)
+        dh1 = None if dh1 is None else self._array("dh1", np.reshape(dh1, shape), 2, self.hidden_size)
+        if isinstance(self, LSTMCell):
+            dc1 = None if dc1 is None else self._array("dc1", np.reshape(dc1, shape), 2, self.hidden_size)
+            _, _, _, ws = F.lstm_forward(x[None], h, c, *weights)
+            dx, dh, dc, *dW = F.lstm_backward(ws, None, dh1, dc1)
+        else:
+            if dc1 is not None:
+                raise ValueError(f"dc1 is only used by LSTMCell, not {type(self).__name__}")
+            ws = self._sequence_forward(x[None], h, weights)
+            dx, dh, *dW = (F.gru_backward if isinstance(self, GRUCell) else F.rnn_backward)(ws, None, dh1)
+            dc = None
+        for name, g in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), dW):
+            if g is not None:
+                self.grads[name] += g
+        dx = dx[0]
+        if unbatched:
+            dx, dh = dx[0], dh[0]
+            dc = None if dc is None else dc[0]
+        return (dx, (dh, dc)) if isinstance(self, LSTMCell) else (dx, dh)
+
+
+class RNNCell(_CellBase):
+    """torch.nn.RNNCell: h' = tanh|relu(W_ih x + b_ih + W_hh h + b_hh)."""
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *, dtype=np.float32, seed=None,
+                 rng=None):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity: {nonlinearity}")
+        self.nonlinearity = nonlinearity
+        kind = _core.CellKind.RNN_TANH if nonlinearity == "tanh" else _core.CellKind.RNN_RELU
+        super().__init__(kind, input_size, hidden_size, bias, dtype, seed, rng)
+
+    def forward(self, x, hx=None):
+        """x [B, I] or [I]; hx [B, H] or [H] or None. Returns h'."""
+        x, (h,), unbatched = self._prepare(x, [("hx", hx)])
+        h1, _ = self._step(x, h, None)
+        if self.training:
+            self._saved = (x, h, None, unbatched)
+        return h1[0] if unbatched else h1
+
+    def _sequence_forward(self, x, h, weights):
+        return F.rnn_forward(x, h, *weights, nonlinearity=self.nonlinearity)[2]
+
+
+class LSTMCell(_CellBase):
+    """torch.nn.LSTMCell (gates i, f, g, o)."""
+
+    _gates = 4
+
+    def __init__(self, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None, rng=None):
+        super().__init__(_core.CellKind.LSTM, input_size, hidden_size, bias, dtype, seed, rng)
+
+    def forward(self, x, hx=None):
+        """x [B, I] or [I]; hx (h, c) each [B, H] or [H], or None. Returns (h', c')."""
+        if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+            raise TypeError("LSTMCell: hx must be a tuple (h, c) or None")
+        h, c = (None, None) if hx is None else hx
+        x, (h, c), unbatched = self._prepare(x, [("hx[0]", h), ("hx[1]", c)])
+        h1, c1 = self._step(x, h, c)
+        if self.training:
+            self._saved = (x, h, c, unbatched)
+        return (h1[0], c1[0]) if unbatched else (h1, c1)
+
+
+class GRUCell(_CellBase):
+    """torch.nn.GRUCell (gates r, z, n). reset_after=False: Cho et al. v3 (Keras reset_after=False)."""
+
+    _gates = 3
+
+    def __init__(self, input_size, hidden_size, bias=True, *, reset_after=True, dtype=np.float32, seed=None,
+                 rng=None):
+        self.reset_after = bool(reset_after)
+        kind = _core.CellKind.GRU if reset_after else _core.CellKind.GRU_RESET_BEFORE
+        super().__init__(kind, input_size, hidden_size, bias, dtype, seed, rng)
+
+    def forward(self, x, hx=None):
+        """x [B, I] or [I]; hx [B, H] or [H] or None. Returns h'."""
+        x, (h,), unbatched = self._prepare(x, [("hx", hx)])
+        h1, _ = self._step(x, h, None)
+        if self.training:
+            self._saved = (x, h, None, unbatched)
+        return h1[0] if unbatched else h1
+
+    def _sequence_forward(self, x, h, weights):
+        return F.gru_forward(x, h, *weights, reset_after=self.reset_after)[2]

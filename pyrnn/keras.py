@@ -1,0 +1,77 @@
+"""Converters between Keras recurrent weights and pyrnn's (PyTorch's) layout.
+
+Keras stores ``kernel`` (I, G*U), ``recurrent_kernel`` (U, G*U) and ``bias``,
+with gate order LSTM i,f,c,o and GRU z,r,h; a GRU with ``reset_after=True``
+has bias (2, 3U) (input and recurrent biases), otherwise (3U,). PyTorch stores
+W_ih (G*H, I), W_hh (G*H, H), b_ih, b_hh with LSTM i,f,g,o and GRU r,z,n.
+Keras has one bias where PyTorch has two, so ``to_keras`` adds them (the
+layers compute the same function) and ``from_keras`` puts it in b_ih.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["from_keras", "to_keras"]
+
+_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+
+def _gru_swap(a, U):
+    """Swaps the first two gate blocks along the last axis: Keras z,r,h <-> PyTorch r,z,n."""
+    return np.concatenate([a[..., U:2 * U], a[..., :U], a[..., 2 * U:]], axis=-1)
+
+
+def _check(cell, kernel, recurrent_kernel):
+    if cell not in _GATES:
+        raise ValueError(f"cell must be 'lstm', 'gru' or 'rnn', got {cell!r}")
+    kernel, recurrent_kernel = np.asarray(kernel), np.asarray(recurrent_kernel)
+    G = _GATES[cell]
+    if recurrent_kernel.ndim != 2 or recurrent_kernel.shape[1] != G * recurrent_kernel.shape[0]:
+        raise ValueError(f"recurrent_kernel must have shape (U, {G}*U) for {cell}, got {recurrent_kernel.shape}")
+    U = recurrent_kernel.shape[0]
+    if kernel.ndim != 2 or kernel.shape[1] != G * U:
+        raise ValueError(f"kernel must have shape (I, {G}*U) = (I, {G * U}), got {kernel.shape}")
+    return kernel, recurrent_kernel, U
+
+
+def from_keras(cell, kernel, recurrent_kernel, bias=None, *, reset_after=True):
+    """Keras weights -> dict with W_ih, W_hh, b_ih, b_hh (biases None when bias is None)."""
+    kernel, recurrent_kernel, U = _check(cell, kernel, recurrent_kernel)
+    G = _GATES[cell]
+    order = (lambda a: _gru_swap(a, U)) if cell == "gru" else (lambda a: a)
+    out = {"W_ih": np.ascontiguousarray(order(kernel).T), "W_hh": np.ascontiguousarray(order(recurrent_kernel).T),
+           "b_ih": None, "b_hh": None}
+    if bias is not None:
+        bias = np.asarray(bias)
+        two = cell == "gru" and reset_after
+        want = (2, G * U) if two else (G * U,)
+        if bias.shape != want:
+            raise ValueError(f"bias must have shape {want} for {cell}"
+                             f"{' with reset_after=True' if two else ''}, got {bias.shape}")
+        out["b_ih"] = order(bias[0] if two else bias).copy()
+        out["b_hh"] = order(bias[1]).copy() if two else np.zeros_like(out["b_ih"])
+    return out
+
+
+def to_keras(cell, W_ih, W_hh, b_ih=None, b_hh=None, *, reset_after=True):
+    """PyTorch-layout weights -> (kernel, recurrent_kernel, bias) as Keras stores them."""
+    W_ih, W_hh = np.asarray(W_ih), np.asarray(W_hh)
+    G = _GATES.get(cell)
+    if G is None:
+        raise ValueError(f"cell must be 'lstm', 'gru' or 'rnn', got {cell!r}")
+    if W_hh.ndim != 2 or W_hh.shape[0] != G * W_hh.shape[1]:
+        raise ValueError(f"W_hh must have shape ({G}*H, H) for {cell}, got {W_hh.shape}")
+    U = W_hh.shape[1]
+    if W_ih.ndim != 2 or W_ih.shape[0] != G * U:
+        raise ValueError(f"W_ih must have shape ({G * U}, I), got {W_ih.shape}")
+    order = (lambda a: _gru_swap(a, U)) if cell == "gru" else (lambda a: a)
+    kernel, recurrent = order(W_ih.T), order(W_hh.T)
+    if b_ih is None:
+        return np.ascontiguousarray(kernel), np.ascontiguousarray(recurrent), None
+    b_ih, b_hh = np.asarray(b_ih), np.asarray(b_hh)
+    if cell == "gru" and reset_after:
+        bias = np.stack([order(b_ih), order(b_hh)])
+    else:
+        bias = order(b_ih + b_hh)
+    return np.ascontiguousarray(kernel), np.ascontiguousarray(recurrent), bias
