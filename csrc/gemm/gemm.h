@@ -131,15 +131,19 @@ void pack_b(const BView<T>& B, int64_t k0, int64_t kc, int64_t n0, int64_t nc, T
 }
 
 // Packs A(i0..i0+mc, k0..k0+kc) (strided view) into MR-row panels, zero-padded.
-// k outer, i inner: for dG^T (rs = 1) each k reads one contiguous run of mc.
+// k outer, panels inner: for dG^T (rs = 1) each k reads one contiguous run of mc.
 template <class T, int MR>
 void pack_a(const AView<T>& A, int64_t i0, int64_t mc, int64_t k0, int64_t kc, T* out) {
-  const int64_t mp = (mc + MR - 1) / MR * MR;
+  const int64_t full = mc / MR, rest = mc - full * MR;
   for (int64_t k = 0; k < kc; ++k) {
     const T* src = A.p + i0 * A.rs + (k0 + k) * A.cs;
     T* o = out + k * MR;
-    for (int64_t i = 0; i < mc; ++i) o[(i / MR) * kc * MR + i % MR] = src[i * A.rs];
-    for (int64_t i = mc; i < mp; ++i) o[(i / MR) * kc * MR + i % MR] = T(0);
+    for (int64_t p = 0; p < full; ++p, o += kc * MR, src += MR * A.rs)
+      for (int r = 0; r < MR; ++r) o[r] = src[r * A.rs];
+    if (rest) {
+      for (int r = 0; r < rest; ++r) o[r] = src[r * A.rs];
+      for (int r = int(rest); r < MR; ++r) o[r] = T(0);
+    }
   }
 }
 
@@ -175,8 +179,10 @@ template <class T>
 void gemm(int64_t M, int64_t N, int64_t K, const AView<T>& A, const BView<T>& B, const CView<T>& C,
           const T* bias, bool accumulate, GemmScratch<T>& s) {
   constexpr int NV = kGemmNV, MR = kGemmMR, NR = NV * kLanes<T>;
-  // B block kc x nc (~256 KiB) stays in L2; in-place A rows are re-read from L2 per panel.
-  constexpr int64_t KC = 256;
+  // Blocking: a kc x NR micro-panel of B (~32 KiB) stays in L1 while the
+  // micro-kernel passes over all MC rows of A; the kc x nc block of B
+  // (~256 KiB) and the MC x kc block of A stay in L2.
+  constexpr int64_t KC = std::min<int64_t>(256, std::max<int64_t>(64, 32 * 1024 / int64_t(NR * sizeof(T))));
   constexpr int64_t NC = (int64_t(256 * 1024) / int64_t(KC * sizeof(T))) / NR * NR;
   constexpr int64_t MC = 72;
   if (M <= 0 || N <= 0) return;
