@@ -85,6 +85,14 @@ class _CellBase(_Parametrised):
             out.append(s)
         return x, out, unbatched
 
+    def forward(self, x, hx=None):
+        """x [B, I] or [I]; hx [B, H] or [H] or None. Returns h'."""
+        x, (h,), unbatched = self._prepare(x, [("hx", hx)])
+        h1, _ = self._step(x, h, None)
+        if self.training:
+            self._saved = (x, h, None, unbatched)
+        return h1[0] if unbatched else h1
+
     def backward(self, dh1=None, dc1=None):
         """Gradients of the last training-mode step: returns (dx, dh) or, for the
         LSTM, (dx, (dh, dc)); parameter gradients are added to ``grads``."""
@@ -127,14 +135,6 @@ class RNNCell(_CellBase):
         kind = _core.CellKind.RNN_TANH if nonlinearity == "tanh" else _core.CellKind.RNN_RELU
         super().__init__(kind, input_size, hidden_size, bias, dtype, seed, rng)
 
-    def forward(self, x, hx=None):
-        """x [B, I] or [I]; hx [B, H] or [H] or None. Returns h'."""
-        x, (h,), unbatched = self._prepare(x, [("hx", hx)])
-        h1, _ = self._step(x, h, None)
-        if self.training:
-            self._saved = (x, h, None, unbatched)
-        return h1[0] if unbatched else h1
-
     def _sequence_forward(self, x, h, weights):
         return F.rnn_forward(x, h, *weights, nonlinearity=self.nonlinearity)[2]
 
@@ -169,14 +169,6 @@ class GRUCell(_CellBase):
         self.reset_after = bool(reset_after)
         kind = _core.CellKind.GRU if reset_after else _core.CellKind.GRU_RESET_BEFORE
         super().__init__(kind, input_size, hidden_size, bias, dtype, seed, rng)
-
-    def forward(self, x, hx=None):
-        """x [B, I] or [I]; hx [B, H] or [H] or None. Returns h'."""
-        x, (h,), unbatched = self._prepare(x, [("hx", hx)])
-        h1, _ = self._step(x, h, None)
-        if self.training:
-            self._saved = (x, h, None, unbatched)
-        return h1[0] if unbatched else h1
 
     def _sequence_forward(self, x, h, weights):
         return F.gru_forward(x, h, *weights, reset_after=self.reset_after)[2]

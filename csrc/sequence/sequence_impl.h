@@ -103,7 +103,7 @@ void write_final_c(FwdCtx<T>& f, int64_t ua, int64_t ub) {
 template <class T, int MR, int NV, class ARow, class Epi>
 inline void step_tiles(int64_t n, int64_t K, const T* panel, ARow arow, Epi epi, T* acc) {
   constexpr int64_t NR = NV * kLanes<T>;
-  constexpr int64_t KC = std::max<int64_t>(16, (24 * 1024 / int64_t(NR * sizeof(T))) / 8 * 8);
+  constexpr int64_t KC = std::max<int64_t>(16, (16 * 1024 / int64_t(NR * sizeof(T))) / 8 * 8);
   const T* arows[MR];
   auto rows_at = [&](int64_t r0, int m, int64_t k0) {
     for (int r = 0; r < MR; ++r) arows[r] = arow(r0 + std::min(r, m - 1)) + k0;
