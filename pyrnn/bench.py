@@ -623,6 +623,16 @@ def footnotes(rows, meta) -> list:
         how = ("pyrnn.LSTM/GRU/RNN layer" if impl == "layer"
                else "chained pyrnn.functional calls (one per layer and direction)")
         notes.append(f"{case}: pyrnn runs {how}.")
+    load, cores = meta["machine"].get("load_average_at_end"), meta["machine"]["cores"]
+    if load is not None and load > cores + 1:
+        notes.append(f"WARNING: the machine was busy (1-min load average {load} at the end on {cores} cores, this "
+                     f"run using at most {max(meta['threads'])}): other processes competed; timings are unreliable.")
+    mem = meta.get("memory")
+    if mem:
+        fmt = lambda v: "failed" if v is None else f"{v:.0f} MiB"
+        notes.append(f"memory, one training step of {mem['shape']} (peak RSS growth in a fresh process): pyrnn "
+                     f"{fmt(mem.get('pyrnn'))}, PyTorch {fmt(mem.get('torch')) if 'torch' in mem else '-'}; "
+                     f"x, y, 4 gates and c per step alone are {mem['saved_activations_mib']:.0f} MiB.")
     if "reference" in meta["peers"]:
         notes.append("reference = pyrnn.reference (NumPy, fp32); its BLAS threads are NumPy's own, not --threads.")
     for r in rows:
@@ -721,6 +731,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time the NumPy reference (pyrnn.reference), skipping very slow shapes")
     p.add_argument("--json", metavar="PATH", help="write all rows and machine info as JSON")
     p.add_argument("--markdown", metavar="PATH", help="write a markdown table")
+    p.add_argument("--memory", action="store_true",
+                   help="also measure peak RSS of one LSTM B=64 T=50 H=512 training step (pyrnn vs PyTorch)")
     p.add_argument("--plot", metavar="PATH.png", help=f"bar chart of GFLOP/s (needs matplotlib: {PLOT_HINT})")
     return p
 
@@ -749,6 +761,49 @@ def failed_row(row) -> bool:
             or any(n.startswith("error") for n in notes))
 
 
+# Peak memory of one training step (forward + backward), in a fresh process so
+# the measurement holds only that step: ru_maxrss after the step minus before it
+# (inputs and weights already allocated).
+_MEMORY_SNIPPET = r"""
+import resource, sys
+import numpy as np
+peer, B, T, H = sys.argv[1], *map(int, sys.argv[2:5])
+rng = np.random.default_rng(0)
+x = rng.standard_normal((T, B, H), dtype=np.float32)
+dy = np.ones((T, B, H), np.float32)
+if peer == "pyrnn":
+    import pyrnn
+    m = pyrnn.LSTM(H, H)
+    step = lambda: m.backward(dy) if m(x) else None
+else:
+    import torch
+    m = torch.nn.LSTM(H, H)
+    xt, dyt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(dy)
+    step = lambda: m(xt)[0].backward(dyt)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+step()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+MEMORY_SHAPE = (64, 50, 512)  # the largest LSTM training shape of the suite (B, T, H)
+
+
+def training_memory(peers, shape=MEMORY_SHAPE) -> dict:
+    """MiB of peak RSS growth for one LSTM training step, per peer ('pyrnn', 'torch')."""
+    import subprocess
+
+    out = {}
+    for peer in peers:
+        res = subprocess.run([sys.executable, "-c", _MEMORY_SNIPPET, peer, *map(str, shape)],
+                             capture_output=True, text=True)
+        out[peer] = float(res.stdout.strip()) if res.returncode == 0 else None
+    B, T, H = shape
+    # what backward needs at minimum: x, y (h_t), 4 activated gates and c_t per step
+    out["saved_activations_mib"] = T * B * H * (1 + 1 + 4 + 1) * 4 / 2**20
+    out["shape"] = f"LSTM B={B} T={T} I=H={H} fp32"
+    return out
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
@@ -767,6 +822,9 @@ def main(argv=None) -> int:
     peaks = meta["peak_gflops"] = {t: pyrnn.fma_peak_gflops(t, profile.peak_seconds) for t in args.threads}
     cases = select_cases(profile, args.cells)
     rows = run_suite(cases, args.threads, args.modes, meta["peers"], profile, peaks)
+    meta["machine"]["load_average_at_end"] = load_average()
+    if args.memory:
+        meta["memory"] = training_memory(["pyrnn"] + (["torch"] if torch is not None else []))
 
     print(render_text(rows, meta))
     if args.json:

@@ -94,8 +94,8 @@ def test_layer_case_runs_with_pyrnn_layers(tmp_path, monkeypatch):
     (r_fwd, r_bwd) = [r for r in report["rows"] if r["bidirectional"]]
     for r in (r_fwd, r_bwd):
         assert r["status"] == "ok" and r["check"] == "ok" and r["pyrnn_ms"] > 0 and r["impl"] == "layer"
-        assert r["gflop"] == pytest.approx(bench.case_gflop(bench.scale_case(bench.SUITE[9], bench.PROFILES["tiny"]),
-                                                            np.array(r["lengths"]), r["mode"]))
+        case = bench.scale_case(next(c for c in bench.SUITE if c.bidirectional), bench.PROFILES["tiny"])
+        assert r["gflop"] == pytest.approx(bench.case_gflop(case, np.array(r["lengths"]), r["mode"]))
 
 
 def test_broken_layer_is_an_error_not_a_crash(tmp_path, monkeypatch):
@@ -138,6 +138,13 @@ def test_threads_restored(tmp_path):
     before = pyrnn.get_num_threads()
     rc, _ = run_json(tmp_path, "--cells", "rnn", "--modes", "fwd")
     assert rc == 0 and pyrnn.get_num_threads() == before
+
+
+def test_busy_machine_warning(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "load_average", lambda: 99.0)
+    rc, report = run_json(tmp_path, "--cells", "rnn", "--modes", "fwd")
+    assert rc == 0 and report["machine"]["load_average_at_end"] == 99.0
+    assert "WARNING: the machine was busy" in capsys.readouterr().out
 
 
 def test_plot_without_matplotlib(tmp_path, monkeypatch, capsys):
@@ -185,3 +192,11 @@ def test_quick_profile_caps_T_and_scales_lengths():
     (bi,) = [c for c in cases if c.bidirectional]
     assert (bi.B, bi.T, bi.H, bi.lengths) == (32, 20, 256, (10, 20))
     assert bi.label == "lstm 2L bi B=32 T=20 H=256 len[10,20]*"
+
+
+def test_training_memory_measures_both_peers():
+    peers = ["pyrnn"] + (["torch"] if importlib.util.find_spec("torch") else [])
+    mem = bench.training_memory(peers, shape=(4, 5, 16))
+    for peer in peers:
+        assert mem[peer] is not None and mem[peer] >= 0
+    assert mem["saved_activations_mib"] > 0 and "B=4 T=5" in mem["shape"]
