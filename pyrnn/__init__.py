@@ -2,6 +2,28 @@
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
+
+def _use_installed_extension():
+    """From a source checkout (``python -m pytest`` in the repository root puts it
+    first on sys.path) the compiled ``_core`` is not next to these files; let the
+    package also look in the installed copy, so a ``pip install .`` is enough."""
+    import glob
+    import os
+    import sys
+
+    here = os.path.realpath(__path__[0])
+    for entry in sys.path:
+        candidate = os.path.join(entry or os.curdir, "pyrnn")
+        if os.path.realpath(candidate) != here and glob.glob(os.path.join(candidate, "_core*")):
+            __path__.append(candidate)
+            return
+
+
+try:
+    from . import _core  # noqa: F401
+except ImportError:
+    _use_installed_extension()
+
 from . import functional, reference
 from ._config import fma_peak_gflops, get_num_threads, isa, set_num_threads, show_config
 from .cells import GRUCell, LSTMCell, RNNCell
