@@ -9,6 +9,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "simd.h"
@@ -66,6 +67,35 @@ inline void ukernel(int64_t K, const T* __restrict a, const T* const* arows, con
     for (int v = 0; v < NV; ++v) storeu(tile + (r * NV + v) * L, acc[r][v]);
 }
 
+// One row (a GEMV, batch 1): four accumulator sets over k mod 4 hide the FMA
+// latency that a single chain per column vector would expose; they are summed
+// in a fixed order, so results do not depend on threads.
+template <class T, int NV, bool ACC>
+inline void ukernel_row(int64_t K, const T* __restrict a, const T* __restrict b, T* __restrict tile) {
+  constexpr int L = kLanes<T>, U = 4;
+  Vec<T> acc[U][NV];
+#pragma GCC unroll 4
+  for (int u = 0; u < U; ++u)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[u][v] = (ACC && u == 0) ? loadu(tile + v * L) : Vec<T>{};
+  int64_t k = 0;
+  for (; k + U <= K; k += U) {
+#pragma GCC unroll 4
+    for (int u = 0; u < U; ++u) {
+      Vec<T> av = bcast(a[k + u]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[u][v] += av * loadu(b + ((k + u) * NV + v) * L);
+    }
+  }
+  for (; k < K; ++k) {
+    Vec<T> av = bcast(a[k]);
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[0][v] += av * loadu(b + (k * NV + v) * L);
+  }
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) storeu(tile + v * L, (acc[0][v] + acc[1][v]) + (acc[2][v] + acc[3][v]));
+}
+
 // Runs the MR-row kernel with only m rows (1 <= m <= MR): a small batch must
 // not pay for MR rows of FMAs. For packed A the panel keeps its MR stride.
 template <class T, int MR, int NV, bool PACKED_A, bool ACC = false, int M = MR>
@@ -73,7 +103,7 @@ inline void ukernel_rows(int m, int64_t K, const T* a, const T* const* arows, co
   if constexpr (PACKED_A) {
     ukernel<T, MR, NV, true, ACC>(K, a, arows, b, tile);
   } else if constexpr (M == 1) {
-    ukernel<T, 1, NV, false, ACC>(K, a, arows, b, tile);
+    ukernel_row<T, NV, ACC>(K, arows[0], b, tile);
   } else {
     if (m == M)
       ukernel<T, M, NV, false, ACC>(K, a, arows, b, tile);
@@ -107,25 +137,35 @@ struct CView {
 };
 
 // Packs B(k0..k0+kc, n0..n0+nc) into panels of NR columns, zero-padded.
+// Either way the source is read along its contiguous direction: rows of B
+// (by_rows), or rows of B^T, i.e. weight rows, written down a panel column
+// (the panel, kc x NR, stays in L1 while it fills).
 template <class T, int NR>
 void pack_b(const BView<T>& B, int64_t k0, int64_t kc, int64_t n0, int64_t nc, T* out) {
   for (int64_t j = 0; j < nc; j += NR) {
-    int64_t nw = std::min<int64_t>(NR, nc - j);
-    for (int64_t k = 0; k < kc; ++k) {
-      T* o = out + (j / NR) * kc * NR + k * NR;
-      if (B.by_rows) {
+    const int64_t nw = std::min<int64_t>(NR, nc - j);
+    T* panel = out + (j / NR) * kc * NR;
+    if (B.by_rows) {
+      for (int64_t k = 0; k < kc; ++k) {
+        T* o = panel + k * NR;
         const T* src = B.ptr[k0 + k];
         if (src)
-          for (int64_t n = 0; n < nw; ++n) o[n] = src[n0 + j + n];
+          std::memcpy(o, src + n0 + j, sizeof(T) * size_t(nw));
         else
-          for (int64_t n = 0; n < nw; ++n) o[n] = T(0);
-      } else {
-        for (int64_t n = 0; n < nw; ++n) {
-          const T* src = B.ptr[n0 + j + n];
-          o[n] = src ? src[k0 + k] : T(0);
+          std::memset(static_cast<void*>(o), 0, sizeof(T) * size_t(nw));
+        std::memset(static_cast<void*>(o + nw), 0, sizeof(T) * size_t(NR - nw));
+      }
+    } else {
+      for (int64_t n = 0; n < NR; ++n) {
+        const T* src = n < nw ? B.ptr[n0 + j + n] : nullptr;
+        T* o = panel + n;
+        if (src) {
+          src += k0;
+          for (int64_t k = 0; k < kc; ++k) o[k * NR] = src[k];
+        } else {
+          for (int64_t k = 0; k < kc; ++k) o[k * NR] = T(0);
         }
       }
-      for (int64_t n = nw; n < NR; ++n) o[n] = T(0);
     }
   }
 }

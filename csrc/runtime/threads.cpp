@@ -33,9 +33,4 @@ void set_num_threads(int n) {
   current().store(n);
 }
 
-int threads_for(long work_units) {
-  long n = get_num_threads();
-  return int(work_units < n ? (work_units < 1 ? 1 : work_units) : n);
-}
-
 }  // namespace pyrnn

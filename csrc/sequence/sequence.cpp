@@ -94,7 +94,7 @@ void sequence_backward(const Workspace<T>& ws, const ForwardArgs<T>& fwd, const 
 
 template <class T>
 int64_t workspace_bytes(const Workspace<T>& ws) {
-  return int64_t((ws.gates.size() + ws.extra.size()) * sizeof(T));
+  return int64_t((ws.gates.size() + ws.extra.size() + ws.hm.size() + ws.h0m.size() + ws.m.size()) * sizeof(T));
 }
 
 template <class T>

@@ -7,7 +7,5 @@ namespace pyrnn {
 int get_num_threads();
 // n >= 1; throws std::invalid_argument otherwise.
 void set_num_threads(int n);
-// Threads worth using for a problem with `work_units` independent slices.
-int threads_for(long work_units);
 
 }  // namespace pyrnn
