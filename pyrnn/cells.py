@@ -32,6 +32,7 @@ class _CellBase(_Parametrised):
 
     def __init__(self, kind, input_size, hidden_size, bias, dtype, seed, rng):
         super().__init__(dtype)
+        self.dtype = np.dtype(self.dtype.name)  # the canonical instance, so `is` compares dtypes
         _check_positive_int("input_size", input_size)
         _check_positive_int("hidden_size", hidden_size)
         self._kind = kind
@@ -66,11 +67,19 @@ class _CellBase(_Parametrised):
         return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
     def _step(self, x, h, c):
-        p = self._params
+        p = self._params  # the arrays are updated in place, never replaced
         return _core.cell_step(self._kind, x, h, c, p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
                                p.get("bias_hh"))
 
     def _prepare(self, x, states):
+        # Fast path, the common case in a generation loop: arrays that can go to C++ as they are.
+        dt = self.dtype
+        if type(x) is np.ndarray and x.dtype is dt and x.ndim == 2 and x.flags.c_contiguous:
+            shape = (x.shape[0], self.hidden_size)
+            if x.shape[1] == self.input_size and all(
+                    s is None or (type(s) is np.ndarray and s.dtype is dt and s.shape == shape and s.flags.c_contiguous)
+                    for _, s in states):
+                return x, [s for _, s in states], False
         x = np.asarray(x) if type(x) is not np.ndarray else x
         if x.ndim not in (1, 2):
             raise ValueError(f"{type(self).__name__}: Expected input to be 1D or 2D, got {x.ndim}D instead")
