@@ -23,6 +23,7 @@ from . import _core
 from ._validation import _as_float_array, _check_forward_inputs, _check_shape
 
 __all__ = [
+    "forward",
     "rnn_forward",
     "rnn_backward",
     "lstm_forward",
@@ -142,3 +143,23 @@ def gru_backward(ws, dy=None, dh_n=None, *, return_dh_seq=False):
     dx, dh0, _, dW_ih, dW_hh, db_ih, db_hh, dh_seq, _ = _backward("gru", ws, {"dy": dy, "dh_n": dh_n}, return_dh_seq)
     out = (dx, dh0, dW_ih, dW_hh, db_ih, db_hh)
     return out + (dh_seq,) if return_dh_seq else out
+
+
+def forward(cell, x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", reset_after=True,
+            W_hr=None, h_mask=None, lengths=None, reverse=False, training=True):
+    """Any cell by name: "rnn", "lstm" or "gru". Returns (y, h_n, c_n, workspace), c_n None but for the LSTM.
+
+    For adapters that handle the three cells alike; c0 and W_hr must be None unless cell == "lstm".
+    """
+    kw = dict(lengths=lengths, reverse=reverse, training=training, h_mask=h_mask)
+    if cell == "lstm":
+        return lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr=W_hr, **kw)
+    if c0 is not None or W_hr is not None:
+        raise ValueError(f"c0 and W_hr are only used by the LSTM, not {cell}")
+    if cell == "gru":
+        y, h_n, ws = gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, reset_after=reset_after, **kw)
+    elif cell == "rnn":
+        y, h_n, ws = rnn_forward(x, h0, W_ih, W_hh, b_ih, b_hh, nonlinearity=nonlinearity, **kw)
+    else:
+        raise ValueError(f"cell must be 'rnn', 'lstm' or 'gru', got {cell!r}")
+    return y, h_n, None, ws

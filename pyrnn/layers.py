@@ -279,21 +279,10 @@ class _RNNBase(_Parametrised):
 
     def _run_direction(self, layer_x, suffix, h0, c0, lengths, reverse, rec_mask, training):
         p = self._params
-        args = (p[f"weight_ih{suffix}"], p[f"weight_hh{suffix}"], p.get(f"bias_ih{suffix}"),
-                p.get(f"bias_hh{suffix}"))
-        kw = dict(lengths=lengths, reverse=reverse, training=training)
-        if rec_mask is not None:
-            kw["h_mask"] = rec_mask
-        if self.mode == "LSTM":
-            if self.proj_size:
-                kw["W_hr"] = p[f"weight_hr{suffix}"]
-            y, h, c, ws = F.lstm_forward(layer_x, h0, c0, *args, **kw)
-            return y, h, c, ws
-        if self.mode == "GRU":
-            y, h, ws = F.gru_forward(layer_x, h0, *args, reset_after=self.reset_after, **kw)
-        else:
-            y, h, ws = F.rnn_forward(layer_x, h0, *args, nonlinearity=self.nonlinearity, **kw)
-        return y, h, None, ws
+        return F.forward(self.mode.lower(), layer_x, h0, c0, p[f"weight_ih{suffix}"], p[f"weight_hh{suffix}"],
+                         p.get(f"bias_ih{suffix}"), p.get(f"bias_hh{suffix}"), nonlinearity=self.nonlinearity,
+                         reset_after=self.reset_after, W_hr=p.get(f"weight_hr{suffix}"), h_mask=rec_mask,
+                         lengths=lengths, reverse=reverse, training=training)
 
     def forward(self, x, hx=None, lengths=None):
         """Returns (output, h_n) or, for the LSTM, (output, (h_n, c_n)).

@@ -1,0 +1,174 @@
+"""JAX functions on pyrnn's C++ kernels: ``lstm``, ``gru`` and ``rnn``.
+
+One layer, one direction, a whole sequence per call, in PyTorch's layout (the
+same arguments as :mod:`pyrnn.functional`): x ``[T, B, I]`` time-major,
+h0/c0 ``[B, H]``, ``W_ih [G*H, I]``, ``W_hh [G*H, H]``, gate order LSTM
+i,f,g,o and GRU r,z,n. They work under ``jax.jit``, ``jax.grad``/``jax.vjp``
+and ``jax.vmap``::
+
+    import jax, jax.numpy as jnp
+    import pyrnn.jax as rj
+
+    @jax.jit
+    def loss(params, x):
+        y, h_n, c_n = rj.lstm(x, None, None, params["W_ih"], params["W_hh"], params["b_ih"], params["b_hh"])
+        return jnp.mean(y ** 2)
+
+    grads = jax.grad(loss)(params, x)
+
+The forward runs in C++ through ``jax.pure_callback``; a ``jax.custom_vjp``
+rule runs the C++ BPTT (it reruns the forward in C++ to rebuild the
+activations it needs, so a gradient costs about two forwards and one
+backward). Gradients reach x, the initial states and every weight; ``lengths``
+is not differentiable. The kernels run on the host CPU, so inputs on another
+device are copied to it and back. float32 and float64 (``jax_enable_x64``)
+only, all of one dtype. ``jax.vmap`` loops over the mapped axis, one kernel
+call per element (batch sequences along B instead where you can).
+
+``lengths`` ([B] integers in [1, T], optional) gives PyTorch's packed-sequence
+results: outputs are zero past each length, final states are each sequence's
+own last valid state, and ``reverse=True`` starts each sequence at its own
+last valid step.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import functional as F
+from ._validation import _check_forward_inputs
+
+__all__ = ["lstm", "gru", "rnn"]
+
+_NAMES = ("x", "h0", "c0", "W_ih", "W_hh", "b_ih", "b_hh", "W_hr", "lengths")
+
+
+class _Spec(NamedTuple):
+    """The static part of a call (hashable: it keys jit's and custom_vjp's caches)."""
+
+    cell: str
+    reverse: bool
+    reset_after: bool = True
+    nonlinearity: str = "tanh"
+
+
+def _host(a):
+    return None if a is None else np.asarray(a)
+
+
+def _host_forward(spec, arrays, training):
+    x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths = (_host(a) for a in arrays)
+    return F.forward(spec.cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, nonlinearity=spec.nonlinearity,
+                     reset_after=spec.reset_after, W_hr=W_hr, lengths=lengths, reverse=spec.reverse,
+                     training=training)
+
+
+def _forward_callback(spec, *arrays):
+    y, h_n, c_n, _ = _host_forward(spec, arrays, training=False)
+    return (y, h_n) if c_n is None else (y, h_n, c_n)
+
+
+def _backward_callback(spec, present, *args):
+    arrays, cts = args[:len(_NAMES)], args[len(_NAMES):]
+    _, _, _, ws = _host_forward(spec, arrays, training=True)
+    cts = [_host(c) for c in cts]
+    if spec.cell == "lstm":
+        dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, *dW_hr = F.lstm_backward(ws, *cts)
+    else:
+        backward = F.gru_backward if spec.cell == "gru" else F.rnn_backward
+        dx, dh0, dW_ih, dW_hh, db_ih, db_hh = backward(ws, *cts)
+        dc0, dW_hr = None, []
+    grads = dict(x=dx, h0=dh0, c0=dc0, W_ih=dW_ih, W_hh=dW_hh, b_ih=db_ih, b_hh=db_hh,
+                 W_hr=dW_hr[0] if dW_hr else None)
+    return tuple(grads[name] for name in present)
+
+
+def _out_shapes(spec, x, h0, W_hh, W_hr):
+    T, B, _ = x.shape
+    H = W_hh.shape[1] if W_hr is None else W_hr.shape[1]
+    H_out = H if W_hr is None else W_hr.shape[0]
+    shapes = [jax.ShapeDtypeStruct((T, B, H_out), x.dtype), jax.ShapeDtypeStruct((B, H_out), x.dtype)]
+    if spec.cell == "lstm":
+        shapes.append(jax.ShapeDtypeStruct((B, H), x.dtype))
+    return tuple(shapes)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _sequence(spec, x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths):
+    return jax.pure_callback(functools.partial(_forward_callback, spec), _out_shapes(spec, x, h0, W_hh, W_hr),
+                             x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, vmap_method="sequential")
+
+
+def _sequence_fwd(spec, *arrays):
+    return _sequence(spec, *arrays), arrays
+
+
+def _sequence_bwd(spec, arrays, cts):
+    present = tuple(name for name, a in zip(_NAMES[:-1], arrays) if a is not None)
+    shapes = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays[:-1] if a is not None)
+    grads = iter(jax.pure_callback(functools.partial(_backward_callback, spec, present), shapes, *arrays, *cts,
+                                   vmap_method="sequential"))
+    return tuple(None if a is None else next(grads) for a in arrays[:-1]) + (None,)  # lengths: no gradient
+
+
+_sequence.defvjp(_sequence_fwd, _sequence_bwd)
+
+
+def _prepare(cell, x, states, W_ih, W_hh, b_ih, b_hh, W_hr, lengths):
+    """Checks shapes and dtypes at trace time (values of lengths too when they are concrete)."""
+    arrays = {"x": x, **states, "W_ih": W_ih, "W_hh": W_hh, "b_ih": b_ih, "b_hh": b_hh, "W_hr": W_hr}
+    arrays = {k: None if v is None else jnp.asarray(v) for k, v in arrays.items()}
+    for name, a in arrays.items():
+        if a is not None and a.dtype not in (jnp.float32, jnp.float64):
+            raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
+    # zero-strided stand-ins: the NumPy checks see shapes and dtypes without copying any data
+    stand_ins = {k: None if v is None else np.broadcast_to(np.zeros((), v.dtype), v.shape) for k, v in arrays.items()}
+    if lengths is not None:
+        lengths = jnp.asarray(lengths)
+        if not jnp.issubdtype(lengths.dtype, jnp.integer):
+            raise TypeError(f"lengths must be an integer array, got dtype {lengths.dtype}")
+    try:
+        lengths_check = None if lengths is None else np.asarray(lengths)
+    except jax.errors.TracerArrayConversionError:  # traced: its shape is checked, its values cannot be
+        x_shape = arrays["x"].shape
+        lengths_check = np.full(lengths.shape, x_shape[0] if len(x_shape) == 3 else 1)
+    _check_forward_inputs(cell, stand_ins["x"], {k: stand_ins[k] for k in states}, stand_ins["W_ih"],
+                          stand_ins["W_hh"], stand_ins["b_ih"], stand_ins["b_hh"], lengths_check,
+                          W_hr=stand_ins["W_hr"])
+    return arrays, lengths
+
+
+def lstm(x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False, W_hr=None):
+    """LSTM over a sequence (gates i, f, g, o). Returns (y [T, B, H], h_n [B, H], c_n [B, H]).
+
+    h0/c0 may be None (zeros). W_hr ([P, H], optional) is PyTorch's proj_size:
+    h is then P wide (W_hh [4H, P], y, h0 and h_n [.., P]).
+    """
+    a, lengths = _prepare("lstm", x, {"h0": h0, "c0": c0}, W_ih, W_hh, b_ih, b_hh, W_hr, lengths)
+    return _sequence(_Spec("lstm", bool(reverse)), a["x"], a["h0"], a["c0"], a["W_ih"], a["W_hh"], a["b_ih"],
+                     a["b_hh"], a["W_hr"], lengths)
+
+
+def gru(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, reset_after=True, lengths=None, reverse=False):
+    """GRU over a sequence (gates r, z, n). Returns (y [T, B, H], h_n [B, H]).
+
+    reset_after=True is PyTorch's GRU; False is Cho et al. v3 (Keras
+    reset_after=False): n = tanh(W_in x + b_in + W_hn (r * h) + b_hn).
+    """
+    a, lengths = _prepare("gru", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, None, lengths)
+    return _sequence(_Spec("gru", bool(reverse), reset_after=bool(reset_after)), a["x"], a["h0"], None, a["W_ih"],
+                     a["W_hh"], a["b_ih"], a["b_hh"], None, lengths)
+
+
+def rnn(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", lengths=None, reverse=False):
+    """Elman RNN over a sequence: h' = tanh|relu(W_ih x + b_ih + W_hh h + b_hh). Returns (y, h_n)."""
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    a, lengths = _prepare("rnn", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, None, lengths)
+    return _sequence(_Spec("rnn", bool(reverse), nonlinearity=nonlinearity), a["x"], a["h0"], None, a["W_ih"],
+                     a["W_hh"], a["b_ih"], a["b_hh"], None, lengths)

@@ -1,0 +1,462 @@
+"""PyTorch drop-ins for torch.nn.LSTM / GRU / RNN and their cells, on pyrnn's C++ kernels.
+
+``pyrnn.torch.LSTM``, ``GRU``, ``RNN``, ``LSTMCell``, ``GRUCell`` and
+``RNNCell`` subclass their ``torch.nn`` namesakes: same constructor, parameters
+(names, shapes, initialisation), ``state_dict`` keys, forward signature and
+outputs (padded tensors, unbatched input, ``batch_first`` and
+``PackedSequence`` in, ``PackedSequence`` out), so state dicts load either way
+and a training loop does not change::
+
+    model = pyrnn.torch.LSTM(10, 20, num_layers=2, bidirectional=True)
+    model.load_state_dict(torch.nn.LSTM(10, 20, num_layers=2, bidirectional=True).state_dict())
+    y, (h_n, c_n) = model(x)                # x: [T, B, 10] or a PackedSequence
+    y.sum().backward()                      # BPTT in C++
+
+Extras beyond torch.nn (keyword-only): ``recurrent_dropout`` (variational
+dropout on h_{t-1}: one mask per sequence, per layer and direction, drawn
+with torch's RNG on every training-mode call) and, for the GRU and GRUCell,
+``reset_after=False`` (Cho et al. v3 / Keras ``reset_after=False``).
+
+Each (layer, direction) is one ``torch.autograd.Function`` whose forward runs
+the whole sequence in C++ and whose backward runs the C++ BPTT; stacking,
+concatenation of directions and dropout between layers are torch ops, so
+autograd handles them. Contiguous CPU float32/float64 tensors go to the
+kernels without copies (NumPy views of the same memory; a PackedSequence is
+padded first and its output packed again), and the kernels' outputs become
+tensors without copies. Gradients reach the input, the initial
+states and every parameter. When no gradient is needed (``torch.no_grad()``,
+or nothing requires grad) the kernels run without keeping activations.
+
+Limits: CPU tensors of dtype float32 or float64 only (others raise); no
+double backward (differentiating the gradients raises a RuntimeError saying
+so); ``torch.func`` transforms, ``torch.compile`` tracing and TorchScript do
+not see inside the kernels.
+
+Threads: pyrnn's kernels use ``pyrnn.get_num_threads()`` threads (its own
+setting: ``OMP_NUM_THREADS``, else the core count, or ``pyrnn.set_num_threads``),
+PyTorch's ops ``torch.get_num_threads()``; neither setting changes the other
+and this module changes neither. A kernel runs on the thread that called
+forward or backward while PyTorch's intra-op threads wait, so the two never
+compute at the same time and at most max(pyrnn's, torch's) threads are busy.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from . import _core
+from . import functional as F
+
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
+
+_DTYPES = (torch.float32, torch.float64)
+_DOUBLE_BACKWARD = (
+    "pyrnn.torch: double backward is not supported: the C++ BPTT that computes these gradients is not "
+    "itself differentiable (create_graph=True through a pyrnn module, then differentiating the "
+    "gradients, e.g. gradient penalties, Hessian-vector products or MAML). Use the torch.nn module "
+    "for higher-order derivatives."
+)
+
+
+# --------------------------------------------------------------- the kernels --
+
+class _Spec(NamedTuple):
+    """What one (layer, direction) call runs besides its tensors."""
+
+    cell: str  # "lstm", "gru" or "rnn"
+    reverse: bool = False
+    lengths: np.ndarray | None = None  # int64 [B], or None: all T
+    h_mask: np.ndarray | None = None  # recurrent dropout mask [B, H_out], or None
+    reset_after: bool = True  # GRU
+    nonlinearity: str = "tanh"  # RNN
+
+
+def _np(t):
+    """NumPy view (no copy) of a CPU tensor; None stays None."""
+    return None if t is None else t.detach().resolve_neg().numpy()
+
+
+def _kernel_forward(spec, arrays, training):
+    """Runs one layer and direction: arrays = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr)."""
+    x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr = arrays
+    return F.forward(spec.cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, nonlinearity=spec.nonlinearity,
+                     reset_after=spec.reset_after, W_hr=W_hr, h_mask=spec.h_mask, lengths=spec.lengths,
+                     reverse=spec.reverse, training=training)
+
+
+class _NotTwiceDifferentiable(torch.autograd.Function):
+    """Passes gradients computed under create_graph=True through; differentiating them raises."""
+
+    @staticmethod
+    def forward(ctx, n_anchors, *tensors):
+        return tuple(g.clone() for g in tensors[n_anchors:])
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError(_DOUBLE_BACKWARD)
+
+
+class _Recurrence(torch.autograd.Function):
+    """One layer, one direction: forward and backward in C++.
+
+    Inputs: spec, x [T, B, I], h0, c0 (LSTM) or None, W_ih, W_hh, b_ih, b_hh, W_hr
+    (each a tensor or None). Outputs: y [T, B, H_out], h_n [B, H_out] and, for
+    the LSTM, c_n [B, H].
+    """
+
+    @staticmethod
+    def forward(ctx, spec, x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr):
+        tensors = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr)
+        y, h_n, c_n, ws = _kernel_forward(spec, [_np(t) for t in tensors], training=True)
+        outs = tuple(torch.from_numpy(a) for a in (y, h_n, c_n) if a is not None)
+        ctx.spec, ctx.ws = spec, ws
+        ctx.set_materialize_grads(False)  # unused outputs give None, which the kernel reads as zeros
+        # The workspace reads these tensors' memory in backward: saving them makes
+        # autograd raise if any is modified in place in between.
+        ctx.save_for_backward(*tensors, outs[0])
+        return outs
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        ctx.saved_tensors  # raises if an input or y was modified in place since forward
+        spec = ctx.spec
+        dy, dh_n = (_np(g) for g in grad_outputs[:2])
+        if spec.cell == "lstm":
+            dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, *dW_hr = F.lstm_backward(
+                ctx.ws, dy, dh_n, _np(grad_outputs[2]))
+        else:
+            backward = F.gru_backward if spec.cell == "gru" else F.rnn_backward
+            dx, dh0, dW_ih, dW_hh, db_ih, db_hh = backward(ctx.ws, dy, dh_n)
+            dc0, dW_hr = None, []
+        grads = (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dW_hr[0] if dW_hr else None)
+        out = [None if g is None or not need else torch.from_numpy(g)
+               for g, need in zip(grads, ctx.needs_input_grad[1:])]
+        if torch.is_grad_enabled() and any(g is not None for g in out):
+            # create_graph=True: differentiating these gradients must fail loudly, not give zeros.
+            # The guard hangs off the forward's inputs, so they stay reachable from the gradients.
+            anchors = [t for t in ctx.saved_tensors[:8] if t is not None and t.requires_grad]
+            given = [g for g in out if g is not None]
+            guarded = iter(_NotTwiceDifferentiable.apply(len(anchors), *anchors, *given))
+            out = [None if g is None else next(guarded) for g in out]
+        return (None, *out)
+
+
+def _check_tensor(owner, name, t, dtype=None):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{owner}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise RuntimeError(f"{owner}: pyrnn's kernels run on the CPU only, but {name} is on {t.device}; move the "
+                           f"module and inputs to the CPU (.cpu()) or use torch.nn.{owner} on {t.device.type}")
+    if dtype is None:
+        if t.dtype not in _DTYPES:
+            raise TypeError(f"{owner}: pyrnn's kernels support float32 and float64, but {name} has dtype {t.dtype}")
+    elif t.dtype != dtype:
+        raise ValueError(f"{owner}: {name} dtype ({t.dtype}) does not match weight dtype ({dtype}). "
+                         f"Convert it: .to({dtype}), or convert the model: model.to({t.dtype})")
+
+
+def _weights_dtype(module):
+    dtype = None
+    for name, p in module.named_parameters():
+        _check_tensor(type(module).__name__, f"parameter {name}", p)
+        if dtype is None:
+            dtype = p.dtype
+        elif p.dtype != dtype:
+            raise TypeError(f"{type(module).__name__}: all parameters must have one dtype, got {dtype} and "
+                            f"{p.dtype} ({name})")
+    return dtype
+
+
+def _needs_grad(tensors):
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _run(spec, grad, x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr):
+    """(y, h_n, c_n or None) for one layer and direction, through autograd when grad."""
+    tensors = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr)
+    if grad:
+        outs = _Recurrence.apply(spec, *tensors)
+        return outs if len(outs) == 3 else (outs[0], outs[1], None)
+    y, h_n, c_n, _ = _kernel_forward(spec, [_np(t) for t in tensors], training=False)
+    return torch.from_numpy(y), torch.from_numpy(h_n), None if c_n is None else torch.from_numpy(c_n)
+
+
+def _check_probability(name, p):
+    if isinstance(p, bool) or not isinstance(p, numbers.Number) or not 0 <= p <= 1:
+        raise ValueError(f"{name} should be a number in range [0, 1] representing the probability of an "
+                         f"element being zeroed")
+    return float(p)
+
+
+def _dropout_mask(shape, p, dtype):
+    """Kept units scaled by 1/(1-p) (p=1 drops everything); torch's RNG."""
+    if p >= 1:
+        return torch.zeros(shape, dtype=dtype).numpy()
+    return torch.empty(shape, dtype=dtype).bernoulli_(1.0 - p).div_(1.0 - p).numpy()
+
+
+# ------------------------------------------------------- sequence modules --
+
+class _PyrnnRNNMixin:
+    """forward for subclasses of torch.nn.RNNBase, on pyrnn's kernels."""
+
+    _cell = "rnn"
+
+    def _init_extras(self, recurrent_dropout, reset_after=True):
+        self.recurrent_dropout = _check_probability("recurrent_dropout", recurrent_dropout)
+        self.reset_after = bool(reset_after)
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        if self.mode == "RNN_RELU":
+            s += ", nonlinearity='relu'"  # torch.nn.RNN's repr omits it; ours says which kernel runs
+        if self.mode == "GRU" and not self.reset_after:
+            s += ", reset_after=False"
+        if self.recurrent_dropout:
+            s += f", recurrent_dropout={self.recurrent_dropout}"
+        return s
+
+    def _spec(self, **kw):
+        nonlinearity = "relu" if self.mode == "RNN_RELU" else "tanh"
+        return _Spec(self._cell, reset_after=self.reset_after, nonlinearity=nonlinearity, **kw)
+
+    def _states(self, hx, B, unbatched, dtype):
+        """(h0, c0): [L*D, B, size] tensors or None, checked as torch.nn checks them."""
+        name = type(self).__name__
+        LD = self.num_layers * (2 if self.bidirectional else 1)
+        H_out = self.proj_size or self.hidden_size
+        if hx is None:
+            return None, None
+        if self._cell == "lstm":
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"{name}: hx must be a tuple (h_0, c_0) of tensors, got {type(hx).__name__}")
+            states = [("hx[0]", hx[0], H_out, "hidden[0]"), ("hx[1]", hx[1], self.hidden_size, "hidden[1]")]
+        else:
+            states = [("hx", hx, H_out, "hidden")]
+        out = []
+        for arg, h, size, label in states:
+            _check_tensor(name, arg, h, dtype)
+            want = 2 if unbatched else 3
+            if h.dim() != want:
+                raise RuntimeError(f"For {'unbatched 2-D' if unbatched else 'batched 3-D'} input, {arg} should "
+                                   f"also be {want}-D but got {h.dim()}-D tensor")
+            if unbatched:
+                h = h.unsqueeze(1)
+            expected = (LD, B, size)
+            if tuple(h.shape) != expected:
+                raise RuntimeError(f"Expected {label} size {expected}, got {list(h.shape)}")
+            out.append(h)
+        return (out + [None])[:2]
+
+    def forward(self, input, hx=None):
+        name = type(self).__name__
+        packed = isinstance(input, PackedSequence)
+        dtype = _weights_dtype(self)
+        if packed:
+            _check_tensor(name, "input", input.data, dtype)
+            x, lengths = pad_packed_sequence(input)  # [T, B, I] and lengths, in the caller's batch order
+            unbatched = False
+        else:
+            _check_tensor(name, "input", input, dtype)
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            unbatched = input.dim() == 2
+            x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
+            lengths = None
+        if x.size(-1) != self.input_size:
+            raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
+                               f"got {x.size(-1)}")
+        if x.size(0) == 0:
+            raise ValueError(f"{name}: Expected sequence length to be larger than 0")
+        T, B = x.shape[:2]
+        h0_all, c0_all = self._states(hx, B, unbatched, dtype)
+        lengths_np = None if lengths is None else lengths.numpy().astype(np.int64, copy=False)
+
+        D = 2 if self.bidirectional else 1
+        H_out = self.proj_size or self.hidden_size
+        params = list(self.parameters())
+        grad = _needs_grad([x, h0_all, c0_all] + params)
+        rec_p = self.recurrent_dropout if self.training else 0.0
+        layer_x, h_n, c_n = x, [], []
+        for layer in range(self.num_layers):
+            ys = []
+            for d in range(D):
+                k = layer * D + d
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                mask = _dropout_mask((B, H_out), rec_p, dtype) if rec_p > 0 else None
+                spec = self._spec(reverse=d == 1, lengths=lengths_np, h_mask=mask)
+                y, h, c = _run(spec, grad, layer_x, None if h0_all is None else h0_all[k],
+                               None if c0_all is None else c0_all[k],
+                               getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx),
+                               getattr(self, "bias_ih" + sfx, None), getattr(self, "bias_hh" + sfx, None),
+                               getattr(self, "weight_hr" + sfx, None))
+                ys.append(y)
+                h_n.append(h)
+                c_n.append(c)
+            layer_x = ys[0] if D == 1 else torch.cat(ys, 2)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                layer_x = nn.functional.dropout(layer_x, self.dropout, training=True)
+        out, h_n = layer_x, torch.stack(h_n)
+        c_n = torch.stack(c_n) if self._cell == "lstm" else None
+
+        if packed:
+            out = _repack(out, lengths, input)
+        elif unbatched:
+            out, h_n = out.squeeze(1), h_n.squeeze(1)
+            c_n = None if c_n is None else c_n.squeeze(1)
+        elif self.batch_first:
+            out = out.transpose(0, 1)
+        return (out, (h_n, c_n)) if self._cell == "lstm" else (out, h_n)
+
+
+def _repack(y, lengths, like):
+    """Packs padded time-major y (caller's batch order) as ``like`` is packed."""
+    order = like.sorted_indices
+    if order is not None:
+        y = y.index_select(1, order)
+        lengths = lengths.index_select(0, order.to(lengths.device))
+    data = pack_padded_sequence(y, lengths, enforce_sorted=True).data
+    return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+
+
+class RNN(_PyrnnRNNMixin, nn.RNN):
+    """torch.nn.RNN on pyrnn's kernels: h' = tanh|relu(W_ih x + b_ih + W_hh h + b_hh).
+
+    Extra keyword: recurrent_dropout (variational dropout on h_{t-1}, training only).
+    """
+
+    _cell = "rnn"
+
+    def __init__(self, *args, recurrent_dropout=0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_extras(recurrent_dropout)
+
+
+class LSTM(_PyrnnRNNMixin, nn.LSTM):
+    """torch.nn.LSTM on pyrnn's kernels (gates i, f, g, o; proj_size as PyTorch).
+
+    Extra keyword: recurrent_dropout (variational dropout on h_{t-1}, training only).
+    """
+
+    _cell = "lstm"
+
+    def __init__(self, *args, recurrent_dropout=0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_extras(recurrent_dropout)
+
+
+class GRU(_PyrnnRNNMixin, nn.GRU):
+    """torch.nn.GRU on pyrnn's kernels (gates r, z, n).
+
+    Extra keywords: reset_after=False (Cho et al. v3 / Keras reset_after=False:
+    n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)); recurrent_dropout.
+    """
+
+    _cell = "gru"
+
+    def __init__(self, *args, reset_after=True, recurrent_dropout=0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_extras(recurrent_dropout, reset_after)
+
+
+# ------------------------------------------------------------------- cells --
+
+class _PyrnnCellMixin:
+    """forward for subclasses of torch.nn.RNNCellBase: one C++ step per call."""
+
+    _cell = "rnn"
+    reset_after = True
+
+    def _kind(self):
+        if self._cell == "lstm":
+            return _core.CellKind.LSTM
+        if self._cell == "gru":
+            return _core.CellKind.GRU if self.reset_after else _core.CellKind.GRU_RESET_BEFORE
+        return _core.CellKind.RNN_RELU if self.nonlinearity == "relu" else _core.CellKind.RNN_TANH
+
+    def _step(self, input, states):
+        name = type(self).__name__
+        dtype = _weights_dtype(self)
+        _check_tensor(name, "input", input, dtype)
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        unbatched = input.dim() == 1
+        x = input.unsqueeze(0) if unbatched else input
+        if x.size(1) != self.input_size:
+            raise RuntimeError(f"{name}: input has inconsistent input_size: got {x.size(1)} expected "
+                               f"{self.input_size}")
+        checked = []
+        for label, h in states:
+            if h is not None:
+                _check_tensor(name, label, h, dtype)
+                if h.dim() != input.dim():
+                    raise ValueError(f"{name}: Expected {label} to be {input.dim()}D like the input, "
+                                     f"got {h.dim()}D instead")
+                h = h.unsqueeze(0) if unbatched else h
+                if tuple(h.shape) != (x.size(0), self.hidden_size):
+                    raise RuntimeError(f"{name}: {label} has shape {list(h.shape)}, expected "
+                                       f"{[x.size(0), self.hidden_size]} (batch, hidden_size)")
+            checked.append(h)
+        h0, c0 = (checked + [None])[:2]
+        weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        if _needs_grad([x, h0, c0, *weights]):
+            spec = _Spec(self._cell, reset_after=self.reset_after, nonlinearity=getattr(self, "nonlinearity", "tanh"))
+            _, h1, c1 = _run(spec, True, x.unsqueeze(0), h0, c0, *weights, None)
+        else:
+            arrays = [None if t is None else np.ascontiguousarray(_np(t)) for t in (x, h0, c0, *weights)]
+            h1, c1 = (None if a is None else torch.from_numpy(a) for a in _core.cell_step(self._kind(), *arrays))
+        if unbatched:
+            h1 = h1.squeeze(0)
+            c1 = None if c1 is None else c1.squeeze(0)
+        return h1, c1
+
+
+class RNNCell(_PyrnnCellMixin, nn.RNNCell):
+    """torch.nn.RNNCell on pyrnn's one-step kernel."""
+
+    _cell = "rnn"
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None, dtype=None):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity: {nonlinearity}")
+        super().__init__(input_size, hidden_size, bias, nonlinearity, device=device, dtype=dtype)
+
+    def forward(self, input, hx=None):
+        return self._step(input, [("hx", hx)])[0]
+
+
+class LSTMCell(_PyrnnCellMixin, nn.LSTMCell):
+    """torch.nn.LSTMCell on pyrnn's one-step kernel (gates i, f, g, o)."""
+
+    _cell = "lstm"
+
+    def forward(self, input, hx=None):
+        if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+            raise TypeError("LSTMCell: hx must be a tuple (h, c) of tensors or None")
+        h, c = (None, None) if hx is None else hx
+        return self._step(input, [("hx[0]", h), ("hx[1]", c)])
+
+
+class GRUCell(_PyrnnCellMixin, nn.GRUCell):
+    """torch.nn.GRUCell on pyrnn's one-step kernel (gates r, z, n).
+
+    Extra keyword: reset_after=False (Cho et al. v3 / Keras reset_after=False).
+    """
+
+    _cell = "gru"
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, reset_after=True):
+        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
+        self.reset_after = bool(reset_after)
+
+    def extra_repr(self):
+        return super().extra_repr() + ("" if self.reset_after else ", reset_after=False")
+
+    def forward(self, input, hx=None):
+        return self._step(input, [("hx", hx)])[0]

@@ -1,0 +1,252 @@
+"""pyrnn.jax against a pure-JAX lax.scan implementation: outputs and gradients,
+under jit, grad and vmap, with lengths, reverse, projections and both GRU variants."""
+
+import functools
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+
+import jax.numpy as jnp  # noqa: E402
+
+import pyrnn.jax as rj  # noqa: E402
+
+T, B, I, H, P = 5, 3, 4, 6, 2
+LENGTHS = np.array([3, 5, 1])
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+VARIANTS = {
+    "lstm": ("lstm", {}),
+    "lstm_proj": ("lstm", {}),
+    "gru": ("gru", {"reset_after": True}),
+    "gru_v3": ("gru", {"reset_after": False}),
+    "rnn_tanh": ("rnn", {"nonlinearity": "tanh"}),
+    "rnn_relu": ("rnn", {"nonlinearity": "relu"}),
+}
+
+
+# ------------------------------------------------------ the lax.scan oracle --
+
+def _step(cell, opts, p, x, h, c):
+    """One step of PyTorch's equations; returns (h', c')."""
+    gi = x @ p["W_ih"].T + (p["b_ih"] if "b_ih" in p else 0)
+    if cell == "lstm":
+        g = gi + h @ p["W_hh"].T + (p["b_hh"] if "b_hh" in p else 0)
+        i, f, gg, o = jnp.split(g, 4, axis=-1)
+        c1 = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(gg)
+        h1 = jax.nn.sigmoid(o) * jnp.tanh(c1)
+        return (h1 @ p["W_hr"].T if "W_hr" in p else h1), c1
+    if cell == "rnn":
+        a = gi + h @ p["W_hh"].T + (p["b_hh"] if "b_hh" in p else 0)
+        return (jnp.tanh(a) if opts["nonlinearity"] == "tanh" else jax.nn.relu(a)), c
+    Hh = h.shape[-1]
+    b_hh = p["b_hh"] if "b_hh" in p else jnp.zeros(3 * Hh, x.dtype)
+    i_r, i_z, i_n = jnp.split(gi, 3, axis=-1)
+    W_r, W_z, W_n = jnp.split(p["W_hh"], 3, axis=0)
+    b_r, b_z, b_n = jnp.split(b_hh, 3)
+    r = jax.nn.sigmoid(i_r + h @ W_r.T + b_r)
+    z = jax.nn.sigmoid(i_z + h @ W_z.T + b_z)
+    if opts["reset_after"]:
+        n = jnp.tanh(i_n + r * (h @ W_n.T + b_n))
+    else:
+        n = jnp.tanh(i_n + (r * h) @ W_n.T + b_n)
+    return (1 - z) * n + z * h, c
+
+
+def reference(cell, opts, p, x, h0, c0, lengths, reverse):
+    """Packed-sequence semantics with masks: a step past a sequence's length keeps its state and outputs 0."""
+    Tn, Bn = x.shape[:2]
+    lengths = jnp.full(Bn, Tn) if lengths is None else jnp.asarray(lengths)
+
+    def body(carry, inp):
+        h, c = carry
+        t, xt = inp
+        h1, c1 = _step(cell, opts, p, xt, h, c)
+        valid = (t < lengths)[:, None]
+        c_next = jnp.where(valid, c1, c) if cell == "lstm" else c
+        return (jnp.where(valid, h1, h), c_next), jnp.where(valid, h1, 0)
+
+    (h_n, c_n), y = jax.lax.scan(body, (h0, c0), (jnp.arange(Tn), x), reverse=reverse)
+    return y, h_n, c_n
+
+
+# ------------------------------------------------------------------ helpers --
+
+def _params(variant, dtype, bias=True, seed=0):
+    cell, _ = VARIANTS[variant]
+    G = GATES[cell]
+    rng = np.random.default_rng(seed)
+    H_out = P if variant == "lstm_proj" else H
+    p = {"W_ih": rng.uniform(-0.5, 0.5, (G * H, I)), "W_hh": rng.uniform(-0.5, 0.5, (G * H, H_out))}
+    if bias:
+        p["b_ih"], p["b_hh"] = rng.uniform(-0.5, 0.5, G * H), rng.uniform(-0.5, 0.5, G * H)
+    if variant == "lstm_proj":
+        p["W_hr"] = rng.uniform(-0.5, 0.5, (P, H))
+    x = rng.standard_normal((T, B, I))
+    h0 = 0.5 * rng.standard_normal((B, H_out))
+    c0 = 0.5 * rng.standard_normal((B, H))
+    cast = functools.partial(jnp.asarray, dtype=dtype)
+    return {k: cast(v) for k, v in p.items()}, cast(x), cast(h0), cast(c0)
+
+
+def _pyrnn(variant, p, x, h0, c0, lengths, reverse):
+    """pyrnn.jax's outputs as (y, h_n, c_n-or-None)."""
+    cell, opts = VARIANTS[variant]
+    weights = (p["W_ih"], p["W_hh"], p.get("b_ih"), p.get("b_hh"))
+    if cell == "lstm":
+        return rj.lstm(x, h0, c0, *weights, lengths=lengths, reverse=reverse, W_hr=p.get("W_hr"))
+    fn = rj.gru if cell == "gru" else rj.rnn
+    y, h_n = fn(x, h0, *weights, lengths=lengths, reverse=reverse, **opts)
+    return y, h_n, None
+
+
+def _oracle(variant, p, x, h0, c0, lengths, reverse):
+    cell, opts = VARIANTS[variant]
+    H_out = p["W_hr"].shape[0] if "W_hr" in p else p["W_hh"].shape[1]
+    h0 = jnp.zeros((x.shape[1], H_out), x.dtype) if h0 is None else h0
+    c = (jnp.zeros((x.shape[1], H), x.dtype) if c0 is None else c0) if cell == "lstm" else jnp.zeros((), x.dtype)
+    y, h_n, c_n = reference(cell, opts, p, x, h0, c, lengths, reverse)
+    return y, h_n, (c_n if cell == "lstm" else None)
+
+
+def _cotangents(outs, seed=5):
+    rng = np.random.default_rng(seed)
+    return tuple(None if o is None else jnp.asarray(rng.standard_normal(o.shape), o.dtype) for o in outs)
+
+
+def _outputs_and_grads(run, variant, lengths, reverse, cot, args):
+    """Outputs and the VJP of cot with respect to (params, x, h0, c0), in one jitted call."""
+    def both(*args):
+        outs, vjp = jax.vjp(lambda *a: run(variant, *a, lengths, reverse), *args)
+        return outs, vjp(cot)
+    return jax.jit(both)(*args)
+
+
+def _close(a, e, dtype, name):
+    tol = 1e-10 if dtype == jnp.float64 else 2e-5
+    np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=tol, atol=tol, err_msg=name)
+
+
+def _check_variant(variant, dtype, lengths, reverse, with_h0=True, bias=True):
+    p, x, h0, c0 = _params(variant, dtype, bias)
+    if not with_h0 or VARIANTS[variant][0] != "lstm":
+        c0 = None
+    if not with_h0:
+        h0 = None
+    args = (p, x, h0, c0)
+    cot = _cotangents(jax.eval_shape(lambda *a: _oracle(variant, *a, lengths, reverse), *args))
+    outs, grads = _outputs_and_grads(_pyrnn, variant, lengths, reverse, cot, args)
+    want, want_grads = _outputs_and_grads(_oracle, variant, lengths, reverse, cot, args)
+    for a, e, name in zip(outs, want, ["y", "h_n", "c_n"]):
+        assert (a is None) == (e is None)
+        if a is not None:
+            assert a.dtype == dtype and a.shape == e.shape
+            _close(a, e, dtype, name)
+    flat_g = jax.tree_util.tree_leaves_with_path(grads)
+    flat_e = jax.tree_util.tree_leaves_with_path(want_grads)
+    assert [k for k, _ in flat_g] == [k for k, _ in flat_e]
+    assert len(flat_g) == len(p) + 1 + (h0 is not None) + (c0 is not None)
+    for (path, g), (_, e) in zip(flat_g, flat_e):
+        _close(g, e, dtype, "d" + jax.tree_util.keystr(path))
+
+
+# -------------------------------------------------------------------- tests --
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_matches_lax_scan_float32(variant):
+    _check_variant(variant, jnp.float32, LENGTHS, True)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_matches_lax_scan_float64(variant):
+    """Full-length sequences, no initial states and no biases, in float64."""
+    with jax.enable_x64(True):
+        _check_variant(variant, jnp.float64, None, False, with_h0=False, bias=False)
+
+
+@pytest.mark.parametrize("variant, lengths, reverse", [("lstm", LENGTHS, False), ("gru", None, True)],
+                         ids=["lstm-lengths-forward", "gru-full-reverse"])
+def test_matches_lax_scan_other_directions(variant, lengths, reverse):
+    _check_variant(variant, jnp.float32, lengths, reverse)
+
+
+def _functional_lstm(p, x, h0, c0, lengths, dy, dh_n):
+    """pyrnn.functional's (NumPy) outputs and gradients for the same call."""
+    from pyrnn import functional as F
+
+    arrays = [np.asarray(a) for a in (x, h0, c0, p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"])]
+    y, h_n, c_n, ws = F.lstm_forward(*arrays, lengths=lengths)
+    dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh = F.lstm_backward(ws, dy, dh_n)
+    return y, h_n, {"W_ih": dW_ih, "W_hh": dW_hh, "b_ih": db_ih, "b_hh": db_hh}, dx
+
+
+def test_traced_lengths_under_jit():
+    """lengths as a traced argument: one trace serves any lengths."""
+    p, x, h0, c0 = _params("lstm", jnp.float32)
+    traces = []
+
+    @jax.jit
+    @jax.value_and_grad
+    def f(p, x, lengths):
+        traces.append(1)
+        y, h_n, _ = rj.lstm(x, h0, c0, p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"], lengths=lengths)
+        return 0.5 * jnp.sum(y ** 2) + jnp.sum(h_n)
+
+    for lengths in (LENGTHS, np.array([5, 2, 2])):
+        loss, grads = f(p, x, jnp.asarray(lengths, jnp.int32))
+        y, h_n, _, _ = _functional_lstm(p, x, h0, c0, lengths, None, None)
+        _, _, want, _ = _functional_lstm(p, x, h0, c0, lengths, y, np.ones_like(h_n))  # d(loss)/dy = y
+        _close(loss, 0.5 * np.sum(y.astype(np.float64) ** 2) + np.sum(h_n), jnp.float32, "loss")
+        for k in p:
+            _close(grads[k], want[k], jnp.float32, k)
+    assert len(traces) == 1
+
+
+def test_vmap_over_a_leading_axis():
+    p, x, h0, c0 = _params("lstm", jnp.float32)
+    xs = jnp.stack([x, 2 * x])
+
+    def loss(W_ih, xs):
+        ys = jax.vmap(lambda x: rj.lstm(x, h0, c0, W_ih, p["W_hh"], p["b_ih"], p["b_hh"])[0])(xs)
+        return 0.5 * jnp.sum(ys ** 2), ys
+
+    (_, ys), (g, gx) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(p["W_ih"], xs)
+    g_want = 0
+    for k in range(2):
+        y, _, grads, dx = _functional_lstm(p, xs[k], h0, c0, None, np.asarray(ys[k]), None)
+        _close(ys[k], y, jnp.float32, f"y[{k}]")
+        _close(gx[k], dx, jnp.float32, f"dx[{k}]")
+        g_want = g_want + grads["W_ih"]
+    _close(g, g_want, jnp.float32, "dW_ih")
+
+
+def test_matches_pyrnn_functional_bitwise():
+    """The JAX functions run the same kernels as pyrnn.functional: identical numbers."""
+    from pyrnn import functional as F
+
+    p, x, h0, c0 = _params("lstm", jnp.float32)
+    y, h_n, c_n = jax.jit(lambda: rj.lstm(x, h0, c0, p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"], lengths=LENGTHS))()
+    args = [np.asarray(a) for a in (x, h0, c0, p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"])]
+    want = F.lstm_forward(*args, lengths=LENGTHS, training=False)
+    for a, e in zip((y, h_n, c_n), want[:3]):
+        np.testing.assert_array_equal(np.asarray(a), e)
+
+
+def test_errors():
+    p, x, h0, c0 = _params("lstm", jnp.float32)
+    with jax.enable_x64(True):
+        with pytest.raises(TypeError, match="same dtype"):
+            rj.lstm(x, h0, c0, p["W_ih"].astype(jnp.float64), p["W_hh"])
+    with pytest.raises(TypeError, match="float32 or float64"):
+        rj.lstm(x, h0, c0, p["W_ih"].astype(jnp.float16), p["W_hh"])
+    with pytest.raises(TypeError, match="float32 or float64"):
+        rj.rnn(x.astype(jnp.int32), None, jnp.zeros((H, I)), jnp.zeros((H, H)))
+    with pytest.raises(ValueError, match="W_hh must have shape"):
+        rj.gru(x, None, jnp.zeros((3 * H, I)), jnp.zeros((3 * H, H + 1)))
+    with pytest.raises(ValueError, match="lengths must lie in"):
+        rj.lstm(x, h0, c0, p["W_ih"], p["W_hh"], lengths=np.array([0, 5, 1]))
+    with pytest.raises(TypeError, match="integer"):
+        rj.lstm(x, h0, c0, p["W_ih"], p["W_hh"], lengths=np.array([1.0, 5.0, 1.0]))
+    with pytest.raises(ValueError, match="nonlinearity"):
+        rj.rnn(x, None, jnp.zeros((H, I)), jnp.zeros((H, H)), nonlinearity="sigmoid")
