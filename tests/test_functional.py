@@ -328,3 +328,31 @@ def test_projection_shapes_and_errors(rng):
         F.lstm_forward(p["x"], p["h0"], None, p["W_ih"], W_hh, W_hr=W_hr)
     with pytest.raises(ValueError, match=r"h_mask must have shape \(B, P\)"):
         F.lstm_forward(p["x"], None, None, p["W_ih"], W_hh, W_hr=W_hr, h_mask=np.ones((2, 6)))
+
+
+def test_gil_is_released_while_a_kernel_runs(threads, rng):
+    """Python code keeps running in another thread during a long kernel call."""
+    import threading
+    import time
+
+    threads(1)
+    p = make_params(rng, "lstm", T=200, B=32, I=256, H=256, dtype=np.float32)
+    done = threading.Event()
+    ticks = []
+
+    def kernel():
+        for _ in range(3):
+            F.lstm_forward(p["x"], None, None, p["W_ih"], p["W_hh"], training=False)
+        done.set()
+
+    worker = threading.Thread(target=kernel)
+    start = time.perf_counter()
+    worker.start()
+    while not done.is_set():
+        ticks.append(time.perf_counter())
+        time.sleep(0)
+    worker.join()
+    elapsed = time.perf_counter() - start
+    assert elapsed > 0.05  # the kernel call took a while...
+    gaps = np.diff([start] + ticks)
+    assert len(ticks) > 100 and gaps.max() < elapsed / 2  # ...and this thread kept running meanwhile
