@@ -24,7 +24,7 @@ try:
 except ImportError:
     _use_installed_extension()
 
-from . import functional, reference
+from . import diagnostics, functional, optim, reference
 from ._config import fma_peak_gflops, get_num_threads, isa, set_num_threads, show_config
 from .cells import GRUCell, LSTMCell, RNNCell
 from .layers import GRU, LSTM, RNN
@@ -42,6 +42,8 @@ __all__ = [
     "LSTMCell",
     "GRUCell",
     "functional",
+    "optim",
+    "diagnostics",
     "reference",
     "show_config",
     "set_num_threads",

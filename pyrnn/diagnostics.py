@@ -1,0 +1,181 @@
+"""Gradients through time: dL/dh_t at every step, from pyrnn's own BPTT.
+
+:func:`hidden_state_grads` runs a layer's forward and backward through the C++
+kernels (:mod:`pyrnn.functional`) and asks backward for the total gradient
+reaching every hidden state (``return_dh_seq=True``): the quantity whose
+vanishing or explosion Bengio et al. (1994) and Pascanu et al. (2013) analyse.
+Nothing is re-derived in Python; this module only chains the layers and
+directions, as ``layer.backward`` does::
+
+    rnn = pyrnn.RNN(1, 128)
+    x = np.random.default_rng(0).standard_normal((200, 16, 1)).astype(np.float32)
+    dh_T = np.ones((1, 16, 128), np.float32)            # loss = sum(h_T)
+    norms = pyrnn.diagnostics.hidden_grad_norms(rnn, x, dh_n=dh_T)   # [1, 200]
+    print(norms[0, 0] / norms[0, -1])                     # ||dL/dh_1|| / ||dL/dh_T||
+
+For an LSTM, h_t is the hidden (output) state; the cell state's gradient is
+not reported.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import functional as F
+
+__all__ = ["hidden_state_grads", "hidden_grad_norms", "step_norms"]
+
+
+def _params(layer):
+    return dict(layer.named_parameters())
+
+
+def _as(name, a, dtype, shape):
+    if a is None:
+        return None
+    a = np.asarray(a)
+    if a.dtype != dtype:
+        raise TypeError(f"{name} must have the layer's dtype {dtype}, got {a.dtype}")
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+    return a
+
+
+def hidden_state_grads(layer, x, hx=None, *, dy=None, dh_n=None, dc_n=None, lengths=None):
+    """dL/dh_t for every step, layer and direction of a pyrnn ``RNN``, ``LSTM`` or ``GRU``.
+
+    The loss is defined by its gradients, given as for ``layer.backward``:
+    ``dy`` (the output's shape; a loss on the outputs) and ``dh_n`` / ``dc_n``
+    (the final states' shapes; a loss on the last step). Any may be None (zero).
+    ``x``, ``hx`` and ``lengths`` are as for ``layer(x, hx, lengths)``.
+
+    The forward runs without dropout (as in eval mode) and the layer is left
+    untouched (its ``grads`` and saved state are not changed).
+
+    Returns an array ``[num_layers * num_directions, T, B, H_out]``, time-major
+    whatever ``batch_first`` is (``[L * D, T, H_out]`` for unbatched input):
+    entry ``[k, t]`` is the total gradient of the loss reaching the hidden state
+    that layer/direction k produces at input step t (so, for the reverse
+    direction, after reading x_t .. x_T), as computed by the kernels' BPTT.
+    """
+    mode = getattr(layer, "mode", None)
+    if mode not in ("RNN", "LSTM", "GRU"):
+        raise TypeError(f"hidden_state_grads needs a pyrnn RNN, LSTM or GRU layer, got {type(layer).__name__}")
+    dtype = layer.dtype
+    x = np.asarray(x)
+    if x.dtype != dtype:
+        raise TypeError(f"x must have the layer's dtype {dtype}, got {x.dtype}")
+    if x.ndim not in (2, 3):
+        raise ValueError(f"x must be 2D (unbatched) or 3D, got {x.ndim}D")
+    unbatched = x.ndim == 2
+    if unbatched:
+        x = x[:, None, :]
+    elif layer.batch_first:
+        x = x.transpose(1, 0, 2)
+    x = np.ascontiguousarray(x)
+    T, B, _ = x.shape
+    L, D = layer.num_layers, layer.num_directions
+    Ho = layer.proj_size or layer.hidden_size
+    H = layer.hidden_size
+    out_shape = (T, B, D * Ho)
+    st_shape = (L * D, B, Ho)
+
+    def batched(name, a, shape):
+        if a is None:
+            return None
+        if unbatched:
+            a = _as(name, a, dtype, shape[:1] + shape[2:])
+            return a[:, None, :]
+        if name == "dy" and layer.batch_first:
+            a = _as(name, a, dtype, (B, T, shape[2]))
+            return a.transpose(1, 0, 2)
+        return _as(name, a, dtype, shape)
+
+    dy = batched("dy", dy, out_shape)
+    dh_n = batched("dh_n", dh_n, st_shape)
+    if mode == "LSTM":
+        dc_n = batched("dc_n", dc_n, st_shape[:2] + (H,))
+        if hx is not None:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError("LSTM: hx must be a tuple (h0, c0)")
+            h0_all = batched("h0", hx[0], st_shape)
+            c0_all = batched("c0", hx[1], st_shape[:2] + (H,))
+        else:
+            h0_all = c0_all = None
+    else:
+        if dc_n is not None:
+            raise ValueError(f"dc_n is only used by the LSTM, not {mode}")
+        h0_all = batched("h0", hx, st_shape)
+        c0_all = None
+
+    p = _params(layer)
+    workspaces = []
+    layer_x = x
+    for ell in range(L):
+        ys, wss = [], []
+        for d in range(D):
+            sfx = f"_l{ell}" + ("_reverse" if d else "")
+            k = ell * D + d
+            args = (p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], p.get(f"bias_ih{sfx}"), p.get(f"bias_hh{sfx}"))
+            h0 = None if h0_all is None else h0_all[k]
+            kw = dict(lengths=lengths, reverse=bool(d), training=True)
+            if mode == "LSTM":
+                if layer.proj_size:
+                    kw["W_hr"] = p[f"weight_hr{sfx}"]
+                y, _, _, ws = F.lstm_forward(layer_x, h0, None if c0_all is None else c0_all[k], *args, **kw)
+            elif mode == "GRU":
+                y, _, ws = F.gru_forward(layer_x, h0, *args, reset_after=layer.reset_after, **kw)
+            else:
+                y, _, ws = F.rnn_forward(layer_x, h0, *args, nonlinearity=layer.nonlinearity, **kw)
+            ys.append(y)
+            wss.append(ws)
+        workspaces.append(wss)
+        layer_x = ys[0] if D == 1 else np.concatenate(ys, axis=2)
+
+    dh = np.empty((L * D, T, B, Ho), dtype=dtype)
+    d_layer = dy
+    for ell in reversed(range(L)):
+        dx_sum = None
+        for d in range(D):
+            k = ell * D + d
+            dy_d = None if d_layer is None else np.ascontiguousarray(d_layer[..., d * Ho:(d + 1) * Ho])
+            dhn_k = None if dh_n is None else dh_n[k]
+            ws = workspaces[ell][d]
+            if mode == "LSTM":
+                out = F.lstm_backward(ws, dy_d, dhn_k, None if dc_n is None else dc_n[k], return_dh_seq=True)
+            elif mode == "GRU":
+                out = F.gru_backward(ws, dy_d, dhn_k, return_dh_seq=True)
+            else:
+                out = F.rnn_backward(ws, dy_d, dhn_k, return_dh_seq=True)
+            dh[k] = out[-1]
+            dx_sum = out[0] if dx_sum is None else dx_sum + out[0]
+        d_layer = dx_sum
+    return dh[:, :, 0] if unbatched else dh
+
+
+def step_norms(dh, reduce="mean"):
+    """Per-step norms of ``dh`` [..., T, B, H]: ||dh[..., t, b, :]||, then over the batch
+
+    ``reduce="mean"`` (the mean of the per-sequence norms, [..., T]), ``"norm"`` (the
+    norm over batch and units together, [..., T]) or ``"none"`` ([..., T, B]).
+    """
+    n = np.linalg.norm(np.asarray(dh, dtype=np.float64), axis=-1)
+    if reduce == "none":
+        return n
+    if reduce == "mean":
+        return n.mean(axis=-1)
+    if reduce == "norm":
+        return np.sqrt(np.sum(n * n, axis=-1))
+    raise ValueError(f"reduce must be 'mean', 'norm' or 'none', got {reduce!r}")
+
+
+def hidden_grad_norms(layer, x, hx=None, *, dy=None, dh_n=None, dc_n=None, lengths=None, reduce="mean"):
+    """||dL/dh_t|| for every step: ``step_norms(hidden_state_grads(...), reduce)``.
+
+    Returns ``[num_layers * num_directions, T]`` (``reduce="mean"``: the mean over
+    the batch of each sequence's norm). Unbatched input gives the same shape.
+    """
+    dh = hidden_state_grads(layer, x, hx, dy=dy, dh_n=dh_n, dc_n=dc_n, lengths=lengths)
+    if dh.ndim == 3:
+        dh = dh[:, :, None, :]
+    return step_norms(dh, reduce)

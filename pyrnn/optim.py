@@ -1,0 +1,494 @@
+"""Small training utilities for NumPy loops over pyrnn layers.
+
+Optimizers with PyTorch's update rules (:class:`SGD` with momentum,
+:class:`RMSprop`, :class:`Adam`), gradient clipping (:func:`clip_grad_norm`,
+:func:`clip_grad_value`), a linear readout (:class:`Linear`) and the two
+losses the examples need (:func:`softmax_cross_entropy`, :func:`mse_loss`)::
+
+    lstm = pyrnn.LSTM(1, 64)
+    fc = pyrnn.optim.Linear(64, 1)
+    opt = pyrnn.optim.Adam([lstm, fc], lr=1e-2)
+
+    y, _ = lstm(x)
+    pred = fc(y[-1])
+    loss, dpred = pyrnn.optim.mse_loss(pred, target)
+    opt.zero_grad()
+    lstm.backward(dh_n=fc.backward(dpred)[None])   # dh_n: (num_layers, B, H)
+    norm = pyrnn.optim.clip_grad_norm([lstm, fc], 1.0)
+    opt.step()
+
+Anything with ``named_parameters()`` and a ``grads`` dict keyed like it (the
+layers, the cells, :class:`Linear`) is a *module* here; optimizers and
+clipping take a module, or a list of modules and ``(param, grad)`` array
+pairs. Updates are in place, so the layers see them at their next call.
+
+This is deliberately not a framework: no autograd, no parameter groups, no
+schedulers (set ``opt.lr`` yourself).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+__all__ = [
+    "SGD",
+    "RMSprop",
+    "Adam",
+    "clip_grad_norm",
+    "clip_grad_value",
+    "Linear",
+    "softmax",
+    "log_softmax",
+    "softmax_cross_entropy",
+    "mse_loss",
+]
+
+
+def _is_module(obj):
+    return hasattr(obj, "named_parameters") and isinstance(getattr(obj, "grads", None), dict)
+
+
+def _pairs(params):
+    """[(param, grad)] from a module, or an iterable of modules and (param, grad) pairs."""
+    if _is_module(params):
+        params = [params]
+    out = []
+    for item in params:
+        if _is_module(item):
+            for name, p in item.named_parameters():
+                out.append((p, item.grads[name]))
+        elif isinstance(item, (tuple, list)) and len(item) == 2:
+            out.append((item[0], item[1]))
+        else:
+            raise TypeError(f"expected a module (named_parameters() and grads) or a (param, grad) pair, "
+                            f"got {type(item).__name__}")
+    for p, g in out:
+        if not isinstance(p, np.ndarray) or not isinstance(g, np.ndarray):
+            raise TypeError(f"parameters and gradients must be NumPy arrays, got {type(p).__name__} and "
+                            f"{type(g).__name__}")
+        if p.shape != g.shape:
+            raise ValueError(f"parameter of shape {p.shape} has a gradient of shape {g.shape}")
+        if p.dtype.kind != "f" or g.dtype.kind != "f":
+            raise TypeError(f"parameters and gradients must be floating point, got {p.dtype} and {g.dtype}")
+        if not p.flags.writeable:
+            raise ValueError("parameters must be writeable arrays (they are updated in place)")
+    if not out:
+        raise ValueError("optimizer got an empty parameter list")
+    return out
+
+
+def _grads(params):
+    """Gradient arrays from a module, or an iterable of modules, (param, grad) pairs and arrays."""
+    if _is_module(params) or isinstance(params, np.ndarray):
+        params = [params]
+    out = []
+    for item in params:
+        if isinstance(item, np.ndarray):
+            out.append(item)
+        elif _is_module(item):
+            out.extend(item.grads[name] for name, _ in item.named_parameters())
+        elif isinstance(item, (tuple, list)) and len(item) == 2:
+            out.append(item[1])
+        else:
+            raise TypeError(f"expected a module, a (param, grad) pair or a gradient array, got {type(item).__name__}")
+    for g in out:
+        if not isinstance(g, np.ndarray) or g.dtype.kind != "f":
+            raise TypeError("gradients must be floating-point NumPy arrays")
+    return out
+
+
+def _check_hyper(name, value, low=0.0, high=None, low_open=False):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"Invalid {name}: {value!r}")
+    if value < low or (low_open and value == low) or (high is not None and value >= high):
+        raise ValueError(f"Invalid {name}: {value}")
+    return float(value)
+
+
+class Optimizer:
+    """Base class: ``step()``, ``zero_grad()``, ``state_dict()``, ``load_state_dict()``.
+
+    ``params``: a module, or a list of modules and ``(param, grad)`` pairs.
+    ``lr`` is a plain attribute: change it between steps for a schedule.
+    """
+
+    _state_keys: tuple = ()
+
+    def __init__(self, params, lr):
+        self.lr = _check_hyper("learning rate", lr)
+        self._pairs = _pairs(params)
+        self.step_count = 0
+        self.state = [{k: np.zeros_like(p) for k in self._state_keys} for p, _ in self._pairs]
+
+    @property
+    def params(self):
+        return [p for p, _ in self._pairs]
+
+    def zero_grad(self):
+        """Sets every gradient to zero (in place)."""
+        for _, g in self._pairs:
+            g[...] = 0
+
+    def step(self):
+        """Updates every parameter in place from its gradient."""
+        self.step_count += 1
+        for (p, g), st in zip(self._pairs, self.state):
+            self._update(p, g, st)
+
+    def _update(self, p, g, st):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _hyper(self):
+        return {"lr": self.lr}
+
+    def state_dict(self):
+        """{'type', 'step_count', 'hyper', 'state': [per-parameter dict of arrays]} (copies)."""
+        return {"type": type(self).__name__, "step_count": self.step_count, "hyper": self._hyper(),
+                "state": [{k: v.copy() for k, v in st.items()} for st in self.state]}
+
+    def load_state_dict(self, state):
+        """Restores a :meth:`state_dict` (the step count, the moments, and the hyperparameters)."""
+        if state.get("type") != type(self).__name__:
+            raise ValueError(f"state_dict is for {state.get('type')}, not {type(self).__name__}")
+        if len(state["state"]) != len(self.state):
+            raise ValueError(f"state_dict has {len(state['state'])} parameters, the optimizer {len(self.state)}")
+        for mine, theirs in zip(self.state, state["state"]):
+            if set(mine) != set(theirs):
+                raise ValueError(f"state_dict has keys {sorted(theirs)}, expected {sorted(mine)}")
+            for k, v in theirs.items():
+                if np.shape(v) != mine[k].shape:
+                    raise ValueError(f"state '{k}' has shape {np.shape(v)}, expected {mine[k].shape}")
+        for mine, theirs in zip(self.state, state["state"]):
+            for k, v in theirs.items():
+                np.copyto(mine[k], v, casting="unsafe")
+        self.step_count = int(state["step_count"])
+        for k, v in state.get("hyper", {}).items():
+            setattr(self, k, tuple(v) if isinstance(v, (list, tuple)) else v)
+
+    def __repr__(self):
+        hyper = ", ".join(f"{k}={v}" for k, v in self._hyper().items())
+        return f"{type(self).__name__}({len(self._pairs)} parameters, {hyper})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with (Nesterov) momentum, as torch.optim.SGD.
+
+    ``g += weight_decay * p``; ``buf = momentum * buf + (1 - dampening) * g``
+    (``buf = g`` at the first step); ``p -= lr * (g + momentum * buf if nesterov else buf)``.
+    """
+
+    _state_keys = ("momentum_buffer",)
+
+    def __init__(self, params, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0):
+        super().__init__(params, lr)
+        self.momentum = _check_hyper("momentum value", momentum)
+        self.dampening = _check_hyper("dampening", dampening)
+        self.weight_decay = _check_hyper("weight_decay value", weight_decay)
+        self.nesterov = bool(nesterov)
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+
+    def _hyper(self):
+        return {"lr": self.lr, "momentum": self.momentum, "dampening": self.dampening,
+                "nesterov": self.nesterov, "weight_decay": self.weight_decay}
+
+    def _update(self, p, g, st):
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        if self.momentum:
+            buf = st["momentum_buffer"]
+            if self.step_count == 1:
+                buf[...] = g
+            else:
+                buf *= self.momentum
+                buf += (1.0 - self.dampening) * g
+            g = g + self.momentum * buf if self.nesterov else buf
+        p -= self.lr * g
+
+
+class RMSprop(Optimizer):
+    """RMSProp (Hinton's lecture 6e), as torch.optim.RMSprop.
+
+    ``v = alpha * v + (1 - alpha) * g**2``; with ``centered``, ``m = alpha * m + (1 - alpha) * g``
+    and ``v - m**2`` replaces ``v``; ``p -= lr * g / (sqrt(v) + eps)`` (through a momentum buffer
+    when ``momentum > 0``).
+    """
+
+    _state_keys = ("square_avg", "grad_avg", "momentum_buffer")
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False):
+        super().__init__(params, lr)
+        self.alpha = _check_hyper("alpha value", alpha, high=1.0 + 1e-12)
+        self.eps = _check_hyper("epsilon value", eps)
+        self.weight_decay = _check_hyper("weight_decay value", weight_decay)
+        self.momentum = _check_hyper("momentum value", momentum)
+        self.centered = bool(centered)
+
+    def _hyper(self):
+        return {"lr": self.lr, "alpha": self.alpha, "eps": self.eps, "weight_decay": self.weight_decay,
+                "momentum": self.momentum, "centered": self.centered}
+
+    def _update(self, p, g, st):
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        v = st["square_avg"]
+        v *= self.alpha
+        v += (1.0 - self.alpha) * g * g
+        if self.centered:
+            m = st["grad_avg"]
+            m *= self.alpha
+            m += (1.0 - self.alpha) * g
+            denom = np.sqrt(v - m * m) + self.eps
+        else:
+            denom = np.sqrt(v) + self.eps
+        if self.momentum:
+            buf = st["momentum_buffer"]
+            buf *= self.momentum
+            buf += g / denom
+            p -= self.lr * buf
+        else:
+            p -= self.lr * g / denom
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba 2015), as torch.optim.Adam.
+
+    ``m = b1 * m + (1 - b1) * g``; ``v = b2 * v + (1 - b2) * g**2``;
+    ``p -= lr / (1 - b1**t) * m / (sqrt(v / (1 - b2**t)) + eps)``. ``weight_decay``
+    is L2 (added to g), as torch.optim.Adam; ``decoupled_weight_decay=True`` is AdamW
+    (``p *= 1 - lr * weight_decay`` before the update).
+    """
+
+    _state_keys = ("exp_avg", "exp_avg_sq")
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 decoupled_weight_decay=False):
+        super().__init__(params, lr)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas must be a pair, got {betas!r}")
+        self.betas = (_check_hyper("beta parameter at index 0", betas[0], high=1.0),
+                      _check_hyper("beta parameter at index 1", betas[1], high=1.0))
+        self.eps = _check_hyper("epsilon value", eps)
+        self.weight_decay = _check_hyper("weight_decay value", weight_decay)
+        self.decoupled_weight_decay = bool(decoupled_weight_decay)
+
+    def _hyper(self):
+        return {"lr": self.lr, "betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay,
+                "decoupled_weight_decay": self.decoupled_weight_decay}
+
+    def _update(self, p, g, st):
+        b1, b2 = self.betas
+        t = self.step_count
+        if self.weight_decay:
+            if self.decoupled_weight_decay:
+                p *= 1.0 - self.lr * self.weight_decay
+            else:
+                g = g + self.weight_decay * p
+        m, v = st["exp_avg"], st["exp_avg_sq"]
+        m *= b1
+        m += (1.0 - b1) * g
+        v *= b2
+        v += (1.0 - b2) * g * g
+        step_size = self.lr / (1.0 - b1 ** t)
+        denom = np.sqrt(v) / math.sqrt(1.0 - b2 ** t) + self.eps
+        p -= step_size * m / denom
+
+
+# --------------------------------------------------------------------- clipping
+
+
+def clip_grad_norm(params, max_norm, norm_type=2.0, error_if_nonfinite=False):
+    """Rescales the gradients in place so that their global norm is at most ``max_norm``.
+
+    The norm is taken over all gradients together, as one vector (Pascanu et al.
+    2013; torch.nn.utils.clip_grad_norm_). ``params``: a module, or a list of
+    modules, ``(param, grad)`` pairs and gradient arrays. Returns the total norm
+    *before* clipping, as a float. ``norm_type`` may be ``float('inf')``.
+    """
+    max_norm = _check_hyper("max_norm", max_norm)
+    norm_type = float(norm_type)
+    if not norm_type > 0:
+        raise ValueError(f"norm_type must be positive, got {norm_type}")
+    grads = _grads(params)
+    if not grads:
+        return 0.0
+    if math.isinf(norm_type):
+        total = max(float(np.max(np.abs(g))) if g.size else 0.0 for g in grads)
+    else:
+        total = sum(float(np.sum(np.abs(g.astype(np.float64)) ** norm_type)) for g in grads) ** (1.0 / norm_type)
+    if error_if_nonfinite and not math.isfinite(total):
+        raise RuntimeError(f"The total norm of order {norm_type} for gradients is non-finite, so it cannot be "
+                           f"clipped. To disable this error, set error_if_nonfinite=False")
+    coef = max_norm / (total + 1e-6)
+    if coef < 1.0 or not math.isfinite(total):
+        for g in grads:
+            g *= coef
+    return total
+
+
+def clip_grad_value(params, clip_value):
+    """Clips every gradient element to [-clip_value, clip_value] in place."""
+    clip_value = _check_hyper("clip_value", clip_value)
+    for g in _grads(params):
+        np.clip(g, -clip_value, clip_value, out=g)
+
+
+# ---------------------------------------------------------------------- readout
+
+
+class Linear:
+    """y = x W^T + b on the last axis of x, as torch.nn.Linear (``weight`` [out, in], ``bias`` [out]).
+
+    Initialised as torch.nn.Linear: U(-1/sqrt(in), 1/sqrt(in)). A call keeps its
+    input; ``backward(dy)`` returns dx and adds the parameter gradients to ``grads``.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32, seed=None, rng=None):
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
+        if rng is not None and seed is not None:
+            raise ValueError("give either seed or rng, not both")
+        rng = rng if rng is not None else np.random.default_rng(seed)
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        bound = 1.0 / math.sqrt(self.in_features)
+        self._params = {"weight": rng.uniform(-bound, bound, (self.out_features, self.in_features)).astype(self.dtype)}
+        if bias:
+            self._params["bias"] = rng.uniform(-bound, bound, (self.out_features,)).astype(self.dtype)
+        self.grads = {k: np.zeros_like(v) for k, v in self._params.items()}
+        self.training = True
+        self._x = None
+
+    @property
+    def weight(self):
+        return self._params["weight"]
+
+    @property
+    def bias(self):
+        return self._params.get("bias")
+
+    def named_parameters(self):
+        yield from self._params.items()
+
+    def parameters(self):
+        yield from self._params.values()
+
+    def zero_grad(self):
+        for g in self.grads.values():
+            g[...] = 0
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def state_dict(self):
+        return {k: v.copy() for k, v in self._params.items()}
+
+    def load_state_dict(self, state_dict):
+        if set(state_dict) != set(self._params):
+            raise ValueError(f"Linear.load_state_dict: expected keys {sorted(self._params)}, got {sorted(state_dict)}")
+        arrays = {}
+        for k, v in state_dict.items():
+            a = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+            if a.shape != self._params[k].shape:
+                raise ValueError(f"size mismatch for {k}: {a.shape} vs {self._params[k].shape}")
+            arrays[k] = a
+        for k, a in arrays.items():
+            np.copyto(self._params[k], a, casting="unsafe")
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def forward(self, x):
+        x = np.asarray(x)
+        if x.dtype != self.dtype:
+            raise TypeError(f"Linear: input must have dtype {self.dtype}, got {x.dtype}")
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"Linear: expected last dimension {self.in_features}, got shape {x.shape}")
+        self._x = x if self.training else None
+        y = x @ self.weight.T
+        if "bias" in self._params:
+            y += self.bias
+        return y
+
+    def backward(self, dy):
+        """Returns dL/dx for the last training-mode call; adds dL/dW, dL/db to ``grads``."""
+        if self._x is None:
+            raise RuntimeError("Linear.backward needs a call in training mode first")
+        dy = np.asarray(dy, dtype=self.dtype)
+        x2 = self._x.reshape(-1, self.in_features)
+        dy2 = dy.reshape(-1, self.out_features)
+        if dy2.shape[0] != x2.shape[0]:
+            raise ValueError(f"Linear.backward: dy of shape {dy.shape} does not match the input {self._x.shape}")
+        self.grads["weight"] += dy2.T @ x2
+        if "bias" in self._params:
+            self.grads["bias"] += dy2.sum(axis=0)
+        return (dy2 @ self.weight).reshape(self._x.shape)
+
+    def __repr__(self):
+        return (f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={'bias' in self._params})")
+
+
+# ----------------------------------------------------------------------- losses
+
+
+def log_softmax(logits, axis=-1):
+    z = logits - np.max(logits, axis=axis, keepdims=True)
+    return z - np.log(np.sum(np.exp(z), axis=axis, keepdims=True))
+
+
+def softmax(logits, axis=-1):
+    z = np.exp(logits - np.max(logits, axis=axis, keepdims=True))
+    return z / np.sum(z, axis=axis, keepdims=True)
+
+
+def softmax_cross_entropy(logits, targets, mask=None):
+    """Mean cross-entropy (nats) of integer ``targets`` [...] under ``softmax(logits)`` [..., C].
+
+    ``mask`` [...] (optional, 0/1 or weights): the mean is over the masked-in
+    positions. Returns ``(loss, dlogits)``, ``dlogits`` the gradient of the loss.
+    """
+    logits = np.asarray(logits)
+    targets = np.asarray(targets)
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(f"logits {logits.shape} and targets {targets.shape} do not match")
+    if targets.dtype.kind not in "iu":
+        raise TypeError(f"targets must be integers, got {targets.dtype}")
+    C = logits.shape[-1]
+    flat = logits.reshape(-1, C)
+    t = targets.reshape(-1)
+    if t.size and (t.min() < 0 or t.max() >= C):
+        raise ValueError(f"targets must be in [0, {C})")
+    logp = log_softmax(flat)
+    nll = -logp[np.arange(t.size), t]
+    if mask is None:
+        w = np.ones(t.size, dtype=logits.dtype)
+    else:
+        w = np.asarray(mask, dtype=logits.dtype).reshape(-1)
+        if w.size != t.size:
+            raise ValueError(f"mask of shape {np.shape(mask)} does not match targets {targets.shape}")
+    total = float(w.sum())
+    if total <= 0:
+        return 0.0, np.zeros_like(logits)
+    loss = float(np.dot(nll.astype(np.float64), w)) / total
+    d = np.exp(logp)
+    d[np.arange(t.size), t] -= 1
+    d *= (w / total)[:, None]
+    return loss, d.reshape(logits.shape).astype(logits.dtype, copy=False)
+
+
+def mse_loss(pred, target):
+    """mean((pred - target)**2); returns ``(loss, dpred)``."""
+    pred = np.asarray(pred)
+    diff = pred - np.asarray(target, dtype=pred.dtype)
+    return float(np.mean(np.square(diff, dtype=np.float64))), (2.0 / diff.size) * diff
