@@ -356,3 +356,21 @@ def test_gil_is_released_while_a_kernel_runs(threads, rng):
     assert elapsed > 0.05  # the kernel call took a while...
     gaps = np.diff([start] + ticks)
     assert len(ticks) > 100 and gaps.max() < elapsed / 2  # ...and this thread kept running meanwhile
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_random_shapes_match_reference(variant):
+    """Property test over shapes, lengths, bias and direction (float64, all outputs and gradients)."""
+    hyp = pytest.importorskip("hypothesis")
+    st = hyp.strategies
+
+    @hyp.settings(max_examples=25, deadline=None, derandomize=True)
+    @hyp.given(T=st.integers(1, 6), B=st.integers(1, 5), I=st.integers(1, 9), H=st.integers(1, 21),
+               bias=st.booleans(), reverse=st.booleans(), with_lengths=st.booleans(), seed=st.integers(0, 2**16))
+    def check(T, B, I, H, bias, reverse, with_lengths, seed):
+        rng = np.random.default_rng(seed)
+        lengths = list(rng.integers(1, T + 1, size=B)) if with_lengths else None
+        p, kw = _params(variant, (T, B, I, H, bias, lengths, reverse), np.float64, rng)
+        _check_parity(variant, p, kw, np.float64, rng)
+
+    check()
