@@ -113,20 +113,16 @@ class _CellBase(_Parametrised):
         weights = (p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"))
         shape = x.shape[:1] + (self.hidden_size,)
         dh1 = None if dh1 is None else self._array("dh1", np.reshape(dh1, shape), 2, self.hidden_size)
-        if isinstance(self, LSTMCell):
-            dc1 = None if dc1 is None else self._array("dc1", np.reshape(dc1, shape), 2, self.hidden_size)
-            _, _, _, ws = F.lstm_forward(x[None], h, c, *weights)
-            dx, dh, dc, *dW = F.lstm_backward(ws, None, dh1, dc1)
-        else:
-            if dc1 is not None:
+        if dc1 is not None:
+            if not isinstance(self, LSTMCell):
                 raise ValueError(f"dc1 is only used by LSTMCell, not {type(self).__name__}")
-            ws = self._sequence_forward(x[None], h, weights)
-            dx, dh, *dW = (F.gru_backward if isinstance(self, GRUCell) else F.rnn_backward)(ws, None, dh1)
-            dc = None
-        for name, g in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), dW):
-            if g is not None:
-                self.grads[name] += g
-        dx = dx[0]
+            dc1 = self._array("dc1", np.reshape(dc1, shape), 2, self.hidden_size)
+        _, _, _, ws = F.forward(self._cell, x[None], h, c, *weights,
+                                nonlinearity=getattr(self, "nonlinearity", "tanh"),
+                                reset_after=getattr(self, "reset_after", True))
+        g = F.backward(ws, None, dh1, dc1)
+        self._accumulate(g)
+        dx, dh, dc = g["x"][0], g["h0"], g["c0"]
         if unbatched:
             dx, dh = dx[0], dh[0]
             dc = None if dc is None else dc[0]
@@ -136,6 +132,8 @@ class _CellBase(_Parametrised):
 class RNNCell(_CellBase):
     """torch.nn.RNNCell: h' = tanh|relu(W_ih x + b_ih + W_hh h + b_hh)."""
 
+    _cell = "rnn"
+
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *, dtype=np.float32, seed=None,
                  rng=None):
         if nonlinearity not in ("tanh", "relu"):
@@ -144,14 +142,13 @@ class RNNCell(_CellBase):
         kind = _core.CellKind.RNN_TANH if nonlinearity == "tanh" else _core.CellKind.RNN_RELU
         super().__init__(kind, input_size, hidden_size, bias, dtype, seed, rng)
 
-    def _sequence_forward(self, x, h, weights):
-        return F.rnn_forward(x, h, *weights, nonlinearity=self.nonlinearity)[2]
 
 
 class LSTMCell(_CellBase):
     """torch.nn.LSTMCell (gates i, f, g, o)."""
 
     _gates = 4
+    _cell = "lstm"
 
     def __init__(self, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None, rng=None):
         super().__init__(_core.CellKind.LSTM, input_size, hidden_size, bias, dtype, seed, rng)
@@ -172,6 +169,7 @@ class GRUCell(_CellBase):
     """torch.nn.GRUCell (gates r, z, n). reset_after=False: Cho et al. v3 (Keras reset_after=False)."""
 
     _gates = 3
+    _cell = "gru"
 
     def __init__(self, input_size, hidden_size, bias=True, *, reset_after=True, dtype=np.float32, seed=None,
                  rng=None):
@@ -179,5 +177,3 @@ class GRUCell(_CellBase):
         kind = _core.CellKind.GRU if reset_after else _core.CellKind.GRU_RESET_BEFORE
         super().__init__(kind, input_size, hidden_size, bias, dtype, seed, rng)
 
-    def _sequence_forward(self, x, h, weights):
-        return F.gru_forward(x, h, *weights, reset_after=self.reset_after)[2]

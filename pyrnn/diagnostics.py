@@ -26,13 +26,7 @@ from . import functional as F
 __all__ = ["hidden_state_grads", "hidden_grad_norms", "step_norms"]
 
 
-def _params(layer):
-    return dict(layer.named_parameters())
-
-
 def _as(name, a, dtype, shape):
-    if a is None:
-        return None
     a = np.asarray(a)
     if a.dtype != dtype:
         raise TypeError(f"{name} must have the layer's dtype {dtype}, got {a.dtype}")
@@ -61,72 +55,37 @@ def hidden_state_grads(layer, x, hx=None, *, dy=None, dh_n=None, dc_n=None, leng
     mode = getattr(layer, "mode", None)
     if mode not in ("RNN", "LSTM", "GRU"):
         raise TypeError(f"hidden_state_grads needs a pyrnn RNN, LSTM or GRU layer, got {type(layer).__name__}")
-    dtype = layer.dtype
-    x = np.asarray(x)
-    if x.dtype != dtype:
-        raise TypeError(f"x must have the layer's dtype {dtype}, got {x.dtype}")
-    if x.ndim not in (2, 3):
-        raise ValueError(f"x must be 2D (unbatched) or 3D, got {x.ndim}D")
-    unbatched = x.ndim == 2
-    if unbatched:
-        x = x[:, None, :]
-    elif layer.batch_first:
-        x = x.transpose(1, 0, 2)
-    x = np.ascontiguousarray(x)
+    # The layer's own checks and plumbing: input layout, initial states, one kernel call per direction.
+    x, unbatched = layer._check_input(x)
     T, B, _ = x.shape
-    L, D = layer.num_layers, layer.num_directions
-    Ho = layer.proj_size or layer.hidden_size
-    H = layer.hidden_size
-    out_shape = (T, B, D * Ho)
+    h0_all, c0_all = layer._split_hx(hx, B, unbatched)
+    dtype, L, D = layer.dtype, layer.num_layers, layer.num_directions
+    Ho, H = layer.proj_size or layer.hidden_size, layer.hidden_size
     st_shape = (L * D, B, Ho)
 
     def batched(name, a, shape):
         if a is None:
             return None
         if unbatched:
-            a = _as(name, a, dtype, shape[:1] + shape[2:])
-            return a[:, None, :]
+            return _as(name, a, dtype, shape[:1] + shape[2:])[:, None, :]
         if name == "dy" and layer.batch_first:
-            a = _as(name, a, dtype, (B, T, shape[2]))
-            return a.transpose(1, 0, 2)
+            return _as(name, a, dtype, (B, T, shape[2])).transpose(1, 0, 2)
         return _as(name, a, dtype, shape)
 
-    dy = batched("dy", dy, out_shape)
+    dy = batched("dy", dy, (T, B, D * Ho))
     dh_n = batched("dh_n", dh_n, st_shape)
-    if mode == "LSTM":
-        dc_n = batched("dc_n", dc_n, st_shape[:2] + (H,))
-        if hx is not None:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError("LSTM: hx must be a tuple (h0, c0)")
-            h0_all = batched("h0", hx[0], st_shape)
-            c0_all = batched("c0", hx[1], st_shape[:2] + (H,))
-        else:
-            h0_all = c0_all = None
-    else:
-        if dc_n is not None:
-            raise ValueError(f"dc_n is only used by the LSTM, not {mode}")
-        h0_all = batched("h0", hx, st_shape)
-        c0_all = None
+    if mode != "LSTM" and dc_n is not None:
+        raise ValueError(f"dc_n is only used by the LSTM, not {mode}")
+    dc_n = batched("dc_n", dc_n, st_shape[:2] + (H,))
 
-    p = _params(layer)
     workspaces = []
     layer_x = x
     for ell in range(L):
         ys, wss = [], []
-        for d in range(D):
-            sfx = f"_l{ell}" + ("_reverse" if d else "")
+        for d, sfx in enumerate(layer._suffixes(ell)):
             k = ell * D + d
-            args = (p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], p.get(f"bias_ih{sfx}"), p.get(f"bias_hh{sfx}"))
-            h0 = None if h0_all is None else h0_all[k]
-            kw = dict(lengths=lengths, reverse=bool(d), training=True)
-            if mode == "LSTM":
-                if layer.proj_size:
-                    kw["W_hr"] = p[f"weight_hr{sfx}"]
-                y, _, _, ws = F.lstm_forward(layer_x, h0, None if c0_all is None else c0_all[k], *args, **kw)
-            elif mode == "GRU":
-                y, _, ws = F.gru_forward(layer_x, h0, *args, reset_after=layer.reset_after, **kw)
-            else:
-                y, _, ws = F.rnn_forward(layer_x, h0, *args, nonlinearity=layer.nonlinearity, **kw)
+            y, _, _, ws = layer._run_direction(layer_x, sfx, None if h0_all is None else h0_all[k],
+                                               None if c0_all is None else c0_all[k], lengths, d == 1, None, True)
             ys.append(y)
             wss.append(ws)
         workspaces.append(wss)
@@ -139,16 +98,10 @@ def hidden_state_grads(layer, x, hx=None, *, dy=None, dh_n=None, dc_n=None, leng
         for d in range(D):
             k = ell * D + d
             dy_d = None if d_layer is None else np.ascontiguousarray(d_layer[..., d * Ho:(d + 1) * Ho])
-            dhn_k = None if dh_n is None else dh_n[k]
-            ws = workspaces[ell][d]
-            if mode == "LSTM":
-                out = F.lstm_backward(ws, dy_d, dhn_k, None if dc_n is None else dc_n[k], return_dh_seq=True)
-            elif mode == "GRU":
-                out = F.gru_backward(ws, dy_d, dhn_k, return_dh_seq=True)
-            else:
-                out = F.rnn_backward(ws, dy_d, dhn_k, return_dh_seq=True)
-            dh[k] = out[-1]
-            dx_sum = out[0] if dx_sum is None else dx_sum + out[0]
+            g = F.backward(workspaces[ell][d], dy_d, None if dh_n is None else dh_n[k],
+                           None if dc_n is None else dc_n[k], return_dh_seq=True)
+            dh[k] = g["dh_seq"]
+            dx_sum = g["x"] if dx_sum is None else dx_sum + g["x"]
         d_layer = dx_sum
     return dh[:, :, 0] if unbatched else dh
 

@@ -24,6 +24,7 @@ from ._validation import _as_float_array, _check_forward_inputs, _check_shape
 
 __all__ = [
     "forward",
+    "backward",
     "rnn_forward",
     "rnn_backward",
     "lstm_forward",
@@ -163,3 +164,23 @@ def forward(cell, x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="
     else:
         raise ValueError(f"cell must be 'rnn', 'lstm' or 'gru', got {cell!r}")
     return y, h_n, None, ws
+
+
+def backward(ws, dy=None, dh_n=None, dc_n=None, *, return_dh_seq=False):
+    """Backward of :func:`forward`, any cell (read from the workspace).
+
+    Returns a dict with "x", "h0", "c0", "W_ih", "W_hh", "b_ih", "b_hh", "W_hr"
+    (None where the forward had no such input) and, with return_dh_seq=True,
+    "dh_seq" ([T, B, H_out]: dL/dh_t for every step).
+    """
+    if not isinstance(ws, _core.Workspace):
+        raise TypeError(f"backward needs a workspace from a training-mode forward, got {type(ws).__name__}")
+    cell = _CELL_NAMES[ws.cell]
+    if cell != "lstm" and dc_n is not None:
+        raise ValueError(f"dc_n is only used by the LSTM, not {cell}")
+    grads = {"dy": dy, "dh_n": dh_n} if cell != "lstm" else {"dy": dy, "dh_n": dh_n, "dc_n": dc_n}
+    dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dh_seq, dW_hr = _backward(cell, ws, grads, return_dh_seq)
+    out = {"x": dx, "h0": dh0, "c0": dc0, "W_ih": dW_ih, "W_hh": dW_hh, "b_ih": db_ih, "b_hh": db_hh, "W_hr": dW_hr}
+    if return_dh_seq:
+        out["dh_seq"] = dh_seq
+    return out

@@ -77,14 +77,7 @@ def _backward_callback(spec, present, *args):
     arrays, cts = args[:len(_NAMES)], args[len(_NAMES):]
     _, _, _, ws = _host_forward(spec, arrays, training=True)
     cts = [_host(c) for c in cts]
-    if spec.cell == "lstm":
-        dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, *dW_hr = F.lstm_backward(ws, *cts)
-    else:
-        backward = F.gru_backward if spec.cell == "gru" else F.rnn_backward
-        dx, dh0, dW_ih, dW_hh, db_ih, db_hh = backward(ws, *cts)
-        dc0, dW_hr = None, []
-    grads = dict(x=dx, h0=dh0, c0=dc0, W_ih=dW_ih, W_hh=dW_hh, b_ih=db_ih, b_hh=db_hh,
-                 W_hr=dW_hr[0] if dW_hr else None)
+    grads = F.backward(ws, *cts)
     return tuple(grads[name] for name in present)
 
 

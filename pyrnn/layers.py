@@ -101,6 +101,13 @@ class _Parametrised:
     def eval(self):
         return self.train(False)
 
+    def _accumulate(self, g, suffix=""):
+        """Adds the parameter gradients of a functional.backward result to ``grads``."""
+        for short, name in (("W_ih", "weight_ih"), ("W_hh", "weight_hh"), ("b_ih", "bias_ih"), ("b_hh", "bias_hh"),
+                            ("W_hr", "weight_hr")):
+            if g[short] is not None:
+                self.grads[name + suffix] += g[short]
+
     def zero_grad(self):
         for g in self.grads.values():
             g[...] = 0
@@ -228,11 +235,10 @@ class _RNNBase(_Parametrised):
     def _check_input(self, x):
         x = np.asarray(x)
         if x.dtype != self.dtype:
-            kind = "floating" if x.dtype.kind == "f" else "non-floating"
-            raise TypeError(f"{self.mode}: input must have the layer's dtype {self.dtype}, got {kind} {x.dtype} "
-                            f"(cast it, or build the layer with dtype={x.dtype.name})"
-                            if x.dtype.kind == "f" else
-                            f"{self.mode}: input must have dtype {self.dtype}, got {x.dtype}")
+            if x.dtype.kind == "f":
+                raise TypeError(f"{self.mode}: input must have the layer's dtype {self.dtype}, got floating "
+                                f"{x.dtype} (cast it, or build the layer with dtype={x.dtype.name})")
+            raise TypeError(f"{self.mode}: input must have dtype {self.dtype}, got {x.dtype}")
         if x.ndim not in (2, 3):
             raise ValueError(f"{self.mode}: Expected input to be 2D or 3D, got {x.ndim}D input")
         unbatched = x.ndim == 2
@@ -404,19 +410,8 @@ class _RNNBase(_Parametrised):
         return (dx, (dh0, dc0)) if self.mode == "LSTM" else (dx, dh0)
 
     def _backward_direction(self, ws, suffix, dy, dh_n, dc_n):
-        if self.mode == "LSTM":
-            out = F.lstm_backward(ws, dy, dh_n, dc_n)
-            names = ["x", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh"]
-            if self.proj_size:
-                names.append("weight_hr")
-        else:
-            backward = F.gru_backward if self.mode == "GRU" else F.rnn_backward
-            out = backward(ws, dy, dh_n)
-            names = ["x", "h0", "weight_ih", "weight_hh", "bias_ih", "bias_hh"]
-        g = dict(zip(names, out))
-        for name in names:
-            if name.startswith(("weight", "bias")) and g[name] is not None:
-                self.grads[name + suffix] += g[name]
+        g = F.backward(ws, dy, dh_n, dc_n)
+        self._accumulate(g, suffix)
         return g
 
 

@@ -127,14 +127,8 @@ class _Recurrence(torch.autograd.Function):
         ctx.saved_tensors  # raises if an input or y was modified in place since forward
         spec = ctx.spec
         dy, dh_n = (_np(g) for g in grad_outputs[:2])
-        if spec.cell == "lstm":
-            dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, *dW_hr = F.lstm_backward(
-                ctx.ws, dy, dh_n, _np(grad_outputs[2]))
-        else:
-            backward = F.gru_backward if spec.cell == "gru" else F.rnn_backward
-            dx, dh0, dW_ih, dW_hh, db_ih, db_hh = backward(ctx.ws, dy, dh_n)
-            dc0, dW_hr = None, []
-        grads = (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dW_hr[0] if dW_hr else None)
+        g = F.backward(ctx.ws, dy, dh_n, _np(grad_outputs[2]) if spec.cell == "lstm" else None)
+        grads = tuple(g[k] for k in ("x", "h0", "c0", "W_ih", "W_hh", "b_ih", "b_hh", "W_hr"))
         out = [None if g is None or not need else torch.from_numpy(g)
                for g, need in zip(grads, ctx.needs_input_grad[1:])]
         if torch.is_grad_enabled() and any(g is not None for g in out):
