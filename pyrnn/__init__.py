@@ -25,7 +25,8 @@ except ImportError:
     _use_installed_extension()
 
 from . import diagnostics, functional, optim, reference
-from ._config import fma_peak_gflops, get_num_threads, isa, set_num_threads, show_config
+from ._config import (cache_info, empty_cache, fma_peak_gflops, get_num_threads, isa, set_cache_limit,
+                      set_num_threads, show_config)
 from .cells import GRUCell, LSTMCell, RNNCell
 from .layers import GRU, LSTM, RNN
 
@@ -50,5 +51,8 @@ __all__ = [
     "get_num_threads",
     "isa",
     "fma_peak_gflops",
+    "cache_info",
+    "set_cache_limit",
+    "empty_cache",
     "__version__",
 ]

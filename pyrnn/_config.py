@@ -34,6 +34,33 @@ def set_num_threads(n: int) -> None:
     _core.set_num_threads(int(n))
 
 
+def cache_info() -> dict:
+    """pyrnn's cache of large buffers: bytes and blocks held now, the limit, hits and misses.
+
+    Workspaces, scratch and the kernels' output arrays (from 128 KiB up) are
+    taken from this cache and return to it when freed, so a training loop
+    reuses memory it has already touched instead of page-faulting fresh
+    mappings every call (on a 16-core VM this made one LSTM training step
+    ~3x faster at 16 threads). Only freed blocks are held, up to the limit.
+    """
+    return dict(_core.cache_info())
+
+
+def set_cache_limit(megabytes: float) -> None:
+    """Hold at most this many MiB of freed buffers (0 disables the cache; default 1024,
+    or the ``PYRNN_CACHE_MB`` environment variable). Blocks beyond it are freed now."""
+    if isinstance(megabytes, bool) or not isinstance(megabytes, numbers.Real):
+        raise TypeError(f"megabytes must be a number, got {type(megabytes).__name__} {megabytes!r}")
+    if not megabytes >= 0 or megabytes == float("inf"):
+        raise ValueError(f"megabytes must be a finite number >= 0, got {megabytes!r}")
+    _core.set_cache_limit(int(megabytes * 2**20))
+
+
+def empty_cache() -> None:
+    """Free every buffer pyrnn's cache holds (buffers in use are not affected)."""
+    _core.empty_cache()
+
+
 def fma_peak_gflops(threads: int | None = None, seconds: float = 0.2) -> float:
     """Measured fp32 FMA peak (GFLOP/s) of this machine for the selected ISA.
 
@@ -65,6 +92,7 @@ def config() -> dict:
         "isa_selected": selected,
         "num_threads": _core.get_num_threads(),
         "num_procs": _core.num_procs(),
+        "cache_limit_mb": _core.cache_info()["limit_bytes"] / 2**20,
     }
 
 
@@ -81,3 +109,4 @@ def show_config(file=None) -> None:
     print(f"  ISA supported:  {', '.join(c['isa_supported'])}", file=out)
     print(f"  ISA selected:   {c['isa_selected']}", file=out)
     print(f"  threads:        {c['num_threads']} (cores available: {c['num_procs']})", file=out)
+    print(f"  buffer cache:   {c['cache_limit_mb']:g} MiB limit (pyrnn.set_cache_limit, PYRNN_CACHE_MB)", file=out)

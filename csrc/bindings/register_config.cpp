@@ -6,6 +6,7 @@
 #include "build_info.h"
 #include "pyrnn/isa.h"
 #include "pyrnn/kernels.h"
+#include "pyrnn/pool.h"
 #include "pyrnn/threads.h"
 
 namespace py = pybind11;
@@ -35,6 +36,18 @@ void register_config(py::module_& m) {
   m.def("get_num_threads", &pyrnn::get_num_threads);
   m.def("set_num_threads", &pyrnn::set_num_threads, py::arg("n"));
   m.def("num_procs", [] { return omp_get_num_procs(); });
+  m.def("cache_info", [] {
+    auto st = pyrnn::pool_stats();
+    py::dict d;
+    d["cached_bytes"] = st.cached_bytes;
+    d["cached_blocks"] = st.cached_blocks;
+    d["limit_bytes"] = st.limit_bytes;
+    d["hits"] = st.hits;
+    d["misses"] = st.misses;
+    return d;
+  });
+  m.def("set_cache_limit", [](size_t bytes) { pyrnn::pool_set_limit(bytes); }, py::arg("bytes"));
+  m.def("empty_cache", [] { pyrnn::pool_release(); });
   m.def(
       "fma_peak_gflops",
       [](int nthreads, double seconds) {

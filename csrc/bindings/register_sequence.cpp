@@ -10,6 +10,7 @@
 #include <string>
 
 #include "pyrnn/kernels.h"
+#include "pyrnn/pool.h"
 #include "pyrnn/threads.h"
 
 namespace py = pybind11;
@@ -62,6 +63,35 @@ struct SequenceState {
   int64_t nbytes() const { return f64 ? (wd ? pyrnn::workspace_bytes(*wd) : 0) : (wf ? pyrnn::workspace_bytes(*wf) : 0); }
 };
 
+// An uninitialised output array whose memory comes from pyrnn's block cache
+// (pyrnn/pool.h) and goes back to it when NumPy frees the array, so a loop
+// of calls does not page-fault fresh mappings for its outputs every time.
+template <class Real>
+py::array_t<Real> out_array(std::initializer_list<int64_t> dims) {
+  std::vector<py::ssize_t> shape(dims.begin(), dims.end());
+  size_t n = 1;
+  for (auto d : shape) n *= size_t(d);
+  struct Block {
+    void* p;
+    size_t size;
+  };
+  size_t size = 0;
+  void* p = pyrnn::pool_alloc(n * sizeof(Real), &size);
+  Block* block = nullptr;
+  try {
+    block = new Block{p, size};
+  } catch (...) {
+    pyrnn::pool_free(p, size);
+    throw;
+  }
+  py::capsule owner(block, [](void* o) {
+    auto* b = static_cast<Block*>(o);
+    pyrnn::pool_free(b->p, b->size);
+    delete b;
+  });
+  return py::array_t<Real>(shape, static_cast<Real*>(p), owner);
+}
+
 template <class T>
 T* ptr(const std::optional<py::array>& a) {
   return a ? static_cast<T*>(const_cast<void*>(a->data())) : nullptr;
@@ -105,7 +135,7 @@ py::tuple forward_typed(CellKind cell, py::array x, std::optional<py::array> h0,
                               std::to_string(L[b]) + " at index " + std::to_string(b));
   }
   // y is zero at padded steps, so it starts zeroed when lengths are given.
-  py::array_t<Real> y({T, B, Ho});
+  py::array_t<Real> y = out_array<Real>({T, B, Ho});
   if (lengths) std::memset(y.mutable_data(), 0, sizeof(Real) * size_t(T * B * Ho));
   py::array_t<Real> h_n({B, Ho});
   py::object c_n = py::none();
@@ -164,16 +194,16 @@ py::tuple backward_typed(SequenceState& st, std::optional<py::array> dy, std::op
     check_array("dc_n", *dc_n, dt, {B, H});
   }
   auto zeros = [&](std::initializer_list<int64_t> shape) {
-    py::array_t<Real> a(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+    py::array_t<Real> a = out_array<Real>(shape);
     std::memset(a.mutable_data(), 0, sizeof(Real) * size_t(a.size()));
     return a;
   };
   // dx rows of padded steps are never written; with an empty batch nothing is.
   const bool sparse = !st.lengths.is_none() || B == 0;
-  py::array_t<Real> dx = sparse ? zeros({T_, B, I}) : py::array_t<Real>({T_, B, I});
+  py::array_t<Real> dx = sparse ? zeros({T_, B, I}) : out_array<Real>({T_, B, I});
   py::array_t<Real> dh0 = zeros({B, Ho});
-  py::array_t<Real> dW_ih = B == 0 ? zeros({G * H, I}) : py::array_t<Real>({G * H, I});
-  py::array_t<Real> dW_hh = B == 0 ? zeros({G * H, Ho}) : py::array_t<Real>({G * H, Ho});
+  py::array_t<Real> dW_ih = B == 0 ? zeros({G * H, I}) : out_array<Real>({G * H, I});
+  py::array_t<Real> dW_hh = B == 0 ? zeros({G * H, Ho}) : out_array<Real>({G * H, Ho});
   py::object dc0 = py::none(), db_ih = py::none(), db_hh = py::none(), dh_seq = py::none(), dW_hr = py::none();
   pyrnn::BackwardArgs<Real> g;
   g.dy = ptr<Real>(dy), g.dh_n = ptr<Real>(dh_n), g.dc_n = ptr<Real>(dc_n);
@@ -190,7 +220,7 @@ py::tuple backward_typed(SequenceState& st, std::optional<py::array> dy, std::op
     db_ih = a, db_hh = b;
   }
   if (P) {
-    auto a = B == 0 ? zeros({P, H}) : py::array_t<Real>({P, H});
+    auto a = B == 0 ? zeros({P, H}) : out_array<Real>({P, H});
     g.dW_hr = a.mutable_data();
     dW_hr = a;
   }

@@ -1,10 +1,13 @@
-// 64-byte aligned, uninitialised storage that only grows.
+// 64-byte aligned, uninitialised storage that only grows. Large blocks come
+// from and go back to the process-wide cache (pyrnn/pool.h).
 #pragma once
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <new>
 #include <utility>
+
+#include "pyrnn/pool.h"
 
 namespace pyrnn {
 
@@ -15,23 +18,24 @@ class AlignedBuffer {
   explicit AlignedBuffer(size_t n) { reserve(n); }
   AlignedBuffer(const AlignedBuffer&) = delete;
   AlignedBuffer& operator=(const AlignedBuffer&) = delete;
-  AlignedBuffer(AlignedBuffer&& o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr, o.n_ = 0; }
+  AlignedBuffer(AlignedBuffer&& o) noexcept : p_(o.p_), n_(o.n_), bytes_(o.bytes_) {
+    o.p_ = nullptr, o.n_ = 0, o.bytes_ = 0;
+  }
   AlignedBuffer& operator=(AlignedBuffer&& o) noexcept {
     std::swap(p_, o.p_);
     std::swap(n_, o.n_);
+    std::swap(bytes_, o.bytes_);
     return *this;
   }
-  ~AlignedBuffer() { std::free(p_); }
+  ~AlignedBuffer() { pool_free(p_, bytes_); }
 
   void reserve(size_t n) {
     if (n <= n_) return;
-    std::free(p_);
+    pool_free(p_, bytes_);
     p_ = nullptr;
-    n_ = 0;
-    size_t bytes = (n * sizeof(T) + 63) / 64 * 64;
-    p_ = static_cast<T*>(std::aligned_alloc(64, bytes));
-    if (!p_) throw std::bad_alloc();
-    n_ = n;
+    n_ = bytes_ = 0;
+    p_ = static_cast<T*>(pool_alloc(n * sizeof(T), &bytes_));
+    n_ = bytes_ / sizeof(T);
   }
   void zero(size_t n) {
     reserve(n);
@@ -43,7 +47,7 @@ class AlignedBuffer {
 
  private:
   T* p_ = nullptr;
-  size_t n_ = 0;
+  size_t n_ = 0, bytes_ = 0;
 };
 
 }  // namespace pyrnn
