@@ -27,11 +27,26 @@
 #include "../cells/cells.h"
 #include "context.h"
 #include "dispatch.h"
+#include "profile.h"
+
+#define PYRNN_STR2(x) #x
+#define PYRNN_STR(x) PYRNN_STR2(x)
 
 namespace pyrnn {
 namespace PYRNN_ISA_NS {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The call, for PYRNN_PROFILE lines (built only when profiling).
+template <class T>
+std::string describe_call(const ForwardArgs<T>& a, const Schedule& sc, const char* what, int nth) {
+  if (!profile_enabled()) return {};
+  static const char* names[] = {"rnn_tanh", "rnn_relu", "lstm", "gru", "gru_v3"};
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "%s %s %s B=%lld T=%lld I=%lld H=%lld threads=%d", PYRNN_STR(PYRNN_ISA_NS),
+                names[int(a.cell)], what, (long long)sc.B, (long long)sc.T, (long long)a.I, (long long)a.H, nth);
+  return buf;
+}
 
 // Panel for forward block j: [K][ng*HB], column gi*HB + v holds row
 // (gates[gi], j*HB + v) of W ([G*nunits, K], zero beyond nunits).
@@ -97,7 +112,7 @@ void write_final_c(FwdCtx<T>& f, int64_t ua, int64_t ub) {
 // handed to `epi(i0, m, tile)`. `arow(i)` gives the A row of entry i.
 //
 // With several row tiles, K is split into chunks whose slice of the panel
-// (~24 KiB) stays in L1 while every row tile passes over it; the tiles wait
+// (~16 KiB) stays in L1 while every row tile passes over it; the tiles wait
 // in `acc` (ceil(n/MR)*MR*NR) between chunks. Otherwise each row tile would
 // stream the whole panel, and its A rows, from L2.
 template <class T, int MR, int NV, class ARow, class Epi>
@@ -157,19 +172,24 @@ void forward_one_phase(FwdCtx<T>& f, int nthreads) {
   const int64_t H = f.H, K = f.Ho, nblk = ceil_div(f.Hp, HB);
   f.panels.reserve(size_t(nblk * K * NR));
   const bool lstm = Cell::kSaved == 4 && !Cell::kDirectCarry;
-#pragma omp parallel num_threads(int(std::min<int64_t>(nthreads, nblk)))
+  const int nth = int(std::min<int64_t>(nthreads, nblk));
+  PhaseProfile prof(describe_call(f.a, sc, TRAIN ? "forward-train" : "forward-infer", nth), nth);
+#pragma omp parallel num_threads(nth)
   {
     const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
     int64_t j0, j1;
     split_range(nblk, nt, tid, j0, j1);
     for (int64_t j = j0; j < j1; ++j)
       pack_forward_panel(f.a.W_hh, H, K, kGates, Cell::G, HB, j, f.panels.data() + j * K * NR);
+    prof.phase("pack");
     {
       GemmScratch<T> scratch;
       project_inputs(f, Cell::G, j0 * HB, std::min(j1 * HB, f.Hp), scratch);
     }
+    prof.phase("input-proj");
     AlignedBuffer<T> tiles;
     T* acc = tile_scratch(tiles, sc.B, MR, NR);
+    prof.loop_start(tid);
     for (int64_t s = 0; s < sc.S; ++s) {
       const int64_t off = sc.offset[s];
       for (int64_t j = j0; j < j1; ++j)
@@ -179,8 +199,11 @@ void forward_one_phase(FwdCtx<T>& f, int nthreads) {
               Cell::template forward_tile<T, TRAIN>(f, s, i0, m, j * HB, tile);
             },
             acc);
+      const double tb = prof.before_barrier();
 #pragma omp barrier
+      prof.after_barrier(tid, tb);
     }
+    prof.loop_end("loop", nt);
     write_final_h(f, j0 * HB, j1 * HB);
     if (lstm) write_final_c(f, j0 * HB, j1 * HB);
   }
@@ -490,14 +513,18 @@ void copy_carry_out(BwdCtx<T>& b, T* to, int64_t ua, int64_t ub) {
 
 // After the loop: dx, dW_ih, dW_hh (times the recurrent GEMM's rows) and db.
 template <class T, class Cell>
-void parameter_grads(BwdCtx<T>& b, int tid, int nt) {
+void parameter_grads(BwdCtx<T>& b, int tid, int nt, PhaseProfile& prof) {
   GemmScratch<T> scratch;
   const int64_t Hp = b.Hp, ih0 = Cell::kIhOff * Hp, hh0 = Cell::kHhOff * Hp;
   input_grad(b, ih0, Cell::kHhGroups, Cell::kIhOrder, tid, nt, scratch);
+  prof.phase("dx");
   weight_grad(b, gate_job(b, ih0, Cell::kHhGroups, Cell::kIhOrder, b.xrows, b.g.dW_ih, b.I), tid, nt, scratch);
+  prof.phase("dW_ih");
   weight_grad(b, gate_job(b, hh0, Cell::kHhGroups, Cell::kHhOrder, b.arow, b.g.dW_hh, b.Ho), tid, nt, scratch);
+  prof.phase("dW_hh");
   if (b.g.db_ih) bias_grad(b, ih0, Cell::kHhGroups, Cell::kIhOrder, b.g.db_ih, tid, nt);
   if (b.g.db_hh) bias_grad(b, hh0, Cell::kHhGroups, Cell::kHhOrder, b.g.db_hh, tid, nt);
+  prof.phase("db");
 }
 
 template <class T, class Cell>
@@ -508,7 +535,9 @@ void backward_one_phase(BwdCtx<T>& b, int nthreads) {
   const int64_t Hp = b.Hp, hh0 = Cell::kHhOff * Hp, K = Cell::kHhGroups * Hp, nblk = ceil_div(Hp, UB);
   b.panels.reserve(size_t(nblk * K * UB));
   constexpr bool kLstm = Cell::kSaved == 4 && !Cell::kDirectCarry;
-#pragma omp parallel num_threads(int(std::min<int64_t>(nthreads, nblk)))
+  const int nth = int(std::min<int64_t>(nthreads, nblk));
+  PhaseProfile prof(describe_call(b.a, sc, "backward", nth), nth);
+#pragma omp parallel num_threads(nth)
   {
     const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
     int64_t q0, q1;
@@ -520,6 +549,8 @@ void backward_one_phase(BwdCtx<T>& b, int nthreads) {
     init_carry(b, kLstm ? b.g.dc_n : nullptr, ua, ub);
     AlignedBuffer<T> tiles;
     T* acc = tile_scratch(tiles, sc.B, MR, UB);
+    prof.phase("pack");
+    prof.loop_start(tid);
     for (int64_t s = sc.S - 1; s >= 0; --s) {
       const int64_t off = sc.offset[s], nn = s + 1 < sc.S ? sc.active[s + 1] : 0;
       for (int64_t q = q0; q < q1; ++q)
@@ -531,13 +562,17 @@ void backward_one_phase(BwdCtx<T>& b, int nthreads) {
               });
             },
             acc);
+      const double tb = prof.before_barrier();
 #pragma omp barrier
+      prof.after_barrier(tid, tb);
     }
+    prof.loop_end("loop", nt);
     for (int64_t q = q0; q < q1; ++q)
       initial_state_grad<T, MR, NV, Cell::kDirectCarry>(b, K, hh0, b.panels.data() + q * K * UB, q * UB, Hp, acc);
     if (kLstm && b.g.dc0) copy_carry_out(b, b.g.dc0, ua, ub);
+    prof.phase("dh0");
     // dG is complete since the last step's barrier.
-    parameter_grads<T, Cell>(b, tid, nt);
+    parameter_grads<T, Cell>(b, tid, nt, prof);
   }
 }
 
@@ -596,7 +631,8 @@ void backward_lstm_projected(BwdCtx<T>& b, int nthreads) {
     for (int64_t q = q0; q < q1; ++q)
       initial_state_grad<T, MR, NV, false>(b, K, 0, b.panels.data() + q * K * UB, q * UB, Pp, acc);
     if (b.g.dc0) copy_carry_out(b, b.g.dc0, j0 * UB, std::min(j1 * UB, Hp));
-    parameter_grads<T, LstmCell>(b, tid, nt);
+    PhaseProfile off("", 0, false);  // (not profiled)
+    parameter_grads<T, LstmCell>(b, tid, nt, off);
     GemmScratch<T> scratch;
     weight_grad(b, WeightGradJob<T>{b.dh.data(), b.ld_dh, 1, kOne, P, P, &mrows, b.g.dW_hr, b.H}, tid, nt, scratch);
   }
