@@ -118,6 +118,14 @@ SUITE = (
     Case("lstm", B=50, T=50, H=128, I=65, layers=2, name="char-lstm"),
 )
 
+# Multi-core scaling (--suite scaling): one large shape per gated cell, timed at
+# 1, 2, 4, ... threads up to the machine's cores.
+SCALING_SUITE = (
+    Case("lstm", B=128, T=50, H=1024),
+    Case("gru", B=128, T=50, H=1024),
+)
+SUITES = {"standard": SUITE, "scaling": SCALING_SUITE}
+
 
 @dataclasses.dataclass(frozen=True)
 class Profile:
@@ -160,8 +168,17 @@ def scale_case(case: Case, profile: Profile) -> Case:
     return dataclasses.replace(case, B=_cap(case.B, profile.max_B), T=T, H=H, I=I, lengths=lengths)
 
 
-def select_cases(profile: Profile, cells) -> list:
-    return [scale_case(c, profile) for c in SUITE if c.cell in cells]
+def select_cases(profile: Profile, cells, suite: str = "standard") -> list:
+    return [scale_case(c, profile) for c in SUITES[suite] if c.cell in cells]
+
+
+def scaling_threads(cores: int) -> list:
+    """1, 2, 4, ... below ``cores``, then ``cores``."""
+    out, t = [], 1
+    while t < cores:
+        out.append(t)
+        t *= 2
+    return out + [cores]
 
 
 # --------------------------------------------------------------------------
@@ -574,16 +591,62 @@ def table_columns(peers):
     return columns
 
 
-def format_table(rows, peers, markdown=False) -> str:
-    columns = table_columns(peers)
+def scaling_columns(peers):
+    """Columns of the speed-up table: each row's speed-up over the same case at the fewest threads."""
+    base = {}
+
+    def speedup(r, fw):
+        b = base.get((r["case"], r["mode"], fw))
+        return None if b is None or r[f"{fw}_ms"] is None else b / r[f"{fw}_ms"]
+
+    def remember(rows):
+        for r in sorted(rows, key=lambda r: r["threads"] or 0, reverse=True):
+            for fw in ("pyrnn",) + tuple(peers):
+                if r[f"{fw}_ms"] is not None:
+                    base[(r["case"], r["mode"], fw)] = r[f"{fw}_ms"]
+
+    columns = [
+        ("case", lambda r: r["case"]),
+        ("mode", lambda r: r["mode"]),
+        ("thr", lambda r: _fmt(r["threads"], "d")),
+        ("pyrnn ms", lambda r: _fmt(r["pyrnn_ms"], ".3f")),
+        ("pyrnn speed-up", lambda r: _fmt(speedup(r, "pyrnn"), ".2f", "x")),
+        ("% peak", lambda r: _fmt(r["pct_peak"], ".1f", "%")),
+    ]
+    short = {"torch": "torch", "reference": "ref"}
+    for peer in peers:
+        columns += [(f"{short[peer]} ms", lambda r, p=peer: _fmt(r[f"{p}_ms"], ".3f")),
+                    (f"{short[peer]} speed-up", lambda r, p=peer: _fmt(speedup(r, p), ".2f", "x")),
+                    (f"{short[peer]}/pyrnn", lambda r, p=peer: _fmt(r[f"{p}_ratio"], ".2f", "x"))]
+    return columns, remember
+
+
+def scaling_table(rows, peers, markdown=False) -> str:
+    """Rows grouped by case and mode, thread counts ascending, with speed-ups."""
+    rows = [r for r in rows if r["status"] == "ok" and r["pyrnn_ms"] is not None]
+    first = {}
+    for r in rows:
+        first.setdefault(r["case"], len(first))
+    rows.sort(key=lambda r: (first[r["case"]], MODES.index(r["mode"]), r["threads"]))
+    columns, remember = scaling_columns(peers)
+    remember(rows)
+    return format_table(rows, peers, markdown, columns)
+
+
+LEFT_COLUMNS = ("case", "mode", "check")
+
+
+def format_table(rows, peers, markdown=False, columns=None) -> str:
+    columns = table_columns(peers) if columns is None else columns
     cells = [[h for h, _ in columns]] + [[fn(r) for _, fn in columns] for r in rows]
     if markdown:
         lines = ["| " + " | ".join(row) + " |" for row in cells]
-        align = [":---" if i in (0, 1, len(columns) - 1) else "---:" for i in range(len(columns))]
+        left = {i for i, (h, _) in enumerate(columns) if h in LEFT_COLUMNS}
+        align = [":---" if i in left else "---:" for i in range(len(columns))]
         lines.insert(1, "|" + "|".join(align) + "|")
         return "\n".join(lines)
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    left = {0, 1, len(columns) - 1}
+    left = {i for i, (h, _) in enumerate(columns) if h in LEFT_COLUMNS}
 
     def line(row):
         return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
@@ -644,19 +707,64 @@ def footnotes(rows, meta) -> list:
     return notes
 
 
+def show_scaling(meta) -> bool:
+    return meta["suite"].startswith("scaling") or len(meta["threads"]) > 2
+
+
+SCALING_TITLE = "Speed-up over the fewest threads (same case and mode):"
+
+
 def render_text(rows, meta) -> str:
     notes = [textwrap.fill(n, 110, initial_indent="  ", subsequent_indent="    ") for n in footnotes(rows, meta)]
-    return "\n".join(header_lines(meta) + ["", format_table(rows, meta["peers"]), ""] + notes)
+    scaling = ["", SCALING_TITLE, scaling_table(rows, meta["peers"])] if show_scaling(meta) else []
+    return "\n".join(header_lines(meta) + ["", format_table(rows, meta["peers"])] + scaling + [""] + notes)
 
 
 def render_markdown(rows, meta) -> str:
     head = header_lines(meta)
+    scaling = (["", SCALING_TITLE, "", scaling_table(rows, meta["peers"], markdown=True)]
+               if show_scaling(meta) else [])
     return "\n".join([f"## {head[0]}", "", *(f"- {line}" for line in head[1:]), "",
-                      format_table(rows, meta["peers"], markdown=True), "",
+                      format_table(rows, meta["peers"], markdown=True), *scaling, "",
                       *(f"- {n}" for n in footnotes(rows, meta))]) + "\n"
 
 
+def write_scaling_plot(path, rows, meta):
+    """GFLOP/s against threads, one panel per case and mode, a line per framework."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frameworks = ["pyrnn"] + list(meta["peers"])
+    rows = [r for r in rows if r["status"] == "ok" and r["pyrnn_gflops"] is not None]
+    panels = list(dict.fromkeys((r["case"], r["mode"]) for r in rows))
+    threads = sorted(meta["peak_gflops"])
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.2 * max(1, len(panels)), 4), squeeze=False)
+    for ax, (case, mode) in zip(axes[0], panels):
+        sub = sorted((r for r in rows if (r["case"], r["mode"]) == (case, mode)), key=lambda r: r["threads"])
+        for fw in frameworks:
+            pts = [(r["threads"], r[f"{fw}_gflops"]) for r in sub if r[f"{fw}_gflops"] is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=PEER_TITLES.get(fw, fw))
+        ax.plot(threads, [meta["peak_gflops"][t] for t in threads], "k--", label="FMA peak")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(threads)
+        ax.set_xticklabels([str(t) for t in threads])
+        ax.set_xlabel("threads")
+        ax.set_ylabel("GFLOP/s")
+        ax.set_title(f"{case} {mode}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"pyrnn {meta['pyrnn']['version']} fp32 scaling, {meta['machine']['cpu']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_plot(path, rows, meta):
+    if meta["suite"].startswith("scaling"):
+        return write_scaling_plot(path, rows, meta)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -720,11 +828,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m pyrnn.bench",
         description="Benchmark pyrnn's fp32 LSTM/GRU/RNN kernels against PyTorch on the standard suite.",
         epilog="Exit status: 0 all good, 1 a correctness mismatch or a failed case, 2 bad usage.")
+    p.add_argument("--suite", choices=sorted(SUITES), default="standard",
+                   help="standard: the shapes below (default); scaling: LSTM and GRU B=128 T=50 H=1024 at "
+                   "1, 2, 4, ... threads up to the cores, with a speed-up table")
     p.add_argument("--quick", action="store_true", help="reduced suite (T capped at 20, fewer repetitions), ~1 min")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: tiny shapes
-    p.add_argument("--threads", type=_list_of(kind=int), default=sorted({1, cores}),
-                   help=f"comma-separated thread counts (default: 1,{cores})" if cores > 1 else
-                   "comma-separated thread counts (default: 1)")
+    p.add_argument("--threads", type=_list_of(kind=int), default=None,
+                   help=f"comma-separated thread counts (default: {','.join(map(str, sorted({1, cores})))}; "
+                   f"with --suite scaling {','.join(map(str, scaling_threads(cores)))})")
     p.add_argument("--cells", type=_list_of(CELLS), default=list(CELLS), help="subset of lstm,gru,rnn")
     p.add_argument("--modes", type=_list_of(MODES), default=list(MODES), help="subset of fwd,fwdbwd")
     p.add_argument("--reference", action="store_true",
@@ -742,7 +853,8 @@ def machine_info(args, argv, profile, torch) -> dict:
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": "python -m pyrnn.bench" + (" " + shlex.join(argv) if argv else ""),
-        "suite": profile.description,
+        "suite": (profile.description if args.suite == "standard" else "scaling suite" if profile.name == "full"
+                  else f"scaling suite, {profile.description}"),
         "machine": {"cpu": cpu_model(), "cores": available_cores(), "platform": platform.platform(),
                     "python": platform.python_version(), "load_average_at_start": load_average()},
         "pyrnn": pyrnn._config.config(),
@@ -823,11 +935,13 @@ def main(argv=None) -> int:
         except ImportError:
             print(f"error: --plot needs matplotlib, which is not installed: {PLOT_HINT}", file=sys.stderr)
             return 2
+    if args.threads is None:
+        args.threads = scaling_threads(available_cores()) if args.suite == "scaling" else sorted({1, available_cores()})
     profile = PROFILES["tiny" if args.tiny else "quick" if args.quick else "full"]
     torch = _import_torch()
     meta = machine_info(args, argv, profile, torch)  # first: the load average before we add to it
     peaks = meta["peak_gflops"] = {t: pyrnn.fma_peak_gflops(t, profile.peak_seconds) for t in args.threads}
-    cases = select_cases(profile, args.cells)
+    cases = select_cases(profile, args.cells, args.suite)
     rows = run_suite(cases, args.threads, args.modes, meta["peers"], profile, peaks)
     meta["machine"]["load_average_at_end"] = load_average()
     if args.memory:

@@ -162,7 +162,42 @@ def test_plot_png(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_scaling_suite(tmp_path, capsys):
+    md = tmp_path / "s.md"
+    rc, report = run_json(tmp_path, "--suite", "scaling", "--threads", "1,2", "--markdown", md)
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert report["suite"].startswith("scaling suite")
+    rows = timed_rows(report)
+    assert {(r["cell"], r["B"] <= 3) for r in rows} == {("lstm", True), ("gru", True)}  # B=128 capped by --tiny
+    assert sorted({r["threads"] for r in rows}) == [1, 2]
+    assert "Speed-up over the fewest threads" in out
+    text = md.read_text()
+    assert "| case | mode | thr | pyrnn ms | pyrnn speed-up |" in text
+    # speed-up of each 1-thread row is 1.00x; the 2-thread row's is the ratio of the two times
+    base = {(r["case"], r["mode"]): r["pyrnn_ms"] for r in rows if r["threads"] == 1}
+    for r in rows:
+        if r["threads"] == 2:
+            expected = f"{base[(r['case'], r['mode'])] / r['pyrnn_ms']:.2f}x"
+            assert f"| {r['case']} | {r['mode']} | 2 | {r['pyrnn_ms']:.3f} | {expected} |" in text
+
+
+def test_scaling_default_threads():
+    assert bench.scaling_threads(1) == [1]
+    assert bench.scaling_threads(2) == [1, 2]
+    assert bench.scaling_threads(16) == [1, 2, 4, 8, 16]
+    assert bench.scaling_threads(12) == [1, 2, 4, 8, 12]
+
+
+def test_scaling_plot_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "s.png"
+    assert bench.main([*TINY, "--suite", "scaling", "--modes", "fwd", "--plot", png]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--suite", "huge"], "invalid choice: 'huge'"),
     (["--threads", "0"], "thread counts must be >= 1"),
     (["--threads", "two"], "'two' is not an integer"),
     (["--cells", "foo"], "'foo' is not one of lstm, gru, rnn"),

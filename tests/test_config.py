@@ -5,10 +5,12 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import pyrnn
 from pyrnn import _core
+from pyrnn import functional as F
 
 
 def _cpu_flags():
@@ -109,3 +111,113 @@ def test_fma_peak_is_measured():
     assert one > 1.0
     with pytest.raises(ValueError):
         pyrnn.fma_peak_gflops(0)
+
+
+# ---------------------------------------------------------------- buffer cache
+
+
+def _lstm_step(rng, B=8, T=60, H=96):  # y, dx: 180 KiB, above the 128 KiB the cache starts at
+    """One LSTM training step large enough that its buffers go through the cache:
+    (x, W, y, (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh))."""
+    x = rng.standard_normal((T, B, H)).astype(np.float32)
+    W = (rng.standard_normal((4 * H, H)) * 0.1).astype(np.float32)
+    h0 = np.zeros((B, H), np.float32)
+    y, h_n, c_n, ws = F.lstm_forward(x, h0, h0, W, W)
+    grads = F.lstm_backward(ws, np.ones_like(y))
+    return x, W, y, grads
+
+
+@pytest.fixture
+def fresh_cache():
+    limit = pyrnn.cache_info()["limit_bytes"]
+    pyrnn.empty_cache()
+    yield
+    pyrnn.set_cache_limit(limit / 2**20)
+
+
+def test_cache_reuses_buffers(fresh_cache, rng):
+    _lstm_step(rng)
+    info = pyrnn.cache_info()
+    assert info["cached_bytes"] > 0 and info["cached_blocks"] > 0
+    assert info["cached_bytes"] <= info["limit_bytes"]
+    hits = info["hits"]
+    _lstm_step(rng)
+    assert pyrnn.cache_info()["hits"] > hits
+    pyrnn.empty_cache()
+    assert pyrnn.cache_info()["cached_bytes"] == 0 and pyrnn.cache_info()["cached_blocks"] == 0
+
+
+def test_cache_disabled_gives_the_same_results(fresh_cache):
+    a = _lstm_step(np.random.default_rng(3))
+    pyrnn.set_cache_limit(0)
+    assert pyrnn.cache_info()["cached_bytes"] == 0
+    b = _lstm_step(np.random.default_rng(3))
+    assert pyrnn.cache_info()["cached_bytes"] == 0
+    np.testing.assert_array_equal(a[2], b[2])
+    for ga, gb in zip(a[3], b[3]):
+        np.testing.assert_array_equal(ga, gb)
+
+
+def test_cached_outputs_do_not_alias(fresh_cache):
+    """Arrays handed out from the cache stay independent while alive, and a
+    block goes back to the cache only when its array is freed."""
+    rng = np.random.default_rng(1)
+    x, W, y1, g1 = _lstm_step(rng)
+    y1_copy, dx1_copy = y1.copy(), g1[0].copy()
+    outs = [_lstm_step(np.random.default_rng(i + 10)) for i in range(3)]
+    np.testing.assert_array_equal(y1, y1_copy)
+    np.testing.assert_array_equal(g1[0], dx1_copy)
+    ys = [o[2] for o in outs]
+    for i in range(len(ys)):
+        for j in range(i + 1, len(ys)):
+            assert not np.shares_memory(ys[i], ys[j])
+    y1[:] = 7.0
+    assert not any((o[2] == 7.0).all() for o in outs)
+
+
+def test_cache_limit_is_respected(fresh_cache, rng):
+    pyrnn.set_cache_limit(0.5)  # below the step's large buffers: they are freed, not held
+    _lstm_step(rng)
+    assert pyrnn.cache_info()["cached_bytes"] <= 2**19
+    assert pyrnn.cache_info()["limit_bytes"] == 2**19
+
+
+@pytest.mark.parametrize("bad, exc", [(-1, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
+                                      ("10", TypeError), (None, TypeError), (True, TypeError)])
+def test_set_cache_limit_rejects_invalid(bad, exc, fresh_cache):
+    with pytest.raises(exc, match="megabytes"):
+        pyrnn.set_cache_limit(bad)
+
+
+def test_cache_limit_from_environment():
+    code = "import pyrnn; print(pyrnn.cache_info()['limit_bytes'])"
+    env = dict(os.environ, PYRNN_CACHE_MB="3")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert int(out.stdout) == 3 * 2**20
+
+
+# ---------------------------------------------------------------- PYRNN_PROFILE
+
+
+def test_profile_prints_phases():
+    code = (
+        "import numpy as np, pyrnn; from pyrnn import functional as F\n"
+        "x = np.ones((5, 3, 8), np.float32); W = np.full((32, 8), 0.1, np.float32); h = np.zeros((3, 8), np.float32)\n"
+        "y, _, _, ws = F.lstm_forward(x, h, h, W, W)\n"
+        "F.lstm_backward(ws, np.ones_like(y))\n"
+        "print(float(y.sum()))\n"
+    )
+    runs = {}
+    for flag in ("0", "1"):
+        env = dict(os.environ, PYRNN_PROFILE=flag)
+        runs[flag] = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert "pyrnn-profile" not in runs["0"].stderr
+    lines = [l for l in runs["1"].stderr.splitlines() if l.startswith("pyrnn-profile")]
+    assert len(lines) == 2
+    fwd, bwd = lines
+    assert "lstm forward-train B=3 T=5 I=8 H=8" in fwd
+    for phase in ("pack", "input-proj", "loop", "busy", "barrier wait", "total"):
+        assert phase in fwd
+    for phase in ("loop", "dh0", "dx", "dW_ih", "dW_hh", "db", "total"):
+        assert phase in bwd
+    assert runs["0"].stdout == runs["1"].stdout  # profiling changes no result
