@@ -822,6 +822,16 @@ def _list_of(choices=None, kind=str):
     return parse
 
 
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     cores = available_cores()
     p = argparse.ArgumentParser(
@@ -838,6 +848,9 @@ def build_parser() -> argparse.ArgumentParser:
                    f"with --suite scaling {','.join(map(str, scaling_threads(cores)))})")
     p.add_argument("--cells", type=_list_of(CELLS), default=list(CELLS), help="subset of lstm,gru,rnn")
     p.add_argument("--modes", type=_list_of(MODES), default=list(MODES), help="subset of fwd,fwdbwd")
+    p.add_argument("--reps", type=_positive_int, default=None, metavar="N",
+                   help="at least N timed repetitions per case and framework (default 3; more steadies "
+                   "medians on a noisy machine)")
     p.add_argument("--reference", action="store_true",
                    help="also time the NumPy reference (pyrnn.reference), skipping very slow shapes")
     p.add_argument("--json", metavar="PATH", help="write all rows and machine info as JSON")
@@ -938,6 +951,8 @@ def main(argv=None) -> int:
     if args.threads is None:
         args.threads = scaling_threads(available_cores()) if args.suite == "scaling" else sorted({1, available_cores()})
     profile = PROFILES["tiny" if args.tiny else "quick" if args.quick else "full"]
+    if args.reps is not None:
+        profile = dataclasses.replace(profile, min_reps=args.reps, max_reps=max(profile.max_reps, args.reps))
     torch = _import_torch()
     meta = machine_info(args, argv, profile, torch)  # first: the load average before we add to it
     peaks = meta["peak_gflops"] = {t: pyrnn.fma_peak_gflops(t, profile.peak_seconds) for t in args.threads}

@@ -182,6 +182,12 @@ def test_scaling_suite(tmp_path, capsys):
             assert f"| {r['case']} | {r['mode']} | 2 | {r['pyrnn_ms']:.3f} | {expected} |" in text
 
 
+def test_reps_option(tmp_path):
+    rc, report = run_json(tmp_path, "--cells", "rnn", "--modes", "fwd", "--reps", "7")
+    assert rc == 0
+    assert all(r["pyrnn_reps"] >= 7 for r in timed_rows(report))
+
+
 def test_scaling_default_threads():
     assert bench.scaling_threads(1) == [1]
     assert bench.scaling_threads(2) == [1, 2]
@@ -198,6 +204,8 @@ def test_scaling_plot_png(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--suite", "huge"], "invalid choice: 'huge'"),
+    (["--reps", "0"], "must be >= 1, got 0"),
+    (["--reps", "x"], "'x' is not an integer"),
     (["--threads", "0"], "thread counts must be >= 1"),
     (["--threads", "two"], "'two' is not an integer"),
     (["--cells", "foo"], "'foo' is not one of lstm, gru, rnn"),
