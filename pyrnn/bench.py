@@ -12,7 +12,7 @@ disagreement is flagged in the table and makes the exit status 1.
 
 The pipeline: case table (``SUITE``) -> inputs (``build_inputs``) -> one
 runner factory per framework (``RUNNERS``) -> correctness check -> timing
-(``time_call``) -> report (text table, JSON, markdown, plot).
+(``time_calls``, frameworks interleaved) -> report (text table, JSON, markdown, plot).
 """
 
 from __future__ import annotations
@@ -422,17 +422,33 @@ def check_summary(errors: dict) -> str:
     return "MISMATCH " + ", ".join(bad) if bad else "ok"
 
 
-def time_call(fn: Callable, profile: Profile):
-    """(median seconds, repetitions) after warm-up; repeats until max_reps or the time budget."""
-    for _ in range(profile.warmup):
-        fn()
-    times, start = [], time.perf_counter()
-    while len(times) < profile.max_reps and (len(times) < profile.min_reps
-                                             or time.perf_counter() - start < profile.budget_s):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), len(times)
+def time_calls(fns: dict, profile: Profile) -> dict:
+    """{name: (median seconds, repetitions)} for each callable, after warm-up.
+
+    The callables are timed in turn, one repetition of each per round, so a
+    burst of load from elsewhere on a shared machine slows all of them alike
+    instead of one framework's whole series. Rounds go on until max_reps, or
+    until min_reps are done and the time budget (per callable) is spent.
+    """
+    for fn in fns.values():
+        for _ in range(profile.warmup):
+            fn()
+    times = {name: [] for name in fns}
+    start, budget = time.perf_counter(), profile.budget_s * len(fns)
+    rounds = 0
+    while rounds < profile.max_reps and (rounds < profile.min_reps or time.perf_counter() - start < budget):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+        rounds += 1
+    return {name: (statistics.median(v), len(v)) for name, v in times.items()}
+
+
+def measure_peaks(threads, profile: Profile) -> dict:
+    """FMA peak per thread count: the best of five short measurements (a peak
+    is what the machine can do, so a burst of load elsewhere must not lower it)."""
+    return {t: max(pyrnn.fma_peak_gflops(t, profile.peak_seconds / 5) for _ in range(5)) for t in threads}
 
 
 class ThreadSetter:
@@ -525,17 +541,21 @@ def run_suite(cases, threads, modes, peers, profile, peaks, log=None) -> list:
 
 
 def _time_row(row, runners, mode, profile, peak):
-    seconds, reps = time_call(runners["pyrnn"][mode], profile)
-    row.update(pyrnn_ms=seconds * 1e3, pyrnn_gflops=row["gflop"] / seconds, pyrnn_reps=reps,
-               pct_peak=100.0 * row["gflop"] / seconds / peak)
+    fns = {"pyrnn": runners["pyrnn"][mode]}
     for peer in PEERS:
         run = runners[peer][mode]
         if callable(run):
-            peer_s, _ = time_call(run, profile)
-            row.update({f"{peer}_ms": peer_s * 1e3, f"{peer}_gflops": row["gflop"] / peer_s,
-                        f"{peer}_ratio": peer_s / seconds})
+            fns[peer] = run
         else:
             row[f"{peer}_note"] = run
+    timed = time_calls(fns, profile)
+    seconds, reps = timed["pyrnn"]
+    row.update(pyrnn_ms=seconds * 1e3, pyrnn_gflops=row["gflop"] / seconds, pyrnn_reps=reps,
+               pct_peak=100.0 * row["gflop"] / seconds / peak)
+    for peer, (peer_s, _) in timed.items():
+        if peer != "pyrnn":
+            row.update({f"{peer}_ms": peer_s * 1e3, f"{peer}_gflops": row["gflop"] / peer_s,
+                        f"{peer}_ratio": peer_s / seconds})
 
 
 # --------------------------------------------------------------------------
@@ -674,7 +694,8 @@ def footnotes(rows, meta) -> list:
         "GFLOP/s counts 2*N*G*H*(I+H) per layer and direction (G = 4 LSTM, 3 GRU, 1 RNN; N = B*T), "
         "x3 for fwdbwd; % peak is of the measured FMA peak at that thread count.",
         "fwd = inference (training=False; torch under no_grad); fwdbwd = forward(training=True) + backward "
-        "with dy = ones (torch: y.backward(dy), x requiring grad). Times are medians after warm-up.",
+        "with dy = ones (torch: y.backward(dy), x requiring grad). Times are medians after warm-up, the "
+        "frameworks timed in turn (one repetition each per round); the FMA peak is the best of 5 measurements.",
         "X/pyrnn = X ms / pyrnn ms: above 1 means pyrnn is faster.",
         "check: each peer's y (and dx for fwdbwd) vs pyrnn's, max abs diff / max(1, max|peer|) "
         f"< {CHECK_TOL:g}.",
@@ -955,7 +976,7 @@ def main(argv=None) -> int:
         profile = dataclasses.replace(profile, min_reps=args.reps, max_reps=max(profile.max_reps, args.reps))
     torch = _import_torch()
     meta = machine_info(args, argv, profile, torch)  # first: the load average before we add to it
-    peaks = meta["peak_gflops"] = {t: pyrnn.fma_peak_gflops(t, profile.peak_seconds) for t in args.threads}
+    peaks = meta["peak_gflops"] = measure_peaks(args.threads, profile)
     cases = select_cases(profile, args.cells, args.suite)
     rows = run_suite(cases, args.threads, args.modes, meta["peers"], profile, peaks)
     meta["machine"]["load_average_at_end"] = load_average()

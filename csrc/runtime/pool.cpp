@@ -7,6 +7,9 @@
 #include <mutex>
 #include <new>
 #include <utility>
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#endif
 
 namespace pyrnn {
 
@@ -41,8 +44,20 @@ struct Pool {
   }
 };
 
+Pool* the_pool = nullptr;
+
+Pool* make_pool() {
+  the_pool = new Pool;  // never destroyed: blocks may come back during interpreter shutdown
+#if defined(__unix__) || defined(__APPLE__)
+  // A fork while another thread holds the lock would leave the child's copy
+  // locked forever; the child starts with a fresh lock.
+  pthread_atfork(nullptr, nullptr, [] { new (&the_pool->mu) std::mutex(); });
+#endif
+  return the_pool;
+}
+
 Pool& pool() {
-  static Pool* p = new Pool;  // never destroyed: blocks may come back during interpreter shutdown
+  static Pool* p = make_pool();
   return *p;
 }
 
