@@ -358,6 +358,31 @@ def test_gil_is_released_while_a_kernel_runs(threads, rng):
     assert len(ticks) > 100 and gaps.max() < elapsed / 2  # ...and this thread kept running meanwhile
 
 
+def test_concurrent_calls_from_python_threads(threads, rng):
+    """Calls from several Python threads at once (the GIL is released, the
+    buffer cache is shared) give each caller its own, correct results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads(2)
+    params = [make_params(rng, "lstm", T=40, B=16, I=48, H=64, dtype=np.float32) for _ in range(4)]
+    dys = [rng.standard_normal((40, 16, 64)).astype(np.float32) for _ in range(4)]
+
+    def step(k):
+        p = params[k]
+        y, h_n, c_n, ws = F.lstm_forward(p["x"], p["h0"], p["c0"], p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"])
+        return y, F.lstm_backward(ws, dys[k])
+
+    expected = [step(k) for k in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            got = list(pool.map(step, [0, 1, 2, 3] * 2))
+            for k, (y, grads) in enumerate(got):
+                ey, egrads = expected[k % 4]
+                np.testing.assert_array_equal(y, ey)
+                for g, e in zip(grads, egrads):
+                    np.testing.assert_array_equal(g, e)
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_random_shapes_match_reference(variant):
     """Property test over shapes, lengths, bias and direction (float64, all outputs and gradients)."""
