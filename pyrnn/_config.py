@@ -51,8 +51,8 @@ def set_cache_limit(megabytes: float) -> None:
     or the ``PYRNN_CACHE_MB`` environment variable). Blocks beyond it are freed now."""
     if isinstance(megabytes, bool) or not isinstance(megabytes, numbers.Real):
         raise TypeError(f"megabytes must be a number, got {type(megabytes).__name__} {megabytes!r}")
-    if not megabytes >= 0 or megabytes == float("inf"):
-        raise ValueError(f"megabytes must be a finite number >= 0, got {megabytes!r}")
+    if not 0 <= megabytes <= 2**40:
+        raise ValueError(f"megabytes must be a number in [0, 2**40], got {megabytes!r}")
     _core.set_cache_limit(int(megabytes * 2**20))
 
 

@@ -423,26 +423,43 @@ def check_summary(errors: dict) -> str:
 
 
 def time_calls(fns: dict, profile: Profile) -> dict:
-    """{name: (median seconds, repetitions)} for each callable, after warm-up.
+    """{name: (median seconds, repetitions)} for each callable, after warm-up;
+    a callable that raises gets its exception instead and is dropped from the
+    remaining rounds, so the others keep their timings.
 
     The callables are timed in turn, one repetition of each per round, so a
     burst of load from elsewhere on a shared machine slows all of them alike
     instead of one framework's whole series. Rounds go on until max_reps, or
     until min_reps are done and the time budget (per callable) is spent.
     """
-    for fn in fns.values():
+    out, live = {}, dict(fns)
+
+    def call(name, fn):
+        try:
+            fn()
+            return True
+        except Exception as e:  # reported in the row, the other frameworks go on
+            out[name] = e
+            del live[name]
+            return False
+
+    for name, fn in list(live.items()):
         for _ in range(profile.warmup):
-            fn()
-    times = {name: [] for name in fns}
-    start, budget = time.perf_counter(), profile.budget_s * len(fns)
+            if not call(name, fn):
+                break
+    times = {name: [] for name in live}
+    start, budget = time.perf_counter(), profile.budget_s * max(1, len(live))
     rounds = 0
-    while rounds < profile.max_reps and (rounds < profile.min_reps or time.perf_counter() - start < budget):
-        for name, fn in fns.items():
+    while live and rounds < profile.max_reps and (rounds < profile.min_reps
+                                                  or time.perf_counter() - start < budget):
+        for name, fn in list(live.items()):
             t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+            if call(name, fn):
+                times[name].append(time.perf_counter() - t0)
         rounds += 1
-    return {name: (statistics.median(v), len(v)) for name, v in times.items()}
+    for name in live:
+        out[name] = (statistics.median(times[name]), len(times[name]))
+    return out
 
 
 def measure_peaks(threads, profile: Profile) -> dict:
@@ -549,13 +566,20 @@ def _time_row(row, runners, mode, profile, peak):
         else:
             row[f"{peer}_note"] = run
     timed = time_calls(fns, profile)
+    if isinstance(timed["pyrnn"], Exception):
+        raise timed["pyrnn"]
     seconds, reps = timed["pyrnn"]
     row.update(pyrnn_ms=seconds * 1e3, pyrnn_gflops=row["gflop"] / seconds, pyrnn_reps=reps,
                pct_peak=100.0 * row["gflop"] / seconds / peak)
-    for peer, (peer_s, _) in timed.items():
-        if peer != "pyrnn":
-            row.update({f"{peer}_ms": peer_s * 1e3, f"{peer}_gflops": row["gflop"] / peer_s,
-                        f"{peer}_ratio": peer_s / seconds})
+    for peer, result in timed.items():
+        if peer == "pyrnn":
+            continue
+        if isinstance(result, Exception):
+            row[f"{peer}_note"] = f"error: {type(result).__name__}: {result}"
+            continue
+        peer_s = result[0]
+        row.update({f"{peer}_ms": peer_s * 1e3, f"{peer}_gflops": row["gflop"] / peer_s,
+                    f"{peer}_ratio": peer_s / seconds})
 
 
 # --------------------------------------------------------------------------

@@ -188,6 +188,19 @@ def test_reps_option(tmp_path):
     assert all(r["pyrnn_reps"] >= 7 for r in timed_rows(report))
 
 
+def test_a_failing_peer_keeps_pyrnn_timed():
+    calls = {"n": 0}
+
+    def flaky():
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("out of memory")
+
+    out = bench.time_calls({"pyrnn": lambda: None, "torch": flaky}, bench.PROFILES["tiny"])
+    assert out["pyrnn"][1] == bench.PROFILES["tiny"].max_reps
+    assert isinstance(out["torch"], RuntimeError)
+
+
 def test_scaling_default_threads():
     assert bench.scaling_threads(1) == [1]
     assert bench.scaling_threads(2) == [1, 2]

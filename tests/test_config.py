@@ -183,17 +183,19 @@ def test_cache_limit_is_respected(fresh_cache, rng):
 
 
 @pytest.mark.parametrize("bad, exc", [(-1, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
-                                      ("10", TypeError), (None, TypeError), (True, TypeError)])
+                                      (1e14, ValueError), ("10", TypeError), (None, TypeError), (True, TypeError)])
 def test_set_cache_limit_rejects_invalid(bad, exc, fresh_cache):
     with pytest.raises(exc, match="megabytes"):
         pyrnn.set_cache_limit(bad)
 
 
-def test_cache_limit_from_environment():
+@pytest.mark.parametrize("value, limit", [("3", 3 * 2**20), ("1.5", 3 * 2**19), ("0", 0),
+                                          ("-2", 1024 * 2**20), ("lots", 1024 * 2**20)])
+def test_cache_limit_from_environment(value, limit):
     code = "import pyrnn; print(pyrnn.cache_info()['limit_bytes'])"
-    env = dict(os.environ, PYRNN_CACHE_MB="3")
+    env = dict(os.environ, PYRNN_CACHE_MB=value)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert int(out.stdout) == 3 * 2**20
+    assert int(out.stdout) == limit  # values that are not a number >= 0 keep the default
 
 
 # ---------------------------------------------------------------- PYRNN_PROFILE

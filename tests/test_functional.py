@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pyrnn import _core
+import pyrnn
 from pyrnn import functional as F
 from pyrnn import reference as R
 from pyrnn.testing import (
@@ -151,6 +152,20 @@ def test_workspace_reports_saved_bytes(rng):
     # 4 gates and c per valid (t, b), each padded to whole vectors
     assert 5 * rows * 100 * 4 <= ws.nbytes <= 5 * rows * 128 * 4
     assert ws.shape == (6, 9, 20, 100) and ws.dtype == np.float32
+
+
+def test_workspace_bytes_do_not_depend_on_cached_blocks(rng):
+    """nbytes counts the saved activations, not the (possibly larger) cached blocks they sit in."""
+    big = make_params(rng, "lstm", T=50, B=16, I=32, H=128, dtype=np.float32)
+    small = make_params(rng, "lstm", T=40, B=16, I=32, H=128, dtype=np.float32)
+    pyrnn.empty_cache()
+    nbytes_fresh = run_forward(F, "lstm", small)[1].nbytes
+    ws_big = run_forward(F, "lstm", big)[1]
+    del ws_big  # its blocks (25% larger) go to the cache, and the next call reuses them
+    nbytes_reused = run_forward(F, "lstm", small)[1].nbytes
+    assert nbytes_fresh == nbytes_reused
+    rows, Hp = 40 * 16, 128
+    assert 5 * rows * Hp * 4 <= nbytes_fresh <= 5 * rows * (Hp + 16) * 4  # 4 gates and c, rows padded
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

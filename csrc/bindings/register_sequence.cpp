@@ -84,11 +84,18 @@ py::array_t<Real> out_array(std::initializer_list<int64_t> dims) {
     pyrnn::pool_free(p, size);
     throw;
   }
-  py::capsule owner(block, [](void* o) {
-    auto* b = static_cast<Block*>(o);
-    pyrnn::pool_free(b->p, b->size);
-    delete b;
-  });
+  py::capsule owner;
+  try {
+    owner = py::capsule(block, [](void* o) {
+      auto* b = static_cast<Block*>(o);
+      pyrnn::pool_free(b->p, b->size);
+      delete b;
+    });
+  } catch (...) {  // the capsule did not take ownership
+    pyrnn::pool_free(p, size);
+    delete block;
+    throw;
+  }
   return py::array_t<Real>(shape, static_cast<Real*>(p), owner);
 }
 

@@ -21,10 +21,12 @@ constexpr size_t kMinPooled = size_t(128) << 10;
 size_t round_up(size_t bytes) { return (bytes + 63) / 64 * 64; }
 
 size_t default_limit() {
+  // PYRNN_CACHE_MB: MiB, fractions allowed; values that do not parse as a
+  // number >= 0 keep the default (pyrnn.set_cache_limit checks its argument).
   if (const char* env = std::getenv("PYRNN_CACHE_MB")) {
     char* end = nullptr;
-    long long mb = std::strtoll(env, &end, 10);
-    if (end != env && mb >= 0) return size_t(mb) << 20;
+    double mb = std::strtod(env, &end);
+    if (end != env && *end == '\0' && mb >= 0) return mb >= 1e12 ? size_t(1e12) << 20 : size_t(mb * 1048576.0);
   }
   return size_t(1024) << 20;
 }
@@ -49,9 +51,11 @@ Pool* the_pool = nullptr;
 Pool* make_pool() {
   the_pool = new Pool;  // never destroyed: blocks may come back during interpreter shutdown
 #if defined(__unix__) || defined(__APPLE__)
-  // A fork while another thread holds the lock would leave the child's copy
-  // locked forever; the child starts with a fresh lock.
-  pthread_atfork(nullptr, nullptr, [] { new (&the_pool->mu) std::mutex(); });
+  // fork() while another thread is inside the cache would give the child a
+  // locked mutex and possibly a half-updated list: the forking thread takes
+  // the lock first (no fork happens with it held), so both sides see a
+  // consistent cache, then releases it in the parent and the child.
+  pthread_atfork([] { the_pool->mu.lock(); }, [] { the_pool->mu.unlock(); }, [] { the_pool->mu.unlock(); });
 #endif
   return the_pool;
 }

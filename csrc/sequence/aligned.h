@@ -1,6 +1,7 @@
 // 64-byte aligned, uninitialised storage that only grows. Large blocks come
 // from and go back to the process-wide cache (pyrnn/pool.h).
 #pragma once
+#include <algorithm>
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
@@ -29,13 +30,18 @@ class AlignedBuffer {
   }
   ~AlignedBuffer() { pool_free(p_, bytes_); }
 
+  // Grows to at least n elements (a cached block may hold more); the
+  // contents are not kept.
   void reserve(size_t n) {
-    if (n <= n_) return;
+    if (n <= bytes_ / sizeof(T)) {
+      n_ = std::max(n_, n);
+      return;
+    }
     pool_free(p_, bytes_);
     p_ = nullptr;
     n_ = bytes_ = 0;
     p_ = static_cast<T*>(pool_alloc(n * sizeof(T), &bytes_));
-    n_ = bytes_ / sizeof(T);
+    n_ = n;
   }
   void zero(size_t n) {
     reserve(n);
@@ -43,7 +49,7 @@ class AlignedBuffer {
   }
   T* data() { return p_; }
   const T* data() const { return p_; }
-  size_t size() const { return n_; }
+  size_t size() const { return n_; }  // elements asked for (the largest reserve)
 
  private:
   T* p_ = nullptr;

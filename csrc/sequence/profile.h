@@ -13,6 +13,9 @@
 #include <vector>
 
 namespace pyrnn {
+// Inside the ISA namespace like everything the kernel files compile, so the
+// linker never picks one level's copy for another.
+namespace PYRNN_ISA_NS {
 
 inline bool profile_enabled() {
   static const bool on = [] {
@@ -86,4 +89,5 @@ class PhaseProfile {
   std::vector<double> busy_, wait_, last_;
 };
 
+}  // namespace PYRNN_ISA_NS
 }  // namespace pyrnn
