@@ -112,6 +112,23 @@ PYRNN_INLINE Vec<float> recip_ge1(Vec<float> d) {
 // scaled by 2^n through the exponent bits. The input is clamped so that n
 // stays in the normal range: exp saturates to ~2e38 and ~1e-38 at the ends.
 PYRNN_INLINE Vec<float> exp_approx(Vec<float> x) {
+#if PYRNN_VBYTES == 64 && defined(__AVX512F__)
+  // AVX-512: n by vrndscaleps and 2^n applied by vscalefps, which also takes
+  // results below the normal range smoothly to 0, so only the top needs a
+  // clamp (exp stays finite: ~2e38 at most, as below).
+  x = x > bcast(88.3f) ? bcast(88.3f) : x;  // NaN passes
+  Vec<float> nf = (Vec<float>)_mm512_roundscale_ps((__m512)(x * 1.44269504088896341f), _MM_FROUND_TO_NEAREST_INT);
+  Vec<float> r = x - nf * 0.693359375f;
+  r = r - nf * -2.12194440e-4f;
+  Vec<float> p = bcast(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  return (Vec<float>)_mm512_scalef_ps((__m512)p, (__m512)nf);
+#else
   using VI = VecOf<float>::itype;
   x = clamp(x, -87.3f, 88.3f);
   Vec<float> half = x < bcast(0.0f) ? bcast(-0.5f) : bcast(0.5f);
@@ -130,6 +147,7 @@ PYRNN_INLINE Vec<float> exp_approx(Vec<float> x) {
   Vec<float> scale;
   std::memcpy(&scale, &bits, sizeof scale);
   return p * scale;
+#endif
 }
 
 PYRNN_INLINE Vec<float> sigmoid(Vec<float> x) { return recip_ge1(1.0f + exp_approx(-x)); }
