@@ -112,6 +112,15 @@ inline void ukernel_rows(int m, int64_t K, const T* a, const T* const* arows, co
   }
 }
 
+// The tile kernel for a panel of nv vectors (1 <= nv <= NV): the last,
+// narrower panel of a GEMM whose N is not a multiple of NV vectors.
+template <class T, int MR, int NV, bool PACKED_A>
+inline void ukernel_nv(int nv, int m, int64_t K, const T* a, const T* const* arows, const T* b, T* tile) {
+  if constexpr (NV > 1)
+    if (nv < NV) return ukernel_nv<T, MR, NV - 1, PACKED_A>(nv, m, K, a, arows, b, tile);
+  ukernel_rows<T, MR, NV, PACKED_A>(m, K, a, arows, b, tile);
+}
+
 // B(k,n): by_rows ? ptr[k][n] : ptr[n][k]; a null pointer reads as zeros.
 template <class T>
 struct BView {
@@ -136,34 +145,41 @@ struct CView {
   T* row(int64_t i) const { return rows ? rows[i] : p + i * ld; }
 };
 
-// Packs B(k0..k0+kc, n0..n0+nc) into panels of NR columns, zero-padded.
+// Packs B(k0..k0+kc, n0..n0+nc) into panels of NR columns, zero-padded; a
+// last, narrower panel is only as wide as whole vectors (panel_width), so its
+// micro-kernel does not multiply padding (65 columns cost 80, not 128).
 // Either way the source is read along its contiguous direction: rows of B
 // (by_rows), or rows of B^T, i.e. weight rows, written down a panel column
-// (the panel, kc x NR, stays in L1 while it fills).
+// (the panel, kc x width, stays in L1 while it fills).
+template <class T, int NR>
+constexpr int64_t panel_width(int64_t nw) {
+  return std::min<int64_t>(NR, (nw + kLanes<T> - 1) / kLanes<T> * kLanes<T>);
+}
+
 template <class T, int NR>
 void pack_b(const BView<T>& B, int64_t k0, int64_t kc, int64_t n0, int64_t nc, T* out) {
   for (int64_t j = 0; j < nc; j += NR) {
-    const int64_t nw = std::min<int64_t>(NR, nc - j);
+    const int64_t nw = std::min<int64_t>(NR, nc - j), w = panel_width<T, NR>(nw);
     T* panel = out + (j / NR) * kc * NR;
     if (B.by_rows) {
       for (int64_t k = 0; k < kc; ++k) {
-        T* o = panel + k * NR;
+        T* o = panel + k * w;
         const T* src = B.ptr[k0 + k];
         if (src)
           std::memcpy(o, src + n0 + j, sizeof(T) * size_t(nw));
         else
           std::memset(static_cast<void*>(o), 0, sizeof(T) * size_t(nw));
-        std::memset(static_cast<void*>(o + nw), 0, sizeof(T) * size_t(NR - nw));
+        std::memset(static_cast<void*>(o + nw), 0, sizeof(T) * size_t(w - nw));
       }
     } else {
-      for (int64_t n = 0; n < NR; ++n) {
+      for (int64_t n = 0; n < w; ++n) {
         const T* src = n < nw ? B.ptr[n0 + j + n] : nullptr;
         T* o = panel + n;
         if (src) {
           src += k0;
-          for (int64_t k = 0; k < kc; ++k) o[k * NR] = src[k];
+          for (int64_t k = 0; k < kc; ++k) o[k * w] = src[k];
         } else {
-          for (int64_t k = 0; k < kc; ++k) o[k * NR] = T(0);
+          for (int64_t k = 0; k < kc; ++k) o[k * w] = T(0);
         }
       }
     }
@@ -187,15 +203,16 @@ void pack_a(const AView<T>& A, int64_t i0, int64_t mc, int64_t k0, int64_t kc, T
   }
 }
 
-// Adds (or stores) an m x nw corner of a tile into C rows i0.., columns n0..
-template <class T, int NR>
-inline void write_tile(const T* tile, int m, int nw, const CView<T>& C, int64_t i0, int64_t n0,
+// Adds (or stores) an m x nw corner of a tile (rows ld apart) into C rows
+// i0.., columns n0..
+template <class T>
+inline void write_tile(const T* tile, int64_t ld, int m, int nw, const CView<T>& C, int64_t i0, int64_t n0,
                        const T* bias, bool overwrite) {
   for (int r = 0; r < m; ++r) {
     T* c = C.row(i0 + r);
     if (!c) continue;
     c += n0;
-    const T* t = tile + r * NR;
+    const T* t = tile + r * ld;
     if (overwrite) {
       if (bias)
         for (int n = 0; n < nw; ++n) c[n] = t[n] + bias[n0 + n];
@@ -265,17 +282,19 @@ void gemm(int64_t M, int64_t N, int64_t K, const AView<T>& A, const BView<T>& B,
         int64_t mc = std::min(MC, M - ic);
         if (packed_a) pack_a<T, MR>(A, ic, mc, pc, kc, s.a.data());
         for (int64_t jr = 0; jr < nc; jr += NR) {
-          int nw = int(std::min<int64_t>(NR, nc - jr));
+          const int nw = int(std::min<int64_t>(NR, nc - jr));
+          const int64_t w = panel_width<T, NR>(nw);
+          const int nv = int(w / kLanes<T>);
           const T* bp = s.b.data() + (jr / NR) * kc * NR;
           for (int64_t ir = 0; ir < mc; ir += MR) {
             int m = int(std::min<int64_t>(MR, mc - ir));
             if (packed_a) {
-              ukernel<T, MR, NV, true>(kc, s.a.data() + (ir / MR) * kc * MR, nullptr, bp, tile);
+              ukernel_nv<T, MR, NV, true>(nv, m, kc, s.a.data() + (ir / MR) * kc * MR, nullptr, bp, tile);
             } else {
               for (int r = 0; r < MR; ++r) arows[r] = A.rows[ic + ir + std::min(r, m - 1)] + pc;
-              ukernel_rows<T, MR, NV, false>(m, kc, nullptr, arows, bp, tile);
+              ukernel_nv<T, MR, NV, false>(nv, m, kc, nullptr, arows, bp, tile);
             }
-            write_tile<T, NR>(tile, m, nw, C, ic + ir, jc + jr, bias, first && !accumulate);
+            write_tile<T>(tile, w, m, nw, C, ic + ir, jc + jr, bias, first && !accumulate);
           }
         }
       }
