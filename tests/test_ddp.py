@@ -73,6 +73,11 @@ def _worker(rank, port, out_dir):
         shard = slice(rank, None, WORLD)
         _train(model, x[:, shard], lengths[shard], target[shard])
         torch.save(model.module.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
+        # Both ranks reach this point before either tears gloo down: a rank that
+        # destroys its group while the other still talks to it can abort in
+        # gloo's shutdown ("terminate called without an active exception", seen
+        # once in a full CI run).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
