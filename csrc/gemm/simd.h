@@ -109,15 +109,11 @@ PYRNN_INLINE Vec<float> recip_ge1(Vec<float> d) {
 // ---- float: Cephes-style approximations, about 1-2 ulp ----
 //
 // exp: n = round(x log2 e), r = x - n ln2 in two parts, degree-6 polynomial,
-// scaled by 2^n through the exponent bits. The input is clamped so that n
-// stays in the normal range: exp saturates to ~2e38 and ~1e-38 at the ends.
-PYRNN_INLINE Vec<float> exp_approx(Vec<float> x) {
-#if PYRNN_VBYTES == 64 && defined(__AVX512F__)
-  // AVX-512: n by vrndscaleps and 2^n applied by vscalefps, which also takes
-  // results below the normal range smoothly to 0, so only the top needs a
-  // clamp (exp stays finite: ~2e38 at most, as below).
-  x = x > bcast(88.3f) ? bcast(88.3f) : x;  // NaN passes
-  Vec<float> nf = (Vec<float>)_mm512_roundscale_ps((__m512)(x * 1.44269504088896341f), _MM_FROUND_TO_NEAREST_INT);
+// scaled by 2^n. The input is clamped so that exp stays finite (~2e38 at
+// most); the portable path also clamps below, to keep n in the normal range.
+
+// e^r for |r| <= ln2/2, with r = x - nf ln2 reduced in two parts.
+PYRNN_INLINE Vec<float> exp_reduced(Vec<float> x, Vec<float> nf) {
   Vec<float> r = x - nf * 0.693359375f;
   r = r - nf * -2.12194440e-4f;
   Vec<float> p = bcast(1.9875691500e-4f);
@@ -126,23 +122,23 @@ PYRNN_INLINE Vec<float> exp_approx(Vec<float> x) {
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  return (Vec<float>)_mm512_scalef_ps((__m512)p, (__m512)nf);
+  return p * (r * r) + r + 1.0f;
+}
+
+PYRNN_INLINE Vec<float> exp_approx(Vec<float> x) {
+#if PYRNN_VBYTES == 64 && defined(__AVX512F__)
+  // AVX-512: n by vrndscaleps and 2^n applied by vscalefps, which also takes
+  // results below the normal range smoothly to 0, so only the top is clamped.
+  x = x > bcast(88.3f) ? bcast(88.3f) : x;  // NaN passes
+  Vec<float> nf = (Vec<float>)_mm512_roundscale_ps((__m512)(x * 1.44269504088896341f), _MM_FROUND_TO_NEAREST_INT);
+  return (Vec<float>)_mm512_scalef_ps((__m512)exp_reduced(x, nf), (__m512)nf);
 #else
+  // 2^n through the exponent bits: exp saturates to ~1e-38 at the bottom.
   using VI = VecOf<float>::itype;
   x = clamp(x, -87.3f, 88.3f);
   Vec<float> half = x < bcast(0.0f) ? bcast(-0.5f) : bcast(0.5f);
   VI n = __builtin_convertvector(x * 1.44269504088896341f + half, VI);
-  Vec<float> nf = __builtin_convertvector(n, Vec<float>);
-  Vec<float> r = x - nf * 0.693359375f;
-  r = r - nf * -2.12194440e-4f;
-  Vec<float> p = bcast(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
+  Vec<float> p = exp_reduced(x, __builtin_convertvector(n, Vec<float>));
   VI bits = (n + 127) << 23;
   Vec<float> scale;
   std::memcpy(&scale, &bits, sizeof scale);
