@@ -22,14 +22,14 @@ Built only on pyrnn's public API: the layers' forward/backward and pyrnn.optim.
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
 import pyrnn
 from pyrnn.optim import Adam, Linear, clip_grad_norm, mse_loss
+
+import _common  # examples/_common.py: options, threads and figures the scripts share
 
 BASELINE_MSE = 1.0 / 6.0  # always predicting 1: Var(U1 + U2)
 
@@ -100,13 +100,8 @@ def train_model(model, T, *, hidden, batch, steps, lr, clip, eval_every, test, s
 
 
 def plot(results, lengths, models, path):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no figure (pip install matplotlib, or pyrnn[plot])")
+    plt = _common.pyplot()
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, len(lengths), figsize=(4.2 * len(lengths), 3.6), sharey=True, squeeze=False)
     for ax, T in zip(axes[0], lengths):
@@ -121,16 +116,11 @@ def plot(results, lengths, models, path):
     axes[0][0].set_ylabel("test MSE")
     axes[0][-1].legend(fontsize=8)
     fig.suptitle("The adding problem: the gated cells learn, the tanh RNN stays at the baseline", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _common.save_figure(plt, fig, path)
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--fast", action="store_true", help="T = 50 and 800 steps (about half a minute; CI runs it)")
+    p = _common.parser(__doc__, "T = 50 and 800 steps (about half a minute; CI runs it)")
     p.add_argument("--lengths", type=int, nargs="+", help="sequence lengths T (default 50 100 200; fast: 50)")
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     p.add_argument("--steps", type=int, help="training steps per model and T (default 3000; fast: 800)")
@@ -139,10 +129,7 @@ def parse_args(argv):
     p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate")
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping threshold")
     p.add_argument("--test-size", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="pyrnn threads (default: pyrnn's default)")
-    p.add_argument("--plot", type=Path, default=Path(__file__).with_suffix(".png"), help="figure path")
-    p.add_argument("--no-plot", action="store_true", help="do not draw the figure")
+    _common.add_run_options(p, __file__)
     args = p.parse_args(argv)
     if args.lengths is None:
         args.lengths = [50] if args.fast else [50, 100, 200]
@@ -155,10 +142,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    threads_before = pyrnn.get_num_threads()
-    if args.threads:
-        pyrnn.set_num_threads(args.threads)
-    try:
+    with _common.pyrnn_threads(args.threads):
         print(f"adding problem: models {', '.join(args.models)}; T = {', '.join(map(str, args.lengths))}; "
               f"{args.steps} steps of batch {args.batch}, hidden {args.hidden}, Adam lr {args.lr}, "
               f"clip {args.clip}; seed {args.seed}; {pyrnn.get_num_threads()} thread(s)")
@@ -180,13 +164,9 @@ def main(argv=None):
             print(f"{MODELS[model][0]:<24s}" + "".join(f"{results[model, T]['test_mse']:10.2e}" for T in args.lengths))
         print(f"{'baseline':<24s}" + "".join(f"{BASELINE_MSE:10.2e}" for _ in args.lengths))
         if not args.no_plot:
-            path = plot(results, args.lengths, args.models, args.plot)
-            if path is not None:
-                print(f"figure: {path}")
+            plot(results, args.lengths, args.models, args.plot)
         return {"results": {k: v["test_mse"] for k, v in results.items()}, "curves": results,
                 "baseline": BASELINE_MSE}
-    finally:
-        pyrnn.set_num_threads(threads_before)
 
 
 if __name__ == "__main__":

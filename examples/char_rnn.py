@@ -31,7 +31,6 @@ pyrnn's cells.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib
 import json
@@ -45,6 +44,8 @@ import numpy as np
 
 import pyrnn
 from pyrnn.optim import Adam, Linear, clip_grad_norm, softmax, softmax_cross_entropy
+
+import _common  # examples/_common.py: options, threads and figures the scripts share
 
 UNK = "\ufffd"  # stands for characters rarer than --min-count
 LN2 = math.log(2.0)
@@ -431,13 +432,8 @@ def evaluate(model, x, y, seq_len):
 
 
 def plot(history, baseline, path, title):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no figure (pip install matplotlib, or pyrnn[plot])")
+    plt = _common.pyplot()
+    if plt is None:
         return None
     steps, train, val = zip(*history)
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
@@ -449,17 +445,11 @@ def plot(history, baseline, path, title):
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _common.save_figure(plt, fig, path)
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--fast", action="store_true",
-                   help="300k characters, 2x128, 500 steps at lr 1e-2 (about half a minute; CI runs it)")
+    p = _common.parser(__doc__, "300k characters, 2x128, 500 steps at lr 1e-2 (about half a minute; CI runs it)")
     p.add_argument("--text", help="a UTF-8 text file (default: the Python standard library's .py files)")
     p.add_argument("--max-chars", type=int, help="use at most this many characters (default 3M; fast 300k)")
     p.add_argument("--min-count", type=int, default=10, help="rarer characters become one UNK symbol")
@@ -483,11 +473,8 @@ def parse_args(argv):
     p.add_argument("--prime", default="def ", help="priming string for the sample")
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
     p.add_argument("--backend", choices=["numpy", "torch"], default="numpy")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="pyrnn threads (and torch's, for --backend torch)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--plot", type=Path, default=Path(__file__).with_suffix(".png"), help="figure path")
-    p.add_argument("--no-plot", action="store_true", help="do not draw the figure")
+    _common.add_run_options(p, __file__, threads_help="pyrnn threads (and torch's, for --backend torch)")
     args = p.parse_args(argv)
     fast = args.fast
     for name, full, quick in (("max_chars", 3_000_000, 300_000), ("val_chars", 150_000, 40_000),
@@ -505,22 +492,19 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    threads_before = pyrnn.get_num_threads()
     torch_threads_before = None
-    if args.threads:
-        pyrnn.set_num_threads(args.threads)
-        if args.backend == "torch":
-            try:
-                import torch
-            except ImportError:
-                pass  # reported when the model is built
-            else:
-                torch_threads_before = torch.get_num_threads()
-                torch.set_num_threads(args.threads)
+    if args.threads and args.backend == "torch":
+        try:
+            import torch
+        except ImportError:
+            pass  # reported when the model is built
+        else:
+            torch_threads_before = torch.get_num_threads()
+            torch.set_num_threads(args.threads)
     try:
-        return _run(args)
+        with _common.pyrnn_threads(args.threads):
+            return _run(args)
     finally:
-        pyrnn.set_num_threads(threads_before)
         if torch_threads_before is not None:
             sys.modules["torch"].set_num_threads(torch_threads_before)
 
@@ -626,11 +610,9 @@ def _run(args):
         print(text_out)
         print("--- end of sample ---")
     if not args.no_plot and history:
-        path = plot(history, unigram_val, args.plot,
+        plot(history, unigram_val, args.plot,
                     f"char-rnn on {'the Python stdlib' if args.text is None else Path(args.text).name}: "
                     f"{args.layers}x{args.hidden} {args.cell.upper()}, {args.backend} backend")
-        if path is not None:
-            print(f"figure: {path}")
     return {"train_bpc": train_bpc, "val_bpc": val_bpc, "unigram_bpc": unigram_val, "entropy_bpc": entropy,
             "history": history, "sample": text_out, "vocab": vocab, "step": step, "seconds": seconds}
 

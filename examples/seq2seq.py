@@ -18,14 +18,14 @@ with dh_n/dc_n into the encoder), cells for decoding, and pyrnn.optim.
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
 import pyrnn
 from pyrnn.optim import Adam, Linear, clip_grad_norm, softmax_cross_entropy
+
+import _common  # examples/_common.py: options, threads and figures the scripts share
 
 DIGITS = 10
 EOS = 10  # output token: end of string
@@ -156,13 +156,8 @@ def evaluate(model, strings, task, max_len):
 
 
 def plot(history, path, title):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no figure (pip install matplotlib, or pyrnn[plot])")
+    plt = _common.pyplot()
+    if plt is None:
         return None
     steps, losses, accs = zip(*history)
     fig, ax1 = plt.subplots(figsize=(6.5, 3.8))
@@ -176,16 +171,11 @@ def plot(history, path, title):
     ax2.set_ylim(-0.02, 1.02)
     ax1.grid(alpha=0.3)
     ax1.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _common.save_figure(plt, fig, path)
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--fast", action="store_true", help="strings of 3-8 digits, 1000 steps (CI)")
+    p = _common.parser(__doc__, "strings of 3-8 digits, 1000 steps (CI)")
     p.add_argument("--task", choices=list(TASKS), default="reverse")
     p.add_argument("--cell", choices=["lstm", "gru"], default="lstm")
     p.add_argument("--min-len", type=int, default=3)
@@ -197,10 +187,7 @@ def parse_args(argv):
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping threshold")
     p.add_argument("--test-size", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="pyrnn threads (default: pyrnn's default)")
-    p.add_argument("--plot", type=Path, default=Path(__file__).with_suffix(".png"), help="figure path")
-    p.add_argument("--no-plot", action="store_true", help="do not draw the figure")
+    _common.add_run_options(p, __file__)
     args = p.parse_args(argv)
     if args.max_len is None:
         args.max_len = 8 if args.fast else 12
@@ -213,13 +200,8 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    threads_before = pyrnn.get_num_threads()
-    if args.threads:
-        pyrnn.set_num_threads(args.threads)
-    try:
+    with _common.pyrnn_threads(args.threads):
         return _run(args)
-    finally:
-        pyrnn.set_num_threads(threads_before)
 
 
 def _run(args):
@@ -261,10 +243,8 @@ def _run(args):
         print(f"  {fmt(map(str, s)):>{args.max_len}s} -> {fmt(map(str, p_)):<{args.max_len + 2}s} "
               f"{'ok' if ok else 'wrong (expected ' + fmt(map(str, TASKS[args.task](s))) + ')'}")
     if not args.no_plot:
-        path = plot(history, args.plot, f"seq2seq, {args.task} {args.min_len}-{args.max_len} digits "
+        plot(history, args.plot, f"seq2seq, {args.task} {args.min_len}-{args.max_len} digits "
                                         f"({args.cell.upper()} {args.layers}x{args.hidden})")
-        if path is not None:
-            print(f"figure: {path}")
     return {"accuracy": acc, "chance": chance, "history": history, "by_length": by_len, "seconds": seconds}
 
 

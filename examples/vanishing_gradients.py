@@ -27,13 +27,13 @@ Prints ||dL/dh_1|| / ||dL/dh_T|| for each network and plots ||dL/dh_t|| against 
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 
 import numpy as np
 
 import pyrnn
 from pyrnn.diagnostics import hidden_grad_norms
+
+import _common  # examples/_common.py: options, threads and figures the scripts share
 
 
 def chrono_init(layer, t_max, rng):
@@ -97,13 +97,8 @@ def measure(nets, T, batch, seed):
 
 
 def plot(norms, T, path):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no figure (pip install matplotlib, or pyrnn[plot])")
+    plt = _common.pyplot()
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
     t = np.arange(1, T + 1)
@@ -126,25 +121,17 @@ def plot(norms, T, path):
         ax.legend(fontsize=8, loc="lower right")
     axes[0].set_ylabel(r"$\|\partial L/\partial h_t\| \;/\; \|\partial L/\partial h_T\|$")
     fig.suptitle(f"Gradient of a loss at step T = {T} reaching each hidden state h_t (pyrnn's BPTT)", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _common.save_figure(plt, fig, path)
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--fast", action="store_true", help="batch 8 (a few seconds; CI runs it)")
+    p = _common.parser(__doc__, "batch 8 (a few seconds; CI runs it)")
     p.add_argument("--length", type=int, default=200, help="sequence length T")
     p.add_argument("--hidden", type=int, help="hidden size (default 128)")
     p.add_argument("--batch", type=int, help="sequences averaged over (default 32; fast: 8)")
     p.add_argument("--radii", type=float, nargs="+", default=[0.9, 1.0, 1.1, 1.5],
                    help="spectral radii of the tanh RNN's W_hh")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="pyrnn threads (default: pyrnn's default)")
-    p.add_argument("--plot", type=Path, default=Path(__file__).with_suffix(".png"), help="figure path")
-    p.add_argument("--no-plot", action="store_true", help="do not draw the figure")
+    _common.add_run_options(p, __file__)
     args = p.parse_args(argv)
     if args.hidden is None:
         args.hidden = 128
@@ -157,10 +144,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    threads_before = pyrnn.get_num_threads()
-    if args.threads:
-        pyrnn.set_num_threads(args.threads)
-    try:
+    with _common.pyrnn_threads(args.threads):
         T = args.length
         print(f"gradients through time: loss at step T = {T}; hidden {args.hidden}, batch {args.batch}, "
               f"input N(0, 1) (1 channel), float64; seed {args.seed}")
@@ -181,12 +165,8 @@ def main(argv=None):
         print("(per step: (|dL/dh_1| / |dL/dh_{T-1}|)^(1/(T-2)); linear theory: radius^(T-1), "
               "the tanh RNN without saturation)")
         if not args.no_plot:
-            path = plot(norms, T, args.plot)
-            if path is not None:
-                print(f"figure: {path}")
+            plot(norms, T, args.plot)
         return {"ratios": ratios, "per_step": per_step, "norms": norms}
-    finally:
-        pyrnn.set_num_threads(threads_before)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ CELLS = ("lstm", "gru", "rnn")
 MODES = ("fwd", "fwdbwd")
 PEERS = ("torch", "reference")  # frameworks timed against pyrnn, in column order
 PEER_TITLES = {"torch": "PyTorch", "reference": "NumPy reference"}
+PEER_SHORT = {"torch": "torch", "reference": "ref"}  # table column headers
 CHECK_TOL = 1e-3  # max |pyrnn - peer| / max(1, max |peer|), for y and dx
 REFERENCE_MAX_S = 3.0  # skip the reference where one call is estimated to take longer
 PLOT_HINT = 'pip install "pyrnn[plot]"'
@@ -627,27 +628,19 @@ def table_columns(peers):
         ("GFLOP/s", lambda r: _fmt(r["pyrnn_gflops"], ".1f")),
         ("% peak", lambda r: _fmt(r["pct_peak"], ".1f", "%")),
     ]
-    short = {"torch": "torch", "reference": "ref"}
     for peer in peers:
-        columns += [(f"{short[peer]} ms", lambda r, p=peer: _fmt(r[f"{p}_ms"], ".3f")),
-                    (f"{short[peer]}/pyrnn", lambda r, p=peer: _fmt(r[f"{p}_ratio"], ".2f", "x"))]
+        columns += [(f"{PEER_SHORT[peer]} ms", lambda r, p=peer: _fmt(r[f"{p}_ms"], ".3f")),
+                    (f"{PEER_SHORT[peer]}/pyrnn", lambda r, p=peer: _fmt(r[f"{p}_ratio"], ".2f", "x"))]
     columns.append(("check", lambda r: r["check"] if r["status"] == "ok" else r["status"]))
     return columns
 
 
-def scaling_columns(peers):
-    """Columns of the speed-up table: each row's speed-up over the same case at the fewest threads."""
-    base = {}
+def scaling_columns(peers, base):
+    """Columns of the speed-up table; base[(case, mode, framework)] is the time at the fewest threads."""
 
     def speedup(r, fw):
         b = base.get((r["case"], r["mode"], fw))
         return None if b is None or r[f"{fw}_ms"] is None else b / r[f"{fw}_ms"]
-
-    def remember(rows):
-        for r in sorted(rows, key=lambda r: r["threads"] or 0, reverse=True):
-            for fw in ("pyrnn",) + tuple(peers):
-                if r[f"{fw}_ms"] is not None:
-                    base[(r["case"], r["mode"], fw)] = r[f"{fw}_ms"]
 
     columns = [
         ("case", lambda r: r["case"]),
@@ -657,12 +650,11 @@ def scaling_columns(peers):
         ("pyrnn speed-up", lambda r: _fmt(speedup(r, "pyrnn"), ".2f", "x")),
         ("% peak", lambda r: _fmt(r["pct_peak"], ".1f", "%")),
     ]
-    short = {"torch": "torch", "reference": "ref"}
     for peer in peers:
-        columns += [(f"{short[peer]} ms", lambda r, p=peer: _fmt(r[f"{p}_ms"], ".3f")),
-                    (f"{short[peer]} speed-up", lambda r, p=peer: _fmt(speedup(r, p), ".2f", "x")),
-                    (f"{short[peer]}/pyrnn", lambda r, p=peer: _fmt(r[f"{p}_ratio"], ".2f", "x"))]
-    return columns, remember
+        columns += [(f"{PEER_SHORT[peer]} ms", lambda r, p=peer: _fmt(r[f"{p}_ms"], ".3f")),
+                    (f"{PEER_SHORT[peer]} speed-up", lambda r, p=peer: _fmt(speedup(r, p), ".2f", "x")),
+                    (f"{PEER_SHORT[peer]}/pyrnn", lambda r, p=peer: _fmt(r[f"{p}_ratio"], ".2f", "x"))]
+    return columns
 
 
 def scaling_table(rows, peers, markdown=False) -> str:
@@ -672,9 +664,12 @@ def scaling_table(rows, peers, markdown=False) -> str:
     for r in rows:
         first.setdefault(r["case"], len(first))
     rows.sort(key=lambda r: (first[r["case"]], MODES.index(r["mode"]), r["threads"]))
-    columns, remember = scaling_columns(peers)
-    remember(rows)
-    return format_table(rows, peers, markdown, columns)
+    base = {}
+    for r in rows:  # fewest threads first
+        for fw in ("pyrnn",) + tuple(peers):
+            if r[f"{fw}_ms"] is not None:
+                base.setdefault((r["case"], r["mode"], fw), r[f"{fw}_ms"])
+    return format_table(rows, peers, markdown, scaling_columns(peers, base))
 
 
 LEFT_COLUMNS = ("case", "mode", "check")

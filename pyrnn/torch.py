@@ -201,10 +201,11 @@ class _PyrnnRNNMixin:
     """forward for subclasses of torch.nn.RNNBase, on pyrnn's kernels."""
 
     _cell = "rnn"
+    reset_after = True  # GRU's keyword; the others always run PyTorch's equations
 
-    def _init_extras(self, recurrent_dropout, reset_after=True):
+    def __init__(self, *args, recurrent_dropout=0.0, **kwargs):
+        super().__init__(*args, **kwargs)
         self.recurrent_dropout = _check_probability("recurrent_dropout", recurrent_dropout)
-        self.reset_after = bool(reset_after)
 
     def extra_repr(self):
         s = super().extra_repr()
@@ -327,10 +328,6 @@ class RNN(_PyrnnRNNMixin, nn.RNN):
 
     _cell = "rnn"
 
-    def __init__(self, *args, recurrent_dropout=0.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_extras(recurrent_dropout)
-
 
 class LSTM(_PyrnnRNNMixin, nn.LSTM):
     """torch.nn.LSTM on pyrnn's kernels (gates i, f, g, o; proj_size as PyTorch).
@@ -339,10 +336,6 @@ class LSTM(_PyrnnRNNMixin, nn.LSTM):
     """
 
     _cell = "lstm"
-
-    def __init__(self, *args, recurrent_dropout=0.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_extras(recurrent_dropout)
 
 
 class GRU(_PyrnnRNNMixin, nn.GRU):
@@ -354,9 +347,9 @@ class GRU(_PyrnnRNNMixin, nn.GRU):
 
     _cell = "gru"
 
-    def __init__(self, *args, reset_after=True, recurrent_dropout=0.0, **kwargs):
+    def __init__(self, *args, reset_after=True, **kwargs):
         super().__init__(*args, **kwargs)
-        self._init_extras(recurrent_dropout, reset_after)
+        self.reset_after = bool(reset_after)
 
 
 # ------------------------------------------------------------------- cells --

@@ -22,6 +22,9 @@ NAMES = ["vanishing_gradients", "adding_problem", "char_rnn", "seq2seq"]
 
 
 def load(name):
+    # as `python examples/x.py` does, the examples' folder goes first on sys.path (for examples/_common.py)
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
     spec = importlib.util.spec_from_file_location(f"pyrnn_example_{name}", EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -28,8 +28,8 @@ inline bool profile_enabled() {
 class PhaseProfile {
  public:
   PhaseProfile(std::string what, int nthreads, bool enable = true)
-      : on(enable && profile_enabled()), what_(std::move(what)), busy_(size_t(nthreads)), wait_(size_t(nthreads)),
-        last_(size_t(nthreads)) {
+      : on(enable && profile_enabled()), what_(std::move(what)), busy_(on ? size_t(nthreads) : 0),
+        wait_(on ? size_t(nthreads) : 0), last_(on ? size_t(nthreads) : 0) {
     if (on) start_ = mark_ = omp_get_wtime();
   }
   ~PhaseProfile() {
