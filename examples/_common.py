@@ -33,7 +33,7 @@ def add_run_options(p: argparse.ArgumentParser, script: str,
 @contextlib.contextmanager
 def pyrnn_threads(n):
     """Runs the block with n pyrnn threads (None or 0: unchanged), then restores the setting."""
-    before = pyrnn.get_num_threads()
+    before = pyrnn.thread_setting()
     if n:
         pyrnn.set_num_threads(n)
     try:

@@ -18,20 +18,48 @@ def isa() -> str:
 
 
 def get_num_threads() -> int:
-    """Threads pyrnn's kernels use (default: OMP_NUM_THREADS, else the core count)."""
+    """The most threads a pyrnn kernel call uses: the fixed count set with
+    :func:`set_num_threads`, or in the default adaptive mode the limit
+    (``OMP_NUM_THREADS``, else the core count)."""
     return _core.get_num_threads()
 
 
-def set_num_threads(n: int) -> None:
-    """Set the threads pyrnn's kernels use; n must be a positive integer.
+def thread_setting() -> int | str:
+    """``"auto"`` (the default, adaptive) or the fixed count given to :func:`set_num_threads`.
+
+    Pass it back to :func:`set_num_threads` to restore a setting.
+    """
+    return "auto" if _core.threads_adaptive() else _core.get_num_threads()
+
+
+def set_num_threads(n: int | str) -> None:
+    """Set the threads pyrnn's kernels use: a positive integer, or ``"auto"``.
+
+    An integer fixes the count for every call. ``"auto"`` (the default) lets
+    each kind of call (entry point, cell, dtype, shape) use up to
+    ``OMP_NUM_THREADS`` (else the core count) threads, or one thread where one
+    is measured faster: pyrnn times both every so often and keeps the faster.
+    That matters in loops that also run NumPy: NumPy's BLAS threads
+    busy-wait between calls and, on the same cores, make pyrnn's per-step
+    barriers wait. Results are bitwise identical for any thread count.
 
     This affects pyrnn only: NumPy's and PyTorch's thread settings are untouched.
     """
+    if isinstance(n, str) and n == "auto":
+        _core.set_adaptive_threads()
+        return
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        raise TypeError(f"num_threads must be a positive integer, got {type(n).__name__} {n!r}")
+        raise TypeError(f"num_threads must be a positive integer or 'auto', got {type(n).__name__} {n!r}")
     if n < 1:
-        raise ValueError(f"num_threads must be a positive integer, got {n}")
+        raise ValueError(f"num_threads must be a positive integer or 'auto', got {n}")
     _core.set_num_threads(int(n))
+
+
+def thread_stats() -> dict:
+    """What the adaptive thread choice has done: shapes (keys) seen, and calls
+    run on one thread and on all threads (calls below the split threshold and
+    calls in fixed mode are not counted)."""
+    return dict(_core.thread_stats())
 
 
 def cache_info() -> dict:
@@ -73,6 +101,20 @@ def fma_peak_gflops(threads: int | None = None, seconds: float = 0.2) -> float:
     return _core.fma_peak_gflops(int(threads), float(seconds))
 
 
+def _openmp_wait() -> str:
+    """How long libgomp's idle threads busy-wait, as pyrnn's import left it."""
+    import os
+
+    import pyrnn
+
+    for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        if var in os.environ:
+            return f"{var}={os.environ[var]} (set by the user)"
+    if pyrnn._OPENMP_LOADED_BEFORE:
+        return "libgomp's default (~3 ms: it was loaded before pyrnn)"
+    return "short (GOMP_SPINCOUNT=10000, ~0.1 ms, set while pyrnn loaded libgomp)"
+
+
 def config() -> dict:
     """The configuration as a dict (what show_config prints)."""
     from . import __version__
@@ -91,6 +133,8 @@ def config() -> dict:
         "isa_supported": list(_core.isa_supported()),
         "isa_selected": selected,
         "num_threads": _core.get_num_threads(),
+        "thread_setting": thread_setting(),
+        "openmp_wait": _openmp_wait(),
         "num_procs": _core.num_procs(),
         "cache_limit_mb": _core.cache_info()["limit_bytes"] / 2**20,
     }
@@ -108,5 +152,8 @@ def show_config(file=None) -> None:
     print(f"  OpenMP:         {c['openmp']}", file=out)
     print(f"  ISA supported:  {', '.join(c['isa_supported'])}", file=out)
     print(f"  ISA selected:   {c['isa_selected']}", file=out)
-    print(f"  threads:        {c['num_threads']} (cores available: {c['num_procs']})", file=out)
+    mode = (f"auto, 1 to {c['num_threads']} per call" if c["thread_setting"] == "auto"
+            else f"{c['num_threads']} (fixed)")
+    print(f"  threads:        {mode} (cores available: {c['num_procs']})", file=out)
+    print(f"  OpenMP wait:    {c['openmp_wait']}", file=out)
     print(f"  buffer cache:   {c['cache_limit_mb']:g} MiB limit (pyrnn.set_cache_limit, PYRNN_CACHE_MB)", file=out)

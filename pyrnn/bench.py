@@ -474,7 +474,7 @@ class ThreadSetter:
 
     def __init__(self):
         self.torch = _import_torch()
-        self.saved = (pyrnn.get_num_threads(), self.torch.get_num_threads() if self.torch else None)
+        self.saved = (pyrnn.thread_setting(), self.torch.get_num_threads() if self.torch else None)
 
     def set(self, n):
         pyrnn.set_num_threads(n)

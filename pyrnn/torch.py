@@ -32,8 +32,9 @@ double backward (differentiating the gradients raises a RuntimeError saying
 so); ``torch.func`` transforms, ``torch.compile`` tracing and TorchScript do
 not see inside the kernels.
 
-Threads: pyrnn's kernels use ``pyrnn.get_num_threads()`` threads (its own
-setting: ``OMP_NUM_THREADS``, else the core count, or ``pyrnn.set_num_threads``),
+Threads: pyrnn's kernels use up to ``pyrnn.get_num_threads()`` threads (its own
+setting: adaptive up to ``OMP_NUM_THREADS``, else the core count, or fixed with
+``pyrnn.set_num_threads``),
 PyTorch's ops ``torch.get_num_threads()``; neither setting changes the other
 and this module changes neither. A kernel runs on the thread that called
 forward or backward while PyTorch's intra-op threads wait, so the two never

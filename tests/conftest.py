@@ -17,7 +17,7 @@ def isa(request, monkeypatch):
 @pytest.fixture
 def threads():
     """Lets a test change pyrnn's thread count; restores it afterwards."""
-    before = pyrnn.get_num_threads()
+    before = pyrnn.thread_setting()
     yield pyrnn.set_num_threads
     pyrnn.set_num_threads(before)
 

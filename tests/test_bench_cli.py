@@ -135,9 +135,9 @@ def test_mismatch_is_flagged(tmp_path, monkeypatch, capsys):
 
 
 def test_threads_restored(tmp_path):
-    before = pyrnn.get_num_threads()
+    before = pyrnn.thread_setting()
     rc, _ = run_json(tmp_path, "--cells", "rnn", "--modes", "fwd")
-    assert rc == 0 and pyrnn.get_num_threads() == before
+    assert rc == 0 and pyrnn.thread_setting() == before
 
 
 def test_busy_machine_warning(tmp_path, monkeypatch, capsys):

@@ -73,9 +73,9 @@ def test_examples_run_as_scripts_from_anywhere(tmp_path):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_vanishing_gradients_ratios_follow_the_theory(seed, capsys):
     vg = load("vanishing_gradients")
-    threads = pyrnn.get_num_threads()
+    threads = pyrnn.thread_setting()
     res = vg.main(["--fast", "--no-plot", "--seed", str(seed), "--threads", "1"])
-    assert pyrnn.get_num_threads() == threads  # main restores it
+    assert pyrnn.thread_setting() == threads  # main restores it
     r, per_step = res["ratios"], res["per_step"]
     rnn = [r[f"RNN tanh, radius {x:g}"] for x in (0.9, 1.0, 1.1, 1.5)]
     # tanh RNN: the larger the spectral radius, the more gradient reaches h_1

@@ -35,6 +35,17 @@ void register_config(py::module_& m) {
         "The level kernels use now (PYRNN_ISA if set); ValueError if PYRNN_ISA is invalid or unsupported.");
   m.def("get_num_threads", &pyrnn::get_num_threads);
   m.def("set_num_threads", &pyrnn::set_num_threads, py::arg("n"));
+  m.def("set_adaptive_threads", &pyrnn::set_adaptive_threads);
+  m.def("threads_adaptive", &pyrnn::threads_adaptive);
+  m.def("thread_stats", [] {
+    auto st = pyrnn::thread_stats();
+    py::dict d;
+    d["keys"] = st.keys;
+    d["calls_one_thread"] = st.calls_one;
+    d["calls_all_threads"] = st.calls_limit;
+    return d;
+  });
+  m.def("reset_thread_stats", &pyrnn::reset_thread_stats);
   m.def("num_procs", [] { return omp_get_num_procs(); });
   m.def("cache_info", [] {
     auto st = pyrnn::pool_stats();

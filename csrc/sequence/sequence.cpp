@@ -75,21 +75,42 @@ void run_backward(const KernelTable& k, const Workspace<T>& w, const ForwardArgs
 }
 }  // namespace
 
+// What the adaptive thread choice keys a sequence call on: the entry point,
+// cell, dtype, ISA and shape (not the lengths: time is compared per row).
+template <class T>
+uint64_t call_key(int entry, const ForwardArgs<T>& a, Isa isa) {
+  uint64_t h = 14695981039346656037ULL;
+  for (int64_t v : {int64_t(entry), int64_t(a.cell), int64_t(sizeof(T)), int64_t(isa), a.T, a.B, a.I, a.H, a.P,
+                    int64_t(a.h_mask != nullptr), int64_t(a.b_ih != nullptr)})
+    h = key_mix(h, uint64_t(v));
+  return h;
+}
+
+template <class T>
+double recurrent_flops_per_step(const ForwardArgs<T>& a) {
+  return 2.0 * double(a.B) * double(gates_of(a.cell)) * double(a.H) * double(a.P ? a.P : a.H);
+}
+
 template <class T>
 WorkspacePtr<T> sequence_forward(const ForwardArgs<T>& args, bool training, int nthreads) {
   WorkspacePtr<T> w(new Workspace<T>());
   w->sched = make_schedule(args.T, args.B, args.lengths, args.reverse);
   w->cell = args.cell;
   w->isa = isa_selected();
-  run_forward(kernels_for(w->isa), args, *w, training, std::max(1, nthreads));
+  {
+    ThreadChoice choice(call_key(training ? 1 : 2, args, w->isa), nthreads, recurrent_flops_per_step(args),
+                        double(w->sched.rows));
+    run_forward(kernels_for(w->isa), args, *w, training, choice.threads());
+  }
   if (!training) w.reset();
   return w;
 }
 
 template <class T>
 void sequence_backward(const Workspace<T>& ws, const ForwardArgs<T>& fwd, const BackwardArgs<T>& args, int nthreads) {
+  ThreadChoice choice(call_key(3, fwd, ws.isa), nthreads, 2 * recurrent_flops_per_step(fwd), double(ws.sched.rows));
   // Backward runs on the level that ran forward: the saved layout depends on it.
-  run_backward(kernels_for(ws.isa), ws, fwd, args, std::max(1, nthreads));
+  run_backward(kernels_for(ws.isa), ws, fwd, args, choice.threads());
 }
 
 template <class T>
@@ -99,11 +120,17 @@ int64_t workspace_bytes(const Workspace<T>& ws) {
 
 template <class T>
 void cell_step(const CellStepArgs<T>& args, int nthreads) {
-  const KernelTable& k = kernels_for(isa_selected());
+  const Isa isa = isa_selected();
+  const KernelTable& k = kernels_for(isa);
+  uint64_t key = 14695981039346656037ULL;
+  for (int64_t v : {int64_t(4), int64_t(args.cell), int64_t(sizeof(T)), int64_t(isa), args.B, args.I, args.H})
+    key = key_mix(key, uint64_t(v));
+  const double flops = 2.0 * double(args.B) * gates_of(args.cell) * double(args.H) * double(args.I + args.H);
+  ThreadChoice choice(key, nthreads, flops, 1.0);
   if constexpr (std::is_same_v<T, float>)
-    k.cell_f32(args, std::max(1, nthreads));
+    k.cell_f32(args, choice.threads());
   else
-    k.cell_f64(args, std::max(1, nthreads));
+    k.cell_f64(args, choice.threads());
 }
 template void cell_step(const CellStepArgs<float>&, int);
 template void cell_step(const CellStepArgs<double>&, int);

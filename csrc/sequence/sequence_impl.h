@@ -443,8 +443,12 @@ void bias_grad(BwdCtx<T>& b, int64_t col0, int ng, const int* order, T* db, int 
 template <class T>
 void input_grad(BwdCtx<T>& b, int64_t col0, int ng, const int* order, int tid, int nt, GemmScratch<T>& s) {
   const int64_t Hp = b.Hp, H = b.H, rows = b.sc.rows;
+  // Rows split in whole kGemmMR-row tiles: every row then lands in the same
+  // tile whatever the thread count, and a tile of one row (a GEMV with four
+  // partial sums) would sum in another order than a row of a taller tile.
   int64_t r0, r1;
-  split_range(rows, nt, tid, r0, r1);
+  split_range(ceil_div(rows, kGemmMR), nt, tid, r0, r1);
+  r0 *= kGemmMR, r1 = std::min(rows, r1 * kGemmMR);
   if (r0 >= r1) return;
   std::vector<const T*> arows(size_t(r1 - r0)), wrows(size_t(ng * Hp));
   std::vector<T*> crows(size_t(r1 - r0));
