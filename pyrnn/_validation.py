@@ -12,6 +12,10 @@ _NUM_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def _kind(a):
+    return "None" if a is None else "an array"
+
+
 def _as_float_array(name, a):
     a = np.asarray(a)
     if a.dtype not in _FLOAT_DTYPES:
@@ -65,6 +69,8 @@ def _check_forward_inputs(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, extr
     T, B, I = x.shape
     if T < 1:
         raise ValueError(f"x must have at least one time step (T >= 1), got T = {T}")
+    if I < 1:
+        raise ValueError(f"x must have at least one input feature (I >= 1), got I = {I}")
 
     W_hh = _as_float_array("W_hh", W_hh)
     if W_hr is not None:
@@ -76,15 +82,16 @@ def _check_forward_inputs(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, extr
         P, H = W_hr.shape
         _check_shape("W_hh", W_hh, (G * H, P), f"({G}*H, P)")
     else:
-        if W_hh.ndim != 2 or W_hh.shape[0] != G * W_hh.shape[1]:
-            raise ValueError(f"W_hh must have shape ({G}*H, H) for {cell}, got {W_hh.shape}")
+        if W_hh.ndim != 2 or W_hh.shape[0] != G * W_hh.shape[1] or W_hh.shape[1] < 1:
+            raise ValueError(f"W_hh must have shape ({G}*H, H) with H >= 1 for {cell}, got {W_hh.shape}")
         H = P = W_hh.shape[1]
 
     W_ih = _as_float_array("W_ih", W_ih)
     _check_shape("W_ih", W_ih, (G * H, I), f"({G}*H, I)")
 
     if (b_ih is None) != (b_hh is None):
-        raise ValueError("b_ih and b_hh must both be given or both be None")
+        raise ValueError(f"b_ih and b_hh must both be given or both be None, got b_ih {_kind(b_ih)} and "
+                         f"b_hh {_kind(b_hh)}")
     if b_ih is not None:
         b_ih = _as_float_array("b_ih", b_ih)
         b_hh = _as_float_array("b_hh", b_hh)

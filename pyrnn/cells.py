@@ -115,7 +115,7 @@ class _CellBase(_Parametrised):
         dh1 = None if dh1 is None else self._array("dh1", np.reshape(dh1, shape), 2, self.hidden_size)
         if dc1 is not None:
             if not isinstance(self, LSTMCell):
-                raise ValueError(f"dc1 is only used by LSTMCell, not {type(self).__name__}")
+                raise ValueError(f"dc1 is only used by LSTMCell, got dc1 for a {type(self).__name__}")
             dc1 = self._array("dc1", np.reshape(dc1, shape), 2, self.hidden_size)
         _, _, _, ws = F.forward(self._cell, x[None], h, c, *weights,
                                 nonlinearity=getattr(self, "nonlinearity", "tanh"),
@@ -156,7 +156,7 @@ class LSTMCell(_CellBase):
     def forward(self, x, hx=None):
         """x [B, I] or [I]; hx (h, c) each [B, H] or [H], or None. Returns (h', c')."""
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
-            raise TypeError("LSTMCell: hx must be a tuple (h, c) or None")
+            raise TypeError(f"LSTMCell: hx must be a tuple (h, c) or None, got {type(hx).__name__}")
         h, c = (None, None) if hx is None else hx
         x, (h, c), unbatched = self._prepare(x, [("hx[0]", h), ("hx[1]", c)])
         h1, c1 = self._step(x, h, c)

@@ -75,7 +75,7 @@ def hidden_state_grads(layer, x, hx=None, *, dy=None, dh_n=None, dc_n=None, leng
     dy = batched("dy", dy, (T, B, D * Ho))
     dh_n = batched("dh_n", dh_n, st_shape)
     if mode != "LSTM" and dc_n is not None:
-        raise ValueError(f"dc_n is only used by the LSTM, not {mode}")
+        raise ValueError(f"dc_n is only used by the LSTM, got dc_n for a {mode}")
     dc_n = batched("dc_n", dc_n, st_shape[:2] + (H,))
 
     workspaces = []

@@ -17,10 +17,12 @@ threads; results are bitwise identical for any thread count.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from . import _core
-from ._validation import _as_float_array, _check_forward_inputs, _check_shape
+from ._validation import _NUM_GATES, _as_float_array, _check_forward_inputs, _check_shape
 
 __all__ = [
     "forward",
@@ -46,10 +48,41 @@ def _c(a):
     return None if a is None else np.ascontiguousarray(a)
 
 
+def _physical_memory():
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(cell, x, W_hh, W_hr, lengths, training):
+    """MemoryError before any allocation when a call's outputs and workspace
+    would exceed this machine's physical memory (such an allocation may
+    succeed under overcommit and the process then be killed when it touches
+    the pages). The kernels' largest buffers: y [T,B,Ho], the input
+    projection [rows, G*H] and, for training, the saved gates [rows, <=4H]
+    and two more [rows, H]; plus packed weights."""
+    T, B, _ = x.shape
+    G, H = _NUM_GATES[cell], W_hh.shape[0] // _NUM_GATES[cell]
+    Ho = W_hh.shape[1]
+    rows = T * B if lengths is None else int(np.sum(lengths, dtype=np.int64))
+    Hp = H + 16
+    elements = T * B * Ho + rows * G * Hp + G * Hp * (Ho + 16) + (rows * (4 + 2) * Hp if training else 0)
+    if W_hr is not None:
+        elements += rows * Hp
+    need = elements * x.dtype.itemsize
+    have = _physical_memory()
+    if have is not None and need > have:
+        raise MemoryError(f"this call needs about {need / 2**30:.1f} GiB for its outputs and workspace "
+                          f"(T={T}, B={B}, H={H}), more than this machine's {have / 2**30:.1f} GiB; "
+                          f"got x of shape {x.shape}")
+
+
 def _forward(kind, cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training, h_mask=None, W_hr=None):
     given = dict(states)
     x, state_arrays, W_ih, W_hh, b_ih, b_hh, lengths_arr, extra = _check_forward_inputs(
         cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, extras={"h_mask": h_mask}, W_hr=W_hr)
+    _check_memory(cell, x, W_hh, extra["W_hr"], None if lengths is None else lengths_arr, training)
     # Omitted states are zeros inside the kernel; no need to pass arrays of them.
     h0 = state_arrays[0] if given["h0"] is not None else None
     c0 = state_arrays[1] if cell == "lstm" and given["c0"] is not None else None
@@ -156,7 +189,8 @@ def forward(cell, x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="
     if cell == "lstm":
         return lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr=W_hr, **kw)
     if c0 is not None or W_hr is not None:
-        raise ValueError(f"c0 and W_hr are only used by the LSTM, not {cell}")
+        raise ValueError(f"c0 and W_hr are only used by the LSTM, got "
+                         f"{'c0' if c0 is not None else 'W_hr'} for cell {cell!r}")
     if cell == "gru":
         y, h_n, ws = gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, reset_after=reset_after, **kw)
     elif cell == "rnn":
@@ -177,7 +211,7 @@ def backward(ws, dy=None, dh_n=None, dc_n=None, *, return_dh_seq=False):
         raise TypeError(f"backward needs a workspace from a training-mode forward, got {type(ws).__name__}")
     cell = _CELL_NAMES[ws.cell]
     if cell != "lstm" and dc_n is not None:
-        raise ValueError(f"dc_n is only used by the LSTM, not {cell}")
+        raise ValueError(f"dc_n is only used by the LSTM, got dc_n for a {cell} workspace")
     grads = {"dy": dy, "dh_n": dh_n} if cell != "lstm" else {"dy": dy, "dh_n": dh_n, "dc_n": dc_n}
     dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dh_seq, dW_hr = _backward(cell, ws, grads, return_dh_seq)
     out = {"x": dx, "h0": dh0, "c0": dc0, "W_ih": dW_ih, "W_hh": dW_hh, "b_ih": db_ih, "b_hh": db_hh, "W_hr": dW_hr}

@@ -269,7 +269,8 @@ class _RNNBase(_Parametrised):
             if hx is None:
                 return None, None
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError("LSTM: hx must be a tuple (h0, c0)")
+                raise TypeError(f"LSTM: hx must be a tuple (h0, c0), got {type(hx).__name__}"
+                                f"{'' if not isinstance(hx, (tuple, list)) else f' of length {len(hx)}'}")
             h0 = self._check_state("hidden[0]", hx[0], B, H_out, unbatched)
             c0 = self._check_state("hidden[1]", hx[1], B, self.hidden_size, unbatched)
             return h0, c0
@@ -367,7 +368,7 @@ class _RNNBase(_Parametrised):
             raise RuntimeError(f"{self.mode}.backward needs a forward call in training mode first "
                                f"(or backward was already called for it)")
         if self.mode != "LSTM" and dc_n is not None:
-            raise ValueError(f"dc_n is only used by the LSTM, not {self.mode}")
+            raise ValueError(f"dc_n is only used by the LSTM, got dc_n for a {self.mode}")
         T, B, unbatched = s["T"], s["B"], s["unbatched"]
         D, L = self.num_directions, self.num_layers
         H_out = self.proj_size or self.hidden_size

@@ -54,7 +54,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from . import _core
 from . import functional as F
 
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "InputError"]
 
 _DTYPES = (torch.float32, torch.float64)
 _DOUBLE_BACKWARD = (
@@ -142,11 +142,16 @@ class _Recurrence(torch.autograd.Function):
         return (None, *out)
 
 
+class InputError(ValueError, RuntimeError):
+    """A bad input (shape, device): a ValueError, and also the RuntimeError that
+    torch.nn raises in the same case, so code written for either keeps working."""
+
+
 def _check_tensor(owner, name, t, dtype=None):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{owner}: {name} must be a torch.Tensor, got {type(t).__name__}")
     if t.device.type != "cpu":
-        raise RuntimeError(f"{owner}: pyrnn's kernels run on the CPU only, but {name} is on {t.device}; move the "
+        raise InputError(f"{owner}: pyrnn's kernels run on the CPU only, but {name} is on {t.device}; move the "
                            f"module and inputs to the CPU (.cpu()) or use torch.nn.{owner} on {t.device.type}")
     if dtype is None:
         if t.dtype not in _DTYPES:
@@ -240,13 +245,13 @@ class _PyrnnRNNMixin:
             _check_tensor(name, arg, h, dtype)
             want = 2 if unbatched else 3
             if h.dim() != want:
-                raise RuntimeError(f"For {'unbatched 2-D' if unbatched else 'batched 3-D'} input, {arg} should "
+                raise InputError(f"For {'unbatched 2-D' if unbatched else 'batched 3-D'} input, {arg} should "
                                    f"also be {want}-D but got {h.dim()}-D tensor")
             if unbatched:
                 h = h.unsqueeze(1)
             expected = (LD, B, size)
             if tuple(h.shape) != expected:
-                raise RuntimeError(f"Expected {label} size {expected}, got {list(h.shape)}")
+                raise InputError(f"Expected {label} size {expected}, got {list(h.shape)}")
             out.append(h)
         return (out + [None])[:2]
 
@@ -266,7 +271,7 @@ class _PyrnnRNNMixin:
             x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
             lengths = None
         if x.size(-1) != self.input_size:
-            raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
+            raise InputError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
                                f"got {x.size(-1)}")
         if x.size(0) == 0:
             raise ValueError(f"{name}: Expected sequence length to be larger than 0")
@@ -377,7 +382,7 @@ class _PyrnnCellMixin:
         unbatched = input.dim() == 1
         x = input.unsqueeze(0) if unbatched else input
         if x.size(1) != self.input_size:
-            raise RuntimeError(f"{name}: input has inconsistent input_size: got {x.size(1)} expected "
+            raise InputError(f"{name}: input has inconsistent input_size: got {x.size(1)} expected "
                                f"{self.input_size}")
         checked = []
         for label, h in states:
@@ -388,7 +393,7 @@ class _PyrnnCellMixin:
                                      f"got {h.dim()}D instead")
                 h = h.unsqueeze(0) if unbatched else h
                 if tuple(h.shape) != (x.size(0), self.hidden_size):
-                    raise RuntimeError(f"{name}: {label} has shape {list(h.shape)}, expected "
+                    raise InputError(f"{name}: {label} has shape {list(h.shape)}, expected "
                                        f"{[x.size(0), self.hidden_size]} (batch, hidden_size)")
             checked.append(h)
         h0, c0 = (checked + [None])[:2]
@@ -426,7 +431,7 @@ class LSTMCell(_PyrnnCellMixin, nn.LSTMCell):
 
     def forward(self, input, hx=None):
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
-            raise TypeError("LSTMCell: hx must be a tuple (h, c) of tensors or None")
+            raise TypeError(f"LSTMCell: hx must be a tuple (h, c) of tensors or None, got {type(hx).__name__}")
         h, c = (None, None) if hx is None else hx
         return self._step(input, [("hx[0]", h), ("hx[1]", c)])
 
