@@ -394,9 +394,9 @@ def test_rnn_and_gru_validation():
     p = make_params(np.random.default_rng(0), "gru")
     with pytest.raises(ValueError, match="nonlinearity must be 'tanh' or 'relu', got 'sigmoid'"):
         ref.rnn_forward(p["x"], p["h0"], p["W_ih"][:H], p["W_hh"][:H], nonlinearity="sigmoid")
-    with pytest.raises(ValueError, match=r"W_hh must have shape \(1\*H, H\) for rnn"):
+    with pytest.raises(ValueError, match=r"W_hh must have shape \(1\*H, H\) with H >= 1 for rnn"):
         ref.rnn_forward(p["x"], p["h0"], p["W_ih"], p["W_hh"])
-    with pytest.raises(ValueError, match=r"W_hh must have shape \(3\*H, H\) for gru"):
+    with pytest.raises(ValueError, match=r"W_hh must have shape \(3\*H, H\) with H >= 1 for gru"):
         ref.gru_forward(p["x"], p["h0"], p["W_ih"][:H], p["W_hh"][:H])
 
 

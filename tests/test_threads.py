@@ -308,3 +308,15 @@ def test_many_python_threads_share_one_eval_layer_and_train_others(threads):
                 else:
                     for a, b in zip(got, expected_train[k]):
                         np.testing.assert_array_equal(a, b)
+
+
+def test_numpy_loop_script_runs(threads):
+    """bench/numpy_loop.py, the loop the README's thread table is measured with."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "numpy_loop.py"
+    spec = importlib.util.spec_from_file_location("numpy_loop", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--shape", "5,4,3,8", "--seconds", "0.05"]) > 0
