@@ -44,10 +44,13 @@ def main(argv=None):
         W -= 0.01 * dW
         lstm.zero_grad()
 
-    t0 = time.perf_counter()
-    for _ in range(5):
+    # warm-up: caches, and in adaptive mode the first timings of both choices
+    for _ in range(10):
         step()
-    n = max(5, int(args.seconds / ((time.perf_counter() - t0) / 5)))
+    t0 = time.perf_counter()
+    for _ in range(10):
+        step()
+    n = max(5, int(args.seconds / ((time.perf_counter() - t0) / 10)))
     t0 = time.perf_counter()
     for _ in range(n):
         step()

@@ -42,9 +42,14 @@ def _short_openmp_wait():
 
 
 def _libgomp_loaded():
+    """Whether a libgomp.so.1 (the soname pyrnn links) is loaded already; torch's
+    wheels may bundle one under that name, which the process then shares."""
+    import os
+
     try:
         with open("/proc/self/maps") as maps:
-            return "libgomp" in maps.read()
+            return any(os.path.basename(line.split()[-1]).startswith("libgomp.so")
+                       for line in maps if len(line.split()) >= 6)
     except OSError:
         return None
 

@@ -255,6 +255,9 @@ void gemm(int64_t M, int64_t N, int64_t K, const AView<T>& A, const BView<T>& B,
   // the micro-kernel passes over all MC rows of A; the kc x nc block of B
   // (~256 KiB) and the MC x kc block of A stay in L2.
   constexpr int64_t MC = 72;
+  // Row tiles start at multiples of MR (callers split rows in whole tiles):
+  // each row then sits in the same tile for any split, see input_grad.
+  static_assert(MC % MR == 0, "MC must hold whole row tiles");
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     if (!accumulate)

@@ -2,11 +2,14 @@
 // and fork safety of the OpenMP thread pool.
 #include "pyrnn/threads.h"
 
+#include "pyrnn/pool.h"
+
 #include <omp.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <exception>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -65,14 +68,18 @@ Table* the_table = nullptr;
 // thread exists there.) The adaptive table's lock is held across the fork so
 // that the child never inherits it locked.
 void before_fork() {
-  the_table->mu.lock();
   omp_pause_resource_all(omp_pause_soft);
+  the_table->mu.lock();
 }
 void after_fork() { the_table->mu.unlock(); }
 
 Table& table() {
   static Table* t = [] {
     the_table = new Table;  // never destroyed: calls may still finish during interpreter shutdown
+    // The buffer cache registers its fork handlers first, so that these run
+    // before its own (prepare handlers run in reverse order): the pool's
+    // threads then end while no pyrnn lock is held.
+    (void)pool_stats();
 #if defined(__unix__) || defined(__APPLE__)
     pthread_atfork(before_fork, after_fork, after_fork);
 #endif
@@ -128,11 +135,12 @@ ThreadChoice::ThreadChoice(uint64_t key, int limit, double per_step_flops, doubl
     (arm_ ? t.calls_limit : t.calls_one) += 1;
   }
   if (arm_ == 0) threads_ = 1;
+  exceptions_ = std::uncaught_exceptions();
   start_ = std::chrono::steady_clock::now();
 }
 
 ThreadChoice::~ThreadChoice() {
-  if (arm_ < 0) return;
+  if (arm_ < 0 || std::uncaught_exceptions() != exceptions_) return;  // a failed call says nothing of speed
   const double per_unit = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count() / units_;
   Table& t = table();
   std::lock_guard<std::mutex> lock(t.mu);
@@ -140,7 +148,11 @@ ThreadChoice::~ThreadChoice() {
   if (it == t.keys.end()) return;  // the table was cleared meanwhile
   KeyStats& s = it->second;
   Arm& a = s.arm[arm_];
-  if (a.samples++ == 0) return;  // warm-up call
+  if (a.samples == 0) {  // warm-up call
+    a.samples = 1;
+    return;
+  }
+  a.samples = std::min(a.samples + 1, 3);  // only 1, 2 and "more" matter
   if (arm_ == s.best && a.samples > 2)
     a.per_unit = 0.75 * a.per_unit + 0.25 * per_unit;
   else

@@ -76,11 +76,12 @@ void run_backward(const KernelTable& k, const Workspace<T>& w, const ForwardArgs
 }  // namespace
 
 // What the adaptive thread choice keys a sequence call on: the entry point,
-// cell, dtype, ISA and shape (not the lengths: time is compared per row).
+// cell, dtype, ISA and shape, but not T or the lengths (time is compared per
+// row), so loops whose sequence length changes every batch share one key.
 template <class T>
 uint64_t call_key(int entry, const ForwardArgs<T>& a, Isa isa) {
   uint64_t h = 14695981039346656037ULL;
-  for (int64_t v : {int64_t(entry), int64_t(a.cell), int64_t(sizeof(T)), int64_t(isa), a.T, a.B, a.I, a.H, a.P,
+  for (int64_t v : {int64_t(entry), int64_t(a.cell), int64_t(sizeof(T)), int64_t(isa), a.B, a.I, a.H, a.P,
                     int64_t(a.h_mask != nullptr), int64_t(a.b_ih != nullptr)})
     h = key_mix(h, uint64_t(v));
   return h;

@@ -46,6 +46,7 @@ class ThreadChoice {
  private:
   uint64_t key_;
   int threads_, arm_;  // arm_: -1 not timed, 0 one thread, 1 the limit
+  int exceptions_ = 0;
   double units_;
   std::chrono::steady_clock::time_point start_;
 };
