@@ -39,8 +39,9 @@ std::atomic<int>& setting() {
 // Per key: the time per unit of work at one thread (arm 0) and at the limit
 // (arm 1). The arm in use (`best`) is an average of recent calls; the other
 // arm's figure is its latest probe, taken every `interval` calls (8, doubling
-// to 256 while the choice holds). The first call of each arm is discarded
-// (first-touch page faults, cold caches).
+// to 256 while the choice holds, or more when probes are costly: see the
+// destructor). The first call of each arm is discarded (first-touch page
+// faults, cold caches).
 struct Arm {
   double per_unit = 0;
   int samples = 0;
@@ -169,6 +170,16 @@ ThreadChoice::~ThreadChoice() {
     s.best = best;
     s.interval = 8;
     s.next_probe = s.calls + s.interval;
+    return;
+  }
+  // A probe costs (ratio - 1) calls' time. Under contention a call on the
+  // limit can take tens of times longer than on one thread (its threads wait
+  // at every step for one that shares a core with another library's spinning
+  // threads), so probes are spaced to cost at most ~2% of the time.
+  if (first || arm_ != s.best) {
+    const double ratio = s.arm[1 - s.best].per_unit / s.arm[s.best].per_unit;
+    const auto spacing = int64_t(std::min(1e6, 50.0 * (ratio - 1.0)));
+    s.next_probe = std::max(s.next_probe, s.calls + spacing);
   }
 }
 
