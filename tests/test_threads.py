@@ -16,9 +16,12 @@ from pyrnn import functional as F
 hypothesis = pytest.importorskip("hypothesis")
 st = hypothesis.strategies
 
-# os.fork() in a process with threads (JAX's, torch's) warns on newer Pythons;
-# the children here only run pyrnn, whose pool is made fork-safe.
-fork_warning = pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
+# os.fork() in a process with threads warns: newer Pythons (DeprecationWarning)
+# and JAX, once initialised by an earlier test (RuntimeWarning from its
+# at-fork hook); the children here only run pyrnn, whose pool is fork-safe.
+def fork_warning(test):
+    test = pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")(test)
+    return pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")(test)
 
 CELLS = [("rnn", {"nonlinearity": "tanh"}), ("rnn", {"nonlinearity": "relu"}), ("lstm", {}),
          ("gru", {"reset_after": True}), ("gru", {"reset_after": False})]
