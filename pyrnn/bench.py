@@ -403,7 +403,7 @@ def max_rel_error(actual, expected) -> float:
 
 def check_case(runners: dict, modes) -> dict:
     """{peer: {"y": err, "dx": err}} comparing each peer's outputs with pyrnn's (max over modes)."""
-    errors = {}
+    errors: dict[str, dict[str, float]] = {}
     for mode in modes:
         y, dx = runners["pyrnn"][mode]()
         for peer in PEERS:
@@ -448,7 +448,7 @@ def time_calls(fns: dict, profile: Profile) -> dict:
         for _ in range(profile.warmup):
             if not call(name, fn):
                 break
-    times = {name: [] for name in live}
+    times: dict[str, list[float]] = {name: [] for name in live}
     start, budget = time.perf_counter(), profile.budget_s * max(1, len(live))
     rounds = 0
     while live and rounds < profile.max_reps and (rounds < profile.min_reps
@@ -536,13 +536,13 @@ def run_suite(cases, threads, modes, peers, profile, peaks, log=None) -> list:
                 rows.append(dict(_base_row(case, inputs, "-", None), status=status))
                 continue
             setter.set(threads[-1])
+            errors: dict | None
             try:
-                errors = check_case(runners, modes)
+                checked = check_case(runners, modes)
             except Exception as e:  # a broken runner must not stop the suite
-                errors = None
-                check = f"ERROR {type(e).__name__}: {e}"
+                errors, check = None, f"ERROR {type(e).__name__}: {e}"
             else:
-                check = check_summary(errors)
+                errors, check = checked, check_summary(checked)
             for t in threads:
                 setter.set(t)
                 for mode in modes:
@@ -660,11 +660,11 @@ def scaling_columns(peers, base):
 def scaling_table(rows, peers, markdown=False) -> str:
     """Rows grouped by case and mode, thread counts ascending, with speed-ups."""
     rows = [r for r in rows if r["status"] == "ok" and r["pyrnn_ms"] is not None]
-    first = {}
+    first: dict[str, int] = {}
     for r in rows:
         first.setdefault(r["case"], len(first))
     rows.sort(key=lambda r: (first[r["case"]], MODES.index(r["mode"]), r["threads"]))
-    base = {}
+    base: dict[tuple, float] = {}
     for r in rows:  # fewest threads first
         for fw in ("pyrnn",) + tuple(peers):
             if r[f"{fw}_ms"] is not None:
@@ -964,7 +964,7 @@ def training_memory(peers, shape=MEMORY_SHAPE) -> dict:
     """MiB of peak RSS growth for one LSTM training step, per peer ('pyrnn', 'torch')."""
     import subprocess
 
-    out = {}
+    out: dict[str, float | str | None] = {}
     for peer in peers:
         res = subprocess.run([sys.executable, "-c", _MEMORY_SNIPPET, peer, *map(str, shape)],
                              capture_output=True, text=True)

@@ -1,0 +1,91 @@
+# Type stubs for the C++ extension (csrc/bindings). Shapes use the project's
+# names: T steps, B batch, I inputs, H hidden units, G gates, P projection.
+# The kernels take C-contiguous float32/float64 arrays of one dtype;
+# pyrnn.functional validates and converts before calling them.
+from enum import Enum
+from typing import Any, Optional
+
+import numpy as np
+import numpy.typing as npt
+
+_Array = npt.NDArray[Any]
+
+class CellKind(Enum):
+    RNN_TANH = ...
+    RNN_RELU = ...
+    LSTM = ...
+    GRU = ...
+    GRU_RESET_BEFORE = ...
+
+class Workspace:
+    """What a training forward keeps for backward."""
+
+    @property
+    def cell(self) -> CellKind: ...
+    @property
+    def nbytes(self) -> int: ...
+    @property
+    def dtype(self) -> np.dtype[Any]: ...
+    @property
+    def shape(self) -> tuple[int, int, int, int]: ...  # (T, B, I, H)
+    @property
+    def proj_size(self) -> int: ...
+
+def sequence_forward(
+    cell: CellKind,
+    x: _Array,  # [T, B, I]
+    h0: Optional[_Array],  # [B, H or P]
+    c0: Optional[_Array],  # [B, H], LSTM
+    W_ih: _Array,  # [G*H, I]
+    W_hh: _Array,  # [G*H, H or P]
+    b_ih: Optional[_Array],  # [G*H]
+    b_hh: Optional[_Array],
+    lengths: Optional[_Array],  # [B] int64 in [1, T]
+    reverse: bool,
+    training: bool,
+    W_hr: Optional[_Array] = None,  # [P, H]
+    h_mask: Optional[_Array] = None,  # [B, H or P]
+) -> tuple[_Array, _Array, Optional[_Array], Optional[Workspace]]: ...  # y, h_n, c_n, workspace
+def sequence_backward(
+    workspace: Workspace,
+    dy: Optional[_Array],
+    dh_n: Optional[_Array],
+    dc_n: Optional[_Array],
+    want_dh_seq: bool = False,
+) -> tuple[
+    _Array,  # dx
+    _Array,  # dh0
+    Optional[_Array],  # dc0
+    _Array,  # dW_ih
+    _Array,  # dW_hh
+    Optional[_Array],  # db_ih
+    Optional[_Array],  # db_hh
+    Optional[_Array],  # dh_seq
+    Optional[_Array],  # dW_hr
+]: ...
+def cell_step(
+    cell: CellKind,
+    x: _Array,  # [B, I]
+    h: Optional[_Array],
+    c: Optional[_Array],
+    W_ih: _Array,
+    W_hh: _Array,
+    b_ih: Optional[_Array],
+    b_hh: Optional[_Array],
+) -> tuple[_Array, Optional[_Array]]: ...  # h1, c1 (LSTM)
+
+# configuration
+def build_info() -> dict[str, Any]: ...
+def isa_supported() -> list[str]: ...
+def isa_selected() -> str: ...
+def get_num_threads() -> int: ...
+def set_num_threads(n: int) -> None: ...
+def set_adaptive_threads() -> None: ...
+def threads_adaptive() -> bool: ...
+def thread_stats() -> dict[str, int]: ...
+def reset_thread_stats() -> None: ...
+def num_procs() -> int: ...
+def cache_info() -> dict[str, int]: ...
+def set_cache_limit(bytes: int) -> None: ...
+def empty_cache() -> None: ...
+def fma_peak_gflops(nthreads: int, seconds: float = 0.2) -> float: ...
