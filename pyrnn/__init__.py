@@ -48,8 +48,8 @@ def _libgomp_loaded():
 
     try:
         with open("/proc/self/maps") as maps:
-            return any(os.path.basename(line.split()[-1]).startswith("libgomp.so")
-                       for line in maps if len(line.split()) >= 6)
+            return any(os.path.basename(fields[-1]).startswith("libgomp.so")
+                       for fields in map(str.split, maps) if len(fields) >= 6)
     except OSError:
         return None
 

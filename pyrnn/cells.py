@@ -88,7 +88,8 @@ class _CellBase(_Parametrised):
         out = []
         for name, s in states:
             if s is not None:
-                s = self._array(name, s[None] if unbatched and np.ndim(s) == 1 else s, 2, self.hidden_size)
+                s = np.asarray(s)  # lists too
+                s = self._array(name, s[None] if unbatched and s.ndim == 1 else s, 2, self.hidden_size)
                 if s.shape[0] != x.shape[0]:
                     raise ValueError(f"Input batch size {x.shape[0]} doesn't match {name} batch size {s.shape[0]}")
             out.append(s)

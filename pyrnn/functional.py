@@ -55,6 +55,9 @@ def _physical_memory():
         return None
 
 
+_PHYSICAL_MEMORY = _physical_memory()
+
+
 def _check_memory(cell, x, W_hh, W_hr, lengths, training):
     """MemoryError before any allocation when a call's outputs and workspace
     would exceed this machine's physical memory (such an allocation may
@@ -71,7 +74,7 @@ def _check_memory(cell, x, W_hh, W_hr, lengths, training):
     if W_hr is not None:
         elements += rows * Hp
     need = elements * x.dtype.itemsize
-    have = _physical_memory()
+    have = _PHYSICAL_MEMORY
     if have is not None and need > have:
         raise MemoryError(f"this call needs about {need / 2**30:.1f} GiB for its outputs and workspace "
                           f"(T={T}, B={B}, H={H}), more than this machine's {have / 2**30:.1f} GiB; "

@@ -89,6 +89,11 @@ def call(fn):
         return "error", e
 
 
+def flat(outputs):
+    """A layer's or cell's (output, state or (h, c)) results as one list of arrays."""
+    return [a for t in outputs for a in (t if isinstance(t, tuple) else (t,))]
+
+
 def same(a, b):
     return a is None and b is None or np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True)
 
@@ -254,7 +259,6 @@ def test_layers(kind, layers, bidirectional, batch_first, unbatched, T, B, targe
         assert how == "big-endian" or (how == "list" and target != "lengths"), got  # lists are float64
         return
     expected = run(clean)
-    flat = lambda o: [a for t in o for a in (t if isinstance(t, tuple) else (t,))]  # noqa
     got_flat, exp_flat = flat(got[0]) + flat(got[1]), flat(expected[0]) + flat(expected[1])
     assert all(same(a, b) for a, b in zip(got_flat, exp_flat))
 
@@ -293,7 +297,6 @@ def test_cells(kind, B, unbatched, target, how, seed):
         assert how in ("big-endian", "list"), got
         return
     expected = run(clean)
-    flat = lambda o: [a for t in o for a in (t if isinstance(t, tuple) else (t,))]  # noqa
     assert all(same(a, b) for a, b in zip(flat(got), flat(expected)))
 
 

@@ -56,11 +56,10 @@ void cell_step_impl(const CellStepArgs<T>& a, int nthreads) {
   const T* h = a.h ? a.h : zeros.data();
   const T* c = a.c ? a.c : zeros.data();
   const bool before = a.cell == CellKind::GruResetBefore;
-  // Threads only pay off once the weights no longer fit one core's caches.
-  const int64_t work = B * N * (I + H);
+  // (Whether a step splits at all is decided by the caller, sequence.cpp.)
   const int64_t units_per_chunk = L;
   const int64_t nchunks = (H + units_per_chunk - 1) / units_per_chunk;
-  int nth = work < (1 << 17) ? 1 : int(std::min<int64_t>(nthreads, nchunks));
+  int nth = int(std::min<int64_t>(nthreads, nchunks));
 #pragma omp parallel num_threads(nth)
   {
     int64_t c0, c1;

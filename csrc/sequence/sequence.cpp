@@ -79,12 +79,9 @@ void run_backward(const KernelTable& k, const Workspace<T>& w, const ForwardArgs
 // cell, dtype, ISA and shape, but not T or the lengths (time is compared per
 // row), so loops whose sequence length changes every batch share one key.
 template <class T>
-uint64_t call_key(int entry, const ForwardArgs<T>& a, Isa isa) {
-  uint64_t h = 14695981039346656037ULL;
-  for (int64_t v : {int64_t(entry), int64_t(a.cell), int64_t(sizeof(T)), int64_t(isa), a.B, a.I, a.H, a.P,
-                    int64_t(a.h_mask != nullptr), int64_t(a.b_ih != nullptr)})
-    h = key_mix(h, uint64_t(v));
-  return h;
+uint64_t sequence_key(int entry, const ForwardArgs<T>& a, Isa isa) {
+  return call_key({entry, int64_t(a.cell), int64_t(sizeof(T)), int64_t(isa), a.B, a.I, a.H, a.P,
+                   int64_t(a.h_mask != nullptr), int64_t(a.b_ih != nullptr)});
 }
 
 template <class T>
@@ -99,7 +96,7 @@ WorkspacePtr<T> sequence_forward(const ForwardArgs<T>& args, bool training, int 
   w->cell = args.cell;
   w->isa = isa_selected();
   {
-    ThreadChoice choice(call_key(training ? 1 : 2, args, w->isa), nthreads, recurrent_flops_per_step(args),
+    ThreadChoice choice(sequence_key(training ? 1 : 2, args, w->isa), nthreads, recurrent_flops_per_step(args),
                         double(w->sched.rows));
     run_forward(kernels_for(w->isa), args, *w, training, choice.threads());
   }
@@ -109,7 +106,7 @@ WorkspacePtr<T> sequence_forward(const ForwardArgs<T>& args, bool training, int 
 
 template <class T>
 void sequence_backward(const Workspace<T>& ws, const ForwardArgs<T>& fwd, const BackwardArgs<T>& args, int nthreads) {
-  ThreadChoice choice(call_key(3, fwd, ws.isa), nthreads, 2 * recurrent_flops_per_step(fwd), double(ws.sched.rows));
+  ThreadChoice choice(sequence_key(3, fwd, ws.isa), nthreads, 2 * recurrent_flops_per_step(fwd), double(ws.sched.rows));
   // Backward runs on the level that ran forward: the saved layout depends on it.
   run_backward(kernels_for(ws.isa), ws, fwd, args, choice.threads());
 }
@@ -123,11 +120,11 @@ template <class T>
 void cell_step(const CellStepArgs<T>& args, int nthreads) {
   const Isa isa = isa_selected();
   const KernelTable& k = kernels_for(isa);
-  uint64_t key = 14695981039346656037ULL;
-  for (int64_t v : {int64_t(4), int64_t(args.cell), int64_t(sizeof(T)), int64_t(isa), args.B, args.I, args.H})
-    key = key_mix(key, uint64_t(v));
   const double flops = 2.0 * double(args.B) * gates_of(args.cell) * double(args.H) * double(args.I + args.H);
-  ThreadChoice choice(key, nthreads, flops, 1.0);
+  // One step splits only once its weights no longer fit one core's caches.
+  const int limit = flops < double(1 << 18) ? 1 : nthreads;
+  ThreadChoice choice(call_key({4, int64_t(args.cell), int64_t(sizeof(T)), int64_t(isa), args.B, args.I, args.H}),
+                      limit, flops, 1.0);
   if constexpr (std::is_same_v<T, float>)
     k.cell_f32(args, choice.threads());
   else

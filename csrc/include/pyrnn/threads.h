@@ -15,6 +15,7 @@
 #pragma once
 #include <chrono>
 #include <cstdint>
+#include <initializer_list>
 
 namespace pyrnn {
 
@@ -53,6 +54,13 @@ class ThreadChoice {
 
 // Mixes a value into a key (FNV-1a style).
 constexpr uint64_t key_mix(uint64_t h, uint64_t v) { return (h ^ v) * 1099511628211ULL; }
+
+// A ThreadChoice key from the fields that tell kinds of call apart.
+inline uint64_t call_key(std::initializer_list<int64_t> fields) {
+  uint64_t h = 14695981039346656037ULL;
+  for (int64_t v : fields) h = key_mix(h, uint64_t(v));
+  return h;
+}
 
 // What the adaptive mode has learned, for tests and diagnostics: number of
 // keys, and how many calls ran at one thread and at the limit.
