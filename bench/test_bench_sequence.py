@@ -5,79 +5,70 @@ Run: python -m pytest bench/ --benchmark-only   (CI runs them with
 checks the kernel against the NumPy reference on a smaller twin of its shape.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from pyrnn import functional as F
 from pyrnn import reference as R
-from pyrnn.testing import VARIANTS, assert_close, make_params, random_cotangents, run_backward, run_forward
+from pyrnn.bench.cases import SUITE, Case
+from pyrnn.testing import assert_close, make_params, random_cotangents, run_backward, run_forward
 
-# (variant, B, T, H) with I = H: the standard suite's single-layer shapes.
-SHAPES = [
-    ("lstm", 64, 50, 512),
-    ("lstm", 16, 25, 1024),
-    ("lstm", 32, 100, 256),
-    ("lstm", 1, 150, 256),
-    ("lstm", 4, 25, 1024),
-    ("gru", 32, 100, 256),
-    ("gru", 64, 50, 512),
-    ("gru", 1, 100, 512),
-    ("gru_v3", 32, 100, 256),
-    ("rnn_tanh", 16, 50, 1760),
-]
+# The standard suite's single-layer, unidirectional shapes, and its first GRU shape with reset_after=False.
+CASES = [c for c in SUITE if c.layers == 1 and not c.bidirectional]
+CASES.append(dataclasses.replace(next(c for c in CASES if c.variant == "gru"), variant="gru_reset_before"))
 
 
-def _ids(shape):
-    v, B, T, H = shape
-    return f"{v}-B{B}-T{T}-H{H}"
+def _id(case):
+    i = f"-I{case.I}" if case.I not in (None, case.H) else ""
+    return f"{case.variant}-B{case.B}-T{case.T}{i}-H{case.H}"
 
 
-def _check_twin(variant, B, T, H):
+def _check_twin(case):
     """Kernel vs reference (float32 kernel, float64 reference) on a reduced shape."""
     rng = np.random.default_rng(0)
-    b, t, h = min(B, 5), min(T, 6), min(H, 37)
-    p = make_params(rng, VARIANTS[variant][0], T=t, B=b, I=h, H=h, dtype=np.float32)
-    outs, ws = run_forward(F, variant, p)
-    ref, cache = run_forward(R, variant, {k: v.astype(np.float64) for k, v in p.items()})
+    b, t, i, h = min(case.B, 5), min(case.T, 6), min(case.input_size, 37), min(case.H, 37)
+    p = make_params(rng, case.cell, T=t, B=b, I=i, H=h, dtype=np.float32)
+    outs, ws = run_forward(F, case.variant, p)
+    ref, cache = run_forward(R, case.variant, {k: v.astype(np.float64) for k, v in p.items()})
     for k in outs:
         assert_close(outs[k], ref[k], np.float32, k)
     cot = random_cotangents(rng, outs)
-    grads = run_backward(F, variant, ws, cot)
-    ref_grads = run_backward(R, variant, cache, {k: v.astype(np.float64) for k, v in cot.items()})
+    grads = run_backward(F, case.variant, ws, cot)
+    ref_grads = run_backward(R, case.variant, cache, {k: v.astype(np.float64) for k, v in cot.items()})
     for k, g in grads.items():
         assert_close(g, ref_grads[k], np.float32, "d" + k)
 
 
-def _full(variant, B, T, H):
+def _full(case):
     rng = np.random.default_rng(1)
-    p = make_params(rng, VARIANTS[variant][0], T=T, B=B, I=H, H=H, dtype=np.float32)
-    scale = np.float32(1.0 / np.sqrt(H))  # PyTorch's init range keeps the gates off saturation
+    p = make_params(rng, case.cell, T=case.T, B=case.B, I=case.input_size, H=case.H, dtype=np.float32)
+    scale = np.float32(1.0 / np.sqrt(case.H))  # PyTorch's init range keeps the gates off saturation
     for k in ("W_ih", "W_hh", "b_ih", "b_hh"):
         p[k] = p[k] * scale
     return p
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
-def test_forward_inference(benchmark, shape):
-    variant = shape[0]
-    benchmark.group = f"{VARIANTS[variant][0]} forward"
-    _check_twin(*shape)
-    p = _full(*shape)
-    outs, ws = benchmark(run_forward, F, variant, p, training=False)
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_forward_inference(benchmark, case: Case):
+    benchmark.group = f"{case.cell} forward"
+    _check_twin(case)
+    p = _full(case)
+    outs, ws = benchmark(run_forward, F, case.variant, p, training=False)
     assert ws is None and np.all(np.isfinite(outs["y"]))
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
-def test_forward_backward(benchmark, shape):
-    variant = shape[0]
-    benchmark.group = f"{VARIANTS[variant][0]} forward+backward"
-    _check_twin(*shape)
-    p = _full(*shape)
-    dy = np.ones((shape[2], shape[1], shape[3]), np.float32)
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_forward_backward(benchmark, case: Case):
+    benchmark.group = f"{case.cell} forward+backward"
+    _check_twin(case)
+    p = _full(case)
+    dy = np.ones((case.T, case.B, case.H), np.float32)
 
     def train_step():
-        _, ws = run_forward(F, variant, p)
-        return run_backward(F, variant, ws, {"y": dy})
+        _, ws = run_forward(F, case.variant, p)
+        return run_backward(F, case.variant, ws, {"y": dy})
 
     grads = benchmark(train_step)
     assert all(np.all(np.isfinite(g)) for g in grads.values() if g is not None)

@@ -36,7 +36,7 @@ BASELINE_MSE = 1.0 / 6.0  # always predicting 1: Var(U1 + U2)
 MODELS = {
     "lstm": ("LSTM", lambda hidden, rng: pyrnn.LSTM(2, hidden, rng=rng)),
     "gru": ("GRU", lambda hidden, rng: pyrnn.GRU(2, hidden, rng=rng)),
-    "gru_v3": ("GRU (reset_after=False)", lambda hidden, rng: pyrnn.GRU(2, hidden, reset_after=False, rng=rng)),
+    "gru_reset_before": ("GRU (reset_after=False)", lambda hidden, rng: pyrnn.GRU(2, hidden, reset_after=False, rng=rng)),
     "rnn": ("RNN (tanh)", lambda hidden, rng: pyrnn.RNN(2, hidden, nonlinearity="tanh", rng=rng)),
 }
 

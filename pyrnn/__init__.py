@@ -66,7 +66,7 @@ try:
     from ._config import (cache_info, empty_cache, fma_peak_gflops, get_num_threads, isa, set_cache_limit,
                           set_num_threads, show_config, thread_setting, thread_stats)
     from .cells import GRUCell, LSTMCell, RNNCell
-    from .layers import GRU, LSTM, RNN
+    from .layers import GRU, LSTM, RNN, Linear
 finally:
     _restore_environment()
 
@@ -82,6 +82,7 @@ __all__ = [
     "RNNCell",
     "LSTMCell",
     "GRUCell",
+    "Linear",
     "functional",
     "optim",
     "diagnostics",

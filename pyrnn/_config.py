@@ -9,7 +9,8 @@ from . import _core
 
 
 def isa() -> str:
-    """The ISA level kernels use now: 'avx512', 'avx2' or 'scalar'.
+    """The ISA level kernels use now: 'avx512', 'avx2' or 'baseline' (the
+    architecture's 16-byte SIMD: SSE2 on x86-64, NEON on aarch64).
 
     ``PYRNN_ISA`` forces a lower level; a level above what this CPU (or build)
     supports raises ValueError.

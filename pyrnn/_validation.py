@@ -1,41 +1,50 @@
-"""Input validation shared by the NumPy reference and the kernel API.
+"""Input validation: the one place pyrnn checks what users pass.
 
 Every bad input raises ValueError or TypeError naming what was expected and
-what was given.
+what was given. The layers, cells, :mod:`pyrnn.functional`,
+:mod:`pyrnn.reference`, :mod:`pyrnn.jax` and :mod:`pyrnn.diagnostics` check
+their arguments here (:mod:`pyrnn.torch` checks tensors itself, as torch.nn
+does); the C++ extension re-checks only what protects memory.
 """
 
 from __future__ import annotations
 
+import numbers
+from typing import NamedTuple, Optional, Tuple
+
 import numpy as np
 
-_NUM_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+from ._cells import GATES
+
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
+
+# ------------------------------------------------------------------ arrays --
 
 def _kind(a):
     return "None" if a is None else "an array"
 
 
-def _as_float_array(name, a):
+def as_float_array(name, a):
     a = np.asarray(a)
     if a.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
     return a
 
 
-def _check_shape(name, a, shape, layout):
+def check_shape(name, a, shape, layout):
     if a.shape != shape:
         raise ValueError(f"{name} must have shape {layout} = {shape}, got {a.shape}")
 
 
-def _check_same_dtype(arrays):
+def check_same_dtype(arrays):
     dtypes = {name: a.dtype for name, a in arrays.items() if a is not None}
     if len(set(dtypes.values())) > 1:
         given = ", ".join(f"{name}={dt}" for name, dt in dtypes.items())
         raise TypeError(f"all inputs must have the same dtype, got {given}")
 
 
-def _check_lengths(lengths, T, B):
+def check_lengths(lengths, T, B):
     """Return lengths as an intp array [B] (all T when lengths is None)."""
     if lengths is None:
         return np.full(B, T, dtype=np.intp)
@@ -51,19 +60,29 @@ def _check_lengths(lengths, T, B):
     return lengths.astype(np.intp)
 
 
-def _check_forward_inputs(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, extras=None, W_hr=None):
-    """Validate the forward inputs of ``cell``.
+class ForwardInputs(NamedTuple):
+    """The checked inputs of one layer and direction (:func:`check_forward`)."""
 
-    ``states`` maps "h0" (and "c0") to an array or None.  ``W_hr`` (LSTM
+    x: np.ndarray
+    states: Tuple[np.ndarray, ...]  # h0 (and c0), zeros where None was given
+    W_ih: np.ndarray
+    W_hh: np.ndarray
+    b_ih: Optional[np.ndarray]
+    b_hh: Optional[np.ndarray]
+    lengths: np.ndarray  # intp [B], T where None was given
+    h_mask: Optional[np.ndarray]
+    W_hr: Optional[np.ndarray]
+
+
+def check_forward(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask=None, W_hr=None) -> ForwardInputs:
+    """Validate the forward inputs of ``cell`` ("rnn", "lstm" or "gru").
+
+    ``states`` maps "h0" (and "c0") to an array or None. ``W_hr`` (LSTM
     projection, [P, H]) makes h P wide: W_hh is then [4H, P], h0 [B, P].
-    ``extras`` maps further names to an array or None, each checked to be
-    [B, Ho] (Ho = P or H) and of the common dtype (e.g. a recurrent-dropout
-    mask).  Returns (x, states tuple with None replaced by zeros, W_ih, W_hh,
-    b_ih, b_hh, lengths as an intp array) and, when ``extras`` or ``W_hr`` is
-    given, a dict of the checked extras (with "W_hr") as a last element.
+    ``h_mask`` (recurrent dropout) is [B, P or H].
     """
-    G = _NUM_GATES[cell]
-    x = _as_float_array("x", x)
+    G = GATES[cell]
+    x = as_float_array("x", x)
     if x.ndim != 3:
         raise ValueError(f"x must be a 3-D array [T, B, I], got ndim {x.ndim} (shape {x.shape})")
     T, B, I = x.shape
@@ -72,85 +91,175 @@ def _check_forward_inputs(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, extr
     if I < 1:
         raise ValueError(f"x must have at least one input feature (I >= 1), got I = {I}")
 
-    W_hh = _as_float_array("W_hh", W_hh)
+    W_hh = as_float_array("W_hh", W_hh)
     if W_hr is not None:
         if cell != "lstm":
             raise ValueError(f"W_hr (a projection) is only supported for the LSTM, not {cell}")
-        W_hr = _as_float_array("W_hr", W_hr)
+        W_hr = as_float_array("W_hr", W_hr)
         if W_hr.ndim != 2 or not 1 <= W_hr.shape[0] < W_hr.shape[1]:
             raise ValueError(f"W_hr must have shape (P, H) with 1 <= P < H, got {W_hr.shape}")
         P, H = W_hr.shape
-        _check_shape("W_hh", W_hh, (G * H, P), f"({G}*H, P)")
+        check_shape("W_hh", W_hh, (G * H, P), f"({G}*H, P)")
     else:
         if W_hh.ndim != 2 or W_hh.shape[0] != G * W_hh.shape[1] or W_hh.shape[1] < 1:
             raise ValueError(f"W_hh must have shape ({G}*H, H) with H >= 1 for {cell}, got {W_hh.shape}")
         H = P = W_hh.shape[1]
+    h_layout = "(B, P)" if W_hr is not None else "(B, H)"
 
-    W_ih = _as_float_array("W_ih", W_ih)
-    _check_shape("W_ih", W_ih, (G * H, I), f"({G}*H, I)")
+    W_ih = as_float_array("W_ih", W_ih)
+    check_shape("W_ih", W_ih, (G * H, I), f"({G}*H, I)")
 
     if (b_ih is None) != (b_hh is None):
         raise ValueError(f"b_ih and b_hh must both be given or both be None, got b_ih {_kind(b_ih)} and "
                          f"b_hh {_kind(b_hh)}")
     if b_ih is not None:
-        b_ih = _as_float_array("b_ih", b_ih)
-        b_hh = _as_float_array("b_hh", b_hh)
-        _check_shape("b_ih", b_ih, (G * H,), f"({G}*H,)")
-        _check_shape("b_hh", b_hh, (G * H,), f"({G}*H,)")
+        b_ih = as_float_array("b_ih", b_ih)
+        b_hh = as_float_array("b_hh", b_hh)
+        check_shape("b_ih", b_ih, (G * H,), f"({G}*H,)")
+        check_shape("b_hh", b_hh, (G * H,), f"({G}*H,)")
 
-    given_states = {}
-    sizes = {}
+    given, sizes = {}, {}
     for name, s in states.items():
-        size, layout = (H, "(B, H)") if name == "c0" or W_hr is None else (P, "(B, P)")
+        size, layout = (H, "(B, H)") if name == "c0" else (P, h_layout)
         sizes[name] = size
         if s is not None:
-            s = _as_float_array(name, s)
-            _check_shape(name, s, (B, size), layout)
-        given_states[name] = s
-    checked_extras = {}
-    for name, e in (extras or {}).items():
-        if e is not None:
-            e = _as_float_array(name, e)
-            _check_shape(name, e, (B, P), "(B, P)" if W_hr is not None else "(B, H)")
-        checked_extras[name] = e
+            s = as_float_array(name, s)
+            check_shape(name, s, (B, size), layout)
+        given[name] = s
+    if h_mask is not None:
+        h_mask = as_float_array("h_mask", h_mask)
+        check_shape("h_mask", h_mask, (B, P), h_layout)
 
-    _check_same_dtype({"x": x, "W_ih": W_ih, "W_hh": W_hh, "b_ih": b_ih, "b_hh": b_hh, "W_hr": W_hr,
-                       **given_states, **checked_extras})
-    state_arrays = tuple(
-        np.zeros((B, sizes[name]), dtype=x.dtype) if s is None else s for name, s in given_states.items()
-    )
-    lengths = _check_lengths(lengths, T, B)
-    out = (x, state_arrays, W_ih, W_hh, b_ih, b_hh, lengths)
-    if extras is not None or W_hr is not None:
-        out += ({**checked_extras, "W_hr": W_hr},)
+    check_same_dtype({"x": x, "W_ih": W_ih, "W_hh": W_hh, "b_ih": b_ih, "b_hh": b_hh, "W_hr": W_hr, **given,
+                      "h_mask": h_mask})
+    state_arrays = tuple(np.zeros((B, sizes[name]), dtype=x.dtype) if s is None else s for name, s in given.items())
+    return ForwardInputs(x, state_arrays, W_ih, W_hh, b_ih, b_hh, check_lengths(lengths, T, B), h_mask, W_hr)
+
+
+def check_grads(dtype, expected, grads, zeros=False):
+    """Output gradients of a backward call: ``grads`` maps a name to an array or
+    None, ``expected`` a name to (shape, layout). Each must have the forward's
+    ``dtype``. Returns the list of arrays, None (or zeros, with ``zeros``) where
+    None was given."""
+    out = []
+    for name, g in grads.items():
+        shape, layout = expected[name]
+        if g is None:
+            out.append(np.zeros(shape, dtype=dtype) if zeros else None)
+            continue
+        g = as_float_array(name, g)
+        if g.dtype != dtype:
+            raise TypeError(f"{name} must have the forward dtype {dtype}, got {g.dtype}")
+        check_shape(name, g, shape, layout)
+        out.append(g)
     return out
 
 
-def _check_backward_inputs(cell, cache, dy, dfinal):
-    """Validate the backward inputs; None gradients become zeros.
+# ------------------------------------------------ layer and cell arguments --
 
-    ``dfinal`` maps "dh_n" (and "dc_n") to an array or None.  Returns
-    (dy, tuple of final-state gradients).
-    """
-    if cache is None:
-        raise ValueError(
-            f"{cell}_backward needs the cache of {cell}_forward(..., training=True), got None"
-        )
-    if not isinstance(cache, dict) or cache.get("cell") != cell:
-        origin = cache.get("cell") if isinstance(cache, dict) else type(cache).__name__
-        raise ValueError(f"{cell}_backward needs a cache from {cell}_forward, got one from {origin!r}")
-    T, B, _ = cache["x"].shape
-    H = cache["W_hh"].shape[1]
-    dtype = cache["x"].dtype
+def check_dtype(dtype):
+    dt = np.dtype(dtype)
+    if dt not in _FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
 
-    def grad(name, g, shape, layout):
-        if g is None:
-            return np.zeros(shape, dtype=dtype)
-        g = _as_float_array(name, g)
-        if g.dtype != dtype:
-            raise TypeError(f"{name} must have the forward dtype {dtype}, got {g.dtype}")
-        _check_shape(name, g, shape, layout)
-        return g
 
-    dy = grad("dy", dy, (T, B, H), "(T, B, H)")
-    return dy, tuple(grad(name, g, (B, H), "(B, H)") for name, g in dfinal.items())
+def make_rng(seed, rng):
+    if rng is not None and seed is not None:
+        raise ValueError("give either seed or rng, not both")
+    if rng is not None:
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        return rng
+    return np.random.default_rng(seed)
+
+
+def check_positive_int(name, value, allow_zero=False):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be greater than zero")
+    return int(value)
+
+
+def check_probability(name, p):
+    if isinstance(p, bool) or not isinstance(p, numbers.Number) or not 0 <= p <= 1:
+        raise ValueError(f"{name} should be a number in range [0, 1] representing the probability of an "
+                         f"element being zeroed")
+    return float(p)
+
+
+def to_numpy(value):
+    """NumPy view of a NumPy array or a (CPU) torch tensor, without importing torch."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def array_like(name, a, dtype, shape):
+    """``a`` as an array of exactly ``dtype`` and ``shape`` (gradients given to a layer)."""
+    a = np.asarray(a)
+    if a.dtype != dtype:
+        raise TypeError(f"{name} must have the layer's dtype {dtype}, got {a.dtype}")
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+    return a
+
+
+def cell_array(cell, name, a, size):
+    """A cell's [B, size] input or state as a C-contiguous array of the cell's dtype."""
+    if type(a) is not np.ndarray or a.dtype != cell.dtype:
+        a = np.asarray(a)
+        if a.dtype != cell.dtype:
+            raise TypeError(f"{type(cell).__name__}: {name} must have the cell's dtype {cell.dtype}, got {a.dtype}")
+    if a.ndim != 2 or a.shape[-1] != size:
+        raise ValueError(f"{name} has inconsistent size: got shape {a.shape}, expected (B, {size})")
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def layer_input(layer, x):
+    """A layer's input as a contiguous time-major [T, B, I] array, and whether it was unbatched."""
+    x = np.asarray(x)
+    if x.dtype != layer.dtype:
+        if x.dtype.kind == "f":
+            raise TypeError(f"{layer.mode}: input must have the layer's dtype {layer.dtype}, got floating "
+                            f"{x.dtype} (cast it, or build the layer with dtype={x.dtype.name})")
+        raise TypeError(f"{layer.mode}: input must have dtype {layer.dtype}, got {x.dtype}")
+    if x.ndim not in (2, 3):
+        raise ValueError(f"{layer.mode}: Expected input to be 2D or 3D, got {x.ndim}D input")
+    unbatched = x.ndim == 2
+    if unbatched:
+        x = x[:, None, :]
+    elif layer.batch_first:
+        x = x.transpose(1, 0, 2)
+    if x.shape[2] != layer.input_size:
+        raise ValueError(f"input.size(-1) must be equal to input_size. Expected {layer.input_size}, "
+                         f"got {x.shape[2]}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{layer.mode}: Expected sequence length to be larger than 0 in RNN")
+    return np.ascontiguousarray(x), unbatched
+
+
+def _layer_state(layer, name, h, B, size, unbatched):
+    LD = layer.num_layers * layer.num_directions
+    expected = (LD, size) if unbatched else (LD, B, size)
+    h = np.asarray(h)
+    if h.dtype != layer.dtype:
+        raise TypeError(f"{name} must have the layer's dtype {layer.dtype}, got {h.dtype}")
+    if h.shape != expected:
+        raise ValueError(f"Expected {name} size {expected}, got {list(h.shape)}")
+    return h[:, None, :] if unbatched else h
+
+
+def layer_states(layer, hx, B, unbatched):
+    """(h0, c0) of a layer call as [L*D, B, size] arrays, or None."""
+    if hx is None:
+        return None, None
+    H_out = layer.proj_size or layer.hidden_size
+    if layer.mode == "LSTM":
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError(f"LSTM: hx must be a tuple (h0, c0), got {type(hx).__name__}"
+                            f"{'' if not isinstance(hx, (tuple, list)) else f' of length {len(hx)}'}")
+        return (_layer_state(layer, "hidden[0]", hx[0], B, H_out, unbatched),
+                _layer_state(layer, "hidden[1]", hx[1], B, layer.hidden_size, unbatched))
+    return _layer_state(layer, "hidden", hx, B, H_out, unbatched), None

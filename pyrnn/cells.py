@@ -22,26 +22,24 @@ import numpy as np
 
 from . import _core
 from . import functional as F
-from .layers import _check_positive_int, _make_rng, _Parametrised
+from ._cells import cell_spec
+from ._module import Module
+from ._validation import cell_array, check_positive_int, make_rng
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell"]
 
 
-class _CellBase(_Parametrised):
-    _gates = 1
-
-    def __init__(self, kind, input_size, hidden_size, bias, dtype, seed, rng):
+class _CellBase(Module):
+    def __init__(self, family, input_size, hidden_size, bias, dtype, seed, rng, nonlinearity="tanh",
+                 reset_after=True):
         super().__init__(dtype)
-        self.dtype = np.dtype(self.dtype.name)  # the canonical instance, so `is` compares dtypes
-        _check_positive_int("input_size", input_size)
-        _check_positive_int("hidden_size", hidden_size)
-        self._kind = kind
-        self.input_size = int(input_size)
-        self.hidden_size = int(hidden_size)
+        self.cell = cell_spec(family, nonlinearity=nonlinearity, reset_after=reset_after)
+        self.input_size = check_positive_int("input_size", input_size)
+        self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.bias = bool(bias)
         self._saved = None
-        G, H = self._gates, self.hidden_size
-        r = _make_rng(seed, rng)
+        G, H = self.cell.gates, self.hidden_size
+        r = make_rng(seed, rng)
         bound = 1.0 / math.sqrt(H)
         self._add_param("weight_ih", (G * H, self.input_size), r, bound)
         self._add_param("weight_hh", (G * H, H), r, bound)
@@ -55,20 +53,9 @@ class _CellBase(_Parametrised):
     def __call__(self, x, hx=None):
         return self.forward(x, hx)
 
-    def _array(self, name, a, ndim, size):
-        if type(a) is not np.ndarray or a.dtype != self.dtype:
-            a = np.asarray(a)
-            if a.dtype != self.dtype:
-                raise TypeError(f"{type(self).__name__}: {name} must have the cell's dtype {self.dtype}, "
-                                f"got {a.dtype}")
-        if a.ndim != ndim or a.shape[-1] != size:
-            raise ValueError(f"{name} has inconsistent size: got shape {a.shape}, expected "
-                             f"{'(B, ' if ndim == 2 else '('}{size})")
-        return a if a.flags.c_contiguous else np.ascontiguousarray(a)
-
     def _step(self, x, h, c):
         p = self._params  # the arrays are updated in place, never replaced
-        return _core.cell_step(self._kind, x, h, c, p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
+        return _core.cell_step(self.cell.kind, x, h, c, p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
                                p.get("bias_hh"))
 
     def _prepare(self, x, states):
@@ -84,12 +71,12 @@ class _CellBase(_Parametrised):
         if x.ndim not in (1, 2):
             raise ValueError(f"{type(self).__name__}: Expected input to be 1D or 2D, got {x.ndim}D instead")
         unbatched = x.ndim == 1
-        x = self._array("input", x[None] if unbatched else x, 2, self.input_size)
+        x = cell_array(self, "input", x[None] if unbatched else x, self.input_size)
         out = []
         for name, s in states:
             if s is not None:
                 s = np.asarray(s)  # lists too
-                s = self._array(name, s[None] if unbatched and s.ndim == 1 else s, 2, self.hidden_size)
+                s = cell_array(self, name, s[None] if unbatched and s.ndim == 1 else s, self.hidden_size)
                 if s.shape[0] != x.shape[0]:
                     raise ValueError(f"Input batch size {x.shape[0]} doesn't match {name} batch size {s.shape[0]}")
             out.append(s)
@@ -113,46 +100,43 @@ class _CellBase(_Parametrised):
         p = self._params
         weights = (p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"))
         shape = x.shape[:1] + (self.hidden_size,)
-        dh1 = None if dh1 is None else self._array("dh1", np.reshape(dh1, shape), 2, self.hidden_size)
+        dh1 = None if dh1 is None else cell_array(self, "dh1", np.reshape(dh1, shape), self.hidden_size)
         if dc1 is not None:
-            if not isinstance(self, LSTMCell):
+            if not self.cell.has_cell_state:
                 raise ValueError(f"dc1 is only used by LSTMCell, got dc1 for a {type(self).__name__}")
-            dc1 = self._array("dc1", np.reshape(dc1, shape), 2, self.hidden_size)
-        _, _, _, ws = F.forward(self._cell, x[None], h, c, *weights,
-                                nonlinearity=getattr(self, "nonlinearity", "tanh"),
-                                reset_after=getattr(self, "reset_after", True))
+            dc1 = cell_array(self, "dc1", np.reshape(dc1, shape), self.hidden_size)
+        _, _, _, ws = F.forward(self.cell.family, x[None], h, c, *weights, **self._options())
         g = F.backward(ws, None, dh1, dc1)
         self._accumulate(g)
         dx, dh, dc = g["x"][0], g["h0"], g["c0"]
         if unbatched:
             dx, dh = dx[0], dh[0]
             dc = None if dc is None else dc[0]
-        return (dx, (dh, dc)) if isinstance(self, LSTMCell) else (dx, dh)
+        return (dx, (dh, dc)) if self.cell.has_cell_state else (dx, dh)
+
+    def _options(self):
+        return {}
 
 
 class RNNCell(_CellBase):
     """torch.nn.RNNCell: h' = tanh|relu(W_ih x + b_ih + W_hh h + b_hh)."""
-
-    _cell = "rnn"
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *, dtype=np.float32, seed=None,
                  rng=None):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity: {nonlinearity}")
         self.nonlinearity = nonlinearity
-        kind = _core.CellKind.RNN_TANH if nonlinearity == "tanh" else _core.CellKind.RNN_RELU
-        super().__init__(kind, input_size, hidden_size, bias, dtype, seed, rng)
+        super().__init__("rnn", input_size, hidden_size, bias, dtype, seed, rng, nonlinearity=nonlinearity)
 
+    def _options(self):
+        return {"nonlinearity": self.nonlinearity}
 
 
 class LSTMCell(_CellBase):
     """torch.nn.LSTMCell (gates i, f, g, o)."""
 
-    _gates = 4
-    _cell = "lstm"
-
     def __init__(self, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None, rng=None):
-        super().__init__(_core.CellKind.LSTM, input_size, hidden_size, bias, dtype, seed, rng)
+        super().__init__("lstm", input_size, hidden_size, bias, dtype, seed, rng)
 
     def forward(self, x, hx=None):
         """x [B, I] or [I]; hx (h, c) each [B, H] or [H], or None. Returns (h', c')."""
@@ -169,12 +153,11 @@ class LSTMCell(_CellBase):
 class GRUCell(_CellBase):
     """torch.nn.GRUCell (gates r, z, n). reset_after=False: Cho et al. v3 (Keras reset_after=False)."""
 
-    _gates = 3
-    _cell = "gru"
-
     def __init__(self, input_size, hidden_size, bias=True, *, reset_after=True, dtype=np.float32, seed=None,
                  rng=None):
         self.reset_after = bool(reset_after)
-        kind = _core.CellKind.GRU if reset_after else _core.CellKind.GRU_RESET_BEFORE
-        super().__init__(kind, input_size, hidden_size, bias, dtype, seed, rng)
+        super().__init__("gru", input_size, hidden_size, bias, dtype, seed, rng, reset_after=self.reset_after)
+
+    def _options(self):
+        return {"reset_after": self.reset_after}
 

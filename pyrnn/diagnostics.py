@@ -21,18 +21,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _stack
 from . import functional as F
+from ._validation import array_like, check_lengths, layer_input, layer_states
 
 __all__ = ["hidden_state_grads", "hidden_grad_norms", "step_norms"]
-
-
-def _as(name, a, dtype, shape):
-    a = np.asarray(a)
-    if a.dtype != dtype:
-        raise TypeError(f"{name} must have the layer's dtype {dtype}, got {a.dtype}")
-    if a.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
-    return a
 
 
 def hidden_state_grads(layer, x, hx=None, *, dy=None, dh_n=None, dc_n=None, lengths=None):
@@ -41,7 +34,9 @@ def hidden_state_grads(layer, x, hx=None, *, dy=None, dh_n=None, dc_n=None, leng
     The loss is defined by its gradients, given as for ``layer.backward``:
     ``dy`` (the output's shape; a loss on the outputs) and ``dh_n`` / ``dc_n``
     (the final states' shapes; a loss on the last step). Any may be None (zero).
-    ``x``, ``hx`` and ``lengths`` are as for ``layer(x, hx, lengths)``.
+    ``x``, ``hx`` and ``lengths`` are as for ``layer(x, hx, lengths)``; the
+    layers and directions run as in the layer (pyrnn._stack), each through
+    ``layer.run_direction``.
 
     The forward runs without dropout (as in eval mode) and the layer is left
     untouched (its ``grads`` and saved state are not changed).
@@ -55,10 +50,11 @@ def hidden_state_grads(layer, x, hx=None, *, dy=None, dh_n=None, dc_n=None, leng
     mode = getattr(layer, "mode", None)
     if mode not in ("RNN", "LSTM", "GRU"):
         raise TypeError(f"hidden_state_grads needs a pyrnn RNN, LSTM or GRU layer, got {type(layer).__name__}")
-    # The layer's own checks and plumbing: input layout, initial states, one kernel call per direction.
-    x, unbatched = layer._check_input(x)
+    x, unbatched = layer_input(layer, x)
     T, B, _ = x.shape
-    h0_all, c0_all = layer._split_hx(hx, B, unbatched)
+    if lengths is not None:
+        lengths = check_lengths(lengths, T, B)
+    h0_all, c0_all = layer_states(layer, hx, B, unbatched)
     dtype, L, D = layer.dtype, layer.num_layers, layer.num_directions
     Ho, H = layer.proj_size or layer.hidden_size, layer.hidden_size
     st_shape = (L * D, B, Ho)
@@ -67,10 +63,10 @@ def hidden_state_grads(layer, x, hx=None, *, dy=None, dh_n=None, dc_n=None, leng
         if a is None:
             return None
         if unbatched:
-            return _as(name, a, dtype, shape[:1] + shape[2:])[:, None, :]
+            return array_like(name, a, dtype, shape[:1] + shape[2:])[:, None, :]
         if name == "dy" and layer.batch_first:
-            return _as(name, a, dtype, (B, T, shape[2])).transpose(1, 0, 2)
-        return _as(name, a, dtype, shape)
+            return array_like(name, a, dtype, (B, T, shape[2])).transpose(1, 0, 2)
+        return array_like(name, a, dtype, shape)
 
     dy = batched("dy", dy, (T, B, D * Ho))
     dh_n = batched("dh_n", dh_n, st_shape)
@@ -78,31 +74,22 @@ def hidden_state_grads(layer, x, hx=None, *, dy=None, dh_n=None, dc_n=None, leng
         raise ValueError(f"dc_n is only used by the LSTM, got dc_n for a {mode}")
     dc_n = batched("dc_n", dc_n, st_shape[:2] + (H,))
 
-    workspaces = []
-    layer_x = x
-    for ell in range(L):
-        ys, wss = [], []
-        for d, sfx in enumerate(layer._suffixes(ell)):
-            k = ell * D + d
-            y, _, _, ws = layer._run_direction(layer_x, sfx, None if h0_all is None else h0_all[k],
-                                               None if c0_all is None else c0_all[k], lengths, d == 1, None, True)
-            ys.append(y)
-            wss.append(ws)
-        workspaces.append(wss)
-        layer_x = ys[0] if D == 1 else np.concatenate(ys, axis=2)
+    def run(ell, d, layer_x):
+        k = ell * D + d
+        return layer.run_direction(ell, d, layer_x, None if h0_all is None else h0_all[k],
+                                   None if c0_all is None else c0_all[k], lengths=lengths)
 
+    _, results = _stack.forward(run, x, L, D)
     dh = np.empty((L * D, T, B, Ho), dtype=dtype)
-    d_layer = dy
-    for ell in reversed(range(L)):
-        dx_sum = None
-        for d in range(D):
-            k = ell * D + d
-            dy_d = None if d_layer is None else np.ascontiguousarray(d_layer[..., d * Ho:(d + 1) * Ho])
-            g = F.backward(workspaces[ell][d], dy_d, None if dh_n is None else dh_n[k],
-                           None if dc_n is None else dc_n[k], return_dh_seq=True)
-            dh[k] = g["dh_seq"]
-            dx_sum = g["x"] if dx_sum is None else dx_sum + g["x"]
-        d_layer = dx_sum
+
+    def run_back(ell, d, dy_d):
+        k = ell * D + d
+        g = F.backward(results[k][3], dy_d, None if dh_n is None else dh_n[k], None if dc_n is None else dc_n[k],
+                       return_dh_seq=True)
+        dh[k] = g["dh_seq"]
+        return g["x"]
+
+    _stack.backward(run_back, dy, L, D, Ho)
     return dh[:, :, 0] if unbatched else dh
 
 

@@ -22,7 +22,8 @@ import os
 import numpy as np
 
 from . import _core
-from ._validation import _NUM_GATES, _as_float_array, _check_forward_inputs, _check_shape
+from ._cells import BY_KIND, GATES, cell_spec
+from ._validation import check_forward, check_grads
 
 __all__ = [
     "forward",
@@ -34,15 +35,6 @@ __all__ = [
     "gru_forward",
     "gru_backward",
 ]
-
-_CELL_NAMES = {
-    _core.CellKind.RNN_TANH: "rnn",
-    _core.CellKind.RNN_RELU: "rnn",
-    _core.CellKind.LSTM: "lstm",
-    _core.CellKind.GRU: "gru",
-    _core.CellKind.GRU_RESET_BEFORE: "gru",
-}
-
 
 def _c(a):
     return None if a is None else np.ascontiguousarray(a)
@@ -66,7 +58,7 @@ def _check_memory(cell, x, W_hh, W_hr, lengths, training):
     projection [rows, G*H] and, for training, the saved gates [rows, <=4H]
     and two more [rows, H]; plus packed weights."""
     T, B, _ = x.shape
-    G, H = _NUM_GATES[cell], W_hh.shape[0] // _NUM_GATES[cell]
+    G, H = GATES[cell], W_hh.shape[0] // GATES[cell]
     Ho = W_hh.shape[1]
     rows = T * B if lengths is None else int(np.sum(lengths, dtype=np.int64))
     Hp = H + 16
@@ -81,17 +73,16 @@ def _check_memory(cell, x, W_hh, W_hr, lengths, training):
                           f"got x of shape {x.shape}")
 
 
-def _forward(kind, cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training, h_mask=None, W_hr=None):
-    given = dict(states)
-    x, state_arrays, W_ih, W_hh, b_ih, b_hh, lengths_arr, extra = _check_forward_inputs(
-        cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, extras={"h_mask": h_mask}, W_hr=W_hr)
-    _check_memory(cell, x, W_hh, extra["W_hr"], None if lengths is None else lengths_arr, training)
+def _forward(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training, h_mask=None, W_hr=None):
+    cell = spec.family
+    a = check_forward(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask, W_hr)
+    _check_memory(cell, a.x, a.W_hh, a.W_hr, None if lengths is None else a.lengths, training)
     # Omitted states are zeros inside the kernel; no need to pass arrays of them.
-    h0 = state_arrays[0] if given["h0"] is not None else None
-    c0 = state_arrays[1] if cell == "lstm" and given["c0"] is not None else None
-    lengths64 = None if lengths is None else np.ascontiguousarray(lengths_arr, dtype=np.int64)
-    return _core.sequence_forward(kind, _c(x), _c(h0), _c(c0), _c(W_ih), _c(W_hh), _c(b_ih), _c(b_hh),
-                                  lengths64, bool(reverse), bool(training), _c(extra["W_hr"]), _c(extra["h_mask"]))
+    h0 = a.states[0] if states["h0"] is not None else None
+    c0 = a.states[1] if cell == "lstm" and states["c0"] is not None else None
+    lengths64 = None if lengths is None else np.ascontiguousarray(a.lengths, dtype=np.int64)
+    return _core.sequence_forward(spec.kind, _c(a.x), _c(h0), _c(c0), _c(a.W_ih), _c(a.W_hh), _c(a.b_ih),
+                                  _c(a.b_hh), lengths64, bool(reverse), bool(training), _c(a.W_hr), _c(a.h_mask))
 
 
 def _backward(cell, ws, grads, return_dh_seq):
@@ -99,26 +90,16 @@ def _backward(cell, ws, grads, return_dh_seq):
         raise ValueError(f"{cell}_backward needs the workspace of {cell}_forward(..., training=True), got None")
     if not isinstance(ws, _core.Workspace):
         raise TypeError(f"{cell}_backward needs a pyrnn workspace from {cell}_forward, got {type(ws).__name__}")
-    if _CELL_NAMES[ws.cell] != cell:
-        raise ValueError(f"{cell}_backward needs a workspace from {cell}_forward, got one from "
-                         f"{_CELL_NAMES[ws.cell]}_forward")
+    family = BY_KIND[ws.cell].family
+    if family != cell:
+        raise ValueError(f"{cell}_backward needs a workspace from {cell}_forward, got one from {family}_forward")
     T, B, _, H = ws.shape
     Ho = ws.proj_size or H  # width of h (and y): P with a projection
     h_layout = "P" if ws.proj_size else "H"
     expected = {"dy": ((T, B, Ho), f"(T, B, {h_layout})"), "dh_n": ((B, Ho), f"(B, {h_layout})"),
                 "dc_n": ((B, H), "(B, H)")}
-    checked = []
-    for name, g in grads.items():
-        if g is not None:
-            g = _as_float_array(name, g)
-            if g.dtype != ws.dtype:
-                raise TypeError(f"{name} must have the forward dtype {ws.dtype}, got {g.dtype}")
-            _check_shape(name, g, *expected[name])
-            g = np.ascontiguousarray(g)
-        checked.append(g)
-    dy, dh_n = checked[0], checked[1]
-    dc_n = checked[2] if len(checked) > 2 else None
-    return _core.sequence_backward(ws, dy, dh_n, dc_n, bool(return_dh_seq))
+    dy, dh_n, *dc_n = (_c(g) for g in check_grads(ws.dtype, expected, grads))
+    return _core.sequence_backward(ws, dy, dh_n, dc_n[0] if dc_n else None, bool(return_dh_seq))
 
 
 def rnn_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", lengths=None, reverse=False,
@@ -128,10 +109,7 @@ def rnn_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
     h_mask ([B, H], optional): recurrent (variational) dropout; the recurrent
     product uses h_{t-1} * h_mask at every step.
     """
-    if nonlinearity not in ("tanh", "relu"):
-        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    kind = _core.CellKind.RNN_TANH if nonlinearity == "tanh" else _core.CellKind.RNN_RELU
-    y, h_n, _, ws = _forward(kind, "rnn", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training, h_mask)
+    y, h_n, _, ws = _forward(cell_spec("rnn", nonlinearity=nonlinearity), x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training, h_mask)
     return y, h_n, ws
 
 
@@ -150,7 +128,7 @@ def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, lengths=None, r
     P wide, W_hh is [4H, P] and y, h0, h_n are P wide. h_mask ([B, P or H],
     optional): recurrent (variational) dropout on h_{t-1}.
     """
-    return _forward(_core.CellKind.LSTM, "lstm", x, {"h0": h0, "c0": c0}, W_ih, W_hh, b_ih, b_hh, lengths,
+    return _forward(cell_spec("lstm"), x, {"h0": h0, "c0": c0}, W_ih, W_hh, b_ih, b_hh, lengths,
                     reverse, training, h_mask, W_hr)
 
 
@@ -169,8 +147,7 @@ def gru_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, reset_after=True, le
     h_mask ([B, H], optional): recurrent (variational) dropout: the recurrent
     products use h_{t-1} * h_mask (z * h_{t-1} keeps the unmasked state).
     """
-    kind = _core.CellKind.GRU if reset_after else _core.CellKind.GRU_RESET_BEFORE
-    y, h_n, _, ws = _forward(kind, "gru", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training,
+    y, h_n, _, ws = _forward(cell_spec("gru", reset_after=reset_after), x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training,
                              h_mask)
     return y, h_n, ws
 
@@ -188,19 +165,12 @@ def forward(cell, x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="
 
     For adapters that handle the three cells alike; c0 and W_hr must be None unless cell == "lstm".
     """
-    kw = dict(lengths=lengths, reverse=reverse, training=training, h_mask=h_mask)
-    if cell == "lstm":
-        return lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr=W_hr, **kw)
-    if c0 is not None or W_hr is not None:
+    spec = cell_spec(cell, nonlinearity=nonlinearity, reset_after=reset_after)
+    if not spec.has_cell_state and (c0 is not None or W_hr is not None):
         raise ValueError(f"c0 and W_hr are only used by the LSTM, got "
                          f"{'c0' if c0 is not None else 'W_hr'} for cell {cell!r}")
-    if cell == "gru":
-        y, h_n, ws = gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, reset_after=reset_after, **kw)
-    elif cell == "rnn":
-        y, h_n, ws = rnn_forward(x, h0, W_ih, W_hh, b_ih, b_hh, nonlinearity=nonlinearity, **kw)
-    else:
-        raise ValueError(f"cell must be 'rnn', 'lstm' or 'gru', got {cell!r}")
-    return y, h_n, None, ws
+    states = {"h0": h0, "c0": c0} if spec.has_cell_state else {"h0": h0}
+    return _forward(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training, h_mask, W_hr)
 
 
 def backward(ws, dy=None, dh_n=None, dc_n=None, *, return_dh_seq=False):
@@ -212,7 +182,7 @@ def backward(ws, dy=None, dh_n=None, dc_n=None, *, return_dh_seq=False):
     """
     if not isinstance(ws, _core.Workspace):
         raise TypeError(f"backward needs a workspace from a training-mode forward, got {type(ws).__name__}")
-    cell = _CELL_NAMES[ws.cell]
+    cell = BY_KIND[ws.cell].family
     if cell != "lstm" and dc_n is not None:
         raise ValueError(f"dc_n is only used by the LSTM, got dc_n for a {cell} workspace")
     grads = {"dy": dy, "dh_n": dh_n} if cell != "lstm" else {"dy": dy, "dh_n": dh_n, "dc_n": dc_n}

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import functional as F
-from ._validation import _check_forward_inputs
+from ._validation import check_forward
 
 __all__ = ["lstm", "gru", "rnn"]
 
@@ -130,9 +130,8 @@ def _prepare(cell, x, states, W_ih, W_hh, b_ih, b_hh, W_hr, lengths):
     except jax.errors.TracerArrayConversionError:  # traced: its shape is checked, its values cannot be
         x_shape = arrays["x"].shape
         lengths_check = np.full(lengths.shape, x_shape[0] if len(x_shape) == 3 else 1)
-    _check_forward_inputs(cell, stand_ins["x"], {k: stand_ins[k] for k in states}, stand_ins["W_ih"],
-                          stand_ins["W_hh"], stand_ins["b_ih"], stand_ins["b_hh"], lengths_check,
-                          W_hr=stand_ins["W_hr"])
+    check_forward(cell, stand_ins["x"], {k: stand_ins[k] for k in states}, stand_ins["W_ih"], stand_ins["W_hh"],
+                  stand_ins["b_ih"], stand_ins["b_hh"], lengths_check, W_hr=stand_ins["W_hr"])
     return arrays, lengths
 
 

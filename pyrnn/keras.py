@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["from_keras", "to_keras"]
+from ._cells import GATES, check_family
 
-_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+__all__ = ["from_keras", "to_keras"]
 
 
 def _gru_swap(a, U):
@@ -23,10 +23,8 @@ def _gru_swap(a, U):
 
 
 def _check(cell, kernel, recurrent_kernel):
-    if cell not in _GATES:
-        raise ValueError(f"cell must be 'lstm', 'gru' or 'rnn', got {cell!r}")
+    G = GATES[check_family(cell)]
     kernel, recurrent_kernel = np.asarray(kernel), np.asarray(recurrent_kernel)
-    G = _GATES[cell]
     if recurrent_kernel.ndim != 2 or recurrent_kernel.shape[1] != G * recurrent_kernel.shape[0]:
         raise ValueError(f"recurrent_kernel must have shape (U, {G}*U) for {cell}, got {recurrent_kernel.shape}")
     U = recurrent_kernel.shape[0]
@@ -38,7 +36,7 @@ def _check(cell, kernel, recurrent_kernel):
 def from_keras(cell, kernel, recurrent_kernel, bias=None, *, reset_after=True):
     """Keras weights -> dict with W_ih, W_hh, b_ih, b_hh (biases None when bias is None)."""
     kernel, recurrent_kernel, U = _check(cell, kernel, recurrent_kernel)
-    G = _GATES[cell]
+    G = GATES[cell]
     order = (lambda a: _gru_swap(a, U)) if cell == "gru" else (lambda a: a)
     out = {"W_ih": np.ascontiguousarray(order(kernel).T), "W_hh": np.ascontiguousarray(order(recurrent_kernel).T),
            "b_ih": None, "b_hh": None}
@@ -57,9 +55,7 @@ def from_keras(cell, kernel, recurrent_kernel, bias=None, *, reset_after=True):
 def to_keras(cell, W_ih, W_hh, b_ih=None, b_hh=None, *, reset_after=True):
     """PyTorch-layout weights -> (kernel, recurrent_kernel, bias) as Keras stores them."""
     W_ih, W_hh = np.asarray(W_ih), np.asarray(W_hh)
-    G = _GATES.get(cell)
-    if G is None:
-        raise ValueError(f"cell must be 'lstm', 'gru' or 'rnn', got {cell!r}")
+    G = GATES[check_family(cell)]
     if W_hh.ndim != 2 or W_hh.shape[0] != G * W_hh.shape[1]:
         raise ValueError(f"W_hh must have shape ({G}*H, H) for {cell}, got {W_hh.shape}")
     U = W_hh.shape[1]

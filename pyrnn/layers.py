@@ -18,142 +18,30 @@ lengths and directions never loop in Python.
 from __future__ import annotations
 
 import math
-import numbers
-from collections import OrderedDict
 
 import numpy as np
 
+from . import _stack
 from . import functional as F
-from ._validation import _check_lengths
+from ._cells import cell_spec
+from ._module import Module
+from ._validation import (array_like, check_lengths, check_positive_int, check_probability, layer_input,
+                          layer_states, make_rng)
 
-__all__ = ["RNN", "LSTM", "GRU"]
-
-_GATES = {"RNN": 1, "LSTM": 4, "GRU": 3}
-
-
-def _as_dtype(dtype):
-    dt = np.dtype(dtype)
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise TypeError(f"dtype must be float32 or float64, got {dt}")
-    return dt
+__all__ = ["RNN", "LSTM", "GRU", "Linear"]
 
 
-def _make_rng(seed, rng):
-    if rng is not None and seed is not None:
-        raise ValueError("give either seed or rng, not both")
-    if rng is not None:
-        if not isinstance(rng, np.random.Generator):
-            raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-        return rng
-    return np.random.default_rng(seed)
-
-
-def _check_positive_int(name, value, allow_zero=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be greater than zero")
-
-
-def _check_probability(name, p):
-    if isinstance(p, bool) or not isinstance(p, numbers.Number) or not 0 <= p <= 1:
-        raise ValueError(f"{name} should be a number in range [0, 1] representing the probability of an "
-                         f"element being zeroed")
-
-
-def _to_numpy(value):
-    """NumPy view of a NumPy array or a (CPU) torch tensor, without importing torch."""
-    if hasattr(value, "detach") and hasattr(value, "cpu"):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
-class _Parametrised:
-    """Named parameters, gradients, train/eval and state dicts (as torch.nn.Module)."""
-
-    def __init__(self, dtype):
-        self.dtype = _as_dtype(dtype)
-        self._params = OrderedDict()
-        self.grads = OrderedDict()
-        self.training = True
-
-    def _add_param(self, name, shape, rng, bound):
-        self._params[name] = rng.uniform(-bound, bound, shape).astype(self.dtype)
-        self.grads[name] = np.zeros(shape, dtype=self.dtype)
-
-    def named_parameters(self):
-        """Yields (name, array): the live arrays, so in-place updates take effect."""
-        yield from self._params.items()
-
-    def parameters(self):
-        yield from self._params.values()
-
-    def __getattr__(self, name):
-        params = self.__dict__.get("_params")
-        if params is not None and name in params:
-            return params[name]
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-    def train(self, mode=True):
-        self.training = bool(mode)
-        return self
-
-    def eval(self):
-        return self.train(False)
-
-    def _accumulate(self, g, suffix=""):
-        """Adds the parameter gradients of a functional.backward result to ``grads``."""
-        for short, name in (("W_ih", "weight_ih"), ("W_hh", "weight_hh"), ("b_ih", "bias_ih"), ("b_hh", "bias_hh"),
-                            ("W_hr", "weight_hr")):
-            if g[short] is not None:
-                self.grads[name + suffix] += g[short]
-
-    def zero_grad(self):
-        for g in self.grads.values():
-            g[...] = 0
-
-    def state_dict(self):
-        """An OrderedDict of copies of the parameters, keyed as PyTorch keys them."""
-        return OrderedDict((k, v.copy()) for k, v in self._params.items())
-
-    def load_state_dict(self, state_dict, strict=True):
-        """Copies NumPy arrays or torch tensors into the parameters (in place).
-
-        Shapes must match exactly; values are converted to the layer's dtype.
-        With strict=True the keys must match too. Returns (missing, unexpected).
-        """
-        missing = [k for k in self._params if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in self._params]
-        if strict and (missing or unexpected):
-            raise ValueError(f"Error(s) in loading state_dict for {type(self).__name__}: "
-                             f"missing keys {missing}, unexpected keys {unexpected}")
-        arrays = {}
-        for k, v in state_dict.items():
-            if k not in self._params:
-                continue
-            a = _to_numpy(v)
-            if a.dtype.kind != "f":
-                raise TypeError(f"{k} must be a floating-point array, got dtype {a.dtype}")
-            if a.shape != self._params[k].shape:
-                raise ValueError(f"size mismatch for {k}: copying a param with shape {a.shape} from checkpoint, "
-                                 f"the shape in current model is {self._params[k].shape}")
-            arrays[k] = a
-        for k, a in arrays.items():  # all checked before any is copied
-            np.copyto(self._params[k], a, casting="unsafe")
-        return missing, unexpected
-
-
-class _RNNBase(_Parametrised):
+class _RNNBase(Module):
     def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, proj_size=0, nonlinearity="tanh", reset_after=True, recurrent_dropout=0.0,
                  dtype=np.float32, seed=None, rng=None):
         super().__init__(dtype)
-        _check_positive_int("input_size", input_size)
-        _check_positive_int("hidden_size", hidden_size)
-        _check_positive_int("num_layers", num_layers)
-        _check_positive_int("proj_size", proj_size, allow_zero=True)
-        _check_probability("dropout", dropout)
-        _check_probability("recurrent_dropout", recurrent_dropout)
+        check_positive_int("input_size", input_size)
+        check_positive_int("hidden_size", hidden_size)
+        check_positive_int("num_layers", num_layers)
+        check_positive_int("proj_size", proj_size, allow_zero=True)
+        check_probability("dropout", dropout)
+        check_probability("recurrent_dropout", recurrent_dropout)
         if proj_size and mode != "LSTM":
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if proj_size >= hidden_size:
@@ -172,10 +60,11 @@ class _RNNBase(_Parametrised):
         self.nonlinearity = nonlinearity
         self.reset_after = bool(reset_after)
         self.recurrent_dropout = float(recurrent_dropout)
-        self._rng = _make_rng(seed, rng)
+        self._rng = make_rng(seed, rng)
         self._saved = None
+        self.cell = cell_spec(mode.lower(), nonlinearity=nonlinearity, reset_after=reset_after)
 
-        G, H, P = _GATES[mode], self.hidden_size, self.proj_size
+        G, H, P = self.cell.gates, self.hidden_size, self.proj_size
         H_out = P or H
         bound = 1.0 / math.sqrt(H)
         for layer in range(self.num_layers):
@@ -193,8 +82,16 @@ class _RNNBase(_Parametrised):
     def num_directions(self):
         return 2 if self.bidirectional else 1
 
+    def direction_params(self, layer, direction):
+        """The parameters of one layer and direction (0 forward, 1 reverse), by
+        :mod:`pyrnn.functional`'s names: W_ih, W_hh, b_ih, b_hh, W_hr (None when absent)."""
+        sfx = _stack.param_suffix(layer, direction)
+        p = self._params
+        return {"W_ih": p[f"weight_ih{sfx}"], "W_hh": p[f"weight_hh{sfx}"], "b_ih": p.get(f"bias_ih{sfx}"),
+                "b_hh": p.get(f"bias_hh{sfx}"), "W_hr": p.get(f"weight_hr{sfx}")}
+
     def _suffixes(self, layer):
-        return [f"_l{layer}"] + ([f"_l{layer}_reverse"] if self.bidirectional else [])
+        return [_stack.param_suffix(layer, d) for d in range(self.num_directions)]
 
     def __repr__(self):
         extra = "".join([
@@ -232,64 +129,18 @@ class _RNNBase(_Parametrised):
     def __call__(self, x, hx=None, lengths=None):
         return self.forward(x, hx, lengths)
 
-    def _check_input(self, x):
-        x = np.asarray(x)
-        if x.dtype != self.dtype:
-            if x.dtype.kind == "f":
-                raise TypeError(f"{self.mode}: input must have the layer's dtype {self.dtype}, got floating "
-                                f"{x.dtype} (cast it, or build the layer with dtype={x.dtype.name})")
-            raise TypeError(f"{self.mode}: input must have dtype {self.dtype}, got {x.dtype}")
-        if x.ndim not in (2, 3):
-            raise ValueError(f"{self.mode}: Expected input to be 2D or 3D, got {x.ndim}D input")
-        unbatched = x.ndim == 2
-        if unbatched:
-            x = x[:, None, :]
-        elif self.batch_first:
-            x = x.transpose(1, 0, 2)
-        if x.shape[2] != self.input_size:
-            raise ValueError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
-                             f"got {x.shape[2]}")
-        if x.shape[0] == 0:
-            raise ValueError(f"{self.mode}: Expected sequence length to be larger than 0 in RNN")
-        return np.ascontiguousarray(x), unbatched
-
-    def _check_state(self, name, h, B, size, unbatched):
-        LD = self.num_layers * self.num_directions
-        expected = (LD, size) if unbatched else (LD, B, size)
-        h = np.asarray(h)
-        if h.dtype != self.dtype:
-            raise TypeError(f"{name} must have the layer's dtype {self.dtype}, got {h.dtype}")
-        if h.shape != expected:
-            raise ValueError(f"Expected {name} size {expected}, got {list(h.shape)}")
-        return h[:, None, :] if unbatched else h
-
-    def _split_hx(self, hx, B, unbatched):
-        H_out = self.proj_size or self.hidden_size
-        if self.mode == "LSTM":
-            if hx is None:
-                return None, None
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError(f"LSTM: hx must be a tuple (h0, c0), got {type(hx).__name__}"
-                                f"{'' if not isinstance(hx, (tuple, list)) else f' of length {len(hx)}'}")
-            h0 = self._check_state("hidden[0]", hx[0], B, H_out, unbatched)
-            c0 = self._check_state("hidden[1]", hx[1], B, self.hidden_size, unbatched)
-            return h0, c0
-        if hx is None:
-            return None, None
-        return self._check_state("hidden", hx, B, H_out, unbatched), None
-
     def _dropout_mask(self, shape, p):
         """Kept units scaled by 1/(1-p); p=1 drops everything."""
         if p >= 1:
             return np.zeros(shape, dtype=self.dtype)
         return ((self._rng.random(shape) >= p) / (1.0 - p)).astype(self.dtype)
 
-    def _run_direction(self, layer_x, suffix, h0, c0, lengths, reverse, rec_mask, training):
-        p = self._params
-        return F.forward(self.mode.lower(), layer_x, h0, c0, p[f"weight_ih{suffix}"], p[f"weight_hh{suffix}"],
-                         p.get(f"bias_ih{suffix}"), p.get(f"bias_hh{suffix}"), nonlinearity=self.nonlinearity,
-                         reset_after=self.reset_after, W_hr=p.get(f"weight_hr{suffix}"), h_mask=rec_mask,
-                         lengths=lengths, reverse=reverse, training=training)
+    def run_direction(self, layer, direction, x, h0=None, c0=None, *, lengths=None, h_mask=None, training=True):
+        """One layer and direction through :func:`pyrnn.functional.forward` (time-major x):
+        returns (y, h_n, c_n, workspace)."""
+        return F.forward(self.cell.family, x, h0, c0, **self.direction_params(layer, direction),
+                         nonlinearity=self.nonlinearity, reset_after=self.reset_after, h_mask=h_mask,
+                         lengths=lengths, reverse=direction == 1, training=training)
 
     def forward(self, x, hx=None, lengths=None):
         """Returns (output, h_n) or, for the LSTM, (output, (h_n, c_n)).
@@ -300,43 +151,36 @@ class _RNNBase(_Parametrised):
         outputs are zero past each length, h_n is each sequence's own last valid state).
         In training mode the call keeps what ``backward`` needs.
         """
-        x, unbatched = self._check_input(x)
+        x, unbatched = layer_input(self, x)
         T, B, _ = x.shape
         if lengths is not None:
-            lengths = _check_lengths(lengths, T, B)
-        h0_all, c0_all = self._split_hx(hx, B, unbatched)
+            lengths = check_lengths(lengths, T, B)
+        h0_all, c0_all = layer_states(self, hx, B, unbatched)
         H_out = self.proj_size or self.hidden_size
         D = self.num_directions
         training = self.training
-        saved = {"ws": [], "dropout": [], "unbatched": unbatched, "B": B, "T": T} if training else None
-        layer_x = x
-        h_n, c_n = [], []
-        for layer in range(self.num_layers):
-            ys, layer_ws = [], []
-            for d, suffix in enumerate(self._suffixes(layer)):
-                k = layer * D + d
-                rec_mask = (self._dropout_mask((B, H_out), self.recurrent_dropout)
-                            if training and self.recurrent_dropout > 0 else None)
-                y, h, c, ws = self._run_direction(
-                    layer_x, suffix, None if h0_all is None else h0_all[k],
-                    None if c0_all is None else c0_all[k], lengths, d == 1, rec_mask, training)
-                ys.append(y)
-                h_n.append(h)
-                c_n.append(c)
-                layer_ws.append(ws)
-            layer_y = ys[0] if D == 1 else np.concatenate(ys, axis=2)
-            mask = None
-            if training and self.dropout > 0 and layer < self.num_layers - 1:
-                mask = self._dropout_mask(layer_y.shape, self.dropout)
-                layer_y = layer_y * mask
-            if saved is not None:
-                saved["ws"].append(layer_ws)
-                saved["dropout"].append(mask)
-            layer_x = layer_y
-        self._saved = saved
-        out = layer_x
-        h_n = np.stack(h_n)
-        c_n = np.stack(c_n) if self.mode == "LSTM" else None
+        masks = []
+
+        def run(layer, d, layer_x):
+            k = layer * D + d
+            rec_mask = (self._dropout_mask((B, H_out), self.recurrent_dropout)
+                        if training and self.recurrent_dropout > 0 else None)
+            return self.run_direction(layer, d, layer_x, None if h0_all is None else h0_all[k],
+                                      None if c0_all is None else c0_all[k], lengths=lengths, h_mask=rec_mask,
+                                      training=training)
+
+        def dropout(layer, y):
+            if not (training and self.dropout > 0):
+                masks.append(None)
+                return y
+            masks.append(self._dropout_mask(y.shape, self.dropout))
+            return y * masks[-1]
+
+        out, results = _stack.forward(run, x, self.num_layers, D, between=dropout)
+        self._saved = ({"ws": [r[3] for r in results], "dropout": masks, "unbatched": unbatched, "B": B, "T": T}
+                       if training else None)
+        h_n = np.stack([r[1] for r in results])
+        c_n = np.stack([r[2] for r in results]) if self.cell.has_cell_state else None
         if unbatched:
             out, h_n = out[:, 0], h_n[:, 0]
             c_n = None if c_n is None else c_n[:, 0]
@@ -345,16 +189,6 @@ class _RNNBase(_Parametrised):
         return (out, (h_n, c_n)) if self.mode == "LSTM" else (out, h_n)
 
     # ----------------------------------------------------------------- backward
-
-    def _grad_in(self, name, g, shape):
-        if g is None:
-            return None
-        g = np.asarray(g)
-        if g.dtype != self.dtype:
-            raise TypeError(f"{name} must have the layer's dtype {self.dtype}, got {g.dtype}")
-        if g.shape != shape:
-            raise ValueError(f"{name} must have shape {shape}, got {g.shape}")
-        return g
 
     def backward(self, dy=None, dh_n=None, dc_n=None):
         """Backpropagates through the last training-mode call.
@@ -374,9 +208,9 @@ class _RNNBase(_Parametrised):
         H_out = self.proj_size or self.hidden_size
         out_shape = (T, D * H_out) if unbatched else ((B, T, D * H_out) if self.batch_first else (T, B, D * H_out))
         st_shape = (L * D, H_out) if unbatched else (L * D, B, H_out)
-        dy = self._grad_in("dy", dy, out_shape)
-        dh_n = self._grad_in("dh_n", dh_n, st_shape)
-        dc_n = self._grad_in("dc_n", dc_n, st_shape[:-1] + (self.hidden_size,))
+        grads = {"dy": (dy, out_shape), "dh_n": (dh_n, st_shape), "dc_n": (dc_n, st_shape[:-1] + (self.hidden_size,))}
+        dy, dh_n, dc_n = (None if g is None else array_like(name, g, self.dtype, shape)
+                          for name, (g, shape) in grads.items())
         if unbatched:
             dy = None if dy is None else dy[:, None, :]
             dh_n = None if dh_n is None else dh_n[:, None, :]
@@ -385,22 +219,17 @@ class _RNNBase(_Parametrised):
             dy = dy.transpose(1, 0, 2)
         dh0 = [None] * (L * D)
         dc0 = [None] * (L * D)
-        d_layer = dy
-        for layer in reversed(range(L)):
-            mask = s["dropout"][layer]
-            if mask is not None and d_layer is not None:
-                d_layer = d_layer * mask
-            dx_sum = None
-            for d, suffix in enumerate(self._suffixes(layer)):
-                k = layer * D + d
-                dy_d = None if d_layer is None else np.ascontiguousarray(d_layer[..., d * H_out:(d + 1) * H_out])
-                g = self._backward_direction(s["ws"][layer][d], suffix, dy_d,
-                                             None if dh_n is None else dh_n[k], None if dc_n is None else dc_n[k])
-                dh0[k], dc0[k] = g["h0"], g.get("c0")
-                dx_sum = g["x"] if dx_sum is None else dx_sum + g["x"]
-            d_layer = dx_sum
+
+        def run(layer, d, dy_d):
+            k = layer * D + d
+            g = F.backward(s["ws"][k], dy_d, None if dh_n is None else dh_n[k], None if dc_n is None else dc_n[k])
+            self._accumulate(g, _stack.param_suffix(layer, d))
+            dh0[k], dc0[k] = g["h0"], g["c0"]
+            return g["x"]
+
+        dx = _stack.backward(run, dy, L, D, H_out, between=lambda layer, g: g * s["dropout"][layer]
+                             if s["dropout"][layer] is not None else g)
         self._saved = None
-        dx = d_layer
         dh0 = np.stack(dh0)
         dc0 = np.stack(dc0) if self.mode == "LSTM" else None
         if unbatched:
@@ -409,11 +238,6 @@ class _RNNBase(_Parametrised):
         elif self.batch_first:
             dx = dx.transpose(1, 0, 2)
         return (dx, (dh0, dc0)) if self.mode == "LSTM" else (dx, dh0)
-
-    def _backward_direction(self, ws, suffix, dy, dh_n, dc_n):
-        g = F.backward(ws, dy, dh_n, dc_n)
-        self._accumulate(g, suffix)
-        return g
 
 
 class RNN(_RNNBase):
@@ -450,3 +274,59 @@ class GRU(_RNNBase):
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          reset_after=reset_after, recurrent_dropout=recurrent_dropout, dtype=dtype, seed=seed,
                          rng=rng)
+
+
+class Linear(Module):
+    """y = x W^T + b on the last axis of x, as torch.nn.Linear (``weight`` [out, in], ``bias`` [out]).
+
+    Initialised as torch.nn.Linear: U(-1/sqrt(in), 1/sqrt(in)). A call keeps its
+    input; ``backward(dy)`` returns dx and adds the parameter gradients to ``grads``.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32, seed=None, rng=None):
+        super().__init__(dtype)
+        self.in_features = check_positive_int("in_features", in_features)
+        self.out_features = check_positive_int("out_features", out_features)
+        rng = make_rng(seed, rng)
+        bound = 1.0 / math.sqrt(self.in_features)
+        self._add_param("weight", (self.out_features, self.in_features), rng, bound)
+        if bias:
+            self._add_param("bias", (self.out_features,), rng, bound)
+        self._x = None
+
+    @property
+    def bias(self):
+        return self._params.get("bias")
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def forward(self, x):
+        x = np.asarray(x)
+        if x.dtype != self.dtype:
+            raise TypeError(f"Linear: input must have dtype {self.dtype}, got {x.dtype}")
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"Linear: expected last dimension {self.in_features}, got shape {x.shape}")
+        self._x = x if self.training else None
+        y = x @ self.weight.T
+        if "bias" in self._params:
+            y += self.bias
+        return y
+
+    def backward(self, dy):
+        """Returns dL/dx for the last training-mode call; adds dL/dW, dL/db to ``grads``."""
+        if self._x is None:
+            raise RuntimeError("Linear.backward needs a call in training mode first")
+        dy = np.asarray(dy, dtype=self.dtype)
+        x2 = self._x.reshape(-1, self.in_features)
+        dy2 = dy.reshape(-1, self.out_features)
+        if dy2.shape[0] != x2.shape[0]:
+            raise ValueError(f"Linear.backward: dy of shape {dy.shape} does not match the input {self._x.shape}")
+        self.grads["weight"] += dy2.T @ x2
+        if "bias" in self._params:
+            self.grads["bias"] += dy2.sum(axis=0)
+        return (dy2 @ self.weight).reshape(self._x.shape)
+
+    def __repr__(self):
+        return (f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={'bias' in self._params})")

@@ -2,11 +2,12 @@
 
 Optimizers with PyTorch's update rules (:class:`SGD` with momentum,
 :class:`RMSprop`, :class:`Adam`), gradient clipping (:func:`clip_grad_norm`,
-:func:`clip_grad_value`), a linear readout (:class:`Linear`) and the two
-losses the examples need (:func:`softmax_cross_entropy`, :func:`mse_loss`)::
+:func:`clip_grad_value`) and the two losses the examples need
+(:func:`softmax_cross_entropy`, :func:`mse_loss`). ``optim.Linear`` is
+:class:`pyrnn.Linear` (the layer), kept here for existing code::
 
     lstm = pyrnn.LSTM(1, 64)
-    fc = pyrnn.optim.Linear(64, 1)
+    fc = pyrnn.Linear(64, 1)
     opt = pyrnn.optim.Adam([lstm, fc], lr=1e-2)
 
     y, _ = lstm(x)
@@ -32,6 +33,8 @@ import math
 import numbers
 
 import numpy as np
+
+from .layers import Linear
 
 __all__ = [
     "SGD",
@@ -334,109 +337,6 @@ def clip_grad_value(params, clip_value):
     clip_value = _check_hyper("clip_value", clip_value)
     for g in _grads(params):
         np.clip(g, -clip_value, clip_value, out=g)
-
-
-# ---------------------------------------------------------------------- readout
-
-
-class Linear:
-    """y = x W^T + b on the last axis of x, as torch.nn.Linear (``weight`` [out, in], ``bias`` [out]).
-
-    Initialised as torch.nn.Linear: U(-1/sqrt(in), 1/sqrt(in)). A call keeps its
-    input; ``backward(dy)`` returns dx and adds the parameter gradients to ``grads``.
-    """
-
-    def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32, seed=None, rng=None):
-        for name, v in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-            raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
-        if rng is not None and seed is not None:
-            raise ValueError("give either seed or rng, not both")
-        rng = rng if rng is not None else np.random.default_rng(seed)
-        self.in_features, self.out_features = int(in_features), int(out_features)
-        bound = 1.0 / math.sqrt(self.in_features)
-        self._params = {"weight": rng.uniform(-bound, bound, (self.out_features, self.in_features)).astype(self.dtype)}
-        if bias:
-            self._params["bias"] = rng.uniform(-bound, bound, (self.out_features,)).astype(self.dtype)
-        self.grads = {k: np.zeros_like(v) for k, v in self._params.items()}
-        self.training = True
-        self._x = None
-
-    @property
-    def weight(self):
-        return self._params["weight"]
-
-    @property
-    def bias(self):
-        return self._params.get("bias")
-
-    def named_parameters(self):
-        yield from self._params.items()
-
-    def parameters(self):
-        yield from self._params.values()
-
-    def zero_grad(self):
-        for g in self.grads.values():
-            g[...] = 0
-
-    def train(self, mode=True):
-        self.training = bool(mode)
-        return self
-
-    def eval(self):
-        return self.train(False)
-
-    def state_dict(self):
-        return {k: v.copy() for k, v in self._params.items()}
-
-    def load_state_dict(self, state_dict):
-        if set(state_dict) != set(self._params):
-            raise ValueError(f"Linear.load_state_dict: expected keys {sorted(self._params)}, got {sorted(state_dict)}")
-        arrays = {}
-        for k, v in state_dict.items():
-            a = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
-            if a.shape != self._params[k].shape:
-                raise ValueError(f"size mismatch for {k}: {a.shape} vs {self._params[k].shape}")
-            arrays[k] = a
-        for k, a in arrays.items():
-            np.copyto(self._params[k], a, casting="unsafe")
-
-    def __call__(self, x):
-        return self.forward(x)
-
-    def forward(self, x):
-        x = np.asarray(x)
-        if x.dtype != self.dtype:
-            raise TypeError(f"Linear: input must have dtype {self.dtype}, got {x.dtype}")
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"Linear: expected last dimension {self.in_features}, got shape {x.shape}")
-        self._x = x if self.training else None
-        y = x @ self.weight.T
-        if "bias" in self._params:
-            y += self.bias
-        return y
-
-    def backward(self, dy):
-        """Returns dL/dx for the last training-mode call; adds dL/dW, dL/db to ``grads``."""
-        if self._x is None:
-            raise RuntimeError("Linear.backward needs a call in training mode first")
-        dy = np.asarray(dy, dtype=self.dtype)
-        x2 = self._x.reshape(-1, self.in_features)
-        dy2 = dy.reshape(-1, self.out_features)
-        if dy2.shape[0] != x2.shape[0]:
-            raise ValueError(f"Linear.backward: dy of shape {dy.shape} does not match the input {self._x.shape}")
-        self.grads["weight"] += dy2.T @ x2
-        if "bias" in self._params:
-            self.grads["bias"] += dy2.sum(axis=0)
-        return (dy2 @ self.weight).reshape(self._x.shape)
-
-    def __repr__(self):
-        return (f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={'bias' in self._params})")
 
 
 # ----------------------------------------------------------------------- losses

@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validation import _check_backward_inputs, _check_forward_inputs
+from ._validation import check_forward, check_grads
 
 __all__ = [
     "rnn_forward",
@@ -194,6 +194,21 @@ def _run_backward(step_backward, cache, dy, dfinal):
     return dx, dstates, dW_ih, dW_hh, db_ih, db_hh
 
 
+def _check_backward_inputs(cell, cache, dy, dfinal):
+    """The cache and the output gradients; None gradients become zeros.
+    ``dfinal`` maps "dh_n" (and "dc_n") to an array or None. Returns (dy, final-state gradients)."""
+    if cache is None:
+        raise ValueError(f"{cell}_backward needs the cache of {cell}_forward(..., training=True), got None")
+    if not isinstance(cache, dict) or cache.get("cell") != cell:
+        origin = cache.get("cell") if isinstance(cache, dict) else type(cache).__name__
+        raise ValueError(f"{cell}_backward needs a cache from {cell}_forward, got one from {origin!r}")
+    T, B, _ = cache["x"].shape
+    H = cache["W_hh"].shape[1]
+    expected = {"dy": ((T, B, H), "(T, B, H)"), "dh_n": ((B, H), "(B, H)"), "dc_n": ((B, H), "(B, H)")}
+    dy, *final = check_grads(cache["x"].dtype, expected, {"dy": dy, **dfinal}, zeros=True)
+    return dy, tuple(final)
+
+
 def _common_cache(cell, x, W_ih, W_hh, b_ih, b_hh, lengths, reverse, **options):
     return {
         "cell": cell,
@@ -218,8 +233,8 @@ def rnn_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
     """Elman RNN forward.  Returns (y, h_n, cache); cache is None unless training."""
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    x, (h0,), W_ih, W_hh, b_ih, b_hh, lengths = _check_forward_inputs(
-        "rnn", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, lengths)
+    x, (h0,), W_ih, W_hh, b_ih, b_hh, lengths = check_forward(
+        "rnn", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, lengths)[:7]
     act = np.tanh if nonlinearity == "tanh" else (lambda v: np.maximum(v, 0.0))
 
     def step(x_s, states):
@@ -257,8 +272,8 @@ def rnn_backward(cache, dy=None, dh_n=None):
 def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, lengths=None,
                  reverse=False, training=True):
     """LSTM forward.  Returns (y, h_n, c_n, cache); cache is None unless training."""
-    x, (h0, c0), W_ih, W_hh, b_ih, b_hh, lengths = _check_forward_inputs(
-        "lstm", x, {"h0": h0, "c0": c0}, W_ih, W_hh, b_ih, b_hh, lengths)
+    x, (h0, c0), W_ih, W_hh, b_ih, b_hh, lengths = check_forward(
+        "lstm", x, {"h0": h0, "c0": c0}, W_ih, W_hh, b_ih, b_hh, lengths)[:7]
 
     def step(x_s, states):
         h, c = states
@@ -305,8 +320,8 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
 def gru_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, reset_after=True,
                 lengths=None, reverse=False, training=True):
     """GRU forward.  Returns (y, h_n, cache); cache is None unless training."""
-    x, (h0,), W_ih, W_hh, b_ih, b_hh, lengths = _check_forward_inputs(
-        "gru", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, lengths)
+    x, (h0,), W_ih, W_hh, b_ih, b_hh, lengths = check_forward(
+        "gru", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, lengths)[:7]
     reset_after = bool(reset_after)
     H = W_hh.shape[1]
     W_hrz, W_hn = W_hh[:2 * H], W_hh[2 * H:]

@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
-# variant name -> (cell, cell-specific keyword options)
-VARIANTS = {
-    "rnn_tanh": ("rnn", {"nonlinearity": "tanh"}),
-    "rnn_relu": ("rnn", {"nonlinearity": "relu"}),
-    "lstm": ("lstm", {}),
-    "gru": ("gru", {"reset_after": True}),
-    "gru_v3": ("gru", {"reset_after": False}),
-}
-NUM_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+from ._cells import CELLS, GATES, cell_options
+
+# variant (cell) name -> (family, the keyword options that select it):
+# "rnn_tanh", "rnn_relu", "lstm", "gru", "gru_reset_before"
+VARIANTS = {c.name: (c.family, cell_options(c)) for c in CELLS.values()}
 # names of the backward results, in order
 GRAD_NAMES = {
     "rnn": ("x", "h0", "W_ih", "W_hh", "b_ih", "b_hh"),
@@ -44,7 +40,7 @@ def assert_close(actual, expected, dtype, name=""):
 
 def make_params(rng, cell, T=4, B=3, I=5, H=7, bias=True, dtype=np.float64):
     """Random inputs for ``cell``: x, h0 (c0), W_ih, W_hh (b_ih, b_hh)."""
-    G = NUM_GATES[cell]
+    G = GATES[cell]
     p = {"x": rng.standard_normal((T, B, I)), "h0": 0.5 * rng.standard_normal((B, H))}
     if cell == "lstm":
         p["c0"] = 0.5 * rng.standard_normal((B, H))

@@ -43,7 +43,6 @@ compute at the same time and at most max(pyrnn's, torch's) threads are busy.
 
 from __future__ import annotations
 
-import numbers
 from typing import NamedTuple
 
 import numpy as np
@@ -51,8 +50,10 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import _core
+from . import _core, _stack
 from . import functional as F
+from ._cells import cell_spec
+from ._validation import check_probability
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "InputError"]
 
@@ -70,12 +71,11 @@ _DOUBLE_BACKWARD = (
 class _Spec(NamedTuple):
     """What one (layer, direction) call runs besides its tensors."""
 
-    cell: str  # "lstm", "gru" or "rnn"
+    cell: str  # family: "lstm", "gru" or "rnn"
+    options: dict  # the keyword options that select the cell (nonlinearity, reset_after)
     reverse: bool = False
     lengths: np.ndarray | None = None  # int64 [B], or None: all T
     h_mask: np.ndarray | None = None  # recurrent dropout mask [B, H_out], or None
-    reset_after: bool = True  # GRU
-    nonlinearity: str = "tanh"  # RNN
 
 
 def _np(t):
@@ -86,9 +86,8 @@ def _np(t):
 def _kernel_forward(spec, arrays, training):
     """Runs one layer and direction: arrays = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr)."""
     x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr = arrays
-    return F.forward(spec.cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, nonlinearity=spec.nonlinearity,
-                     reset_after=spec.reset_after, W_hr=W_hr, h_mask=spec.h_mask, lengths=spec.lengths,
-                     reverse=spec.reverse, training=training)
+    return F.forward(spec.cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, **spec.options, W_hr=W_hr, h_mask=spec.h_mask,
+                     lengths=spec.lengths, reverse=spec.reverse, training=training)
 
 
 class _NotTwiceDifferentiable(torch.autograd.Function):
@@ -187,13 +186,6 @@ def _run(spec, grad, x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr):
     return torch.from_numpy(y), torch.from_numpy(h_n), None if c_n is None else torch.from_numpy(c_n)
 
 
-def _check_probability(name, p):
-    if isinstance(p, bool) or not isinstance(p, numbers.Number) or not 0 <= p <= 1:
-        raise ValueError(f"{name} should be a number in range [0, 1] representing the probability of an "
-                         f"element being zeroed")
-    return float(p)
-
-
 def _dropout_mask(shape, p, dtype):
     """Kept units scaled by 1/(1-p) (p=1 drops everything); torch's RNG."""
     if p >= 1:
@@ -211,7 +203,7 @@ class _PyrnnRNNMixin:
 
     def __init__(self, *args, recurrent_dropout=0.0, **kwargs):
         super().__init__(*args, **kwargs)
-        self.recurrent_dropout = _check_probability("recurrent_dropout", recurrent_dropout)
+        self.recurrent_dropout = check_probability("recurrent_dropout", recurrent_dropout)
 
     def extra_repr(self):
         s = super().extra_repr()
@@ -224,8 +216,8 @@ class _PyrnnRNNMixin:
         return s
 
     def _spec(self, **kw):
-        nonlinearity = "relu" if self.mode == "RNN_RELU" else "tanh"
-        return _Spec(self._cell, reset_after=self.reset_after, nonlinearity=nonlinearity, **kw)
+        options = {"nonlinearity": "relu" if self.mode == "RNN_RELU" else "tanh", "reset_after": self.reset_after}
+        return _Spec(self._cell, options, **kw)
 
     def _states(self, hx, B, unbatched, dtype):
         """(h0, c0): [L*D, B, size] tensors or None, checked as torch.nn checks them."""
@@ -284,27 +276,23 @@ class _PyrnnRNNMixin:
         params = list(self.parameters())
         grad = _needs_grad([x, h0_all, c0_all] + params)
         rec_p = self.recurrent_dropout if self.training else 0.0
-        layer_x, h_n, c_n = x, [], []
-        for layer in range(self.num_layers):
-            ys = []
-            for d in range(D):
-                k = layer * D + d
-                sfx = f"_l{layer}" + ("_reverse" if d else "")
-                mask = _dropout_mask((B, H_out), rec_p, dtype) if rec_p > 0 else None
-                spec = self._spec(reverse=d == 1, lengths=lengths_np, h_mask=mask)
-                y, h, c = _run(spec, grad, layer_x, None if h0_all is None else h0_all[k],
-                               None if c0_all is None else c0_all[k],
-                               getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx),
-                               getattr(self, "bias_ih" + sfx, None), getattr(self, "bias_hh" + sfx, None),
-                               getattr(self, "weight_hr" + sfx, None))
-                ys.append(y)
-                h_n.append(h)
-                c_n.append(c)
-            layer_x = ys[0] if D == 1 else torch.cat(ys, 2)
-            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                layer_x = nn.functional.dropout(layer_x, self.dropout, training=True)
-        out, h_n = layer_x, torch.stack(h_n)
-        c_n = torch.stack(c_n) if self._cell == "lstm" else None
+
+        def run(layer, d, layer_x):
+            k = layer * D + d
+            sfx = _stack.param_suffix(layer, d)
+            mask = _dropout_mask((B, H_out), rec_p, dtype) if rec_p > 0 else None
+            return _run(self._spec(reverse=d == 1, lengths=lengths_np, h_mask=mask), grad, layer_x,
+                        None if h0_all is None else h0_all[k], None if c0_all is None else c0_all[k],
+                        getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx),
+                        getattr(self, "bias_ih" + sfx, None), getattr(self, "bias_hh" + sfx, None),
+                        getattr(self, "weight_hr" + sfx, None))
+
+        def dropout(layer, y):
+            return nn.functional.dropout(y, self.dropout, training=True) if self.dropout > 0 and self.training else y
+
+        out, results = _stack.forward(run, x, self.num_layers, D, concat=lambda ys: torch.cat(ys, 2), between=dropout)
+        h_n = torch.stack([r[1] for r in results])
+        c_n = torch.stack([r[2] for r in results]) if self._cell == "lstm" else None
 
         if packed:
             out = _repack(out, lengths, input)
@@ -366,12 +354,8 @@ class _PyrnnCellMixin:
     _cell = "rnn"
     reset_after = True
 
-    def _kind(self):
-        if self._cell == "lstm":
-            return _core.CellKind.LSTM
-        if self._cell == "gru":
-            return _core.CellKind.GRU if self.reset_after else _core.CellKind.GRU_RESET_BEFORE
-        return _core.CellKind.RNN_RELU if self.nonlinearity == "relu" else _core.CellKind.RNN_TANH
+    def _options(self):
+        return {"nonlinearity": getattr(self, "nonlinearity", "tanh"), "reset_after": self.reset_after}
 
     def _step(self, input, states):
         name = type(self).__name__
@@ -399,11 +383,10 @@ class _PyrnnCellMixin:
         h0, c0 = (checked + [None])[:2]
         weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         if _needs_grad([x, h0, c0, *weights]):
-            spec = _Spec(self._cell, reset_after=self.reset_after, nonlinearity=getattr(self, "nonlinearity", "tanh"))
-            _, h1, c1 = _run(spec, True, x.unsqueeze(0), h0, c0, *weights, None)
+            _, h1, c1 = _run(_Spec(self._cell, self._options()), True, x.unsqueeze(0), h0, c0, *weights, None)
         else:
             arrays = [None if t is None else np.ascontiguousarray(_np(t)) for t in (x, h0, c0, *weights)]
-            h1, c1 = (None if a is None else torch.from_numpy(a) for a in _core.cell_step(self._kind(), *arrays))
+            h1, c1 = (None if a is None else torch.from_numpy(a) for a in _core.cell_step(cell_spec(self._cell, **self._options()).kind, *arrays))
         if unbatched:
             h1 = h1.squeeze(0)
             c1 = None if c1 is None else c1.squeeze(0)

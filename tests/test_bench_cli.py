@@ -9,6 +9,7 @@ import pytest
 
 import pyrnn
 from pyrnn import bench
+from pyrnn.bench import cli, runner
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 TINY = ["--tiny", "--threads", "1"]
@@ -77,18 +78,7 @@ def test_all_cells_modes_threads_with_reference(tmp_path):
     assert char and all(r["layers"] == 2 and r["impl"] == "functional" for r in char)
 
 
-def test_layer_case_reported_not_available(tmp_path, monkeypatch, capsys):
-    monkeypatch.delattr(pyrnn, "LSTM", raising=False)
-    rc, report = run_json(tmp_path, "--cells", "lstm")
-    assert rc == 0
-    bidir = [r for r in report["rows"] if r["bidirectional"]]
-    assert len(bidir) == 1 and bidir[0]["status"] == "not available (needs pyrnn.LSTM)"
-    assert "not available (needs pyrnn.LSTM)" in capsys.readouterr().out
-
-
-def test_layer_case_runs_with_pyrnn_layers(tmp_path, monkeypatch):
-    layers = pytest.importorskip("pyrnn.layers")
-    monkeypatch.setattr(pyrnn, "LSTM", layers.LSTM, raising=False)
+def test_layer_case_runs_with_pyrnn_layers(tmp_path):
     rc, report = run_json(tmp_path, "--cells", "lstm", "--reference")
     assert rc == 0
     (r_fwd, r_bwd) = [r for r in report["rows"] if r["bidirectional"]]
@@ -103,7 +93,7 @@ def test_broken_layer_is_an_error_not_a_crash(tmp_path, monkeypatch):
         def __init__(self, *args, **kwargs):
             raise RuntimeError("boom")
 
-    monkeypatch.setattr(pyrnn, "LSTM", BrokenLSTM, raising=False)
+    monkeypatch.setitem(runner.LAYERS, "lstm", BrokenLSTM)
     rc, report = run_json(tmp_path, "--cells", "lstm", "--modes", "fwd")
     assert rc == 1
     (bidir,) = [r for r in report["rows"] if r["bidirectional"]]
@@ -141,7 +131,7 @@ def test_threads_restored(tmp_path):
 
 
 def test_busy_machine_warning(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bench, "load_average", lambda: 99.0)
+    monkeypatch.setattr(cli, "load_average", lambda: 99.0)
     rc, report = run_json(tmp_path, "--cells", "rnn", "--modes", "fwd")
     assert rc == 0 and report["machine"]["load_average_at_end"] == 99.0
     assert "WARNING: the machine was busy" in capsys.readouterr().out

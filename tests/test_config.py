@@ -30,7 +30,7 @@ def _expected_best():
         return None
     if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
         return "avx512"
-    return "avx2" if "avx2" in flags else "scalar"
+    return "avx2" if "avx2" in flags else "baseline"
 
 
 def test_show_config_reports_detected_isa(monkeypatch):
@@ -57,19 +57,21 @@ def test_pyrnn_isa_forces_a_lower_level(monkeypatch, level):
     assert f"ISA selected:   {level}" in out.getvalue()
 
 
-def test_pyrnn_isa_portable_alias(monkeypatch):
-    monkeypatch.setenv("PYRNN_ISA", "portable")
-    assert pyrnn.isa() == "scalar"
+@pytest.mark.parametrize("former", ["scalar", "portable"])
+def test_pyrnn_isa_former_names(monkeypatch, former):
+    """The baseline level's former names still select it."""
+    monkeypatch.setenv("PYRNN_ISA", former)
+    assert pyrnn.isa() == "baseline"
 
 
 def test_pyrnn_isa_invalid_name(monkeypatch):
     monkeypatch.setenv("PYRNN_ISA", "avx1024")
-    with pytest.raises(ValueError, match="PYRNN_ISA must be one of 'avx512', 'avx2', 'scalar'"):
+    with pytest.raises(ValueError, match="PYRNN_ISA must be one of 'avx512', 'avx2', 'baseline'"):
         pyrnn.isa()
 
 
 def test_pyrnn_isa_above_cpu_is_an_error(monkeypatch):
-    levels = ["scalar", "avx2", "avx512"]
+    levels = ["baseline", "avx2", "avx512"]
     best = _core.isa_supported()[-1]
     above = levels[levels.index(best) + 1:]
     if not above:
@@ -202,12 +204,20 @@ def test_cache_limit_from_environment(value, limit):
 
 
 def test_profile_prints_phases():
+    """Every cell kind, the projected LSTM included, prints each phase of its forward and backward."""
     code = (
         "import numpy as np, pyrnn; from pyrnn import functional as F\n"
-        "x = np.ones((5, 3, 8), np.float32); W = np.full((32, 8), 0.1, np.float32); h = np.zeros((3, 8), np.float32)\n"
-        "y, _, _, ws = F.lstm_forward(x, h, h, W, W)\n"
-        "F.lstm_backward(ws, np.ones_like(y))\n"
-        "print(float(y.sum()))\n"
+        "rng = np.random.default_rng(0)\n"
+        "x = rng.standard_normal((5, 3, 8)).astype(np.float32)\n"
+        "for cell, opts, P in [('rnn', dict(nonlinearity='tanh'), 0), ('rnn', dict(nonlinearity='relu'), 0),\n"
+        "                      ('lstm', {}, 0), ('lstm', {}, 4), ('gru', {}, 0), ('gru', dict(reset_after=False), 0)]:\n"
+        "    G = {'rnn': 1, 'lstm': 4, 'gru': 3}[cell]\n"
+        "    W_ih = 0.1 * rng.standard_normal((G * 8, 8)).astype(np.float32)\n"
+        "    W_hh = 0.1 * rng.standard_normal((G * 8, P or 8)).astype(np.float32)\n"
+        "    W_hr = 0.1 * rng.standard_normal((P, 8)).astype(np.float32) if P else None\n"
+        "    y, _, _, ws = F.forward(cell, x, None, None, W_ih, W_hh, W_hr=W_hr, **opts)\n"
+        "    g = F.backward(ws, np.ones_like(y))\n"
+        "    print(cell, opts, P, y.tobytes().hex()[:64], g['x'].sum(), g['W_hh'].sum())\n"
     )
     runs = {}
     for flag in ("0", "1"):
@@ -215,11 +225,33 @@ def test_profile_prints_phases():
         runs[flag] = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert "pyrnn-profile" not in runs["0"].stderr
     lines = [l for l in runs["1"].stderr.splitlines() if l.startswith("pyrnn-profile")]
-    assert len(lines) == 2
-    fwd, bwd = lines
-    assert "lstm forward-train B=3 T=5 I=8 H=8" in fwd
-    for phase in ("pack", "input-proj", "loop", "busy", "barrier wait", "total"):
-        assert phase in fwd
-    for phase in ("loop", "dh0", "dx", "dW_ih", "dW_hh", "db", "total"):
-        assert phase in bwd
+    names = ["rnn_tanh", "rnn_relu", "lstm", "lstm+projection", "gru", "gru_reset_before"]
+    assert len(lines) == 2 * len(names)
+    for name, fwd, bwd in zip(names, lines[::2], lines[1::2]):
+        assert f" {name} forward-train B=3 T=5 I=8 H=8" in fwd
+        assert f" {name} backward B=3 T=5 I=8 H=8" in bwd
+        for phase in ("pack", "input-proj", "loop", "busy", "barrier wait", "total"):
+            assert phase in fwd, (name, fwd)
+        for phase in ("pack", "loop", "busy", "barrier wait", "dh0", "dx", "dW_ih", "dW_hh", "db", "total"):
+            assert phase in bwd, (name, bwd)
     assert runs["0"].stdout == runs["1"].stdout  # profiling changes no result
+
+
+def test_cell_table_is_the_one_vocabulary():
+    """pyrnn._cells, the stub and the extension's enum all come from the C++ cell table."""
+    import re
+
+    from pyrnn import _cells, _core
+
+    table = _core.cells()
+    assert [name for _, name, _, _ in table] == ["rnn_tanh", "rnn_relu", "lstm", "gru", "gru_reset_before"]
+    assert {kind.name for kind, *_ in table} == set(_core.CellKind.__members__)
+    with open(os.path.join(os.path.dirname(pyrnn.__file__), "_core.pyi")) as f:
+        stub = f.read()
+    block = stub[stub.index("class CellKind(Enum):"):].split("\n\n")[0]
+    assert set(re.findall(r"^    (\w+) = \.\.\.", block, re.M)) == set(_core.CellKind.__members__)
+    assert _cells.GATES == {"rnn": 1, "lstm": 4, "gru": 3}
+    for cell in _cells.CELLS.values():
+        assert _cells.cell_spec(cell.family, **_cells.cell_options(cell)) is cell
+    with pytest.raises(ValueError, match="cell must be 'rnn', 'lstm' or 'gru', got 'elman'"):
+        _cells.cell_spec("elman")

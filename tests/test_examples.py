@@ -135,7 +135,7 @@ def test_adding_problem_fast_mode_learns():
     res = ap.main(["--fast", "--no-plot", "--threads", "1"])
     mse, base = res["results"], res["baseline"]
     assert mse["lstm", 50] < base / 4  # the criterion; typically ~1% of the baseline
-    for model in ("gru", "gru_v3"):
+    for model in ("gru", "gru_reset_before"):
         assert mse[model, 50] < base / 4
     assert mse["rnn", 50] > 5 * max(mse["lstm", 50], mse["gru", 50])
 

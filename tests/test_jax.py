@@ -11,19 +11,12 @@ jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 
 import pyrnn.jax as rj  # noqa: E402
+from pyrnn import testing  # noqa: E402
+from pyrnn._cells import GATES  # noqa: E402
 
 T, B, I, H, P = 5, 3, 4, 6, 2
 LENGTHS = np.array([3, 5, 1])
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
-
-VARIANTS = {
-    "lstm": ("lstm", {}),
-    "lstm_proj": ("lstm", {}),
-    "gru": ("gru", {"reset_after": True}),
-    "gru_v3": ("gru", {"reset_after": False}),
-    "rnn_tanh": ("rnn", {"nonlinearity": "tanh"}),
-    "rnn_relu": ("rnn", {"nonlinearity": "relu"}),
-}
+VARIANTS = {**testing.VARIANTS, "lstm_proj": ("lstm", {})}
 
 
 # ------------------------------------------------------ the lax.scan oracle --

@@ -5,7 +5,7 @@
 * length / reverse semantics against running each sequence on its own;
 * float32 against float64;
 * against torch.nn.RNN / LSTM / GRU (skipped when torch is not importable);
-* GRU reset_after=False against a scalar transcription of its equations;
+* GRU reset_after=False against a plain loop over its equations;
 * input validation and empty batches.
 """
 
@@ -16,7 +16,8 @@ import pytest
 
 from pyrnn import reference as ref
 
-from pyrnn.testing import GRAD_NAMES, NUM_GATES, VARIANTS, make_params, random_cotangents
+from pyrnn._cells import GATES
+from pyrnn.testing import GRAD_NAMES, VARIANTS, make_params, random_cotangents
 from pyrnn.testing import run_backward as _run_backward
 from pyrnn.testing import run_forward as _run_forward
 
@@ -278,11 +279,11 @@ def test_matches_torch(variant, bias, case, reverse):
 
 
 # ---------------------------------------------------------------------------
-# GRU reset_after=False against a scalar transcription
+# GRU reset_after=False against a plain loop over its equations
 # ---------------------------------------------------------------------------
 
 
-def gru_v3_scalar(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reverse):
+def gru_reset_before_loop(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reverse):
     """Cho et al. (2014 v3) GRU, one sample and one unit at a time."""
     T, B, _ = x.shape
     H = W_hh.shape[1]
@@ -320,13 +321,13 @@ def gru_v3_scalar(x, h0, W_ih, W_hh, b_ih, b_hh, lengths, reverse):
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("lengths", [None, [4, 1, 3]], ids=["full", "lengths"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-def test_gru_reset_before_matches_scalar_loop(bias, lengths, reverse):
+def test_gru_reset_before_matches_plain_loop(bias, lengths, reverse):
     rng = np.random.default_rng(17)
     p = make_params(rng, "gru", bias=bias)
     y, h_n, _ = ref.gru_forward(p["x"], p["h0"], p["W_ih"], p["W_hh"], p.get("b_ih"),
                                 p.get("b_hh"), reset_after=False, lengths=lengths,
                                 reverse=reverse, training=False)
-    y_s, h_n_s = gru_v3_scalar(p["x"], p["h0"], p["W_ih"], p["W_hh"], p.get("b_ih"),
+    y_s, h_n_s = gru_reset_before_loop(p["x"], p["h0"], p["W_ih"], p["W_hh"], p.get("b_ih"),
                                p.get("b_hh"), lengths, reverse)
     np.testing.assert_allclose(y, y_s, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(h_n, h_n_s, rtol=1e-12, atol=1e-14)

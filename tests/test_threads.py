@@ -57,7 +57,7 @@ def test_bitwise_identical_for_any_thread_count(isa, threads):
 
     Regression: backward's dx split its rows between threads anywhere, so a row could fall in a
     one-row tile (a GEMV summing in another order) at one thread count and not at another
-    (LSTM T=29 B=11 I=37 H=53 differed by ~5e-7 between 1 and 2 threads on avx2 and scalar)."""
+    (LSTM T=29 B=11 I=37 H=53 differed by ~5e-7 between 1 and 2 threads on avx2 and baseline)."""
 
     @hypothesis.settings(max_examples=30, deadline=None, derandomize=True, database=None)
     @hypothesis.given(cell=st.sampled_from(range(len(CELLS))), T=st.integers(1, 30), B=st.integers(1, 19),

@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 import pyrnn  # noqa: E402
 import pyrnn.torch as pt  # noqa: E402
 from pyrnn import functional as F  # noqa: E402
+from pyrnn import _core  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence  # noqa: E402
 
@@ -471,15 +472,15 @@ def test_no_grad_and_inference_mode_match_autograd_path():
 def test_kernels_share_tensor_memory(monkeypatch):
     """Contiguous tensors reach the kernel as views and its outputs become tensors without copies."""
     seen = {}
-    real = F.lstm_forward
+    real = _core.sequence_forward
 
-    def spy(x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, **kw):
-        out = real(x, h0, c0, W_ih, W_hh, b_ih, b_hh, **kw)
+    def spy(kind, x, h0, c0, W_ih, W_hh, b_ih, b_hh, *rest):
+        out = real(kind, x, h0, c0, W_ih, W_hh, b_ih, b_hh, *rest)
         seen.update(x=x.ctypes.data, h0=h0.ctypes.data, c0=c0.ctypes.data, W_ih=W_ih.ctypes.data,
                     W_hh=W_hh.ctypes.data, b_ih=b_ih.ctypes.data, y=out[0].ctypes.data, h_n=out[1].ctypes.data)
         return out
 
-    monkeypatch.setattr(F, "lstm_forward", spy)
+    monkeypatch.setattr(_core, "sequence_forward", spy)
     for dtype in (torch.float32, torch.float64):
         m = pt.LSTM(I, H, dtype=dtype)
         x = _input(False, dtype).requires_grad_(True)

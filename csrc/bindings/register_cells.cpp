@@ -5,7 +5,7 @@
 
 #include <string>
 
-#include "pyrnn/kernels.h"
+#include "pyrnn/api.h"
 #include "pyrnn/threads.h"
 
 namespace py = pybind11;

@@ -5,7 +5,7 @@
 
 #include "build_info.h"
 #include "pyrnn/isa.h"
-#include "pyrnn/kernels.h"
+#include "pyrnn/api.h"
 #include "pyrnn/pool.h"
 #include "pyrnn/threads.h"
 
@@ -21,7 +21,7 @@ void register_config(py::module_& m) {
     isa_flags["avx512"] = PYRNN_FLAGS_AVX512;
     isa_flags["avx2"] = PYRNN_FLAGS_AVX2;
 #endif
-    isa_flags["scalar"] = PYRNN_FLAGS_PORTABLE;
+    isa_flags["baseline"] = PYRNN_FLAGS_BASELINE;
     d["isa_flags"] = isa_flags;
     d["openmp"] = int(_OPENMP);
     return d;

@@ -1,7 +1,9 @@
-// Sequence kernels: array checks, output allocation, GIL release.
+// Sequence kernels: output allocation, GIL release, the cell table.
 //
-// pyrnn.functional validates arguments with friendly messages first; the
-// checks here make the module safe to call directly (no crash on bad input).
+// Arguments are validated in Python (pyrnn/_validation.py), with messages
+// meant for users. The checks here only protect memory when the module is
+// called directly: dtype, shape and contiguity of every array the kernels
+// read or write, and lengths in range; they raise with terse messages.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -9,7 +11,7 @@
 #include <optional>
 #include <string>
 
-#include "pyrnn/kernels.h"
+#include "pyrnn/api.h"
 #include "pyrnn/pool.h"
 #include "pyrnn/threads.h"
 
@@ -26,19 +28,22 @@ std::string shape_str(const py::array& a) {
 
 void check_array(const char* name, const py::array& a, const py::dtype& dt, std::initializer_list<int64_t> shape) {
   if (!a.dtype().is(dt))
-    throw py::type_error(std::string(name) + " must have dtype " + std::string(py::str(dt)) + ", got " +
+    throw py::type_error(std::string(name) + ": expected " + std::string(py::str(dt)) + ", got " +
                          std::string(py::str(a.dtype())));
-  bool ok = a.ndim() == py::ssize_t(shape.size());
+  bool ok = a.ndim() == py::ssize_t(shape.size()) && (a.flags() & py::array::c_style);
   int d = 0;
   for (int64_t s : shape) ok = ok && a.shape(d++) == s;
   if (!ok) {
     std::string want = "(";
     d = 0;
     for (int64_t s : shape) want += (d++ ? ", " : "") + std::to_string(s);
-    throw py::value_error(std::string(name) + " must have shape " + want + (shape.size() == 1 ? ",)" : ")") +
-                          ", got " + shape_str(a));
+    throw py::value_error(std::string(name) + ": expected a C-contiguous array of shape " + want +
+                          (shape.size() == 1 ? ",)" : ")") + ", got " + shape_str(a));
   }
-  if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(name) + " must be C-contiguous");
+}
+
+void require(bool ok, const char* what) {
+  if (!ok) throw py::value_error(what);
 }
 
 std::optional<py::array> opt_array(const py::object& o) {
@@ -111,35 +116,26 @@ py::tuple forward_typed(CellKind cell, py::array x, std::optional<py::array> h0,
                         std::optional<py::array> h_mask) {
   const py::dtype dt = py::dtype::of<Real>();
   const int G = pyrnn::gates_of(cell);
-  if (x.ndim() != 3) throw py::value_error("x must be a 3-D array [T, B, I], got shape " + shape_str(x));
+  require(x.ndim() == 3 && W_hh.ndim() == 2 && (!W_hr || W_hr->ndim() == 2), "x must be 3-D, W_hh and W_hr 2-D");
   const int64_t T = x.shape(0), B = x.shape(1), I = x.shape(2);
-  if (W_hh.ndim() != 2) throw py::value_error("W_hh must be a 2-D array (G*H, H), got shape " + shape_str(W_hh));
-  if (W_hr && cell != CellKind::Lstm) throw py::value_error("W_hr (a projection) is only supported for the LSTM");
-  if (W_hr && W_hr->ndim() != 2) throw py::value_error("W_hr must be a 2-D array (P, H), got shape " + shape_str(*W_hr));
   const int64_t P = W_hr ? W_hr->shape(0) : 0;
   const int64_t H = W_hr ? W_hr->shape(1) : W_hh.shape(1), Ho = P ? P : H;
-  if (W_hr && (P < 1 || P >= H)) throw py::value_error("W_hr must have 1 <= P < H rows, got shape " + shape_str(*W_hr));
-  if (T < 1) throw py::value_error("x must have at least one time step, got T = 0");
-  if (H < 1 || I < 1) throw py::value_error("input and hidden sizes must be at least 1");
+  require(T >= 1 && I >= 1 && H >= 1, "T, I and H must be at least 1");
+  require(!W_hr || (cell == CellKind::Lstm && P >= 1 && P < H), "W_hr: LSTM only, with 1 <= P < H");
+  require(!c0 || cell == CellKind::Lstm, "c0: LSTM only");
+  require(bool(b_ih) == bool(b_hh), "b_ih and b_hh: both or neither");
   check_array("x", x, dt, {T, B, I});
   check_array("W_ih", W_ih, dt, {G * H, I});
   check_array("W_hh", W_hh, dt, {G * H, Ho});
   if (W_hr) check_array("W_hr", *W_hr, dt, {P, H});
-  if (bool(b_ih) != bool(b_hh)) throw py::value_error("b_ih and b_hh must both be given or both be None");
   if (b_ih) check_array("b_ih", *b_ih, dt, {G * H}), check_array("b_hh", *b_hh, dt, {G * H});
   if (h0) check_array("h0", *h0, dt, {B, Ho});
   if (h_mask) check_array("h_mask", *h_mask, dt, {B, Ho});
-  if (c0) {
-    if (cell != CellKind::Lstm) throw py::value_error("c0 is only used by the LSTM");
-    check_array("c0", *c0, dt, {B, H});
-  }
+  if (c0) check_array("c0", *c0, dt, {B, H});
   if (lengths) {
     check_array("lengths", *lengths, py::dtype::of<int64_t>(), {B});
     const int64_t* L = ptr<int64_t>(lengths);
-    for (int64_t b = 0; b < B; ++b)
-      if (L[b] < 1 || L[b] > T)
-        throw py::value_error("lengths must lie in [1, T] = [1, " + std::to_string(T) + "], got " +
-                              std::to_string(L[b]) + " at index " + std::to_string(b));
+    for (int64_t b = 0; b < B; ++b) require(L[b] >= 1 && L[b] <= T, "lengths must lie in [1, T]");
   }
   // y is zero at padded steps, so it starts zeroed when lengths are given.
   py::array_t<Real> y = out_array<Real>({T, B, Ho});
@@ -196,10 +192,8 @@ py::tuple backward_typed(SequenceState& st, std::optional<py::array> dy, std::op
   const int64_t Ho = P ? P : H;
   if (dy) check_array("dy", *dy, dt, {T_, B, Ho});
   if (dh_n) check_array("dh_n", *dh_n, dt, {B, Ho});
-  if (dc_n) {
-    if (st.cell != CellKind::Lstm) throw py::value_error("dc_n is only used by the LSTM");
-    check_array("dc_n", *dc_n, dt, {B, H});
-  }
+  require(!dc_n || st.cell == CellKind::Lstm, "dc_n: LSTM only");
+  if (dc_n) check_array("dc_n", *dc_n, dt, {B, H});
   auto zeros = [&](std::initializer_list<int64_t> shape) {
     py::array_t<Real> a = out_array<Real>(shape);
     std::memset(a.mutable_data(), 0, sizeof(Real) * size_t(a.size()));
@@ -250,12 +244,16 @@ py::tuple backward_typed(SequenceState& st, std::optional<py::array> dy, std::op
 }  // namespace
 
 void register_sequence(py::module_& m) {
-  py::enum_<CellKind>(m, "CellKind")
-      .value("RNN_TANH", CellKind::RnnTanh)
-      .value("RNN_RELU", CellKind::RnnRelu)
-      .value("LSTM", CellKind::Lstm)
-      .value("GRU", CellKind::Gru)
-      .value("GRU_RESET_BEFORE", CellKind::GruResetBefore);
+  py::enum_<CellKind> kinds(m, "CellKind");
+  for (const pyrnn::CellInfo& c : pyrnn::kCells) kinds.value(c.python_enum, c.kind);
+  m.def(
+      "cells",
+      [] {
+        py::list out;
+        for (const pyrnn::CellInfo& c : pyrnn::kCells) out.append(py::make_tuple(c.kind, c.name, c.family, c.gates));
+        return out;
+      },
+      "The cell table (pyrnn/cells.h): a list of (CellKind, name, family, gates).");
 
   py::class_<SequenceState>(m, "Workspace",
                             "What a training forward keeps for backward: saved activations plus "
@@ -278,7 +276,7 @@ void register_sequence(py::module_& m) {
           return forward_typed<double>(cell, x, opt_array(h0), opt_array(c0), W_ih, W_hh, opt_array(b_ih),
                                        opt_array(b_hh), opt_array(lengths), reverse, training, opt_array(W_hr),
                                        opt_array(h_mask));
-        throw py::type_error("x must have dtype float32 or float64, got " + std::string(py::str(x.dtype())));
+        throw py::type_error("x: expected float32 or float64, got " + std::string(py::str(x.dtype())));
       },
       py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("W_ih"), py::arg("W_hh"), py::arg("b_ih"),
       py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"), py::arg("training"), py::arg("W_hr") = py::none(),

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "simd.h"
-#include "../sequence/aligned.h"
+#include "../runtime/aligned_buffer.h"
 
 namespace pyrnn {
 namespace PYRNN_ISA_NS {

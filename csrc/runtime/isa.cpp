@@ -15,7 +15,7 @@ const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::Avx512: return "avx512";
     case Isa::Avx2: return "avx2";
-    default: return "scalar";
+    default: return "baseline";
   }
 }
 
@@ -30,20 +30,20 @@ uint64_t xcr0() {
 
 Isa detect() {
   unsigned a, b, c, d;
-  if (!__get_cpuid(1, &a, &b, &c, &d)) return Isa::Portable;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return Isa::Baseline;
   const bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28);
-  if (!(fma && osxsave && avx)) return Isa::Portable;
+  if (!(fma && osxsave && avx)) return Isa::Baseline;
   const uint64_t xcr = xcr0();
-  if ((xcr & 0x6) != 0x6) return Isa::Portable;  // SSE and AVX state
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return Isa::Portable;
+  if ((xcr & 0x6) != 0x6) return Isa::Baseline;  // SSE and AVX state
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return Isa::Baseline;
   const bool avx2 = b & (1u << 5);
-  if (!avx2) return Isa::Portable;
+  if (!avx2) return Isa::Baseline;
   const bool f = b & (1u << 16), dq = b & (1u << 17), bw = b & (1u << 30), vl = b & (1u << 31);
   if (f && dq && bw && vl && (xcr & 0xE6) == 0xE6) return Isa::Avx512;  // + opmask, ZMM state
   return Isa::Avx2;
 }
 #else
-Isa detect() { return Isa::Portable; }
+Isa detect() { return Isa::Baseline; }
 #endif
 }  // namespace
 
@@ -61,8 +61,8 @@ std::vector<Isa> isa_supported() {
 Isa isa_from_name(const std::string& name) {
   if (name == "avx512") return Isa::Avx512;
   if (name == "avx2") return Isa::Avx2;
-  if (name == "scalar" || name == "portable") return Isa::Portable;
-  throw std::invalid_argument("PYRNN_ISA must be one of 'avx512', 'avx2', 'scalar', got '" + name + "'");
+  if (name == "baseline" || name == "scalar" || name == "portable") return Isa::Baseline;
+  throw std::invalid_argument("PYRNN_ISA must be one of 'avx512', 'avx2', 'baseline', got '" + name + "'");
 }
 
 Isa isa_selected() {

@@ -6,7 +6,8 @@
 namespace pyrnn {
 
 // Ordered from lowest to highest: a level is usable when every lower one is.
-enum class Isa : int { Portable = 0, Avx2 = 1, Avx512 = 2 };
+// Baseline: the architecture's 16-byte SIMD (SSE2 on x86-64, NEON on aarch64).
+enum class Isa : int { Baseline = 0, Avx2 = 1, Avx512 = 2 };
 
 const char* isa_name(Isa isa);
 
@@ -21,7 +22,8 @@ std::vector<Isa> isa_supported();
 // Read from the environment on every call so tests can switch levels.
 Isa isa_selected();
 
-// Parses "avx512" | "avx2" | "scalar" (alias "portable"); throws std::invalid_argument.
+// Parses "avx512" | "avx2" | "baseline" (former names "scalar", "portable");
+// throws std::invalid_argument.
 Isa isa_from_name(const std::string& name);
 
 }  // namespace pyrnn

@@ -1,4 +1,5 @@
-// Sequence kernels: one layer, one direction, a whole sequence per call.
+// The kernels' entry points (csrc/driver/entry.cpp), called by the bindings:
+// one layer, one direction, a whole sequence per call; or one cell step.
 //
 // Dimension names, used the same way everywhere:
 //   T time steps, B batch, I input features, H hidden units, G gates per unit
@@ -10,13 +11,10 @@
 #include <cstdint>
 #include <memory>
 
+#include "pyrnn/cells.h"
 #include "pyrnn/isa.h"
 
 namespace pyrnn {
-
-enum class CellKind : int { RnnTanh = 0, RnnRelu = 1, Lstm = 2, Gru = 3, GruResetBefore = 4 };
-
-int gates_of(CellKind cell);
 
 template <class Real>
 struct ForwardArgs {

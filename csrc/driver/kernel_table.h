@@ -1,7 +1,7 @@
 // One table of entry points per ISA translation unit; picked once per call.
 #pragma once
-#include "pyrnn/kernels.h"
-#include "workspace.h"
+#include "../runtime/workspace.h"
+#include "pyrnn/api.h"
 
 namespace pyrnn {
 
@@ -15,7 +15,7 @@ struct KernelTable {
   void (*cell_f64)(const CellStepArgs<double>&, int nthreads);
 };
 
-const KernelTable& kernels_portable();
+const KernelTable& kernels_baseline();
 #if defined(PYRNN_HAVE_X86)
 const KernelTable& kernels_avx2();
 const KernelTable& kernels_avx512();

@@ -3,8 +3,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "aligned.h"
-#include "pyrnn/kernels.h"
+#include "aligned_buffer.h"
+#include "pyrnn/api.h"
 
 namespace pyrnn {
 
@@ -25,14 +25,14 @@ struct Schedule {
   std::vector<int64_t> row_t;   // [rows] time index of x consumed at that row
 };
 
-// lengths: null or [B] values already validated to lie in [1,T].
+// lengths: null or [B] values already validated to lie in [1,T] (schedule.cpp).
 Schedule make_schedule(int64_t T, int64_t B, const int64_t* lengths, bool reverse);
 
 template <class T>
 struct Workspace {
   Schedule sched;
   CellKind cell = CellKind::Lstm;
-  Isa isa = Isa::Portable;
+  Isa isa = Isa::Baseline;
   int64_t Hp = 0;  // H rounded up to whole vectors of the ISA that ran forward
   // Per packed row, gate-major, each group Hp wide:
   //   LSTM [i f g o], GRU [r z n (W_hn h + b_hn)], GRU reset-before [r z n], RNN: none.

@@ -1,52 +1,13 @@
-// ISA-independent parts of a sequence call: the schedule and the dispatch.
+// The kernels' entry points (pyrnn/api.h): each call picks the ISA level's
+// kernel table and its thread count (adaptive, runtime/threads.cpp).
 #include <algorithm>
-#include <numeric>
-#include <stdexcept>
+#include <type_traits>
 
-#include "dispatch.h"
+#include "../runtime/workspace.h"
+#include "kernel_table.h"
 #include "pyrnn/threads.h"
-#include "workspace.h"
 
 namespace pyrnn {
-
-int gates_of(CellKind cell) {
-  switch (cell) {
-    case CellKind::Lstm: return 4;
-    case CellKind::Gru:
-    case CellKind::GruResetBefore: return 3;
-    default: return 1;
-  }
-}
-
-Schedule make_schedule(int64_t T, int64_t B, const int64_t* lengths, bool reverse) {
-  Schedule s;
-  s.T = T, s.B = B, s.reverse = reverse;
-  s.order.resize(size_t(B));
-  std::iota(s.order.begin(), s.order.end(), int64_t(0));
-  auto len_of = [&](int64_t b) { return lengths ? lengths[b] : T; };
-  std::stable_sort(s.order.begin(), s.order.end(), [&](int64_t a, int64_t b) { return len_of(a) > len_of(b); });
-  s.len.resize(size_t(B));
-  for (int64_t i = 0; i < B; ++i) s.len[i] = len_of(s.order[i]);
-  s.S = B ? s.len[0] : 0;
-  s.active.assign(size_t(s.S), 0);
-  s.offset.assign(size_t(s.S + 1), 0);
-  for (int64_t st = 0; st < s.S; ++st) {
-    int64_t n = 0;
-    while (n < B && s.len[n] > st) ++n;  // a prefix, lengths decrease along i
-    s.active[st] = n;
-    s.offset[st + 1] = s.offset[st] + n;
-  }
-  s.rows = s.offset[s.S];
-  s.row_b.resize(size_t(s.rows));
-  s.row_t.resize(size_t(s.rows));
-  for (int64_t st = 0; st < s.S; ++st)
-    for (int64_t i = 0; i < s.active[st]; ++i) {
-      int64_t row = s.offset[st] + i;
-      s.row_b[row] = s.order[i];
-      s.row_t[row] = reverse ? s.len[i] - 1 - st : st;
-    }
-  return s;
-}
 
 const KernelTable& kernels_for(Isa isa) {
 #if defined(PYRNN_HAVE_X86)
@@ -54,7 +15,7 @@ const KernelTable& kernels_for(Isa isa) {
   if (isa == Isa::Avx2) return kernels_avx2();
 #endif
   (void)isa;
-  return kernels_portable();
+  return kernels_baseline();
 }
 
 namespace {

@@ -1,0 +1,617 @@
+// The driver: the time loop of one layer, one direction, for one ISA level,
+// the same skeleton for every cell. A cell (csrc/cells/) gives its traits and
+// the phases of one step; the driver packs each phase's weights, runs the
+// input projection, loops over the steps and computes the gradients after the
+// loop.
+//
+// Forward: (1) the input projection x W_ih^T + b for all valid (t, b) rows as
+// one GEMM before the loop; (2) per step and phase, a GEMM of the step's A
+// rows (h_{t-1} for the first phase) with the phase's packed weights, tile by
+// tile, with the cell's element-wise update applied to each tile while it is
+// in L1. Threads own fixed blocks of units with all their gates, so each keeps
+// its slice of the packed weights in its own L2 for the whole sequence; the
+// only synchronisation is one barrier per phase and step.
+//
+// Backward: per step (last to first) and phase, the GEMM of dG_{t+1} (first
+// phase) with the phase's weights for the thread's unit block, fused with the
+// cell's gradient code that writes dG_t; one barrier per phase and step.
+// After the loop dx, dW_ih, dW_hh (dW_hr) come from single GEMMs over all
+// rows and db from column sums.
+//
+// Every output element is summed in a fixed order (k ascending in GEMMs, rows
+// ascending in reductions), and work is split only over output elements, so
+// results are bitwise identical for any thread count.
+//
+// PYRNN_PROFILE=1 prints each call's phases (runtime/profile.h).
+#pragma once
+#include <omp.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <string>
+#include <utility>
+
+#include "../cells/all.h"
+#include "../gemm/fma_peak.h"
+#include "../runtime/profile.h"
+#include "kernel_table.h"
+#include "step.h"
+
+#define PYRNN_STR2(x) #x
+#define PYRNN_STR(x) PYRNN_STR2(x)
+
+namespace pyrnn {
+namespace PYRNN_ISA_NS {
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The call, for PYRNN_PROFILE lines (built only when profiling).
+template <class T>
+std::string describe_call(const ForwardArgs<T>& a, const Schedule& sc, const char* what, int nth) {
+  if (!profile_enabled()) return {};
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "%s %s%s %s B=%lld T=%lld I=%lld H=%lld threads=%d", PYRNN_STR(PYRNN_ISA_NS),
+                cell_info(a.cell).name, a.P ? "+projection" : "", what, (long long)sc.B, (long long)sc.T,
+                (long long)a.I, (long long)a.H, nth);
+  return buf;
+}
+
+// Panel for forward block j: [K][ng*HB], column gi*HB + v holds row
+// (gates[gi], j*HB + v) of W ([G*nunits, K], zero beyond nunits).
+template <class T>
+void pack_forward_panel(const T* W, int64_t nunits, int64_t K, const int* gates, int ng, int64_t HB, int64_t j,
+                        T* out) {
+  const int64_t NR = ng * HB;
+  for (int gi = 0; gi < ng; ++gi)
+    for (int64_t v = 0; v < HB; ++v) {
+      int64_t u = j * HB + v;
+      const T* src = u < nunits ? W + (gates[gi] * nunits + u) * K : nullptr;
+      T* o = out + gi * HB + v;
+      for (int64_t k = 0; k < K; ++k) o[k * NR] = src ? src[k] : T(0);
+    }
+}
+
+// Panel for backward block q: [ng*Kp][UB], row gi*Kp + u' holds W row
+// (gates[gi], u') ([G*nrows, ncols]) restricted to columns q*UB.. (zero beyond
+// nrows or ncols). Kp is the padded group width of the dG rows that multiply it.
+template <class T>
+void pack_backward_panel(const T* W, int64_t nrows, int64_t ncols, int64_t Kp, const int* gates, int ng, int64_t UB,
+                         int64_t q, T* out) {
+  for (int64_t k = 0; k < ng * Kp; ++k) {
+    int64_t up = k % Kp;
+    const T* src = up < nrows ? W + (gates[k / Kp] * nrows + up) * ncols : nullptr;
+    for (int64_t n = 0; n < UB; ++n) {
+      int64_t col = q * UB + n;
+      out[k * UB + n] = (src && col < ncols) ? src[col] : T(0);
+    }
+  }
+}
+
+// x W_ih^T + bias for this thread's units [ua, ub) of every gate.
+template <class T>
+void project_inputs(FwdCtx<T>& f, int G, int64_t ua, int64_t ub, GemmScratch<T>& scratch) {
+  if (ua >= ub) return;
+  for (int g = 0; g < G; ++g) {
+    int64_t c0 = g * f.Hp + ua;
+    gemm<T>(f.sc.rows, ub - ua, f.I, AView<T>{f.xrows.data()}, BView<T>{f.wih_cols.data() + c0, false},
+            CView<T>{nullptr, f.xp.data() + c0, f.ld_xp}, f.bias.data() + c0, false, scratch);
+  }
+}
+
+// h_n for units [ua, ub) of h: each entry's output at its last valid step.
+template <class T>
+void write_final_h(FwdCtx<T>& f, int64_t ua, int64_t ub) {
+  const Schedule& sc = f.sc;
+  ub = std::min(ub, f.Ho);
+  for (int64_t i = 0; ua < ub && i < sc.B; ++i)
+    std::memcpy(f.a.h_n + sc.order[i] * f.Ho + ua, f.yrows[sc.offset[sc.len[i] - 1] + i] + ua,
+                sizeof(T) * size_t(ub - ua));
+}
+
+// c_n for units [ua, ub) from the running state [B, Hp].
+template <class T>
+void write_final_c(FwdCtx<T>& f, int64_t ua, int64_t ub) {
+  ub = std::min(ub, f.H);
+  for (int64_t i = 0; ua < ub && i < f.sc.B; ++i)
+    std::memcpy(f.a.c_n + f.sc.order[i] * f.H + ua, f.state.data() + i * f.Hp + ua, sizeof(T) * size_t(ub - ua));
+}
+
+// One step's recurrent GEMM over the active entries for one block, each tile
+// handed to `epi(i0, m, tile)`. `arow(i)` gives the A row of entry i.
+//
+// With several row tiles, K is split into chunks whose slice of the panel
+// (~16 KiB) stays in L1 while every row tile passes over it; the tiles wait
+// in `acc` (ceil(n/MR)*MR*NR) between chunks. Otherwise each row tile would
+// stream the whole panel, and its A rows, from L2.
+template <class T, int MR, int NV, class ARow, class Epi>
+inline void step_tiles(int64_t n, int64_t K, const T* panel, ARow arow, Epi epi, T* acc) {
+  constexpr int64_t NR = NV * kLanes<T>;
+  constexpr int64_t KC = std::max<int64_t>(16, (16 * 1024 / int64_t(NR * sizeof(T))) / 8 * 8);
+  const T* arows[MR];
+  auto rows_at = [&](int64_t r0, int m, int64_t k0) {
+    for (int r = 0; r < MR; ++r) arows[r] = arow(r0 + std::min(r, m - 1)) + k0;
+  };
+  if (n <= MR || K <= KC) {
+    for (int64_t r0 = 0; r0 < n; r0 += MR) {
+      int m = int(std::min<int64_t>(MR, n - r0));
+      rows_at(r0, m, 0);
+      ukernel_rows<T, MR, NV, false>(m, K, nullptr, arows, panel, acc);
+      epi(r0, m, acc);
+    }
+    return;
+  }
+  for (int64_t k0 = 0; k0 < K; k0 += KC) {
+    const int64_t kc = std::min(KC, K - k0);
+    for (int64_t r0 = 0; r0 < n; r0 += MR) {
+      int m = int(std::min<int64_t>(MR, n - r0));
+      rows_at(r0, m, k0);
+      T* tile = acc + r0 * NR;
+      if (k0 == 0)
+        ukernel_rows<T, MR, NV, false>(m, kc, nullptr, arows, panel, tile);
+      else
+        ukernel_rows<T, MR, NV, false, true>(m, kc, nullptr, arows, panel + k0 * NR, tile);
+    }
+  }
+  for (int64_t r0 = 0; r0 < n; r0 += MR) epi(r0, int(std::min<int64_t>(MR, n - r0)), acc + r0 * NR);
+}
+
+template <class Tuple>
+struct AnyProjection;
+template <class... P>
+struct AnyProjection<std::tuple<P...>> {
+  static constexpr bool value = ((P::kWeights == PhaseWeights::Projection) || ...);
+};
+// Whether a cell's step has a projection phase (the LSTM's W_hr).
+template <class Cell>
+constexpr bool kProjected = AnyProjection<typename Cell::Forward>::value;
+
+// This thread's share of a phase's blocks.
+inline std::pair<int64_t, int64_t> my_blocks(int64_t nblk, int nt, int tid) {
+  int64_t b0, b1;
+  split_range(nblk, nt, tid, b0, b1);
+  return {b0, b1};
+}
+
+// One barrier per phase and step, with its wait recorded when profiling.
+inline void step_barrier(PhaseProfile& prof, int tid) {
+  const double tb = prof.before_barrier();
+#pragma omp barrier
+  prof.after_barrier(tid, tb);
+}
+
+// ---------------------------------------------------------------- forward --
+
+// A forward phase's geometry: blocks of HB units (kBlockVecs vectors of each
+// of its gates), its weights packed per block as [K][NR].
+template <class T, class Phase, bool FIRST>
+struct ForwardPhase {
+  static constexpr int NG = int(std::size(Phase::kGates)), NV = NG * Phase::kBlockVecs, MR = tile_rows(NV);
+  static constexpr int64_t HB = Phase::kBlockVecs * kLanes<T>, NR = NV * kLanes<T>;
+  static constexpr bool kProj = Phase::kWeights == PhaseWeights::Projection;
+  const T* W;
+  int64_t nunits, K, nblk;
+  T* panels;
+
+  ForwardPhase(FwdCtx<T>& f, AlignedBuffer<T>& buf)
+      : W(kProj ? f.a.W_hr : f.a.W_hh), nunits(kProj ? f.Ho : f.H), K(kProj ? f.H : f.Ho),
+        nblk(ceil_div(kProj ? f.Ho : f.Hp, HB)) {
+    buf.reserve(size_t(nblk * K * NR));
+    panels = buf.data();
+  }
+  T* panel(int64_t j) const { return panels + j * K * NR; }
+  void pack(std::pair<int64_t, int64_t> blocks) const {
+    for (int64_t j = blocks.first; j < blocks.second; ++j) pack_forward_panel(W, nunits, K, Phase::kGates, NG, HB, j, panel(j));
+  }
+  size_t tile_elems(int64_t B) const { return size_t(ceil_div(B, MR) * MR * NR); }
+
+  template <bool TRAIN>
+  void step(FwdCtx<T>& f, std::pair<int64_t, int64_t> blocks, int64_t s, T* acc) const {
+    const int64_t off = f.sc.offset[s];
+    for (int64_t j = blocks.first; j < blocks.second; ++j)
+      step_tiles<T, MR, NV>(
+          f.sc.active[s], K, panel(j),
+          [&](int64_t i) {
+            if constexpr (FIRST)
+              return f.arow[off + i];
+            else
+              return Phase::a_row(f, s, i);
+          },
+          [&](int64_t i0, int m, const T* tile) { Phase::template tile<T, TRAIN>(f, s, i0, m, j * HB, tile); }, acc);
+  }
+};
+
+template <class T, class Cell, bool TRAIN, size_t... P>
+void forward_loop(FwdCtx<T>& f, int nthreads, std::index_sequence<P...>) {
+  using Phases = typename Cell::Forward;
+  constexpr size_t kLast = sizeof...(P) - 1;
+  std::array<AlignedBuffer<T>, sizeof...(P)> buffers;
+  std::tuple<ForwardPhase<T, std::tuple_element_t<P, Phases>, P == 0>...> phases{{f, buffers[P]}...};
+  const Schedule& sc = f.sc;
+  const int nth = int(std::min<int64_t>(nthreads, std::max({std::get<P>(phases).nblk...})));
+  const size_t tile_elems = std::max({std::get<P>(phases).tile_elems(sc.B)...});
+  const auto& first = std::get<0>(phases);
+  const auto& last = std::get<kLast>(phases);
+  PhaseProfile prof(describe_call(f.a, sc, TRAIN ? "forward-train" : "forward-infer", nth), nth);
+#pragma omp parallel num_threads(nth)
+  {
+    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+    const std::array<std::pair<int64_t, int64_t>, sizeof...(P)> blocks{
+        my_blocks(std::get<P>(phases).nblk, nt, tid)...};
+    (std::get<P>(phases).pack(blocks[P]), ...);
+    prof.phase("pack");
+    {
+      GemmScratch<T> scratch;
+      project_inputs(f, Cell::G, blocks[0].first * first.HB, std::min(blocks[0].second * first.HB, f.Hp), scratch);
+    }
+    prof.phase("input-proj");
+    AlignedBuffer<T> tiles(tile_elems);
+    prof.loop_start(tid);
+    for (int64_t s = 0; s < sc.S; ++s)
+      ((std::get<P>(phases).template step<TRAIN>(f, blocks[P], s, tiles.data()), step_barrier(prof, tid)), ...);
+    prof.loop_end("loop", nt);
+    write_final_h(f, blocks[kLast].first * last.HB, blocks[kLast].second * last.HB);
+    if constexpr (Cell::kCellState) write_final_c(f, blocks[0].first * first.HB, blocks[0].second * first.HB);
+  }
+}
+
+template <class T, class Cell>
+void forward_cell(const ForwardArgs<T>& a, Workspace<T>& w, bool training, int nthreads) {
+  constexpr int L = kLanes<T>, G = Cell::G;
+  const Schedule& sc = w.sched;
+  const int64_t H = a.H, Hp = ceil_div(H, L) * L, Ho = a.P ? a.P : H;
+  FwdCtx<T> f(a, sc, training ? &w : nullptr, Hp);
+  f.Ho = Ho;
+  f.mask = a.h_mask;
+  f.zeros.zero(size_t(std::max(Hp, Ho) + L));
+  if (f.mask) {
+    // h_{t-1} * mask per packed row: the recurrent GEMM's operand (and dW_hh's).
+    f.ld_hm = good_ld<T>(ceil_div(Ho, L) * L);
+    f.hm.reserve(size_t(sc.rows * f.ld_hm));
+    f.h0m.zero(size_t(sc.B * f.ld_hm));
+    if (a.h0)
+      for (int64_t b = 0; b < sc.B; ++b)
+        for (int64_t u = 0; u < Ho; ++u) f.h0m.data()[b * f.ld_hm + u] = a.h0[b * Ho + u] * a.h_mask[b * Ho + u];
+  }
+  if constexpr (kProjected<Cell>) {
+    f.ld_m = good_ld<T>(Hp);
+    f.m.reserve(size_t(sc.rows * f.ld_m));
+  }
+  fill_row_pointers<T>(f, sc, a.I, a.x, a.h0, a.y, f.zeros.data(), f.hm.data(), f.h0m.data(), f.ld_hm);
+  f.wih_cols.assign(size_t(G * Hp), nullptr);
+  for (int g = 0; g < G; ++g)
+    for (int64_t u = 0; u < H; ++u) f.wih_cols[g * Hp + u] = a.W_ih + (g * H + u) * a.I;
+  // Biases that can be added before the nonlinearity go into the projection;
+  // a separate b_hn (GRU) stays apart because r multiplies it.
+  f.bias.zero(size_t(G * Hp));
+  f.b_hn.zero(size_t(Hp));
+  if (a.b_ih)
+    for (int g = 0; g < G; ++g)
+      for (int64_t u = 0; u < H; ++u) {
+        const bool fold = !(Cell::kSeparateBhn && g == G - 1);
+        f.bias.data()[g * Hp + u] = a.b_ih[g * H + u] + (fold ? a.b_hh[g * H + u] : T(0));
+        if (!fold) f.b_hn.data()[u] = a.b_hh[g * H + u];
+      }
+  f.ld_xp = good_ld<T>(G * Hp);
+  f.xp.reserve(size_t(sc.rows * f.ld_xp));
+  f.state.zero(size_t(sc.B * Hp));
+  if (Cell::kCellState && a.c0)
+    for (int64_t i = 0; i < sc.B; ++i)
+      std::memcpy(f.state.data() + i * Hp, a.c0 + sc.order[i] * H, sizeof(T) * size_t(H));
+  if (Cell::kExtra && !training) f.extra.zero(size_t(sc.B * Hp));
+  if (training) {
+    w.Hp = Hp;
+    w.ld_gates = good_ld<T>(Cell::kSaved * Hp);
+    w.ld_extra = good_ld<T>(Hp);
+    if (Cell::kSaved) w.gates.reserve(size_t(sc.rows * w.ld_gates));
+    if (Cell::kExtra) w.extra.zero(size_t(sc.rows * w.ld_extra));
+  }
+  constexpr auto phases = std::make_index_sequence<std::tuple_size_v<typename Cell::Forward>>{};
+  if (training)
+    forward_loop<T, Cell, true>(f, nthreads, phases);
+  else
+    forward_loop<T, Cell, false>(f, nthreads, phases);
+  if (training) {  // backward reads these again
+    w.hm = std::move(f.hm), w.h0m = std::move(f.h0m), w.ld_hm = f.ld_hm;
+    w.m = std::move(f.m), w.ld_m = f.ld_m;
+  }
+}
+
+template <class T>
+void forward_impl(const ForwardArgs<T>& a, Workspace<T>& w, bool training, int nthreads) {
+  if (w.sched.rows == 0) return;
+  with_cell(a.cell, a.P > 0, [&](auto cell) { forward_cell<T, decltype(cell)>(a, w, training, nthreads); });
+}
+
+// ---------------------------------------------------------------- backward --
+
+// A weight-gradient GEMM after the loop: dW rows (gates `order`, nvalid rows
+// each) = A^T B where A's columns are ng groups of gstride (a: column base,
+// lda: row stride; dG or dh) and B the rows `brows` (x, h_{t-1}, ... per packed row).
+template <class T>
+struct WeightGradJob {
+  const T* a;
+  int64_t lda;
+  int ng;
+  const int* order;
+  int64_t gstride, nvalid;
+  const std::vector<const T*>* brows;
+  T* dW;
+  int64_t N;  // columns of dW
+};
+
+template <class T>
+void weight_grad(BwdCtx<T>& b, const WeightGradJob<T>& job, int tid, int nt, GemmScratch<T>& s) {
+  const int64_t M = job.ng * job.gstride;
+  int64_t m0, m1;
+  split_range(ceil_div(M, kGemmMR), nt, tid, m0, m1);
+  m0 *= kGemmMR, m1 = std::min(M, m1 * kGemmMR);
+  if (m0 >= m1) return;
+  std::vector<T*> crows(size_t(m1 - m0));
+  for (int64_t m = m0; m < m1; ++m) {
+    int64_t up = m % job.gstride;
+    crows[m - m0] = up < job.nvalid ? job.dW + (job.order[m / job.gstride] * job.nvalid + up) * job.N : nullptr;
+  }
+  AView<T> A{nullptr, job.a + m0, 1, job.lda};
+  gemm<T>(m1 - m0, job.N, b.sc.rows, A, BView<T>{job.brows->data(), true}, CView<T>{crows.data()}, nullptr,
+          false, s);
+}
+
+// dW for dG columns [col0, col0 + ng*Hp) (gate groups `order`) times `brows`.
+template <class T>
+WeightGradJob<T> gate_job(BwdCtx<T>& b, int64_t col0, int ng, const int* order, const std::vector<const T*>& brows,
+                          T* dW, int64_t N) {
+  return WeightGradJob<T>{b.dG.data() + col0, b.ld_dG, ng, order, b.Hp, b.H, &brows, dW, N};
+}
+
+// db over gate columns [col0, col0+ng*Hp): sums of dG over rows, in row order
+// (rows outer, so dG is read sequentially).
+template <class T>
+void bias_grad(BwdCtx<T>& b, int64_t col0, int ng, const int* order, T* db, int tid, int nt) {
+  constexpr int L = kLanes<T>;
+  const int64_t Hp = b.Hp, H = b.H, nvec = ng * Hp / L;
+  int64_t v0, v1;
+  split_range(nvec, nt, tid, v0, v1);
+  if (v0 >= v1) return;
+  std::vector<Vec<T>> acc(size_t(v1 - v0), Vec<T>{});
+  for (int64_t row = 0; row < b.sc.rows; ++row) {
+    const T* p = b.dG.data() + row * b.ld_dG + col0;
+    for (int64_t v = v0; v < v1; ++v) acc[v - v0] += loadu(p + v * L);
+  }
+  for (int64_t v = v0; v < v1; ++v) {
+    int64_t k = v * L, g = k / Hp, up = k % Hp;
+    store_h(db + order[g] * H, up, H, acc[v - v0]);
+  }
+}
+
+// dx for this thread's rows: dG_ih W_ih.
+template <class T>
+void input_grad(BwdCtx<T>& b, int64_t col0, int ng, const int* order, int tid, int nt, GemmScratch<T>& s) {
+  const int64_t Hp = b.Hp, H = b.H, rows = b.sc.rows;
+  // Rows split in whole kGemmMR-row tiles: every row then lands in the same
+  // tile whatever the thread count, and a tile of one row (a GEMV with four
+  // partial sums) would sum in another order than a row of a taller tile.
+  int64_t r0, r1;
+  split_range(ceil_div(rows, kGemmMR), nt, tid, r0, r1);
+  r0 *= kGemmMR, r1 = std::min(rows, r1 * kGemmMR);
+  if (r0 >= r1) return;
+  std::vector<const T*> arows(size_t(r1 - r0)), wrows(size_t(ng * Hp));
+  std::vector<T*> crows(size_t(r1 - r0));
+  for (int64_t r = r0; r < r1; ++r) {
+    arows[r - r0] = b.dG.data() + r * b.ld_dG + col0;
+    crows[r - r0] = b.g.dx + (b.sc.row_t[r] * b.sc.B + b.sc.row_b[r]) * b.I;
+  }
+  for (int64_t k = 0; k < ng * Hp; ++k)
+    wrows[k] = k % Hp < H ? b.a.W_ih + (order[k / Hp] * H + k % Hp) * b.I : nullptr;
+  gemm<T>(r1 - r0, b.I, ng * Hp, AView<T>{arows.data()}, BView<T>{wrows.data(), true}, CView<T>{crows.data()},
+          nullptr, false, s);
+}
+
+// dL/dh_t for units u..u+L (Ho wide): the recurrent part (masked as h was),
+// dy_t, the dh_n of entries whose last step is s, and the direct carry.
+template <class T, bool DIRECT>
+inline Vec<T> gather_dh(BwdCtx<T>& b, Vec<T> rec, int64_t i, int64_t row, int64_t u, bool last_step) {
+  const Schedule& sc = b.sc;
+  const int64_t Ho = b.Ho, bi = sc.row_b[row], t = sc.row_t[row];
+  Vec<T> dh = b.masked(rec, bi, u);
+  if (b.g.dy) dh += load_h(b.g.dy + (t * sc.B + bi) * Ho, u, Ho);
+  if (last_step && b.g.dh_n) dh += load_h(b.g.dh_n + bi * Ho, u, Ho);
+  if (DIRECT) dh += loadu(b.carry.data() + i * b.Hp + u);
+  if (b.g.dh_seq) store_h(b.g.dh_seq + (t * sc.B + bi) * Ho, u, Ho, dh);
+  return dh;
+}
+
+// dh0 = (dG_0 (hh columns) W_hh) * mask (+ carry when DIRECT) for units u0.. of block.
+template <class T, int MR, int NV, bool DIRECT>
+void initial_state_grad(BwdCtx<T>& b, int64_t K, int64_t col0, const T* panel, int64_t u0, int64_t limit, T* acc) {
+  const Schedule& sc = b.sc;
+  step_tiles<T, MR, NV>(
+      sc.active[0], K, panel, [&](int64_t i) { return (const T*)b.dG_row(sc.offset[0] + i) + col0; },
+      [&](int64_t i0, int m, const T* tile) {
+        for_tile_vectors<T, NV>(tile, sc.offset[0], i0, m, u0, limit, [&](int64_t i, int64_t, int64_t u, Vec<T> v) {
+          Vec<T> dh = b.masked(v, sc.order[i], u);
+          if (DIRECT) dh += loadu(b.carry.data() + i * b.Hp + u);
+          store_h(b.g.dh0 + sc.order[i] * b.Ho, u, b.Ho, dh);
+        });
+      },
+      acc);
+}
+
+template <class T>
+void init_carry(BwdCtx<T>& b, const T* from, int64_t ua, int64_t ub) {
+  constexpr int L = kLanes<T>;
+  for (int64_t i = 0; i < b.sc.B; ++i)
+    for (int64_t u = ua; u < ub; u += L)
+      storeu(b.carry.data() + i * b.Hp + u, from ? load_h(from + b.sc.order[i] * b.H, u, b.H) : Vec<T>{});
+}
+
+template <class T>
+void copy_carry_out(BwdCtx<T>& b, T* to, int64_t ua, int64_t ub) {
+  constexpr int L = kLanes<T>;
+  for (int64_t i = 0; i < b.sc.B; ++i)
+    for (int64_t u = ua; u < ub; u += L) store_h(to + b.sc.order[i] * b.H, u, b.H, loadu(b.carry.data() + i * b.Hp + u));
+}
+
+// After the loop: dx, dW_ih, dW_hh (dW_hr) and db, from the complete dG.
+template <class T, class Cell>
+void parameter_grads(BwdCtx<T>& b, int tid, int nt, PhaseProfile& prof) {
+  GemmScratch<T> scratch;
+  const int64_t Hp = b.Hp, ih0 = Cell::kIhOff * Hp;
+  input_grad(b, ih0, Cell::G, Cell::kIhOrder, tid, nt, scratch);
+  prof.phase("dx");
+  weight_grad(b, gate_job(b, ih0, Cell::G, Cell::kIhOrder, b.xrows, b.g.dW_ih, b.I), tid, nt, scratch);
+  prof.phase("dW_ih");
+  for (const HhPart& part : Cell::kHhParts) {
+    const bool extra = part.rows == HhRows::Extra;
+    weight_grad(b, gate_job(b, part.col0 * Hp, part.ng, part.order, extra ? b.extra_rows : b.arow, b.g.dW_hh,
+                            extra ? b.H : b.Ho), tid, nt, scratch);
+  }
+  if constexpr (kProjected<Cell>) {
+    static constexpr int kOne[1] = {0};
+    weight_grad(b, WeightGradJob<T>{b.dh.data(), b.ld_dh, 1, kOne, b.Ho, b.Ho, &b.m_rows, b.g.dW_hr, b.H}, tid, nt,
+                scratch);
+  }
+  prof.phase("dW_hh");
+  if (b.g.db_ih) bias_grad(b, ih0, Cell::G, Cell::kIhOrder, b.g.db_ih, tid, nt);
+  if (b.g.db_hh) bias_grad(b, Cell::kHhOff * Hp, Cell::G, Cell::kHhOrder, b.g.db_hh, tid, nt);
+  prof.phase("db");
+}
+
+// The dG column group where the first phase's A rows start.
+template <class Phase, bool FIRST>
+constexpr int64_t first_column() {
+  if constexpr (FIRST)
+    return Phase::kCol0;
+  else
+    return 0;
+}
+
+// A backward phase's geometry: its weights ([ng groups of nrows, ncols]) packed
+// per block of UB output columns as [ng*Kp][UB].
+template <class T, class Phase, bool FIRST>
+struct BackwardPhase {
+  static constexpr int NG = int(std::size(Phase::kGates)), NV = kGemmNV, MR = tile_rows(NV);
+  static constexpr int64_t UB = NV * kLanes<T>;
+  static constexpr bool kProj = Phase::kWeights == PhaseWeights::Projection;
+  const T* W;
+  int64_t nrows, ncols, Kp, K, limit, nblk;
+  T* panels;
+
+  BackwardPhase(BwdCtx<T>& b, AlignedBuffer<T>& buf)
+      : W(kProj ? b.a.W_hr : b.a.W_hh), nrows(kProj ? b.Ho : b.H), ncols(kProj ? b.H : b.Ho),
+        Kp(kProj ? b.Ho : b.Hp), K(NG * Kp), limit(ceil_div(ncols, kLanes<T>) * kLanes<T>),
+        nblk(ceil_div(limit, UB)) {
+    buf.reserve(size_t(nblk * K * UB));
+    panels = buf.data();
+  }
+  T* panel(int64_t q) const { return panels + q * K * UB; }
+  void pack(std::pair<int64_t, int64_t> blocks) const {
+    for (int64_t q = blocks.first; q < blocks.second; ++q)
+      pack_backward_panel(W, nrows, ncols, Kp, Phase::kGates, NG, UB, q, panel(q));
+  }
+
+  template <class Cell>
+  void step(BwdCtx<T>& b, std::pair<int64_t, int64_t> blocks, int64_t s, T* acc) const {
+    const Schedule& sc = b.sc;
+    const int64_t off = sc.offset[s], nn = s + 1 < sc.S ? sc.active[s + 1] : 0;
+    auto next_rows = next_step_rows(b, s, first_column<Phase, FIRST>() * b.Hp);
+    for (int64_t q = blocks.first; q < blocks.second; ++q)
+      step_tiles<T, MR, NV>(
+          sc.active[s], K, panel(q),
+          [&](int64_t i) {
+            if constexpr (FIRST)
+              return next_rows(i);
+            else
+              return Phase::a_row(b, s, i);
+          },
+          [&](int64_t i0, int m, const T* tile) {
+            for_tile_vectors<T, NV>(tile, off, i0, m, q * UB, limit, [&](int64_t i, int64_t row, int64_t u, Vec<T> v) {
+              if constexpr (FIRST)  // the first phase's product is the recurrent part of dL/dh_t
+                Phase::unit(b, s, i, row, u, gather_dh<T, Cell::kDirectCarry>(b, v, i, row, u, i >= nn));
+              else
+                Phase::unit(b, s, i, row, u, v);
+            });
+          },
+          acc);
+  }
+};
+
+template <class T, class Cell, size_t... P>
+void backward_loop(BwdCtx<T>& b, int nthreads, std::index_sequence<P...>) {
+  using Phases = typename Cell::Backward;
+  constexpr size_t kLast = sizeof...(P) - 1;
+  std::array<AlignedBuffer<T>, sizeof...(P)> buffers;
+  std::tuple<BackwardPhase<T, std::tuple_element_t<P, Phases>, P == 0>...> phases{{b, buffers[P]}...};
+  const Schedule& sc = b.sc;
+  const int nth = int(std::min<int64_t>(nthreads, std::max({std::get<P>(phases).nblk...})));
+  const auto& first = std::get<0>(phases);
+  constexpr int64_t UB = std::tuple_element_t<0, decltype(phases)>::UB;
+  constexpr int MR = std::tuple_element_t<0, decltype(phases)>::MR, NV = kGemmNV;
+  PhaseProfile prof(describe_call(b.a, sc, "backward", nth), nth);
+#pragma omp parallel num_threads(nth)
+  {
+    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+    const std::array<std::pair<int64_t, int64_t>, sizeof...(P)> blocks{
+        my_blocks(std::get<P>(phases).nblk, nt, tid)...};
+    (std::get<P>(phases).pack(blocks[P]), ...);
+    // The last phase produces the gradients of the H-wide units, where the carry lives.
+    const int64_t ua = blocks[kLast].first * UB, ub = std::min(blocks[kLast].second * UB, b.Hp);
+    init_carry(b, Cell::kCellState ? b.g.dc_n : nullptr, ua, ub);
+    AlignedBuffer<T> tiles(size_t(ceil_div(sc.B, MR) * MR * UB));
+    T* acc = tiles.data();
+    prof.phase("pack");
+    prof.loop_start(tid);
+    for (int64_t s = sc.S - 1; s >= 0; --s)
+      ((std::get<P>(phases).template step<Cell>(b, blocks[P], s, acc), step_barrier(prof, tid)), ...);
+    prof.loop_end("loop", nt);
+    for (int64_t q = blocks[0].first; q < blocks[0].second; ++q)
+      initial_state_grad<T, MR, NV, Cell::kDirectCarry>(b, first.K, std::tuple_element_t<0, Phases>::kCol0 * b.Hp,
+                                                        first.panel(q), q * UB, first.limit, acc);
+    if (Cell::kCellState && b.g.dc0) copy_carry_out(b, b.g.dc0, ua, ub);
+    prof.phase("dh0");
+    // dG is complete since the last step's barrier.
+    parameter_grads<T, Cell>(b, tid, nt, prof);
+  }
+}
+
+template <class T, class Cell>
+void backward_cell(const Workspace<T>& w, const ForwardArgs<T>& a, const BackwardArgs<T>& g, int nthreads) {
+  constexpr int L = kLanes<T>;
+  BwdCtx<T> b(a, g, w);
+  const Schedule& sc = w.sched;
+  const int64_t Hp = w.Hp;
+  b.Ho = a.P ? a.P : a.H;
+  b.mask = a.h_mask;
+  b.zeros.zero(size_t(std::max(Cell::kGrad * Hp, b.Ho) + L));
+  fill_row_pointers<T>(b, sc, a.I, a.x, a.h0, a.y, b.zeros.data(), w.hm.data(), w.h0m.data(), w.ld_hm);
+  b.ld_dG = good_ld<T>(Cell::kGrad * Hp);
+  b.dG.reserve(size_t(sc.rows * b.ld_dG));
+  b.carry.zero(size_t(sc.B * Hp));
+  if constexpr (kProjected<Cell>) {
+    b.ld_dh = good_ld<T>(ceil_div(b.Ho, L) * L);
+    b.dh.reserve(size_t(sc.rows * b.ld_dh));
+    b.m_rows.resize(size_t(sc.rows));
+    for (int64_t r = 0; r < sc.rows; ++r) b.m_rows[r] = w.m.data() + r * w.ld_m;
+  }
+  if constexpr (Cell::kExtra) {
+    b.extra_rows.resize(size_t(sc.rows));
+    for (int64_t r = 0; r < sc.rows; ++r) b.extra_rows[r] = w.extra_row(r);
+  }
+  backward_loop<T, Cell>(b, nthreads, std::make_index_sequence<std::tuple_size_v<typename Cell::Backward>>{});
+}
+
+template <class T>
+void backward_impl(const Workspace<T>& w, const ForwardArgs<T>& a, const BackwardArgs<T>& g, int nthreads) {
+  if (w.sched.rows == 0) return;
+  with_cell(a.cell, a.P > 0, [&](auto cell) { backward_cell<T, decltype(cell)>(w, a, g, nthreads); });
+}
+
+inline const KernelTable& make_table() {
+  static const KernelTable table{&forward_impl<float>,   &forward_impl<double>,   &backward_impl<float>,
+                                 &backward_impl<double>, &fma_peak_gflops,        &cell_step_impl<float>,
+                                 &cell_step_impl<double>};
+  return table;
+}
+
+}  // namespace PYRNN_ISA_NS
+}  // namespace pyrnn

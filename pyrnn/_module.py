@@ -1,0 +1,88 @@
+"""The NumPy modules' base class: parameters, gradients, modes and state dicts."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from ._validation import check_dtype, to_numpy
+
+
+class Module:
+    """Named parameters, gradients, train/eval and state dicts (as torch.nn.Module).
+
+    The base of pyrnn's NumPy layers and cells: anything with ``named_parameters()``
+    and a ``grads`` dict keyed like it is a module for :mod:`pyrnn.optim`.
+    """
+
+    def __init__(self, dtype):
+        self.dtype = np.dtype(check_dtype(dtype).name)  # the canonical instance: `is` compares dtypes
+        self._params = OrderedDict()
+        self.grads = OrderedDict()
+        self.training = True
+
+    def _add_param(self, name, shape, rng, bound):
+        self._params[name] = rng.uniform(-bound, bound, shape).astype(self.dtype)
+        self.grads[name] = np.zeros(shape, dtype=self.dtype)
+
+    def named_parameters(self):
+        """Yields (name, array): the live arrays, so in-place updates take effect."""
+        yield from self._params.items()
+
+    def parameters(self):
+        yield from self._params.values()
+
+    def __getattr__(self, name):
+        params = self.__dict__.get("_params")
+        if params is not None and name in params:
+            return params[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def _accumulate(self, g, suffix=""):
+        """Adds the parameter gradients of a functional.backward result to ``grads``."""
+        for short, name in (("W_ih", "weight_ih"), ("W_hh", "weight_hh"), ("b_ih", "bias_ih"), ("b_hh", "bias_hh"),
+                            ("W_hr", "weight_hr")):
+            if g[short] is not None:
+                self.grads[name + suffix] += g[short]
+
+    def zero_grad(self):
+        for g in self.grads.values():
+            g[...] = 0
+
+    def state_dict(self):
+        """An OrderedDict of copies of the parameters, keyed as PyTorch keys them."""
+        return OrderedDict((k, v.copy()) for k, v in self._params.items())
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copies NumPy arrays or torch tensors into the parameters (in place).
+
+        Shapes must match exactly; values are converted to the layer's dtype.
+        With strict=True the keys must match too. Returns (missing, unexpected).
+        """
+        missing = [k for k in self._params if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in self._params]
+        if strict and (missing or unexpected):
+            raise ValueError(f"Error(s) in loading state_dict for {type(self).__name__}: "
+                             f"missing keys {missing}, unexpected keys {unexpected}")
+        arrays = {}
+        for k, v in state_dict.items():
+            if k not in self._params:
+                continue
+            a = to_numpy(v)
+            if a.dtype.kind != "f":
+                raise TypeError(f"{k} must be a floating-point array, got dtype {a.dtype}")
+            if a.shape != self._params[k].shape:
+                raise ValueError(f"size mismatch for {k}: copying a param with shape {a.shape} from checkpoint, "
+                                 f"the shape in current model is {self._params[k].shape}")
+            arrays[k] = a
+        for k, a in arrays.items():  # all checked before any is copied
+            np.copyto(self._params[k], a, casting="unsafe")
+        return missing, unexpected

@@ -1,0 +1,29 @@
+"""Benchmark pyrnn against PyTorch (and optionally the NumPy reference).
+
+Run ``python -m pyrnn.bench`` (the full suite, a few minutes) or
+``python -m pyrnn.bench --quick`` (T capped, fewer repetitions, about a
+minute on a 2-core machine); ``--help`` lists the options.
+
+Every case is timed in fp32 for forward (inference) and forward+backward
+(training, dy = ones) at each requested thread count, with the same inputs,
+weights and thread count for every framework. Before a case is timed, each
+peer's output (y, and dx for forward+backward) is compared with pyrnn's; a
+disagreement is flagged in the table and makes the exit status 1.
+
+The pipeline: case table (``cases.SUITE``) -> inputs (``cases.build_inputs``)
+-> one runner factory per framework (``runner.RUNNERS``) -> correctness check
+-> timing (``runner.time_calls``, frameworks interleaved) -> report (``report``:
+text table, markdown, plot; ``cli``: JSON).
+"""
+
+from .cases import (PROFILES, SCALING_SUITE, SUITE, SUITES, Case, Profile, build_inputs, case_gflop, scale_case,
+                    scaling_threads, select_cases)
+from .cli import main
+from .runner import RUNNERS, Unavailable, reference_runner, run_suite, time_calls, training_memory
+
+__all__ = [
+    "Case", "Profile", "SUITE", "SCALING_SUITE", "SUITES", "PROFILES", "scale_case", "select_cases",
+    "scaling_threads", "build_inputs", "case_gflop",
+    "RUNNERS", "Unavailable", "reference_runner", "run_suite", "time_calls", "training_memory",
+    "main",
+]

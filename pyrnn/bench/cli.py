@@ -1,0 +1,180 @@
+"""The command line, ``python -m pyrnn.bench``: options, machine information, and main()."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import shlex
+import sys
+from types import ModuleType
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+import pyrnn
+
+from .cases import MODES, PROFILES, SUITES, Profile, scaling_threads, select_cases
+from .report import PLOT_HINT, footnotes, render_markdown, render_text, write_plot
+from .runner import PEERS, _import_torch, measure_peaks, run_suite, training_memory
+
+CELLS = ("lstm", "gru", "rnn")  # the families (pyrnn._cells.FAMILIES), in the suite's order
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def load_average() -> Optional[float]:
+    """1-minute load average (None where unknown): a busy machine makes the numbers unreliable."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def _list_of(choices: Optional[Sequence[str]] = None, kind: Callable[[str], Any] = str) -> Callable[[str], list]:
+    def parse(text: str) -> list:
+        items = [s.strip() for s in text.split(",") if s.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("expected a comma-separated list")
+        out = []
+        for s in items:
+            try:
+                v = kind(s)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+            if choices is not None and v not in choices:
+                raise argparse.ArgumentTypeError(f"{s!r} is not one of {', '.join(choices)}")
+            if kind is int and v < 1:
+                raise argparse.ArgumentTypeError(f"thread counts must be >= 1, got {v}")
+            if v not in out:
+                out.append(v)
+        return out
+
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    cores = available_cores()
+    p = argparse.ArgumentParser(
+        prog="python -m pyrnn.bench",
+        description="Benchmark pyrnn's fp32 LSTM/GRU/RNN kernels against PyTorch on the standard suite.",
+        epilog="Exit status: 0 all good, 1 a correctness mismatch or a failed case, 2 bad usage.")
+    p.add_argument("--suite", choices=sorted(SUITES), default="standard",
+                   help="standard: the shapes below (default); scaling: LSTM and GRU B=128 T=50 H=1024 at "
+                   "1, 2, 4, ... threads up to the cores, with a speed-up table")
+    p.add_argument("--quick", action="store_true", help="reduced suite (T capped at 20, fewer repetitions), ~1 min")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: tiny shapes
+    p.add_argument("--threads", type=_list_of(kind=int), default=None,
+                   help=f"comma-separated thread counts (default: {','.join(map(str, sorted({1, cores})))}; "
+                   f"with --suite scaling {','.join(map(str, scaling_threads(cores)))})")
+    p.add_argument("--cells", type=_list_of(CELLS), default=list(CELLS), help="subset of lstm,gru,rnn")
+    p.add_argument("--modes", type=_list_of(MODES), default=list(MODES), help="subset of fwd,fwdbwd")
+    p.add_argument("--reps", type=_positive_int, default=None, metavar="N",
+                   help="at least N timed repetitions per case and framework (default 3; more steadies "
+                   "medians on a noisy machine)")
+    p.add_argument("--reference", action="store_true",
+                   help="also time the NumPy reference (pyrnn.reference), skipping very slow shapes")
+    p.add_argument("--json", metavar="PATH", help="write all rows and machine info as JSON")
+    p.add_argument("--markdown", metavar="PATH", help="write a markdown table")
+    p.add_argument("--memory", action="store_true",
+                   help="also measure peak RSS of one LSTM B=64 T=50 H=512 training step (pyrnn vs PyTorch)")
+    p.add_argument("--plot", metavar="PATH.png", help=f"bar chart of GFLOP/s (needs matplotlib: {PLOT_HINT})")
+    return p
+
+
+def machine_info(args: argparse.Namespace, argv: Sequence[str], profile: Profile,
+                 torch: Optional[ModuleType]) -> dict[str, Any]:
+    """Run metadata; "peak_gflops" is filled in by the caller once measured."""
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": "python -m pyrnn.bench" + (" " + shlex.join(argv) if argv else ""),
+        "suite": (profile.description if args.suite == "standard" else "scaling suite" if profile.name == "full"
+                  else f"scaling suite, {profile.description}"),
+        "machine": {"cpu": cpu_model(), "cores": available_cores(), "platform": platform.platform(),
+                    "python": platform.python_version(), "load_average_at_start": load_average()},
+        "pyrnn": pyrnn._config.config(),
+        "numpy": np.__version__,
+        "torch": torch.__version__ if torch is not None else None,
+        "threads": args.threads,
+        "modes": args.modes,
+        "peers": [p for p in PEERS if p != "reference" or args.reference],
+        "peak_gflops": {},
+    }
+
+
+def failed_row(row: dict[str, Any]) -> bool:
+    notes = [row[f"{peer}_note"] or "" for peer in PEERS]
+    return (row["status"].startswith("error") or (row["check"] or "ok") != "ok"
+            or any(n.startswith("error") for n in notes))
+
+
+def main(argv: Optional[Sequence[Any]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse: --help (0) or a usage error (2, message already printed)
+        return int(e.code or 0)
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print(f"error: --plot needs matplotlib, which is not installed: {PLOT_HINT}", file=sys.stderr)
+            return 2
+    if args.threads is None:
+        args.threads = scaling_threads(available_cores()) if args.suite == "scaling" else sorted({1, available_cores()})
+    profile = PROFILES["tiny" if args.tiny else "quick" if args.quick else "full"]
+    if args.reps is not None:
+        profile = dataclasses.replace(profile, min_reps=args.reps, max_reps=max(profile.max_reps, args.reps))
+    torch = _import_torch()
+    meta = machine_info(args, argv, profile, torch)  # first: the load average before we add to it
+    peaks = meta["peak_gflops"] = measure_peaks(args.threads, profile)
+    cases = select_cases(profile, args.cells, args.suite)
+    rows = run_suite(cases, args.threads, args.modes, meta["peers"], profile, peaks)
+    meta["machine"]["load_average_at_end"] = load_average()
+    if args.memory:
+        meta["memory"] = training_memory(["pyrnn"] + (["torch"] if torch is not None else []))
+
+    print(render_text(rows, meta))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(dict(meta, peak_gflops={str(t): p for t, p in peaks.items()}, rows=rows,
+                           footnotes=footnotes(rows, meta)), f, indent=1, default=str)
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as f:
+            f.write(render_markdown(rows, meta))
+    if args.plot:
+        write_plot(args.plot, rows, meta)
+    failed = [r for r in rows if failed_row(r)]
+    if failed:
+        print(f"{len(failed)} row(s) failed a correctness check or errored: see the check column and notes",
+              file=sys.stderr)
+    return 1 if failed else 0

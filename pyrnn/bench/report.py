@@ -1,0 +1,243 @@
+"""The report: text and markdown tables, header lines, footnotes, and plots (matplotlib, optional).
+
+``rows`` are :func:`pyrnn.bench.runner.run_suite`'s, ``meta`` is
+:func:`pyrnn.bench.cli.machine_info`'s with the measured peaks (and memory).
+"""
+
+from __future__ import annotations
+
+import textwrap
+from typing import Any, Callable, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .cases import MODES
+from .runner import CHECK_TOL
+
+PEER_TITLES = {"torch": "PyTorch", "reference": "NumPy reference"}
+PEER_SHORT = {"torch": "torch", "reference": "ref"}  # table column headers
+PLOT_HINT = 'pip install "pyrnn[plot]"'
+LEFT_COLUMNS = ("case", "mode", "check")
+SCALING_TITLE = "Speed-up over the fewest threads (same case and mode):"
+
+Row = dict[str, Any]
+Column = Tuple[str, Callable[[Row], str]]  # (header, row -> cell text)
+
+
+def _fmt(value: Optional[float], spec: str, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def _first_columns() -> list[Column]:
+    return [
+        ("case", lambda r: r["case"]),
+        ("mode", lambda r: r["mode"]),
+        ("thr", lambda r: _fmt(r["threads"], "d")),
+        ("pyrnn ms", lambda r: _fmt(r["pyrnn_ms"], ".3f")),
+    ]
+
+
+def table_columns(peers: Sequence[str]) -> list[Column]:
+    """The table's columns; peer columns only for the peers that ran."""
+    columns = _first_columns() + [
+        ("GFLOP/s", lambda r: _fmt(r["pyrnn_gflops"], ".1f")),
+        ("% peak", lambda r: _fmt(r["pct_peak"], ".1f", "%")),
+    ]
+    for peer in peers:
+        columns += [(f"{PEER_SHORT[peer]} ms", lambda r, p=peer: _fmt(r[f"{p}_ms"], ".3f")),
+                    (f"{PEER_SHORT[peer]}/pyrnn", lambda r, p=peer: _fmt(r[f"{p}_ratio"], ".2f", "x"))]
+    columns.append(("check", lambda r: r["check"] if r["status"] == "ok" else r["status"]))
+    return columns
+
+
+def scaling_columns(peers: Sequence[str], base: dict[tuple, float]) -> list[Column]:
+    """Columns of the speed-up table; base[(case, mode, framework)] is the time at the fewest threads."""
+
+    def speedup(r: Row, fw: str) -> Optional[float]:
+        b = base.get((r["case"], r["mode"], fw))
+        return None if b is None or r[f"{fw}_ms"] is None else b / r[f"{fw}_ms"]
+
+    columns = _first_columns() + [
+        ("pyrnn speed-up", lambda r: _fmt(speedup(r, "pyrnn"), ".2f", "x")),
+        ("% peak", lambda r: _fmt(r["pct_peak"], ".1f", "%")),
+    ]
+    for peer in peers:
+        columns += [(f"{PEER_SHORT[peer]} ms", lambda r, p=peer: _fmt(r[f"{p}_ms"], ".3f")),
+                    (f"{PEER_SHORT[peer]} speed-up", lambda r, p=peer: _fmt(speedup(r, p), ".2f", "x")),
+                    (f"{PEER_SHORT[peer]}/pyrnn", lambda r, p=peer: _fmt(r[f"{p}_ratio"], ".2f", "x"))]
+    return columns
+
+
+def scaling_table(rows: Sequence[Row], peers: Sequence[str], markdown: bool = False) -> str:
+    """Rows grouped by case and mode, thread counts ascending, with speed-ups."""
+    timed = [r for r in rows if r["status"] == "ok" and r["pyrnn_ms"] is not None]
+    first: dict[str, int] = {}
+    for r in timed:
+        first.setdefault(r["case"], len(first))
+    timed.sort(key=lambda r: (first[r["case"]], MODES.index(r["mode"]), r["threads"]))
+    base: dict[tuple, float] = {}
+    for r in timed:  # fewest threads first
+        for fw in ("pyrnn",) + tuple(peers):
+            if r[f"{fw}_ms"] is not None:
+                base.setdefault((r["case"], r["mode"], fw), r[f"{fw}_ms"])
+    return format_table(timed, peers, markdown, scaling_columns(peers, base))
+
+
+def format_table(rows: Sequence[Row], peers: Sequence[str], markdown: bool = False,
+                 columns: Optional[list[Column]] = None) -> str:
+    columns = table_columns(peers) if columns is None else columns
+    cells = [[h for h, _ in columns]] + [[fn(r) for _, fn in columns] for r in rows]
+    left = {i for i, (h, _) in enumerate(columns) if h in LEFT_COLUMNS}
+    if markdown:
+        lines = ["| " + " | ".join(row) + " |" for row in cells]
+        align = [":---" if i in left else "---:" for i in range(len(columns))]
+        lines.insert(1, "|" + "|".join(align) + "|")
+        return "\n".join(lines)
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+
+    def line(row: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+
+    return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in cells[1:]])
+
+
+def header_lines(meta: dict) -> list[str]:
+    peaks = ", ".join(f"{t} thread{'s' if t > 1 else ''} {p:.1f} GFLOP/s" for t, p in meta["peak_gflops"].items())
+    torch_line = (f"PyTorch {meta['torch']} (same inputs, weights and thread count)" if meta["torch"]
+                  else "PyTorch not importable: its columns show '-'")
+    return [
+        f"pyrnn {meta['pyrnn']['version']} benchmark, {meta['suite']}",
+        f"machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores (load average "
+        f"{meta['machine']['load_average_at_start']} at start); ISA {meta['pyrnn']['isa_selected']}; fp32; "
+        f"threads {','.join(map(str, meta['threads']))}; {meta['date']}",
+        torch_line,
+        f"measured FMA peak: {peaks}",
+        f"command: {meta['command']}",
+    ]
+
+
+def footnotes(rows: Sequence[Row], meta: dict) -> list[str]:
+    notes = [
+        "GFLOP/s counts 2*N*G*H*(I+H) per layer and direction (G = 4 LSTM, 3 GRU, 1 RNN; N = B*T), "
+        "x3 for fwdbwd; % peak is of the measured FMA peak at that thread count.",
+        "fwd = inference (training=False; torch under no_grad); fwdbwd = forward(training=True) + backward "
+        "with dy = ones (torch: y.backward(dy), x requiring grad). Times are medians after warm-up, the "
+        "frameworks timed in turn (one repetition each per round); the FMA peak is the best of 5 measurements.",
+        "X/pyrnn = X ms / pyrnn ms: above 1 means pyrnn is faster.",
+        "check: each peer's y (and dx for fwdbwd) vs pyrnn's, max abs diff / max(1, max|peer|) "
+        f"< {CHECK_TOL:g}.",
+    ]
+    if any(r["lengths"] for r in rows):
+        notes.append("* variable lengths: N = sum of lengths (valid steps only); torch gets a PackedSequence "
+                     "(pack_padded_sequence(enforce_sorted=False), padded back with pad_packed_sequence).")
+    for case, impl in sorted({(r["case"], r["impl"]) for r in rows if r["layers"] > 1 or r["bidirectional"]}):
+        how = ("pyrnn.LSTM/GRU/RNN layer" if impl == "layer"
+               else "chained pyrnn.functional calls (one per layer and direction)")
+        notes.append(f"{case}: pyrnn runs {how}.")
+    load, cores = meta["machine"].get("load_average_at_end"), meta["machine"]["cores"]
+    if load is not None and load > cores + 1:
+        notes.append(f"WARNING: the machine was busy (1-min load average {load} at the end on {cores} cores, this "
+                     f"run using at most {max(meta['threads'])}): other processes competed; timings are unreliable.")
+    mem = meta.get("memory")
+    if mem:
+        fmt = lambda v: "failed" if v is None else f"{v:.0f} MiB"
+        notes.append(f"memory, one training step of {mem['shape']} (peak RSS growth in a fresh process): pyrnn "
+                     f"{fmt(mem.get('pyrnn'))}, PyTorch {fmt(mem.get('torch')) if 'torch' in mem else '-'}; "
+                     f"x, y, 4 gates and c per step alone are {mem['saved_activations_mib']:.0f} MiB.")
+    if "reference" in meta["peers"]:
+        notes.append("reference = pyrnn.reference (NumPy, fp32); its BLAS threads are NumPy's own, not --threads.")
+    for r in rows:
+        for peer in meta["peers"]:
+            if peer == "torch" and meta["torch"] is None:
+                continue  # said once in the header
+            if r[f"{peer}_note"] and r["mode"] == meta["modes"][0] and r["threads"] == meta["threads"][0]:
+                notes.append(f"{r['case']}: {PEER_TITLES[peer]} not run ({r[f'{peer}_note']}).")
+    return notes
+
+
+def show_scaling(meta: dict) -> bool:
+    return meta["suite"].startswith("scaling") or len(meta["threads"]) > 2
+
+
+def render_text(rows: Sequence[Row], meta: dict) -> str:
+    notes = [textwrap.fill(n, 110, initial_indent="  ", subsequent_indent="    ") for n in footnotes(rows, meta)]
+    scaling = ["", SCALING_TITLE, scaling_table(rows, meta["peers"])] if show_scaling(meta) else []
+    return "\n".join(header_lines(meta) + ["", format_table(rows, meta["peers"])] + scaling + [""] + notes)
+
+
+def render_markdown(rows: Sequence[Row], meta: dict) -> str:
+    head = header_lines(meta)
+    scaling = (["", SCALING_TITLE, "", scaling_table(rows, meta["peers"], markdown=True)]
+               if show_scaling(meta) else [])
+    return "\n".join([f"## {head[0]}", "", *(f"- {line}" for line in head[1:]), "",
+                      format_table(rows, meta["peers"], markdown=True), *scaling, "",
+                      *(f"- {n}" for n in footnotes(rows, meta))]) + "\n"
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt: Any, fig: Any, path: str, title: str) -> None:
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_scaling_plot(path: str, rows: Sequence[Row], meta: dict) -> None:
+    """GFLOP/s against threads, one panel per case and mode, a line per framework."""
+    plt = _pyplot()
+    frameworks = ["pyrnn"] + list(meta["peers"])
+    rows = [r for r in rows if r["status"] == "ok" and r["pyrnn_gflops"] is not None]
+    panels = list(dict.fromkeys((r["case"], r["mode"]) for r in rows))
+    threads = sorted(meta["peak_gflops"])
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.2 * max(1, len(panels)), 4), squeeze=False)
+    for ax, (case, mode) in zip(axes[0], panels):
+        sub = sorted((r for r in rows if (r["case"], r["mode"]) == (case, mode)), key=lambda r: r["threads"])
+        for fw in frameworks:
+            pts = [(r["threads"], r[f"{fw}_gflops"]) for r in sub if r[f"{fw}_gflops"] is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=PEER_TITLES.get(fw, fw))
+        ax.plot(threads, [meta["peak_gflops"][t] for t in threads], "k--", label="FMA peak")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(threads)
+        ax.set_xticklabels([str(t) for t in threads])
+        ax.set_xlabel("threads")
+        ax.set_ylabel("GFLOP/s")
+        ax.set_title(f"{case} {mode}", fontsize=9)
+        ax.legend(fontsize=7)
+    _save(plt, fig, path, f"pyrnn {meta['pyrnn']['version']} fp32 scaling, {meta['machine']['cpu']}")
+
+
+def write_plot(path: str, rows: Sequence[Row], meta: dict) -> None:
+    """A bar chart of GFLOP/s per case and mode, a panel per thread count (the scaling suite: GFLOP/s
+    against threads)."""
+    if meta["suite"].startswith("scaling"):
+        return write_scaling_plot(path, rows, meta)
+    plt = _pyplot()
+    frameworks = ["pyrnn"] + list(meta["peers"])
+    threads = meta["threads"]
+    per_thread = {t: [r for r in rows if r["threads"] == t and r["pyrnn_gflops"] is not None] for t in threads}
+    width_in = max(8.0, 0.45 * len(frameworks) * max(len(sub) for sub in per_thread.values()))
+    fig, axes = plt.subplots(len(threads), 1, figsize=(width_in, 5 * len(threads)), squeeze=False)
+    for ax, t in zip(axes[:, 0], threads):
+        sub = per_thread[t]
+        xs = np.arange(len(sub))
+        width = 0.8 / len(frameworks)
+        for k, fw in enumerate(frameworks):
+            vals = [r[f"{fw}_gflops"] or 0.0 for r in sub]
+            ax.bar(xs + (k - (len(frameworks) - 1) / 2) * width, vals, width, label=PEER_TITLES.get(fw, fw))
+        ax.axhline(meta["peak_gflops"][t], color="k", linestyle="--", label=f"FMA peak ({t} thr)")
+        ax.set_xticks(xs)
+        ax.set_xticklabels([f"{r['case']}\n{r['mode']}" for r in sub], rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel("GFLOP/s")
+        ax.set_title(f"{t} thread{'s' if t > 1 else ''}")
+        ax.legend(fontsize=8)
+    _save(plt, fig, path, f"pyrnn {meta['pyrnn']['version']} fp32, {meta['machine']['cpu']} ({meta['suite']})")
