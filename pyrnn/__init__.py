@@ -63,8 +63,9 @@ try:
         _use_installed_extension()
 
     from . import diagnostics, functional, optim, reference
-    from ._config import (cache_info, empty_cache, fma_peak_gflops, get_num_threads, isa, set_cache_limit,
-                          set_num_threads, show_config, thread_setting, thread_stats)
+    from ._config import (cache_info, cache_sizes, empty_cache, fma_peak_gflops, get_num_threads, isa,
+                          memory_bandwidth, set_cache_limit, set_num_threads, show_config, thread_setting,
+                          thread_stats)
     from .cells import GRUCell, LSTMCell, RNNCell
     from .layers import GRU, LSTM, RNN, Linear
 finally:
@@ -94,6 +95,8 @@ __all__ = [
     "thread_stats",
     "isa",
     "fma_peak_gflops",
+    "memory_bandwidth",
+    "cache_sizes",
     "cache_info",
     "set_cache_limit",
     "empty_cache",

@@ -102,6 +102,57 @@ def fma_peak_gflops(threads: int | None = None, seconds: float = 0.2) -> float:
     return _core.fma_peak_gflops(int(threads), float(seconds))
 
 
+def cache_sizes() -> dict:
+    """This CPU's data caches as Linux reports them (``/sys/devices/system/cpu``):
+    ``{"L1": bytes, "L2": bytes, "L3": bytes}`` for one core's view (L3 is shared);
+    levels the system does not report are missing."""
+    import glob
+    import os
+
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    out = {}
+    for d in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*"):
+        try:
+            with open(os.path.join(d, "type")) as f:
+                kind = f.read().strip()
+            with open(os.path.join(d, "level")) as f:
+                level = int(f.read())
+            with open(os.path.join(d, "size")) as f:
+                text = f.read().strip()
+        except (OSError, ValueError):
+            continue
+        if kind in ("Data", "Unified") and text:
+            size = int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+            out[f"L{level}"] = size
+    return dict(sorted(out.items()))
+
+
+def memory_bandwidth(size: int | None = None, threads: int | None = None, seconds: float = 0.1):
+    """Measured read bandwidth in GB/s (all threads together), the bound of a
+    small-batch step, which reads all of W_hh for a few FLOPs per element.
+
+    With ``size`` (bytes per thread): that working set read again and again
+    with vector loads. Without: a dict over this machine's levels, each
+    ``{"bytes": per-thread set, "gbs": GB/s}``: half of L1, half of L2, half of
+    L3's share per thread (the sets stay inside each level) and 4x L3 (DRAM).
+    ``threads`` defaults to pyrnn's thread count.
+    """
+    threads = get_num_threads() if threads is None else threads
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    if not isinstance(seconds, numbers.Real) or not seconds > 0:
+        raise ValueError(f"seconds must be a positive number, got {seconds!r}")
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+            raise ValueError(f"size must be a positive number of bytes, got {size!r}")
+        return _core.read_bandwidth_gbs(int(size), int(threads), float(seconds))
+    caches = cache_sizes()
+    sets = {"L1": caches.get("L1", 32 * 2**10) // 2, "L2": caches.get("L2", 512 * 2**10) // 2,
+            "L3": caches.get("L3", 8 * 2**20) // (2 * threads), "DRAM": 4 * caches.get("L3", 32 * 2**20)}
+    return {level: {"bytes": b, "gbs": _core.read_bandwidth_gbs(b, int(threads), float(seconds))}
+            for level, b in sets.items()}
+
+
 def _openmp_wait() -> str:
     """How long libgomp's idle threads busy-wait, as pyrnn's import left it."""
     import os

@@ -26,37 +26,15 @@ from ._cells import cell_spec
 from ._module import Module
 from ._validation import cell_array, check_positive_int, make_rng
 
-__all__ = ["RNNCell", "LSTMCell", "GRUCell"]
+__all__ = ["RNNCell", "LSTMCell", "GRUCell", "FrozenCell"]
 
 
-class _CellBase(Module):
-    def __init__(self, family, input_size, hidden_size, bias, dtype, seed, rng, nonlinearity="tanh",
-                 reset_after=True):
-        super().__init__(dtype)
-        self.cell = cell_spec(family, nonlinearity=nonlinearity, reset_after=reset_after)
-        self.input_size = check_positive_int("input_size", input_size)
-        self.hidden_size = check_positive_int("hidden_size", hidden_size)
-        self.bias = bool(bias)
-        self._saved = None
-        G, H = self.cell.gates, self.hidden_size
-        r = make_rng(seed, rng)
-        bound = 1.0 / math.sqrt(H)
-        self._add_param("weight_ih", (G * H, self.input_size), r, bound)
-        self._add_param("weight_hh", (G * H, H), r, bound)
-        if self.bias:
-            self._add_param("bias_ih", (G * H,), r, bound)
-            self._add_param("bias_hh", (G * H,), r, bound)
+class _StepInputs:
+    """Input handling shared by the cells and their frozen copies (dtype, input_size, hidden_size)."""
 
-    def __repr__(self):
-        return f"{type(self).__name__}({self.input_size}, {self.hidden_size}{'' if self.bias else ', bias=False'})"
-
-    def __call__(self, x, hx=None):
-        return self.forward(x, hx)
-
-    def _step(self, x, h, c):
-        p = self._params  # the arrays are updated in place, never replaced
-        return _core.cell_step(self.cell.kind, x, h, c, p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
-                               p.get("bias_hh"))
+    dtype: np.dtype
+    input_size: int
+    hidden_size: int
 
     def _prepare(self, x, states):
         # Fast path, the common case in a generation loop: arrays that can go to C++ as they are.
@@ -82,13 +60,59 @@ class _CellBase(Module):
             out.append(s)
         return x, out, unbatched
 
-    def forward(self, x, hx=None):
-        """x [B, I] or [I]; hx [B, H] or [H] or None. Returns h'."""
+    def _call(self, x, hx, step):
+        """A step from Python: (h', c') for a cell with a cell state, else h'; ``step(x, h, c, unbatched)`` runs it."""
+        if self.cell.has_cell_state:
+            if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+                raise TypeError(f"{type(self).__name__}: hx must be a tuple (h, c) or None, got {type(hx).__name__}")
+            h, c = (None, None) if hx is None else hx
+            x, (h, c), unbatched = self._prepare(x, [("hx[0]", h), ("hx[1]", c)])
+            h1, c1 = step(x, h, c, unbatched)
+            return (h1[0], c1[0]) if unbatched else (h1, c1)
         x, (h,), unbatched = self._prepare(x, [("hx", hx)])
-        h1, _ = self._step(x, h, None)
-        if self.training:
-            self._saved = (x, h, None, unbatched)
+        h1, _ = step(x, h, None, unbatched)
         return h1[0] if unbatched else h1
+
+
+class _CellBase(_StepInputs, Module):
+    def __init__(self, family, input_size, hidden_size, bias, dtype, seed, rng, nonlinearity="tanh",
+                 reset_after=True):
+        super().__init__(dtype)
+        self.cell = cell_spec(family, nonlinearity=nonlinearity, reset_after=reset_after)
+        self.input_size = check_positive_int("input_size", input_size)
+        self.hidden_size = check_positive_int("hidden_size", hidden_size)
+        self.bias = bool(bias)
+        self._saved = None
+        G, H = self.cell.gates, self.hidden_size
+        r = make_rng(seed, rng)
+        bound = 1.0 / math.sqrt(H)
+        self._add_param("weight_ih", (G * H, self.input_size), r, bound)
+        self._add_param("weight_hh", (G * H, H), r, bound)
+        if self.bias:
+            self._add_param("bias_ih", (G * H,), r, bound)
+            self._add_param("bias_hh", (G * H,), r, bound)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.input_size}, {self.hidden_size}{'' if self.bias else ', bias=False'})"
+
+    def __call__(self, x, hx=None):
+        return self.forward(x, hx)
+
+    def _step(self, x, h, c, unbatched):
+        if self.training:
+            self._saved = (x, h, c, unbatched)
+        p = self._params  # the arrays are updated in place, never replaced
+        return _core.cell_step(self.cell.kind, x, h, c, p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
+                               p.get("bias_hh"))
+
+    def forward(self, x, hx=None):
+        """x [B, I] or [I]; hx: h [B, H] or [H] (LSTMCell: a tuple (h, c) of those), or None.
+        Returns h' (LSTMCell: (h', c'))."""
+        return self._call(x, hx, self._step)
+
+    def freeze(self):
+        """A :class:`FrozenCell`: this cell for inference, its weights packed once."""
+        return FrozenCell(self)
 
     def backward(self, dh1=None, dc1=None):
         """Gradients of the last training-mode step: returns (dx, dh) or, for the
@@ -138,17 +162,6 @@ class LSTMCell(_CellBase):
     def __init__(self, input_size, hidden_size, bias=True, *, dtype=np.float32, seed=None, rng=None):
         super().__init__("lstm", input_size, hidden_size, bias, dtype, seed, rng)
 
-    def forward(self, x, hx=None):
-        """x [B, I] or [I]; hx (h, c) each [B, H] or [H], or None. Returns (h', c')."""
-        if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
-            raise TypeError(f"LSTMCell: hx must be a tuple (h, c) or None, got {type(hx).__name__}")
-        h, c = (None, None) if hx is None else hx
-        x, (h, c), unbatched = self._prepare(x, [("hx[0]", h), ("hx[1]", c)])
-        h1, c1 = self._step(x, h, c)
-        if self.training:
-            self._saved = (x, h, c, unbatched)
-        return (h1[0], c1[0]) if unbatched else (h1, c1)
-
 
 class GRUCell(_CellBase):
     """torch.nn.GRUCell (gates r, z, n). reset_after=False: Cho et al. v3 (Keras reset_after=False)."""
@@ -161,3 +174,39 @@ class GRUCell(_CellBase):
     def _options(self):
         return {"reset_after": self.reset_after}
 
+
+class FrozenCell(_StepInputs):
+    """A cell for inference with its weights packed once: ``cell.freeze()``.
+
+    Called like the cell in eval mode (same inputs, outputs and checks). Each
+    step runs the packed weights through the GEMM micro-kernel, with no
+    per-step packing, weight conversion or horizontal sums, which makes
+    generation loops faster (README, "Frozen cells").
+
+    It holds a copy of the weights as they were when ``freeze()`` ran: later
+    changes to the cell's parameters (training steps, ``load_state_dict``) do
+    not reach it, so it can never mix old and new weights; freeze again to
+    use new ones. No training mode, no backward.
+    """
+
+    def __init__(self, cell):
+        if not isinstance(cell, _CellBase):
+            raise TypeError(f"FrozenCell needs a pyrnn RNNCell, LSTMCell or GRUCell, got {type(cell).__name__}")
+        p = cell._params
+        self.cell, self.dtype = cell.cell, cell.dtype
+        self.input_size, self.hidden_size, self.bias = cell.input_size, cell.hidden_size, cell.bias
+        self._name = type(cell).__name__
+        self._packed = _core.PackedCell(cell.cell.kind, p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
+                                        p.get("bias_hh"))
+
+    @property
+    def nbytes(self):
+        """Bytes of packed weights."""
+        return self._packed.nbytes
+
+    def __repr__(self):
+        return f"FrozenCell({self._name}({self.input_size}, {self.hidden_size}{'' if self.bias else ', bias=False'}))"
+
+    def __call__(self, x, hx=None):
+        """x [B, I] or [I]; hx: h (LSTM: a tuple (h, c)), or None. Returns h' (LSTM: (h', c'))."""
+        return self._call(x, hx, lambda x, h, c, unbatched: self._packed.step(x, h, c))

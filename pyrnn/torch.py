@@ -43,6 +43,7 @@ compute at the same time and at most max(pyrnn's, torch's) threads are busy.
 
 from __future__ import annotations
 
+import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -385,12 +386,31 @@ class _PyrnnCellMixin:
         if _needs_grad([x, h0, c0, *weights]):
             _, h1, c1 = _run(_Spec(self._cell, self._options()), True, x.unsqueeze(0), h0, c0, *weights, None)
         else:
-            arrays = [None if t is None else np.ascontiguousarray(_np(t)) for t in (x, h0, c0, *weights)]
-            h1, c1 = (None if a is None else torch.from_numpy(a) for a in _core.cell_step(cell_spec(self._cell, **self._options()).kind, *arrays))
+            arrays = [None if t is None else np.ascontiguousarray(_np(t)) for t in (x, h0, c0)]
+            h1, c1 = (None if a is None else torch.from_numpy(a) for a in _packed(self, weights).step(*arrays))
         if unbatched:
             h1 = h1.squeeze(0)
             c1 = None if c1 is None else c1.squeeze(0)
         return h1, c1
+
+
+# Packed weights of the cells run without gradients, per module: packed again
+# whenever a weight is another tensor or was modified in place (its version
+# counter moved: optimizer steps, load_state_dict, in-place ops under no_grad).
+# The entry keeps the packed-from tensors alive, so a new tensor cannot reuse
+# an old one's address while its entry stands.
+_PACKED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _packed(module, weights):
+    key = tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for t in weights)
+    entry = _PACKED.get(module)
+    if entry is None or entry[0] != key:
+        cell = cell_spec(module._cell, **module._options())
+        arrays = [None if t is None else np.ascontiguousarray(_np(t)) for t in weights]
+        entry = (key, [None if t is None else t.detach() for t in weights], _core.PackedCell(cell.kind, *arrays))
+        _PACKED[module] = entry
+    return entry[2]
 
 
 class RNNCell(_PyrnnCellMixin, nn.RNNCell):

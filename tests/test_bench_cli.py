@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import sys
 
 import numpy as np
@@ -10,20 +11,31 @@ import pytest
 import pyrnn
 from pyrnn import bench
 from pyrnn.bench import cli, runner
+from pyrnn.bench import report as bench_report
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 TINY = ["--tiny", "--threads", "1"]
+# Every framework in this process: for the tests of the report and of failures injected by monkeypatching
+# (a worker process would not see the patch), and to spare a worker's start-up (importing torch) per run.
+INPROC = [*TINY, "--in-process"]
 ROW_KEYS = {
     "case", "variant", "cell", "B", "T", "I", "H", "layers", "bidirectional", "lengths", "impl", "mode",
     "threads", "gflop", "status", "check", "check_errors", "pyrnn_ms", "pyrnn_gflops", "pct_peak", "pyrnn_reps",
-    "torch_ms", "torch_gflops", "torch_ratio", "torch_note",
-    "reference_ms", "reference_gflops", "reference_ratio", "reference_note",
+    *(f"{p}_{k}" for p in ("torch", "ort", "jax", "torch_int8", "reference")
+      for k in ("ms", "gflops", "ratio", "note")),
+    "best_peer", "best_peer_ms", "best_peer_ratio",
 }
+# The modules each new peer needs (the test of a peer is skipped without them).
+PEER_MODULES = {"ort": ("onnxruntime", "onnx", "torch"), "jax": ("jax",), "torch-int8": ("torch",)}
 
 
-def run_json(tmp_path, *args):
+def importable(peer):
+    return all(importlib.util.find_spec(m) is not None for m in PEER_MODULES[peer])
+
+
+def run_json(tmp_path, *args, base=INPROC):
     path = tmp_path / "r.json"
-    rc = bench.main([*TINY, *args, "--json", path])
+    rc = bench.main([*base, *args, "--json", path])
     return rc, json.loads(path.read_text())
 
 
@@ -33,10 +45,11 @@ def timed_rows(report):
 
 def test_gru_fwd_json_and_markdown(tmp_path, capsys):
     md = tmp_path / "r.md"
-    rc, report = run_json(tmp_path, "--quick", "--cells", "gru", "--modes", "fwd", "--markdown", md)
+    rc, report = run_json(tmp_path, "--quick", "--cells", "gru", "--modes", "fwd", "--markdown", md, base=TINY)
     assert rc == 0
     out, err = capsys.readouterr()
-    assert "[1/3] gru B=3 T=4 H=8 fwd 1 thread ..." in err
+    assert "[1/6] pyrnn: gru B=3 T=4 H=8 fwd 1 thread ..." in err  # 3 cases for pyrnn, then 3 for torch
+    assert "[4/6] torch: gru B=3 T=4 H=8 fwd 1 thread ..." in err or not HAVE_TORCH
     assert "pyrnn ms" in out and "% peak" in out
 
     assert report["threads"] == [1] and set(report["peak_gflops"]) == {"1"}
@@ -63,9 +76,25 @@ def test_gru_fwd_json_and_markdown(tmp_path, capsys):
     assert "ISA " + pyrnn.isa() in text
 
 
-def test_all_cells_modes_threads_with_reference(tmp_path):
-    rc, report = run_json(tmp_path, "--threads", "1,2", "--reference")
+def test_all_cells_modes_threads_with_reference_in_pinned_workers(tmp_path):
+    rc, report = run_json(tmp_path, "--threads", "1,2", "--reference", base=TINY)
     assert rc == 0
+    assert report["isolated"] and report["peers"] == ["torch", "reference"]
+    # one process per framework and thread count, pinned to the first N cores for N threads (every thread of
+    # it, framework pools included); the NumPy reference runs in this process
+    cores = sorted(os.sched_getaffinity(0))
+    workers = {(w["framework"], w["threads"]): w for w in report["workers"]}
+    assert set(workers) == {(fw, t) for fw in ("pyrnn", "torch", "reference") for t in (1, 2)}
+    for (fw, t), w in workers.items():
+        if fw == "reference":
+            assert w["pid"] == os.getpid() and not w["isolated"]
+            continue
+        if fw == "torch" and not HAVE_TORCH:
+            continue
+        assert w["isolated"] and w["pid"] != os.getpid()
+        assert w["cores"] == cores[:t] and w["affinity"] == cores[:t]
+        assert set(w["thread_affinity"]) <= set(cores[:t])
+    assert len({w["pid"] for w in report["workers"] if w["isolated"]}) == len(workers) - 2
     rows = timed_rows(report)
     assert {r["cell"] for r in rows} == {"lstm", "gru", "rnn"}
     assert {(r["mode"], r["threads"]) for r in rows} == {("fwd", 1), ("fwdbwd", 1), ("fwd", 2), ("fwdbwd", 2)}
@@ -101,15 +130,131 @@ def test_broken_layer_is_an_error_not_a_crash(tmp_path, monkeypatch):
     assert all(r["status"] == "ok" for r in report["rows"] if not r["bidirectional"])
 
 
+def hide_module(tmp_path, monkeypatch, name):
+    """Makes ``import name`` fail here and in the worker processes (a package that raises ImportError,
+    first on their PYTHONPATH)."""
+    fake = tmp_path / "hidden" / name
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(f"raise ImportError('{name} hidden by the test')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(fake.parent), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setitem(sys.modules, name, None)  # and in this process
+
+
 def test_without_torch(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
-    rc, report = run_json(tmp_path, "--cells", "rnn")
+    hide_module(tmp_path, monkeypatch, "torch")
+    rc, report = run_json(tmp_path, "--cells", "rnn", "--modes", "fwd", base=TINY)
     assert rc == 0
-    assert report["torch"] is None
+    assert report["torch"] is None and report["unavailable"] == {"torch": "torch not importable"}
     rows = timed_rows(report)
     assert rows and all(r["torch_ms"] is None and r["torch_ratio"] is None for r in rows)
     out = capsys.readouterr().out
-    assert "PyTorch not importable" in out and "torch ms" in out
+    assert "PyTorch not importable (torch): its columns show '-'" in out and "torch ms" in out
+
+
+def test_peer_not_installed_shows_dash(tmp_path, monkeypatch, capsys):
+    hide_module(tmp_path, monkeypatch, "onnxruntime")
+    rc, report = run_json(tmp_path, "--cells", "rnn", "--modes", "fwd", "--peers", "ort", base=TINY)
+    assert rc == 0
+    assert report["peers"] == ["ort"] and report["unavailable"] == {"ort": "onnxruntime not importable"}
+    rows = timed_rows(report)
+    assert rows and all(r["pyrnn_ms"] > 0 and r["ort_ms"] is None and r["ort_note"] == "onnxruntime not importable"
+                        and r["check"] == "ok" for r in rows)
+    out = capsys.readouterr().out
+    assert "ONNX Runtime not importable (onnxruntime): its columns show '-'" in out
+    assert "ort ms" in out and "ort/pyrnn" in out and "best peer/pyrnn" not in out
+
+
+# The new peers' run: a few cases (JAX compiles each case and mode, ~1 s apiece): one of each cell, both GRU
+# variants, and a stacked bidirectional LSTM with variable lengths.
+PEER_SUITE = (
+    bench.Case("lstm", B=3, T=4, H=8),
+    bench.Case("lstm", B=3, T=6, H=8, layers=2, bidirectional=True, lengths=(2, 6), impl="layer"),
+    bench.Case("gru", B=2, T=4, H=8, I=5),
+    bench.Case("gru_reset_before", B=2, T=4, H=8),
+    bench.Case("rnn_tanh", B=2, T=4, H=8),
+)
+
+
+@pytest.fixture(scope="module")
+def new_peers_run(tmp_path_factory):
+    """One run of every importable new peer (a worker each), both modes, on PEER_SUITE."""
+    peers = [p for p in PEER_MODULES if importable(p)]
+    if not peers:
+        pytest.skip("none of onnxruntime, jax, torch importable")
+    tmp = tmp_path_factory.mktemp("peers")
+    md = tmp / "r.md"
+    with pytest.MonkeyPatch.context() as mp:  # the cases travel to the workers in their jobs
+        mp.setitem(bench.cases.SUITES, "standard", PEER_SUITE)
+        rc = bench.main([*TINY, "--peers", ",".join(peers), "--json", tmp / "r.json", "--markdown", md])
+    return rc, json.loads((tmp / "r.json").read_text()), md.read_text()
+
+
+@pytest.mark.parametrize("peer", list(PEER_MODULES))
+def test_new_peer_runs_and_checks(peer, new_peers_run):
+    if not importable(peer):
+        pytest.skip(f"{peer} needs {', '.join(PEER_MODULES[peer])}")
+    rc, report, md = new_peers_run
+    assert rc == 0
+    key = peer.replace("-", "_")
+    (worker,) = [w for w in report["workers"] if w["framework"] == peer]
+    assert worker["version"] and worker["pid"] != os.getpid() and worker["affinity"] == worker["cores"]
+    rows = timed_rows(report)
+    assert {r["cell"] for r in rows} == {"lstm", "gru", "rnn"} and any(r["lengths"] for r in rows)
+    assert len(rows) == 2 * len(PEER_SUITE)
+    for r in rows:
+        assert r["check"] == "ok"
+        runs = r["mode"] == "fwd" or peer == "jax"  # ort and torch-int8: inference only
+        if peer != "jax" and r["variant"] == "gru_reset_before":
+            runs = False  # no torch.nn layer to export or quantize
+        if peer == "torch-int8" and r["cell"] == "rnn":
+            runs = False  # quantize_dynamic has no int8 RNN
+        if not runs:
+            assert r[f"{key}_ms"] is None and r[f"{key}_note"]
+            continue
+        assert r[f"{key}_ms"] > 0 and r[f"{key}_ratio"] > 0 and r[f"{key}_note"] is None
+        errors = r["check_errors"][peer]
+        assert errors["y"] < (0.1 if peer == "torch-int8" else 1e-3)
+        if peer == "jax" and r["mode"] == "fwdbwd":
+            assert errors["dx"] < 1e-3
+    assert f"| {peer} ms | {peer}/pyrnn |" in md
+    if peer == "ort":
+        assert "ONNX Runtime not run (inference only): all fwdbwd rows." in md
+        assert "ONNX Runtime not run (no PyTorch gru_reset_before): gru_reset_before B=2 T=4 H=8 (fwd)." in md
+    if peer == "jax":
+        assert "XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=N" in md
+    if peer == "torch-int8":
+        assert "INT8 weights" in md and "torch-int8, being int8: < 0.1" in md
+
+
+def test_best_peer_column_from_run(new_peers_run):
+    _, report, md = new_peers_run
+    fp32 = [p for p in report["peers"] if p in ("ort", "jax")]
+    for r in timed_rows(report):
+        times = {p: r[f"{p}_ms"] for p in fp32 if r[f"{p}_ms"] is not None}
+        if not times:
+            assert r["best_peer"] is None and r["best_peer_ratio"] is None
+            continue
+        best = min(times, key=times.get)
+        assert r["best_peer"] == best and r["best_peer_ratio"] == pytest.approx(times[best] / r["pyrnn_ms"])
+    assert ("best peer/pyrnn" in md) == (len(fp32) > 1)
+
+
+def test_best_peer_column():
+    row = {"pyrnn_ms": 2.0, "torch_ms": 3.0, "ort_ms": 1.5, "jax_ms": None, "torch_int8_ms": 0.5,
+           "reference_ms": 0.1}
+    peers = ["torch", "ort", "jax", "torch-int8", "reference"]
+    runner.set_best_peer(row, peers)  # int8 and the reference are faster, but not fp32 peers
+    assert (row["best_peer"], row["best_peer_ms"], row["best_peer_ratio"]) == ("ort", 1.5, 0.75)
+    runner.set_best_peer(row, ["torch", "torch-int8"])  # ort not asked for
+    assert (row["best_peer"], row["best_peer_ratio"]) == ("torch", 1.5)
+    runner.set_best_peer(row, ["jax", "torch-int8"])
+    assert row["best_peer"] is None and row["best_peer_ratio"] is None
+    assert bench_report.best_cell(row) == "-"
+    runner.set_best_peer(row, peers)
+    assert bench_report.best_cell(row) == "0.75x ort"
+    headers = [h for h, _ in bench_report.table_columns(peers)]
+    assert headers[-2:] == ["best peer/pyrnn", "check"]
+    assert "best peer/pyrnn" not in [h for h, _ in bench_report.table_columns(["torch", "torch-int8", "reference"])]
 
 
 def test_mismatch_is_flagged(tmp_path, monkeypatch, capsys):
@@ -118,7 +263,7 @@ def test_mismatch_is_flagged(tmp_path, monkeypatch, capsys):
         return lambda: (run()[0] + 0.1, None)
 
     monkeypatch.setitem(bench.RUNNERS, "reference", wrong_reference)
-    rc, report = run_json(tmp_path, "--cells", "rnn", "--modes", "fwd", "--reference")
+    rc, report = run_json(tmp_path, "--cells", "rnn", "--modes", "fwd", "--peers", "reference")
     assert rc == 1
     assert all(r["check"].startswith("MISMATCH reference y") for r in report["rows"])
     assert "MISMATCH reference y" in capsys.readouterr().out
@@ -148,7 +293,7 @@ def test_plot_without_matplotlib(tmp_path, monkeypatch, capsys):
 def test_plot_png(tmp_path):
     pytest.importorskip("matplotlib")
     png = tmp_path / "r.png"
-    assert bench.main([*TINY, "--cells", "gru", "--plot", png]) == 0
+    assert bench.main([*INPROC, "--cells", "gru", "--plot", png]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -201,7 +346,7 @@ def test_scaling_default_threads():
 def test_scaling_plot_png(tmp_path):
     pytest.importorskip("matplotlib")
     png = tmp_path / "s.png"
-    assert bench.main([*TINY, "--suite", "scaling", "--modes", "fwd", "--plot", png]) == 0
+    assert bench.main([*INPROC, "--suite", "scaling", "--modes", "fwd", "--plot", png]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -213,6 +358,7 @@ def test_scaling_plot_png(tmp_path):
     (["--threads", "two"], "'two' is not an integer"),
     (["--cells", "foo"], "'foo' is not one of lstm, gru, rnn"),
     (["--modes", "bwd"], "'bwd' is not one of fwd, fwdbwd"),
+    (["--peers", "tf"], "'tf' is not one of torch, ort, jax, torch-int8, reference"),
     (["--bogus"], "unrecognized arguments"),
 ])
 def test_invalid_options(args, message, capsys):

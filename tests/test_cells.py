@@ -113,3 +113,86 @@ def test_cell_constructor_errors():
         pyrnn.GRUCell(3, 0)
     with pytest.raises(ValueError, match="Unknown nonlinearity"):
         pyrnn.RNNCell(3, 4, nonlinearity="gelu")
+
+
+# ------------------------------------------------------------ frozen cells --
+
+FROZEN_CASES = {**CELLS, "gru_reset_before": ("GRUCell", {"reset_after": False})}
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("B, I, H", [(1, 5, 7), (3, 65, 128), (13, 40, 33), (0, 4, 6)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", list(FROZEN_CASES))
+def test_frozen_cell_matches_the_cell(cell, dtype, B, I, H, bias, isa):
+    """freeze(): the same step as the cell in eval mode (packed weights, every ISA level)."""
+    cls, kw = FROZEN_CASES[cell]
+    pc = getattr(pyrnn, cls)(I, H, bias=bias, **kw, dtype=dtype, seed=1).eval()
+    fc = pc.freeze()
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((B, I)).astype(dtype)
+    hx = [rng.standard_normal((B, H)).astype(dtype) for _ in range(2)]
+    states = [None, tuple(hx)] if cls == "LSTMCell" else [None, hx[0]]
+    for st in states:
+        want, got = pc(x, st), fc(x, st)
+        for a, e in zip(np.atleast_1d(got) if cls == "LSTMCell" else [got], want if cls == "LSTMCell" else [want]):
+            assert a.dtype == dtype and a.shape == e.shape
+            if e.size:
+                _close(a, e, dtype, cell)
+    if B:  # unbatched
+        st = tuple(h[0] for h in hx) if cls == "LSTMCell" else hx[0][0]
+        want, got = pc(x[0], st), fc(x[0], st)
+        for a, e in zip(got if cls == "LSTMCell" else [got], want if cls == "LSTMCell" else [want]):
+            assert a.shape == (H,)
+            _close(a, e, dtype, cell + " unbatched")
+
+
+def test_frozen_cell_is_a_snapshot_never_a_mix():
+    """A frozen cell keeps the weights it was frozen with; in-place updates of the
+    cell reach the cell at once and a new freeze(), never the old frozen copy."""
+    cell = pyrnn.LSTMCell(6, 9, seed=0).eval()
+    x = np.random.default_rng(0).standard_normal((2, 6)).astype(np.float32)
+    frozen = cell.freeze()
+    before = cell(x)
+    np.testing.assert_array_equal(frozen(x)[0], frozen(x)[0])
+    for _, p in cell.named_parameters():
+        p *= 1.5  # in place: what an optimizer does
+    after = cell(x)
+    assert not np.allclose(after[0], before[0])
+    _close(frozen(x)[0], before[0], np.float32, "old snapshot")
+    _close(cell.freeze()(x)[0], after[0], np.float32, "new snapshot")
+    cell.load_state_dict({k: np.zeros_like(v) for k, v in cell.state_dict().items()})
+    np.testing.assert_array_equal(cell.freeze()(x)[0], np.zeros((2, 9), np.float32))
+    _close(frozen(x)[0], before[0], np.float32, "old snapshot after load_state_dict")
+
+
+def test_frozen_cell_threads_agree_bitwise():
+    cell = pyrnn.GRUCell(128, 256, reset_after=False, seed=0).freeze()  # large enough to split over threads
+    x = np.random.default_rng(0).standard_normal((4, 128)).astype(np.float32)
+    h = np.random.default_rng(1).standard_normal((4, 256)).astype(np.float32)
+    setting = pyrnn.thread_setting()
+    try:
+        outs = []
+        for n in (1, 2, 3):
+            pyrnn.set_num_threads(n)
+            outs.append(cell(x, h))
+    finally:
+        pyrnn.set_num_threads(setting)
+    for o in outs[1:]:
+        np.testing.assert_array_equal(o, outs[0])
+
+
+def test_frozen_cell_errors():
+    frozen = pyrnn.LSTMCell(4, 3).freeze()
+    assert "FrozenCell(LSTMCell(4, 3))" == repr(frozen) and frozen.nbytes > 0
+    with pytest.raises(TypeError, match="must have the cell's dtype float32, got float64"):
+        frozen(np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="inconsistent size"):
+        frozen(np.zeros((2, 5), np.float32))
+    with pytest.raises(TypeError, match="hx must be a tuple"):
+        frozen(np.zeros((2, 4), np.float32), np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match="batch size"):
+        frozen(np.zeros((2, 4), np.float32), (np.zeros((3, 3), np.float32),) * 2)
+    with pytest.raises(TypeError, match="needs a pyrnn RNNCell"):
+        pyrnn.cells.FrozenCell(pyrnn.LSTM(4, 3))
+    assert not hasattr(frozen, "backward")

@@ -255,3 +255,18 @@ def test_cell_table_is_the_one_vocabulary():
         assert _cells.cell_spec(cell.family, **_cells.cell_options(cell)) is cell
     with pytest.raises(ValueError, match="cell must be 'rnn', 'lstm' or 'gru', got 'elman'"):
         _cells.cell_spec("elman")
+
+
+def test_memory_bandwidth_is_measured():
+    caches = pyrnn.cache_sizes()
+    assert all(k in ("L1", "L2", "L3", "L4") and v > 0 for k, v in caches.items())
+    one = pyrnn.memory_bandwidth(64 * 1024, threads=1, seconds=0.02)
+    assert 0.5 < one < 10_000  # GB/s
+    levels = pyrnn.memory_bandwidth(threads=1, seconds=0.01)
+    assert list(levels) == ["L1", "L2", "L3", "DRAM"]
+    assert all(v["gbs"] > 0 and v["bytes"] > 0 for v in levels.values())
+    for bad in (0, -5, 1.5, True):
+        with pytest.raises(ValueError, match="size must be a positive number of bytes"):
+            pyrnn.memory_bandwidth(bad)
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        pyrnn.memory_bandwidth(1024, threads=0)

@@ -5,6 +5,7 @@ gradcheck in float64, a standard training loop, memory sharing, errors, and
 how pyrnn's threads and PyTorch's coexist.
 """
 
+import copy
 import os
 import pickle
 import subprocess
@@ -238,6 +239,53 @@ def test_cell_matches_torch_nn(mode, bias, with_hx, unbatched):
     for a, e in zip(fast if isinstance(fast, tuple) else (fast,), want if isinstance(want, tuple) else (want,)):
         assert not a.requires_grad
         torch.testing.assert_close(a, e, **TOL[torch.float64])
+
+
+def test_cell_packed_weights_follow_every_update():
+    """Without gradients the cells step with weights packed once per module; every
+    way of changing a weight (optimizer step, in-place op, load_state_dict,
+    .data replaced, a new Parameter) is seen at the next call."""
+    torch.manual_seed(0)
+    tc = nn.LSTMCell(I, H)
+    pc = pt.LSTMCell(I, H)
+    pc.load_state_dict(tc.state_dict())
+    x = torch.randn(B, I)
+
+    def check():
+        with torch.no_grad():
+            for a, e in zip(pc(x), tc(x)):
+                torch.testing.assert_close(a, e, **TOL[torch.float32])
+
+    check()
+    check()  # the second call reuses the packed weights
+    opt_p, opt_t = torch.optim.SGD(pc.parameters(), lr=0.5), torch.optim.SGD(tc.parameters(), lr=0.5)
+    for m, opt in ((pc, opt_p), (tc, opt_t)):
+        m(x)[0].sum().backward()
+        opt.step()
+    check()
+    with torch.no_grad():
+        pc.weight_hh.mul_(-1.0)
+        tc.weight_hh.mul_(-1.0)
+    check()
+    sd = {k: torch.randn_like(v) for k, v in tc.state_dict().items()}
+    pc.load_state_dict(sd)
+    tc.load_state_dict(sd)
+    check()
+    new = torch.randn_like(tc.weight_ih)
+    pc.weight_ih.data = new.clone()
+    tc.weight_ih.data = new.clone()
+    check()
+    pc.bias_hh = nn.Parameter(torch.zeros(4 * H))
+    tc.bias_hh = nn.Parameter(torch.zeros(4 * H))
+    check()
+    pc.double()
+    tc.double()
+    x = x.double()
+    with torch.no_grad():
+        for a, e in zip(pc(x), tc(x)):
+            assert a.dtype == torch.float64
+            torch.testing.assert_close(a, e, **TOL[torch.float64])
+    copy.deepcopy(pc)  # the cache does not travel with the module
 
 
 def test_gru_cell_reset_before_matches_numpy_cell():

@@ -65,9 +65,109 @@ py::tuple step(CellKind cell, py::array x, py::object h, py::object c, py::array
   return py::make_tuple(h_out, c_out);
 }
 
+// A cell's packed weights (pyrnn/api.h pack_cell), for one dtype.
+struct PackedCellHolder {
+  CellKind cell = CellKind::Lstm;
+  int64_t I = 0, H = 0;
+  bool f64 = false;
+  pyrnn::PackedCellPtr<float> pf;
+  pyrnn::PackedCellPtr<double> pd;
+};
+
+template <class Real>
+void pack(PackedCellHolder& p, CellKind cell, py::array W_ih, py::array W_hh, py::object b_ih, py::object b_hh) {
+  const int64_t G = pyrnn::gates_of(cell);
+  require(W_ih.ndim() == 2 && W_hh.ndim() == 2, "W_ih and W_hh must be 2-D");
+  const int64_t H = W_hh.shape(1), I = W_ih.shape(1);
+  auto ok = [&](const py::array& a, int64_t r, int64_t cdim) {
+    return a.dtype().is(py::dtype::of<Real>()) && a.shape(0) == r && a.shape(1) == cdim &&
+           (a.flags() & py::array::c_style);
+  };
+  auto ok1 = [&](const py::object& o) {
+    if (o.is_none()) return true;
+    if (!py::isinstance<py::array>(o)) return false;
+    auto a = py::reinterpret_borrow<py::array>(o);
+    return a.dtype().is(py::dtype::of<Real>()) && a.ndim() == 1 && a.shape(0) == G * H &&
+           (a.flags() & py::array::c_style);
+  };
+  require(H >= 1 && I >= 1 && ok(W_ih, G * H, I) && ok(W_hh, G * H, H),
+          "W_ih, W_hh must be C-contiguous, one dtype, shapes [G*H,I], [G*H,H]");
+  require(ok1(b_ih) && ok1(b_hh) && b_ih.is_none() == b_hh.is_none(),
+          "b_ih and b_hh must both be [G*H] arrays of the same dtype, or both None");
+  pyrnn::CellStepArgs<Real> a;
+  a.cell = cell, a.I = I, a.H = H;
+  a.W_ih = static_cast<const Real*>(W_ih.data()), a.W_hh = static_cast<const Real*>(W_hh.data());
+  a.b_ih = data_or_null<Real>(b_ih), a.b_hh = data_or_null<Real>(b_hh);
+  p.cell = cell, p.I = I, p.H = H;
+  py::gil_scoped_release nogil;
+  if constexpr (std::is_same_v<Real, float>)
+    p.pf = pyrnn::pack_cell<float>(a);
+  else
+    p.f64 = true, p.pd = pyrnn::pack_cell<double>(a);
+}
+
+template <class Real>
+py::tuple packed_step(const PackedCellHolder& p, py::array x, py::object h, py::object c) {
+  const int64_t B = x.ndim() == 2 ? x.shape(0) : -1, H = p.H;
+  auto ok = [&](const py::array& a, int64_t cdim) {
+    return a.dtype().is(py::dtype::of<Real>()) && a.ndim() == 2 && a.shape(0) == B && a.shape(1) == cdim &&
+           (a.flags() & py::array::c_style);
+  };
+  auto ok2 = [&](const py::object& o) { return o.is_none() || (py::isinstance<py::array>(o) && ok(py::reinterpret_borrow<py::array>(o), H)); };
+  require(ok(x, p.I), "x must be a C-contiguous [B, I] array of the packed weights' dtype");
+  require(ok2(h) && ok2(c), "h and c must be [B, H] arrays of the packed weights' dtype, or None");
+  py::array_t<Real> h_out({B, H});
+  py::object c_out = py::none();
+  pyrnn::CellStepArgs<Real> a;
+  a.cell = p.cell, a.B = B, a.I = p.I, a.H = H;
+  a.x = static_cast<const Real*>(x.data()), a.h = data_or_null<Real>(h), a.c = data_or_null<Real>(c);
+  a.h_out = h_out.mutable_data();
+  if (p.cell == CellKind::Lstm) {
+    py::array_t<Real> co({B, H});
+    a.c_out = co.mutable_data();
+    c_out = co;
+  }
+  const int nth = pyrnn::get_num_threads();
+  {
+    py::gil_scoped_release nogil;
+    if constexpr (std::is_same_v<Real, float>)
+      pyrnn::packed_cell_step<float>(*p.pf, a, nth);
+    else
+      pyrnn::packed_cell_step<double>(*p.pd, a, nth);
+  }
+  return py::make_tuple(h_out, c_out);
+}
+
 }  // namespace
 
 void register_cells(py::module_& m) {
+  py::class_<PackedCellHolder>(m, "PackedCell",
+                               "A cell's weights packed once for many steps (a copy: later changes to the arrays "
+                               "packed from have no effect).")
+      .def(py::init([](CellKind cell, py::array W_ih, py::array W_hh, py::object b_ih, py::object b_hh) {
+             auto p = std::make_unique<PackedCellHolder>();
+             if (W_ih.dtype().is(py::dtype::of<float>()))
+               pack<float>(*p, cell, W_ih, W_hh, b_ih, b_hh);
+             else if (W_ih.dtype().is(py::dtype::of<double>()))
+               pack<double>(*p, cell, W_ih, W_hh, b_ih, b_hh);
+             else
+               throw py::type_error("W_ih must have dtype float32 or float64");
+             return p;
+           }),
+           py::arg("cell"), py::arg("W_ih"), py::arg("W_hh"), py::arg("b_ih") = py::none(), py::arg("b_hh") = py::none())
+      .def(
+          "step",
+          [](const PackedCellHolder& p, py::array x, py::object h, py::object c) {
+            return p.f64 ? packed_step<double>(p, x, h, c) : packed_step<float>(p, x, h, c);
+          },
+          py::arg("x"), py::arg("h") = py::none(), py::arg("c") = py::none(),
+          "One step: returns (h1, c1 or None).")
+      .def_readonly("cell", &PackedCellHolder::cell)
+      .def_property_readonly("dtype", [](const PackedCellHolder& p) { return p.f64 ? py::dtype::of<double>() : py::dtype::of<float>(); })
+      .def_property_readonly("nbytes", [](const PackedCellHolder& p) {
+        return p.f64 ? pyrnn::packed_cell_bytes(*p.pd) : pyrnn::packed_cell_bytes(*p.pf);
+      });
+
   m.def(
       "cell_step",
       [](CellKind cell, py::array x, py::object h, py::object c, py::array W_ih, py::array W_hh, py::object b_ih,

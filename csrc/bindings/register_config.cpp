@@ -66,4 +66,12 @@ void register_config(py::module_& m) {
         return pyrnn::measure_fma_peak_gflops(nthreads, seconds);
       },
       py::arg("nthreads"), py::arg("seconds") = 0.2);
+  m.def(
+      "read_bandwidth_gbs",
+      [](int64_t bytes, int nthreads, double seconds) {
+        if (bytes < 1 || nthreads < 1 || !(seconds > 0)) throw py::value_error("bytes, nthreads and seconds must be positive");
+        py::gil_scoped_release nogil;
+        return pyrnn::measure_read_bandwidth_gbs(bytes, nthreads, seconds);
+      },
+      py::arg("bytes"), py::arg("nthreads"), py::arg("seconds") = 0.1);
 }

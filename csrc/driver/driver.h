@@ -33,7 +33,7 @@
 #include <utility>
 
 #include "../cells/all.h"
-#include "../gemm/fma_peak.h"
+#include "../gemm/roofline.h"
 #include "../runtime/profile.h"
 #include "kernel_table.h"
 #include "step.h"
@@ -609,7 +609,8 @@ void backward_impl(const Workspace<T>& w, const ForwardArgs<T>& a, const Backwar
 inline const KernelTable& make_table() {
   static const KernelTable table{&forward_impl<float>,   &forward_impl<double>,   &backward_impl<float>,
                                  &backward_impl<double>, &fma_peak_gflops,        &cell_step_impl<float>,
-                                 &cell_step_impl<double>};
+                                 &cell_step_impl<double>, &read_bandwidth_gbs,    &pack_cell_impl<float>,
+                                 &pack_cell_impl<double>, &packed_step_impl<float>, &packed_step_impl<double>};
   return table;
 }
 

@@ -77,25 +77,75 @@ int64_t workspace_bytes(const Workspace<T>& ws) {
   return int64_t((ws.gates.size() + ws.extra.size() + ws.hm.size() + ws.h0m.size() + ws.m.size()) * sizeof(T));
 }
 
+// One step splits only once its weights no longer fit one core's caches.
+template <class T>
+int step_threads(const CellStepArgs<T>& args, Isa isa, int entry, int nthreads) {
+  const double flops = 2.0 * double(args.B) * gates_of(args.cell) * double(args.H) * double(args.I + args.H);
+  const int limit = flops < double(1 << 18) ? 1 : nthreads;
+  if (limit == 1) return 1;
+  ThreadChoice choice(call_key({entry, int64_t(args.cell), int64_t(sizeof(T)), int64_t(isa), args.B, args.I, args.H}),
+                      limit, flops, 1.0);
+  return choice.threads();
+}
+
 template <class T>
 void cell_step(const CellStepArgs<T>& args, int nthreads) {
   const Isa isa = isa_selected();
   const KernelTable& k = kernels_for(isa);
-  const double flops = 2.0 * double(args.B) * gates_of(args.cell) * double(args.H) * double(args.I + args.H);
-  // One step splits only once its weights no longer fit one core's caches.
-  const int limit = flops < double(1 << 18) ? 1 : nthreads;
-  ThreadChoice choice(call_key({4, int64_t(args.cell), int64_t(sizeof(T)), int64_t(isa), args.B, args.I, args.H}),
-                      limit, flops, 1.0);
+  const int nth = step_threads(args, isa, 4, nthreads);
   if constexpr (std::is_same_v<T, float>)
-    k.cell_f32(args, choice.threads());
+    k.cell_f32(args, nth);
   else
-    k.cell_f64(args, choice.threads());
+    k.cell_f64(args, nth);
 }
 template void cell_step(const CellStepArgs<float>&, int);
 template void cell_step(const CellStepArgs<double>&, int);
 
+template <class T>
+PackedCellPtr<T> pack_cell(const CellStepArgs<T>& weights) {
+  PackedCellPtr<T> p(new PackedCell<T>());
+  p->isa = isa_selected();
+  const KernelTable& k = kernels_for(p->isa);
+  if constexpr (std::is_same_v<T, float>)
+    k.pack_cell_f32(weights, *p);
+  else
+    k.pack_cell_f64(weights, *p);
+  return p;
+}
+
+template <class T>
+void packed_cell_step(const PackedCell<T>& p, const CellStepArgs<T>& args, int nthreads) {
+  // The level that packed the weights runs the step: the layout depends on it.
+  const KernelTable& k = kernels_for(p.isa);
+  CellStepArgs<T> a = args;
+  a.cell = p.cell, a.I = p.I, a.H = p.H;
+  const int nth = step_threads(a, p.isa, 5, nthreads);
+  if constexpr (std::is_same_v<T, float>)
+    k.packed_step_f32(p, a, nth);
+  else
+    k.packed_step_f64(p, a, nth);
+}
+
+template <class T>
+int64_t packed_cell_bytes(const PackedCell<T>& p) {
+  return int64_t((p.wx.size() + p.wh.size() + p.wn.size() + p.b_ih.size() + p.b_hh.size()) * sizeof(T));
+}
+
+template PackedCellPtr<float> pack_cell(const CellStepArgs<float>&);
+template PackedCellPtr<double> pack_cell(const CellStepArgs<double>&);
+template void packed_cell_step(const PackedCell<float>&, const CellStepArgs<float>&, int);
+template void packed_cell_step(const PackedCell<double>&, const CellStepArgs<double>&, int);
+template int64_t packed_cell_bytes(const PackedCell<float>&);
+template int64_t packed_cell_bytes(const PackedCell<double>&);
+template struct PackedCellDeleter<float>;
+template struct PackedCellDeleter<double>;
+
 double measure_fma_peak_gflops(int nthreads, double seconds) {
   return kernels_for(isa_selected()).fma_peak(std::max(1, nthreads), seconds);
+}
+
+double measure_read_bandwidth_gbs(int64_t bytes, int nthreads, double seconds) {
+  return kernels_for(isa_selected()).read_bandwidth(bytes, std::max(1, nthreads), seconds);
 }
 
 template WorkspacePtr<float> sequence_forward(const ForwardArgs<float>&, bool, int);

@@ -13,6 +13,11 @@ struct KernelTable {
   double (*fma_peak)(int nthreads, double seconds);
   void (*cell_f32)(const CellStepArgs<float>&, int nthreads);
   void (*cell_f64)(const CellStepArgs<double>&, int nthreads);
+  double (*read_bandwidth)(int64_t bytes, int nthreads, double seconds);
+  void (*pack_cell_f32)(const CellStepArgs<float>&, PackedCell<float>&);
+  void (*pack_cell_f64)(const CellStepArgs<double>&, PackedCell<double>&);
+  void (*packed_step_f32)(const PackedCell<float>&, const CellStepArgs<float>&, int nthreads);
+  void (*packed_step_f64)(const PackedCell<double>&, const CellStepArgs<double>&, int nthreads);
 };
 
 const KernelTable& kernels_baseline();

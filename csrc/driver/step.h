@@ -1,7 +1,11 @@
-// One step of a cell for a batch, from Python's generation loops (pyrnn.LSTMCell
-// and friends in eval mode, pyrnn.torch's cells without gradients): weights are
-// used in PyTorch's row-major layout as they are (no packing, which would cost
-// as much as the step itself), with dot products along the contiguous K.
+// One step of a cell for a batch, from Python's generation loops. Two paths:
+// - cell_step: weights used in PyTorch's row-major layout as they are (no
+//   packing, which would cost as much as the step itself), with dot products
+//   along the contiguous K (pyrnn.LSTMCell and friends);
+// - packed_step: weights packed once (pack_cell) into the GEMM's column panels,
+//   so a step is the micro-kernel over x and h rows with no horizontal sums
+//   (frozen cells, pyrnn.torch's cells without gradients).
+// Both hand each vector of units to the cell's step() (csrc/cells/).
 #pragma once
 #include <omp.h>
 
@@ -83,6 +87,129 @@ void cell_step_cell(const CellStepArgs<T>& a, int nthreads) {
       units([](const StepUnit<T>& s) { Cell::step_after(s); });
     }
   }
+}
+
+// ------------------------------------------------------------ packed weights --
+
+// Column panels of W^T for rows [n0, n1) of a row-major W [*, K]: panel q is
+// [K][NR] with element (k, n) = W[n0 + q*NR + n][k], zero past n1.
+template <class T>
+void pack_columns(const T* W, int64_t K, int64_t n0, int64_t n1, int64_t NR, AlignedBuffer<T>& out) {
+  const int64_t np = (n1 - n0 + NR - 1) / NR;
+  out.reserve(size_t(std::max<int64_t>(1, np * K * NR)));
+  T* o = out.data();
+  for (int64_t q = 0; q < np; ++q)
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t n = 0; n < NR; ++n) {
+        const int64_t row = n0 + q * NR + n;
+        o[(q * K + k) * NR + n] = row < n1 ? W[row * K + k] : T(0);
+      }
+}
+
+template <class T>
+void pack_cell_impl(const CellStepArgs<T>& a, PackedCell<T>& p) {
+  constexpr int64_t NR = kGemmNV * kLanes<T>;
+  p.cell = a.cell, p.I = a.I, p.H = a.H, p.N = gates_of(a.cell) * a.H, p.NR = NR;
+  with_cell(a.cell, false, [&](auto cell) { p.n_h = decltype(cell)::kStepHhGates * a.H; });
+  pack_columns(a.W_ih, a.I, 0, p.N, NR, p.wx);
+  pack_columns(a.W_hh, a.H, 0, p.n_h, NR, p.wh);
+  if (p.n_h < p.N) pack_columns(a.W_hh, a.H, p.n_h, p.N, NR, p.wn);
+  p.b_ih.zero(size_t(p.N));
+  p.b_hh.zero(size_t(p.N));
+  if (a.b_ih) {
+    std::memcpy(p.b_ih.data(), a.b_ih, sizeof(T) * size_t(p.N));
+    std::memcpy(p.b_hh.data(), a.b_hh, sizeof(T) * size_t(p.N));
+  }
+}
+
+// out[b][c] = A[b] . column c of the panels + bias[c], for the columns of
+// panels [q0, q1) below ncols; A [B, K] with row stride lda.
+template <class T>
+void panel_gemm(const T* A, int64_t lda, int64_t B, int64_t K, const T* panels, int64_t ncols, int64_t q0, int64_t q1,
+                const T* bias, T* out, int64_t ldo) {
+  constexpr int L = kLanes<T>, NV = kGemmNV, MR = tile_rows(NV);
+  constexpr int64_t NR = NV * L;
+  alignas(64) T tile[MR * NR];
+  const T* arows[MR];
+  for (int64_t q = q0; q < q1; ++q)
+    for (int64_t r0 = 0; r0 < B; r0 += MR) {
+      const int m = int(std::min<int64_t>(MR, B - r0));
+      for (int r = 0; r < MR; ++r) arows[r] = A + (r0 + std::min(r, m - 1)) * lda;
+      ukernel_rows<T, MR, NV, false>(m, K, nullptr, arows, panels + q * K * NR, tile);
+      const int64_t c0 = q * NR, nc = std::min<int64_t>(NR, ncols - c0);
+      for (int r = 0; r < m; ++r)
+        for (int64_t j = 0; j < nc; j += L) {
+          T* o = out + (r0 + r) * ldo + c0 + j;
+          const int n = int(std::min<int64_t>(L, nc - j));
+          Vec<T> v = loadu(tile + r * NR + j) + (n == L ? loadu(bias + c0 + j) : load_first(bias + c0 + j, n));
+          if (n == L)
+            storeu(o, v);
+          else
+            store_first(o, v, n);
+        }
+    }
+}
+
+template <class T, class Cell>
+void packed_step_cell(const PackedCell<T>& p, const CellStepArgs<T>& a, int nthreads) {
+  constexpr int L = kLanes<T>;
+  const int64_t B = a.B, I = p.I, H = p.H, N = p.N, NR = p.NR;
+  if (B == 0) return;
+  AlignedBuffer<T> buf(size_t(2 * B * N + B * H + L));
+  T *gi = buf.data(), *gh = gi + B * N, *extra = gh + B * N;
+  AlignedBuffer<T> zeros;
+  if (!a.h || !a.c) zeros.zero(size_t(B * H + L));
+  const T* h = a.h ? a.h : zeros.data();
+  const T* c = a.c ? a.c : zeros.data();
+  const int64_t npx = (N + NR - 1) / NR, nph = (p.n_h + NR - 1) / NR, npn = (N - p.n_h + NR - 1) / NR;
+  const int64_t nchunks = (H + L - 1) / L;
+  auto body = [&](int tid, int nt) {
+    int64_t q0, q1;
+    split_range(npx + nph, nt, tid, q0, q1);  // the x and h panels, in one list
+    for (int64_t q = q0; q < q1; ++q) {
+      if (q < npx)
+        panel_gemm(a.x, I, B, I, p.wx.data(), N, q, q + 1, p.b_ih.data(), gi, N);
+      else
+        panel_gemm(h, H, B, H, p.wh.data(), p.n_h, q - npx, q - npx + 1, p.b_hh.data(), gh, N);
+    }
+    if (nt > 1) {
+#pragma omp barrier
+    }
+    int64_t c0, c1;
+    split_range(nchunks, nt, tid, c0, c1);
+    const int64_t ua = c0 * L, ub = std::min(c1 * L, H);
+    auto units = [&](auto fn) {
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t u = ua; u < ub; u += L)
+          fn(StepUnit<T>{gi, gh, h, c, a.h_out, a.c_out, extra, b, u, N, H, int(std::min<int64_t>(L, ub - u))});
+    };
+    units([](const StepUnit<T>& s) { Cell::step(s); });
+    if constexpr (Cell::kStepHhGates < Cell::G) {
+      // The remaining gates multiply the extra rows (GRU reset-before: W_hn (r*h)).
+      if (nt > 1) {
+#pragma omp barrier
+      }
+      split_range(npn, nt, tid, q0, q1);
+      if (q0 < q1)
+        panel_gemm(extra, H, B, H, p.wn.data(), N - p.n_h, q0, q1, p.b_hh.data() + p.n_h, gh + p.n_h, N);
+      if (nt > 1) {
+#pragma omp barrier
+      }
+      units([](const StepUnit<T>& s) { Cell::step_after(s); });
+    }
+  };
+  const int nth = int(std::min<int64_t>(nthreads, std::min(npx + nph, nchunks)));
+  if (nth <= 1) {
+    body(0, 1);
+    return;
+  }
+#pragma omp parallel num_threads(nth)
+  body(omp_get_thread_num(), omp_get_num_threads());
+}
+
+template <class T>
+void packed_step_impl(const PackedCell<T>& p, const CellStepArgs<T>& a, int nthreads) {
+  with_cell(p.cell, false, [&](auto cell) { packed_step_cell<T, decltype(cell)>(p, a, nthreads); });
 }
 
 template <class T>

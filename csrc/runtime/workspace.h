@@ -53,6 +53,25 @@ struct Workspace {
   const T* extra_row(int64_t r) const { return extra.data() + r * ld_extra; }
 };
 
+// A cell's weights packed for the one-step path (pyrnn/api.h): the column
+// panels of W_ih^T ([I][NR] per panel) and of W_hh^T, the latter split where
+// a cell multiplies a later product (GRU reset-before's W_hn) rather than h.
+template <class T>
+struct PackedCell {
+  CellKind cell = CellKind::Lstm;
+  Isa isa = Isa::Baseline;
+  int64_t I = 0, H = 0, N = 0;  // N = G*H
+  int64_t NR = 0;               // panel width of `isa`
+  int64_t n_h = 0;              // columns of W_hh^T multiplying h (the rest multiply the extra rows)
+  AlignedBuffer<T> wx, wh, wn;  // panels of W_ih^T [I, N], W_hh^T [H, n_h] and [H, N - n_h]
+  AlignedBuffer<T> b_ih, b_hh;  // [N]; zeros without bias
+};
+
+template <class T>
+void PackedCellDeleter<T>::operator()(PackedCell<T>* p) const {
+  delete p;
+}
+
 // Row stride for n elements: strides that are multiples of 1 KiB put the rows
 // a micro-kernel reads together into the same L1 sets (4K aliasing), so such
 // strides get one extra cache line (as oneDNN's get_good_ld does).

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib.util
 import json
 import os
 import platform
 import shlex
 import sys
-from types import ModuleType
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -19,7 +19,7 @@ import pyrnn
 
 from .cases import MODES, PROFILES, SUITES, Profile, scaling_threads, select_cases
 from .report import PLOT_HINT, footnotes, render_markdown, render_text, write_plot
-from .runner import PEERS, _import_torch, measure_peaks, run_suite, training_memory
+from .runner import PEERS, field, measure_peaks, run_suite, training_memory
 
 CELLS = ("lstm", "gru", "rnn")  # the families (pyrnn._cells.FAMILIES), in the suite's order
 
@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     cores = available_cores()
     p = argparse.ArgumentParser(
         prog="python -m pyrnn.bench",
-        description="Benchmark pyrnn's fp32 LSTM/GRU/RNN kernels against PyTorch on the standard suite.",
+        description="Benchmark pyrnn's fp32 LSTM/GRU/RNN kernels against PyTorch (and ONNX Runtime, JAX, "
+        "PyTorch int8) on the standard suite, each framework in a process of its own.",
         epilog="Exit status: 0 all good, 1 a correctness mismatch or a failed case, 2 bad usage.")
     p.add_argument("--suite", choices=sorted(SUITES), default="standard",
                    help="standard: the shapes below (default); scaling: LSTM and GRU B=128 T=50 H=1024 at "
@@ -101,8 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=_positive_int, default=None, metavar="N",
                    help="at least N timed repetitions per case and framework (default 3; more steadies "
                    "medians on a noisy machine)")
+    p.add_argument("--peers", type=_list_of(PEERS), default=["torch"],
+                   help="comma-separated frameworks to time against pyrnn: torch (default), ort (ONNX Runtime, "
+                   "inference), jax, torch-int8 (dynamic int8, inference), reference (the NumPy reference); "
+                   "one that is not installed shows '-'")
     p.add_argument("--reference", action="store_true",
-                   help="also time the NumPy reference (pyrnn.reference), skipping very slow shapes")
+                   help="also time the NumPy reference (pyrnn.reference), skipping very slow shapes "
+                   "(the same as adding reference to --peers)")
+    p.add_argument("--in-process", action="store_true",
+                   help="run every framework in this process, unpinned, instead of one pinned worker process "
+                   "per framework and thread count (debugging; idle threads of one framework can then slow "
+                   "the next)")
     p.add_argument("--json", metavar="PATH", help="write all rows and machine info as JSON")
     p.add_argument("--markdown", metavar="PATH", help="write a markdown table")
     p.add_argument("--memory", action="store_true",
@@ -111,9 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def machine_info(args: argparse.Namespace, argv: Sequence[str], profile: Profile,
-                 torch: Optional[ModuleType]) -> dict[str, Any]:
-    """Run metadata; "peak_gflops" is filled in by the caller once measured."""
+def machine_info(args: argparse.Namespace, argv: Sequence[str], profile: Profile) -> dict[str, Any]:
+    """Run metadata; "peak_gflops", "torch", "versions", "unavailable" and "workers" are filled in by the
+    caller once measured."""
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": "python -m pyrnn.bench" + (" " + shlex.join(argv) if argv else ""),
@@ -123,16 +133,17 @@ def machine_info(args: argparse.Namespace, argv: Sequence[str], profile: Profile
                     "python": platform.python_version(), "load_average_at_start": load_average()},
         "pyrnn": pyrnn._config.config(),
         "numpy": np.__version__,
-        "torch": torch.__version__ if torch is not None else None,
+        "torch": None,
         "threads": args.threads,
         "modes": args.modes,
-        "peers": [p for p in PEERS if p != "reference" or args.reference],
+        "peers": args.peers + (["reference"] if args.reference and "reference" not in args.peers else []),
+        "isolated": not args.in_process,
         "peak_gflops": {},
     }
 
 
 def failed_row(row: dict[str, Any]) -> bool:
-    notes = [row[f"{peer}_note"] or "" for peer in PEERS]
+    notes = [row[field(peer, "note")] or "" for peer in PEERS]
     return (row["status"].startswith("error") or (row["check"] or "ok") != "ok"
             or any(n.startswith("error") for n in notes))
 
@@ -154,14 +165,17 @@ def main(argv: Optional[Sequence[Any]] = None) -> int:
     profile = PROFILES["tiny" if args.tiny else "quick" if args.quick else "full"]
     if args.reps is not None:
         profile = dataclasses.replace(profile, min_reps=args.reps, max_reps=max(profile.max_reps, args.reps))
-    torch = _import_torch()
-    meta = machine_info(args, argv, profile, torch)  # first: the load average before we add to it
+    meta = machine_info(args, argv, profile)  # first: the load average before we add to it
     peaks = meta["peak_gflops"] = measure_peaks(args.threads, profile)
     cases = select_cases(profile, args.cells, args.suite)
-    rows = run_suite(cases, args.threads, args.modes, meta["peers"], profile, peaks)
+    info: dict[str, Any] = {}
+    rows = run_suite(cases, args.threads, args.modes, meta["peers"], profile, peaks,
+                     isolate=not args.in_process, info=info)
+    meta.update(info)
+    meta["torch"] = info["versions"].get("torch")
     meta["machine"]["load_average_at_end"] = load_average()
     if args.memory:
-        meta["memory"] = training_memory(["pyrnn"] + (["torch"] if torch is not None else []))
+        meta["memory"] = training_memory(["pyrnn"] + (["torch"] if importlib.util.find_spec("torch") else []))
 
     print(render_text(rows, meta))
     if args.json:

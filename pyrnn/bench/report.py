@@ -12,10 +12,14 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 import numpy as np
 
 from .cases import MODES
-from .runner import CHECK_TOL
+from .peers import JAX_XLA_FLAGS
+from .runner import CHECK_TOL, FP32_PEERS, check_tol, field
 
-PEER_TITLES = {"torch": "PyTorch", "reference": "NumPy reference"}
-PEER_SHORT = {"torch": "torch", "reference": "ref"}  # table column headers
+PEER_TITLES = {"torch": "PyTorch", "ort": "ONNX Runtime", "jax": "JAX", "torch-int8": "PyTorch dynamic int8",
+               "reference": "NumPy reference"}
+PEER_SHORT = {"torch": "torch", "ort": "ort", "jax": "jax", "torch-int8": "torch-int8",
+              "reference": "ref"}  # table column headers
+BEST = "best peer/pyrnn"
 PLOT_HINT = 'pip install "pyrnn[plot]"'
 LEFT_COLUMNS = ("case", "mode", "check")
 SCALING_TITLE = "Speed-up over the fewest threads (same case and mode):"
@@ -37,6 +41,18 @@ def _first_columns() -> list[Column]:
     ]
 
 
+def show_best(peers: Sequence[str]) -> bool:
+    """The best-peer column: where more than one fp32 peer was asked for (with one, it is that peer's ratio)."""
+    return sum(p in FP32_PEERS for p in peers) > 1
+
+
+def best_cell(r: Row) -> str:
+    """"0.97x ort": the fastest fp32 peer's ms over pyrnn's, and which peer it was."""
+    if r.get("best_peer_ratio") is None:
+        return "-"
+    return f"{r['best_peer_ratio']:.2f}x {PEER_SHORT[r['best_peer']]}"
+
+
 def table_columns(peers: Sequence[str]) -> list[Column]:
     """The table's columns; peer columns only for the peers that ran."""
     columns = _first_columns() + [
@@ -44,8 +60,10 @@ def table_columns(peers: Sequence[str]) -> list[Column]:
         ("% peak", lambda r: _fmt(r["pct_peak"], ".1f", "%")),
     ]
     for peer in peers:
-        columns += [(f"{PEER_SHORT[peer]} ms", lambda r, p=peer: _fmt(r[f"{p}_ms"], ".3f")),
-                    (f"{PEER_SHORT[peer]}/pyrnn", lambda r, p=peer: _fmt(r[f"{p}_ratio"], ".2f", "x"))]
+        columns += [(f"{PEER_SHORT[peer]} ms", lambda r, p=peer: _fmt(r[field(p, "ms")], ".3f")),
+                    (f"{PEER_SHORT[peer]}/pyrnn", lambda r, p=peer: _fmt(r[field(p, "ratio")], ".2f", "x"))]
+    if show_best(peers):
+        columns.append((BEST, best_cell))
     columns.append(("check", lambda r: r["check"] if r["status"] == "ok" else r["status"]))
     return columns
 
@@ -55,16 +73,16 @@ def scaling_columns(peers: Sequence[str], base: dict[tuple, float]) -> list[Colu
 
     def speedup(r: Row, fw: str) -> Optional[float]:
         b = base.get((r["case"], r["mode"], fw))
-        return None if b is None or r[f"{fw}_ms"] is None else b / r[f"{fw}_ms"]
+        return None if b is None or r[field(fw, "ms")] is None else b / r[field(fw, "ms")]
 
     columns = _first_columns() + [
         ("pyrnn speed-up", lambda r: _fmt(speedup(r, "pyrnn"), ".2f", "x")),
         ("% peak", lambda r: _fmt(r["pct_peak"], ".1f", "%")),
     ]
     for peer in peers:
-        columns += [(f"{PEER_SHORT[peer]} ms", lambda r, p=peer: _fmt(r[f"{p}_ms"], ".3f")),
+        columns += [(f"{PEER_SHORT[peer]} ms", lambda r, p=peer: _fmt(r[field(p, "ms")], ".3f")),
                     (f"{PEER_SHORT[peer]} speed-up", lambda r, p=peer: _fmt(speedup(r, p), ".2f", "x")),
-                    (f"{PEER_SHORT[peer]}/pyrnn", lambda r, p=peer: _fmt(r[f"{p}_ratio"], ".2f", "x"))]
+                    (f"{PEER_SHORT[peer]}/pyrnn", lambda r, p=peer: _fmt(r[field(p, "ratio")], ".2f", "x"))]
     return columns
 
 
@@ -78,8 +96,8 @@ def scaling_table(rows: Sequence[Row], peers: Sequence[str], markdown: bool = Fa
     base: dict[tuple, float] = {}
     for r in timed:  # fewest threads first
         for fw in ("pyrnn",) + tuple(peers):
-            if r[f"{fw}_ms"] is not None:
-                base.setdefault((r["case"], r["mode"], fw), r[f"{fw}_ms"])
+            if r[field(fw, "ms")] is not None:
+                base.setdefault((r["case"], r["mode"], fw), r[field(fw, "ms")])
     return format_table(timed, peers, markdown, scaling_columns(peers, base))
 
 
@@ -101,35 +119,128 @@ def format_table(rows: Sequence[Row], peers: Sequence[str], markdown: bool = Fal
     return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in cells[1:]])
 
 
+def peer_lines(meta: dict) -> list[str]:
+    """The peers' versions, then one line per peer that could not be imported."""
+    versions, unavailable = meta.get("versions", {}), meta.get("unavailable", {})
+    ran = [f"{PEER_TITLES[p]} {versions[p]}" for p in meta["peers"] if versions.get(p)]
+    lines = [", ".join(ran) + " (same inputs, weights and thread count)"] if ran else []
+    for peer in meta["peers"]:
+        why = unavailable.get(peer)
+        if why is None:
+            continue
+        if why.endswith(" not importable"):
+            why = why[:-len(" not importable")]
+            lines.append(f"{PEER_TITLES[peer]} not importable ({why}): its columns show '-'")
+        else:
+            lines.append(f"{PEER_TITLES[peer]} not run ({why}): its columns show '-'")
+    return lines
+
+
 def header_lines(meta: dict) -> list[str]:
     peaks = ", ".join(f"{t} thread{'s' if t > 1 else ''} {p:.1f} GFLOP/s" for t, p in meta["peak_gflops"].items())
-    torch_line = (f"PyTorch {meta['torch']} (same inputs, weights and thread count)" if meta["torch"]
-                  else "PyTorch not importable: its columns show '-'")
     return [
         f"pyrnn {meta['pyrnn']['version']} benchmark, {meta['suite']}",
         f"machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores (load average "
         f"{meta['machine']['load_average_at_start']} at start); ISA {meta['pyrnn']['isa_selected']}; fp32; "
         f"threads {','.join(map(str, meta['threads']))}; {meta['date']}",
-        torch_line,
+        *peer_lines(meta),
         f"measured FMA peak: {peaks}",
         f"command: {meta['command']}",
     ]
 
 
+def _where(pairs: list[Tuple[str, str]], rows: Sequence[Row]) -> str:
+    """Which rows a note is about: "every row", "all fwdbwd rows", or the cases with their modes."""
+    everything = {(r["case"], r["mode"]) for r in rows}
+    if set(pairs) == everything:
+        return "every row"
+    modes = sorted({m for _, m in pairs}, key=MODES.index)
+    if set(pairs) == {(c, m) for c, m in everything if m in modes}:
+        return f"all {'/'.join(modes)} rows"
+    by_case: dict[str, list[str]] = {}
+    for case, mode in pairs:
+        by_case.setdefault(case, []).append(mode)
+    return "; ".join(f"{case} ({', '.join(ms)})" for case, ms in by_case.items())
+
+
+def not_run_notes(rows: Sequence[Row], meta: dict) -> list[str]:
+    """One note per peer and reason it did not run on some rows (peers not importable are in the header)."""
+    timed = [r for r in rows if r["status"] == "ok"]
+    notes = []
+    for peer in meta["peers"]:
+        if peer in meta.get("unavailable", {}):
+            continue
+        reasons: dict[str, list[Tuple[str, str]]] = {}
+        for r in timed:
+            note = r[field(peer, "note")]
+            if note and (r["case"], r["mode"]) not in reasons.get(note, []):
+                reasons.setdefault(note, []).append((r["case"], r["mode"]))
+        for note, pairs in reasons.items():
+            notes.append(f"{PEER_TITLES[peer]} not run ({note}): {_where(pairs, timed)}.")
+    return notes
+
+
+def method_notes(meta: dict) -> list[str]:
+    """How each peer beyond PyTorch ran."""
+    peers, isolated = meta["peers"], meta.get("isolated", True)
+    notes = []
+    if "ort" in peers:
+        notes.append("ort = ONNX Runtime: the torch.nn layer with the case's weights exported by torch.onnx.export "
+                     "(TorchScript exporter, dynamo=False), run by an InferenceSession (CPU provider, "
+                     "intra_op_num_threads = the thread count, inter_op_num_threads = 1); inference only, so its "
+                     "fwdbwd rows show '-'.")
+    if "jax" in peers:
+        threads = ("XLA's CPU backend has no per-call thread count: the JAX worker was pinned to the first N "
+                   "cores for N threads and started with XLA_FLAGS=" + JAX_XLA_FLAGS.format(n="N") + "."
+                   if isolated else "JAX ran in this process (--in-process) with its default threads.")
+        notes.append("jax = JAX: jax.jit of one lax.scan per layer and direction over a jax.numpy cell with "
+                     "PyTorch's equations, gate order and weights (the input projection one GEMM over all steps); "
+                     "fwdbwd = jax.vjp of y with cotangent dy (the gradient of sum(y*dy)) with respect to x and "
+                     f"every weight. {threads}")
+    if "torch-int8" in peers:
+        notes.append("torch-int8 = torch.ao.quantization.quantize_dynamic(model, {nn.LSTM, nn.GRU}, "
+                     "dtype=torch.qint8): INT8 weights, activations quantized per call, so not an fp32 peer; "
+                     "inference of LSTM and GRU only, and left out of the best peer.")
+    if "reference" in peers:
+        notes.append("reference = pyrnn.reference (NumPy, fp32); its BLAS threads are NumPy's own, not --threads.")
+    return notes
+
+
 def footnotes(rows: Sequence[Row], meta: dict) -> list[str]:
+    peers = meta["peers"]
+    if meta.get("isolated", True):
+        processes = ("Each framework ran in a process of its own, one per framework and thread count (all cases), "
+                     "one after another, pinned with sched_setaffinity to the first N cores for N threads, so that "
+                     "no framework's idle threads spin beside another's calls"
+                     + (" (the NumPy reference ran in the parent process)." if "reference" in peers else "."))
+    else:
+        processes = "All frameworks ran in this process (--in-process), unpinned, one after another."
+    tol = f"< {CHECK_TOL:g}"
+    if "torch-int8" in peers:
+        tol += f" (torch-int8, being int8: < {check_tol('torch-int8'):g})"
     notes = [
         "GFLOP/s counts 2*N*G*H*(I+H) per layer and direction (G = 4 LSTM, 3 GRU, 1 RNN; N = B*T), "
         "x3 for fwdbwd; % peak is of the measured FMA peak at that thread count.",
         "fwd = inference (training=False; torch under no_grad); fwdbwd = forward(training=True) + backward "
-        "with dy = ones (torch: y.backward(dy), x requiring grad). Times are medians after warm-up, the "
-        "frameworks timed in turn (one repetition each per round); the FMA peak is the best of 5 measurements.",
-        "X/pyrnn = X ms / pyrnn ms: above 1 means pyrnn is faster.",
-        "check: each peer's y (and dx for fwdbwd) vs pyrnn's, max abs diff / max(1, max|peer|) "
-        f"< {CHECK_TOL:g}.",
+        "with dy = ones (torch: y.backward(dy), x requiring grad). Times are medians after warm-up; the FMA peak "
+        "is the best of 5 measurements.",
+        processes,
+        "X/pyrnn = X ms / pyrnn ms: above 1 means pyrnn is faster."
+        + (f" {BEST}: the fastest fp32 peer's ms on the row ({', '.join(p for p in FP32_PEERS if p in peers)}) "
+           "over pyrnn's, and which peer it was." if show_best(peers) else ""),
+        f"check: each peer's y (and dx for fwdbwd) vs pyrnn's, max abs diff / max(1, max|peer|) {tol}.",
     ]
     if any(r["lengths"] for r in rows):
-        notes.append("* variable lengths: N = sum of lengths (valid steps only); torch gets a PackedSequence "
-                     "(pack_padded_sequence(enforce_sorted=False), padded back with pad_packed_sequence).")
+        given = ["torch gets a PackedSequence (pack_padded_sequence(enforce_sorted=False), padded back with "
+                 "pad_packed_sequence)"]
+        if "torch-int8" in peers:
+            given.append("torch-int8 the same")
+        if "ort" in peers:
+            given.append("ort the lengths as the ONNX sequence_lens input")
+        if "jax" in peers:
+            given.append("jax a mask (all T steps computed, the state held and y zeroed past each length)")
+        notes.append("* variable lengths: N = sum of lengths (valid steps only); " + "; ".join(given) + ".")
+    notes += method_notes(meta)
     for case, impl in sorted({(r["case"], r["impl"]) for r in rows if r["layers"] > 1 or r["bidirectional"]}):
         how = ("pyrnn.LSTM/GRU/RNN layer" if impl == "layer"
                else "chained pyrnn.functional calls (one per layer and direction)")
@@ -144,15 +255,7 @@ def footnotes(rows: Sequence[Row], meta: dict) -> list[str]:
         notes.append(f"memory, one training step of {mem['shape']} (peak RSS growth in a fresh process): pyrnn "
                      f"{fmt(mem.get('pyrnn'))}, PyTorch {fmt(mem.get('torch')) if 'torch' in mem else '-'}; "
                      f"x, y, 4 gates and c per step alone are {mem['saved_activations_mib']:.0f} MiB.")
-    if "reference" in meta["peers"]:
-        notes.append("reference = pyrnn.reference (NumPy, fp32); its BLAS threads are NumPy's own, not --threads.")
-    for r in rows:
-        for peer in meta["peers"]:
-            if peer == "torch" and meta["torch"] is None:
-                continue  # said once in the header
-            if r[f"{peer}_note"] and r["mode"] == meta["modes"][0] and r["threads"] == meta["threads"][0]:
-                notes.append(f"{r['case']}: {PEER_TITLES[peer]} not run ({r[f'{peer}_note']}).")
-    return notes
+    return notes + not_run_notes(rows, meta)
 
 
 def show_scaling(meta: dict) -> bool:
@@ -201,7 +304,7 @@ def write_scaling_plot(path: str, rows: Sequence[Row], meta: dict) -> None:
     for ax, (case, mode) in zip(axes[0], panels):
         sub = sorted((r for r in rows if (r["case"], r["mode"]) == (case, mode)), key=lambda r: r["threads"])
         for fw in frameworks:
-            pts = [(r["threads"], r[f"{fw}_gflops"]) for r in sub if r[f"{fw}_gflops"] is not None]
+            pts = [(r["threads"], r[field(fw, "gflops")]) for r in sub if r[field(fw, "gflops")] is not None]
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=PEER_TITLES.get(fw, fw))
         ax.plot(threads, [meta["peak_gflops"][t] for t in threads], "k--", label="FMA peak")
@@ -232,7 +335,7 @@ def write_plot(path: str, rows: Sequence[Row], meta: dict) -> None:
         xs = np.arange(len(sub))
         width = 0.8 / len(frameworks)
         for k, fw in enumerate(frameworks):
-            vals = [r[f"{fw}_gflops"] or 0.0 for r in sub]
+            vals = [r[field(fw, "gflops")] or 0.0 for r in sub]
             ax.bar(xs + (k - (len(frameworks) - 1) / 2) * width, vals, width, label=PEER_TITLES.get(fw, fw))
         ax.axhline(meta["peak_gflops"][t], color="k", linestyle="--", label=f"FMA peak ({t} thr)")
         ax.set_xticks(xs)

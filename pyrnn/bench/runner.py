@@ -2,15 +2,21 @@
 
 A runner factory is ``make(case, inputs, mode)`` -> a callable that runs one
 step and returns (y, dx or None); it raises :class:`Unavailable` when the
-framework cannot run the case.
+framework cannot run the case. ONNX Runtime's, JAX's and PyTorch int8's are in
+:mod:`pyrnn.bench.peers`. :func:`run_suite` times each framework in a worker
+process of its own (:mod:`pyrnn.bench.worker`), pinned to as many cores as
+threads, one framework after another.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import pickle
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from types import ModuleType
 from typing import Any, Callable, Iterable, Optional, Sequence, TextIO, Tuple
@@ -25,8 +31,11 @@ from pyrnn.testing import run_backward, run_forward
 
 from .cases import Case, Profile, build_inputs, case_gflop, param_names
 
-PEERS = ("torch", "reference")  # frameworks timed against pyrnn, in column order
+PEERS = ("torch", "ort", "jax", "torch-int8", "reference")  # every framework timed against pyrnn
+FP32_PEERS = ("torch", "ort", "jax")  # the candidates of the "best peer" column
+IN_PROCESS = ("reference",)  # run in this process even when the others get workers (NumPy's threads are its own)
 CHECK_TOL = 1e-3  # max |pyrnn - peer| / max(1, max |peer|), for y and dx
+CHECK_TOLS = {"torch-int8": 0.1}  # int8 weights and activations against pyrnn's fp32: ~1e-2 off on the suite
 REFERENCE_MAX_S = 3.0  # skip the reference where one call is estimated to take longer
 
 Step = Callable[[], Tuple[Any, Any]]  # one call: (y, dx or None)
@@ -121,7 +130,8 @@ TORCH_MODULES = {
 }
 
 
-def torch_runner(case: Case, inputs: dict, mode: str) -> Step:
+def torch_module(case: Case, inputs: dict) -> Any:
+    """The torch.nn layer of ``case`` holding its weights (raises Unavailable)."""
     torch = _import_torch()
     if torch is None:
         raise Unavailable("torch not importable")
@@ -133,6 +143,13 @@ def torch_runner(case: Case, inputs: dict, mode: str) -> Step:
     with torch.no_grad():
         for name, p in module.named_parameters():
             p.copy_(torch.from_numpy(inputs["params"][name]))
+    return module
+
+
+def torch_forward(module: Any, case: Case, inputs: dict) -> Callable[[Any], Any]:
+    """x -> y through ``module``; with lengths, a PackedSequence padded back to T."""
+    torch = _import_torch()
+    assert torch is not None
     lengths = None if inputs["lengths"] is None else torch.from_numpy(inputs["lengths"])
     rnn_utils = torch.nn.utils.rnn
 
@@ -141,6 +158,15 @@ def torch_runner(case: Case, inputs: dict, mode: str) -> Step:
             return module(x)[0]
         packed = rnn_utils.pack_padded_sequence(x, lengths, enforce_sorted=False)
         return rnn_utils.pad_packed_sequence(module(packed)[0], total_length=case.T)[0]
+
+    return forward
+
+
+def torch_runner(case: Case, inputs: dict, mode: str) -> Step:
+    module = torch_module(case, inputs)
+    forward = torch_forward(module, case, inputs)
+    torch = _import_torch()
+    assert torch is not None
 
     if mode == "fwd":
         x = torch.from_numpy(inputs["x"])
@@ -177,7 +203,22 @@ def reference_runner(case: Case, inputs: dict, mode: str) -> Step:
     return functional_runner(R)(case, inputs, mode)
 
 
-RUNNERS: dict[str, RunnerFactory] = {"pyrnn": pyrnn_runner, "torch": torch_runner, "reference": reference_runner}
+def _peer(name: str) -> RunnerFactory:
+    """A runner factory of pyrnn.bench.peers, imported on first use (peers imports this module)."""
+
+    def make(case: Case, inputs: dict, mode: str) -> Step:
+        from . import peers
+
+        factory: RunnerFactory = getattr(peers, name)
+        return factory(case, inputs, mode)
+
+    return make
+
+
+RUNNERS: dict[str, RunnerFactory] = {
+    "pyrnn": pyrnn_runner, "torch": torch_runner, "reference": reference_runner,
+    "ort": _peer("ort_runner"), "jax": _peer("jax_runner"), "torch-int8": _peer("torch_int8_runner"),
+}
 
 
 # --------------------------------------------------------------------------
@@ -197,25 +238,23 @@ def max_rel_error(actual: Any, expected: Any) -> float:
     return float(np.max(np.abs(actual - expected))) / scale if expected.size else 0.0
 
 
-def check_case(runners: dict, modes: Iterable[str]) -> dict[str, dict[str, float]]:
-    """{peer: {"y": err, "dx": err}} comparing each peer's outputs with pyrnn's (max over modes)."""
-    errors: dict[str, dict[str, float]] = {}
-    for mode in modes:
-        y, dx = runners["pyrnn"][mode]()
-        for peer in PEERS:
-            run = runners[peer][mode]
-            if not callable(run):
-                continue
-            py, pdx = run()
-            errs = errors.setdefault(peer, {})
-            errs["y"] = max(errs.get("y", 0.0), max_rel_error(y, py))
-            if dx is not None:
-                errs["dx"] = max(errs.get("dx", 0.0), max_rel_error(dx, pdx))
-    return errors
+def check_tol(peer: str) -> float:
+    return CHECK_TOLS.get(peer, CHECK_TOL)
+
+
+def compare_outputs(errors: dict[str, dict[str, float]], peer: str, mine: Tuple[Any, Any],
+                    theirs: Tuple[Any, Any]) -> None:
+    """Adds the peer's y (and dx) error against pyrnn's to ``errors`` (max over calls)."""
+    (y, dx), (py, pdx) = mine, theirs
+    errs = errors.setdefault(peer, {})
+    errs["y"] = max(errs.get("y", 0.0), max_rel_error(y, py))
+    if dx is not None and pdx is not None:
+        errs["dx"] = max(errs.get("dx", 0.0), max_rel_error(dx, pdx))
 
 
 def check_summary(errors: dict[str, dict[str, float]]) -> str:
-    bad = [f"{peer} {k} {e:.1e}" for peer, errs in errors.items() for k, e in errs.items() if not e <= CHECK_TOL]
+    bad = [f"{peer} {k} {e:.1e}" for peer, errs in errors.items() for k, e in errs.items()
+           if not e <= check_tol(peer)]
     return "MISMATCH " + ", ".join(bad) if bad else "ok"
 
 
@@ -266,14 +305,27 @@ def measure_peaks(threads: Iterable[int], profile: Profile) -> dict[int, float]:
     return {t: max(pyrnn.fma_peak_gflops(t, profile.peak_seconds / 5) for _ in range(5)) for t in threads}
 
 
-class ThreadSetter:
-    """Sets pyrnn's and PyTorch's thread counts together; restores both on exit."""
+_current_threads: list[Optional[int]] = [None]
 
-    def __init__(self) -> None:
-        self.torch = _import_torch()
+
+def current_threads() -> Optional[int]:
+    """The thread count being timed (for runners that take it per session, as ONNX Runtime does)."""
+    return _current_threads[0]
+
+
+def set_current_threads(n: Optional[int]) -> None:
+    _current_threads[0] = n
+
+
+class ThreadSetter:
+    """Sets pyrnn's and (with ``torch``) PyTorch's thread counts together; restores both on exit."""
+
+    def __init__(self, torch: bool = True) -> None:
+        self.torch = _import_torch() if torch else None
         self.saved = (pyrnn.thread_setting(), self.torch.get_num_threads() if self.torch else None)
 
     def set(self, n: int) -> None:
+        set_current_threads(n)
         pyrnn.set_num_threads(n)
         if self.torch is not None:
             self.torch.set_num_threads(n)
@@ -282,27 +334,15 @@ class ThreadSetter:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        set_current_threads(None)
         pyrnn.set_num_threads(self.saved[0])
         if self.torch is not None:
             self.torch.set_num_threads(self.saved[1])
 
 
-def _make_runners(case: Case, inputs: dict, modes: Sequence[str], peers: Sequence[str]) -> dict:
-    """{framework: {mode: callable, the reason it is unavailable, or None (not requested)}}."""
-    runners: dict[str, dict[str, Any]] = {}
-    for fw in ("pyrnn",) + PEERS:
-        runners[fw] = {}
-        for mode in modes:
-            if fw != "pyrnn" and fw not in peers:
-                runners[fw][mode] = None
-                continue
-            try:
-                runners[fw][mode] = RUNNERS[fw](case, inputs, mode)
-            except Unavailable as e:
-                runners[fw][mode] = str(e)
-            except Exception as e:  # e.g. an API that changed: report it, run the other cases
-                runners[fw][mode] = f"error: {type(e).__name__}: {e}"
-    return runners
+def field(framework: str, what: str) -> str:
+    """A row's key: field("torch-int8", "ms") -> "torch_int8_ms"."""
+    return f"{framework.replace('-', '_')}_{what}"
 
 
 def _base_row(case: Case, inputs: dict, mode: str, threads: Optional[int]) -> dict[str, Any]:
@@ -314,70 +354,172 @@ def _base_row(case: Case, inputs: dict, mode: str, threads: Optional[int]) -> di
         "gflop": case_gflop(case, inputs["lengths"], mode),
         "status": "ok", "check": None, "check_errors": None,
         "pyrnn_ms": None, "pyrnn_gflops": None, "pct_peak": None, "pyrnn_reps": None,
-        **{f"{p}_{k}": None for p in PEERS for k in ("ms", "gflops", "ratio", "note")},
+        **{field(p, k): None for p in PEERS for k in ("ms", "gflops", "ratio", "note")},
+        "best_peer": None, "best_peer_ms": None, "best_peer_ratio": None,
     }
 
 
+def set_best_peer(row: dict[str, Any], peers: Iterable[str]) -> None:
+    """The fastest of the requested fp32 peers (FP32_PEERS: not torch-int8, not the NumPy
+    reference) that ran on the row: its name, ms, and ms over pyrnn's."""
+    times = [(row[field(p, "ms")], p) for p in peers if p in FP32_PEERS and row[field(p, "ms")] is not None]
+    if not times:
+        row.update(best_peer=None, best_peer_ms=None, best_peer_ratio=None)
+        return
+    ms, peer = min(times)
+    row.update(best_peer=peer, best_peer_ms=ms,
+               best_peer_ratio=None if row["pyrnn_ms"] is None else ms / row["pyrnn_ms"])
+
+
+# --------------------------------------------------------------------------
+# Workers: one process per framework and thread count
+# --------------------------------------------------------------------------
+
+
+def available_cores() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return list(range(os.cpu_count() or 1))
+
+
+def cores_for(threads: int, cores: Sequence[int]) -> list[int]:
+    """The first ``threads`` of ``cores`` (all of them when there are fewer)."""
+    return list(cores[:threads])
+
+
+def _tail(path: str, lines: int = 3) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = [l.strip() for l in f if l.strip()]  # noqa: E741
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])
+
+
+def spawn_worker(job: dict, tmpdir: str, progress: Callable[[str], None]) -> dict:
+    """Runs ``job`` in a fresh interpreter pinned to job["cores"] (see :mod:`pyrnn.bench.worker`);
+    returns its result, or one whose "unavailable" says why the worker failed."""
+    from . import worker
+    from .peers import JAX_XLA_FLAGS
+
+    fw, n = job["framework"], job["threads"]
+    stem = os.path.join(tmpdir, f"{fw}-{n}")
+    job_path, result_path, err_path = stem + ".job", stem + ".result", stem + ".stderr"
+    with open(job_path, "wb") as f:
+        pickle.dump(job, f, protocol=pickle.HIGHEST_PROTOCOL)
+    env = dict(os.environ)
+    if fw == "jax":  # XLA takes its threads at start; the pinned cores bound them too
+        env["XLA_FLAGS"] = " ".join(filter(None, [env.get("XLA_FLAGS"), JAX_XLA_FLAGS.format(n=n)]))
+    cmd = [sys.executable, "-c", worker.BOOTSTRAP, ",".join(map(str, job["cores"] or [])), job_path, result_path]
+    # cwd: a source checkout in the working directory must not shadow the pyrnn this process imported
+    with open(err_path, "wb") as err, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env,
+                                                        cwd=tmpdir) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            progress(line.rstrip("\n"))
+        rc = proc.wait()
+    if rc == 0 and os.path.exists(result_path):
+        with open(result_path, "rb") as f:
+            result: dict = pickle.load(f)
+        return result
+    why = f"error: {fw} worker exited with status {rc}" + (f": {_tail(err_path)}" if _tail(err_path) else "")
+    entries = {(i, mode): {"ms": None, "reps": None, "note": why, "built": False, "y": None, "dx": None}
+               for i in range(len(job["cases"])) for mode in job["modes"]}
+    return {"framework": fw, "threads": n, "cores": job["cores"], "pid": None, "isolated": True,
+            "version": None, "unavailable": why, "entries": entries, "affinity": None, "thread_affinity": None}
+
+
+def run_frameworks(cases: Sequence[Case], threads: Sequence[int], modes: Sequence[str], frameworks: Sequence[str],
+                   profile: Profile, log: TextIO, isolate: bool = True, seed: int = 0) -> Tuple[dict, dict]:
+    """Every framework at every thread count, one after another: a worker process each
+    (``isolate``; the NumPy reference stays in this process), else all in this process.
+    Returns ({(framework, threads): worker result}, {case index: check errors}); outputs are
+    kept at the last thread count only, compared with pyrnn's as each worker ends, then dropped."""
+    from .worker import run_job
+
+    results: dict[Tuple[str, int], dict] = {}
+    errors: dict[int, dict[str, dict[str, float]]] = {}
+    mine: dict[Tuple[int, str], Tuple[Any, Any]] = {}
+    total, done = len(cases) * len(modes) * len(threads) * len(frameworks), [0]
+    all_cores = available_cores()
+
+    def progress(text: str) -> None:
+        if text.startswith("+ "):
+            done[0] += 1
+            text = f"[{done[0]}/{total}] {text[2:]}"
+        print(text, file=log, flush=True)
+
+    torch_based = any(fw in ("torch", "torch-int8", "ort") for fw in frameworks)
+    with ThreadSetter(torch=torch_based and not isolate), tempfile.TemporaryDirectory(prefix="pyrnn-bench-") as tmp:
+        for t in threads:
+            for fw in frameworks:
+                in_process = not isolate or fw in IN_PROCESS
+                job = {"framework": fw, "threads": t, "cores": None if in_process else cores_for(t, all_cores),
+                       "cases": list(cases), "modes": list(modes), "profile": profile, "seed": seed,
+                       "keep_outputs": t == threads[-1], "isolated": not in_process}
+                start = done[0]
+                result = run_job(job, progress) if in_process else spawn_worker(job, tmp, progress)
+                done[0] = start + len(cases) * len(modes)  # an unavailable framework skips its steps
+                for (i, mode), entry in result["entries"].items():
+                    out = (entry.pop("y"), entry.pop("dx"))
+                    if out[0] is None:
+                        continue
+                    if fw == "pyrnn":
+                        mine[(i, mode)] = out
+                    elif (i, mode) in mine:
+                        compare_outputs(errors.setdefault(i, {}), fw, mine[(i, mode)], out)
+                results[(fw, t)] = result
+    return results, errors
+
+
 def run_suite(cases: Sequence[Case], threads: Sequence[int], modes: Sequence[str], peers: Sequence[str],
-              profile: Profile, peaks: dict[int, float], log: Optional[TextIO] = None) -> list[dict[str, Any]]:
+              profile: Profile, peaks: dict[int, float], log: Optional[TextIO] = None, *, isolate: bool = True,
+              info: Optional[dict] = None) -> list[dict[str, Any]]:
+    """The rows: one per case, mode and thread count (one per case that pyrnn cannot run).
+    ``info``, if given, receives "workers" (framework, threads, pid, cores and affinity of each
+    worker), "versions" and "unavailable" ({framework: why}, frameworks that could not be imported)."""
     log = sys.stderr if log is None else log
-    rows, total, done = [], len(cases) * len(threads) * len(modes), 0
-    with ThreadSetter() as setter:
-        for case in cases:
-            inputs = build_inputs(case)
-            runners = _make_runners(case, inputs, modes, peers)
-            failed = next((r for r in runners["pyrnn"].values() if not callable(r)), None)
-            if failed is not None:  # pyrnn cannot run this case: one row for the case
-                done += len(threads) * len(modes)
-                print(f"[{done}/{total}] {case.label}: {failed}", file=log, flush=True)
-                rows.append(dict(_base_row(case, inputs, "-", None), status=failed))
-                continue
-            setter.set(threads[-1])
-            errors: dict | None
-            try:
-                checked = check_case(runners, modes)
-            except Exception as e:  # a broken runner must not stop the suite
-                errors, check = None, f"ERROR {type(e).__name__}: {e}"
-            else:
-                errors, check = checked, check_summary(checked)
-            for t in threads:
-                setter.set(t)
-                for mode in modes:
-                    done += 1
-                    print(f"[{done}/{total}] {case.label} {mode} {t} thread{'s' if t > 1 else ''} ...",
-                          file=log, flush=True)
-                    row = dict(_base_row(case, inputs, mode, t), check=check, check_errors=errors)
-                    try:
-                        _time_row(row, runners, mode, profile, peaks[t])
-                    except Exception as e:
-                        row["status"] = f"error: {type(e).__name__}: {e}"
-                    rows.append(row)
+    frameworks = ["pyrnn"] + [p for p in peers if p in PEERS]
+    results, errors = run_frameworks(cases, threads, modes, frameworks, profile, log, isolate)
+    if info is not None:
+        info["workers"] = [{k: v for k, v in r.items() if k != "entries"} for r in results.values()]
+        info["versions"] = {fw: next((r["version"] for (f, _), r in results.items() if f == fw and r["version"]),
+                                     None) for fw in frameworks}
+        info["unavailable"] = {fw: r["unavailable"] for (fw, _), r in results.items() if r["unavailable"]}
+    rows = []
+    for i, case in enumerate(cases):
+        inputs = build_inputs(case)
+        failed = next((e["note"] for t in threads for mode in modes
+                       if not (e := results[("pyrnn", t)]["entries"][(i, mode)])["built"]), None)
+        if failed is not None:  # pyrnn cannot run this case: one row for the case
+            rows.append(dict(_base_row(case, inputs, "-", None), status=failed))
+            continue
+        case_errors = errors.get(i, {})
+        for t in threads:
+            for mode in modes:
+                row = dict(_base_row(case, inputs, mode, t), check=check_summary(case_errors),
+                           check_errors=case_errors)
+                _fill_row(row, {fw: results[(fw, t)]["entries"][(i, mode)] for fw in frameworks}, peaks[t])
+                set_best_peer(row, peers)
+                rows.append(row)
     return rows
 
 
-def _time_row(row: dict[str, Any], runners: dict, mode: str, profile: Profile, peak: float) -> None:
-    fns = {"pyrnn": runners["pyrnn"][mode]}
-    for peer in PEERS:
-        run = runners[peer][mode]
-        if callable(run):
-            fns[peer] = run
-        else:
-            row[f"{peer}_note"] = run
-    timed = time_calls(fns, profile)
-    if isinstance(timed["pyrnn"], Exception):
-        raise timed["pyrnn"]
-    seconds, reps = timed["pyrnn"]
-    row.update(pyrnn_ms=seconds * 1e3, pyrnn_gflops=row["gflop"] / seconds, pyrnn_reps=reps,
+def _fill_row(row: dict[str, Any], entries: dict[str, dict], peak: float) -> None:
+    mine = entries.pop("pyrnn")
+    if mine["ms"] is None:
+        row["status"] = mine["note"] or "error: not timed"
+        return
+    seconds = mine["ms"] / 1e3
+    row.update(pyrnn_ms=mine["ms"], pyrnn_gflops=row["gflop"] / seconds, pyrnn_reps=mine["reps"],
                pct_peak=100.0 * row["gflop"] / seconds / peak)
-    for peer, result in timed.items():
-        if peer == "pyrnn":
+    for peer, entry in entries.items():
+        if entry["ms"] is None:
+            row[field(peer, "note")] = entry["note"]
             continue
-        if isinstance(result, Exception):
-            row[f"{peer}_note"] = f"error: {type(result).__name__}: {result}"
-            continue
-        peer_s = result[0]
-        row.update({f"{peer}_ms": peer_s * 1e3, f"{peer}_gflops": row["gflop"] / peer_s,
-                    f"{peer}_ratio": peer_s / seconds})
+        row.update({field(peer, "ms"): entry["ms"], field(peer, "gflops"): row["gflop"] / (entry["ms"] / 1e3),
+                    field(peer, "ratio"): entry["ms"] / mine["ms"]})
 
 
 # --------------------------------------------------------------------------

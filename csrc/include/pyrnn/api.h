@@ -100,8 +100,39 @@ struct CellStepArgs {
 template <class T>
 void cell_step(const CellStepArgs<T>& args, int nthreads);
 
+// A cell's weights packed once for many steps (pyrnn's frozen cells, the
+// pyrnn.torch cells without gradients): W_ih^T and W_hh^T in the GEMM's
+// column panels, laid out for the ISA level selected when packing, which
+// every step then uses. Owns copies: the arrays packed from may change
+// afterwards without effect.
+template <class T>
+struct PackedCell;
+template <class T>
+struct PackedCellDeleter {
+  void operator()(PackedCell<T>* p) const;
+};
+template <class T>
+using PackedCellPtr = std::unique_ptr<PackedCell<T>, PackedCellDeleter<T>>;
+
+// Packs args.cell, I, H, W_ih, W_hh, b_ih, b_hh (the other fields are ignored).
+template <class T>
+PackedCellPtr<T> pack_cell(const CellStepArgs<T>& weights);
+
+// One step with packed weights: args.B, x, h, c, h_out, c_out are read (the
+// weight fields are ignored); the results equal cell_step's up to rounding.
+template <class T>
+void packed_cell_step(const PackedCell<T>& packed, const CellStepArgs<T>& args, int nthreads);
+
+// Bytes of packed weights (for reporting).
+template <class T>
+int64_t packed_cell_bytes(const PackedCell<T>& packed);
+
 // Register-only FMA loop for the roofline: returns fp32 GFLOP/s measured on
 // `nthreads` threads with the selected ISA.
 double measure_fma_peak_gflops(int nthreads, double seconds);
+
+// Read bandwidth (GB/s, all threads) of a working set of `bytes` per thread,
+// with the selected ISA's vector loads.
+double measure_read_bandwidth_gbs(int64_t bytes, int nthreads, double seconds);
 
 }  // namespace pyrnn

@@ -1,0 +1,201 @@
+"""One framework's timings, in a process of its own pinned to the cores of its thread count.
+
+The parent (:func:`pyrnn.bench.runner.run_suite`) writes a job (a pickle: the
+framework, its thread count and cores, the cases, modes and profile) and starts
+``python -c BOOTSTRAP CORES JOB RESULT``: the bootstrap pins the process with
+``os.sched_setaffinity`` before anything that starts threads is imported, then
+runs :func:`main`. ``python -m pyrnn.bench.worker JOB RESULT`` also works (it
+pins on start, after pyrnn's import). For every case the worker rebuilds the
+inputs from the case and seed (:func:`cases.build_inputs`), makes the
+framework's runner, keeps one call's y and dx (for the parent's check against
+pyrnn) where asked, and times the calls with :func:`runner.time_calls`. The
+result, a pickle, holds the times, notes, outputs, and the process's pid and
+affinity. Progress lines go to the process's original stdout; anything the
+frameworks print goes to stderr, which the parent keeps for a failure's note.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib
+import os
+import pickle
+import sys
+import warnings
+from typing import Any, Callable, Optional, Sequence, TextIO
+
+import numpy as np
+
+# Run with ``python -c BOOTSTRAP CORES JOB RESULT``: pins before pyrnn (OpenMP) or any framework is imported,
+# so every thread the frameworks start inherits the mask.
+BOOTSTRAP = ("import os, sys\n"
+             "if hasattr(os, 'sched_setaffinity'):\n"
+             "    os.sched_setaffinity(0, [int(c) for c in sys.argv[1].split(',')])\n"
+             "from pyrnn.bench.worker import main\n"
+             "sys.exit(main(sys.argv[2:]))\n")
+
+# The modules a framework's worker needs, imported first: a missing one makes the whole framework unavailable.
+REQUIRES = {
+    "pyrnn": (), "reference": (),
+    "torch": ("torch",), "torch-int8": ("torch",),
+    "ort": ("onnxruntime", "onnx", "torch"),
+    "jax": ("jax",),
+}
+
+
+def affinity() -> Optional[list[int]]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
+def thread_affinity() -> Optional[list[int]]:
+    """The union of every thread's allowed CPUs (Linux /proc), framework pools included."""
+    cpus: set[int] = set()
+    paths = glob.glob(f"/proc/{os.getpid()}/task/*/status")
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                line = next(l for l in f if l.startswith("Cpus_allowed_list:"))  # noqa: E741
+        except (OSError, StopIteration):
+            continue
+        for part in line.split(":", 1)[1].strip().split(","):
+            lo, _, hi = part.partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    return sorted(cpus) if paths else None
+
+
+def pin(cores: Optional[Sequence[int]]) -> None:
+    if cores and hasattr(os, "sched_setaffinity") and affinity() != sorted(cores):
+        os.sched_setaffinity(0, cores)
+
+
+def version(framework: str) -> str:
+    """The framework's version (what it ran on), for the report's header."""
+    import pyrnn
+
+    if framework == "pyrnn":
+        return pyrnn.__version__
+    if framework == "reference":
+        return f"(NumPy {np.__version__})"
+    if framework == "jax":
+        import jax
+
+        return str(jax.__version__)
+    import torch  # every remaining framework has torch
+
+    if framework == "torch":
+        return str(torch.__version__)
+    if framework == "torch-int8":
+        return f"{torch.__version__}, engine {torch.backends.quantized.engine}"
+    if framework == "ort":
+        ort = importlib.import_module("onnxruntime")
+        return f"{ort.__version__} (export: torch {torch.__version__})"
+    raise ValueError(f"unknown framework {framework!r}")
+
+
+def set_threads(framework: str, n: int) -> None:
+    """The thread count of the framework the worker runs (ORT reads runner.current_threads() per session;
+    XLA's is fixed at start by XLA_FLAGS and the pinned cores)."""
+    from . import runner
+
+    runner.set_current_threads(n)
+    if framework == "pyrnn":
+        import pyrnn
+
+        pyrnn.set_num_threads(n)
+    if framework in ("torch", "torch-int8", "ort"):
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def _numpy(a: Any) -> Optional[np.ndarray]:
+    if a is None:
+        return None
+    return np.array(a.detach().numpy() if hasattr(a, "detach") else a, copy=True)
+
+
+def run_job(job: dict, progress: Callable[[str], None]) -> dict:
+    """Times ``job["framework"]`` on every case and mode (see the module doc); returns the result dict.
+
+    entries[(case index, mode)]: {"ms", "reps", "note", "built", "y", "dx"}; a runner that cannot be
+    made leaves built False and the reason in note, a call that raises leaves "error: ..." in note.
+    """
+    from . import runner
+    from .cases import build_inputs
+
+    fw, n = job["framework"], job["threads"]
+    result: dict[str, Any] = {"framework": fw, "threads": n, "cores": job["cores"], "pid": os.getpid(),
+                              "isolated": job["isolated"], "version": None, "unavailable": None, "entries": {}}
+    for module in REQUIRES[fw]:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            result["unavailable"] = f"{module} not importable"
+            progress(f"{fw}: {module} not importable ({e})")
+            break
+    if result["unavailable"] is None:
+        result["version"] = version(fw)
+        set_threads(fw, n)
+    make = runner.RUNNERS[fw]
+    for i, case in enumerate(job["cases"]):
+        inputs = build_inputs(case, job["seed"])
+        for mode in job["modes"]:
+            entry: dict[str, Any] = {"ms": None, "reps": None, "note": None, "built": True, "y": None, "dx": None}
+            result["entries"][(i, mode)] = entry
+            if result["unavailable"] is not None:
+                entry.update(note=result["unavailable"], built=False)
+                continue
+            try:
+                step = make(case, inputs, mode)
+            except runner.Unavailable as e:
+                entry.update(note=str(e), built=False)
+                continue
+            except Exception as e:  # e.g. an API that changed: report it, run the other cases
+                entry.update(note=f"error: {type(e).__name__}: {e}", built=False)
+                continue
+            progress(f"+ {fw}: {case.label} {mode} {n} thread{'s' if n > 1 else ''} ...")
+            try:
+                if job["keep_outputs"]:
+                    y, dx = step()
+                    entry.update(y=_numpy(y), dx=_numpy(dx))
+                timed = runner.time_calls({fw: step}, job["profile"])[fw]
+            except Exception as e:
+                timed = e
+            if isinstance(timed, Exception):
+                entry["note"] = f"error: {type(timed).__name__}: {timed}"
+            else:
+                entry.update(ms=timed[0] * 1e3, reps=timed[1])
+            del step
+    result.update(affinity=affinity(), thread_affinity=thread_affinity())
+    return result
+
+
+def main(argv: Sequence[str]) -> int:
+    """``JOB RESULT``: reads the job pickle, writes the result pickle."""
+    job_path, result_path = argv
+    with open(job_path, "rb") as f:
+        job = pickle.load(f)
+    pin(job["cores"])
+    # progress on the original stdout; whatever the frameworks print goes to stderr
+    out: TextIO = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    warnings.simplefilter("ignore")  # deprecations and the like would only fill the kept stderr
+
+    def progress(text: str) -> None:
+        print(text, file=out, flush=True)
+
+    result = run_job(job, progress)
+    tmp = result_path + ".tmp"
+    with open(tmp, "wb") as w:
+        pickle.dump(result, w, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(tmp, result_path)
+    out.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
