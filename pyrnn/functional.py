@@ -28,6 +28,7 @@ from ._validation import check_forward, check_grads
 __all__ = [
     "forward",
     "backward",
+    "pack_weights",
     "rnn_forward",
     "rnn_backward",
     "lstm_forward",
@@ -73,7 +74,8 @@ def _check_memory(cell, x, W_hh, W_hr, lengths, training):
                           f"got x of shape {x.shape}")
 
 
-def _forward(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training, h_mask=None, W_hr=None):
+def _forward(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training, h_mask=None, W_hr=None,
+             packed=None):
     cell = spec.family
     a = check_forward(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask, W_hr)
     _check_memory(cell, a.x, a.W_hh, a.W_hr, None if lengths is None else a.lengths, training)
@@ -81,8 +83,13 @@ def _forward(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training
     h0 = a.states[0] if states["h0"] is not None else None
     c0 = a.states[1] if cell == "lstm" and states["c0"] is not None else None
     lengths64 = None if lengths is None else np.ascontiguousarray(a.lengths, dtype=np.int64)
+    if packed is not None and not isinstance(packed, _core.PackedRecurrence):
+        raise TypeError(f"packed must be the result of pyrnn.functional.pack_weights, got {type(packed).__name__}")
+    if packed is not None and packed.cell != spec.kind:
+        raise ValueError(f"packed holds weights of a {BY_KIND[packed.cell].name} cell, not {spec.name}")
     return _core.sequence_forward(spec.kind, _c(a.x), _c(h0), _c(c0), _c(a.W_ih), _c(a.W_hh), _c(a.b_ih),
-                                  _c(a.b_hh), lengths64, bool(reverse), bool(training), _c(a.W_hr), _c(a.h_mask))
+                                  _c(a.b_hh), lengths64, bool(reverse), bool(training), _c(a.W_hr), _c(a.h_mask),
+                                  packed)
 
 
 def _backward(cell, ws, grads, return_dh_seq):
@@ -159,18 +166,35 @@ def gru_backward(ws, dy=None, dh_n=None, *, return_dh_seq=False):
     return out + (dh_seq,) if return_dh_seq else out
 
 
+def pack_weights(cell, W_ih, W_hh, W_hr=None, *, nonlinearity="tanh", reset_after=True):
+    """The recurrent weights (W_hh, and W_hr with a projection) packed once into the
+    kernels' layout, for many :func:`forward` calls with ``packed=`` (inference of
+    a layer whose weights do not change: each call then skips packing them).
+
+    The result is a copy: calls with ``packed`` use the weights as they were here,
+    whatever W_hh holds later, so pass it only with the W_hh (and W_hr) it was
+    made from. W_ih and the biases are read from each call's arguments.
+    """
+    spec = cell_spec(cell, nonlinearity=nonlinearity, reset_after=reset_after)
+    W_ih = np.asarray(W_ih)
+    stand_in = np.broadcast_to(np.zeros((), W_ih.dtype), (1, 1, W_ih.shape[-1] if W_ih.ndim == 2 else 1))
+    a = check_forward(spec.family, stand_in, {"h0": None}, W_ih, W_hh, None, None, None, W_hr=W_hr)
+    return _core.PackedRecurrence(spec.kind, _c(a.W_ih), _c(a.W_hh), _c(a.W_hr))
+
+
 def forward(cell, x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", reset_after=True,
-            W_hr=None, h_mask=None, lengths=None, reverse=False, training=True):
+            W_hr=None, h_mask=None, lengths=None, reverse=False, training=True, packed=None):
     """Any cell by name: "rnn", "lstm" or "gru". Returns (y, h_n, c_n, workspace), c_n None but for the LSTM.
 
     For adapters that handle the three cells alike; c0 and W_hr must be None unless cell == "lstm".
+    ``packed``: :func:`pack_weights` of these W_hh (and W_hr), or None (packed in the call).
     """
     spec = cell_spec(cell, nonlinearity=nonlinearity, reset_after=reset_after)
     if not spec.has_cell_state and (c0 is not None or W_hr is not None):
         raise ValueError(f"c0 and W_hr are only used by the LSTM, got "
                          f"{'c0' if c0 is not None else 'W_hr'} for cell {cell!r}")
     states = {"h0": h0, "c0": c0} if spec.has_cell_state else {"h0": h0}
-    return _forward(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training, h_mask, W_hr)
+    return _forward(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training, h_mask, W_hr, packed)
 
 
 def backward(ws, dy=None, dh_n=None, dc_n=None, *, return_dh_seq=False):

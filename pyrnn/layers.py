@@ -17,6 +17,7 @@ lengths and directions never loop in Python.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -62,6 +63,7 @@ class _RNNBase(Module):
         self.recurrent_dropout = float(recurrent_dropout)
         self._rng = make_rng(seed, rng)
         self._saved = None
+        self._packed = {}  # (layer, direction) -> packed recurrent weights, in a freeze() copy
         self.cell = cell_spec(mode.lower(), nonlinearity=nonlinearity, reset_after=reset_after)
 
         G, H, P = self.cell.gates, self.hidden_size, self.proj_size
@@ -105,7 +107,7 @@ class _RNNBase(Module):
             ", reset_after=False" if self.mode == "GRU" and not self.reset_after else "",
             f", recurrent_dropout={self.recurrent_dropout}" if self.recurrent_dropout else "",
         ])
-        return f"{self.mode}({self.input_size}, {self.hidden_size}{extra})"
+        return f"{self.mode}({self.input_size}, {self.hidden_size}{extra}){'.freeze()' if self._packed else ''}"
 
     def load_keras_weights(self, kernel, recurrent_kernel, bias=None, *, layer=0, direction=0):
         """Loads one Keras layer's weights (``layer.get_weights()``) into layer `layer`,
@@ -138,9 +140,54 @@ class _RNNBase(Module):
     def run_direction(self, layer, direction, x, h0=None, c0=None, *, lengths=None, h_mask=None, training=True):
         """One layer and direction through :func:`pyrnn.functional.forward` (time-major x):
         returns (y, h_n, c_n, workspace)."""
+        packed = self._packed.get((layer, direction)) if self._packed else None
         return F.forward(self.cell.family, x, h0, c0, **self.direction_params(layer, direction),
                          nonlinearity=self.nonlinearity, reset_after=self.reset_after, h_mask=h_mask,
-                         lengths=lengths, reverse=direction == 1, training=training)
+                         lengths=lengths, reverse=direction == 1, training=training, packed=packed)
+
+    def freeze(self):
+        """An inference-only copy of this layer with its recurrent weights packed once.
+
+        Called like the layer in eval mode, with the same results; each call
+        skips packing W_hh (worth most for short sequences and small batches).
+        Its parameters are read-only copies, so nothing can change them under
+        the packed weights; train() raises. Freeze again after training steps.
+        """
+        frozen = copy.deepcopy(self)
+        frozen.training, frozen._saved = False, None
+        frozen.grads.clear()
+        frozen._pack()
+        return frozen
+
+    def _pack(self):
+        for a in self._params.values():
+            a.flags.writeable = False
+        self._packed = {}
+        for layer in range(self.num_layers):
+            for d in range(self.num_directions):
+                p = self.direction_params(layer, d)
+                self._packed[layer, d] = F.pack_weights(self.cell.family, p["W_ih"], p["W_hh"], p["W_hr"],
+                                                        nonlinearity=self.nonlinearity, reset_after=self.reset_after)
+
+    def __getstate__(self):  # copies and pickles of a frozen layer pack again
+        return {**self.__dict__, "_packed": bool(self._packed)}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self._packed:
+            self._pack()
+        else:
+            self._packed = {}
+
+    @property
+    def frozen(self):
+        """Whether this is a :meth:`freeze` copy (inference only, packed weights)."""
+        return bool(self._packed)
+
+    def train(self, mode=True):
+        if mode and self._packed:
+            raise RuntimeError(f"{self.mode}: a frozen layer is for inference only; freeze() the layer you train")
+        return super().train(mode)
 
     def forward(self, x, hx=None, lengths=None):
         """Returns (output, h_n) or, for the LSTM, (output, (h_n, c_n)).

@@ -77,6 +77,7 @@ class _Spec(NamedTuple):
     reverse: bool = False
     lengths: np.ndarray | None = None  # int64 [B], or None: all T
     h_mask: np.ndarray | None = None  # recurrent dropout mask [B, H_out], or None
+    packed: object = None  # the recurrent weights packed once (no gradients), or None
 
 
 def _np(t):
@@ -88,7 +89,7 @@ def _kernel_forward(spec, arrays, training):
     """Runs one layer and direction: arrays = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr)."""
     x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr = arrays
     return F.forward(spec.cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, **spec.options, W_hr=W_hr, h_mask=spec.h_mask,
-                     lengths=spec.lengths, reverse=spec.reverse, training=training)
+                     lengths=spec.lengths, reverse=spec.reverse, training=training, packed=spec.packed)
 
 
 class _NotTwiceDifferentiable(torch.autograd.Function):
@@ -282,11 +283,13 @@ class _PyrnnRNNMixin:
             k = layer * D + d
             sfx = _stack.param_suffix(layer, d)
             mask = _dropout_mask((B, H_out), rec_p, dtype) if rec_p > 0 else None
-            return _run(self._spec(reverse=d == 1, lengths=lengths_np, h_mask=mask), grad, layer_x,
-                        None if h0_all is None else h0_all[k], None if c0_all is None else c0_all[k],
-                        getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx),
-                        getattr(self, "bias_ih" + sfx, None), getattr(self, "bias_hh" + sfx, None),
-                        getattr(self, "weight_hr" + sfx, None))
+            W_ih, W_hh, W_hr = (getattr(self, n + sfx, None) for n in ("weight_ih", "weight_hh", "weight_hr"))
+            spec = self._spec(reverse=d == 1, lengths=lengths_np, h_mask=mask)
+            if not grad:
+                spec = spec._replace(packed=_packed_recurrence(self, k, spec, W_ih, W_hh, W_hr))
+            return _run(spec, grad, layer_x, None if h0_all is None else h0_all[k],
+                        None if c0_all is None else c0_all[k], W_ih, W_hh, getattr(self, "bias_ih" + sfx, None),
+                        getattr(self, "bias_hh" + sfx, None), W_hr)
 
         def dropout(layer, y):
             return nn.functional.dropout(y, self.dropout, training=True) if self.dropout > 0 and self.training else y
@@ -394,22 +397,40 @@ class _PyrnnCellMixin:
         return h1, c1
 
 
-# Packed weights of the cells run without gradients, per module: packed again
-# whenever a weight is another tensor or was modified in place (its version
-# counter moved: optimizer steps, load_state_dict, in-place ops under no_grad).
-# The entry keeps the packed-from tensors alive, so a new tensor cannot reuse
-# an old one's address while its entry stands.
-_PACKED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+# Packed weights of modules run without gradients, per module (a cell's, or
+# each layer-direction's recurrent weights): packed again whenever a weight is
+# another tensor or was modified in place (its version counter moved: optimizer
+# steps, load_state_dict, in-place ops under no_grad). An entry keeps the
+# packed-from tensors alive, so a new tensor cannot reuse an old one's address
+# while the entry stands. Kept beside the module, not in it, so copies and
+# pickles of the module are unaffected.
+_PACKED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _version_key(tensors):
+    return tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for t in tensors)
+
+
+def _packed_recurrence(module, k, spec, W_ih, W_hh, W_hr):
+    """Layer-direction k's W_hh (and W_hr) packed once, while they stay the same tensors, unmodified."""
+    entries = _PACKED.setdefault(module, {})
+    key = _version_key((W_ih, W_hh, W_hr)) + (spec.cell, tuple(sorted(spec.options.items())))
+    entry = entries.get(k)
+    if entry is None or entry[0] != key:
+        packed = F.pack_weights(spec.cell, _np(W_ih), _np(W_hh), _np(W_hr), **spec.options)
+        entry = entries[k] = (key, [t.detach() for t in (W_ih, W_hh, W_hr) if t is not None], packed)
+    return entry[2]
 
 
 def _packed(module, weights):
-    key = tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for t in weights)
-    entry = _PACKED.get(module)
+    entries = _PACKED.setdefault(module, {})
+    key = _version_key(weights) + (module._cell, tuple(sorted(module._options().items())))
+    entry = entries.get("cell")
     if entry is None or entry[0] != key:
         cell = cell_spec(module._cell, **module._options())
         arrays = [None if t is None else np.ascontiguousarray(_np(t)) for t in weights]
-        entry = (key, [None if t is None else t.detach() for t in weights], _core.PackedCell(cell.kind, *arrays))
-        _PACKED[module] = entry
+        entry = (key, [t.detach() for t in weights if t is not None], _core.PackedCell(cell.kind, *arrays))
+        entries["cell"] = entry
     return entry[2]
 
 

@@ -94,7 +94,6 @@ def test_all_cells_modes_threads_with_reference_in_pinned_workers(tmp_path):
         assert w["isolated"] and w["pid"] != os.getpid()
         assert w["cores"] == cores[:t] and w["affinity"] == cores[:t]
         assert set(w["thread_affinity"]) <= set(cores[:t])
-    assert len({w["pid"] for w in report["workers"] if w["isolated"]}) == len(workers) - 2
     rows = timed_rows(report)
     assert {r["cell"] for r in rows} == {"lstm", "gru", "rnn"}
     assert {(r["mode"], r["threads"]) for r in rows} == {("fwd", 1), ("fwdbwd", 1), ("fwd", 2), ("fwdbwd", 2)}

@@ -398,3 +398,18 @@ def test_random_shapes_match_reference(variant):
         _check_parity(variant, p, kw, np.float64, rng)
 
     check()
+
+
+def test_unpickled_arrays_are_accepted():
+    """An unpickled float32 array's dtype is equal to, not identical with, numpy's
+    float32: the kernels accept it (found by pickling a frozen layer)."""
+    import pickle
+
+    p = {k: pickle.loads(pickle.dumps(v)) for k, v in make_params(np.random.default_rng(0), "lstm",
+                                                                   dtype=np.float32).items()}
+    assert p["x"].dtype is not np.dtype(np.float32)
+    y, h_n, c_n, ws = F.lstm_forward(p["x"], p["h0"], p["c0"], p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"])
+    F.lstm_backward(ws, pickle.loads(pickle.dumps(np.ones_like(y))))
+    h1, c1 = pyrnn._core.cell_step(pyrnn._core.CellKind.LSTM, p["x"][0], p["h0"], p["c0"], p["W_ih"], p["W_hh"],
+                                   p["b_ih"], p["b_hh"])
+    np.testing.assert_allclose(h1, y[0], rtol=1e-5, atol=1e-6)

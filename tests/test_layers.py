@@ -364,3 +364,70 @@ def test_batch_size_zero_returns_empty(cls):
     assert h.shape == (4, 0, H)
     dx, _ = m.backward(np.zeros((T, 0, 2 * H), np.float32))
     assert dx.shape == (T, 0, I)
+
+
+# ----------------------------------------------------------- frozen layers --
+
+@pytest.mark.parametrize("mode, kw", [("LSTM", {}), ("LSTM", {"proj_size": 3}), ("GRU", {}),
+                                      ("GRU", {"reset_after": False}), ("RNN", {"nonlinearity": "relu"})])
+def test_frozen_layer_equals_the_layer(mode, kw):
+    """freeze(): recurrent weights packed once; the same results, bitwise, in every layout."""
+    for dtype in (np.float32, np.float64):
+        layer = getattr(pyrnn, mode)(5, 7, num_layers=2, bidirectional=True, **kw, dtype=dtype, seed=3).eval()
+        frozen = layer.freeze()
+        assert frozen.frozen and not layer.frozen and repr(frozen).endswith(".freeze()")
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((6, 4, 5)).astype(dtype)
+        for args in [(x,), (x, None, np.array([6, 2, 5, 1])), (x[:, 0],)]:
+            want, got = layer(*args), frozen(*args)
+            np.testing.assert_array_equal(got[0], want[0])
+            for a, e in zip(np.atleast_1d(got[1]) if mode != "LSTM" else got[1],
+                            np.atleast_1d(want[1]) if mode != "LSTM" else want[1]):
+                np.testing.assert_array_equal(a, e)
+
+
+def test_frozen_layer_cannot_go_stale():
+    layer = pyrnn.GRU(4, 6, seed=0)
+    frozen = layer.freeze()
+    x = np.random.default_rng(0).standard_normal((3, 2, 4)).astype(np.float32)
+    y0 = frozen(x)[0]
+    for _, p in frozen.named_parameters():
+        with pytest.raises(ValueError, match="read-only"):
+            p += 1.0
+    with pytest.raises(ValueError, match="read-only"):
+        frozen.load_state_dict(layer.state_dict())
+    with pytest.raises(RuntimeError, match="frozen layer is for inference only"):
+        frozen.train()
+    for _, p in layer.named_parameters():  # the original stays trainable and independent
+        p *= 0.5
+    np.testing.assert_array_equal(frozen(x)[0], y0)
+    assert not np.allclose(layer.eval()(x)[0], y0)
+    import copy
+    import pickle
+    for clone in (copy.deepcopy(frozen), pickle.loads(pickle.dumps(frozen))):
+        assert clone.frozen
+        np.testing.assert_array_equal(clone(x)[0], y0)
+        with pytest.raises(ValueError, match="read-only"):
+            clone.weight_hh_l0[...] = 0
+
+
+def test_pack_weights_checks_what_it_is_given():
+    from pyrnn import functional as F
+
+    rng = np.random.default_rng(0)
+    W_ih, W_hh = rng.standard_normal((12, 3)).astype(np.float32), rng.standard_normal((12, 4)).astype(np.float32)
+    x = rng.standard_normal((2, 1, 3)).astype(np.float32)
+    packed = F.pack_weights("gru", W_ih, W_hh)
+    y = F.forward("gru", x, None, None, W_ih, W_hh, packed=packed)[0]
+    np.testing.assert_array_equal(y, F.forward("gru", x, None, None, W_ih, W_hh)[0])
+    with pytest.raises(ValueError, match="packed holds weights of a gru cell, not gru_reset_before"):
+        F.forward("gru", x, None, None, W_ih, W_hh, reset_after=False, packed=packed)
+    with pytest.raises(TypeError, match="packed must be the result of pyrnn.functional.pack_weights"):
+        F.forward("gru", x, None, None, W_ih, W_hh, packed="yes")
+    other = F.pack_weights("gru", np.zeros((15, 3), np.float32), np.zeros((15, 5), np.float32))
+    with pytest.raises(ValueError, match="packed: weights packed for another cell, dtype or shape"):
+        F.forward("gru", x, None, None, W_ih, W_hh, packed=other)
+    with pytest.raises(ValueError, match=r"W_hh must have shape \(3\*H, H\)"):
+        F.pack_weights("gru", W_ih, W_hh[:, :3])
+    with pytest.raises(ValueError, match="cell must be"):
+        F.pack_weights("elman", W_ih, W_hh)

@@ -288,6 +288,39 @@ def test_cell_packed_weights_follow_every_update():
     copy.deepcopy(pc)  # the cache does not travel with the module
 
 
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_layer_packed_weights_follow_every_update(mode):
+    """Without gradients the layers run with each direction's recurrent weights
+    packed once; updates of any kind are seen at the next call."""
+    torch.manual_seed(0)
+    kw = dict(num_layers=2, bidirectional=True, **({"proj_size": 3} if mode == "LSTM" else {}))
+    tm, pm = getattr(nn, mode)(I, H, **kw), getattr(pt, mode)(I, H, **kw)
+    pm.load_state_dict(tm.state_dict())
+    x = torch.randn(5, B, I)
+
+    def check():
+        with torch.no_grad():
+            a, e = pm(x)[0], tm(x)[0]
+        torch.testing.assert_close(a, e, **TOL[torch.float32])
+
+    check()
+    check()
+    for m in (pm, tm):
+        opt = torch.optim.Adam(m.parameters(), lr=0.1)
+        m(x)[0].sum().backward()
+        opt.step()
+    check()
+    with torch.no_grad():
+        for m in (pm, tm):
+            getattr(m, "weight_hh_l1_reverse").mul_(-2.0)
+    check()
+    sd = {k: torch.randn_like(v) for k, v in tm.state_dict().items()}
+    pm.load_state_dict(sd)
+    tm.load_state_dict(sd)
+    check()
+
+
 def test_gru_cell_reset_before_matches_numpy_cell():
     torch.manual_seed(0)
     pc = pt.GRUCell(I, H, reset_after=False, dtype=torch.float64)

@@ -5,10 +5,12 @@
 
 #include <string>
 
+#include "arrays.h"
 #include "pyrnn/api.h"
 #include "pyrnn/threads.h"
 
 namespace py = pybind11;
+using pyrnn_bindings::has_dtype;
 using pyrnn::CellKind;
 
 namespace {
@@ -27,14 +29,14 @@ py::tuple step(CellKind cell, py::array x, py::object h, py::object c, py::array
                py::object b_ih, py::object b_hh) {
   const int64_t B = x.shape(0), I = x.shape(1), H = W_hh.shape(1), G = pyrnn::gates_of(cell);
   auto ok = [&](const py::array& a, int64_t r, int64_t cdim) {
-    return a.dtype().is(py::dtype::of<Real>()) && a.ndim() == 2 && a.shape(0) == r && a.shape(1) == cdim &&
+    return has_dtype(a, py::dtype::of<Real>()) && a.ndim() == 2 && a.shape(0) == r && a.shape(1) == cdim &&
            (a.flags() & py::array::c_style);
   };
   auto ok1 = [&](const py::object& o, int64_t n) {
     if (o.is_none()) return true;
     if (!py::isinstance<py::array>(o)) return false;
     auto a = py::reinterpret_borrow<py::array>(o);
-    return a.dtype().is(py::dtype::of<Real>()) && a.ndim() == 1 && a.shape(0) == n && (a.flags() & py::array::c_style);
+    return has_dtype(a, py::dtype::of<Real>()) && a.ndim() == 1 && a.shape(0) == n && (a.flags() & py::array::c_style);
   };
   auto ok2 = [&](const py::object& o, int64_t r, int64_t cdim) {
     return o.is_none() || (py::isinstance<py::array>(o) && ok(py::reinterpret_borrow<py::array>(o), r, cdim));
@@ -80,14 +82,14 @@ void pack(PackedCellHolder& p, CellKind cell, py::array W_ih, py::array W_hh, py
   require(W_ih.ndim() == 2 && W_hh.ndim() == 2, "W_ih and W_hh must be 2-D");
   const int64_t H = W_hh.shape(1), I = W_ih.shape(1);
   auto ok = [&](const py::array& a, int64_t r, int64_t cdim) {
-    return a.dtype().is(py::dtype::of<Real>()) && a.shape(0) == r && a.shape(1) == cdim &&
+    return has_dtype(a, py::dtype::of<Real>()) && a.shape(0) == r && a.shape(1) == cdim &&
            (a.flags() & py::array::c_style);
   };
   auto ok1 = [&](const py::object& o) {
     if (o.is_none()) return true;
     if (!py::isinstance<py::array>(o)) return false;
     auto a = py::reinterpret_borrow<py::array>(o);
-    return a.dtype().is(py::dtype::of<Real>()) && a.ndim() == 1 && a.shape(0) == G * H &&
+    return has_dtype(a, py::dtype::of<Real>()) && a.ndim() == 1 && a.shape(0) == G * H &&
            (a.flags() & py::array::c_style);
   };
   require(H >= 1 && I >= 1 && ok(W_ih, G * H, I) && ok(W_hh, G * H, H),
@@ -110,7 +112,7 @@ template <class Real>
 py::tuple packed_step(const PackedCellHolder& p, py::array x, py::object h, py::object c) {
   const int64_t B = x.ndim() == 2 ? x.shape(0) : -1, H = p.H;
   auto ok = [&](const py::array& a, int64_t cdim) {
-    return a.dtype().is(py::dtype::of<Real>()) && a.ndim() == 2 && a.shape(0) == B && a.shape(1) == cdim &&
+    return has_dtype(a, py::dtype::of<Real>()) && a.ndim() == 2 && a.shape(0) == B && a.shape(1) == cdim &&
            (a.flags() & py::array::c_style);
   };
   auto ok2 = [&](const py::object& o) { return o.is_none() || (py::isinstance<py::array>(o) && ok(py::reinterpret_borrow<py::array>(o), H)); };
@@ -146,9 +148,9 @@ void register_cells(py::module_& m) {
                                "packed from have no effect).")
       .def(py::init([](CellKind cell, py::array W_ih, py::array W_hh, py::object b_ih, py::object b_hh) {
              auto p = std::make_unique<PackedCellHolder>();
-             if (W_ih.dtype().is(py::dtype::of<float>()))
+             if (has_dtype(W_ih, py::dtype::of<float>()))
                pack<float>(*p, cell, W_ih, W_hh, b_ih, b_hh);
-             else if (W_ih.dtype().is(py::dtype::of<double>()))
+             else if (has_dtype(W_ih, py::dtype::of<double>()))
                pack<double>(*p, cell, W_ih, W_hh, b_ih, b_hh);
              else
                throw py::type_error("W_ih must have dtype float32 or float64");
@@ -173,8 +175,8 @@ void register_cells(py::module_& m) {
       [](CellKind cell, py::array x, py::object h, py::object c, py::array W_ih, py::array W_hh, py::object b_ih,
          py::object b_hh) {
         require(x.ndim() == 2 && W_hh.ndim() == 2, "x must be [B,I] and W_hh [G*H,H]");
-        if (x.dtype().is(py::dtype::of<float>())) return step<float>(cell, x, h, c, W_ih, W_hh, b_ih, b_hh);
-        if (x.dtype().is(py::dtype::of<double>())) return step<double>(cell, x, h, c, W_ih, W_hh, b_ih, b_hh);
+        if (has_dtype(x, py::dtype::of<float>())) return step<float>(cell, x, h, c, W_ih, W_hh, b_ih, b_hh);
+        if (has_dtype(x, py::dtype::of<double>())) return step<double>(cell, x, h, c, W_ih, W_hh, b_ih, b_hh);
         throw py::type_error("cell_step: x must have dtype float32 or float64");
       },
       "One cell step: returns (h1, c1 or None). Arrays must be C-contiguous and of one dtype.");

@@ -11,11 +11,13 @@
 #include <optional>
 #include <string>
 
+#include "arrays.h"
 #include "pyrnn/api.h"
 #include "pyrnn/pool.h"
 #include "pyrnn/threads.h"
 
 namespace py = pybind11;
+using pyrnn_bindings::has_dtype;
 using pyrnn::CellKind;
 
 namespace {
@@ -27,7 +29,7 @@ std::string shape_str(const py::array& a) {
 }
 
 void check_array(const char* name, const py::array& a, const py::dtype& dt, std::initializer_list<int64_t> shape) {
-  if (!a.dtype().is(dt))
+  if (!has_dtype(a, dt))
     throw py::type_error(std::string(name) + ": expected " + std::string(py::str(dt)) + ", got " +
                          std::string(py::str(a.dtype())));
   bool ok = a.ndim() == py::ssize_t(shape.size()) && (a.flags() & py::array::c_style);
@@ -104,6 +106,16 @@ py::array_t<Real> out_array(std::initializer_list<int64_t> dims) {
   return py::array_t<Real>(shape, static_cast<Real*>(p), owner);
 }
 
+// A layer direction's recurrent weights packed once (pyrnn/api.h pack_recurrence).
+struct PackedRecurrenceHolder {
+  CellKind cell = CellKind::Lstm;
+  int64_t I = 0, H = 0, P = 0;
+  bool f64 = false;
+  pyrnn::PackedRecurrencePtr<float> pf;
+  pyrnn::PackedRecurrencePtr<double> pd;
+  int64_t nbytes() const { return f64 ? pyrnn::packed_recurrence_bytes(*pd) : pyrnn::packed_recurrence_bytes(*pf); }
+};
+
 template <class T>
 T* ptr(const std::optional<py::array>& a) {
   return a ? static_cast<T*>(const_cast<void*>(a->data())) : nullptr;
@@ -113,7 +125,7 @@ template <class Real>
 py::tuple forward_typed(CellKind cell, py::array x, std::optional<py::array> h0, std::optional<py::array> c0,
                         py::array W_ih, py::array W_hh, std::optional<py::array> b_ih, std::optional<py::array> b_hh,
                         std::optional<py::array> lengths, bool reverse, bool training, std::optional<py::array> W_hr,
-                        std::optional<py::array> h_mask) {
+                        std::optional<py::array> h_mask, const PackedRecurrenceHolder* packed) {
   const py::dtype dt = py::dtype::of<Real>();
   const int G = pyrnn::gates_of(cell);
   require(x.ndim() == 3 && W_hh.ndim() == 2 && (!W_hr || W_hr->ndim() == 2), "x must be 3-D, W_hh and W_hr 2-D");
@@ -132,6 +144,9 @@ py::tuple forward_typed(CellKind cell, py::array x, std::optional<py::array> h0,
   if (h0) check_array("h0", *h0, dt, {B, Ho});
   if (h_mask) check_array("h_mask", *h_mask, dt, {B, Ho});
   if (c0) check_array("c0", *c0, dt, {B, H});
+  require(!packed || (packed->cell == cell && packed->f64 == std::is_same_v<Real, double> && packed->I == I &&
+                      packed->H == H && packed->P == P),
+          "packed: weights packed for another cell, dtype or shape");
   if (lengths) {
     check_array("lengths", *lengths, py::dtype::of<int64_t>(), {B});
     const int64_t* L = ptr<int64_t>(lengths);
@@ -149,6 +164,12 @@ py::tuple forward_typed(CellKind cell, py::array x, std::optional<py::array> h0,
   a.lengths = ptr<int64_t>(lengths);
   a.P = P, a.W_hr = ptr<Real>(W_hr), a.h_mask = ptr<Real>(h_mask);
   a.reverse = reverse;
+  if (packed) {
+    if constexpr (std::is_same_v<Real, float>)
+      a.packed = packed->pf.get();
+    else
+      a.packed = packed->pd.get();
+  }
   a.y = y.mutable_data(), a.h_n = h_n.mutable_data();
   if (cell == CellKind::Lstm) {
     py::array_t<Real> cn({B, H});
@@ -264,23 +285,65 @@ void register_sequence(py::module_& m) {
       .def_property_readonly("shape", [](const SequenceState& s) { return py::make_tuple(s.T, s.B, s.I, s.H); })
       .def_property_readonly("proj_size", [](const SequenceState& s) { return s.P; });
 
+  py::class_<PackedRecurrenceHolder>(m, "PackedRecurrence",
+                                     "A layer direction's recurrent weights (W_hh, W_hr) packed once for many "
+                                     "sequence_forward calls (a copy).")
+      .def(py::init([](CellKind cell, py::array W_ih, py::array W_hh, py::object W_hr_obj) {
+             auto W_hr = opt_array(W_hr_obj);
+             auto h = std::make_unique<PackedRecurrenceHolder>();
+             require(W_ih.ndim() == 2 && W_hh.ndim() == 2 && (!W_hr || W_hr->ndim() == 2), "W_ih, W_hh, W_hr must be 2-D");
+             const int G = pyrnn::gates_of(cell);
+             const int64_t P = W_hr ? W_hr->shape(0) : 0, H = W_hr ? W_hr->shape(1) : W_hh.shape(1);
+             const int64_t I = W_ih.shape(1), Ho = P ? P : H;
+             require(I >= 1 && H >= 1 && (!W_hr || (cell == CellKind::Lstm && P >= 1 && P < H)),
+                     "W_hr: LSTM only, with 1 <= P < H");
+             auto run = [&](auto tag) {
+               using Real = decltype(tag);
+               const py::dtype dt = py::dtype::of<Real>();
+               check_array("W_ih", W_ih, dt, {G * H, I});
+               check_array("W_hh", W_hh, dt, {G * H, Ho});
+               if (W_hr) check_array("W_hr", *W_hr, dt, {P, H});
+               pyrnn::ForwardArgs<Real> a;
+               a.cell = cell, a.I = I, a.H = H, a.P = P;
+               a.W_ih = ptr<Real>(std::optional<py::array>(W_ih)), a.W_hh = ptr<Real>(std::optional<py::array>(W_hh));
+               a.W_hr = ptr<Real>(W_hr);
+               py::gil_scoped_release nogil;
+               if constexpr (std::is_same_v<Real, float>)
+                 h->pf = pyrnn::pack_recurrence<float>(a);
+               else
+                 h->f64 = true, h->pd = pyrnn::pack_recurrence<double>(a);
+             };
+             if (has_dtype(W_hh, py::dtype::of<double>()))
+               run(double{});
+             else
+               run(float{});
+             h->cell = cell, h->I = I, h->H = H, h->P = P;
+             return h;
+           }),
+           py::arg("cell"), py::arg("W_ih"), py::arg("W_hh"), py::arg("W_hr") = py::none())
+      .def_readonly("cell", &PackedRecurrenceHolder::cell)
+      .def_property_readonly("nbytes", &PackedRecurrenceHolder::nbytes);
+
   m.def(
       "sequence_forward",
       [](CellKind cell, py::array x, py::object h0, py::object c0, py::array W_ih, py::array W_hh, py::object b_ih,
-         py::object b_hh, py::object lengths, bool reverse, bool training, py::object W_hr, py::object h_mask) {
-        if (x.dtype().is(py::dtype::of<float>()))
+         py::object b_hh, py::object lengths, bool reverse, bool training, py::object W_hr, py::object h_mask,
+         const PackedRecurrenceHolder* packed) {
+        if (has_dtype(x, py::dtype::of<float>()))
           return forward_typed<float>(cell, x, opt_array(h0), opt_array(c0), W_ih, W_hh, opt_array(b_ih),
                                       opt_array(b_hh), opt_array(lengths), reverse, training, opt_array(W_hr),
-                                      opt_array(h_mask));
-        if (x.dtype().is(py::dtype::of<double>()))
+                                      opt_array(h_mask), packed);
+        if (has_dtype(x, py::dtype::of<double>()))
           return forward_typed<double>(cell, x, opt_array(h0), opt_array(c0), W_ih, W_hh, opt_array(b_ih),
                                        opt_array(b_hh), opt_array(lengths), reverse, training, opt_array(W_hr),
-                                       opt_array(h_mask));
+                                       opt_array(h_mask), packed);
         throw py::type_error("x: expected float32 or float64, got " + std::string(py::str(x.dtype())));
       },
       py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("W_ih"), py::arg("W_hh"), py::arg("b_ih"),
       py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"), py::arg("training"), py::arg("W_hr") = py::none(),
-      py::arg("h_mask") = py::none(), "Returns (y, h_n, c_n or None, Workspace or None).");
+      py::arg("h_mask") = py::none(), py::arg("packed") = nullptr,
+      "Returns (y, h_n, c_n or None, Workspace or None). `packed`: the recurrent weights packed once "
+      "(PackedRecurrence of these W_hh, W_hr), or None.");
 
   m.def(
       "sequence_backward",

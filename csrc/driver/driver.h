@@ -192,15 +192,18 @@ struct ForwardPhase {
   const T* W;
   int64_t nunits, K, nblk;
   T* panels;
+  bool prepacked;
 
-  ForwardPhase(FwdCtx<T>& f, AlignedBuffer<T>& buf)
+  // Panels in `buf`, packed by pack(); or, given `packed` (pack_recurrence), those.
+  ForwardPhase(FwdCtx<T>& f, AlignedBuffer<T>& buf, const AlignedBuffer<T>* packed = nullptr)
       : W(kProj ? f.a.W_hr : f.a.W_hh), nunits(kProj ? f.Ho : f.H), K(kProj ? f.H : f.Ho),
-        nblk(ceil_div(kProj ? f.Ho : f.Hp, HB)) {
-    buf.reserve(size_t(nblk * K * NR));
-    panels = buf.data();
+        nblk(ceil_div(kProj ? f.Ho : f.Hp, HB)), prepacked(packed != nullptr) {
+    if (!prepacked) buf.reserve(size_t(nblk * K * NR));
+    panels = prepacked ? const_cast<T*>(packed->data()) : buf.data();
   }
   T* panel(int64_t j) const { return panels + j * K * NR; }
   void pack(std::pair<int64_t, int64_t> blocks) const {
+    if (prepacked) return;
     for (int64_t j = blocks.first; j < blocks.second; ++j) pack_forward_panel(W, nunits, K, Phase::kGates, NG, HB, j, panel(j));
   }
   size_t tile_elems(int64_t B) const { return size_t(ceil_div(B, MR) * MR * NR); }
@@ -226,7 +229,9 @@ void forward_loop(FwdCtx<T>& f, int nthreads, std::index_sequence<P...>) {
   using Phases = typename Cell::Forward;
   constexpr size_t kLast = sizeof...(P) - 1;
   std::array<AlignedBuffer<T>, sizeof...(P)> buffers;
-  std::tuple<ForwardPhase<T, std::tuple_element_t<P, Phases>, P == 0>...> phases{{f, buffers[P]}...};
+  const PackedRecurrence<T>* packed = f.a.packed;
+  std::tuple<ForwardPhase<T, std::tuple_element_t<P, Phases>, P == 0>...> phases{
+      {f, buffers[P], packed ? &packed->phases[P] : nullptr}...};
   const Schedule& sc = f.sc;
   const int nth = int(std::min<int64_t>(nthreads, std::max({std::get<P>(phases).nblk...})));
   const size_t tile_elems = std::max({std::get<P>(phases).tile_elems(sc.B)...});
@@ -315,6 +320,32 @@ void forward_cell(const ForwardArgs<T>& a, Workspace<T>& w, bool training, int n
     w.hm = std::move(f.hm), w.h0m = std::move(f.h0m), w.ld_hm = f.ld_hm;
     w.m = std::move(f.m), w.ld_m = f.ld_m;
   }
+}
+
+// Packs every forward phase's panels once (pack_recurrence).
+template <class T, class Phase, bool FIRST>
+void pack_phase(FwdCtx<T>& f, AlignedBuffer<T>& buf) {
+  ForwardPhase<T, Phase, FIRST> phase(f, buf);
+  phase.pack({0, phase.nblk});
+}
+template <class T, class Cell, size_t... P>
+void pack_phases(FwdCtx<T>& f, PackedRecurrence<T>& out, std::index_sequence<P...>) {
+  using Phases = typename Cell::Forward;
+  out.phases.resize(sizeof...(P));
+  (pack_phase<T, std::tuple_element_t<P, Phases>, P == 0>(f, out.phases[P]), ...);
+}
+
+template <class T>
+void pack_recurrence_impl(const ForwardArgs<T>& a, PackedRecurrence<T>& out) {
+  constexpr int L = kLanes<T>;
+  const Schedule none;
+  FwdCtx<T> f(a, none, nullptr, ceil_div(a.H, L) * L);
+  f.Ho = a.P ? a.P : a.H;
+  out.cell = a.cell, out.I = a.I, out.H = a.H, out.P = a.P;
+  with_cell(a.cell, a.P > 0, [&](auto cell) {
+    using Cell = decltype(cell);
+    pack_phases<T, Cell>(f, out, std::make_index_sequence<std::tuple_size_v<typename Cell::Forward>>{});
+  });
 }
 
 template <class T>
@@ -610,7 +641,8 @@ inline const KernelTable& make_table() {
   static const KernelTable table{&forward_impl<float>,   &forward_impl<double>,   &backward_impl<float>,
                                  &backward_impl<double>, &fma_peak_gflops,        &cell_step_impl<float>,
                                  &cell_step_impl<double>, &read_bandwidth_gbs,    &pack_cell_impl<float>,
-                                 &pack_cell_impl<double>, &packed_step_impl<float>, &packed_step_impl<double>};
+                                 &pack_cell_impl<double>, &packed_step_impl<float>, &packed_step_impl<double>,
+                                 &pack_recurrence_impl<float>, &pack_recurrence_impl<double>};
   return table;
 }
 

@@ -55,7 +55,8 @@ WorkspacePtr<T> sequence_forward(const ForwardArgs<T>& args, bool training, int 
   WorkspacePtr<T> w(new Workspace<T>());
   w->sched = make_schedule(args.T, args.B, args.lengths, args.reverse);
   w->cell = args.cell;
-  w->isa = isa_selected();
+  // Prepacked weights are laid out for the level that packed them.
+  w->isa = args.packed ? args.packed->isa : isa_selected();
   {
     ThreadChoice choice(sequence_key(training ? 1 : 2, args, w->isa), nthreads, recurrent_flops_per_step(args),
                         double(w->sched.rows));
@@ -130,6 +131,32 @@ template <class T>
 int64_t packed_cell_bytes(const PackedCell<T>& p) {
   return int64_t((p.wx.size() + p.wh.size() + p.wn.size() + p.b_ih.size() + p.b_hh.size()) * sizeof(T));
 }
+
+template <class T>
+PackedRecurrencePtr<T> pack_recurrence(const ForwardArgs<T>& weights) {
+  PackedRecurrencePtr<T> p(new PackedRecurrence<T>());
+  p->isa = isa_selected();
+  const KernelTable& k = kernels_for(p->isa);
+  if constexpr (std::is_same_v<T, float>)
+    k.pack_recurrence_f32(weights, *p);
+  else
+    k.pack_recurrence_f64(weights, *p);
+  return p;
+}
+
+template <class T>
+int64_t packed_recurrence_bytes(const PackedRecurrence<T>& p) {
+  size_t n = 0;
+  for (const auto& b : p.phases) n += b.size();
+  return int64_t(n * sizeof(T));
+}
+
+template PackedRecurrencePtr<float> pack_recurrence(const ForwardArgs<float>&);
+template PackedRecurrencePtr<double> pack_recurrence(const ForwardArgs<double>&);
+template int64_t packed_recurrence_bytes(const PackedRecurrence<float>&);
+template int64_t packed_recurrence_bytes(const PackedRecurrence<double>&);
+template struct PackedRecurrenceDeleter<float>;
+template struct PackedRecurrenceDeleter<double>;
 
 template PackedCellPtr<float> pack_cell(const CellStepArgs<float>&);
 template PackedCellPtr<double> pack_cell(const CellStepArgs<double>&);

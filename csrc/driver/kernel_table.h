@@ -18,6 +18,8 @@ struct KernelTable {
   void (*pack_cell_f64)(const CellStepArgs<double>&, PackedCell<double>&);
   void (*packed_step_f32)(const PackedCell<float>&, const CellStepArgs<float>&, int nthreads);
   void (*packed_step_f64)(const PackedCell<double>&, const CellStepArgs<double>&, int nthreads);
+  void (*pack_recurrence_f32)(const ForwardArgs<float>&, PackedRecurrence<float>&);
+  void (*pack_recurrence_f64)(const ForwardArgs<double>&, PackedRecurrence<double>&);
 };
 
 const KernelTable& kernels_baseline();

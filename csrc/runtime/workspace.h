@@ -72,6 +72,21 @@ void PackedCellDeleter<T>::operator()(PackedCell<T>* p) const {
   delete p;
 }
 
+// A layer direction's recurrent weights packed once (pyrnn/api.h): one buffer
+// per step phase of the cell (csrc/cells/), each holding every block's panel.
+template <class T>
+struct PackedRecurrence {
+  CellKind cell = CellKind::Lstm;
+  Isa isa = Isa::Baseline;
+  int64_t I = 0, H = 0, P = 0;
+  std::vector<AlignedBuffer<T>> phases;
+};
+
+template <class T>
+void PackedRecurrenceDeleter<T>::operator()(PackedRecurrence<T>* p) const {
+  delete p;
+}
+
 // Row stride for n elements: strides that are multiples of 1 KiB put the rows
 // a micro-kernel reads together into the same L1 sets (4K aliasing), so such
 // strides get one extra cache line (as oneDNN's get_good_ld does).

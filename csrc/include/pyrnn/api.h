@@ -16,6 +16,9 @@
 
 namespace pyrnn {
 
+template <class T>
+struct PackedRecurrence;
+
 template <class Real>
 struct ForwardArgs {
   CellKind cell = CellKind::Lstm;
@@ -36,6 +39,9 @@ struct ForwardArgs {
   // Variational (recurrent) dropout: the recurrent GEMM uses h_{t-1} * h_mask[b]
   // (the same mask at every step of a sequence); [B, Hout]; null: none.
   const Real* h_mask = nullptr;
+  // The recurrent weights packed once (pack_recurrence, from these W_hh and
+  // W_hr), or null: packed in every call.
+  const PackedRecurrence<Real>* packed = nullptr;
   Real* y = nullptr;              // [T,B,H]; must be zero-filled by the caller when lengths are given
   Real* h_n = nullptr;
   Real* c_n = nullptr;            // LSTM only
@@ -126,6 +132,24 @@ void packed_cell_step(const PackedCell<T>& packed, const CellStepArgs<T>& args, 
 // Bytes of packed weights (for reporting).
 template <class T>
 int64_t packed_cell_bytes(const PackedCell<T>& packed);
+
+// A layer direction's recurrent weights (W_hh, and W_hr with a projection)
+// packed once into the step GEMM's panels, for many sequence_forward calls
+// (ForwardArgs::packed): frozen layers, pyrnn.torch without gradients. A copy,
+// laid out for the ISA level selected when packing, which those calls then use.
+template <class T>
+struct PackedRecurrenceDeleter {
+  void operator()(PackedRecurrence<T>* p) const;
+};
+template <class T>
+using PackedRecurrencePtr = std::unique_ptr<PackedRecurrence<T>, PackedRecurrenceDeleter<T>>;
+
+// Packs weights.cell, I, H, P, W_hh, W_hr (the other fields are ignored).
+template <class T>
+PackedRecurrencePtr<T> pack_recurrence(const ForwardArgs<T>& weights);
+
+template <class T>
+int64_t packed_recurrence_bytes(const PackedRecurrence<T>& packed);
 
 // Register-only FMA loop for the roofline: returns fp32 GFLOP/s measured on
 // `nthreads` threads with the selected ISA.
