@@ -110,13 +110,14 @@ def _backward(cell, ws, grads, return_dh_seq):
 
 
 def rnn_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", lengths=None, reverse=False,
-                training=True, h_mask=None):
+                training=True, h_mask=None, packed=None):
     """Elman RNN forward. Returns (y, h_n, workspace); workspace is None unless training.
 
     h_mask ([B, H], optional): recurrent (variational) dropout; the recurrent
-    product uses h_{t-1} * h_mask at every step.
+    product uses h_{t-1} * h_mask at every step. packed: see :func:`pack_weights`.
     """
-    y, h_n, _, ws = _forward(cell_spec("rnn", nonlinearity=nonlinearity), x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training, h_mask)
+    y, h_n, _, ws = _forward(cell_spec("rnn", nonlinearity=nonlinearity), x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh,
+                             lengths, reverse, training, h_mask, packed=packed)
     return y, h_n, ws
 
 
@@ -128,15 +129,15 @@ def rnn_backward(ws, dy=None, dh_n=None, *, return_dh_seq=False):
 
 
 def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False, training=True,
-                 h_mask=None, W_hr=None):
+                 h_mask=None, W_hr=None, packed=None):
     """LSTM forward (gates i, f, g, o). Returns (y, h_n, c_n, workspace).
 
     W_hr ([P, H], optional): PyTorch's proj_size; h_t = W_hr (o * tanh(c_t)) is
     P wide, W_hh is [4H, P] and y, h0, h_n are P wide. h_mask ([B, P or H],
-    optional): recurrent (variational) dropout on h_{t-1}.
+    optional): recurrent (variational) dropout on h_{t-1}. packed: see :func:`pack_weights`.
     """
     return _forward(cell_spec("lstm"), x, {"h0": h0, "c0": c0}, W_ih, W_hh, b_ih, b_hh, lengths,
-                    reverse, training, h_mask, W_hr)
+                    reverse, training, h_mask, W_hr, packed)
 
 
 def lstm_backward(ws, dy=None, dh_n=None, dc_n=None, *, return_dh_seq=False):
@@ -148,14 +149,14 @@ def lstm_backward(ws, dy=None, dh_n=None, dc_n=None, *, return_dh_seq=False):
 
 
 def gru_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, reset_after=True, lengths=None, reverse=False,
-                training=True, h_mask=None):
+                training=True, h_mask=None, packed=None):
     """GRU forward (gates r, z, n); reset_after=False is Cho et al. v3. Returns (y, h_n, workspace).
 
     h_mask ([B, H], optional): recurrent (variational) dropout: the recurrent
-    products use h_{t-1} * h_mask (z * h_{t-1} keeps the unmasked state).
+    products use h_{t-1} * h_mask (z * h_{t-1} keeps the unmasked state). packed: see :func:`pack_weights`.
     """
-    y, h_n, _, ws = _forward(cell_spec("gru", reset_after=reset_after), x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training,
-                             h_mask)
+    y, h_n, _, ws = _forward(cell_spec("gru", reset_after=reset_after), x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh,
+                             lengths, reverse, training, h_mask, packed=packed)
     return y, h_n, ws
 
 

@@ -99,6 +99,27 @@ void project_inputs(FwdCtx<T>& f, int G, int64_t ua, int64_t ub, GemmScratch<T>&
   }
 }
 
+// The input projection from W_ih packed once (PackedRecurrence::wih): this
+// thread's share of the column panels over every row. Used when the rows are
+// few (their x fits in L2 with room to spare), where packing W_ih in the call
+// would cost more than the GEMM; a barrier follows, since a thread's panels
+// are not its loop units.
+template <class T>
+bool project_packed_fits(const FwdCtx<T>& f) {
+  return f.a.packed && f.a.packed->wih.size() && f.sc.rows * f.I * int64_t(sizeof(T)) <= 512 * 1024;
+}
+
+template <class T>
+void project_packed(FwdCtx<T>& f, int G, int tid, int nt) {
+  const PackedRecurrence<T>& p = *f.a.packed;
+  const int64_t N = G * f.Hp, np = ceil_div(N, p.NR);
+  int64_t q0, q1;
+  split_range(np, nt, tid, q0, q1);
+  if (q0 < q1)
+    panel_gemm<T>([&](int64_t r) { return f.xrows[r]; }, f.sc.rows, f.I, p.wih.data(), N, q0, q1, f.bias.data(),
+                  f.xp.data(), f.ld_xp);
+}
+
 // h_n for units [ua, ub) of h: each entry's output at its last valid step.
 template <class T>
 void write_final_h(FwdCtx<T>& f, int64_t ua, int64_t ub) {
@@ -245,7 +266,10 @@ void forward_loop(FwdCtx<T>& f, int nthreads, std::index_sequence<P...>) {
         my_blocks(std::get<P>(phases).nblk, nt, tid)...};
     (std::get<P>(phases).pack(blocks[P]), ...);
     prof.phase("pack");
-    {
+    if (project_packed_fits(f)) {
+      project_packed(f, Cell::G, tid, nt);
+#pragma omp barrier
+    } else {
       GemmScratch<T> scratch;
       project_inputs(f, Cell::G, blocks[0].first * first.HB, std::min(blocks[0].second * first.HB, f.Hp), scratch);
     }
@@ -342,6 +366,8 @@ void pack_recurrence_impl(const ForwardArgs<T>& a, PackedRecurrence<T>& out) {
   FwdCtx<T> f(a, none, nullptr, ceil_div(a.H, L) * L);
   f.Ho = a.P ? a.P : a.H;
   out.cell = a.cell, out.I = a.I, out.H = a.H, out.P = a.P;
+  out.NR = kGemmNV * L;
+  pack_gate_columns(a.W_ih, gates_of(a.cell), a.H, ceil_div(a.H, L) * L, a.I, out.NR, out.wih);
   with_cell(a.cell, a.P > 0, [&](auto cell) {
     using Cell = decltype(cell);
     pack_phases<T, Cell>(f, out, std::make_index_sequence<std::tuple_size_v<typename Cell::Forward>>{});

@@ -148,6 +148,7 @@ template <class T>
 int64_t packed_recurrence_bytes(const PackedRecurrence<T>& p) {
   size_t n = 0;
   for (const auto& b : p.phases) n += b.size();
+  n += p.wih.size();
   return int64_t(n * sizeof(T));
 }
 

@@ -106,6 +106,22 @@ void pack_columns(const T* W, int64_t K, int64_t n0, int64_t n1, int64_t NR, Ali
       }
 }
 
+// Column panels of W^T for a gate-major W [G*H, K] whose gate groups are
+// padded to Hp columns (the input projection's layout): column g*Hp + u is
+// row g*H + u of W, zero for u >= H.
+template <class T>
+void pack_gate_columns(const T* W, int G, int64_t H, int64_t Hp, int64_t K, int64_t NR, AlignedBuffer<T>& out) {
+  const int64_t N = G * Hp, np = (N + NR - 1) / NR;
+  out.reserve(size_t(np * K * NR));
+  T* o = out.data();
+  for (int64_t q = 0; q < np; ++q)
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t n = 0; n < NR; ++n) {
+        const int64_t c = q * NR + n, u = c % Hp;
+        o[(q * K + k) * NR + n] = c < N && u < H ? W[((c / Hp) * H + u) * K + k] : T(0);
+      }
+}
+
 template <class T>
 void pack_cell_impl(const CellStepArgs<T>& a, PackedCell<T>& p) {
   constexpr int64_t NR = kGemmNV * kLanes<T>;
@@ -122,11 +138,11 @@ void pack_cell_impl(const CellStepArgs<T>& a, PackedCell<T>& p) {
   }
 }
 
-// out[b][c] = A[b] . column c of the panels + bias[c], for the columns of
-// panels [q0, q1) below ncols; A [B, K] with row stride lda.
-template <class T>
-void panel_gemm(const T* A, int64_t lda, int64_t B, int64_t K, const T* panels, int64_t ncols, int64_t q0, int64_t q1,
-                const T* bias, T* out, int64_t ldo) {
+// out[b][c] = A row b . column c of the panels + bias[c], for the columns of
+// panels [q0, q1) below ncols and rows b < B; arow(b) gives A's row b (K long).
+template <class T, class ARow>
+void panel_gemm(ARow arow, int64_t B, int64_t K, const T* panels, int64_t ncols, int64_t q0, int64_t q1, const T* bias,
+                T* out, int64_t ldo) {
   constexpr int L = kLanes<T>, NV = kGemmNV, MR = tile_rows(NV);
   constexpr int64_t NR = NV * L;
   alignas(64) T tile[MR * NR];
@@ -134,7 +150,7 @@ void panel_gemm(const T* A, int64_t lda, int64_t B, int64_t K, const T* panels, 
   for (int64_t q = q0; q < q1; ++q)
     for (int64_t r0 = 0; r0 < B; r0 += MR) {
       const int m = int(std::min<int64_t>(MR, B - r0));
-      for (int r = 0; r < MR; ++r) arows[r] = A + (r0 + std::min(r, m - 1)) * lda;
+      for (int r = 0; r < MR; ++r) arows[r] = arow(r0 + std::min(r, m - 1));
       ukernel_rows<T, MR, NV, false>(m, K, nullptr, arows, panels + q * K * NR, tile);
       const int64_t c0 = q * NR, nc = std::min<int64_t>(NR, ncols - c0);
       for (int r = 0; r < m; ++r)
@@ -168,9 +184,10 @@ void packed_step_cell(const PackedCell<T>& p, const CellStepArgs<T>& a, int nthr
     split_range(npx + nph, nt, tid, q0, q1);  // the x and h panels, in one list
     for (int64_t q = q0; q < q1; ++q) {
       if (q < npx)
-        panel_gemm(a.x, I, B, I, p.wx.data(), N, q, q + 1, p.b_ih.data(), gi, N);
+        panel_gemm<T>([&](int64_t r) { return a.x + r * I; }, B, I, p.wx.data(), N, q, q + 1, p.b_ih.data(), gi, N);
       else
-        panel_gemm(h, H, B, H, p.wh.data(), p.n_h, q - npx, q - npx + 1, p.b_hh.data(), gh, N);
+        panel_gemm<T>([&](int64_t r) { return h + r * H; }, B, H, p.wh.data(), p.n_h, q - npx, q - npx + 1,
+                      p.b_hh.data(), gh, N);
     }
     if (nt > 1) {
 #pragma omp barrier
@@ -191,7 +208,8 @@ void packed_step_cell(const PackedCell<T>& p, const CellStepArgs<T>& a, int nthr
       }
       split_range(npn, nt, tid, q0, q1);
       if (q0 < q1)
-        panel_gemm(extra, H, B, H, p.wn.data(), N - p.n_h, q0, q1, p.b_hh.data() + p.n_h, gh + p.n_h, N);
+        panel_gemm<T>([&](int64_t r) { return (const T*)extra + r * H; }, B, H, p.wn.data(), N - p.n_h, q0, q1,
+                      p.b_hh.data() + p.n_h, gh + p.n_h, N);
       if (nt > 1) {
 #pragma omp barrier
       }

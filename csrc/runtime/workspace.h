@@ -80,6 +80,10 @@ struct PackedRecurrence {
   Isa isa = Isa::Baseline;
   int64_t I = 0, H = 0, P = 0;
   std::vector<AlignedBuffer<T>> phases;
+  // W_ih^T in column panels of NR over the input projection's G*Hp columns,
+  // for calls with few rows (driver.h project_packed).
+  AlignedBuffer<T> wih;
+  int64_t NR = 0;
 };
 
 template <class T>

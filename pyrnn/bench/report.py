@@ -221,7 +221,9 @@ def footnotes(rows: Sequence[Row], meta: dict) -> list[str]:
     notes = [
         "GFLOP/s counts 2*N*G*H*(I+H) per layer and direction (G = 4 LSTM, 3 GRU, 1 RNN; N = B*T), "
         "x3 for fwdbwd; % peak is of the measured FMA peak at that thread count.",
-        "fwd = inference (training=False; torch under no_grad); fwdbwd = forward(training=True) + backward "
+        "fwd = inference (training=False, pyrnn's recurrent weights packed once: layer.freeze() or "
+        "functional.pack_weights, as an ONNX Runtime session packs once; torch under no_grad); "
+        "fwdbwd = forward(training=True) + backward "
         "with dy = ones (torch: y.backward(dy), x requiring grad). Times are medians after warm-up; the FMA peak "
         "is the best of 5 measurements.",
         processes,

@@ -57,15 +57,17 @@ def _import_torch() -> Optional[ModuleType]:
 FUNCTIONAL_ARGS = {"W_ih": "weight_ih", "W_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh"}
 
 
-def _functional_forward(module: ModuleType, case: Case, inputs: dict, training: bool) -> Tuple[np.ndarray, list]:
+def _functional_forward(module: ModuleType, case: Case, inputs: dict, training: bool,
+                        packed: Optional[list] = None) -> Tuple[np.ndarray, list]:
     """All layers and directions through ``module`` (pyrnn.functional or pyrnn.reference);
-    returns (y, the caches in _stack order)."""
+    returns (y, the caches in _stack order). ``packed``: pyrnn's weights packed once, per direction."""
 
     def run(layer: int, d: int, x: np.ndarray) -> Tuple[np.ndarray, Any]:
         names = param_names(layer, d)
         p = {arg: inputs["params"][names[key]] for arg, key in FUNCTIONAL_ARGS.items()}
+        kw = {} if packed is None else {"packed": packed[layer * case.directions + d]}
         out, cache = run_forward(module, case.variant, dict(p, x=x), lengths=inputs["lengths"],
-                                 reverse=bool(d), training=training)
+                                 reverse=bool(d), training=training, **kw)
         return out["y"], cache
 
     y, results = _stack.forward(run, inputs["x"], case.layers, case.directions)
@@ -84,7 +86,13 @@ def functional_runner(module: ModuleType) -> RunnerFactory:
 
     def make(case: Case, inputs: dict, mode: str) -> Step:
         if mode == "fwd":
-            return lambda: (_functional_forward(module, case, inputs, False)[0], None)
+            # pyrnn's inference packs its recurrent weights once, as a session of ONNX Runtime does
+            packed = None if module is not F else [
+                F.pack_weights(case.cell, inputs["params"][param_names(layer, d)["weight_ih"]],
+                               inputs["params"][param_names(layer, d)["weight_hh"]],
+                               **_cells.cell_options(_cells.CELLS[case.variant]))
+                for layer in range(case.layers) for d in range(case.directions)]
+            return lambda: (_functional_forward(module, case, inputs, False, packed)[0], None)
 
         def train_step() -> Tuple[Any, Any]:
             y, caches = _functional_forward(module, case, inputs, True)
@@ -106,7 +114,8 @@ def layer_runner(case: Case, inputs: dict, mode: str) -> Step:
     layer.train(mode == "fwdbwd")
     lengths = {} if inputs["lengths"] is None else {"lengths": inputs["lengths"]}
     if mode == "fwd":
-        return lambda: (layer(inputs["x"], **lengths)[0], None)
+        frozen = layer.freeze()  # inference: the recurrent weights packed once
+        return lambda: (frozen(inputs["x"], **lengths)[0], None)
 
     def train_step() -> Tuple[Any, Any]:
         layer.zero_grad()
