@@ -4,7 +4,7 @@
 
 For each shape it prints microseconds per step (best of 5 runs of 1000 steps)
 for pyrnn.LSTMCell / GRUCell in eval mode, cell.freeze(), torch.nn's cell and
-pyrnn.torch's cell under torch.no_grad() (packed weights cached per module),
+pyrnn.torch's cell under torch.no_grad() (the unpacked one-step kernel),
 and the bandwidth bound: the step's weight bytes over the measured read
 bandwidth of the cache level they fit in (pyrnn.memory_bandwidth).
 """

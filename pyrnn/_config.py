@@ -134,7 +134,8 @@ def memory_bandwidth(size: int | None = None, threads: int | None = None, second
     With ``size`` (bytes per thread): that working set read again and again
     with vector loads. Without: a dict over this machine's levels, each
     ``{"bytes": per-thread set, "gbs": GB/s}``: half of L1, half of L2, half of
-    L3's share per thread (the sets stay inside each level) and 4x L3 (DRAM).
+    L3's share per thread (the sets stay inside each level) and 4x L3 in all
+    (DRAM; at least 64 MiB a thread, at most 1 GiB in all).
     ``threads`` defaults to pyrnn's thread count.
     """
     threads = get_num_threads() if threads is None else threads
@@ -147,8 +148,11 @@ def memory_bandwidth(size: int | None = None, threads: int | None = None, second
             raise ValueError(f"size must be a positive number of bytes, got {size!r}")
         return _core.read_bandwidth_gbs(int(size), int(threads), float(seconds))
     caches = cache_sizes()
+    l3 = caches.get("L3", 32 * 2**20)
+    # DRAM: 4x L3 in all (at least 64 MiB a thread, at most 1 GiB in all)
+    dram = min(max(4 * l3 // threads, 64 * 2**20), max(2**30 // threads, 2**20))
     sets = {"L1": caches.get("L1", 32 * 2**10) // 2, "L2": caches.get("L2", 512 * 2**10) // 2,
-            "L3": caches.get("L3", 8 * 2**20) // (2 * threads), "DRAM": 4 * caches.get("L3", 32 * 2**20)}
+            "L3": l3 // (2 * threads), "DRAM": dram}
     return {level: {"bytes": b, "gbs": _core.read_bandwidth_gbs(b, int(threads), float(seconds))}
             for level, b in sets.items()}
 

@@ -196,8 +196,17 @@ class FrozenCell(_StepInputs):
         self.cell, self.dtype = cell.cell, cell.dtype
         self.input_size, self.hidden_size, self.bias = cell.input_size, cell.hidden_size, cell.bias
         self._name = type(cell).__name__
-        self._packed = _core.PackedCell(cell.cell.kind, p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
-                                        p.get("bias_hh"))
+        # the snapshot, kept to copy and pickle the frozen cell (packed again on load)
+        self._weights = tuple(None if p.get(k) is None else p[k].copy()
+                              for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        self._packed = _core.PackedCell(cell.cell.kind, *self._weights)
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_packed"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._packed = _core.PackedCell(self.cell.kind, *self._weights)
 
     @property
     def nbytes(self):

@@ -168,13 +168,15 @@ def gru_backward(ws, dy=None, dh_n=None, *, return_dh_seq=False):
 
 
 def pack_weights(cell, W_ih, W_hh, W_hr=None, *, nonlinearity="tanh", reset_after=True):
-    """The recurrent weights (W_hh, and W_hr with a projection) packed once into the
+    """The weights W_ih, W_hh (and W_hr with a projection) packed once into the
     kernels' layout, for many :func:`forward` calls with ``packed=`` (inference of
     a layer whose weights do not change: each call then skips packing them).
 
-    The result is a copy: calls with ``packed`` use the weights as they were here,
-    whatever W_hh holds later, so pass it only with the W_hh (and W_hr) it was
-    made from. W_ih and the biases are read from each call's arguments.
+    The result is a copy: calls with ``packed`` compute with these weights as they
+    were here, whatever the arrays passed to the call hold (only their shapes and
+    dtype are checked against it), so pass it only with the very W_ih, W_hh and
+    W_hr it was made from, unchanged since. The biases are read from each call.
+    ``layer.freeze()`` does this safely (read-only copies).
     """
     spec = cell_spec(cell, nonlinearity=nonlinearity, reset_after=reset_after)
     W_ih = np.asarray(W_ih)

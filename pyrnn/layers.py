@@ -174,10 +174,16 @@ class _RNNBase(Module):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        if self._packed:
+        if state.get("_packed"):  # (absent in layers pickled before freeze() existed)
             self._pack()
         else:
             self._packed = {}
+
+    def load_state_dict(self, state_dict, strict=True):
+        if self._packed:
+            raise RuntimeError(f"{self.mode}: a frozen layer's parameters are read-only; load the state into the "
+                               f"layer it was frozen from, then freeze() again")
+        return super().load_state_dict(state_dict, strict)
 
     @property
     def frozen(self):

@@ -43,7 +43,6 @@ compute at the same time and at most max(pyrnn's, torch's) threads are busy.
 
 from __future__ import annotations
 
-import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -77,7 +76,6 @@ class _Spec(NamedTuple):
     reverse: bool = False
     lengths: np.ndarray | None = None  # int64 [B], or None: all T
     h_mask: np.ndarray | None = None  # recurrent dropout mask [B, H_out], or None
-    packed: object = None  # the recurrent weights packed once (no gradients), or None
 
 
 def _np(t):
@@ -89,7 +87,7 @@ def _kernel_forward(spec, arrays, training):
     """Runs one layer and direction: arrays = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr)."""
     x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr = arrays
     return F.forward(spec.cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, **spec.options, W_hr=W_hr, h_mask=spec.h_mask,
-                     lengths=spec.lengths, reverse=spec.reverse, training=training, packed=spec.packed)
+                     lengths=spec.lengths, reverse=spec.reverse, training=training)
 
 
 class _NotTwiceDifferentiable(torch.autograd.Function):
@@ -285,8 +283,6 @@ class _PyrnnRNNMixin:
             mask = _dropout_mask((B, H_out), rec_p, dtype) if rec_p > 0 else None
             W_ih, W_hh, W_hr = (getattr(self, n + sfx, None) for n in ("weight_ih", "weight_hh", "weight_hr"))
             spec = self._spec(reverse=d == 1, lengths=lengths_np, h_mask=mask)
-            if not grad:
-                spec = spec._replace(packed=_packed_recurrence(self, k, spec, W_ih, W_hh, W_hr))
             return _run(spec, grad, layer_x, None if h0_all is None else h0_all[k],
                         None if c0_all is None else c0_all[k], W_ih, W_hh, getattr(self, "bias_ih" + sfx, None),
                         getattr(self, "bias_hh" + sfx, None), W_hr)
@@ -389,49 +385,13 @@ class _PyrnnCellMixin:
         if _needs_grad([x, h0, c0, *weights]):
             _, h1, c1 = _run(_Spec(self._cell, self._options()), True, x.unsqueeze(0), h0, c0, *weights, None)
         else:
-            arrays = [None if t is None else np.ascontiguousarray(_np(t)) for t in (x, h0, c0)]
-            h1, c1 = (None if a is None else torch.from_numpy(a) for a in _packed(self, weights).step(*arrays))
+            arrays = [None if t is None else np.ascontiguousarray(_np(t)) for t in (x, h0, c0, *weights)]
+            kind = cell_spec(self._cell, **self._options()).kind
+            h1, c1 = (None if a is None else torch.from_numpy(a) for a in _core.cell_step(kind, *arrays))
         if unbatched:
             h1 = h1.squeeze(0)
             c1 = None if c1 is None else c1.squeeze(0)
         return h1, c1
-
-
-# Packed weights of modules run without gradients, per module (a cell's, or
-# each layer-direction's recurrent weights): packed again whenever a weight is
-# another tensor or was modified in place (its version counter moved: optimizer
-# steps, load_state_dict, in-place ops under no_grad). An entry keeps the
-# packed-from tensors alive, so a new tensor cannot reuse an old one's address
-# while the entry stands. Kept beside the module, not in it, so copies and
-# pickles of the module are unaffected.
-_PACKED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
-
-
-def _version_key(tensors):
-    return tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for t in tensors)
-
-
-def _packed_recurrence(module, k, spec, W_ih, W_hh, W_hr):
-    """Layer-direction k's W_hh (and W_hr) packed once, while they stay the same tensors, unmodified."""
-    entries = _PACKED.setdefault(module, {})
-    key = _version_key((W_ih, W_hh, W_hr)) + (spec.cell, tuple(sorted(spec.options.items())))
-    entry = entries.get(k)
-    if entry is None or entry[0] != key:
-        packed = F.pack_weights(spec.cell, _np(W_ih), _np(W_hh), _np(W_hr), **spec.options)
-        entry = entries[k] = (key, [t.detach() for t in (W_ih, W_hh, W_hr) if t is not None], packed)
-    return entry[2]
-
-
-def _packed(module, weights):
-    entries = _PACKED.setdefault(module, {})
-    key = _version_key(weights) + (module._cell, tuple(sorted(module._options().items())))
-    entry = entries.get("cell")
-    if entry is None or entry[0] != key:
-        cell = cell_spec(module._cell, **module._options())
-        arrays = [None if t is None else np.ascontiguousarray(_np(t)) for t in weights]
-        entry = (key, [t.detach() for t in weights if t is not None], _core.PackedCell(cell.kind, *arrays))
-        entries["cell"] = entry
-    return entry[2]
 
 
 class RNNCell(_PyrnnCellMixin, nn.RNNCell):

@@ -196,3 +196,15 @@ def test_frozen_cell_errors():
     with pytest.raises(TypeError, match="needs a pyrnn RNNCell"):
         pyrnn.cells.FrozenCell(pyrnn.LSTM(4, 3))
     assert not hasattr(frozen, "backward")
+
+
+def test_frozen_cell_copies_and_pickles():
+    import copy
+    import pickle
+
+    cell = pyrnn.GRUCell(5, 7, reset_after=False, seed=0)
+    frozen = cell.freeze()
+    x = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
+    y = frozen(x)
+    for clone in (copy.deepcopy(frozen), pickle.loads(pickle.dumps(frozen)), copy.copy(frozen)):
+        np.testing.assert_array_equal(clone(x), y)

@@ -394,7 +394,7 @@ def test_frozen_layer_cannot_go_stale():
     for _, p in frozen.named_parameters():
         with pytest.raises(ValueError, match="read-only"):
             p += 1.0
-    with pytest.raises(ValueError, match="read-only"):
+    with pytest.raises(RuntimeError, match="a frozen layer's parameters are read-only"):
         frozen.load_state_dict(layer.state_dict())
     with pytest.raises(RuntimeError, match="frozen layer is for inference only"):
         frozen.train()
@@ -431,3 +431,16 @@ def test_pack_weights_checks_what_it_is_given():
         F.pack_weights("gru", W_ih, W_hh[:, :3])
     with pytest.raises(ValueError, match="cell must be"):
         F.pack_weights("elman", W_ih, W_hh)
+
+
+def test_layers_pickled_before_freeze_existed_still_load():
+    import pickle
+
+    layer = pyrnn.LSTM(3, 4, seed=0).eval()
+    state = layer.__getstate__()
+    del state["_packed"]  # what a pickle of an earlier version holds
+    old = pyrnn.LSTM.__new__(pyrnn.LSTM)
+    old.__setstate__(state)
+    x = np.ones((2, 1, 3), np.float32)
+    np.testing.assert_array_equal(old(x)[0], layer(x)[0])
+    assert not old.frozen and pickle.loads(pickle.dumps(old)).frozen is False

@@ -241,10 +241,9 @@ def test_cell_matches_torch_nn(mode, bias, with_hx, unbatched):
         torch.testing.assert_close(a, e, **TOL[torch.float64])
 
 
-def test_cell_packed_weights_follow_every_update():
-    """Without gradients the cells step with weights packed once per module; every
-    way of changing a weight (optimizer step, in-place op, load_state_dict,
-    .data replaced, a new Parameter) is seen at the next call."""
+def test_cell_sees_every_weight_update():
+    """Without gradients every way of changing a weight (optimizer step, in-place op,
+    load_state_dict, .data replaced, a new Parameter) is seen at the next call."""
     torch.manual_seed(0)
     tc = nn.LSTMCell(I, H)
     pc = pt.LSTMCell(I, H)
@@ -290,9 +289,10 @@ def test_cell_packed_weights_follow_every_update():
 
 @pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
-def test_layer_packed_weights_follow_every_update(mode):
-    """Without gradients the layers run with each direction's recurrent weights
-    packed once; updates of any kind are seen at the next call."""
+def test_layer_sees_every_weight_update(mode):
+    """Without gradients, updates of any kind are seen at the next call, including those
+    that bypass torch's version counter (a fused optimizer, .data in place, writes
+    through a NumPy view): why pyrnn.torch does not cache packed weights by version."""
     torch.manual_seed(0)
     kw = dict(num_layers=2, bidirectional=True, **({"proj_size": 3} if mode == "LSTM" else {}))
     tm, pm = getattr(nn, mode)(I, H, **kw), getattr(pt, mode)(I, H, **kw)
@@ -319,6 +319,19 @@ def test_layer_packed_weights_follow_every_update(mode):
     pm.load_state_dict(sd)
     tm.load_state_dict(sd)
     check()
+    for m in (pm, tm):
+        opt = torch.optim.Adam(m.parameters(), lr=0.1, fused=True)
+        m(x)[0].sum().backward()
+        opt.step()
+    check()
+    for m in (pm, tm):
+        m.weight_ih_l0.data.mul_(0.5)
+        m.weight_hh_l0.detach().numpy()[:] *= -1.0
+    check()
+    with torch.inference_mode():
+        im = getattr(pt, mode)(I, H, **kw)
+        im.load_state_dict(tm.state_dict())
+        torch.testing.assert_close(im(x)[0], tm(x)[0], **TOL[torch.float32])
 
 
 def test_gru_cell_reset_before_matches_numpy_cell():
