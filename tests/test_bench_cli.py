@@ -23,7 +23,7 @@ ROW_KEYS = {
     "threads", "gflop", "status", "check", "check_errors", "pyrnn_ms", "pyrnn_gflops", "pct_peak", "pyrnn_reps",
     *(f"{p}_{k}" for p in ("torch", "ort", "jax", "torch_int8", "reference")
       for k in ("ms", "gflops", "ratio", "note")),
-    "best_peer", "best_peer_ms", "best_peer_ratio",
+    "best_peer", "best_peer_ms", "best_peer_ratio", "whh_gbs", "bound_level", "bound_gbs",
 }
 # The modules each new peer needs (the test of a peer is skipped without them).
 PEER_MODULES = {"ort": ("onnxruntime", "onnx", "torch"), "jax": ("jax",), "torch-int8": ("torch",)}
@@ -63,6 +63,8 @@ def test_gru_fwd_json_and_markdown(tmp_path, capsys):
         assert (r["cell"], r["mode"], r["threads"], r["status"], r["check"]) == ("gru", "fwd", 1, "ok", "ok")
         assert r["pyrnn_ms"] > 0 and r["pyrnn_gflops"] > 0 and r["pct_peak"] > 0 and r["pyrnn_reps"] >= 3
         assert r["reference_ms"] is None  # no --reference
+        if r["B"] <= 8:  # small batch, inference: the recurrent weights' read bandwidth and its bound
+            assert r["whh_gbs"] > 0 and r["bound_level"] in ("L2", "L3", "DRAM") and r["bound_gbs"] > 0
         if HAVE_TORCH:
             assert r["torch_ms"] > 0 and r["torch_ratio"] > 0
             assert report["torch"]
@@ -70,7 +72,8 @@ def test_gru_fwd_json_and_markdown(tmp_path, capsys):
             assert r["torch_ms"] is None and report["torch"] is None
 
     text = md.read_text()
-    assert "| case | mode | thr | pyrnn ms | GFLOP/s | % peak | torch ms | torch/pyrnn | check |" in text
+    assert ("| case | mode | thr | pyrnn ms | GFLOP/s | % peak | W_hh GB/s (bound) | torch ms | torch/pyrnn | check |"
+            in text)
     assert "|:---|:---|---:|" in text
     assert "python -m pyrnn.bench --tiny --threads 1 --quick --cells gru" in text
     assert "ISA " + pyrnn.isa() in text
@@ -391,3 +394,17 @@ def test_training_memory_measures_both_peers():
     for peer in peers:
         assert mem[peer] is not None and mem[peer] >= 0
     assert mem["saved_activations_mib"] > 0 and "B=4 T=5" in mem["shape"]
+
+
+def test_small_batch_rows_report_the_weights_bandwidth():
+    from pyrnn.bench import runner
+
+    row = {"mode": "fwd", "B": 4, "pyrnn_ms": 10.0, "threads": 2, "cell": "lstm", "H": 1024, "T": 25,
+           "lengths": None, "layers": 1, "bidirectional": False}
+    big = dict(row, B=64)
+    bw = {2: {"L2": {"gbs": 100.0}, "L3": {"gbs": 50.0}, "DRAM": {"gbs": 20.0}}}
+    runner.add_bandwidth([row, big], bw, {"L2": 2**20, "L3": 32 * 2**20})
+    # W_hh: 4*1024*1024*4 bytes = 16 MiB, 8 MiB a thread: L3; read 25 times in 10 ms
+    assert row["bound_level"] == "L3" and row["bound_gbs"] == 50.0
+    assert row["whh_gbs"] == pytest.approx(16 * 2**20 * 25 / 0.010 / 1e9)
+    assert big["whh_gbs"] is None and big["bound_level"] is None

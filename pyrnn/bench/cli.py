@@ -19,7 +19,7 @@ import pyrnn
 
 from .cases import MODES, PROFILES, SUITES, Profile, scaling_threads, select_cases
 from .report import PLOT_HINT, footnotes, render_markdown, render_text, write_plot
-from .runner import PEERS, field, measure_peaks, run_suite, training_memory
+from .runner import PEERS, add_bandwidth, field, measure_bandwidth, measure_peaks, run_suite, training_memory
 
 CELLS = ("lstm", "gru", "rnn")  # the families (pyrnn._cells.FAMILIES), in the suite's order
 
@@ -167,11 +167,13 @@ def main(argv: Optional[Sequence[Any]] = None) -> int:
         profile = dataclasses.replace(profile, min_reps=args.reps, max_reps=max(profile.max_reps, args.reps))
     meta = machine_info(args, argv, profile)  # first: the load average before we add to it
     peaks = meta["peak_gflops"] = measure_peaks(args.threads, profile)
+    bandwidth = meta["bandwidth_gbs"] = measure_bandwidth(args.threads, profile)
     cases = select_cases(profile, args.cells, args.suite)
     info: dict[str, Any] = {}
     rows = run_suite(cases, args.threads, args.modes, meta["peers"], profile, peaks,
                      isolate=not args.in_process, info=info)
     meta.update(info)
+    add_bandwidth(rows, bandwidth, pyrnn.cache_sizes())
     meta["torch"] = info["versions"].get("torch")
     meta["machine"]["load_average_at_end"] = load_average()
     if args.memory:

@@ -53,12 +53,24 @@ def best_cell(r: Row) -> str:
     return f"{r['best_peer_ratio']:.2f}x {PEER_SHORT[r['best_peer']]}"
 
 
-def table_columns(peers: Sequence[str]) -> list[Column]:
-    """The table's columns; peer columns only for the peers that ran."""
+WHH = "W_hh GB/s (bound)"
+
+
+def _whh(r: Row) -> str:
+    if r.get("whh_gbs") is None:
+        return ""
+    return f"{r['whh_gbs']:.0f} ({r['bound_level']} {r['bound_gbs']:.0f})"
+
+
+def table_columns(peers: Sequence[str], rows: Sequence[Row] = ()) -> list[Column]:
+    """The table's columns; peer columns only for the peers that ran; the W_hh
+    bandwidth column only when a row has it."""
     columns = _first_columns() + [
         ("GFLOP/s", lambda r: _fmt(r["pyrnn_gflops"], ".1f")),
         ("% peak", lambda r: _fmt(r["pct_peak"], ".1f", "%")),
     ]
+    if any(r.get("whh_gbs") is not None for r in rows):
+        columns.append((WHH, _whh))
     for peer in peers:
         columns += [(f"{PEER_SHORT[peer]} ms", lambda r, p=peer: _fmt(r[field(p, "ms")], ".3f")),
                     (f"{PEER_SHORT[peer]}/pyrnn", lambda r, p=peer: _fmt(r[field(p, "ratio")], ".2f", "x"))]
@@ -103,7 +115,7 @@ def scaling_table(rows: Sequence[Row], peers: Sequence[str], markdown: bool = Fa
 
 def format_table(rows: Sequence[Row], peers: Sequence[str], markdown: bool = False,
                  columns: Optional[list[Column]] = None) -> str:
-    columns = table_columns(peers) if columns is None else columns
+    columns = table_columns(peers, rows) if columns is None else columns
     cells = [[h for h, _ in columns]] + [[fn(r) for _, fn in columns] for r in rows]
     left = {i for i, (h, _) in enumerate(columns) if h in LEFT_COLUMNS}
     if markdown:
@@ -232,6 +244,13 @@ def footnotes(rows: Sequence[Row], meta: dict) -> list[str]:
            "over pyrnn's, and which peer it was." if show_best(peers) else ""),
         f"check: each peer's y (and dx for fwdbwd) vs pyrnn's, max abs diff / max(1, max|peer|) {tol}.",
     ]
+    if any(r.get("whh_gbs") is not None for r in rows):
+        bw = "; ".join(f"{t} thread{'s' if int(t) > 1 else ''}: " + ", ".join(f"{k} {v['gbs']:.0f}" for k, v in lv.items())
+                       for t, lv in meta.get("bandwidth_gbs", {}).items())
+        notes.append(f"{WHH} (inference, B <= 8, where a step reads all of W_hh for few FLOPs): the GB/s at which "
+                     "pyrnn's calls read the recurrent weights (G*H*H*4 bytes per layer, direction and step, over "
+                     "the whole call's time), and the bound: the measured read bandwidth (pyrnn.memory_bandwidth) "
+                     f"of the level one thread's share of W_hh fits in. Measured GB/s: {bw}.")
     if any(r["lengths"] for r in rows):
         given = ["torch gets a PackedSequence (pack_padded_sequence(enforce_sorted=False), padded back with "
                  "pad_packed_sequence)"]

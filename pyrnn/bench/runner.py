@@ -314,6 +314,31 @@ def measure_peaks(threads: Iterable[int], profile: Profile) -> dict[int, float]:
     return {t: max(pyrnn.fma_peak_gflops(t, profile.peak_seconds / 5) for _ in range(5)) for t in threads}
 
 
+def measure_bandwidth(threads: Iterable[int], profile: Profile) -> dict[int, dict]:
+    """Read bandwidth per cache level and thread count (pyrnn.memory_bandwidth)."""
+    return {t: pyrnn.memory_bandwidth(threads=t, seconds=max(0.01, profile.peak_seconds / 10)) for t in threads}
+
+
+SMALL_BATCH = 8  # rows with B <= this get the W_hh bandwidth column: their steps are bandwidth bound
+
+
+def add_bandwidth(rows: list, bandwidth: dict[int, dict], caches: dict[str, int]) -> None:
+    """For small-batch inference rows: the GB/s at which the time loop reads the recurrent
+    weights (every step reads each direction's W_hh once: G*H*H*4 bytes per layer and
+    direction, T steps), and the bound: the measured bandwidth of the level one thread's
+    share of a W_hh fits in."""
+    for r in rows:
+        r.update(whh_gbs=None, bound_level=None, bound_gbs=None)
+        if r["mode"] != "fwd" or r["B"] > SMALL_BATCH or not r["pyrnn_ms"] or r["threads"] not in bandwidth:
+            continue
+        whh = _cells.GATES[r["cell"]] * r["H"] * r["H"] * 4
+        steps = max(r["lengths"]) if r["lengths"] else r["T"]
+        share = whh / r["threads"]
+        level = next((k for k in ("L2", "L3") if share <= caches.get(k, 0)), "DRAM")
+        r.update(whh_gbs=whh * r["layers"] * (2 if r["bidirectional"] else 1) * steps / (r["pyrnn_ms"] / 1e3) / 1e9,
+                 bound_level=level, bound_gbs=bandwidth[r["threads"]][level]["gbs"])
+
+
 _current_threads: list[Optional[int]] = [None]
 
 
