@@ -8,6 +8,9 @@ import numpy as np
 
 from ._validation import check_dtype, to_numpy
 
+# pyrnn.functional's argument names -> PyTorch's parameter names (before the _l0 / _l0_reverse suffix)
+PARAM_NAMES = {"W_ih": "weight_ih", "W_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh", "W_hr": "weight_hr"}
+
 
 class Module:
     """Named parameters, gradients, train/eval and state dicts (as torch.nn.Module).
@@ -48,8 +51,7 @@ class Module:
 
     def _accumulate(self, g, suffix=""):
         """Adds the parameter gradients of a functional.backward result to ``grads``."""
-        for short, name in (("W_ih", "weight_ih"), ("W_hh", "weight_hh"), ("b_ih", "bias_ih"), ("b_hh", "bias_hh"),
-                            ("W_hr", "weight_hr")):
+        for short, name in PARAM_NAMES.items():
             if g[short] is not None:
                 self.grads[name + suffix] += g[short]
 

@@ -98,12 +98,15 @@ class _CellBase(_StepInputs, Module):
     def __call__(self, x, hx=None):
         return self.forward(x, hx)
 
+    def _weights(self):
+        """(W_ih, W_hh, b_ih, b_hh): the live arrays (updated in place, never replaced); biases None without bias."""
+        p = self._params
+        return p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh")
+
     def _step(self, x, h, c, unbatched):
         if self.training:
             self._saved = (x, h, c, unbatched)
-        p = self._params  # the arrays are updated in place, never replaced
-        return _core.cell_step(self.cell.kind, x, h, c, p["weight_ih"], p["weight_hh"], p.get("bias_ih"),
-                               p.get("bias_hh"))
+        return _core.cell_step(self.cell.kind, x, h, c, *self._weights())
 
     def forward(self, x, hx=None):
         """x [B, I] or [I]; hx: h [B, H] or [H] (LSTMCell: a tuple (h, c) of those), or None.
@@ -121,8 +124,7 @@ class _CellBase(_StepInputs, Module):
             raise RuntimeError(f"{type(self).__name__}.backward needs a call in training mode first")
         x, h, c, unbatched = self._saved
         self._saved = None
-        p = self._params
-        weights = (p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"))
+        weights = self._weights()
         shape = x.shape[:1] + (self.hidden_size,)
         dh1 = None if dh1 is None else cell_array(self, "dh1", np.reshape(dh1, shape), self.hidden_size)
         if dc1 is not None:
@@ -192,21 +194,19 @@ class FrozenCell(_StepInputs):
     def __init__(self, cell):
         if not isinstance(cell, _CellBase):
             raise TypeError(f"FrozenCell needs a pyrnn RNNCell, LSTMCell or GRUCell, got {type(cell).__name__}")
-        p = cell._params
         self.cell, self.dtype = cell.cell, cell.dtype
         self.input_size, self.hidden_size, self.bias = cell.input_size, cell.hidden_size, cell.bias
         self._name = type(cell).__name__
         # the snapshot, kept to copy and pickle the frozen cell (packed again on load)
-        self._weights = tuple(None if p.get(k) is None else p[k].copy()
-                              for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-        self._packed = _core.PackedCell(cell.cell.kind, *self._weights)
+        self._snapshot = tuple(None if w is None else w.copy() for w in cell._weights())
+        self._packed = _core.PackedCell(cell.cell.kind, *self._snapshot)
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k != "_packed"}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._packed = _core.PackedCell(self.cell.kind, *self._weights)
+        self._packed = _core.PackedCell(self.cell.kind, *self._snapshot)
 
     @property
     def nbytes(self):

@@ -25,7 +25,7 @@ import numpy as np
 from . import _stack
 from . import functional as F
 from ._cells import cell_spec
-from ._module import Module
+from ._module import PARAM_NAMES, Module
 from ._validation import (array_like, check_lengths, check_positive_int, check_probability, layer_input,
                           layer_states, make_rng)
 
@@ -71,7 +71,7 @@ class _RNNBase(Module):
         bound = 1.0 / math.sqrt(H)
         for layer in range(self.num_layers):
             in_size = self.input_size if layer == 0 else H_out * self.num_directions
-            for suffix in self._suffixes(layer):
+            for suffix in (_stack.param_suffix(layer, d) for d in range(self.num_directions)):
                 self._add_param(f"weight_ih{suffix}", (G * H, in_size), self._rng, bound)
                 self._add_param(f"weight_hh{suffix}", (G * H, H_out), self._rng, bound)
                 if self.bias:
@@ -88,12 +88,8 @@ class _RNNBase(Module):
         """The parameters of one layer and direction (0 forward, 1 reverse), by
         :mod:`pyrnn.functional`'s names: W_ih, W_hh, b_ih, b_hh, W_hr (None when absent)."""
         sfx = _stack.param_suffix(layer, direction)
-        p = self._params
-        return {"W_ih": p[f"weight_ih{sfx}"], "W_hh": p[f"weight_hh{sfx}"], "b_ih": p.get(f"bias_ih{sfx}"),
-                "b_hh": p.get(f"bias_hh{sfx}"), "W_hr": p.get(f"weight_hr{sfx}")}
+        return {short: self._params.get(name + sfx) for short, name in PARAM_NAMES.items()}
 
-    def _suffixes(self, layer):
-        return [_stack.param_suffix(layer, d) for d in range(self.num_directions)]
 
     def __repr__(self):
         extra = "".join([
@@ -122,9 +118,8 @@ class _RNNBase(Module):
         if (w["b_ih"] is None) == self.bias:
             raise ValueError(f"the layer has bias={self.bias} but the Keras weights "
                              f"{'have no' if w['b_ih'] is None else 'have a'} bias")
-        sfx = self._suffixes(layer)[direction]
-        names = {"W_ih": "weight_ih", "W_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh"}
-        self.load_state_dict({names[k] + sfx: v for k, v in w.items() if v is not None}, strict=False)
+        sfx = _stack.param_suffix(layer, direction)
+        self.load_state_dict({PARAM_NAMES[k] + sfx: v for k, v in w.items() if v is not None}, strict=False)
 
     # ------------------------------------------------------------------ forward
 

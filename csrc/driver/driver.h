@@ -663,12 +663,14 @@ void backward_impl(const Workspace<T>& w, const ForwardArgs<T>& a, const Backwar
   with_cell(a.cell, a.P > 0, [&](auto cell) { backward_cell<T, decltype(cell)>(w, a, g, nthreads); });
 }
 
+template <class T>
+constexpr KernelOps<T> make_ops() {
+  return {&forward_impl<T>,   &backward_impl<T>,    &cell_step_impl<T>,
+          &pack_cell_impl<T>, &packed_step_impl<T>, &pack_recurrence_impl<T>};
+}
+
 inline const KernelTable& make_table() {
-  static const KernelTable table{&forward_impl<float>,   &forward_impl<double>,   &backward_impl<float>,
-                                 &backward_impl<double>, &fma_peak_gflops,        &cell_step_impl<float>,
-                                 &cell_step_impl<double>, &read_bandwidth_gbs,    &pack_cell_impl<float>,
-                                 &pack_cell_impl<double>, &packed_step_impl<float>, &packed_step_impl<double>,
-                                 &pack_recurrence_impl<float>, &pack_recurrence_impl<double>};
+  static const KernelTable table{make_ops<float>(), make_ops<double>(), &fma_peak_gflops, &read_bandwidth_gbs};
   return table;
 }
 

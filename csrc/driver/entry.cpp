@@ -18,23 +18,11 @@ const KernelTable& kernels_for(Isa isa) {
   return kernels_baseline();
 }
 
-namespace {
+// The kernels of dtype T at an ISA level.
 template <class T>
-void run_forward(const KernelTable& k, const ForwardArgs<T>& a, Workspace<T>& w, bool tr, int nth) {
-  if constexpr (std::is_same_v<T, float>)
-    k.forward_f32(a, w, tr, nth);
-  else
-    k.forward_f64(a, w, tr, nth);
+const KernelOps<T>& ops_for(Isa isa) {
+  return kernels_for(isa).ops<T>();
 }
-template <class T>
-void run_backward(const KernelTable& k, const Workspace<T>& w, const ForwardArgs<T>& a, const BackwardArgs<T>& g,
-                  int nth) {
-  if constexpr (std::is_same_v<T, float>)
-    k.backward_f32(w, a, g, nth);
-  else
-    k.backward_f64(w, a, g, nth);
-}
-}  // namespace
 
 // What the adaptive thread choice keys a sequence call on: the entry point,
 // cell, dtype, ISA and shape, but not T or the lengths (time is compared per
@@ -60,7 +48,7 @@ WorkspacePtr<T> sequence_forward(const ForwardArgs<T>& args, bool training, int 
   {
     ThreadChoice choice(sequence_key(training ? 1 : 2, args, w->isa), nthreads, recurrent_flops_per_step(args),
                         double(w->sched.rows));
-    run_forward(kernels_for(w->isa), args, *w, training, choice.threads());
+    ops_for<T>(w->isa).forward(args, *w, training, choice.threads());
   }
   if (!training) w.reset();
   return w;
@@ -70,7 +58,7 @@ template <class T>
 void sequence_backward(const Workspace<T>& ws, const ForwardArgs<T>& fwd, const BackwardArgs<T>& args, int nthreads) {
   ThreadChoice choice(sequence_key(3, fwd, ws.isa), nthreads, 2 * recurrent_flops_per_step(fwd), double(ws.sched.rows));
   // Backward runs on the level that ran forward: the saved layout depends on it.
-  run_backward(kernels_for(ws.isa), ws, fwd, args, choice.threads());
+  ops_for<T>(ws.isa).backward(ws, fwd, args, choice.threads());
 }
 
 template <class T>
@@ -92,12 +80,7 @@ int step_threads(const CellStepArgs<T>& args, Isa isa, int entry, int nthreads) 
 template <class T>
 void cell_step(const CellStepArgs<T>& args, int nthreads) {
   const Isa isa = isa_selected();
-  const KernelTable& k = kernels_for(isa);
-  const int nth = step_threads(args, isa, 4, nthreads);
-  if constexpr (std::is_same_v<T, float>)
-    k.cell_f32(args, nth);
-  else
-    k.cell_f64(args, nth);
+  ops_for<T>(isa).cell_step(args, step_threads(args, isa, 4, nthreads));
 }
 template void cell_step(const CellStepArgs<float>&, int);
 template void cell_step(const CellStepArgs<double>&, int);
@@ -106,25 +89,16 @@ template <class T>
 PackedCellPtr<T> pack_cell(const CellStepArgs<T>& weights) {
   PackedCellPtr<T> p(new PackedCell<T>());
   p->isa = isa_selected();
-  const KernelTable& k = kernels_for(p->isa);
-  if constexpr (std::is_same_v<T, float>)
-    k.pack_cell_f32(weights, *p);
-  else
-    k.pack_cell_f64(weights, *p);
+  ops_for<T>(p->isa).pack_cell(weights, *p);
   return p;
 }
 
 template <class T>
 void packed_cell_step(const PackedCell<T>& p, const CellStepArgs<T>& args, int nthreads) {
   // The level that packed the weights runs the step: the layout depends on it.
-  const KernelTable& k = kernels_for(p.isa);
   CellStepArgs<T> a = args;
   a.cell = p.cell, a.I = p.I, a.H = p.H;
-  const int nth = step_threads(a, p.isa, 5, nthreads);
-  if constexpr (std::is_same_v<T, float>)
-    k.packed_step_f32(p, a, nth);
-  else
-    k.packed_step_f64(p, a, nth);
+  ops_for<T>(p.isa).packed_step(p, a, step_threads(a, p.isa, 5, nthreads));
 }
 
 template <class T>
@@ -136,11 +110,7 @@ template <class T>
 PackedRecurrencePtr<T> pack_recurrence(const ForwardArgs<T>& weights) {
   PackedRecurrencePtr<T> p(new PackedRecurrence<T>());
   p->isa = isa_selected();
-  const KernelTable& k = kernels_for(p->isa);
-  if constexpr (std::is_same_v<T, float>)
-    k.pack_recurrence_f32(weights, *p);
-  else
-    k.pack_recurrence_f64(weights, *p);
+  ops_for<T>(p->isa).pack_recurrence(weights, *p);
   return p;
 }
 
@@ -156,8 +126,6 @@ template PackedRecurrencePtr<float> pack_recurrence(const ForwardArgs<float>&);
 template PackedRecurrencePtr<double> pack_recurrence(const ForwardArgs<double>&);
 template int64_t packed_recurrence_bytes(const PackedRecurrence<float>&);
 template int64_t packed_recurrence_bytes(const PackedRecurrence<double>&);
-template struct PackedRecurrenceDeleter<float>;
-template struct PackedRecurrenceDeleter<double>;
 
 template PackedCellPtr<float> pack_cell(const CellStepArgs<float>&);
 template PackedCellPtr<double> pack_cell(const CellStepArgs<double>&);
@@ -165,8 +133,6 @@ template void packed_cell_step(const PackedCell<float>&, const CellStepArgs<floa
 template void packed_cell_step(const PackedCell<double>&, const CellStepArgs<double>&, int);
 template int64_t packed_cell_bytes(const PackedCell<float>&);
 template int64_t packed_cell_bytes(const PackedCell<double>&);
-template struct PackedCellDeleter<float>;
-template struct PackedCellDeleter<double>;
 
 double measure_fma_peak_gflops(int nthreads, double seconds) {
   return kernels_for(isa_selected()).fma_peak(std::max(1, nthreads), seconds);
@@ -183,7 +149,11 @@ template void sequence_backward(const Workspace<double>&, const ForwardArgs<doub
                                 int);
 template int64_t workspace_bytes(const Workspace<float>&);
 template int64_t workspace_bytes(const Workspace<double>&);
-template struct WorkspaceDeleter<float>;
-template struct WorkspaceDeleter<double>;
+template struct OpaqueDeleter<Workspace<float>>;
+template struct OpaqueDeleter<Workspace<double>>;
+template struct OpaqueDeleter<PackedCell<float>>;
+template struct OpaqueDeleter<PackedCell<double>>;
+template struct OpaqueDeleter<PackedRecurrence<float>>;
+template struct OpaqueDeleter<PackedRecurrence<double>>;
 
 }  // namespace pyrnn

@@ -1,25 +1,36 @@
 // One table of entry points per ISA translation unit; picked once per call.
 #pragma once
+#include <type_traits>
+
 #include "../runtime/workspace.h"
 #include "pyrnn/api.h"
 
 namespace pyrnn {
 
+// The kernels of one dtype.
+template <class T>
+struct KernelOps {
+  void (*forward)(const ForwardArgs<T>&, Workspace<T>&, bool training, int nthreads);
+  void (*backward)(const Workspace<T>&, const ForwardArgs<T>&, const BackwardArgs<T>&, int nthreads);
+  void (*cell_step)(const CellStepArgs<T>&, int nthreads);
+  void (*pack_cell)(const CellStepArgs<T>&, PackedCell<T>&);
+  void (*packed_step)(const PackedCell<T>&, const CellStepArgs<T>&, int nthreads);
+  void (*pack_recurrence)(const ForwardArgs<T>&, PackedRecurrence<T>&);
+};
+
 struct KernelTable {
-  void (*forward_f32)(const ForwardArgs<float>&, Workspace<float>&, bool training, int nthreads);
-  void (*forward_f64)(const ForwardArgs<double>&, Workspace<double>&, bool training, int nthreads);
-  void (*backward_f32)(const Workspace<float>&, const ForwardArgs<float>&, const BackwardArgs<float>&, int);
-  void (*backward_f64)(const Workspace<double>&, const ForwardArgs<double>&, const BackwardArgs<double>&, int);
+  KernelOps<float> f32;
+  KernelOps<double> f64;
   double (*fma_peak)(int nthreads, double seconds);
-  void (*cell_f32)(const CellStepArgs<float>&, int nthreads);
-  void (*cell_f64)(const CellStepArgs<double>&, int nthreads);
   double (*read_bandwidth)(int64_t bytes, int nthreads, double seconds);
-  void (*pack_cell_f32)(const CellStepArgs<float>&, PackedCell<float>&);
-  void (*pack_cell_f64)(const CellStepArgs<double>&, PackedCell<double>&);
-  void (*packed_step_f32)(const PackedCell<float>&, const CellStepArgs<float>&, int nthreads);
-  void (*packed_step_f64)(const PackedCell<double>&, const CellStepArgs<double>&, int nthreads);
-  void (*pack_recurrence_f32)(const ForwardArgs<float>&, PackedRecurrence<float>&);
-  void (*pack_recurrence_f64)(const ForwardArgs<double>&, PackedRecurrence<double>&);
+
+  template <class T>
+  const KernelOps<T>& ops() const {
+    if constexpr (std::is_same_v<T, float>)
+      return f32;
+    else
+      return f64;
+  }
 };
 
 const KernelTable& kernels_baseline();

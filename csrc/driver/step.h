@@ -4,7 +4,7 @@
 //   along the contiguous K (pyrnn.LSTMCell and friends);
 // - packed_step: weights packed once (pack_cell) into the GEMM's column panels,
 //   so a step is the micro-kernel over x and h rows with no horizontal sums
-//   (frozen cells, pyrnn.torch's cells without gradients).
+//   (pyrnn's frozen cells).
 // Both hand each vector of units to the cell's step() (csrc/cells/).
 #pragma once
 #include <omp.h>
@@ -91,35 +91,33 @@ void cell_step_cell(const CellStepArgs<T>& a, int nthreads) {
 
 // ------------------------------------------------------------ packed weights --
 
-// Column panels of W^T for rows [n0, n1) of a row-major W [*, K]: panel q is
-// [K][NR] with element (k, n) = W[n0 + q*NR + n][k], zero past n1.
-template <class T>
-void pack_columns(const T* W, int64_t K, int64_t n0, int64_t n1, int64_t NR, AlignedBuffer<T>& out) {
-  const int64_t np = (n1 - n0 + NR - 1) / NR;
+// Column panels of W^T: panel q is [K][NR], its column n holding row
+// row_of(q*NR + n) of a row-major W [*, K] (zeros for a negative row or a
+// column at or past ncols).
+template <class T, class RowOf>
+void pack_column_panels(const T* W, int64_t K, int64_t ncols, int64_t NR, RowOf row_of, AlignedBuffer<T>& out) {
+  const int64_t np = (ncols + NR - 1) / NR;
   out.reserve(size_t(std::max<int64_t>(1, np * K * NR)));
   T* o = out.data();
   for (int64_t q = 0; q < np; ++q)
     for (int64_t k = 0; k < K; ++k)
       for (int64_t n = 0; n < NR; ++n) {
-        const int64_t row = n0 + q * NR + n;
-        o[(q * K + k) * NR + n] = row < n1 ? W[row * K + k] : T(0);
+        const int64_t c = q * NR + n, row = c < ncols ? row_of(c) : -1;
+        o[(q * K + k) * NR + n] = row >= 0 ? W[row * K + k] : T(0);
       }
 }
 
-// Column panels of W^T for a gate-major W [G*H, K] whose gate groups are
-// padded to Hp columns (the input projection's layout): column g*Hp + u is
-// row g*H + u of W, zero for u >= H.
+// Rows [n0, n1) of W as column panels.
+template <class T>
+void pack_columns(const T* W, int64_t K, int64_t n0, int64_t n1, int64_t NR, AlignedBuffer<T>& out) {
+  pack_column_panels(W, K, n1 - n0, NR, [n0](int64_t c) { return n0 + c; }, out);
+}
+
+// A gate-major W [G*H, K] as column panels in the input projection's layout,
+// each gate group padded to Hp columns: column g*Hp + u is row g*H + u.
 template <class T>
 void pack_gate_columns(const T* W, int G, int64_t H, int64_t Hp, int64_t K, int64_t NR, AlignedBuffer<T>& out) {
-  const int64_t N = G * Hp, np = (N + NR - 1) / NR;
-  out.reserve(size_t(np * K * NR));
-  T* o = out.data();
-  for (int64_t q = 0; q < np; ++q)
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t n = 0; n < NR; ++n) {
-        const int64_t c = q * NR + n, u = c % Hp;
-        o[(q * K + k) * NR + n] = c < N && u < H ? W[((c / Hp) * H + u) * K + k] : T(0);
-      }
+  pack_column_panels(W, K, G * Hp, NR, [H, Hp](int64_t c) { return c % Hp < H ? c / Hp * H + c % Hp : -1; }, out);
 }
 
 template <class T>

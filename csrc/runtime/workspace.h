@@ -67,11 +67,6 @@ struct PackedCell {
   AlignedBuffer<T> b_ih, b_hh;  // [N]; zeros without bias
 };
 
-template <class T>
-void PackedCellDeleter<T>::operator()(PackedCell<T>* p) const {
-  delete p;
-}
-
 // A layer direction's recurrent weights packed once (pyrnn/api.h): one buffer
 // per step phase of the cell (csrc/cells/), each holding every block's panel.
 template <class T>
@@ -86,11 +81,6 @@ struct PackedRecurrence {
   int64_t NR = 0;
 };
 
-template <class T>
-void PackedRecurrenceDeleter<T>::operator()(PackedRecurrence<T>* p) const {
-  delete p;
-}
-
 // Row stride for n elements: strides that are multiples of 1 KiB put the rows
 // a micro-kernel reads together into the same L1 sets (4K aliasing), so such
 // strides get one extra cache line (as oneDNN's get_good_ld does).
@@ -99,9 +89,9 @@ inline int64_t good_ld(int64_t n) {
   return (n * int64_t(sizeof(T))) % 1024 == 0 ? n + 64 / int64_t(sizeof(T)) : n;
 }
 
-template <class T>
-void WorkspaceDeleter<T>::operator()(Workspace<T>* w) const {
-  delete w;
+template <class X>
+void OpaqueDeleter<X>::operator()(X* p) const {
+  delete p;
 }
 
 }  // namespace pyrnn

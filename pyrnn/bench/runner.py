@@ -26,6 +26,7 @@ import numpy as np
 import pyrnn
 from pyrnn import _cells, _stack
 from pyrnn import functional as F
+from pyrnn._module import PARAM_NAMES
 from pyrnn import reference as R
 from pyrnn.testing import run_backward, run_forward
 
@@ -54,7 +55,6 @@ def _import_torch() -> Optional[ModuleType]:
     return torch
 
 
-FUNCTIONAL_ARGS = {"W_ih": "weight_ih", "W_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh"}
 
 
 def _functional_forward(module: ModuleType, case: Case, inputs: dict, training: bool,
@@ -64,7 +64,7 @@ def _functional_forward(module: ModuleType, case: Case, inputs: dict, training: 
 
     def run(layer: int, d: int, x: np.ndarray) -> Tuple[np.ndarray, Any]:
         names = param_names(layer, d)
-        p = {arg: inputs["params"][names[key]] for arg, key in FUNCTIONAL_ARGS.items()}
+        p = {arg: inputs["params"][names[key]] for arg, key in PARAM_NAMES.items() if key in names}
         kw = {} if packed is None else {"packed": packed[layer * case.directions + d]}
         out, cache = run_forward(module, case.variant, dict(p, x=x), lengths=inputs["lengths"],
                                  reverse=bool(d), training=training, **kw)

@@ -53,12 +53,17 @@ struct ForwardArgs {
 template <class T>
 struct Workspace;
 
-template <class T>
-struct WorkspaceDeleter {
-  void operator()(Workspace<T>* w) const;
+// Owning pointers to the types above whose layout only the kernels see
+// (defined in runtime/workspace.h, instantiated in driver/entry.cpp).
+template <class X>
+struct OpaqueDeleter {
+  void operator()(X* p) const;
 };
+template <class X>
+using OpaquePtr = std::unique_ptr<X, OpaqueDeleter<X>>;
+
 template <class T>
-using WorkspacePtr = std::unique_ptr<Workspace<T>, WorkspaceDeleter<T>>;
+using WorkspacePtr = OpaquePtr<Workspace<T>>;
 
 template <class Real>
 struct BackwardArgs {
@@ -106,19 +111,15 @@ struct CellStepArgs {
 template <class T>
 void cell_step(const CellStepArgs<T>& args, int nthreads);
 
-// A cell's weights packed once for many steps (pyrnn's frozen cells, the
-// pyrnn.torch cells without gradients): W_ih^T and W_hh^T in the GEMM's
+// A cell's weights packed once for many steps (pyrnn's frozen cells):
+// W_ih^T and W_hh^T in the GEMM's
 // column panels, laid out for the ISA level selected when packing, which
 // every step then uses. Owns copies: the arrays packed from may change
 // afterwards without effect.
 template <class T>
 struct PackedCell;
 template <class T>
-struct PackedCellDeleter {
-  void operator()(PackedCell<T>* p) const;
-};
-template <class T>
-using PackedCellPtr = std::unique_ptr<PackedCell<T>, PackedCellDeleter<T>>;
+using PackedCellPtr = OpaquePtr<PackedCell<T>>;
 
 // Packs args.cell, I, H, W_ih, W_hh, b_ih, b_hh (the other fields are ignored).
 template <class T>
@@ -135,14 +136,10 @@ int64_t packed_cell_bytes(const PackedCell<T>& packed);
 
 // A layer direction's recurrent weights (W_hh, and W_hr with a projection)
 // packed once into the step GEMM's panels, for many sequence_forward calls
-// (ForwardArgs::packed): frozen layers, pyrnn.torch without gradients. A copy,
+// (ForwardArgs::packed): frozen layers, functional.pack_weights. A copy,
 // laid out for the ISA level selected when packing, which those calls then use.
 template <class T>
-struct PackedRecurrenceDeleter {
-  void operator()(PackedRecurrence<T>* p) const;
-};
-template <class T>
-using PackedRecurrencePtr = std::unique_ptr<PackedRecurrence<T>, PackedRecurrenceDeleter<T>>;
+using PackedRecurrencePtr = OpaquePtr<PackedRecurrence<T>>;
 
 // Packs weights.cell, I, H, P, W_hh, W_hr (the other fields are ignored).
 template <class T>

@@ -40,7 +40,6 @@ inline constexpr CellInfo kCells[] = {
     PYRNN_CELLS(PYRNN_CELL_INFO)
 #undef PYRNN_CELL_INFO
 };
-inline constexpr int kNumCells = int(sizeof(kCells) / sizeof(kCells[0]));
 
 constexpr const CellInfo& cell_info(CellKind k) { return kCells[int(k)]; }
 constexpr int gates_of(CellKind k) { return cell_info(k).gates; }
