@@ -164,6 +164,21 @@ def check_dtype(dtype):
     return dt
 
 
+_PRECISIONS = {None: "same", "same": "same", "int8": "int8", "bf16": "bf16", "bfloat16": "bf16"}
+
+
+def check_precision(precision, dtype):
+    """The kernels' name ("same", "int8", "bf16") of a weight precision for
+    inference: None or "same" (the weights' dtype), "int8", "bf16"/"bfloat16"."""
+    key = precision.lower() if isinstance(precision, str) else precision
+    if not (key is None or isinstance(key, str)) or key not in _PRECISIONS:
+        raise ValueError(f"precision must be None, 'same', 'int8' or 'bf16', got {precision!r}")
+    name = _PRECISIONS[key]
+    if name != "same" and np.dtype(dtype) != np.float32:
+        raise TypeError(f"precision {precision!r} needs float32 weights, got {np.dtype(dtype)}")
+    return name
+
+
 def make_rng(seed, rng):
     if rng is not None and seed is not None:
         raise ValueError("give either seed or rng, not both")

@@ -24,7 +24,7 @@ from . import _core
 from . import functional as F
 from ._cells import cell_spec
 from ._module import Module
-from ._validation import cell_array, check_positive_int, make_rng
+from ._validation import cell_array, check_positive_int, check_precision, make_rng
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "FrozenCell"]
 
@@ -113,9 +113,10 @@ class _CellBase(_StepInputs, Module):
         Returns h' (LSTMCell: (h', c'))."""
         return self._call(x, hx, self._step)
 
-    def freeze(self):
-        """A :class:`FrozenCell`: this cell for inference, its weights packed once."""
-        return FrozenCell(self)
+    def freeze(self, precision=None):
+        """A :class:`FrozenCell`: this cell for inference, its weights packed once;
+        ``precision`` "int8" or "bf16" as in :meth:`pyrnn.LSTM.freeze`."""
+        return FrozenCell(self, precision)
 
     def backward(self, dh1=None, dc1=None):
         """Gradients of the last training-mode step: returns (dx, dh) or, for the
@@ -191,22 +192,24 @@ class FrozenCell(_StepInputs):
     use new ones. No training mode, no backward.
     """
 
-    def __init__(self, cell):
+    def __init__(self, cell, precision=None):
         if not isinstance(cell, _CellBase):
             raise TypeError(f"FrozenCell needs a pyrnn RNNCell, LSTMCell or GRUCell, got {type(cell).__name__}")
+        self.precision = check_precision(precision, cell.dtype)
         self.cell, self.dtype = cell.cell, cell.dtype
         self.input_size, self.hidden_size, self.bias = cell.input_size, cell.hidden_size, cell.bias
         self._name = type(cell).__name__
         # the snapshot, kept to copy and pickle the frozen cell (packed again on load)
         self._snapshot = tuple(None if w is None else w.copy() for w in cell._weights())
-        self._packed = _core.PackedCell(cell.cell.kind, *self._snapshot)
+        self._packed = _core.PackedCell(cell.cell.kind, *self._snapshot, precision=self.precision)
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k != "_packed"}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._packed = _core.PackedCell(self.cell.kind, *self._snapshot)
+        self.precision = state.get("precision", "same")  # (absent in cells pickled before it existed)
+        self._packed = _core.PackedCell(self.cell.kind, *self._snapshot, precision=self.precision)
 
     @property
     def nbytes(self):
@@ -214,7 +217,8 @@ class FrozenCell(_StepInputs):
         return self._packed.nbytes
 
     def __repr__(self):
-        return f"FrozenCell({self._name}({self.input_size}, {self.hidden_size}{'' if self.bias else ', bias=False'}))"
+        prec = "" if self.precision == "same" else f", precision={self.precision!r}"
+        return f"FrozenCell({self._name}({self.input_size}, {self.hidden_size}{'' if self.bias else ', bias=False'}){prec})"
 
     def __call__(self, x, hx=None):
         """x [B, I] or [I]; hx: h (LSTM: a tuple (h, c)), or None. Returns h' (LSTM: (h', c'))."""

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _core
 from ._cells import BY_KIND, GATES, cell_spec
-from ._validation import check_forward, check_grads
+from ._validation import check_forward, check_grads, check_precision
 
 __all__ = [
     "forward",
@@ -87,6 +87,8 @@ def _forward(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training
         raise TypeError(f"packed must be the result of pyrnn.functional.pack_weights, got {type(packed).__name__}")
     if packed is not None and packed.cell != spec.kind:
         raise ValueError(f"packed holds weights of a {BY_KIND[packed.cell].name} cell, not {spec.name}")
+    if packed is not None and training and packed.precision != "same":
+        raise ValueError(f"packed holds {packed.precision} weights, which are for inference: pass training=False")
     return _core.sequence_forward(spec.kind, _c(a.x), _c(h0), _c(c0), _c(a.W_ih), _c(a.W_hh), _c(a.b_ih),
                                   _c(a.b_hh), lengths64, bool(reverse), bool(training), _c(a.W_hr), _c(a.h_mask),
                                   packed)
@@ -167,7 +169,7 @@ def gru_backward(ws, dy=None, dh_n=None, *, return_dh_seq=False):
     return out + (dh_seq,) if return_dh_seq else out
 
 
-def pack_weights(cell, W_ih, W_hh, W_hr=None, *, nonlinearity="tanh", reset_after=True):
+def pack_weights(cell, W_ih, W_hh, W_hr=None, *, nonlinearity="tanh", reset_after=True, precision=None):
     """The weights W_ih, W_hh (and W_hr with a projection) packed once into the
     kernels' layout, for many :func:`forward` calls with ``packed=`` (inference of
     a layer whose weights do not change: each call then skips packing them).
@@ -177,12 +179,21 @@ def pack_weights(cell, W_ih, W_hh, W_hr=None, *, nonlinearity="tanh", reset_afte
     dtype are checked against it), so pass it only with the very W_ih, W_hh and
     W_hr it was made from, unchanged since. The biases are read from each call.
     ``layer.freeze()`` does this safely (read-only copies).
+
+    ``precision`` (float32 weights, inference only): "int8" stores W_ih, W_hh
+    (and W_hr) as int8 with a scale per row and quantises the activations
+    they multiply (x, h) per row at each call and step, summing in int32, as
+    torch's ``quantize_dynamic`` does; "bf16" stores them as bfloat16 and
+    multiplies fp32 activations with fp32 sums. Biases and the gates' math
+    stay float32. :func:`pyrnn.reference.lstm_forward` (``precision=``) gives
+    the same arithmetic in NumPy. None or "same": the weights' own dtype.
     """
     spec = cell_spec(cell, nonlinearity=nonlinearity, reset_after=reset_after)
     W_ih = np.asarray(W_ih)
     stand_in = np.broadcast_to(np.zeros((), W_ih.dtype), (1, 1, W_ih.shape[-1] if W_ih.ndim == 2 else 1))
     a = check_forward(spec.family, stand_in, {"h0": None}, W_ih, W_hh, None, None, None, W_hr=W_hr)
-    return _core.PackedRecurrence(spec.kind, _c(a.W_ih), _c(a.W_hh), _c(a.W_hr))
+    name = check_precision(precision, a.W_ih.dtype)
+    return _core.PackedRecurrence(spec.kind, _c(a.W_ih), _c(a.W_hh), _c(a.W_hr), precision=name)
 
 
 def forward(cell, x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", reset_after=True,

@@ -26,8 +26,8 @@ from . import _stack
 from . import functional as F
 from ._cells import cell_spec
 from ._module import PARAM_NAMES, Module
-from ._validation import (array_like, check_lengths, check_positive_int, check_probability, layer_input,
-                          layer_states, make_rng)
+from ._validation import (array_like, check_lengths, check_positive_int, check_precision, check_probability,
+                          layer_input, layer_states, make_rng)
 
 __all__ = ["RNN", "LSTM", "GRU", "Linear"]
 
@@ -64,6 +64,7 @@ class _RNNBase(Module):
         self._rng = make_rng(seed, rng)
         self._saved = None
         self._packed = {}  # (layer, direction) -> packed recurrent weights, in a freeze() copy
+        self._precision = "same"  # of the packed weights (freeze(precision=))
         self.cell = cell_spec(mode.lower(), nonlinearity=nonlinearity, reset_after=reset_after)
 
         G, H, P = self.cell.gates, self.hidden_size, self.proj_size
@@ -103,7 +104,9 @@ class _RNNBase(Module):
             ", reset_after=False" if self.mode == "GRU" and not self.reset_after else "",
             f", recurrent_dropout={self.recurrent_dropout}" if self.recurrent_dropout else "",
         ])
-        return f"{self.mode}({self.input_size}, {self.hidden_size}{extra}){'.freeze()' if self._packed else ''}"
+        prec = getattr(self, "_precision", "same")
+        frozen = f".freeze(precision={prec!r})" if prec != "same" else ".freeze()"
+        return f"{self.mode}({self.input_size}, {self.hidden_size}{extra}){frozen if self._packed else ''}"
 
     def load_keras_weights(self, kernel, recurrent_kernel, bias=None, *, layer=0, direction=0):
         """Loads one Keras layer's weights (``layer.get_weights()``) into layer `layer`,
@@ -140,19 +143,33 @@ class _RNNBase(Module):
                          nonlinearity=self.nonlinearity, reset_after=self.reset_after, h_mask=h_mask,
                          lengths=lengths, reverse=direction == 1, training=training, packed=packed)
 
-    def freeze(self):
+    def freeze(self, precision=None):
         """An inference-only copy of this layer with its recurrent weights packed once.
 
         Called like the layer in eval mode, with the same results; each call
         skips packing W_hh (worth most for short sequences and small batches).
         Its parameters are read-only copies, so nothing can change them under
         the packed weights; train() raises. Freeze again after training steps.
+
+        precision (float32 layers): "int8" (weights with a scale per row,
+        activations quantised per row dynamically, int32 sums: torch's
+        ``quantize_dynamic``) or "bf16" (bfloat16 weights, fp32 sums) for
+        W_ih, W_hh and W_hr; the results then differ from the float32
+        layer's by the rounding of those (:func:`pyrnn.functional.pack_weights`).
+        None: the layer's dtype, same results.
         """
+        name = check_precision(precision, self.dtype)
         frozen = copy.deepcopy(self)
         frozen.training, frozen._saved = False, None
         frozen.grads.clear()
+        frozen._precision = name
         frozen._pack()
         return frozen
+
+    @property
+    def precision(self):
+        """Precision of the weights in the products: "same" (the dtype), or a frozen copy's "int8" / "bf16"."""
+        return getattr(self, "_precision", "same")  # (absent in layers pickled before it existed)
 
     def _pack(self):
         for a in self._params.values():
@@ -162,6 +179,7 @@ class _RNNBase(Module):
             for d in range(self.num_directions):
                 p = self.direction_params(layer, d)
                 self._packed[layer, d] = F.pack_weights(self.cell.family, p["W_ih"], p["W_hh"], p["W_hr"],
+                                                        precision=self.precision,
                                                         nonlinearity=self.nonlinearity, reset_after=self.reset_after)
 
     def __getstate__(self):  # copies and pickles of a frozen layer pack again

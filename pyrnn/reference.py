@@ -97,9 +97,84 @@ def _sigmoid(v):
 
 
 def _affine(v, W, b):
-    """v @ W.T + b, with b possibly None."""
-    out = v @ W.T
+    """v @ W.T + b, with b possibly None; W may be a :func:`lower_weights` result."""
+    if isinstance(W, _Int8Weights):
+        qa, sa = quantize_rows_int8(v)
+        out = (qa.astype(np.int64) @ W.q.T.astype(np.int64)).astype(np.float32) * (sa[:, None] * W.scale[None, :])
+    else:
+        out = v @ W.T
     return out if b is None else out + b
+
+
+# --------------------------------------------------------------------------
+# reduced-precision weights (the kernels' int8 and bf16 inference, csrc/gemm/lowp.h)
+# --------------------------------------------------------------------------
+
+PRECISIONS = ("same", "int8", "bf16")
+
+
+class _Int8Weights:
+    """W [N, K] as int8 values (held as int32) with a float32 scale per row."""
+
+    def __init__(self, W):
+        self.q, self.scale = quantize_rows_int8(W)
+        self.shape = W.shape
+
+    def __getitem__(self, rows):  # a block of rows keeps its rows' scales
+        out = object.__new__(_Int8Weights)
+        out.q, out.scale = self.q[rows], self.scale[rows]
+        out.shape = out.q.shape
+        return out
+
+
+def quantize_rows_int8(a):
+    """Symmetric int8 quantisation of each row of a float32 [n, K] array:
+    returns (q [n, K] int32 in [-127, 127], scale [n] float32), a ~= q * scale[:, None].
+
+    scale = max|row| / 127 and q = round-half-even(row * (127 / max|row|)) in
+    float32, as the kernels compute it; a row with inf or NaN gets scale NaN
+    (its products come out NaN) and a zero row scale 0.
+    """
+    a = np.asarray(a, np.float32)
+    with np.errstate(invalid="ignore"):
+        amax = np.max(np.abs(a), axis=1) if a.shape[1] else np.zeros(a.shape[0], np.float32)
+    finite = np.isfinite(amax)
+    usable = finite & (amax > 0)
+    inv = np.where(usable, np.float32(127) / np.where(usable, amax, np.float32(1)), np.float32(0)).astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        q = np.rint(np.where(finite[:, None], a * inv[:, None], np.float32(0))).astype(np.int32)
+    scale = np.where(finite, amax / np.float32(127), np.float32(np.nan)).astype(np.float32)
+    return q, scale
+
+
+def round_bf16(a):
+    """float32 values rounded to bfloat16 (nearest, ties to even), as float32."""
+    a = np.asarray(a, np.float32)
+    u = a.view(np.uint32).astype(np.uint64)
+    r = (((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16).astype(np.uint32).view(np.float32)
+    return np.where(np.isnan(a), a, r)
+
+
+def lower_weights(W, precision):
+    """W as a reduced-precision forward multiplies it: "int8" (per-row scales,
+    activations quantised per row at each product), "bf16", or "same"/None (W)."""
+    if precision in (None, "same"):
+        return W
+    if np.asarray(W).dtype != np.float32:
+        raise TypeError(f"precision {precision!r} needs float32 weights, got {np.asarray(W).dtype}")
+    if precision == "int8":
+        return _Int8Weights(np.asarray(W, np.float32))
+    if precision == "bf16":
+        return round_bf16(W)
+    raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
+def _lowered(precision, training, W_ih, W_hh):
+    if precision in (None, "same"):
+        return W_ih, W_hh
+    if training:
+        raise ValueError("precision: reduced-precision weights are for inference (training=False)")
+    return lower_weights(W_ih, precision), lower_weights(W_hh, precision)
 
 
 # --------------------------------------------------------------------------
@@ -229,12 +304,15 @@ def _common_cache(cell, x, W_ih, W_hh, b_ih, b_hh, lengths, reverse, **options):
 
 
 def rnn_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
-                lengths=None, reverse=False, training=True):
-    """Elman RNN forward.  Returns (y, h_n, cache); cache is None unless training."""
+                lengths=None, reverse=False, training=True, precision=None):
+    """Elman RNN forward.  Returns (y, h_n, cache); cache is None unless training.
+    ``precision``: "int8" or "bf16" multiplies by the weights as the kernels'
+    reduced-precision inference does (:func:`lower_weights`; training=False)."""
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     x, (h0,), W_ih, W_hh, b_ih, b_hh, lengths = check_forward(
         "rnn", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, lengths)[:7]
+    W_ih, W_hh = _lowered(precision, training, W_ih, W_hh)
     act = np.tanh if nonlinearity == "tanh" else (lambda v: np.maximum(v, 0.0))
 
     def step(x_s, states):
@@ -270,10 +348,12 @@ def rnn_backward(cache, dy=None, dh_n=None):
 
 
 def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, lengths=None,
-                 reverse=False, training=True):
-    """LSTM forward.  Returns (y, h_n, c_n, cache); cache is None unless training."""
+                 reverse=False, training=True, precision=None):
+    """LSTM forward.  Returns (y, h_n, c_n, cache); cache is None unless training.
+    ``precision``: as :func:`rnn_forward`."""
     x, (h0, c0), W_ih, W_hh, b_ih, b_hh, lengths = check_forward(
         "lstm", x, {"h0": h0, "c0": c0}, W_ih, W_hh, b_ih, b_hh, lengths)[:7]
+    W_ih, W_hh = _lowered(precision, training, W_ih, W_hh)
 
     def step(x_s, states):
         h, c = states
@@ -318,10 +398,12 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
 
 
 def gru_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, reset_after=True,
-                lengths=None, reverse=False, training=True):
-    """GRU forward.  Returns (y, h_n, cache); cache is None unless training."""
+                lengths=None, reverse=False, training=True, precision=None):
+    """GRU forward.  Returns (y, h_n, cache); cache is None unless training.
+    ``precision``: as :func:`rnn_forward`."""
     x, (h0,), W_ih, W_hh, b_ih, b_hh, lengths = check_forward(
         "gru", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, lengths)[:7]
+    W_ih, W_hh = _lowered(precision, training, W_ih, W_hh)
     reset_after = bool(reset_after)
     H = W_hh.shape[1]
     W_hrz, W_hn = W_hh[:2 * H], W_hh[2 * H:]

@@ -43,6 +43,7 @@ compute at the same time and at most max(pyrnn's, torch's) threads are busy.
 
 from __future__ import annotations
 
+import copy
 from typing import NamedTuple
 
 import numpy as np
@@ -55,7 +56,8 @@ from . import functional as F
 from ._cells import cell_spec
 from ._validation import check_probability
 
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "InputError"]
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "InputError", "FrozenRNN", "FrozenRNNCell",
+           "freeze", "quantize_dynamic"]
 
 _DTYPES = (torch.float32, torch.float64)
 _DOUBLE_BACKWARD = (
@@ -215,6 +217,10 @@ class _PyrnnRNNMixin:
             s += f", recurrent_dropout={self.recurrent_dropout}"
         return s
 
+    def freeze(self, precision=None):
+        """An inference-only copy with the weights packed once (optionally int8 or bf16): :func:`freeze`."""
+        return freeze(self, precision)
+
     def _spec(self, **kw):
         options = {"nonlinearity": "relu" if self.mode == "RNN_RELU" else "tanh", "reset_after": self.reset_after}
         return _Spec(self._cell, options, **kw)
@@ -357,6 +363,10 @@ class _PyrnnCellMixin:
     def _options(self):
         return {"nonlinearity": getattr(self, "nonlinearity", "tanh"), "reset_after": self.reset_after}
 
+    def freeze(self, precision=None):
+        """An inference-only copy with the weights packed once (optionally int8 or bf16): :func:`freeze`."""
+        return freeze(self, precision)
+
     def _step(self, input, states):
         name = type(self).__name__
         dtype = _weights_dtype(self)
@@ -437,3 +447,203 @@ class GRUCell(_PyrnnCellMixin, nn.GRUCell):
 
     def forward(self, input, hx=None):
         return self._step(input, [("hx", hx)])[0]
+
+
+# ------------------------------------------------- frozen / quantised inference --
+
+_RECURRENT = (nn.LSTM, nn.GRU, nn.RNN)
+_CELLS = (nn.LSTMCell, nn.GRUCell, nn.RNNCell)
+
+
+def _numpy_copy(module):
+    """A pyrnn NumPy layer or cell with a copy of a torch.nn / pyrnn.torch module's configuration and weights."""
+    from . import cells as _cells_mod
+    from . import layers as _layers_mod
+
+    name = type(module).__name__
+    dtype = _weights_dtype(module)
+    np_dtype = {torch.float32: np.float32, torch.float64: np.float64}[dtype]
+    reset_after = getattr(module, "reset_after", True)
+    if isinstance(module, _RECURRENT):
+        common = dict(num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
+                      bidirectional=module.bidirectional, dtype=np_dtype)
+        if isinstance(module, nn.LSTM):
+            out = _layers_mod.LSTM(module.input_size, module.hidden_size, proj_size=module.proj_size, **common)
+        elif isinstance(module, nn.GRU):
+            out = _layers_mod.GRU(module.input_size, module.hidden_size, reset_after=reset_after, **common)
+        else:
+            out = _layers_mod.RNN(module.input_size, module.hidden_size, nonlinearity=module.nonlinearity, **common)
+    elif isinstance(module, _CELLS):
+        common = dict(bias=module.bias, dtype=np_dtype)
+        if isinstance(module, nn.LSTMCell):
+            out = _cells_mod.LSTMCell(module.input_size, module.hidden_size, **common)
+        elif isinstance(module, nn.GRUCell):
+            out = _cells_mod.GRUCell(module.input_size, module.hidden_size, reset_after=reset_after, **common)
+        else:
+            out = _cells_mod.RNNCell(module.input_size, module.hidden_size, nonlinearity=module.nonlinearity,
+                                     **common)
+    else:
+        raise TypeError(f"freeze needs a torch.nn (or pyrnn.torch) LSTM, GRU, RNN or one of their cells, got {name}")
+    out.load_state_dict({k: v.detach().numpy().copy() for k, v in module.state_dict().items()})
+    return out.eval()
+
+
+def _tensor_or_none(a):
+    return None if a is None else torch.from_numpy(a)
+
+
+def _state_arrays(owner, hx, dtype, lstm):
+    """hx (a tensor, or for the LSTM a tuple (h, c)) as NumPy arrays."""
+    if hx is None:
+        return None
+    if lstm:
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError(f"{owner}: hx must be a tuple (h, c) of tensors or None, got {type(hx).__name__}")
+        for label, t in (("hx[0]", hx[0]), ("hx[1]", hx[1])):
+            _check_tensor(owner, label, t, dtype)
+        return (_np(hx[0]), _np(hx[1]))
+    _check_tensor(owner, "hx", hx, dtype)
+    return _np(hx)
+
+
+class FrozenRNN(nn.Module):
+    """Inference-only copy of an LSTM, GRU or RNN (torch.nn or pyrnn.torch) with
+    its weights packed once, optionally in int8 or bf16: :func:`freeze`,
+    :func:`quantize_dynamic`.
+
+    Called like the module it was made from (padded or PackedSequence input,
+    ``batch_first``, unbatched input, hx), returning the same structure. It
+    holds a copy of the weights taken when it was made (no parameters: later
+    changes to the original do not reach it; freeze again to use them).
+    Outputs carry no gradient.
+    """
+
+    def __init__(self, module, precision=None):
+        super().__init__()
+        self.source = type(module).__name__
+        self.frozen = _numpy_copy(module).freeze(precision)
+        self.torch_dtype = _weights_dtype(module)
+
+    @property
+    def precision(self):
+        return self.frozen.precision
+
+    def extra_repr(self):
+        return f"{self.frozen!r}".replace(".freeze(", " frozen(")
+
+    def train(self, mode=True):
+        if mode:
+            raise RuntimeError(f"{self.source}: a frozen module is for inference only; train the original")
+        return super().train(False)
+
+    def forward(self, input, hx=None):
+        owner = self.source
+        layer = self.frozen
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            _check_tensor(owner, "input", input.data, self.torch_dtype)
+            x, lengths = pad_packed_sequence(input, batch_first=layer.batch_first)
+            lengths = lengths.numpy().astype(np.int64)
+        else:
+            _check_tensor(owner, "input", input, self.torch_dtype)
+            x, lengths = input, None
+        states = _state_arrays(owner, hx, self.torch_dtype, layer.mode == "LSTM")
+        out, state = layer(_np(x), states, lengths=lengths)
+        y = torch.from_numpy(out)
+        if packed:
+            y = _repack(y.transpose(0, 1) if layer.batch_first else y, torch.from_numpy(lengths), input)
+        if layer.mode == "LSTM":
+            return y, (torch.from_numpy(state[0]), torch.from_numpy(state[1]))
+        return y, torch.from_numpy(state)
+
+
+class FrozenRNNCell(nn.Module):
+    """Inference-only copy of an LSTMCell, GRUCell or RNNCell (torch.nn or
+    pyrnn.torch) with its weights packed once, optionally int8 or bf16; called
+    like the cell. See :class:`FrozenRNN`."""
+
+    def __init__(self, module, precision=None):
+        super().__init__()
+        self.source = type(module).__name__
+        self.frozen = _numpy_copy(module).freeze(precision)
+        self.torch_dtype = _weights_dtype(module)
+
+    @property
+    def precision(self):
+        return self.frozen.precision
+
+    def extra_repr(self):
+        return repr(self.frozen)
+
+    def train(self, mode=True):
+        if mode:
+            raise RuntimeError(f"{self.source}: a frozen module is for inference only; train the original")
+        return super().train(False)
+
+    def forward(self, input, hx=None):
+        owner = self.source
+        _check_tensor(owner, "input", input, self.torch_dtype)
+        lstm = self.frozen.cell.has_cell_state
+        out = self.frozen(_np(input), _state_arrays(owner, hx, self.torch_dtype, lstm))
+        if lstm:
+            return torch.from_numpy(out[0]), torch.from_numpy(out[1])
+        return torch.from_numpy(out)
+
+
+def freeze(module, precision=None):
+    """An inference-only copy of a recurrent module (LSTM, GRU, RNN or a cell;
+    torch.nn or pyrnn.torch) with its weights packed once: :class:`FrozenRNN` or
+    :class:`FrozenRNNCell`. ``precision``: None (the module's dtype, the same
+    results), "int8" or "bf16" (float32 modules; see
+    :func:`pyrnn.functional.pack_weights`)."""
+    if isinstance(module, _RECURRENT):
+        return FrozenRNN(module, precision).eval()
+    if isinstance(module, _CELLS):
+        return FrozenRNNCell(module, precision).eval()
+    raise TypeError(f"freeze needs a torch.nn (or pyrnn.torch) LSTM, GRU, RNN or one of their cells, "
+                    f"got {type(module).__name__}")
+
+
+_QUANT_DTYPES = {torch.qint8: "int8", torch.bfloat16: "bf16", "int8": "int8", "bf16": "bf16"}
+
+
+def quantize_dynamic(model, qconfig_spec=None, dtype=torch.qint8, inplace=False):
+    """torch.ao.quantization.quantize_dynamic for recurrent layers, on pyrnn's kernels.
+
+    Replaces every LSTM, GRU, RNN and cell (torch.nn or pyrnn.torch) in
+    ``model`` by a :func:`freeze` copy in ``dtype``: ``torch.qint8`` (int8
+    weights with a scale per row, activations quantised per row dynamically,
+    int32 sums, as torch's dynamic quantisation) or ``torch.bfloat16`` (bf16
+    weights, fp32 sums). ``qconfig_spec``: None (every such module), or a set
+    of module types or of submodule names (as ``model.named_modules()`` gives
+    them) to convert. Other modules (Linear included) are left as they are;
+    torch's own ``quantize_dynamic(model, {nn.Linear})`` can follow. Returns
+    the converted model (a copy unless ``inplace``); a recurrent module given
+    as ``model`` is returned converted.
+    """
+    if dtype not in _QUANT_DTYPES:
+        raise ValueError(f"quantize_dynamic: dtype must be torch.qint8 or torch.bfloat16, got {dtype!r}")
+    precision = _QUANT_DTYPES[dtype]
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"quantize_dynamic needs a torch.nn.Module, got {type(model).__name__}")
+    if qconfig_spec is None:
+        qconfig_spec = set(_RECURRENT + _CELLS)
+    qconfig_spec = set(qconfig_spec)
+    types = tuple(t for t in qconfig_spec if isinstance(t, type))
+    names = {n for n in qconfig_spec if isinstance(n, str)}
+    if len(types) + len(names) != len(qconfig_spec):
+        raise TypeError("quantize_dynamic: qconfig_spec must hold module types or submodule names")
+
+    def wanted(name, m):
+        return isinstance(m, _RECURRENT + _CELLS) and (name in names or (bool(types) and isinstance(m, types)))
+
+    if wanted("", model):
+        return freeze(model, precision)
+    if not inplace:
+        model = copy.deepcopy(model)
+    for name, m in list(model.named_modules()):
+        for child_name, child in list(m.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            if wanted(full, child):
+                setattr(m, child_name, freeze(child, precision))
+    return model

@@ -11,6 +11,8 @@
 
 namespace py = pybind11;
 using pyrnn_bindings::has_dtype;
+using pyrnn_bindings::parse_precision;
+using pyrnn_bindings::precision_name;
 using pyrnn::CellKind;
 
 namespace {
@@ -72,12 +74,15 @@ struct PackedCellHolder {
   CellKind cell = CellKind::Lstm;
   int64_t I = 0, H = 0;
   bool f64 = false;
+  pyrnn::WeightPrecision precision = pyrnn::WeightPrecision::Same;
   pyrnn::PackedCellPtr<float> pf;
   pyrnn::PackedCellPtr<double> pd;
 };
 
 template <class Real>
-void pack(PackedCellHolder& p, CellKind cell, py::array W_ih, py::array W_hh, py::object b_ih, py::object b_hh) {
+void pack(PackedCellHolder& p, CellKind cell, py::array W_ih, py::array W_hh, py::object b_ih, py::object b_hh,
+          const std::string& precision) {
+  p.precision = parse_precision(precision, std::is_same_v<Real, double>);
   const int64_t G = pyrnn::gates_of(cell);
   require(W_ih.ndim() == 2 && W_hh.ndim() == 2, "W_ih and W_hh must be 2-D");
   const int64_t H = W_hh.shape(1), I = W_ih.shape(1);
@@ -103,7 +108,7 @@ void pack(PackedCellHolder& p, CellKind cell, py::array W_ih, py::array W_hh, py
   p.cell = cell, p.I = I, p.H = H;
   py::gil_scoped_release nogil;
   if constexpr (std::is_same_v<Real, float>)
-    p.pf = pyrnn::pack_cell<float>(a);
+    p.pf = pyrnn::pack_cell<float>(a, p.precision);
   else
     p.f64 = true, p.pd = pyrnn::pack_cell<double>(a);
 }
@@ -146,17 +151,19 @@ void register_cells(py::module_& m) {
   py::class_<PackedCellHolder>(m, "PackedCell",
                                "A cell's weights packed once for many steps (a copy: later changes to the arrays "
                                "packed from have no effect).")
-      .def(py::init([](CellKind cell, py::array W_ih, py::array W_hh, py::object b_ih, py::object b_hh) {
+      .def(py::init([](CellKind cell, py::array W_ih, py::array W_hh, py::object b_ih, py::object b_hh,
+                       const std::string& precision) {
              auto p = std::make_unique<PackedCellHolder>();
              if (has_dtype(W_ih, py::dtype::of<float>()))
-               pack<float>(*p, cell, W_ih, W_hh, b_ih, b_hh);
+               pack<float>(*p, cell, W_ih, W_hh, b_ih, b_hh, precision);
              else if (has_dtype(W_ih, py::dtype::of<double>()))
-               pack<double>(*p, cell, W_ih, W_hh, b_ih, b_hh);
+               pack<double>(*p, cell, W_ih, W_hh, b_ih, b_hh, precision);
              else
                throw py::type_error("W_ih must have dtype float32 or float64");
              return p;
            }),
-           py::arg("cell"), py::arg("W_ih"), py::arg("W_hh"), py::arg("b_ih") = py::none(), py::arg("b_hh") = py::none())
+           py::arg("cell"), py::arg("W_ih"), py::arg("W_hh"), py::arg("b_ih") = py::none(), py::arg("b_hh") = py::none(),
+           py::arg("precision") = "same")
       .def(
           "step",
           [](const PackedCellHolder& p, py::array x, py::object h, py::object c) {
@@ -165,6 +172,7 @@ void register_cells(py::module_& m) {
           py::arg("x"), py::arg("h") = py::none(), py::arg("c") = py::none(),
           "One step: returns (h1, c1 or None).")
       .def_readonly("cell", &PackedCellHolder::cell)
+      .def_property_readonly("precision", [](const PackedCellHolder& p) { return precision_name(p.precision); })
       .def_property_readonly("dtype", [](const PackedCellHolder& p) { return p.f64 ? py::dtype::of<double>() : py::dtype::of<float>(); })
       .def_property_readonly("nbytes", [](const PackedCellHolder& p) {
         return p.f64 ? pyrnn::packed_cell_bytes(*p.pd) : pyrnn::packed_cell_bytes(*p.pf);

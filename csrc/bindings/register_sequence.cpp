@@ -18,6 +18,8 @@
 
 namespace py = pybind11;
 using pyrnn_bindings::has_dtype;
+using pyrnn_bindings::parse_precision;
+using pyrnn_bindings::precision_name;
 using pyrnn::CellKind;
 
 namespace {
@@ -111,6 +113,7 @@ struct PackedRecurrenceHolder {
   CellKind cell = CellKind::Lstm;
   int64_t I = 0, H = 0, P = 0;
   bool f64 = false;
+  pyrnn::WeightPrecision precision = pyrnn::WeightPrecision::Same;
   pyrnn::PackedRecurrencePtr<float> pf;
   pyrnn::PackedRecurrencePtr<double> pd;
   int64_t nbytes() const { return f64 ? pyrnn::packed_recurrence_bytes(*pd) : pyrnn::packed_recurrence_bytes(*pf); }
@@ -147,6 +150,8 @@ py::tuple forward_typed(CellKind cell, py::array x, std::optional<py::array> h0,
   require(!packed || (packed->cell == cell && packed->f64 == std::is_same_v<Real, double> && packed->I == I &&
                       packed->H == H && packed->P == P),
           "packed: weights packed for another cell, dtype or shape");
+  require(!packed || !training || packed->precision == pyrnn::WeightPrecision::Same,
+          "packed: weights in a reduced precision are for inference (training=False)");
   if (lengths) {
     check_array("lengths", *lengths, py::dtype::of<int64_t>(), {B});
     const int64_t* L = ptr<int64_t>(lengths);
@@ -288,7 +293,7 @@ void register_sequence(py::module_& m) {
   py::class_<PackedRecurrenceHolder>(m, "PackedRecurrence",
                                      "A layer direction's recurrent weights (W_hh, W_hr) packed once for many "
                                      "sequence_forward calls (a copy).")
-      .def(py::init([](CellKind cell, py::array W_ih, py::array W_hh, py::object W_hr_obj) {
+      .def(py::init([](CellKind cell, py::array W_ih, py::array W_hh, py::object W_hr_obj, const std::string& precision) {
              auto W_hr = opt_array(W_hr_obj);
              auto h = std::make_unique<PackedRecurrenceHolder>();
              require(W_ih.ndim() == 2 && W_hh.ndim() == 2 && (!W_hr || W_hr->ndim() == 2), "W_ih, W_hh, W_hr must be 2-D");
@@ -303,13 +308,14 @@ void register_sequence(py::module_& m) {
                check_array("W_ih", W_ih, dt, {G * H, I});
                check_array("W_hh", W_hh, dt, {G * H, Ho});
                if (W_hr) check_array("W_hr", *W_hr, dt, {P, H});
+               h->precision = parse_precision(precision, std::is_same_v<Real, double>);
                pyrnn::ForwardArgs<Real> a;
                a.cell = cell, a.I = I, a.H = H, a.P = P;
                a.W_ih = ptr<Real>(std::optional<py::array>(W_ih)), a.W_hh = ptr<Real>(std::optional<py::array>(W_hh));
                a.W_hr = ptr<Real>(W_hr);
                py::gil_scoped_release nogil;
                if constexpr (std::is_same_v<Real, float>)
-                 h->pf = pyrnn::pack_recurrence<float>(a);
+                 h->pf = pyrnn::pack_recurrence<float>(a, h->precision);
                else
                  h->f64 = true, h->pd = pyrnn::pack_recurrence<double>(a);
              };
@@ -320,8 +326,10 @@ void register_sequence(py::module_& m) {
              h->cell = cell, h->I = I, h->H = H, h->P = P;
              return h;
            }),
-           py::arg("cell"), py::arg("W_ih"), py::arg("W_hh"), py::arg("W_hr") = py::none())
+           py::arg("cell"), py::arg("W_ih"), py::arg("W_hh"), py::arg("W_hr") = py::none(),
+           py::arg("precision") = "same")
       .def_readonly("cell", &PackedRecurrenceHolder::cell)
+      .def_property_readonly("precision", [](const PackedRecurrenceHolder& p) { return precision_name(p.precision); })
       .def_property_readonly("nbytes", &PackedRecurrenceHolder::nbytes);
 
   m.def(

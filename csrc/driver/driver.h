@@ -104,9 +104,12 @@ void project_inputs(FwdCtx<T>& f, int G, int64_t ua, int64_t ub, GemmScratch<T>&
 // few (their x fits in L2 with room to spare), where packing W_ih in the call
 // would cost more than the GEMM; a barrier follows, since a thread's panels
 // are not its loop units.
+// Weights packed in a reduced precision always go this way (they have no fp32 copy).
 template <class T>
 bool project_packed_fits(const FwdCtx<T>& f) {
-  return f.a.packed && f.a.packed->wih.size() && f.sc.rows * f.I * int64_t(sizeof(T)) <= 512 * 1024;
+  const PackedRecurrence<T>* p = f.a.packed;
+  return p && (p->precision != WeightPrecision::Same ||
+               (p->wih.size() && f.sc.rows * f.I * int64_t(sizeof(T)) <= 512 * 1024));
 }
 
 template <class T>
@@ -115,9 +118,17 @@ void project_packed(FwdCtx<T>& f, int G, int tid, int nt) {
   const int64_t N = G * f.Hp, np = ceil_div(N, p.NR);
   int64_t q0, q1;
   split_range(np, nt, tid, q0, q1);
-  if (q0 < q1)
-    panel_gemm<T>([&](int64_t r) { return f.xrows[r]; }, f.sc.rows, f.I, p.wih.data(), N, q0, q1, f.bias.data(),
-                  f.xp.data(), f.ld_xp);
+  if (q0 >= q1) return;
+  auto xrow = [&](int64_t r) { return f.xrows[r]; };
+  if constexpr (std::is_same_v<T, float>) {
+    if (p.precision != WeightPrecision::Same) {
+      LowRows a;  // each thread quantises every row itself: no barrier, rows*I beside rows*I*N/nt
+      a.prepare(p.precision, f.sc.rows, f.I, xrow);
+      panel_gemm_low(p.low_wih, a, f.sc.rows, N, q0, q1, f.bias.data(), f.xp.data(), f.ld_xp);
+      return;
+    }
+  }
+  panel_gemm<T>(xrow, f.sc.rows, f.I, p.wih.data(), N, q0, q1, f.bias.data(), f.xp.data(), f.ld_xp);
 }
 
 // h_n for units [ua, ub) of h: each entry's output at its last valid step.
@@ -214,13 +225,16 @@ struct ForwardPhase {
   int64_t nunits, K, nblk;
   T* panels;
   bool prepacked;
+  const LowPanels* low;  // panels in a reduced precision (pack_recurrence), or null
 
-  // Panels in `buf`, packed by pack(); or, given `packed` (pack_recurrence), those.
-  ForwardPhase(FwdCtx<T>& f, AlignedBuffer<T>& buf, const AlignedBuffer<T>* packed = nullptr)
+  // Panels in `buf`, packed by pack(); or, given `packed` or `low`
+  // (pack_recurrence), those.
+  ForwardPhase(FwdCtx<T>& f, AlignedBuffer<T>& buf, const AlignedBuffer<T>* packed = nullptr,
+               const LowPanels* lowered = nullptr)
       : W(kProj ? f.a.W_hr : f.a.W_hh), nunits(kProj ? f.Ho : f.H), K(kProj ? f.H : f.Ho),
-        nblk(ceil_div(kProj ? f.Ho : f.Hp, HB)), prepacked(packed != nullptr) {
+        nblk(ceil_div(kProj ? f.Ho : f.Hp, HB)), prepacked(packed != nullptr || lowered != nullptr), low(lowered) {
     if (!prepacked) buf.reserve(size_t(nblk * K * NR));
-    panels = prepacked ? const_cast<T*>(packed->data()) : buf.data();
+    panels = packed ? const_cast<T*>(packed->data()) : buf.data();
   }
   T* panel(int64_t j) const { return panels + j * K * NR; }
   void pack(std::pair<int64_t, int64_t> blocks) const {
@@ -229,18 +243,32 @@ struct ForwardPhase {
   }
   size_t tile_elems(int64_t B) const { return size_t(ceil_div(B, MR) * MR * NR); }
 
+  // qa: this thread's scratch for the A rows of reduced-precision panels.
   template <bool TRAIN>
-  void step(FwdCtx<T>& f, std::pair<int64_t, int64_t> blocks, int64_t s, T* acc) const {
-    const int64_t off = f.sc.offset[s];
+  void step(FwdCtx<T>& f, std::pair<int64_t, int64_t> blocks, int64_t s, T* acc, LowRows& qa) const {
+    const int64_t off = f.sc.offset[s], n = f.sc.active[s];
+    auto arow = [&](int64_t i) {
+      if constexpr (FIRST)
+        return f.arow[off + i];
+      else
+        return Phase::a_row(f, s, i);
+    };
+    if constexpr (std::is_same_v<T, float>) {
+      if (low) {
+        // Every thread prepares the step's rows itself (n*K beside its n*K*NR per block).
+        qa.prepare(low->prec, n, K, arow);
+        for (int64_t j = blocks.first; j < blocks.second; ++j)
+          for (int64_t i0 = 0; i0 < n; i0 += MR) {
+            const int m = int(std::min<int64_t>(MR, n - i0));
+            low_tile<MR, NV>(*low, j, qa, i0, m, acc);
+            Phase::template tile<T, TRAIN>(f, s, i0, m, j * HB, acc);
+          }
+        return;
+      }
+    }
     for (int64_t j = blocks.first; j < blocks.second; ++j)
       step_tiles<T, MR, NV>(
-          f.sc.active[s], K, panel(j),
-          [&](int64_t i) {
-            if constexpr (FIRST)
-              return f.arow[off + i];
-            else
-              return Phase::a_row(f, s, i);
-          },
+          n, K, panel(j), arow,
           [&](int64_t i0, int m, const T* tile) { Phase::template tile<T, TRAIN>(f, s, i0, m, j * HB, tile); }, acc);
   }
 };
@@ -251,8 +279,9 @@ void forward_loop(FwdCtx<T>& f, int nthreads, std::index_sequence<P...>) {
   constexpr size_t kLast = sizeof...(P) - 1;
   std::array<AlignedBuffer<T>, sizeof...(P)> buffers;
   const PackedRecurrence<T>* packed = f.a.packed;
+  const bool low = packed && packed->precision != WeightPrecision::Same;
   std::tuple<ForwardPhase<T, std::tuple_element_t<P, Phases>, P == 0>...> phases{
-      {f, buffers[P], packed ? &packed->phases[P] : nullptr}...};
+      {f, buffers[P], packed && !low ? &packed->phases[P] : nullptr, low ? &packed->low_phases[P] : nullptr}...};
   const Schedule& sc = f.sc;
   const int nth = int(std::min<int64_t>(nthreads, std::max({std::get<P>(phases).nblk...})));
   const size_t tile_elems = std::max({std::get<P>(phases).tile_elems(sc.B)...});
@@ -275,9 +304,10 @@ void forward_loop(FwdCtx<T>& f, int nthreads, std::index_sequence<P...>) {
     }
     prof.phase("input-proj");
     AlignedBuffer<T> tiles(tile_elems);
+    LowRows qa;
     prof.loop_start(tid);
     for (int64_t s = 0; s < sc.S; ++s)
-      ((std::get<P>(phases).template step<TRAIN>(f, blocks[P], s, tiles.data()), step_barrier(prof, tid)), ...);
+      ((std::get<P>(phases).template step<TRAIN>(f, blocks[P], s, tiles.data(), qa), step_barrier(prof, tid)), ...);
     prof.loop_end("loop", nt);
     write_final_h(f, blocks[kLast].first * last.HB, blocks[kLast].second * last.HB);
     if constexpr (Cell::kCellState) write_final_c(f, blocks[0].first * first.HB, blocks[0].second * first.HB);
@@ -346,28 +376,45 @@ void forward_cell(const ForwardArgs<T>& a, Workspace<T>& w, bool training, int n
   }
 }
 
+// fp32 panels (np x [K][NR]) moved to `low` in a reduced precision (float only).
+template <class T>
+void lower_into(AlignedBuffer<T>& panels, int64_t np, int64_t K, int64_t NR, WeightPrecision prec, LowPanels& low) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (prec == WeightPrecision::Same) return;
+    lower_panels(panels.data(), np, K, NR, prec, low);
+    panels = AlignedBuffer<T>();
+  }
+}
+
 // Packs every forward phase's panels once (pack_recurrence).
 template <class T, class Phase, bool FIRST>
-void pack_phase(FwdCtx<T>& f, AlignedBuffer<T>& buf) {
-  ForwardPhase<T, Phase, FIRST> phase(f, buf);
+void pack_phase(FwdCtx<T>& f, AlignedBuffer<T>& buf, WeightPrecision prec, LowPanels& low) {
+  using FP = ForwardPhase<T, Phase, FIRST>;
+  FP phase(f, buf);
   phase.pack({0, phase.nblk});
+  lower_into(buf, phase.nblk, phase.K, FP::NR, prec, low);
 }
 template <class T, class Cell, size_t... P>
 void pack_phases(FwdCtx<T>& f, PackedRecurrence<T>& out, std::index_sequence<P...>) {
   using Phases = typename Cell::Forward;
   out.phases.resize(sizeof...(P));
-  (pack_phase<T, std::tuple_element_t<P, Phases>, P == 0>(f, out.phases[P]), ...);
+  out.low_phases.resize(sizeof...(P));
+  (pack_phase<T, std::tuple_element_t<P, Phases>, P == 0>(f, out.phases[P], out.precision, out.low_phases[P]), ...);
 }
 
 template <class T>
-void pack_recurrence_impl(const ForwardArgs<T>& a, PackedRecurrence<T>& out) {
+void pack_recurrence_impl(const ForwardArgs<T>& a, WeightPrecision prec, PackedRecurrence<T>& out) {
   constexpr int L = kLanes<T>;
   const Schedule none;
-  FwdCtx<T> f(a, none, nullptr, ceil_div(a.H, L) * L);
+  const int64_t Hp = ceil_div(a.H, L) * L;
+  FwdCtx<T> f(a, none, nullptr, Hp);
   f.Ho = a.P ? a.P : a.H;
   out.cell = a.cell, out.I = a.I, out.H = a.H, out.P = a.P;
   out.NR = kGemmNV * L;
-  pack_gate_columns(a.W_ih, gates_of(a.cell), a.H, ceil_div(a.H, L) * L, a.I, out.NR, out.wih);
+  out.precision = std::is_same_v<T, float> ? prec : WeightPrecision::Same;
+  const int G = gates_of(a.cell);
+  pack_gate_columns(a.W_ih, G, a.H, Hp, a.I, out.NR, out.wih);
+  lower_into(out.wih, ceil_div(G * Hp, out.NR), a.I, out.NR, out.precision, out.low_wih);
   with_cell(a.cell, a.P > 0, [&](auto cell) {
     using Cell = decltype(cell);
     pack_phases<T, Cell>(f, out, std::make_index_sequence<std::tuple_size_v<typename Cell::Forward>>{});

@@ -86,10 +86,10 @@ template void cell_step(const CellStepArgs<float>&, int);
 template void cell_step(const CellStepArgs<double>&, int);
 
 template <class T>
-PackedCellPtr<T> pack_cell(const CellStepArgs<T>& weights) {
+PackedCellPtr<T> pack_cell(const CellStepArgs<T>& weights, WeightPrecision precision) {
   PackedCellPtr<T> p(new PackedCell<T>());
   p->isa = isa_selected();
-  ops_for<T>(p->isa).pack_cell(weights, *p);
+  ops_for<T>(p->isa).pack_cell(weights, precision, *p);
   return p;
 }
 
@@ -103,14 +103,15 @@ void packed_cell_step(const PackedCell<T>& p, const CellStepArgs<T>& args, int n
 
 template <class T>
 int64_t packed_cell_bytes(const PackedCell<T>& p) {
-  return int64_t((p.wx.size() + p.wh.size() + p.wn.size() + p.b_ih.size() + p.b_hh.size()) * sizeof(T));
+  return int64_t((p.wx.size() + p.wh.size() + p.wn.size() + p.b_ih.size() + p.b_hh.size()) * sizeof(T) +
+                 p.lx.bytes() + p.lh.bytes() + p.ln.bytes());
 }
 
 template <class T>
-PackedRecurrencePtr<T> pack_recurrence(const ForwardArgs<T>& weights) {
+PackedRecurrencePtr<T> pack_recurrence(const ForwardArgs<T>& weights, WeightPrecision precision) {
   PackedRecurrencePtr<T> p(new PackedRecurrence<T>());
   p->isa = isa_selected();
-  ops_for<T>(p->isa).pack_recurrence(weights, *p);
+  ops_for<T>(p->isa).pack_recurrence(weights, precision, *p);
   return p;
 }
 
@@ -119,16 +120,18 @@ int64_t packed_recurrence_bytes(const PackedRecurrence<T>& p) {
   size_t n = 0;
   for (const auto& b : p.phases) n += b.size();
   n += p.wih.size();
-  return int64_t(n * sizeof(T));
+  size_t low = p.low_wih.bytes();
+  for (const auto& l : p.low_phases) low += l.bytes();
+  return int64_t(n * sizeof(T) + low);
 }
 
-template PackedRecurrencePtr<float> pack_recurrence(const ForwardArgs<float>&);
-template PackedRecurrencePtr<double> pack_recurrence(const ForwardArgs<double>&);
+template PackedRecurrencePtr<float> pack_recurrence(const ForwardArgs<float>&, WeightPrecision);
+template PackedRecurrencePtr<double> pack_recurrence(const ForwardArgs<double>&, WeightPrecision);
 template int64_t packed_recurrence_bytes(const PackedRecurrence<float>&);
 template int64_t packed_recurrence_bytes(const PackedRecurrence<double>&);
 
-template PackedCellPtr<float> pack_cell(const CellStepArgs<float>&);
-template PackedCellPtr<double> pack_cell(const CellStepArgs<double>&);
+template PackedCellPtr<float> pack_cell(const CellStepArgs<float>&, WeightPrecision);
+template PackedCellPtr<double> pack_cell(const CellStepArgs<double>&, WeightPrecision);
 template void packed_cell_step(const PackedCell<float>&, const CellStepArgs<float>&, int);
 template void packed_cell_step(const PackedCell<double>&, const CellStepArgs<double>&, int);
 template int64_t packed_cell_bytes(const PackedCell<float>&);

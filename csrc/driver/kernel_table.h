@@ -13,9 +13,9 @@ struct KernelOps {
   void (*forward)(const ForwardArgs<T>&, Workspace<T>&, bool training, int nthreads);
   void (*backward)(const Workspace<T>&, const ForwardArgs<T>&, const BackwardArgs<T>&, int nthreads);
   void (*cell_step)(const CellStepArgs<T>&, int nthreads);
-  void (*pack_cell)(const CellStepArgs<T>&, PackedCell<T>&);
+  void (*pack_cell)(const CellStepArgs<T>&, WeightPrecision, PackedCell<T>&);
   void (*packed_step)(const PackedCell<T>&, const CellStepArgs<T>&, int nthreads);
-  void (*pack_recurrence)(const ForwardArgs<T>&, PackedRecurrence<T>&);
+  void (*pack_recurrence)(const ForwardArgs<T>&, WeightPrecision, PackedRecurrence<T>&);
 };
 
 struct KernelTable {

@@ -10,6 +10,7 @@
 #include <omp.h>
 
 #include "../cells/all.h"
+#include "../gemm/lowp.h"
 
 namespace pyrnn {
 namespace PYRNN_ISA_NS {
@@ -121,13 +122,24 @@ void pack_gate_columns(const T* W, int G, int64_t H, int64_t Hp, int64_t K, int6
 }
 
 template <class T>
-void pack_cell_impl(const CellStepArgs<T>& a, PackedCell<T>& p) {
+void pack_cell_impl(const CellStepArgs<T>& a, WeightPrecision prec, PackedCell<T>& p) {
   constexpr int64_t NR = kGemmNV * kLanes<T>;
   p.cell = a.cell, p.I = a.I, p.H = a.H, p.N = gates_of(a.cell) * a.H, p.NR = NR;
   with_cell(a.cell, false, [&](auto cell) { p.n_h = decltype(cell)::kStepHhGates * a.H; });
   pack_columns(a.W_ih, a.I, 0, p.N, NR, p.wx);
   pack_columns(a.W_hh, a.H, 0, p.n_h, NR, p.wh);
   if (p.n_h < p.N) pack_columns(a.W_hh, a.H, p.n_h, p.N, NR, p.wn);
+  if constexpr (std::is_same_v<T, float>) {
+    p.precision = prec;
+    auto lower = [&](AlignedBuffer<T>& w, int64_t K, int64_t ncols, LowPanels& out) {
+      if (prec == WeightPrecision::Same || ncols == 0) return;
+      lower_panels(w.data(), (ncols + NR - 1) / NR, K, NR, prec, out);
+      w = AlignedBuffer<T>();
+    };
+    lower(p.wx, a.I, p.N, p.lx);
+    lower(p.wh, a.H, p.n_h, p.lh);
+    lower(p.wn, a.H, p.N - p.n_h, p.ln);
+  }
   p.b_ih.zero(size_t(p.N));
   p.b_hh.zero(size_t(p.N));
   if (a.b_ih) {
@@ -136,20 +148,18 @@ void pack_cell_impl(const CellStepArgs<T>& a, PackedCell<T>& p) {
   }
 }
 
-// out[b][c] = A row b . column c of the panels + bias[c], for the columns of
-// panels [q0, q1) below ncols and rows b < B; arow(b) gives A's row b (K long).
-template <class T, class ARow>
-void panel_gemm(ARow arow, int64_t B, int64_t K, const T* panels, int64_t ncols, int64_t q0, int64_t q1, const T* bias,
-                T* out, int64_t ldo) {
+// out[b][c] = tile + bias[c] for the columns of panels [q0, q1) below ncols
+// and rows b < B, each tile [m][NR] of panel q and rows r0.. filled by
+// fill(q, r0, m, tile).
+template <class T, class Fill>
+void panel_tiles(int64_t B, int64_t ncols, int64_t q0, int64_t q1, const T* bias, T* out, int64_t ldo, Fill fill) {
   constexpr int L = kLanes<T>, NV = kGemmNV, MR = tile_rows(NV);
   constexpr int64_t NR = NV * L;
   alignas(64) T tile[MR * NR];
-  const T* arows[MR];
   for (int64_t q = q0; q < q1; ++q)
     for (int64_t r0 = 0; r0 < B; r0 += MR) {
       const int m = int(std::min<int64_t>(MR, B - r0));
-      for (int r = 0; r < MR; ++r) arows[r] = arow(r0 + std::min(r, m - 1));
-      ukernel_rows<T, MR, NV, false>(m, K, nullptr, arows, panels + q * K * NR, tile);
+      fill(q, r0, m, tile);
       const int64_t c0 = q * NR, nc = std::min<int64_t>(NR, ncols - c0);
       for (int r = 0; r < m; ++r)
         for (int64_t j = 0; j < nc; j += L) {
@@ -162,6 +172,28 @@ void panel_gemm(ARow arow, int64_t B, int64_t K, const T* panels, int64_t ncols,
             store_first(o, v, n);
         }
     }
+}
+
+// out[b][c] = A row b . column c of the panels + bias[c] (panel_tiles); arow(b)
+// gives A's row b (K long).
+template <class T, class ARow>
+void panel_gemm(ARow arow, int64_t B, int64_t K, const T* panels, int64_t ncols, int64_t q0, int64_t q1, const T* bias,
+                T* out, int64_t ldo) {
+  constexpr int NV = kGemmNV, MR = tile_rows(NV);
+  constexpr int64_t NR = NV * kLanes<T>;
+  panel_tiles<T>(B, ncols, q0, q1, bias, out, ldo, [&](int64_t q, int64_t r0, int m, T* tile) {
+    const T* arows[MR];
+    for (int r = 0; r < MR; ++r) arows[r] = arow(r0 + std::min(r, m - 1));
+    ukernel_rows<T, MR, NV, false>(m, K, nullptr, arows, panels + q * K * NR, tile);
+  });
+}
+
+// The same with panels in a reduced precision and A rows prepared in `a`.
+inline void panel_gemm_low(const LowPanels& w, const LowRows& a, int64_t B, int64_t ncols, int64_t q0, int64_t q1,
+                           const float* bias, float* out, int64_t ldo) {
+  constexpr int NV = kGemmNV, MR = tile_rows(NV);
+  panel_tiles<float>(B, ncols, q0, q1, bias, out, ldo,
+                     [&](int64_t q, int64_t r0, int m, float* tile) { low_tile<MR, NV>(w, q, a, r0, m, tile); });
 }
 
 template <class T, class Cell>
@@ -177,15 +209,35 @@ void packed_step_cell(const PackedCell<T>& p, const CellStepArgs<T>& a, int nthr
   const T* c = a.c ? a.c : zeros.data();
   const int64_t npx = (N + NR - 1) / NR, nph = (p.n_h + NR - 1) / NR, npn = (N - p.n_h + NR - 1) / NR;
   const int64_t nchunks = (H + L - 1) / L;
+  auto xrow = [&](int64_t r) { return a.x + r * I; };
+  auto hrow = [&](int64_t r) { return h + r * H; };
+  auto erow = [&](int64_t r) { return (const T*)extra + r * H; };
+  // With a reduced precision each thread prepares the rows it multiplies.
+  [[maybe_unused]] const bool low = p.precision != WeightPrecision::Same;
   auto body = [&](int tid, int nt) {
     int64_t q0, q1;
     split_range(npx + nph, nt, tid, q0, q1);  // the x and h panels, in one list
+    LowRows lx, lh;
+    if constexpr (std::is_same_v<T, float>) {
+      if (low && q0 < q1) {
+        if (q0 < npx) lx.prepare(p.precision, B, I, xrow);
+        if (q1 > npx) lh.prepare(p.precision, B, H, hrow);
+      }
+    }
     for (int64_t q = q0; q < q1; ++q) {
+      if constexpr (std::is_same_v<T, float>) {
+        if (low) {
+          if (q < npx)
+            panel_gemm_low(p.lx, lx, B, N, q, q + 1, p.b_ih.data(), gi, N);
+          else
+            panel_gemm_low(p.lh, lh, B, p.n_h, q - npx, q - npx + 1, p.b_hh.data(), gh, N);
+          continue;
+        }
+      }
       if (q < npx)
-        panel_gemm<T>([&](int64_t r) { return a.x + r * I; }, B, I, p.wx.data(), N, q, q + 1, p.b_ih.data(), gi, N);
+        panel_gemm<T>(xrow, B, I, p.wx.data(), N, q, q + 1, p.b_ih.data(), gi, N);
       else
-        panel_gemm<T>([&](int64_t r) { return h + r * H; }, B, H, p.wh.data(), p.n_h, q - npx, q - npx + 1,
-                      p.b_hh.data(), gh, N);
+        panel_gemm<T>(hrow, B, H, p.wh.data(), p.n_h, q - npx, q - npx + 1, p.b_hh.data(), gh, N);
     }
     if (nt > 1) {
 #pragma omp barrier
@@ -205,9 +257,17 @@ void packed_step_cell(const PackedCell<T>& p, const CellStepArgs<T>& a, int nthr
 #pragma omp barrier
       }
       split_range(npn, nt, tid, q0, q1);
-      if (q0 < q1)
-        panel_gemm<T>([&](int64_t r) { return (const T*)extra + r * H; }, B, H, p.wn.data(), N - p.n_h, q0, q1,
-                      p.b_hh.data() + p.n_h, gh + p.n_h, N);
+      bool done = false;
+      if constexpr (std::is_same_v<T, float>) {
+        if (low && q0 < q1) {
+          LowRows le;
+          le.prepare(p.precision, B, H, erow);
+          panel_gemm_low(p.ln, le, B, N - p.n_h, q0, q1, p.b_hh.data() + p.n_h, gh + p.n_h, N);
+          done = true;
+        }
+      }
+      if (q0 < q1 && !done)
+        panel_gemm<T>(erow, B, H, p.wn.data(), N - p.n_h, q0, q1, p.b_hh.data() + p.n_h, gh + p.n_h, N);
       if (nt > 1) {
 #pragma omp barrier
       }

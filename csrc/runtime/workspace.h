@@ -53,6 +53,17 @@ struct Workspace {
   const T* extra_row(int64_t r) const { return extra.data() + r * ld_extra; }
 };
 
+// Column panels lowered to a reduced precision (csrc/gemm/lowp.h): np panels
+// of NR columns over K.
+struct LowPanels {
+  WeightPrecision prec = WeightPrecision::Same;
+  int64_t K = 0, NR = 0, np = 0;
+  AlignedBuffer<int8_t> q8;     // Int8: per panel [ceil(K/2)][NR][2] (k pairs interleaved)
+  AlignedBuffer<uint16_t> bf;   // BF16: per panel [K][NR]
+  AlignedBuffer<float> scale;   // Int8: [np*NR], a scale per column
+  size_t bytes() const { return q8.size() + 2 * bf.size() + 4 * scale.size(); }
+};
+
 // A cell's weights packed for the one-step path (pyrnn/api.h): the column
 // panels of W_ih^T ([I][NR] per panel) and of W_hh^T, the latter split where
 // a cell multiplies a later product (GRU reset-before's W_hn) rather than h.
@@ -65,6 +76,9 @@ struct PackedCell {
   int64_t n_h = 0;              // columns of W_hh^T multiplying h (the rest multiply the extra rows)
   AlignedBuffer<T> wx, wh, wn;  // panels of W_ih^T [I, N], W_hh^T [H, n_h] and [H, N - n_h]
   AlignedBuffer<T> b_ih, b_hh;  // [N]; zeros without bias
+  // A reduced precision keeps wx, wh, wn lowered here instead (float only).
+  WeightPrecision precision = WeightPrecision::Same;
+  LowPanels lx, lh, ln;
 };
 
 // A layer direction's recurrent weights packed once (pyrnn/api.h): one buffer
@@ -79,6 +93,11 @@ struct PackedRecurrence {
   // for calls with few rows (driver.h project_packed).
   AlignedBuffer<T> wih;
   int64_t NR = 0;
+  // A reduced precision keeps phases and wih lowered here instead (float only);
+  // every call's input projection then goes through low_wih.
+  WeightPrecision precision = WeightPrecision::Same;
+  std::vector<LowPanels> low_phases;
+  LowPanels low_wih;
 };
 
 // Row stride for n elements: strides that are multiples of 1 KiB put the rows

@@ -19,6 +19,12 @@ namespace pyrnn {
 template <class T>
 struct PackedRecurrence;
 
+// Precision of weights packed for inference (pack_recurrence, pack_cell).
+// Same: the call's dtype. Int8: per-row scaled int8 weights, activations
+// quantised per row dynamically, int32 sums. BF16: bf16 weights, fp32
+// activations and sums. The reduced ones are float32 only (csrc/gemm/lowp.h).
+enum class WeightPrecision { Same, Int8, BF16 };
+
 template <class Real>
 struct ForwardArgs {
   CellKind cell = CellKind::Lstm;
@@ -123,7 +129,7 @@ using PackedCellPtr = OpaquePtr<PackedCell<T>>;
 
 // Packs args.cell, I, H, W_ih, W_hh, b_ih, b_hh (the other fields are ignored).
 template <class T>
-PackedCellPtr<T> pack_cell(const CellStepArgs<T>& weights);
+PackedCellPtr<T> pack_cell(const CellStepArgs<T>& weights, WeightPrecision precision = WeightPrecision::Same);
 
 // One step with packed weights: args.B, x, h, c, h_out, c_out are read (the
 // weight fields are ignored); the results equal cell_step's up to rounding.
@@ -141,9 +147,13 @@ int64_t packed_cell_bytes(const PackedCell<T>& packed);
 template <class T>
 using PackedRecurrencePtr = OpaquePtr<PackedRecurrence<T>>;
 
-// Packs weights.cell, I, H, P, W_hh, W_hr (the other fields are ignored).
+// Packs weights.cell, I, H, P, W_ih, W_hh, W_hr (the other fields are ignored).
+// With a reduced precision, calls with these weights run every product with
+// W_ih, W_hh and W_hr in that precision (the biases and the element-wise
+// math stay fp32).
 template <class T>
-PackedRecurrencePtr<T> pack_recurrence(const ForwardArgs<T>& weights);
+PackedRecurrencePtr<T> pack_recurrence(const ForwardArgs<T>& weights,
+                                       WeightPrecision precision = WeightPrecision::Same);
 
 template <class T>
 int64_t packed_recurrence_bytes(const PackedRecurrence<T>& packed);

@@ -1,0 +1,117 @@
+"""pyrnn.torch.freeze and quantize_dynamic: inference copies of torch.nn and
+pyrnn.torch recurrent modules with packed (optionally int8/bf16) weights."""
+import pickle
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import pyrnn.torch as pt  # noqa: E402
+from pyrnn import reference as R  # noqa: E402
+
+nn = torch.nn
+
+
+def _emulated_stack(module, x, precision, cell, **opts):
+    """The emulation (pyrnn.reference) of a unidirectional stack, time-major x."""
+    out = x.numpy()
+    for layer in range(module.num_layers):
+        w = [getattr(module, f"{n}_l{layer}").detach().numpy() for n in ("weight_ih", "weight_hh", "bias_ih",
+                                                                          "bias_hh")]
+        states = (None, None) if cell == "lstm" else (None,)
+        out = getattr(R, f"{cell}_forward")(out, *states, *w, training=False, precision=precision, **opts)[0]
+    return out
+
+
+@pytest.mark.parametrize("dtype,precision", [(torch.qint8, "int8"), (torch.bfloat16, "bf16")])
+@pytest.mark.parametrize("cls,cell,opts", [(nn.LSTM, "lstm", {}), (nn.GRU, "gru", {}), (pt.GRU, "gru", {}),
+                                           (pt.LSTM, "lstm", {}), (nn.RNN, "rnn", {})])
+def test_quantize_dynamic_matches_the_emulation(cls, cell, opts, dtype, precision):
+    torch.manual_seed(0)
+    model = nn.Sequential(cls(6, 10, num_layers=2), nn.Identity())
+    x = torch.randn(5, 3, 6)
+    q = pt.quantize_dynamic(model, dtype=dtype)
+    assert isinstance(q[0], pt.FrozenRNN) and q[0].precision == precision
+    assert isinstance(model[0], cls)  # a copy: the model itself is unchanged
+    y, h = q[0](x)
+    np.testing.assert_allclose(y.numpy(), _emulated_stack(model[0], x, precision, cell, **opts), rtol=1e-5,
+                               atol=3e-6)
+    assert not y.requires_grad
+
+
+def test_quantize_dynamic_selection_and_inplace():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.LSTM(4, 8), nn.GRU(8, 8), nn.Linear(8, 2))
+    by_type = pt.quantize_dynamic(model, {nn.GRU})
+    assert isinstance(by_type[0], nn.LSTM) and isinstance(by_type[1], pt.FrozenRNN)
+    assert isinstance(by_type[2], nn.Linear)
+    by_name = pt.quantize_dynamic(model, {"0"})
+    assert isinstance(by_name[0], pt.FrozenRNN) and isinstance(by_name[1], nn.GRU)
+    same = pt.quantize_dynamic(model, inplace=True)
+    assert same is model and isinstance(model[0], pt.FrozenRNN) and isinstance(model[1], pt.FrozenRNN)
+    assert isinstance(pt.quantize_dynamic(nn.LSTM(3, 4)), pt.FrozenRNN)  # the module itself
+    with pytest.raises(ValueError, match="qint8 or torch.bfloat16"):
+        pt.quantize_dynamic(model, dtype=torch.float16)
+    with pytest.raises(TypeError, match="types or submodule names"):
+        pt.quantize_dynamic(model, {3})
+    with pytest.raises(TypeError, match="float32 weights"):
+        pt.quantize_dynamic(nn.LSTM(3, 4).double())
+
+
+def test_frozen_layer_is_called_like_the_module():
+    torch.manual_seed(1)
+    m = pt.LSTM(5, 7, num_layers=2, bidirectional=True, batch_first=True, proj_size=3)
+    x = torch.randn(4, 6, 5)
+    h0, c0 = torch.randn(4, 4, 3), torch.randn(4, 4, 7)
+    f = m.freeze()
+    with torch.no_grad():
+        ref = m(x, (h0, c0))
+    got = f(x, (h0, c0))
+    torch.testing.assert_close(got[0], ref[0])
+    torch.testing.assert_close(got[1][1], ref[1][1])
+    packed = nn.utils.rnn.pack_padded_sequence(x, torch.tensor([6, 2, 4, 1]), batch_first=True,
+                                               enforce_sorted=False)
+    with torch.no_grad():
+        ref_p = m(packed)
+    got_p = f(packed)
+    assert isinstance(got_p[0], nn.utils.rnn.PackedSequence)
+    torch.testing.assert_close(got_p[0].data, ref_p[0].data)
+    torch.testing.assert_close(f(x[0])[0], m(x[0])[0].detach())  # unbatched
+    # a copy: changing the original does not reach it
+    with torch.no_grad():
+        m.weight_hh_l0.mul_(2)
+    torch.testing.assert_close(f(x, (h0, c0))[0], got[0])
+    assert list(f.parameters()) == []
+    f2 = pickle.loads(pickle.dumps(f))
+    torch.testing.assert_close(f2(x, (h0, c0))[0], got[0])
+    with pytest.raises(RuntimeError, match="inference only"):
+        f.train()
+    with pytest.raises(ValueError, match="dtype"):
+        f(x.double())
+    with pytest.raises(TypeError, match="tuple"):
+        f(x, h0)
+
+
+@pytest.mark.parametrize("cls", [nn.LSTMCell, nn.GRUCell, nn.RNNCell, pt.GRUCell])
+@pytest.mark.parametrize("precision", [None, "int8", "bf16"])
+def test_frozen_cells(cls, precision):
+    torch.manual_seed(2)
+    c = cls(5, 9)
+    x, h = torch.randn(3, 5), torch.randn(3, 9)
+    hx = (h, torch.randn(3, 9)) if cls is nn.LSTMCell else h
+    f = pt.freeze(c, precision)
+    assert isinstance(f, pt.FrozenRNNCell)
+    with torch.no_grad():
+        ref = c(x, hx)
+    got = f(x, hx)
+    tol = {None: 1e-6, "int8": 0.03, "bf16": 0.01}[precision]
+    if cls is nn.LSTMCell:
+        torch.testing.assert_close(got[0], ref[0], atol=tol, rtol=0)
+        torch.testing.assert_close(got[1], ref[1], atol=tol, rtol=0)
+    else:
+        torch.testing.assert_close(got, ref, atol=tol, rtol=0)
+
+
+def test_freeze_refuses_other_modules():
+    with pytest.raises(TypeError, match="LSTM, GRU, RNN"):
+        pt.freeze(nn.Linear(2, 2))
