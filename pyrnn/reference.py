@@ -99,7 +99,7 @@ def _sigmoid(v):
 def _affine(v, W, b):
     """v @ W.T + b, with b possibly None; W may be a :func:`lower_weights` result."""
     if isinstance(W, _Int8Weights):
-        qa, sa = quantize_rows_int8(v)
+        qa, sa = quantize_rows_int8(v, levels=63)  # activations: 7 bits (see lower_weights)
         out = (qa.astype(np.int64) @ W.q.T.astype(np.int64)).astype(np.float32) * (sa[:, None] * W.scale[None, :])
     else:
         out = v @ W.T
@@ -127,23 +127,25 @@ class _Int8Weights:
         return out
 
 
-def quantize_rows_int8(a):
-    """Symmetric int8 quantisation of each row of a float32 [n, K] array:
-    returns (q [n, K] int32 in [-127, 127], scale [n] float32), a ~= q * scale[:, None].
+def quantize_rows_int8(a, levels=127):
+    """Symmetric quantisation of each row of a float32 [n, K] array to integers in
+    [-levels, levels]: returns (q [n, K] int32, scale [n] float32), a ~= q * scale[:, None].
 
-    scale = max|row| / 127 and q = round-half-even(row * (127 / max|row|)) in
-    float32, as the kernels compute it; a row with inf or NaN gets scale NaN
-    (its products come out NaN) and a zero row scale 0.
+    scale = max|row| / levels and q = round-half-even(row * (levels / max|row|))
+    in float32, as the kernels compute it; a row with inf or NaN gets scale NaN
+    (its products come out NaN) and a zero row scale 0. The kernels use 127
+    levels for weights and 63 (7 bits) for activations.
     """
     a = np.asarray(a, np.float32)
     with np.errstate(invalid="ignore"):
         amax = np.max(np.abs(a), axis=1) if a.shape[1] else np.zeros(a.shape[0], np.float32)
     finite = np.isfinite(amax)
     usable = finite & (amax > 0)
-    inv = np.where(usable, np.float32(127) / np.where(usable, amax, np.float32(1)), np.float32(0)).astype(np.float32)
+    lv = np.float32(levels)
+    inv = np.where(usable, lv / np.where(usable, amax, np.float32(1)), np.float32(0)).astype(np.float32)
     with np.errstate(invalid="ignore"):
         q = np.rint(np.where(finite[:, None], a * inv[:, None], np.float32(0))).astype(np.int32)
-    scale = np.where(finite, amax / np.float32(127), np.float32(np.nan)).astype(np.float32)
+    scale = np.where(finite, amax / lv, np.float32(np.nan)).astype(np.float32)
     return q, scale
 
 
@@ -157,7 +159,9 @@ def round_bf16(a):
 
 def lower_weights(W, precision):
     """W as a reduced-precision forward multiplies it: "int8" (per-row scales,
-    activations quantised per row at each product), "bf16", or "same"/None (W)."""
+    127 levels; the activations it multiplies are quantised per row at each
+    product to 63 levels, 7 bits, as torch's fbgemm reduce_range keeps them, so
+    the kernels' 8-bit products cannot saturate), "bf16", or "same"/None (W)."""
     if precision in (None, "same"):
         return W
     if np.asarray(W).dtype != np.float32:

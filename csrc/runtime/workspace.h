@@ -58,10 +58,11 @@ struct Workspace {
 struct LowPanels {
   WeightPrecision prec = WeightPrecision::Same;
   int64_t K = 0, NR = 0, np = 0;
-  AlignedBuffer<int8_t> q8;     // Int8: per panel [ceil(K/2)][NR][2] (k pairs interleaved)
-  AlignedBuffer<uint16_t> bf;   // BF16: per panel [K][NR]
-  AlignedBuffer<float> scale;   // Int8: [np*NR], a scale per column
-  size_t bytes() const { return q8.size() + 2 * bf.size() + 4 * scale.size(); }
+  AlignedBuffer<int8_t> q8;      // Int8: per panel [ceil(K/4)][NR][4] (k quads interleaved)
+  AlignedBuffer<uint16_t> bf;    // BF16: per panel [K][NR]
+  AlignedBuffer<float> scale;    // Int8: [np*NR], a scale per column
+  AlignedBuffer<int32_t> offset; // Int8: [np*NR], 64 * the column's sum (the A rows' offset)
+  size_t bytes() const { return q8.size() + 2 * bf.size() + 4 * scale.size() + 4 * offset.size(); }
 };
 
 // A cell's weights packed for the one-step path (pyrnn/api.h): the column
