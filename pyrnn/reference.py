@@ -80,6 +80,9 @@ __all__ = [
     "lstm_backward",
     "gru_forward",
     "gru_backward",
+    "lower_weights",
+    "quantize_rows_int8",
+    "round_bf16",
 ]
 
 _STATE_NAMES = {"rnn": ("h",), "lstm": ("h", "c"), "gru": ("h",)}

@@ -27,6 +27,12 @@ tensors without copies. Gradients reach the input, the initial
 states and every parameter. When no gradient is needed (``torch.no_grad()``,
 or nothing requires grad) the kernels run without keeping activations.
 
+Inference copies: ``pyrnn.torch.freeze(module, precision=None)`` (or
+``module.freeze()``) and ``pyrnn.torch.quantize_dynamic(model, dtype=torch.qint8
+| torch.bfloat16)`` replace recurrent modules (torch.nn's or these) by
+:class:`FrozenRNN` / :class:`FrozenRNNCell`: the weights copied and packed once,
+in float32 or in int8 (per-row scales, activations quantised per row) or bf16.
+
 Limits: CPU tensors of dtype float32 or float64 only (others raise); no
 double backward (differentiating the gradients raises a RuntimeError saying
 so); ``torch.func`` transforms, ``torch.compile`` tracing and TorchScript do
@@ -506,17 +512,8 @@ def _state_arrays(owner, hx, dtype, lstm):
     return _np(hx)
 
 
-class FrozenRNN(nn.Module):
-    """Inference-only copy of an LSTM, GRU or RNN (torch.nn or pyrnn.torch) with
-    its weights packed once, optionally in int8 or bf16: :func:`freeze`,
-    :func:`quantize_dynamic`.
-
-    Called like the module it was made from (padded or PackedSequence input,
-    ``batch_first``, unbatched input, hx), returning the same structure. It
-    holds a copy of the weights taken when it was made (no parameters: later
-    changes to the original do not reach it; freeze again to use them).
-    Outputs carry no gradient.
-    """
+class _Frozen(nn.Module):
+    """A NumPy frozen copy (layer.freeze / cell.freeze) of a torch module, for inference."""
 
     def __init__(self, module, precision=None):
         super().__init__()
@@ -528,13 +525,26 @@ class FrozenRNN(nn.Module):
     def precision(self):
         return self.frozen.precision
 
-    def extra_repr(self):
-        return f"{self.frozen!r}".replace(".freeze(", " frozen(")
-
     def train(self, mode=True):
         if mode:
             raise RuntimeError(f"{self.source}: a frozen module is for inference only; train the original")
         return super().train(False)
+
+
+class FrozenRNN(_Frozen):
+    """Inference-only copy of an LSTM, GRU or RNN (torch.nn or pyrnn.torch) with
+    its weights packed once, optionally in int8 or bf16: :func:`freeze`,
+    :func:`quantize_dynamic`.
+
+    Called like the module it was made from (padded or PackedSequence input,
+    ``batch_first``, unbatched input, hx), returning the same structure. It
+    holds a copy of the weights taken when it was made (no parameters: later
+    changes to the original do not reach it; freeze again to use them).
+    Outputs carry no gradient.
+    """
+
+    def extra_repr(self):
+        return f"{self.frozen!r}".replace(".freeze(", " frozen(")
 
     def forward(self, input, hx=None):
         owner = self.source
@@ -557,28 +567,13 @@ class FrozenRNN(nn.Module):
         return y, torch.from_numpy(state)
 
 
-class FrozenRNNCell(nn.Module):
+class FrozenRNNCell(_Frozen):
     """Inference-only copy of an LSTMCell, GRUCell or RNNCell (torch.nn or
     pyrnn.torch) with its weights packed once, optionally int8 or bf16; called
     like the cell. See :class:`FrozenRNN`."""
 
-    def __init__(self, module, precision=None):
-        super().__init__()
-        self.source = type(module).__name__
-        self.frozen = _numpy_copy(module).freeze(precision)
-        self.torch_dtype = _weights_dtype(module)
-
-    @property
-    def precision(self):
-        return self.frozen.precision
-
     def extra_repr(self):
         return repr(self.frozen)
-
-    def train(self, mode=True):
-        if mode:
-            raise RuntimeError(f"{self.source}: a frozen module is for inference only; train the original")
-        return super().train(False)
 
     def forward(self, input, hx=None):
         owner = self.source
