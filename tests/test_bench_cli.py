@@ -51,6 +51,7 @@ def test_gru_fwd_json_and_markdown(tmp_path, capsys):
     assert "[1/6] pyrnn: gru B=3 T=4 H=8 fwd 1 thread ..." in err  # 3 cases for pyrnn, then 3 for torch
     assert "[4/6] torch: gru B=3 T=4 H=8 fwd 1 thread ..." in err or not HAVE_TORCH
     assert "pyrnn ms" in out and "% peak" in out
+    assert "int8" not in out and "bf16" not in out and "reduced-precision" not in out  # no --precision
 
     assert report["threads"] == [1] and set(report["peak_gflops"]) == {"1"}
     assert report["peak_gflops"]["1"] > 0
@@ -361,6 +362,8 @@ def test_scaling_plot_png(tmp_path):
     (["--cells", "foo"], "'foo' is not one of lstm, gru, rnn"),
     (["--modes", "bwd"], "'bwd' is not one of fwd, fwdbwd"),
     (["--peers", "tf"], "'tf' is not one of torch, ort, jax, torch-int8, reference"),
+    (["--precision", "fp16"], "'fp16' is not one of fp32, int8, bf16"),
+    (["--precision", ","], "argument --precision: expected a comma-separated list"),
     (["--bogus"], "unrecognized arguments"),
 ])
 def test_invalid_options(args, message, capsys):
@@ -408,3 +411,183 @@ def test_small_batch_rows_report_the_weights_bandwidth():
     assert row["bound_level"] == "L3" and row["bound_gbs"] == 50.0
     assert row["whh_gbs"] == pytest.approx(16 * 2**20 * 25 / 0.010 / 1e9)
     assert big["whh_gbs"] is None and big["bound_level"] is None
+
+
+# --precision: pyrnn's int8 and bf16 inference. A few tiny cases: LSTM (float32 and float64), a stacked
+# bidirectional LSTM layer with variable lengths, a GRU and an RNN (no torch-int8 peer).
+PRECISION_SUITE = (
+    bench.Case("lstm", B=3, T=4, H=8),
+    bench.Case("lstm", B=3, T=4, H=8, dtype="float64"),
+    bench.Case("lstm", B=3, T=6, H=8, layers=2, bidirectional=True, lengths=(2, 6), impl="layer"),
+    bench.Case("gru", B=2, T=4, H=8, I=5),
+    bench.Case("rnn_tanh", B=2, T=4, H=8),
+)
+PRECISION_PEERS = ["torch", "torch-int8"] if HAVE_TORCH else ["reference"]
+
+
+def precision_keys(p):
+    keys = {f"pyrnn_{p}_{k}" for k in ("ms", "gflops", "reps", "note")}
+    keys |= {f"{p}_vs_pyrnn_fp32", f"{p}_vs_best_fp32", f"{p}_max_err", f"{p}_mean_err"}
+    return keys | ({"int8_vs_torch_int8"} if p == "int8" else set())
+
+
+@pytest.fixture(scope="module")
+def precision_run(tmp_path_factory):
+    """One run with --precision int8,bf16 in pinned workers (the precisions are timed in pyrnn's), both modes."""
+    tmp = tmp_path_factory.mktemp("precision")
+    md = tmp / "r.md"
+    with pytest.MonkeyPatch.context() as mp:  # the cases travel to the workers in their jobs
+        mp.setitem(bench.cases.SUITES, "standard", PRECISION_SUITE)
+        rc = bench.main([*TINY, "--precision", "int8,bf16", "--peers", ",".join(PRECISION_PEERS),
+                         "--json", tmp / "r.json", "--markdown", md])
+    return rc, json.loads((tmp / "r.json").read_text()), md.read_text()
+
+
+def test_precision_option_parses():
+    parse = cli.build_parser().parse_args
+    assert parse([]).precision == ["fp32"]
+    assert parse(["--precision", "int8"]).precision == ["int8"]
+    assert parse(["--precision", "fp32, bf16,int8,bf16"]).precision == ["fp32", "bf16", "int8"]
+
+
+def test_precision_json_fields(precision_run):
+    rc, report, _ = precision_run
+    assert rc == 0
+    assert report["precisions"] == ["fp32", "int8", "bf16"]
+    (worker,) = [w for w in report["workers"] if w["framework"] == "pyrnn"]
+    assert worker["isolated"] and worker["pid"] != os.getpid()  # timed in pyrnn's worker
+    rows = timed_rows(report)
+    assert len(rows) == 2 * len(PRECISION_SUITE)
+    keys = precision_keys("int8") | precision_keys("bf16")
+    for r in rows:
+        assert set(r) == ROW_KEYS | keys
+        assert r["check"] == "ok" and r["pyrnn_ms"] > 0
+        if r["mode"] == "fwdbwd" or r["case"].endswith("float64"):  # inference only; float32 only
+            assert all(r[k] is None for k in keys - {"pyrnn_int8_note", "pyrnn_bf16_note"})
+            note = "float32 only" if r["mode"] == "fwd" else None
+            assert r["pyrnn_int8_note"] == r["pyrnn_bf16_note"] == note
+            continue
+        for p in ("int8", "bf16"):
+            assert r[f"pyrnn_{p}_note"] is None and r[f"pyrnn_{p}_reps"] >= 3
+            for k in ("ms", "gflops"):
+                assert np.isfinite(r[f"pyrnn_{p}_{k}"]) and r[f"pyrnn_{p}_{k}"] > 0
+            assert r[f"{p}_vs_pyrnn_fp32"] == pytest.approx(r["pyrnn_ms"] / r[f"pyrnn_{p}_ms"])
+            if HAVE_TORCH:
+                assert r[f"{p}_vs_best_fp32"] == pytest.approx(r["best_peer_ms"] / r[f"pyrnn_{p}_ms"])
+            # rounding errors: above 0, small (tanh/sigmoid outputs in [-1, 1])
+            assert 0 < r[f"{p}_mean_err"] <= r[f"{p}_max_err"] < (0.1 if p == "int8" else 0.02)
+        assert r["bf16_max_err"] < r["int8_max_err"]  # 8 bits of mantissa vs 7 bits + a per-row scale
+        if HAVE_TORCH and r["cell"] in ("lstm", "gru"):
+            assert r["int8_vs_torch_int8"] == pytest.approx(r["torch_int8_ms"] / r["pyrnn_int8_ms"])
+        else:
+            assert r["int8_vs_torch_int8"] is None  # quantize_dynamic has no int8 RNN
+
+
+def test_precision_summary_from_run(precision_run):
+    _, report, md = precision_run
+    summary = report["precision_summary"]
+    assert set(summary) == {"int8", "bf16"}
+    fwd32 = [r for r in timed_rows(report) if r["mode"] == "fwd" and not r["case"].endswith("float64")]
+    for p, s in summary.items():
+        best = s["vs_best_fp32"]
+        if HAVE_TORCH:
+            assert best["all"]["rows"] == best["small_batch"]["rows"] == len(fwd32)  # --tiny: B <= 3
+            expected = np.exp(np.mean(np.log([r[f"{p}_vs_best_fp32"] for r in fwd32])))
+            assert best["all"]["geomean"] == pytest.approx(expected)
+        assert [t["ratio"] for t in s["targets"]] == (["vs_best_fp32", "vs_torch_int8"] if p == "int8"
+                                                      else ["vs_best_fp32"])
+    if HAVE_TORCH:
+        lstm = summary["int8"]["vs_torch_int8"]["lstm"]
+        assert lstm["rows"] == sum(r["cell"] == "lstm" for r in fwd32) and np.isfinite(lstm["geomean"])
+        assert summary["int8"]["vs_torch_int8"]["all"]["rows"] == sum(r["cell"] != "rnn" for r in fwd32)
+    assert "pyrnn's reduced-precision inference, geometric means over the fwd rows" in md
+    assert "- int8: best fp32 peer/int8 " in md and "- bf16: best fp32 peer/bf16 " in md
+    assert "targets: best fp32 peer/int8 >= 2x at B <= 8: " in md
+
+
+def test_precision_table_columns(precision_run):
+    _, report, md = precision_run
+    head = ("| int8 ms | pyrnn/int8 | best fp32/int8 | torch-int8/int8 | int8 max err | int8 mean err | "
+            "bf16 ms | pyrnn/bf16 | best fp32/bf16 | bf16 max err | bf16 mean err | check |") if HAVE_TORCH else (
+            "| int8 ms | pyrnn/int8 | int8 max err | int8 mean err | bf16 ms | pyrnn/bf16 | bf16 max err | "
+            "bf16 mean err | check |")
+    assert head in md
+    n = head.count("|") - 2  # the precision columns
+    lines = {tuple(line.split(" | ")[:2]): line for line in md.splitlines() if line.startswith("| lstm")}
+    f64 = lines[("| lstm B=3 T=4 H=8 float64", "fwd")]
+    assert f64.endswith(" | " + " | ".join(["-"] * n) + " | ok |")  # float64: no reduced precision
+    assert lines[("| lstm B=3 T=4 H=8", "fwdbwd")].endswith(" | " + " | ".join(["-"] * n) + " | ok |")
+    r = next(r for r in timed_rows(report) if r["case"] == "lstm B=3 T=4 H=8" and r["mode"] == "fwd")
+    assert f" | {r['pyrnn_int8_ms']:.3f} | {r['int8_vs_pyrnn_fp32']:.2f}x | " in lines[("| lstm B=3 T=4 H=8", "fwd")]
+    assert f" | {r['int8_max_err']:.1e} | {r['int8_mean_err']:.1e} | " in lines[("| lstm B=3 T=4 H=8", "fwd")]
+    assert "fp32, pyrnn int8 inference, pyrnn bf16 inference; threads 1" in md
+    assert "int8 = W_ih and W_hh as int8 with a scale per row" in md and "bf16 = W_ih and W_hh as bfloat16" in md
+    assert "pyrnn int8 not run (float32 only): lstm B=3 T=4 H=8 float64 (fwd)." in md
+
+
+def test_precision_only_int8_text(tmp_path, capsys):
+    rc, report = run_json(tmp_path, "--cells", "rnn", "--modes", "fwd", "--precision", "int8",
+                          "--peers", "reference")
+    assert rc == 0 and report["precisions"] == ["fp32", "int8"]
+    assert set(report["precision_summary"]) == {"int8"}
+    rows = timed_rows(report)
+    assert rows and all(r["int8_max_err"] > 0 and "pyrnn_bf16_ms" not in r for r in rows)
+    out = capsys.readouterr().out
+    assert "int8 ms" in out and "int8 max err" in out and "bf16" not in out
+    assert "best fp32/int8" not in out  # no fp32 peer asked for
+    summary = " ".join(out.split())
+    assert "int8: best fp32 peer/int8 - (no fp32 peer in --peers); torch-int8/int8 - (torch-int8 not in --peers)" \
+        in summary
+    assert "best fp32 peer/int8 >= 2x at B <= 8: not measured" in summary
+
+
+def test_failing_precision_is_an_error(tmp_path, monkeypatch):
+    original = runner.pyrnn_runner
+
+    def broken_bf16(case, inputs, mode, precision=None):
+        step = original(case, inputs, mode, precision=precision)
+        if precision != "bf16":
+            return step
+
+        def boom():
+            raise RuntimeError("bf16 boom")
+
+        return boom
+
+    monkeypatch.setattr(runner, "pyrnn_runner", broken_bf16)
+    rc, report = run_json(tmp_path, "--cells", "rnn", "--modes", "fwd", "--precision", "int8,bf16")
+    assert rc == 1
+    for r in timed_rows(report):
+        assert r["pyrnn_bf16_note"] == "error: RuntimeError: bf16 boom" and r["pyrnn_bf16_ms"] is None
+        assert r["pyrnn_int8_ms"] > 0 and r["pyrnn_ms"] > 0
+
+
+def test_output_errors_over_valid_steps():
+    y = np.zeros((3, 2, 1), np.float32)
+    off = y.copy()
+    off[:, 0] = 0.5
+    off[2, 1] = 9.0  # past the second sequence's length: not counted
+    assert runner.output_errors(off, y, np.array([3, 2])) == (0.5, pytest.approx(0.5 * 3 / 5))
+    assert runner.output_errors(off, y) == (9.0, pytest.approx((1.5 + 9.0) / 6))
+
+
+def test_precision_summary_and_targets():
+    def row(cell, B, best, torch_int8):
+        return {"mode": "fwd", "status": "ok", "cell": cell, "B": B, "int8_vs_best_fp32": best,
+                "int8_vs_torch_int8": torch_int8, "bf16_vs_best_fp32": best / 2}
+
+    rows = [row("lstm", 1, 4.0, 2.0), row("lstm", 64, 1.0, 1.0), row("gru", 4, 1.0, None),
+            dict(row("lstm", 1, 100.0, 100.0), mode="fwdbwd")]
+    s = runner.precision_summary(rows, ["int8", "bf16"])
+    assert s["int8"]["vs_best_fp32"]["small_batch"] == {"geomean": pytest.approx(2.0), "rows": 2}
+    assert s["int8"]["vs_best_fp32"]["all"] == {"geomean": pytest.approx(4 ** (1 / 3)), "rows": 3}
+    assert s["int8"]["vs_torch_int8"]["lstm"] == {"geomean": pytest.approx(2 ** 0.5), "rows": 2}
+    assert [(t["target"], t["met"]) for t in s["int8"]["targets"]] == [(2.0, True), (1.5, False)]
+    assert "vs_torch_int8" not in s["bf16"]
+    assert [(t["target"], t["met"]) for t in s["bf16"]["targets"]] == [(1.4, False)]
+    lines = bench_report.precision_lines({"peers": ["torch", "torch-int8"], "precision_summary": s})
+    assert lines[0].startswith("int8: best fp32 peer/int8 2.00x (2 rows) at B <= 8, 1.59x (3 rows) over all; "
+                               "torch-int8/int8 ")
+    assert "torch-int8/int8 >= 1.5x on LSTM rows: NOT met" in lines[0]
+    assert lines[1] == ("bf16: best fp32 peer/bf16 1.00x (2 rows) at B <= 8, 0.79x (3 rows) over all (targets: "
+                        "best fp32 peer/bf16 >= 1.4x at B <= 8: NOT met)")

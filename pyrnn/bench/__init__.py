@@ -9,7 +9,10 @@ Every case is timed in fp32 for forward (inference) and forward+backward
 (training, dy = ones) at each requested thread count, with the same inputs,
 weights and thread count for every framework. Each peer's output (y, and dx
 for forward+backward) is compared with pyrnn's; a disagreement is flagged in
-the table and makes the exit status 1.
+the table and makes the exit status 1. ``--precision int8,bf16`` also times
+pyrnn's inference with its weights packed in int8 or bf16 (in pyrnn's worker),
+against the best fp32 peer and PyTorch's dynamic int8, with its error against
+pyrnn's fp32 output.
 
 The pipeline: case table (``cases.SUITE``) -> one worker process per framework
 and thread count, pinned to that many cores (``worker``), which rebuilds the

@@ -19,7 +19,9 @@ class Case:
 
     impl: "functional" runs pyrnn.functional, one call per layer and direction
     (layers chained, directions concatenated, as a stacked layer does);
-    "layer" runs pyrnn.LSTM / GRU / RNN.
+    "layer" runs pyrnn.LSTM / GRU / RNN. dtype: of the inputs and weights
+    ("float32", or "float64": pyrnn, torch and the reference only, and no
+    reduced-precision runs).
     """
 
     variant: str
@@ -32,6 +34,7 @@ class Case:
     lengths: Optional[tuple] = None  # (lo, hi): lengths drawn uniformly from [lo, hi]
     impl: str = "functional"
     name: str = ""
+    dtype: str = "float32"
 
     @property
     def cell(self) -> str:
@@ -59,6 +62,8 @@ class Case:
         parts.append(f"H={self.H}")
         if self.lengths:
             parts.append(f"len[{self.lengths[0]},{self.lengths[1]}]*")
+        if self.dtype != "float32":
+            parts.append(self.dtype)
         return " ".join(parts)
 
 
@@ -153,7 +158,8 @@ def layer_input_size(case: Case, layer: int) -> int:
 
 
 def build_inputs(case: Case, seed: int = 0) -> dict:
-    """x [T, B, I], lengths (or None), dy = ones and the weights, all fp32 (PyTorch's init range)."""
+    """x [T, B, I], lengths (or None), dy = ones and the weights, all in case.dtype (PyTorch's init range;
+    drawn in fp32, so a float64 case has the same values as its float32 twin)."""
     rng = np.random.default_rng(seed)
     G, H = _cells.GATES[case.cell], case.H
     bound = 1.0 / math.sqrt(H)
@@ -163,14 +169,14 @@ def build_inputs(case: Case, seed: int = 0) -> dict:
                   "bias_ih": (G * H,), "bias_hh": (G * H,)}
         for d in range(case.directions):
             for key, name in param_names(layer, d).items():
-                params[name] = rng.uniform(-bound, bound, shapes[key]).astype(np.float32)
+                params[name] = rng.uniform(-bound, bound, shapes[key]).astype(np.float32).astype(case.dtype)
     lengths = None
     if case.lengths is not None:
         lengths = rng.integers(case.lengths[0], case.lengths[1] + 1, case.B).astype(np.int64)
     return {
-        "x": rng.standard_normal((case.T, case.B, case.input_size), dtype=np.float32),
+        "x": rng.standard_normal((case.T, case.B, case.input_size), dtype=np.float32).astype(case.dtype),
         "lengths": lengths,
-        "dy": np.ones((case.T, case.B, case.directions * H), np.float32),
+        "dy": np.ones((case.T, case.B, case.directions * H), case.dtype),
         "params": params,
     }
 

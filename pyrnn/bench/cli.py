@@ -19,7 +19,8 @@ import pyrnn
 
 from .cases import MODES, PROFILES, SUITES, Profile, scaling_threads, select_cases
 from .report import PLOT_HINT, footnotes, render_markdown, render_text, write_plot
-from .runner import PEERS, add_bandwidth, field, measure_bandwidth, measure_peaks, run_suite, training_memory
+from .runner import (LOW_PRECISIONS, PEERS, PRECISIONS, add_bandwidth, field, measure_bandwidth, measure_peaks,
+                     precision_summary, run_suite, training_memory)
 
 CELLS = ("lstm", "gru", "rnn")  # the families (pyrnn._cells.FAMILIES), in the suite's order
 
@@ -106,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated frameworks to time against pyrnn: torch (default), ort (ONNX Runtime, "
                    "inference), jax, torch-int8 (dynamic int8, inference), reference (the NumPy reference); "
                    "one that is not installed shows '-'")
+    p.add_argument("--precision", type=_list_of(PRECISIONS), default=["fp32"], metavar="LIST",
+                   help="comma-separated weight precisions of pyrnn's inference (fwd) rows: fp32 (default, always "
+                   "run), int8 (int8 weights with a scale per row, activations quantized per row, int32 sums), "
+                   "bf16 (bfloat16 weights, fp32 sums): each adds columns with pyrnn's time in it, its speed "
+                   "against the best fp32 peer (and, for int8, against torch-int8) and its error against "
+                   "pyrnn's fp32 output, and a summary line; float32 cases only")
     p.add_argument("--reference", action="store_true",
                    help="also time the NumPy reference (pyrnn.reference), skipping very slow shapes "
                    "(the same as adding reference to --peers)")
@@ -137,13 +144,14 @@ def machine_info(args: argparse.Namespace, argv: Sequence[str], profile: Profile
         "threads": args.threads,
         "modes": args.modes,
         "peers": args.peers + (["reference"] if args.reference and "reference" not in args.peers else []),
+        "precisions": ["fp32"] + [p for p in args.precision if p in LOW_PRECISIONS],
         "isolated": not args.in_process,
         "peak_gflops": {},
     }
 
 
 def failed_row(row: dict[str, Any]) -> bool:
-    notes = [row[field(peer, "note")] or "" for peer in PEERS]
+    notes = [row.get(field(fw, "note")) or "" for fw in (*PEERS, *(f"pyrnn-{p}" for p in LOW_PRECISIONS))]
     return (row["status"].startswith("error") or (row["check"] or "ok") != "ok"
             or any(n.startswith("error") for n in notes))
 
@@ -170,9 +178,12 @@ def main(argv: Optional[Sequence[Any]] = None) -> int:
     bandwidth = meta["bandwidth_gbs"] = measure_bandwidth(args.threads, profile)
     cases = select_cases(profile, args.cells, args.suite)
     info: dict[str, Any] = {}
+    low = meta["precisions"][1:]
     rows = run_suite(cases, args.threads, args.modes, meta["peers"], profile, peaks,
-                     isolate=not args.in_process, info=info)
+                     isolate=not args.in_process, info=info, precisions=low)
     meta.update(info)
+    if low:
+        meta["precision_summary"] = precision_summary(rows, low)
     add_bandwidth(rows, bandwidth, pyrnn.cache_sizes())
     meta["torch"] = info["versions"].get("torch")
     meta["machine"]["load_average_at_end"] = load_average()

@@ -13,7 +13,7 @@ import numpy as np
 
 from .cases import MODES
 from .peers import JAX_XLA_FLAGS
-from .runner import CHECK_TOL, FP32_PEERS, check_tol, field
+from .runner import CHECK_TOL, FP32_PEERS, SMALL_BATCH, check_tol, field
 
 PEER_TITLES = {"torch": "PyTorch", "ort": "ONNX Runtime", "jax": "JAX", "torch-int8": "PyTorch dynamic int8",
                "reference": "NumPy reference"}
@@ -23,6 +23,9 @@ BEST = "best peer/pyrnn"
 PLOT_HINT = 'pip install "pyrnn[plot]"'
 LEFT_COLUMNS = ("case", "mode", "check")
 SCALING_TITLE = "Speed-up over the fewest threads (same case and mode):"
+PRECISION_TITLE = "pyrnn's reduced-precision inference, geometric means over the fwd rows (every thread count):"
+RATIO_TITLES = {"vs_best_fp32": "best fp32 peer/{p}", "vs_torch_int8": "torch-int8/{p}"}
+GROUP_TITLES = {"small_batch": f"at B <= {SMALL_BATCH}", "all": "over all", "lstm": "on LSTM rows"}
 
 Row = dict[str, Any]
 Column = Tuple[str, Callable[[Row], str]]  # (header, row -> cell text)
@@ -62,9 +65,43 @@ def _whh(r: Row) -> str:
     return f"{r['whh_gbs']:.0f} ({r['bound_level']} {r['bound_gbs']:.0f})"
 
 
-def table_columns(peers: Sequence[str], rows: Sequence[Row] = ()) -> list[Column]:
+def low_precisions(meta: dict) -> list[str]:
+    """The reduced precisions of pyrnn's inference that were asked for (--precision int8,bf16)."""
+    return [p for p in meta.get("precisions", ()) if p != "fp32"]
+
+
+def _best_low(p: str) -> Callable[[Row], str]:
+    """"2.31x ort": the fastest fp32 peer's ms over pyrnn's in precision p, and which peer it was."""
+
+    def cell(r: Row) -> str:
+        ratio = r.get(f"{p}_vs_best_fp32")
+        return "-" if ratio is None else f"{ratio:.2f}x {PEER_SHORT[r['best_peer']]}"
+
+    return cell
+
+
+def _cell(key: str, spec: str, suffix: str = "") -> Callable[[Row], str]:
+    """A column's cell: the row's ``key`` formatted ("-" where it is None or absent)."""
+    return lambda r: _fmt(r.get(key), spec, suffix)
+
+
+def precision_columns(peers: Sequence[str], precisions: Sequence[str]) -> list[Column]:
+    """Per reduced precision p: pyrnn's ms in it, pyrnn fp32/p, best fp32 peer/p (with an fp32 peer),
+    torch-int8/int8 (with torch-int8), and the max and mean error of y against pyrnn's fp32 y."""
+    columns: list[Column] = []
+    for p in precisions:
+        columns += [(f"{p} ms", _cell(f"pyrnn_{p}_ms", ".3f")), (f"pyrnn/{p}", _cell(f"{p}_vs_pyrnn_fp32", ".2f", "x"))]
+        if any(peer in FP32_PEERS for peer in peers):
+            columns.append((f"best fp32/{p}", _best_low(p)))
+        if p == "int8" and "torch-int8" in peers:
+            columns.append(("torch-int8/int8", _cell("int8_vs_torch_int8", ".2f", "x")))
+        columns += [(f"{p} max err", _cell(f"{p}_max_err", ".1e")), (f"{p} mean err", _cell(f"{p}_mean_err", ".1e"))]
+    return columns
+
+
+def table_columns(peers: Sequence[str], rows: Sequence[Row] = (), precisions: Sequence[str] = ()) -> list[Column]:
     """The table's columns; peer columns only for the peers that ran; the W_hh
-    bandwidth column only when a row has it."""
+    bandwidth column only when a row has it; those of the reduced ``precisions`` asked for."""
     columns = _first_columns() + [
         ("GFLOP/s", lambda r: _fmt(r["pyrnn_gflops"], ".1f")),
         ("% peak", lambda r: _fmt(r["pct_peak"], ".1f", "%")),
@@ -76,6 +113,7 @@ def table_columns(peers: Sequence[str], rows: Sequence[Row] = ()) -> list[Column
                     (f"{PEER_SHORT[peer]}/pyrnn", lambda r, p=peer: _fmt(r[field(p, "ratio")], ".2f", "x"))]
     if show_best(peers):
         columns.append((BEST, best_cell))
+    columns += precision_columns(peers, precisions)
     columns.append(("check", lambda r: r["check"] if r["status"] == "ok" else r["status"]))
     return columns
 
@@ -114,8 +152,8 @@ def scaling_table(rows: Sequence[Row], peers: Sequence[str], markdown: bool = Fa
 
 
 def format_table(rows: Sequence[Row], peers: Sequence[str], markdown: bool = False,
-                 columns: Optional[list[Column]] = None) -> str:
-    columns = table_columns(peers, rows) if columns is None else columns
+                 columns: Optional[list[Column]] = None, precisions: Sequence[str] = ()) -> str:
+    columns = table_columns(peers, rows, precisions) if columns is None else columns
     cells = [[h for h, _ in columns]] + [[fn(r) for _, fn in columns] for r in rows]
     left = {i for i, (h, _) in enumerate(columns) if h in LEFT_COLUMNS}
     if markdown:
@@ -153,7 +191,8 @@ def header_lines(meta: dict) -> list[str]:
     return [
         f"pyrnn {meta['pyrnn']['version']} benchmark, {meta['suite']}",
         f"machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores (load average "
-        f"{meta['machine']['load_average_at_start']} at start); ISA {meta['pyrnn']['isa_selected']}; fp32; "
+        f"{meta['machine']['load_average_at_start']} at start); ISA {meta['pyrnn']['isa_selected']}; fp32"
+        f"{''.join(f', pyrnn {p} inference' for p in low_precisions(meta))}; "
         f"threads {','.join(map(str, meta['threads']))}; {meta['date']}",
         *peer_lines(meta),
         f"measured FMA peak: {peaks}",
@@ -176,9 +215,17 @@ def _where(pairs: list[Tuple[str, str]], rows: Sequence[Row]) -> str:
 
 
 def not_run_notes(rows: Sequence[Row], meta: dict) -> list[str]:
-    """One note per peer and reason it did not run on some rows (peers not importable are in the header)."""
+    """One note per peer and reason it did not run on some rows (peers not importable are in the header),
+    and per reduced precision of pyrnn's and reason."""
     timed = [r for r in rows if r["status"] == "ok"]
     notes = []
+    for p in low_precisions(meta):
+        why: dict[str, list[Tuple[str, str]]] = {}
+        for r in timed:
+            note = r.get(field(f"pyrnn-{p}", "note"))
+            if note and (r["case"], r["mode"]) not in why.get(note, []):
+                why.setdefault(note, []).append((r["case"], r["mode"]))
+        notes += [f"pyrnn {p} not run ({note}): {_where(pairs, timed)}." for note, pairs in why.items()]
     for peer in meta["peers"]:
         if peer in meta.get("unavailable", {}):
             continue
@@ -215,6 +262,25 @@ def method_notes(meta: dict) -> list[str]:
                      "inference of LSTM and GRU only, and left out of the best peer.")
     if "reference" in peers:
         notes.append("reference = pyrnn.reference (NumPy, fp32); its BLAS threads are NumPy's own, not --threads.")
+    low = low_precisions(meta)
+    if low:
+        kinds = {"int8": "int8 = W_ih and W_hh as int8 with a scale per row, the activations they multiply (x, h) "
+                         "quantized per row at each call and step, sums in int32 (as torch's quantize_dynamic)",
+                 "bf16": "bf16 = W_ih and W_hh as bfloat16, activations and sums in fp32"}
+        ratios = [f"pyrnn/{p} = pyrnn's fp32 ms over its {p} ms" for p in low]
+        if any(p in FP32_PEERS for p in peers):
+            ratios.append("best fp32/X = the fastest fp32 peer's ms on the row over pyrnn's in precision X (and "
+                          "which peer)")
+        if "int8" in low and "torch-int8" in peers:
+            ratios.append("torch-int8/int8 = torch-int8 ms over pyrnn int8's")
+        notes.append(f"{', '.join(low)} (--precision): pyrnn's inference with its weights packed once in reduced "
+                     "precision (layer.freeze(precision=...), functional.pack_weights(precision=...)), timed in "
+                     "pyrnn's worker, its calls interleaved with the fp32 ones on the same inputs; "
+                     + "; ".join(kinds[p] for p in low) + "; biases and the gates' math stay fp32. "
+                     + "; ".join(ratios) + ". max err, mean err: |y - y fp32| against pyrnn's own fp32 output "
+                     "for the same inputs (the mean over the valid steps); they differ by the weights' "
+                     "(and for int8 the activations') rounding. Inference only (fwdbwd rows show '-'), float32 "
+                     "weights only (float64 cases show '-').")
     return notes
 
 
@@ -279,6 +345,35 @@ def footnotes(rows: Sequence[Row], meta: dict) -> list[str]:
     return notes + not_run_notes(rows, meta)
 
 
+def _geo(d: dict) -> str:
+    n = d["rows"]
+    return f"{'-' if d['geomean'] is None else format(d['geomean'], '.2f') + 'x'} ({n} row{'' if n == 1 else 's'})"
+
+
+def precision_lines(meta: dict) -> list[str]:
+    """One line per reduced precision: geometric means of its speed ratios at B <= 8 and over all fwd rows
+    (meta["precision_summary"], runner.precision_summary), and whether its targets are met."""
+    lines = []
+    for p, summary in meta.get("precision_summary", {}).items():
+        parts = []
+        for ratio, groups in summary.items():
+            if ratio == "targets":
+                continue
+            title = RATIO_TITLES[ratio].format(p=p)
+            if ratio == "vs_torch_int8" and "torch-int8" not in meta["peers"]:
+                parts.append(f"{title} - (torch-int8 not in --peers)")
+                continue
+            if ratio == "vs_best_fp32" and not any(peer in FP32_PEERS for peer in meta["peers"]):
+                parts.append(f"{title} - (no fp32 peer in --peers)")
+                continue
+            parts.append(f"{title} " + ", ".join(f"{_geo(d)} {GROUP_TITLES[g]}" for g, d in groups.items()))
+        targets = [f"{RATIO_TITLES[t['ratio']].format(p=p)} >= {t['target']:g}x {GROUP_TITLES[t['rows']]}: "
+                   + ("not measured" if t["met"] is None else "met" if t["met"] else "NOT met")
+                   for t in summary["targets"]]
+        lines.append(f"{p}: " + "; ".join(parts) + (f" (targets: {', '.join(targets)})" if targets else ""))
+    return lines
+
+
 def show_scaling(meta: dict) -> bool:
     return meta["suite"].startswith("scaling") or len(meta["threads"]) > 2
 
@@ -286,16 +381,24 @@ def show_scaling(meta: dict) -> bool:
 def render_text(rows: Sequence[Row], meta: dict) -> str:
     notes = [textwrap.fill(n, 110, initial_indent="  ", subsequent_indent="    ") for n in footnotes(rows, meta)]
     scaling = ["", SCALING_TITLE, scaling_table(rows, meta["peers"])] if show_scaling(meta) else []
-    return "\n".join(header_lines(meta) + ["", format_table(rows, meta["peers"])] + scaling + [""] + notes)
+    summary = precision_lines(meta)
+    if summary:
+        summary = ["", PRECISION_TITLE] + [textwrap.fill(line, 110, initial_indent="  ", subsequent_indent="    ")
+                                           for line in summary]
+    table = format_table(rows, meta["peers"], precisions=low_precisions(meta))
+    return "\n".join(header_lines(meta) + ["", table] + scaling + summary + [""] + notes)
 
 
 def render_markdown(rows: Sequence[Row], meta: dict) -> str:
     head = header_lines(meta)
     scaling = (["", SCALING_TITLE, "", scaling_table(rows, meta["peers"], markdown=True)]
                if show_scaling(meta) else [])
+    summary = precision_lines(meta)
+    if summary:
+        summary = ["", PRECISION_TITLE, "", *(f"- {line}" for line in summary)]
     return "\n".join([f"## {head[0]}", "", *(f"- {line}" for line in head[1:]), "",
-                      format_table(rows, meta["peers"], markdown=True), *scaling, "",
-                      *(f"- {n}" for n in footnotes(rows, meta))]) + "\n"
+                      format_table(rows, meta["peers"], markdown=True, precisions=low_precisions(meta)), *scaling,
+                      *summary, "", *(f"- {n}" for n in footnotes(rows, meta))]) + "\n"
 
 
 def _pyplot() -> Any:

@@ -5,7 +5,9 @@ step and returns (y, dx or None); it raises :class:`Unavailable` when the
 framework cannot run the case. ONNX Runtime's, JAX's and PyTorch int8's are in
 :mod:`pyrnn.bench.peers`. :func:`run_suite` times each framework in a worker
 process of its own (:mod:`pyrnn.bench.worker`), pinned to as many cores as
-threads, one framework after another.
+threads, one framework after another. pyrnn's reduced-precision inference
+(``precisions``: int8, bf16 weights) is timed in pyrnn's worker, beside its fp32
+calls, and compared with pyrnn's own fp32 output.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ IN_PROCESS = ("reference",)  # run in this process even when the others get work
 CHECK_TOL = 1e-3  # max |pyrnn - peer| / max(1, max |peer|), for y and dx
 CHECK_TOLS = {"torch-int8": 0.1}  # int8 weights and activations against pyrnn's fp32: ~1e-2 off on the suite
 REFERENCE_MAX_S = 3.0  # skip the reference where one call is estimated to take longer
+PRECISIONS = ("fp32", "int8", "bf16")  # --precision: fp32 is pyrnn's own (always run), the others its inference
+LOW_PRECISIONS = PRECISIONS[1:]  # pyrnn's reduced-precision inference weights (pack_weights / freeze precision=)
 
 Step = Callable[[], Tuple[Any, Any]]  # one call: (y, dx or None)
 RunnerFactory = Callable[[Case, dict, str], Step]
@@ -81,15 +85,16 @@ def _functional_backward(module: ModuleType, case: Case, caches: list, dy: np.nd
     return _stack.backward(run, dy, case.layers, case.directions, case.H)
 
 
-def functional_runner(module: ModuleType) -> RunnerFactory:
-    """Runner factory for pyrnn.functional or pyrnn.reference (same API)."""
+def functional_runner(module: ModuleType) -> Callable[..., Step]:
+    """Runner factory for pyrnn.functional or pyrnn.reference (same API); ``precision`` (pyrnn.functional,
+    inference): the packed weights' (pack_weights(precision=))."""
 
-    def make(case: Case, inputs: dict, mode: str) -> Step:
+    def make(case: Case, inputs: dict, mode: str, precision: Optional[str] = None) -> Step:
         if mode == "fwd":
             # pyrnn's inference packs its recurrent weights once, as a session of ONNX Runtime does
             packed = None if module is not F else [
                 F.pack_weights(case.cell, inputs["params"][param_names(layer, d)["weight_ih"]],
-                               inputs["params"][param_names(layer, d)["weight_hh"]],
+                               inputs["params"][param_names(layer, d)["weight_hh"]], precision=precision,
                                **_cells.cell_options(_cells.CELLS[case.variant]))
                 for layer in range(case.layers) for d in range(case.directions)]
             return lambda: (_functional_forward(module, case, inputs, False, packed)[0], None)
@@ -106,15 +111,15 @@ def functional_runner(module: ModuleType) -> RunnerFactory:
 LAYERS: dict[str, Callable[..., Any]] = {"lstm": pyrnn.LSTM, "gru": pyrnn.GRU, "rnn": pyrnn.RNN}
 
 
-def layer_runner(case: Case, inputs: dict, mode: str) -> Step:
-    """pyrnn.LSTM / GRU / RNN (PyTorch-compatible layers)."""
+def layer_runner(case: Case, inputs: dict, mode: str, precision: Optional[str] = None) -> Step:
+    """pyrnn.LSTM / GRU / RNN (PyTorch-compatible layers); ``precision``: freeze(precision=) for inference."""
     layer = LAYERS[case.cell](case.input_size, case.H, case.layers, bidirectional=case.bidirectional,
-                              **_cells.cell_options(_cells.CELLS[case.variant]))
+                              dtype=case.dtype, **_cells.cell_options(_cells.CELLS[case.variant]))
     layer.load_state_dict(inputs["params"])
     layer.train(mode == "fwdbwd")
     lengths = {} if inputs["lengths"] is None else {"lengths": inputs["lengths"]}
     if mode == "fwd":
-        frozen = layer.freeze()  # inference: the recurrent weights packed once
+        frozen = layer.freeze(precision)  # inference: the recurrent weights packed once
         return lambda: (frozen(inputs["x"], **lengths)[0], None)
 
     def train_step() -> Tuple[Any, Any]:
@@ -125,9 +130,18 @@ def layer_runner(case: Case, inputs: dict, mode: str) -> Step:
     return train_step
 
 
-def pyrnn_runner(case: Case, inputs: dict, mode: str) -> Step:
+def pyrnn_runner(case: Case, inputs: dict, mode: str, precision: Optional[str] = None) -> Step:
+    """pyrnn on the case; ``precision`` "int8" or "bf16": its inference with weights packed in that precision
+    (raises Unavailable for training or float64 cases)."""
+    if precision == "fp32":
+        precision = None
+    if precision is not None:
+        if mode != "fwd":
+            raise Unavailable("inference only")
+        if case.dtype != "float32":
+            raise Unavailable("float32 only")
     make = layer_runner if case.impl == "layer" else functional_runner(F)
-    return make(case, inputs, mode)
+    return make(case, inputs, mode, precision=precision)
 
 
 # torch.nn module and extra constructor arguments per variant (variants missing here have no PyTorch peer)
@@ -149,6 +163,8 @@ def torch_module(case: Case, inputs: dict) -> Any:
     cls_name, kwargs = TORCH_MODULES[case.variant]
     module = getattr(torch.nn, cls_name)(case.input_size, case.H, case.layers, bidirectional=case.bidirectional,
                                          **kwargs)
+    if case.dtype == "float64":
+        module = module.double()
     with torch.no_grad():
         for name, p in module.named_parameters():
             p.copy_(torch.from_numpy(inputs["params"][name]))
@@ -218,6 +234,8 @@ def _peer(name: str) -> RunnerFactory:
     def make(case: Case, inputs: dict, mode: str) -> Step:
         from . import peers
 
+        if case.dtype != "float32":
+            raise Unavailable("float32 only")
         factory: RunnerFactory = getattr(peers, name)
         return factory(case, inputs, mode)
 
@@ -245,6 +263,17 @@ def max_rel_error(actual: Any, expected: Any) -> float:
         return math.inf
     scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
     return float(np.max(np.abs(actual - expected))) / scale if expected.size else 0.0
+
+
+def output_errors(actual: Any, expected: Any, lengths: Optional[np.ndarray] = None) -> Tuple[float, float]:
+    """(max, mean) of |actual - expected| over y [T, B, D*H]; with lengths, over the valid steps only
+    (padding is zero in both)."""
+    diff = np.abs(_to_numpy(actual).astype(np.float64) - _to_numpy(expected).astype(np.float64))
+    if lengths is not None:
+        diff = diff[np.arange(diff.shape[0])[:, None] < np.asarray(lengths)[None, :]]
+    if not diff.size:
+        return 0.0, 0.0
+    return float(np.max(diff)), float(np.mean(diff))
 
 
 def check_tol(peer: str) -> float:
@@ -379,7 +408,19 @@ def field(framework: str, what: str) -> str:
     return f"{framework.replace('-', '_')}_{what}"
 
 
-def _base_row(case: Case, inputs: dict, mode: str, threads: Optional[int]) -> dict[str, Any]:
+def precision_keys(precision: str) -> list[str]:
+    """A reduced precision's row fields: pyrnn_int8_ms (gflops, reps, note), int8_vs_pyrnn_fp32 (pyrnn's fp32
+    ms over its int8 ms), int8_vs_best_fp32 (the best fp32 peer's ms over it), int8_vs_torch_int8 (int8 only),
+    int8_max_err and int8_mean_err (|y - pyrnn's fp32 y|)."""
+    fw = f"pyrnn-{precision}"
+    return ([field(fw, k) for k in ("ms", "gflops", "reps", "note")]
+            + [f"{precision}_vs_{x}" for x in ("pyrnn_fp32", "best_fp32")]
+            + ([f"{precision}_vs_torch_int8"] if precision == "int8" else [])
+            + [f"{precision}_max_err", f"{precision}_mean_err"])
+
+
+def _base_row(case: Case, inputs: dict, mode: str, threads: Optional[int],
+              precisions: Sequence[str] = ()) -> dict[str, Any]:
     return {
         "case": case.label, "variant": case.variant, "cell": case.cell, "B": case.B, "T": case.T,
         "I": case.input_size, "H": case.H, "layers": case.layers, "bidirectional": case.bidirectional,
@@ -390,6 +431,7 @@ def _base_row(case: Case, inputs: dict, mode: str, threads: Optional[int]) -> di
         "pyrnn_ms": None, "pyrnn_gflops": None, "pct_peak": None, "pyrnn_reps": None,
         **{field(p, k): None for p in PEERS for k in ("ms", "gflops", "ratio", "note")},
         "best_peer": None, "best_peer_ms": None, "best_peer_ratio": None,
+        **{k: None for p in precisions for k in precision_keys(p)},
     }
 
 
@@ -403,6 +445,61 @@ def set_best_peer(row: dict[str, Any], peers: Iterable[str]) -> None:
     ms, peer = min(times)
     row.update(best_peer=peer, best_peer_ms=ms,
                best_peer_ratio=None if row["pyrnn_ms"] is None else ms / row["pyrnn_ms"])
+
+
+def set_precisions(row: dict[str, Any], entry: dict, precisions: Sequence[str]) -> None:
+    """The reduced-precision fields of a row (after set_best_peer) from pyrnn's worker entry:
+    entry["precisions"][p] = {"ms", "reps", "note", "max_err", "mean_err"} (absent for training rows)."""
+    for p in precisions:
+        e = entry.get("precisions", {}).get(p)
+        if e is None:
+            continue
+        fw = f"pyrnn-{p}"
+        row.update({f"{p}_max_err": e["max_err"], f"{p}_mean_err": e["mean_err"], field(fw, "note"): e["note"]})
+        if e["ms"] is None:
+            continue
+        ms = e["ms"]
+        row.update({field(fw, "ms"): ms, field(fw, "gflops"): row["gflop"] / (ms / 1e3), field(fw, "reps"): e["reps"],
+                    f"{p}_vs_pyrnn_fp32": None if row["pyrnn_ms"] is None else row["pyrnn_ms"] / ms,
+                    f"{p}_vs_best_fp32": None if row["best_peer_ms"] is None else row["best_peer_ms"] / ms})
+        if p == "int8":
+            row["int8_vs_torch_int8"] = None if row["torch_int8_ms"] is None else row["torch_int8_ms"] / ms
+
+
+# Goals of the reduced-precision inference (geometric means over the fwd rows): (ratio key, rows, target)
+PRECISION_TARGETS = {
+    "int8": (("vs_best_fp32", "small_batch", 2.0), ("vs_torch_int8", "lstm", 1.5)),
+    "bf16": (("vs_best_fp32", "small_batch", 1.4),),
+}
+
+
+def geomean(values: Sequence[float]) -> Optional[float]:
+    return math.exp(statistics.fmean(math.log(v) for v in values)) if values else None
+
+
+def precision_summary(rows: Sequence[dict[str, Any]], precisions: Sequence[str]) -> dict[str, Any]:
+    """Per reduced precision: the geometric means of its speed ratios over the fwd rows, at B <= SMALL_BATCH
+    ("small_batch") and over all ("all"; for int8 vs torch-int8 also over the LSTM rows, "lstm"), each
+    {"geomean", "rows"}, and the targets of PRECISION_TARGETS with "met"."""
+    out: dict[str, Any] = {}
+    fwd = [r for r in rows if r["mode"] == "fwd" and r["status"] == "ok"]
+    groups = {"small_batch": lambda r: r["B"] <= SMALL_BATCH, "all": lambda r: True,
+              "lstm": lambda r: r["cell"] == "lstm"}
+    for p in precisions:
+        summary: dict[str, Any] = {}
+        for ratio in ("vs_best_fp32",) + (("vs_torch_int8",) if p == "int8" else ()):
+            summary[ratio] = {}
+            for group, keep in groups.items():
+                if group == "lstm" and ratio != "vs_torch_int8":
+                    continue
+                values = [r[f"{p}_{ratio}"] for r in fwd if keep(r) and r.get(f"{p}_{ratio}") is not None]
+                summary[ratio][group] = {"geomean": geomean(values), "rows": len(values)}
+        summary["targets"] = [
+            {"ratio": ratio, "rows": group, "target": target, "geomean": summary[ratio][group]["geomean"],
+             "met": None if summary[ratio][group]["geomean"] is None else summary[ratio][group]["geomean"] >= target}
+            for ratio, group, target in PRECISION_TARGETS.get(p, ())]
+        out[p] = summary
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -465,9 +562,11 @@ def spawn_worker(job: dict, tmpdir: str, progress: Callable[[str], None]) -> dic
 
 
 def run_frameworks(cases: Sequence[Case], threads: Sequence[int], modes: Sequence[str], frameworks: Sequence[str],
-                   profile: Profile, log: TextIO, isolate: bool = True, seed: int = 0) -> Tuple[dict, dict]:
+                   profile: Profile, log: TextIO, isolate: bool = True, seed: int = 0,
+                   precisions: Sequence[str] = ()) -> Tuple[dict, dict]:
     """Every framework at every thread count, one after another: a worker process each
     (``isolate``; the NumPy reference stays in this process), else all in this process.
+    ``precisions`` (int8, bf16): pyrnn's worker also times its inference in those.
     Returns ({(framework, threads): worker result}, {case index: check errors}); outputs are
     kept at the last thread count only, compared with pyrnn's as each worker ends, then dropped."""
     from .worker import run_job
@@ -491,7 +590,8 @@ def run_frameworks(cases: Sequence[Case], threads: Sequence[int], modes: Sequenc
                 in_process = not isolate or fw in IN_PROCESS
                 job = {"framework": fw, "threads": t, "cores": None if in_process else cores_for(t, all_cores),
                        "cases": list(cases), "modes": list(modes), "profile": profile, "seed": seed,
-                       "keep_outputs": t == threads[-1], "isolated": not in_process}
+                       "keep_outputs": t == threads[-1], "isolated": not in_process,
+                       "precisions": [p for p in precisions if p in LOW_PRECISIONS] if fw == "pyrnn" else []}
                 start = done[0]
                 result = run_job(job, progress) if in_process else spawn_worker(job, tmp, progress)
                 done[0] = start + len(cases) * len(modes)  # an unavailable framework skips its steps
@@ -509,13 +609,16 @@ def run_frameworks(cases: Sequence[Case], threads: Sequence[int], modes: Sequenc
 
 def run_suite(cases: Sequence[Case], threads: Sequence[int], modes: Sequence[str], peers: Sequence[str],
               profile: Profile, peaks: dict[int, float], log: Optional[TextIO] = None, *, isolate: bool = True,
-              info: Optional[dict] = None) -> list[dict[str, Any]]:
+              info: Optional[dict] = None, precisions: Sequence[str] = ()) -> list[dict[str, Any]]:
     """The rows: one per case, mode and thread count (one per case that pyrnn cannot run).
     ``info``, if given, receives "workers" (framework, threads, pid, cores and affinity of each
-    worker), "versions" and "unavailable" ({framework: why}, frameworks that could not be imported)."""
+    worker), "versions" and "unavailable" ({framework: why}, frameworks that could not be imported).
+    ``precisions``: the reduced precisions (int8, bf16) of pyrnn's inference to time too
+    (the rows' fields of :func:`precision_keys`)."""
     log = sys.stderr if log is None else log
     frameworks = ["pyrnn"] + [p for p in peers if p in PEERS]
-    results, errors = run_frameworks(cases, threads, modes, frameworks, profile, log, isolate)
+    low = [p for p in precisions if p in LOW_PRECISIONS]
+    results, errors = run_frameworks(cases, threads, modes, frameworks, profile, log, isolate, precisions=low)
     if info is not None:
         info["workers"] = [{k: v for k, v in r.items() if k != "entries"} for r in results.values()]
         info["versions"] = {fw: next((r["version"] for (f, _), r in results.items() if f == fw and r["version"]),
@@ -527,15 +630,19 @@ def run_suite(cases: Sequence[Case], threads: Sequence[int], modes: Sequence[str
         failed = next((e["note"] for t in threads for mode in modes
                        if not (e := results[("pyrnn", t)]["entries"][(i, mode)])["built"]), None)
         if failed is not None:  # pyrnn cannot run this case: one row for the case
-            rows.append(dict(_base_row(case, inputs, "-", None), status=failed))
+            rows.append(dict(_base_row(case, inputs, "-", None, low), status=failed))
             continue
         case_errors = errors.get(i, {})
         for t in threads:
             for mode in modes:
-                row = dict(_base_row(case, inputs, mode, t), check=check_summary(case_errors),
+                row = dict(_base_row(case, inputs, mode, t, low), check=check_summary(case_errors),
                            check_errors=case_errors)
-                _fill_row(row, {fw: results[(fw, t)]["entries"][(i, mode)] for fw in frameworks}, peaks[t])
+                entries = {fw: results[(fw, t)]["entries"][(i, mode)] for fw in frameworks}
+                mine = entries["pyrnn"]
+                _fill_row(row, entries, peaks[t])
                 set_best_peer(row, peers)
+                if row["pyrnn_ms"] is not None:
+                    set_precisions(row, mine, low)
                 rows.append(row)
     return rows
 

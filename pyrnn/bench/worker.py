@@ -10,8 +10,11 @@ inputs from the case and seed (:func:`cases.build_inputs`), makes the
 framework's runner, keeps one call's y and dx (for the parent's check against
 pyrnn) where asked, and times the calls with :func:`runner.time_calls`. The
 result, a pickle, holds the times, notes, outputs, and the process's pid and
-affinity. Progress lines go to the process's original stdout; anything the
-frameworks print goes to stderr, which the parent keeps for a failure's note.
+affinity. pyrnn's worker also times, for the inference rows, its runs with
+weights packed in each of job["precisions"] (int8, bf16), interleaved with
+its fp32 calls, and measures their outputs' error against its fp32 output.
+Progress lines go to the process's original stdout; anything the frameworks
+print goes to stderr, which the parent keeps for a failure's note.
 """
 
 from __future__ import annotations
@@ -117,11 +120,37 @@ def _numpy(a: Any) -> Optional[np.ndarray]:
     return np.array(a.detach().numpy() if hasattr(a, "detach") else a, copy=True)
 
 
+def _low_precision_steps(job: dict, case: Any, inputs: dict, mode: str, entry: dict) -> dict[str, Callable]:
+    """pyrnn's inference steps with reduced-precision weights (job["precisions"]), for a fwd entry; fills
+    entry["precisions"][p] = {"ms", "reps", "note", "max_err", "mean_err"}, a note where a step cannot be made."""
+    from . import runner
+
+    steps: dict[str, Callable] = {}
+    entry["precisions"] = {}
+    if job["framework"] != "pyrnn" or mode != "fwd":
+        return steps
+    for p in job.get("precisions", ()):
+        e: dict[str, Any] = {"ms": None, "reps": None, "note": None, "max_err": None, "mean_err": None}
+        entry["precisions"][p] = e
+        try:
+            steps[p] = runner.pyrnn_runner(case, inputs, mode, precision=p)
+        except runner.Unavailable as err:
+            e["note"] = str(err)
+        except Exception as err:  # reported in the row, fp32 and the other precisions go on
+            e["note"] = _error(err)
+    return steps
+
+
+def _error(e: Exception) -> str:
+    return f"error: {type(e).__name__}: {e}"
+
+
 def run_job(job: dict, progress: Callable[[str], None]) -> dict:
     """Times ``job["framework"]`` on every case and mode (see the module doc); returns the result dict.
 
-    entries[(case index, mode)]: {"ms", "reps", "note", "built", "y", "dx"}; a runner that cannot be
-    made leaves built False and the reason in note, a call that raises leaves "error: ..." in note.
+    entries[(case index, mode)]: {"ms", "reps", "note", "built", "y", "dx"} (pyrnn's also "precisions",
+    see :func:`_low_precision_steps`); a runner that cannot be made leaves built False and the reason in
+    note, a call that raises leaves "error: ..." in note.
     """
     from . import runner
     from .cases import build_inputs
@@ -154,21 +183,41 @@ def run_job(job: dict, progress: Callable[[str], None]) -> dict:
                 entry.update(note=str(e), built=False)
                 continue
             except Exception as e:  # e.g. an API that changed: report it, run the other cases
-                entry.update(note=f"error: {type(e).__name__}: {e}", built=False)
+                entry.update(note=_error(e), built=False)
                 continue
-            progress(f"+ {fw}: {case.label} {mode} {n} thread{'s' if n > 1 else ''} ...")
+            low = _low_precision_steps(job, case, inputs, mode, entry)
+            also = "".join(f" +{p}" for p in low)
+            progress(f"+ {fw}: {case.label} {mode} {n} thread{'s' if n > 1 else ''}{also} ...")
+            timings: dict[str, Any] = {}
             try:
-                if job["keep_outputs"]:
+                if job["keep_outputs"] or low:
                     y, dx = step()
-                    entry.update(y=_numpy(y), dx=_numpy(dx))
-                timed = runner.time_calls({fw: step}, job["profile"])[fw]
+                    y = _numpy(y)
+                    if job["keep_outputs"]:
+                        entry.update(y=y, dx=_numpy(dx))
+                    for p in list(low):  # the same inputs: the error against pyrnn's own fp32 output
+                        try:
+                            max_err, mean_err = runner.output_errors(low[p]()[0], y, inputs["lengths"])
+                            entry["precisions"][p].update(max_err=max_err, mean_err=mean_err)
+                        except Exception as e:
+                            entry["precisions"][p]["note"] = _error(e)
+                            del low[p]
+                # interleaved, one call of each per round: a burst of load elsewhere slows them alike
+                timings = runner.time_calls({fw: step, **{f"{fw}-{p}": s for p, s in low.items()}}, job["profile"])
+                timed = timings[fw]
             except Exception as e:
                 timed = e
             if isinstance(timed, Exception):
-                entry["note"] = f"error: {type(timed).__name__}: {timed}"
+                entry["note"] = _error(timed)
             else:
                 entry.update(ms=timed[0] * 1e3, reps=timed[1])
-            del step
+            for p in low:
+                t = timings.get(f"{fw}-{p}")
+                if isinstance(t, Exception):
+                    entry["precisions"][p]["note"] = _error(t)
+                elif t is not None:
+                    entry["precisions"][p].update(ms=t[0] * 1e3, reps=t[1])
+            del step, low
     result.update(affinity=affinity(), thread_affinity=thread_affinity())
     return result
 
