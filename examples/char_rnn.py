@@ -9,7 +9,10 @@ Reports training and validation loss in bits per character beside the
 unigram-entropy baseline (a model that knows only character frequencies), saves
 and resumes checkpoints, and samples text from a priming string with a
 temperature, one character at a time through the cell API, feeding each
-sampled character back in (Karpathy 2015's char-rnn).
+sampled character back in (Karpathy 2015's char-rnn). At the end the
+validation loss is measured again with the recurrent layers' weights in int8
+and bfloat16 (``layer.freeze(precision=...)``; the output Linear stays
+float32), beside float32 (--precisions).
 
 With no --text it trains on the Python standard library's own source files
 (on every machine; nothing is downloaded): the analogue of char-rnn's Linux
@@ -190,6 +193,24 @@ class NumpyModel:
 
     def set_rng_state(self, st):
         self.rng.bit_generator.state = st["numpy"]
+
+
+class FrozenModel:
+    """For evaluation only: the recurrent stack frozen at a weight precision
+    (``layer.freeze(precision=...)``: "int8", "bf16" or None for float32), the
+    Linear readout in float32. Built from named_arrays(), so from either backend."""
+
+    def __init__(self, arrays, cell, V, hidden, layers, precision):
+        rnn = {"lstm": pyrnn.LSTM, "gru": pyrnn.GRU}[cell](V, hidden, num_layers=layers)
+        rnn.load_state_dict({k[4:]: np.asarray(v) for k, v in arrays.items() if k.startswith("rnn.")})
+        self.rnn = rnn.freeze(precision=precision)
+        self.fc = Linear(hidden, V).eval()
+        self.fc.load_state_dict({k[3:]: np.asarray(v) for k, v in arrays.items() if k.startswith("fc.")})
+        self.V = V
+
+    def eval_loss(self, x_ids, y_ids, state):
+        y, state = self.rnn(one_hot(x_ids, self.V), state)
+        return softmax_cross_entropy(self.fc(y), y_ids)[0], state
 
 
 def _import_torch_backend():
@@ -431,6 +452,23 @@ def evaluate(model, x, y, seq_len):
     return total / count
 
 
+def precision_bits(arrays, args, V, x_va, y_va, fp32_bpc, precisions):
+    """{"fp32": fp32_bpc, precision: validation bits/char with the recurrent weights at that precision}."""
+    out = {"fp32": fp32_bpc}
+    for prec in precisions:
+        frozen = FrozenModel(arrays, args.cell, V, args.hidden, args.layers, prec)
+        out[prec] = evaluate(frozen, x_va, y_va, args.seq_len) / LN2
+    return out
+
+
+def print_precision_table(bits):
+    print("validation bits/char by weight precision (recurrent layers; the output Linear in float32):")
+    print(f"  {'precision':<9s}  {'bits/char':>9s}  {'vs fp32':>8s}")
+    for prec, b in bits.items():
+        rel = "" if prec == "fp32" else f"{100.0 * (b - bits['fp32']) / bits['fp32']:+.2f}%"
+        print(f"  {prec:<9s}  {b:9.4f}  {rel:>8s}")
+
+
 def plot(history, baseline, path, title):
     plt = _common.pyplot()
     if plt is None:
@@ -473,6 +511,9 @@ def parse_args(argv):
     p.add_argument("--prime", default="def ", help="priming string for the sample")
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
     p.add_argument("--backend", choices=["numpy", "torch"], default="numpy")
+    p.add_argument("--precisions", default="int8,bf16",
+                   help="weight precisions of the recurrent layers to validate in beside float32, comma-separated "
+                        "(int8, bf16; default int8,bf16; '' for none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _common.add_run_options(p, __file__, threads_help="pyrnn threads (and torch's, for --backend torch)")
     args = p.parse_args(argv)
@@ -487,6 +528,9 @@ def parse_args(argv):
         p.error("--val-frac must be in (0, 1)")
     if args.temperature <= 0:
         p.error("--temperature must be positive")
+    args.precisions = [s.strip().lower() for s in args.precisions.split(",") if s.strip()]
+    if not set(args.precisions) <= {"int8", "bf16"}:
+        p.error(f"--precisions: int8 and/or bf16, got {','.join(args.precisions)}")
     return args
 
 
@@ -568,6 +612,7 @@ def _run(args):
     window = []
     start_step = step
     val_bpc = history[-1][2] if history else None
+    val_fresh = False  # val_bpc measured in this run on this validation text (not read from the checkpoint)
     while step < args.steps:
         pos = step % chunks
         if pos == 0:
@@ -581,6 +626,7 @@ def _run(args):
         progress.update(step, f"train {np.mean(window[-50:]):.3f} bpc")
         if step % args.eval_every == 0 or step == args.steps:
             val_bpc = evaluate(model, x_va, y_va, args.seq_len) / LN2
+            val_fresh = True
             history.append((step, float(np.mean(window)), val_bpc))
             window = []
             progress.write(f"  step {step:5d}  train {history[-1][1]:.3f} bpc  validation {val_bpc:.3f} bpc  "
@@ -591,6 +637,7 @@ def _run(args):
     seconds = time.perf_counter() - t0
     if val_bpc is None:  # nothing trained and no history: validate the loaded model
         val_bpc = evaluate(model, x_va, y_va, args.seq_len) / LN2
+        val_fresh = True
     train_bpc = history[-1][1] if history else float("nan")
     if step > start_step:
         print(f"trained {step - start_step} steps in {seconds:.1f} s ({(step - start_step) / seconds:.1f} steps/s)")
@@ -600,6 +647,12 @@ def _run(args):
         save_checkpoint(args.checkpoint, model, dict(meta, step=step, history=history), state)
     if args.checkpoint:
         print(f"checkpoint: {args.checkpoint}")
+    bits = None
+    if args.precisions:
+        # float32 as measured above; re-measured if it came from the checkpoint (whose validation text may differ)
+        fp32 = val_bpc if val_fresh else evaluate(model, x_va, y_va, args.seq_len) / LN2
+        bits = precision_bits(model.named_arrays(), args, V, x_va, y_va, fp32, args.precisions)
+        print_precision_table(bits)
 
     text_out = None
     if args.sample > 0:
@@ -614,7 +667,8 @@ def _run(args):
                     f"char-rnn on {'the Python stdlib' if args.text is None else Path(args.text).name}: "
                     f"{args.layers}x{args.hidden} {args.cell.upper()}, {args.backend} backend")
     return {"train_bpc": train_bpc, "val_bpc": val_bpc, "unigram_bpc": unigram_val, "entropy_bpc": entropy,
-            "history": history, "sample": text_out, "vocab": vocab, "step": step, "seconds": seconds}
+            "history": history, "sample": text_out, "vocab": vocab, "step": step, "seconds": seconds,
+            "precision_bits": bits}
 
 
 if __name__ == "__main__":

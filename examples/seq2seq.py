@@ -6,7 +6,10 @@ forcing to emit the transformed string followed by an end token (Sutskever et
 al. 2014; Cho et al. 2014). At test time it decodes greedily, one step at a
 time through the cell API, feeding back its own most likely token until it
 emits the end token. Accuracy is the exact match of whole strings on held-out
-strings that training never sees (chance: 10^-length)::
+strings that training never sees (chance: 10^-length), measured at the end
+again with the encoder's and decoder's weights in int8 and bfloat16 (frozen
+layers and cells, ``freeze(precision=...)``; the readout stays float32), beside
+float32 (--precisions)::
 
     python examples/seq2seq.py                     # reverse strings of 3-12 digits, LSTM
     python examples/seq2seq.py --task sort --cell gru
@@ -104,8 +107,9 @@ class Seq2Seq:
         opt.step()
         return loss, norm
 
-    def decoder_cells(self):
-        """One cell per decoder layer, holding that layer's weights (for step-by-step decoding)."""
+    def decoder_cells(self, precision=None):
+        """One cell per decoder layer, holding that layer's weights (for step-by-step decoding);
+        with a precision ("int8", "bf16"), frozen cells whose weights are in it."""
         cell_cls = {"lstm": pyrnn.LSTMCell, "gru": pyrnn.GRUCell}[self.cell]
         cells = []
         for k in range(self.layers):
@@ -113,17 +117,23 @@ class Seq2Seq:
             cell = cell_cls(in_size, self.hidden).eval()
             cell.load_state_dict({name: getattr(self.decoder, f"{name}_l{k}")
                                   for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")})
-            cells.append(cell)
+            cells.append(cell if precision is None else cell.freeze(precision))
         return cells
 
-    def greedy_decode(self, strings, max_out):
-        """Decodes a batch greedily: each step feeds back the previous step's argmax."""
+    def greedy_decode(self, strings, max_out, precision=None):
+        """Decodes a batch greedily: each step feeds back the previous step's argmax.
+
+        precision "int8" or "bf16": the encoder and the decoder cells run frozen
+        copies with their weights in it (the readout stays float32)."""
         max_len = max(len(s) for s in strings)
         x_enc, _, _, _, src_len = encode_batch(strings, "reverse", max_len)
-        self.encoder.eval()
-        _, state = self.encoder(x_enc, lengths=src_len)
-        self.encoder.train()
-        cells = self.decoder_cells()
+        if precision is None:
+            self.encoder.eval()
+            _, state = self.encoder(x_enc, lengths=src_len)
+            self.encoder.train()
+        else:
+            _, state = self.encoder.freeze(precision)(x_enc, lengths=src_len)
+        cells = self.decoder_cells(precision)
         if self.cell == "lstm":
             states = [(state[0][k], state[1][k]) for k in range(self.layers)]
         else:
@@ -149,8 +159,8 @@ class Seq2Seq:
         return decoded
 
 
-def evaluate(model, strings, task, max_len):
-    pred = model.greedy_decode(strings, max_len + 2)
+def evaluate(model, strings, task, max_len, precision=None):
+    pred = model.greedy_decode(strings, max_len + 2, precision)
     exact = np.array([len(p) == len(s) and np.array_equal(p, TASKS[task](s)) for p, s in zip(pred, strings)])
     return float(exact.mean()), pred, exact
 
@@ -187,6 +197,9 @@ def parse_args(argv):
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping threshold")
     p.add_argument("--test-size", type=int, default=1000)
+    p.add_argument("--precisions", default="int8,bf16",
+                   help="weight precisions of the encoder and decoder to measure the held-out accuracy in beside "
+                        "float32, comma-separated (int8, bf16; default int8,bf16; '' for none)")
     _common.add_run_options(p, __file__)
     args = p.parse_args(argv)
     if args.max_len is None:
@@ -195,6 +208,9 @@ def parse_args(argv):
         args.steps = 1000 if args.fast else 5000
     if not 1 <= args.min_len <= args.max_len:
         p.error("need 1 <= --min-len <= --max-len")
+    args.precisions = [s.strip().lower() for s in args.precisions.split(",") if s.strip()]
+    if not set(args.precisions) <= {"int8", "bf16"}:
+        p.error(f"--precisions: int8 and/or bf16, got {','.join(args.precisions)}")
     return args
 
 
@@ -242,10 +258,21 @@ def _run(args):
     for s, p_, ok in list(zip(test, pred, exact))[:5]:
         print(f"  {fmt(map(str, s)):>{args.max_len}s} -> {fmt(map(str, p_)):<{args.max_len + 2}s} "
               f"{'ok' if ok else 'wrong (expected ' + fmt(map(str, TASKS[args.task](s))) + ')'}")
+    accs = None
+    if args.precisions:
+        accs = {"fp32": acc}
+        accs.update((prec, evaluate(model, test, args.task, args.max_len, prec)[0]) for prec in args.precisions)
+        print("held-out exact match by weight precision (encoder and decoder; the readout in float32):")
+        print(f"  {'precision':<9s}  {'exact match':>11s}  {'vs fp32':>16s}")
+        for prec, a in accs.items():
+            diff = "" if prec == "fp32" else (f"{100.0 * (a - acc):+.1f} pt, " +
+                                                (f"{100.0 * (a - acc) / acc:+.2f}%" if acc > 0 else "n/a"))
+            print(f"  {prec:<9s}  {a:11.1%}  {diff:>16s}")
     if not args.no_plot:
         plot(history, args.plot, f"seq2seq, {args.task} {args.min_len}-{args.max_len} digits "
                                         f"({args.cell.upper()} {args.layers}x{args.hidden})")
-    return {"accuracy": acc, "chance": chance, "history": history, "by_length": by_len, "seconds": seconds}
+    return {"accuracy": acc, "chance": chance, "history": history, "by_length": by_len, "seconds": seconds,
+            "precision_accuracy": accs}
 
 
 if __name__ == "__main__":

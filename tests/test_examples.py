@@ -177,6 +177,14 @@ def test_char_rnn_fast_mode_learns_the_stdlib(capsys):
     assert set(sample) <= set(res["vocab"])
     out = capsys.readouterr().out
     assert "bits per character" in out and "unigram" in out
+    # the recurrent layers frozen in int8 and bf16: validation bits/char within 1% of float32 (fast mode,
+    # seeds 0-1: int8 +0.05%, bf16 ~0; a broken low-precision kernel is far off), and really another computation
+    bits = res["precision_bits"]
+    assert set(bits) == {"fp32", "int8", "bf16"} and bits["fp32"] == res["val_bpc"]
+    for prec in ("int8", "bf16"):
+        assert np.isfinite(bits[prec]) and bits[prec] != bits["fp32"], prec
+        assert abs(bits[prec] - bits["fp32"]) / bits["fp32"] < 0.01, (prec, bits)
+    assert "by weight precision" in out
 
 
 def test_char_rnn_vocab_and_unigram_baseline():
@@ -211,6 +219,9 @@ def test_char_rnn_checkpoint_resume_is_exact(small_text, tmp_path):
     c = cr.main(["--text", str(small_text), "--resume", str(half), "--steps", "0", "--sample", "50", "--prime",
                  "def", "--no-plot", "--no-progress", "--seed", "1"])
     assert c["step"] == 24 and len(c["sample"]) == 53
+    # float32 measured again on this run's validation text, int8 and bf16 beside it
+    assert set(c["precision_bits"]) == {"fp32", "int8", "bf16"}
+    assert c["precision_bits"]["fp32"] == pytest.approx(a["val_bpc"], rel=1e-6)
 
 
 def test_char_rnn_resume_refuses_another_text(small_text, tmp_path):
@@ -237,6 +248,8 @@ def test_char_rnn_torch_backend_matches_numpy_and_shares_checkpoints(small_text,
     assert len(t["history"]) == len(n["history"]) == 2
     for (s1, tr1, va1), (s2, tr2, va2) in zip(t["history"], n["history"]):
         assert s1 == s2 and tr1 == pytest.approx(tr2, abs=2e-3) and va1 == pytest.approx(va2, abs=2e-3)
+    for prec in ("int8", "bf16"):  # evaluated through the NumPy layers frozen from either backend's weights
+        assert t["precision_bits"][prec] == pytest.approx(n["precision_bits"][prec], abs=2e-3)
     resumed = cr.main(base + ["--steps", "12", "--backend", "numpy", "--resume", str(ck), "--sample", "0"])
     assert resumed["step"] == 12 and np.isfinite(resumed["val_bpc"])
 
@@ -264,6 +277,12 @@ def test_seq2seq_fast_mode_learns_to_reverse():
     res = s2s.main(["--fast", "--no-plot", "--threads", "1"])
     assert res["chance"] < 1e-3
     assert res["accuracy"] > 0.7  # exact match on whole held-out strings (typically ~98%)
+    # encoder and decoder cells frozen in int8 and bf16: at most 3 points below float32 (fast mode, seeds 0-2:
+    # -0.4 to +0.1 points, i.e. a few of the 1000 held-out strings; a broken low-precision kernel loses far more)
+    accs = res["precision_accuracy"]
+    assert set(accs) == {"fp32", "int8", "bf16"} and accs["fp32"] == res["accuracy"]
+    for prec in ("int8", "bf16"):
+        assert accs[prec] >= accs["fp32"] - 0.03, (prec, accs)
 
 
 def test_seq2seq_gru_two_layers_runs():
@@ -271,3 +290,14 @@ def test_seq2seq_gru_two_layers_runs():
     res = s2s.main(["--cell", "gru", "--layers", "2", "--hidden", "16", "--steps", "3", "--test-size", "20",
                     "--max-len", "4", "--no-plot", "--threads", "1", "--task", "sort"])
     assert 0.0 <= res["accuracy"] <= 1.0 and len(res["history"]) == 3
+    assert set(res["precision_accuracy"]) == {"fp32", "int8", "bf16"}  # frozen GRU cells, two layers
+
+
+def test_precisions_option():
+    cr, s2s = load("char_rnn"), load("seq2seq")
+    assert cr.parse_args([]).precisions == s2s.parse_args([]).precisions == ["int8", "bf16"]
+    assert cr.parse_args(["--precisions", ""]).precisions == s2s.parse_args(["--precisions", ""]).precisions == []
+    assert cr.parse_args(["--precisions", "BF16"]).precisions == ["bf16"]
+    for module in (cr, s2s):
+        with pytest.raises(SystemExit):
+            module.parse_args(["--precisions", "int4"])
