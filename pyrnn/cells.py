@@ -38,13 +38,19 @@ class _StepInputs:
 
     def _prepare(self, x, states):
         # Fast path, the common case in a generation loop: arrays that can go to C++ as they are.
+        # (A plain loop: a generator in all() cost ~1 us of a ~8 us frozen step.)
         dt = self.dtype
-        if type(x) is np.ndarray and x.dtype is dt and x.ndim == 2 and x.flags.c_contiguous:
+        if type(x) is np.ndarray and x.dtype is dt and x.ndim == 2 and x.flags.c_contiguous \
+                and x.shape[1] == self.input_size:
             shape = (x.shape[0], self.hidden_size)
-            if x.shape[1] == self.input_size and all(
-                    s is None or (type(s) is np.ndarray and s.dtype is dt and s.shape == shape and s.flags.c_contiguous)
-                    for _, s in states):
-                return x, [s for _, s in states], False
+            arrays = []
+            for _, s in states:
+                if s is not None and not (type(s) is np.ndarray and s.dtype is dt and s.shape == shape
+                                          and s.flags.c_contiguous):
+                    break
+                arrays.append(s)
+            else:
+                return x, arrays, False
         x = np.asarray(x) if type(x) is not np.ndarray else x
         if x.ndim not in (1, 2):
             raise ValueError(f"{type(self).__name__}: Expected input to be 1D or 2D, got {x.ndim}D instead")
