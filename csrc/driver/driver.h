@@ -118,17 +118,10 @@ void project_packed(FwdCtx<T>& f, int G, int tid, int nt) {
   const int64_t N = G * f.Hp, np = ceil_div(N, p.NR);
   int64_t q0, q1;
   split_range(np, nt, tid, q0, q1);
-  if (q0 >= q1) return;
-  auto xrow = [&](int64_t r) { return f.xrows[r]; };
-  if constexpr (std::is_same_v<T, float>) {
-    if (p.precision != WeightPrecision::Same) {
-      LowRows a;  // each thread quantises every row itself: no barrier, rows*I beside rows*I*N/nt
-      a.prepare(p.precision, f.sc.rows, f.I, xrow);
-      panel_gemm_low(p.low_wih, a, f.sc.rows, N, q0, q1, f.bias.data(), f.xp.data(), f.ld_xp);
-      return;
-    }
-  }
-  panel_gemm<T>(xrow, f.sc.rows, f.I, p.wih.data(), N, q0, q1, f.bias.data(), f.xp.data(), f.ld_xp);
+  // (With a reduced precision each thread prepares every row itself: no
+  // barrier, rows*I beside its rows*I*N/nt.)
+  panel_product(p.precision, p.wih, p.low_wih, [&](int64_t r) { return f.xrows[r]; }, f.sc.rows, f.I, N, q0, q1,
+                f.bias.data(), f.xp.data(), f.ld_xp);
 }
 
 // h_n for units [ua, ub) of h: each entry's output at its last valid step.
@@ -373,16 +366,6 @@ void forward_cell(const ForwardArgs<T>& a, Workspace<T>& w, bool training, int n
   if (training) {  // backward reads these again
     w.hm = std::move(f.hm), w.h0m = std::move(f.h0m), w.ld_hm = f.ld_hm;
     w.m = std::move(f.m), w.ld_m = f.ld_m;
-  }
-}
-
-// fp32 panels (np x [K][NR]) moved to `low` in a reduced precision (float only).
-template <class T>
-void lower_into(AlignedBuffer<T>& panels, int64_t np, int64_t K, int64_t NR, WeightPrecision prec, LowPanels& low) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (prec == WeightPrecision::Same) return;
-    lower_panels(panels.data(), np, K, NR, prec, low);
-    panels = AlignedBuffer<T>();
   }
 }
 

@@ -121,6 +121,16 @@ void pack_gate_columns(const T* W, int G, int64_t H, int64_t Hp, int64_t K, int6
   pack_column_panels(W, K, G * Hp, NR, [H, Hp](int64_t c) { return c % Hp < H ? c / Hp * H + c % Hp : -1; }, out);
 }
 
+// fp32 panels (np x [K][NR]) moved to `low` in a reduced precision (float only).
+template <class T>
+void lower_into(AlignedBuffer<T>& panels, int64_t np, int64_t K, int64_t NR, WeightPrecision prec, LowPanels& low) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (prec == WeightPrecision::Same) return;
+    lower_panels(panels.data(), np, K, NR, prec, low);
+    panels = AlignedBuffer<T>();
+  }
+}
+
 template <class T>
 void pack_cell_impl(const CellStepArgs<T>& a, WeightPrecision prec, PackedCell<T>& p) {
   constexpr int64_t NR = kGemmNV * kLanes<T>;
@@ -129,17 +139,10 @@ void pack_cell_impl(const CellStepArgs<T>& a, WeightPrecision prec, PackedCell<T
   pack_columns(a.W_ih, a.I, 0, p.N, NR, p.wx);
   pack_columns(a.W_hh, a.H, 0, p.n_h, NR, p.wh);
   if (p.n_h < p.N) pack_columns(a.W_hh, a.H, p.n_h, p.N, NR, p.wn);
-  if constexpr (std::is_same_v<T, float>) {
-    p.precision = prec;
-    auto lower = [&](AlignedBuffer<T>& w, int64_t K, int64_t ncols, LowPanels& out) {
-      if (prec == WeightPrecision::Same || ncols == 0) return;
-      lower_panels(w.data(), (ncols + NR - 1) / NR, K, NR, prec, out);
-      w = AlignedBuffer<T>();
-    };
-    lower(p.wx, a.I, p.N, p.lx);
-    lower(p.wh, a.H, p.n_h, p.lh);
-    lower(p.wn, a.H, p.N - p.n_h, p.ln);
-  }
+  p.precision = std::is_same_v<T, float> ? prec : WeightPrecision::Same;
+  lower_into(p.wx, (p.N + NR - 1) / NR, a.I, NR, p.precision, p.lx);
+  lower_into(p.wh, (p.n_h + NR - 1) / NR, a.H, NR, p.precision, p.lh);
+  lower_into(p.wn, (p.N - p.n_h + NR - 1) / NR, a.H, NR, p.precision, p.ln);
   p.b_ih.zero(size_t(p.N));
   p.b_hh.zero(size_t(p.N));
   if (a.b_ih) {
@@ -188,12 +191,23 @@ void panel_gemm(ARow arow, int64_t B, int64_t K, const T* panels, int64_t ncols,
   });
 }
 
-// The same with panels in a reduced precision and A rows prepared in `a`.
-inline void panel_gemm_low(const LowPanels& w, const LowRows& a, int64_t B, int64_t ncols, int64_t q0, int64_t q1,
-                           const float* bias, float* out, int64_t ldo) {
-  constexpr int NV = kGemmNV, MR = tile_rows(NV);
-  panel_tiles<float>(B, ncols, q0, q1, bias, out, ldo,
-                     [&](int64_t q, int64_t r0, int m, float* tile) { low_tile<MR, NV>(w, q, a, r0, m, tile); });
+// panel_gemm with the weights in `prec`: the fp32 panels `w`, or `lw` lowered
+// (float only), whose A rows are then prepared once for panels [q0, q1).
+template <class T, class ARow>
+void panel_product(WeightPrecision prec, const AlignedBuffer<T>& w, const LowPanels& lw, ARow arow, int64_t B,
+                   int64_t K, int64_t ncols, int64_t q0, int64_t q1, const T* bias, T* out, int64_t ldo) {
+  if (q0 >= q1) return;
+  if constexpr (std::is_same_v<T, float>) {
+    if (prec != WeightPrecision::Same) {
+      constexpr int NV = kGemmNV, MR = tile_rows(NV);
+      LowRows a;
+      a.prepare(prec, B, K, arow);
+      panel_tiles<float>(B, ncols, q0, q1, bias, out, ldo,
+                         [&](int64_t q, int64_t r0, int m, float* tile) { low_tile<MR, NV>(lw, q, a, r0, m, tile); });
+      return;
+    }
+  }
+  panel_gemm<T>(arow, B, K, w.data(), ncols, q0, q1, bias, out, ldo);
 }
 
 template <class T, class Cell>
@@ -212,33 +226,12 @@ void packed_step_cell(const PackedCell<T>& p, const CellStepArgs<T>& a, int nthr
   auto xrow = [&](int64_t r) { return a.x + r * I; };
   auto hrow = [&](int64_t r) { return h + r * H; };
   auto erow = [&](int64_t r) { return (const T*)extra + r * H; };
-  // With a reduced precision each thread prepares the rows it multiplies.
-  [[maybe_unused]] const bool low = p.precision != WeightPrecision::Same;
   auto body = [&](int tid, int nt) {
     int64_t q0, q1;
     split_range(npx + nph, nt, tid, q0, q1);  // the x and h panels, in one list
-    LowRows lx, lh;
-    if constexpr (std::is_same_v<T, float>) {
-      if (low && q0 < q1) {
-        if (q0 < npx) lx.prepare(p.precision, B, I, xrow);
-        if (q1 > npx) lh.prepare(p.precision, B, H, hrow);
-      }
-    }
-    for (int64_t q = q0; q < q1; ++q) {
-      if constexpr (std::is_same_v<T, float>) {
-        if (low) {
-          if (q < npx)
-            panel_gemm_low(p.lx, lx, B, N, q, q + 1, p.b_ih.data(), gi, N);
-          else
-            panel_gemm_low(p.lh, lh, B, p.n_h, q - npx, q - npx + 1, p.b_hh.data(), gh, N);
-          continue;
-        }
-      }
-      if (q < npx)
-        panel_gemm<T>(xrow, B, I, p.wx.data(), N, q, q + 1, p.b_ih.data(), gi, N);
-      else
-        panel_gemm<T>(hrow, B, H, p.wh.data(), p.n_h, q - npx, q - npx + 1, p.b_hh.data(), gh, N);
-    }
+    panel_product(p.precision, p.wx, p.lx, xrow, B, I, N, q0, std::min(q1, npx), p.b_ih.data(), gi, N);
+    panel_product(p.precision, p.wh, p.lh, hrow, B, H, p.n_h, std::max(q0, npx) - npx, q1 - npx, p.b_hh.data(), gh,
+                  N);
     if (nt > 1) {
 #pragma omp barrier
     }
@@ -257,17 +250,7 @@ void packed_step_cell(const PackedCell<T>& p, const CellStepArgs<T>& a, int nthr
 #pragma omp barrier
       }
       split_range(npn, nt, tid, q0, q1);
-      bool done = false;
-      if constexpr (std::is_same_v<T, float>) {
-        if (low && q0 < q1) {
-          LowRows le;
-          le.prepare(p.precision, B, H, erow);
-          panel_gemm_low(p.ln, le, B, N - p.n_h, q0, q1, p.b_hh.data() + p.n_h, gh + p.n_h, N);
-          done = true;
-        }
-      }
-      if (q0 < q1 && !done)
-        panel_gemm<T>(erow, B, H, p.wn.data(), N - p.n_h, q0, q1, p.b_hh.data() + p.n_h, gh + p.n_h, N);
+      panel_product(p.precision, p.wn, p.ln, erow, B, H, N - p.n_h, q0, q1, p.b_hh.data() + p.n_h, gh + p.n_h, N);
       if (nt > 1) {
 #pragma omp barrier
       }
