@@ -494,10 +494,6 @@ def _numpy_copy(module):
     return out.eval()
 
 
-def _tensor_or_none(a):
-    return None if a is None else torch.from_numpy(a)
-
-
 def _state_arrays(owner, hx, dtype, lstm):
     """hx (a tensor, or for the LSTM a tuple (h, c)) as NumPy arrays."""
     if hx is None:
