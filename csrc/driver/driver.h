@@ -211,7 +211,8 @@ inline void step_barrier(PhaseProfile& prof, int tid) {
 // of its gates), its weights packed per block as [K][NR].
 template <class T, class Phase, bool FIRST>
 struct ForwardPhase {
-  static constexpr int NG = int(std::size(Phase::kGates)), NV = NG * Phase::kBlockVecs, MR = tile_rows(NV);
+  static constexpr int NG = int(std::size(Phase::kGates)), NV = NG * Phase::kBlockVecs, MR = tile_rows(NV),
+                       MRL = low_tile_rows(NV);
   static constexpr int64_t HB = Phase::kBlockVecs * kLanes<T>, NR = NV * kLanes<T>;
   static constexpr bool kProj = Phase::kWeights == PhaseWeights::Projection;
   const T* W;
@@ -234,7 +235,7 @@ struct ForwardPhase {
     if (prepacked) return;
     for (int64_t j = blocks.first; j < blocks.second; ++j) pack_forward_panel(W, nunits, K, Phase::kGates, NG, HB, j, panel(j));
   }
-  size_t tile_elems(int64_t B) const { return size_t(ceil_div(B, MR) * MR * NR); }
+  size_t tile_elems(int64_t B) const { return size_t(std::max(ceil_div(B, MR) * MR, int64_t(MRL)) * NR); }
 
   // qa: this thread's scratch for the A rows of reduced-precision panels.
   template <bool TRAIN>
@@ -251,9 +252,9 @@ struct ForwardPhase {
         // Every thread prepares the step's rows itself (n*K beside its n*K*NR per block).
         qa.prepare(low->prec, n, K, arow);
         for (int64_t j = blocks.first; j < blocks.second; ++j)
-          for (int64_t i0 = 0; i0 < n; i0 += MR) {
-            const int m = int(std::min<int64_t>(MR, n - i0));
-            low_tile<MR, NV>(*low, j, qa, i0, m, acc);
+          for (int64_t i0 = 0; i0 < n; i0 += MRL) {
+            const int m = int(std::min<int64_t>(MRL, n - i0));
+            low_tile<MRL, NV>(*low, j, qa, i0, m, acc);
             Phase::template tile<T, TRAIN>(f, s, i0, m, j * HB, acc);
           }
         return;

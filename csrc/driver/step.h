@@ -199,7 +199,8 @@ void panel_product(WeightPrecision prec, const AlignedBuffer<T>& w, const LowPan
   if (q0 >= q1) return;
   if constexpr (std::is_same_v<T, float>) {
     if (prec != WeightPrecision::Same) {
-      constexpr int NV = kGemmNV, MR = tile_rows(NV);
+      constexpr int NV = kGemmNV, MR = low_tile_rows(NV);
+      static_assert(MR == tile_rows(NV), "panel_tiles steps by tile_rows");
       LowRows a;
       a.prepare(prec, B, K, arow);
       panel_tiles<float>(B, ncols, q0, q1, bias, out, ldo,

