@@ -193,6 +193,7 @@ def config() -> dict:
         "openmp_wait": _openmp_wait(),
         "num_procs": _core.num_procs(),
         "cache_limit_mb": _core.cache_info()["limit_bytes"] / 2**20,
+        "xla_ffi": getattr(_core, "xla_ffi_targets", None) is not None,
     }
 
 
@@ -213,3 +214,7 @@ def show_config(file=None) -> None:
     print(f"  threads:        {mode} (cores available: {c['num_procs']})", file=out)
     print(f"  OpenMP wait:    {c['openmp_wait']}", file=out)
     print(f"  buffer cache:   {c['cache_limit_mb']:g} MiB limit (pyrnn.set_cache_limit, PYRNN_CACHE_MB)", file=out)
+    jax_path = ("XLA FFI custom calls" if c["xla_ffi"] else
+                "jax.pure_callback (built without XLA's FFI headers: set PYRNN_XLA_FFI_INCLUDE to "
+                "jax.ffi.include_dir() when building)")
+    print(f"  pyrnn.jax:      {jax_path}", file=out)

@@ -48,7 +48,39 @@ def sequence_forward(
     training: bool,
     W_hr: Optional[_Array] = None,  # [P, H]
     h_mask: Optional[_Array] = None,  # [B, H or P]
+    packed: Any = None,  # PackedRecurrence
+    residual: Optional[_Array] = None,  # writable, >= residual_nbytes bytes: holds the training workspace
 ) -> tuple[_Array, _Array, Optional[_Array], Optional[Workspace]]: ...  # y, h_n, c_n, workspace
+def residual_nbytes(
+    cell: CellKind,
+    x: _Array,
+    h0: Optional[_Array],
+    c0: Optional[_Array],
+    W_ih: _Array,
+    W_hh: _Array,
+    b_ih: Optional[_Array],
+    b_hh: Optional[_Array],
+    lengths: Optional[_Array],
+    reverse: bool,
+    W_hr: Optional[_Array] = None,
+    h_mask: Optional[_Array] = None,
+) -> int: ...
+def workspace_from_residual(
+    residual: _Array,
+    cell: CellKind,
+    x: _Array,
+    h0: Optional[_Array],
+    c0: Optional[_Array],
+    W_ih: _Array,
+    W_hh: _Array,
+    b_ih: Optional[_Array],
+    b_hh: Optional[_Array],
+    lengths: Optional[_Array],
+    reverse: bool,
+    W_hr: Optional[_Array],
+    h_mask: Optional[_Array],
+    y: _Array,
+) -> Workspace: ...
 def sequence_backward(
     workspace: Workspace,
     dy: Optional[_Array],

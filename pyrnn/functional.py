@@ -29,6 +29,9 @@ __all__ = [
     "forward",
     "backward",
     "pack_weights",
+    "residual_nbytes",
+    "residual_nbytes_for",
+    "workspace_from_residual",
     "rnn_forward",
     "rnn_backward",
     "lstm_forward",
@@ -74,24 +77,44 @@ def _check_memory(cell, x, W_hh, W_hr, lengths, training):
                           f"got x of shape {x.shape}")
 
 
-def _forward(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training, h_mask=None, W_hr=None,
-             packed=None):
-    cell = spec.family
-    a = check_forward(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask, W_hr)
-    _check_memory(cell, a.x, a.W_hh, a.W_hr, None if lengths is None else a.lengths, training)
+def _call_arrays(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask, W_hr):
+    """The checked, contiguous arrays of a sequence call, in _core's order (cell kind first)."""
+    a = check_forward(spec.family, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask, W_hr)
     # Omitted states are zeros inside the kernel; no need to pass arrays of them.
     h0 = a.states[0] if states["h0"] is not None else None
-    c0 = a.states[1] if cell == "lstm" and states["c0"] is not None else None
+    c0 = a.states[1] if spec.has_cell_state and states["c0"] is not None else None
     lengths64 = None if lengths is None else np.ascontiguousarray(a.lengths, dtype=np.int64)
+    return a, (spec.kind, _c(a.x), _c(h0), _c(c0), _c(a.W_ih), _c(a.W_hh), _c(a.b_ih), _c(a.b_hh), lengths64)
+
+
+def _forward(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training, h_mask=None, W_hr=None,
+             packed=None, residual=None):
+    cell = spec.family
+    a, args = _call_arrays(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask, W_hr)
+    _check_memory(cell, a.x, a.W_hh, a.W_hr, None if lengths is None else a.lengths, training)
     if packed is not None and not isinstance(packed, _core.PackedRecurrence):
         raise TypeError(f"packed must be the result of pyrnn.functional.pack_weights, got {type(packed).__name__}")
     if packed is not None and packed.cell != spec.kind:
         raise ValueError(f"packed holds weights of a {BY_KIND[packed.cell].name} cell, not {spec.name}")
     if packed is not None and training and packed.precision != "same":
         raise ValueError(f"packed holds {packed.precision} weights, which are for inference: pass training=False")
-    return _core.sequence_forward(spec.kind, _c(a.x), _c(h0), _c(c0), _c(a.W_ih), _c(a.W_hh), _c(a.b_ih),
-                                  _c(a.b_hh), lengths64, bool(reverse), bool(training), _c(a.W_hr), _c(a.h_mask),
-                                  packed)
+    if residual is not None:
+        if not training or packed is not None:
+            raise ValueError("residual holds a training workspace: pass training=True and no packed weights")
+        _check_residual(residual, _core.residual_nbytes(*args, bool(reverse), _c(a.W_hr), _c(a.h_mask)))
+    return _core.sequence_forward(*args, bool(reverse), bool(training), _c(a.W_hr), _c(a.h_mask), packed, residual)
+
+
+def _check_residual(residual, need=None):
+    """need: the bytes a forward writes (which needs a writable block); None: backward's read."""
+    if not isinstance(residual, np.ndarray):
+        raise TypeError(f"residual must be a NumPy array (e.g. np.empty(nbytes, np.uint8)), got "
+                        f"{type(residual).__name__}")
+    if not residual.flags.c_contiguous or (need is not None and not residual.flags.writeable):
+        raise ValueError("residual must be a C-contiguous array (writable for the forward)")
+    if need is not None and residual.nbytes < need:
+        raise ValueError(f"residual must hold at least {need} bytes (residual_nbytes) for this call, got "
+                         f"{residual.nbytes}")
 
 
 def _backward(cell, ws, grads, return_dh_seq):
@@ -197,18 +220,87 @@ def pack_weights(cell, W_ih, W_hh, W_hr=None, *, nonlinearity="tanh", reset_afte
 
 
 def forward(cell, x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", reset_after=True,
-            W_hr=None, h_mask=None, lengths=None, reverse=False, training=True, packed=None):
+            W_hr=None, h_mask=None, lengths=None, reverse=False, training=True, packed=None, residual=None):
     """Any cell by name: "rnn", "lstm" or "gru". Returns (y, h_n, c_n, workspace), c_n None but for the LSTM.
 
     For adapters that handle the three cells alike; c0 and W_hr must be None unless cell == "lstm".
     ``packed``: :func:`pack_weights` of these W_hh (and W_hr), or None (packed in the call).
+    ``residual``: with training=True, a writable C-contiguous array of at least
+    :func:`residual_nbytes` bytes that receives the training workspace (the
+    returned workspace views it), so a framework can keep it as a tensor
+    between its forward and backward ops and rebuild the workspace with
+    :func:`workspace_from_residual`; None: pyrnn allocates it.
     """
     spec = cell_spec(cell, nonlinearity=nonlinearity, reset_after=reset_after)
     if not spec.has_cell_state and (c0 is not None or W_hr is not None):
         raise ValueError(f"c0 and W_hr are only used by the LSTM, got "
                          f"{'c0' if c0 is not None else 'W_hr'} for cell {cell!r}")
     states = {"h0": h0, "c0": c0} if spec.has_cell_state else {"h0": h0}
-    return _forward(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training, h_mask, W_hr, packed)
+    return _forward(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training, h_mask, W_hr, packed,
+                    residual)
+
+
+def _residual_call(cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, nonlinearity, reset_after, W_hr, h_mask, lengths,
+                   reverse):
+    spec = cell_spec(cell, nonlinearity=nonlinearity, reset_after=reset_after)
+    states = {"h0": h0, "c0": c0} if spec.has_cell_state else {"h0": h0}
+    a, args = _call_arrays(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask, W_hr)
+    return a, (*args, bool(reverse), _c(a.W_hr), _c(a.h_mask))
+
+
+def residual_nbytes(cell, x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", reset_after=True,
+                    W_hr=None, h_mask=None, lengths=None, reverse=False):
+    """Bytes of the ``residual`` block a training :func:`forward` with these arguments needs.
+
+    Only shapes, dtypes and which optional arrays are given count (arrays of
+    zeros or ``np.broadcast_to`` stand-ins will do), so a framework can size
+    the block before it has the values. Depends on the selected ISA level.
+    """
+    return _core.residual_nbytes(*_residual_call(cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, nonlinearity, reset_after,
+                                                 W_hr, h_mask, lengths, reverse)[1])
+
+
+def residual_nbytes_for(cell, T, B, I, H, *, proj_size=0, dtype=np.float32, bias=True, h0=True, c0=True,
+                        h_mask=False, lengths=False, nonlinearity="tanh", reset_after=True):
+    """:func:`residual_nbytes` from sizes alone; T and B may be symbolic (e.g. torch SymInts, which
+    support ``*``, ``+`` and ``//``), for frameworks that size the block while tracing."""
+    spec = cell_spec(cell, nonlinearity=nonlinearity, reset_after=reset_after)
+    G, Ho = spec.gates, proj_size or H
+    z = lambda *shape: np.broadcast_to(np.zeros((), dtype), shape)  # noqa: E731 (stand-ins, no memory)
+    args = (spec.kind, z(1, 1, I), z(1, Ho) if h0 else None, z(1, H) if c0 and spec.has_cell_state else None,
+            z(G * H, I), z(G * H, Ho), z(G * H) if bias else None, z(G * H) if bias else None,
+            np.ones(1, np.int64) if lengths else None, False, z(proj_size, H) if proj_size else None,
+            z(1, Ho) if h_mask else None)
+    header, per_row, per_entry, esize = _core.residual_strides(*(np.ascontiguousarray(a) if isinstance(a, np.ndarray)
+                                                                 else a for a in args))
+
+    def align(n):
+        return (n * esize + 63) // 64 * 64
+
+    total = header + align(B * per_entry)
+    for n in per_row:
+        total = total + align(T * B * n)
+    return total
+
+
+def workspace_from_residual(residual, cell, x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, y, nonlinearity="tanh",
+                            reset_after=True, W_hr=None, h_mask=None, lengths=None, reverse=False):
+    """The workspace of ``forward(..., training=True, residual=residual)`` again, for :func:`backward`.
+
+    Pass the same arguments as that forward and its output ``y``; raises
+    ValueError when ``residual`` was not written by such a forward (another
+    cell, shape, dtype or options, or the ISA level changed in between).
+    """
+    _check_residual(residual)
+    a, args = _residual_call(cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, nonlinearity, reset_after, W_hr, h_mask,
+                             lengths, reverse)
+    T, B = a.x.shape[:2]
+    Ho = a.W_hh.shape[1]
+    y = np.asarray(y)
+    if y.shape != (T, B, Ho) or y.dtype != a.x.dtype:
+        raise ValueError(f"y must be the forward's output, of shape {(T, B, Ho)} and dtype {a.x.dtype}, got "
+                         f"{y.shape} {y.dtype}")
+    return _core.workspace_from_residual(residual, *args, _c(y))
 
 
 def backward(ws, dy=None, dh_n=None, dc_n=None, *, return_dh_seq=False):

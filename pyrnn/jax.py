@@ -17,9 +17,10 @@ and ``jax.vmap``::
     grads = jax.grad(loss)(params, x)
 
 The forward runs in C++ through ``jax.pure_callback``; a ``jax.custom_vjp``
-rule runs the C++ BPTT (it reruns the forward in C++ to rebuild the
-activations it needs, so a gradient costs about two forwards and one
-backward). Gradients reach x, the initial states and every weight; ``lengths``
+rule runs the C++ BPTT. Under differentiation the forward keeps its
+activations (the training workspace) as a residual uint8 array that the
+backward consumes (:func:`pyrnn.functional.workspace_from_residual`), so a
+gradient costs one forward and one backward, as in PyTorch. Gradients reach x, the initial states and every weight; ``lengths``
 is not differentiable. The kernels run on the host CPU, so inputs on another
 device are copied to it and back. float32 and float64 (``jax_enable_x64``)
 only, all of one dtype. ``jax.vmap`` loops over the mapped axis, one kernel
@@ -40,10 +41,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _core
 from . import functional as F
+from ._cells import cell_spec
 from ._validation import check_forward
 
-__all__ = ["lstm", "gru", "rnn"]
+__all__ = ["lstm", "gru", "rnn", "backend"]
 
 _NAMES = ("x", "h0", "c0", "W_ih", "W_hh", "b_ih", "b_hh", "W_hr", "lengths")
 
@@ -68,17 +71,41 @@ def _host_forward(spec, arrays, training):
                      training=training)
 
 
+def _options(spec):
+    return {"nonlinearity": spec.nonlinearity, "reset_after": spec.reset_after, "reverse": spec.reverse}
+
+
 def _forward_callback(spec, *arrays):
     y, h_n, c_n, _ = _host_forward(spec, arrays, training=False)
     return (y, h_n) if c_n is None else (y, h_n, c_n)
 
 
-def _backward_callback(spec, present, *args):
+def _training_callback(spec, nbytes, *arrays):
+    """The training forward: its outputs and the workspace as a residual block (bytes) for backward."""
+    residual = np.empty(nbytes, np.uint8)
+    x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths = (_host(a) for a in arrays)
+    y, h_n, c_n, _ = F.forward(spec.cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr=W_hr, lengths=lengths,
+                               training=True, residual=residual, **_options(spec))
+    return (y, h_n, residual) if c_n is None else (y, h_n, c_n, residual)
+
+
+def _backward_callback(spec, present, residual, y, *args):
     arrays, cts = args[:len(_NAMES)], args[len(_NAMES):]
-    _, _, _, ws = _host_forward(spec, arrays, training=True)
-    cts = [_host(c) for c in cts]
-    grads = F.backward(ws, *cts)
+    x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths = (_host(a) for a in arrays)
+    ws = F.workspace_from_residual(np.asarray(residual), spec.cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, y=_host(y), W_hr=W_hr,
+                                   lengths=lengths, **_options(spec))
+    grads = F.backward(ws, *(_host(c) for c in cts))
     return tuple(grads[name] for name in present)
+
+
+def _residual_nbytes(spec, arrays):
+    """The residual block's size, from shapes alone (trace time)."""
+    stand = [None if a is None else np.broadcast_to(np.zeros((), a.dtype), a.shape) for a in arrays]
+    x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths = stand
+    if lengths is not None:
+        lengths = np.full(lengths.shape, x.shape[0], np.int64)
+    return F.residual_nbytes(spec.cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr=W_hr, lengths=lengths,
+                             **_options(spec))
 
 
 def _out_shapes(spec, x, h0, W_hh, W_hr):
@@ -91,21 +118,103 @@ def _out_shapes(spec, x, h0, W_hh, W_hr):
     return tuple(shapes)
 
 
+# ------------------------------------------------- XLA FFI (custom calls) --
+
+_FFI_TARGETS = getattr(_core, "xla_ffi_targets", None)
+
+
+@functools.lru_cache(maxsize=None)
+def _ffi_registered():
+    """Registers pyrnn's XLA custom-call targets once; False when this build has none."""
+    if not _FFI_TARGETS or not hasattr(jax, "ffi"):
+        return False
+    for name, capsule in _FFI_TARGETS.items():
+        jax.ffi.register_ffi_target(name, capsule, platform="cpu")
+    return True
+
+
+def backend():
+    """How pyrnn.jax calls the kernels: "ffi" (XLA custom calls, no host callback) or
+    "pure_callback" (this build found no XLA FFI headers, see pyrnn.show_config())."""
+    return "ffi" if _ffi_registered() else "pure_callback"
+
+
+_PRESENT = (("h0", 1), ("c0", 2), ("b_ih", 4), ("W_hr", 8), ("lengths", 16))
+
+
+def _ffi_operands(spec, arrays):
+    """The nine operands (zero-size stand-ins for absent ones) and the handler's attributes."""
+    x = arrays[0]
+    named = dict(zip(_NAMES, arrays))
+    present = sum(bit for name, bit in _PRESENT if named[name] is not None)
+    empty = jnp.zeros((0,), x.dtype)
+    ops = [empty if a is None else a for a in arrays[:-1]]
+    lengths = named["lengths"]
+    ops.append(jnp.zeros((0,), jnp.int32) if lengths is None else lengths)
+    kind = cell_spec(spec.cell, nonlinearity=spec.nonlinearity, reset_after=spec.reset_after).kind
+    attrs = {"cell": np.int64(int(kind)), "present": np.int64(present), "reverse": np.int64(spec.reverse)}
+    return ops, attrs
+
+
+def _ffi_forward(spec, arrays, training):
+    x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths = arrays
+    outs = list(_out_shapes(spec, x, h0, W_hh, W_hr))
+    if spec.cell != "lstm":
+        outs.append(jax.ShapeDtypeStruct((0,), x.dtype))  # c_n
+    nbytes = _residual_nbytes(spec, arrays) if training else 0
+    outs.append(jax.ShapeDtypeStruct((nbytes,), jnp.uint8))
+    ops, attrs = _ffi_operands(spec, arrays)
+    y, h_n, c_n, residual = jax.ffi.ffi_call("pyrnn_sequence_fwd", outs, vmap_method="sequential")(
+        *ops, **attrs, training=np.int64(training))
+    return ((y, h_n) if spec.cell != "lstm" else (y, h_n, c_n)), residual
+
+
+def _ffi_backward(spec, residual, y, arrays, cts):
+    x = arrays[0]
+    ops, attrs = _ffi_operands(spec, arrays)
+    dy, dh_n, *dc_n = cts
+    dc_n = dc_n[0] if dc_n else jnp.zeros((0,), x.dtype)
+    # dh0 and dc0 always come out of the kernel (zeros-initial states have gradients too); they are
+    # dropped below when absent. Other absent inputs get zero-size outputs.
+    states = _out_shapes(spec, x, arrays[1], arrays[4], arrays[7])[1:]
+    shapes = [jax.ShapeDtypeStruct(a.shape if a is not None else (0,), x.dtype) for a in arrays[:-1]]
+    shapes[1:1 + len(states)] = states
+    grads = jax.ffi.ffi_call("pyrnn_sequence_bwd", shapes, vmap_method="sequential")(
+        residual, *ops, y, dy, dh_n, dc_n, **attrs)
+    return tuple(None if a is None else g for a, g in zip(arrays[:-1], grads))
+
+
+# ------------------------------------------------------------- the rule --
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _sequence(spec, x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths):
+    arrays = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths)
+    if _ffi_registered():
+        return _ffi_forward(spec, arrays, training=False)[0]
     return jax.pure_callback(functools.partial(_forward_callback, spec), _out_shapes(spec, x, h0, W_hh, W_hr),
-                             x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, vmap_method="sequential")
+                             *arrays, vmap_method="sequential")
 
 
 def _sequence_fwd(spec, *arrays):
-    return _sequence(spec, *arrays), arrays
+    if _ffi_registered():
+        outs, residual = _ffi_forward(spec, arrays, training=True)
+        return outs, (residual, outs[0], arrays)
+    x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths = arrays
+    nbytes = _residual_nbytes(spec, arrays)
+    shapes = _out_shapes(spec, x, h0, W_hh, W_hr) + (jax.ShapeDtypeStruct((nbytes,), jnp.uint8),)
+    *outs, residual = jax.pure_callback(functools.partial(_training_callback, spec, nbytes), shapes, *arrays,
+                                        vmap_method="sequential")
+    return tuple(outs), (residual, outs[0], arrays)
 
 
-def _sequence_bwd(spec, arrays, cts):
+def _sequence_bwd(spec, saved, cts):
+    residual, y, arrays = saved
+    if _ffi_registered():
+        return _ffi_backward(spec, residual, y, arrays, cts) + (None,)  # lengths: no gradient
     present = tuple(name for name, a in zip(_NAMES[:-1], arrays) if a is not None)
     shapes = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays[:-1] if a is not None)
-    grads = iter(jax.pure_callback(functools.partial(_backward_callback, spec, present), shapes, *arrays, *cts,
-                                   vmap_method="sequential"))
+    grads = iter(jax.pure_callback(functools.partial(_backward_callback, spec, present), shapes, residual, y,
+                                   *arrays, *cts, vmap_method="sequential"))
     return tuple(None if a is None else next(grads) for a in arrays[:-1]) + (None,)  # lengths: no gradient
 
 

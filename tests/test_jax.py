@@ -243,3 +243,43 @@ def test_errors():
         rj.lstm(x, h0, c0, p["W_ih"], p["W_hh"], lengths=np.array([1.0, 5.0, 1.0]))
     with pytest.raises(ValueError, match="nonlinearity"):
         rj.rnn(x, None, jnp.zeros((H, I)), jnp.zeros((H, H)), nonlinearity="sigmoid")
+
+
+# ------------------------------------------------ XLA FFI and the fallback --
+
+def _grad_hlo():
+    p, x, h0, c0 = _params("lstm", jnp.float32)
+
+    def loss(p, x):
+        y, h_n, c_n = rj.lstm(x, h0, c0, p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"], lengths=LENGTHS)
+        return jnp.sum(y ** 2) + jnp.sum(c_n)
+
+    return jax.jit(jax.grad(loss)).lower(p, x).as_text()
+
+
+def test_ffi_backend_where_built():
+    """Built with XLA's FFI headers (CI passes PYRNN_XLA_FFI_INCLUDE), the kernels are XLA custom calls:
+    one forward keeping its workspace as a residual buffer, one backward consuming it, no host callback."""
+    import os
+
+    from pyrnn import _core
+
+    if os.environ.get("PYRNN_XLA_FFI_INCLUDE"):
+        assert _core.xla_ffi_targets is not None, "built with PYRNN_XLA_FFI_INCLUDE but without the FFI handlers"
+    if _core.xla_ffi_targets is None:
+        assert rj.backend() == "pure_callback"
+        pytest.skip("this build has no XLA FFI handlers (pyrnn.show_config() says why)")
+    assert rj.backend() == "ffi"
+    hlo = _grad_hlo()
+    assert hlo.count("pyrnn_sequence_fwd") == 1 and hlo.count("pyrnn_sequence_bwd") == 1
+    assert "callback" not in hlo
+
+
+@pytest.mark.parametrize("variant", ["lstm_proj", "gru_reset_before"])
+def test_pure_callback_fallback(variant, monkeypatch):
+    """Without the FFI handlers pyrnn.jax goes through jax.pure_callback, with the same results and the
+    workspace still handed from forward to backward as a residual array (no rerun)."""
+    monkeypatch.setattr(rj, "_ffi_registered", lambda: False)
+    assert rj.backend() == "pure_callback"
+    assert "callback" in _grad_hlo()
+    _check_variant(variant, jnp.float32, LENGTHS, True)

@@ -9,6 +9,7 @@
 
 #include <cstring>
 #include <optional>
+#include <pybind11/stl.h>
 #include <string>
 
 #include "arrays.h"
@@ -66,6 +67,7 @@ struct SequenceState {
   pyrnn::ForwardArgs<float> af;
   pyrnn::ForwardArgs<double> ad;
   py::object x, h0, c0, W_ih, W_hh, b_ih, b_hh, y, lengths, W_hr, h_mask;
+  py::object residual;  // the block the workspace views (sequence_forward(residual=)), or None
   int64_t T = 0, B = 0, I = 0, H = 0, P = 0;
   bool has_bias = false;
 
@@ -124,11 +126,22 @@ T* ptr(const std::optional<py::array>& a) {
   return a ? static_cast<T*>(const_cast<void*>(a->data())) : nullptr;
 }
 
+// A sequence call's arrays, checked, and its ForwardArgs (outputs not set).
 template <class Real>
-py::tuple forward_typed(CellKind cell, py::array x, std::optional<py::array> h0, std::optional<py::array> c0,
-                        py::array W_ih, py::array W_hh, std::optional<py::array> b_ih, std::optional<py::array> b_hh,
-                        std::optional<py::array> lengths, bool reverse, bool training, std::optional<py::array> W_hr,
-                        std::optional<py::array> h_mask, const PackedRecurrenceHolder* packed) {
+struct SequenceCall {
+  using Real_ = Real;
+  CellKind cell;
+  py::array x, W_ih, W_hh;
+  std::optional<py::array> h0, c0, b_ih, b_hh, lengths, W_hr, h_mask;
+  int64_t T = 0, B = 0, I = 0, H = 0, P = 0, Ho = 0;
+  pyrnn::ForwardArgs<Real> a;
+};
+
+template <class Real>
+SequenceCall<Real> check_call(CellKind cell, py::array x, std::optional<py::array> h0, std::optional<py::array> c0,
+                              py::array W_ih, py::array W_hh, std::optional<py::array> b_ih,
+                              std::optional<py::array> b_hh, std::optional<py::array> lengths, bool reverse,
+                              std::optional<py::array> W_hr, std::optional<py::array> h_mask) {
   const py::dtype dt = py::dtype::of<Real>();
   const int G = pyrnn::gates_of(cell);
   require(x.ndim() == 3 && W_hh.ndim() == 2 && (!W_hr || W_hr->ndim() == 2), "x must be 3-D, W_hh and W_hr 2-D");
@@ -147,28 +160,68 @@ py::tuple forward_typed(CellKind cell, py::array x, std::optional<py::array> h0,
   if (h0) check_array("h0", *h0, dt, {B, Ho});
   if (h_mask) check_array("h_mask", *h_mask, dt, {B, Ho});
   if (c0) check_array("c0", *c0, dt, {B, H});
-  require(!packed || (packed->cell == cell && packed->f64 == std::is_same_v<Real, double> && packed->I == I &&
-                      packed->H == H && packed->P == P),
-          "packed: weights packed for another cell, dtype or shape");
-  require(!packed || !training || packed->precision == pyrnn::WeightPrecision::Same,
-          "packed: weights in a reduced precision are for inference (training=False)");
   if (lengths) {
     check_array("lengths", *lengths, py::dtype::of<int64_t>(), {B});
     const int64_t* L = ptr<int64_t>(lengths);
     for (int64_t b = 0; b < B; ++b) require(L[b] >= 1 && L[b] <= T, "lengths must lie in [1, T]");
   }
-  // y is zero at padded steps, so it starts zeroed when lengths are given.
-  py::array_t<Real> y = out_array<Real>({T, B, Ho});
-  if (lengths) std::memset(y.mutable_data(), 0, sizeof(Real) * size_t(T * B * Ho));
-  py::array_t<Real> h_n({B, Ho});
-  py::object c_n = py::none();
-  pyrnn::ForwardArgs<Real> a;
+  SequenceCall<Real> c{cell, x, W_ih, W_hh, h0, c0, b_ih, b_hh, lengths, W_hr, h_mask, T, B, I, H, P, Ho, {}};
+  pyrnn::ForwardArgs<Real>& a = c.a;
   a.cell = cell, a.T = T, a.B = B, a.I = I, a.H = H;
-  a.x = ptr<Real>(x), a.h0 = ptr<Real>(h0), a.c0 = ptr<Real>(c0);
-  a.W_ih = ptr<Real>(W_ih), a.W_hh = ptr<Real>(W_hh), a.b_ih = ptr<Real>(b_ih), a.b_hh = ptr<Real>(b_hh);
+  a.x = ptr<Real>(std::optional<py::array>(x)), a.h0 = ptr<Real>(h0), a.c0 = ptr<Real>(c0);
+  a.W_ih = ptr<Real>(std::optional<py::array>(W_ih)), a.W_hh = ptr<Real>(std::optional<py::array>(W_hh));
+  a.b_ih = ptr<Real>(b_ih), a.b_hh = ptr<Real>(b_hh);
   a.lengths = ptr<int64_t>(lengths);
   a.P = P, a.W_hr = ptr<Real>(W_hr), a.h_mask = ptr<Real>(h_mask);
   a.reverse = reverse;
+  return c;
+}
+
+// The residual block's memory: a C-contiguous array of at least `need` bytes,
+// writable for a forward (backward only reads it).
+void* residual_memory(const py::array& r, int64_t need, bool write = true) {
+  require((r.flags() & py::array::c_style) && (r.writeable() || !write),
+          "residual: expected a writable C-contiguous array");
+  require(int64_t(r.nbytes()) >= need, "residual: too small for this call (see residual_nbytes)");
+  require(reinterpret_cast<uintptr_t>(r.data()) % 16 == 0, "residual: expected 16-byte aligned memory");
+  return const_cast<void*>(r.data());
+}
+
+// What backward needs: the call's arrays, y, and the workspace (over `residual` if given).
+template <class Real>
+py::object sequence_state(SequenceCall<Real>& c, py::object y, pyrnn::WorkspacePtr<Real> ws, py::object residual) {
+  auto st = std::make_unique<SequenceState>();
+  st->cell = c.cell, st->T = c.T, st->B = c.B, st->I = c.I, st->H = c.H, st->P = c.P, st->has_bias = bool(c.b_ih);
+  st->x = c.x, st->W_ih = c.W_ih, st->W_hh = c.W_hh, st->y = y;
+  auto obj = [](const std::optional<py::array>& a) { return a ? py::object(*a) : py::none(); };
+  st->h0 = obj(c.h0), st->c0 = obj(c.c0), st->b_ih = obj(c.b_ih), st->b_hh = obj(c.b_hh);
+  st->lengths = obj(c.lengths), st->W_hr = obj(c.W_hr), st->h_mask = obj(c.h_mask);
+  st->residual = residual;
+  if constexpr (std::is_same_v<Real, float>) {
+    st->wf = std::move(ws), st->af = c.a;
+  } else {
+    st->f64 = true, st->wd = std::move(ws), st->ad = c.a;
+  }
+  return py::cast(std::move(st));
+}
+
+template <class Real>
+py::tuple forward_typed(SequenceCall<Real> c, bool training, const PackedRecurrenceHolder* packed,
+                        std::optional<py::array> residual) {
+  const int64_t T = c.T, B = c.B, H = c.H, Ho = c.Ho;
+  pyrnn::ForwardArgs<Real>& a = c.a;
+  require(!packed || (packed->cell == c.cell && packed->f64 == std::is_same_v<Real, double> && packed->I == c.I &&
+                      packed->H == H && packed->P == c.P),
+          "packed: weights packed for another cell, dtype or shape");
+  require(!packed || !training || packed->precision == pyrnn::WeightPrecision::Same,
+          "packed: weights in a reduced precision are for inference (training=False)");
+  require(!residual || (training && !packed), "residual: for training forwards without packed weights");
+  void* block = residual ? residual_memory(*residual, pyrnn::residual_bytes<Real>(a)) : nullptr;
+  // y is zero at padded steps, so it starts zeroed when lengths are given.
+  py::array_t<Real> y = out_array<Real>({T, B, Ho});
+  if (c.lengths) std::memset(y.mutable_data(), 0, sizeof(Real) * size_t(T * B * Ho));
+  py::array_t<Real> h_n({B, Ho});
+  py::object c_n = py::none();
   if (packed) {
     if constexpr (std::is_same_v<Real, float>)
       a.packed = packed->pf.get();
@@ -176,7 +229,7 @@ py::tuple forward_typed(CellKind cell, py::array x, std::optional<py::array> h0,
       a.packed = packed->pd.get();
   }
   a.y = y.mutable_data(), a.h_n = h_n.mutable_data();
-  if (cell == CellKind::Lstm) {
+  if (c.cell == CellKind::Lstm) {
     py::array_t<Real> cn({B, H});
     a.c_n = cn.mutable_data();
     c_n = cn;
@@ -185,28 +238,10 @@ py::tuple forward_typed(CellKind cell, py::array x, std::optional<py::array> h0,
   pyrnn::WorkspacePtr<Real> ws;
   {
     py::gil_scoped_release nogil;  // only raw buffers are touched below
-    ws = pyrnn::sequence_forward<Real>(a, training, nth);
+    ws = block ? pyrnn::sequence_forward_residual<Real>(a, block, nth) : pyrnn::sequence_forward<Real>(a, training, nth);
   }
   py::object state = py::none();
-  if (training) {
-    auto st = std::make_unique<SequenceState>();
-    st->cell = cell, st->T = T, st->B = B, st->I = I, st->H = H, st->has_bias = bool(b_ih);
-    st->x = x, st->W_ih = W_ih, st->W_hh = W_hh, st->y = y;
-    st->h0 = h0 ? py::object(*h0) : py::none();
-    st->c0 = c0 ? py::object(*c0) : py::none();
-    st->b_ih = b_ih ? py::object(*b_ih) : py::none();
-    st->b_hh = b_hh ? py::object(*b_hh) : py::none();
-    st->lengths = lengths ? py::object(*lengths) : py::none();
-    st->W_hr = W_hr ? py::object(*W_hr) : py::none();
-    st->h_mask = h_mask ? py::object(*h_mask) : py::none();
-    st->P = P;
-    if constexpr (std::is_same_v<Real, float>) {
-      st->wf = std::move(ws), st->af = a;
-    } else {
-      st->f64 = true, st->wd = std::move(ws), st->ad = a;
-    }
-    state = py::cast(std::move(st));
-  }
+  if (training) state = sequence_state(c, y, std::move(ws), residual ? py::object(*residual) : py::none());
   return py::make_tuple(y, h_n, c_n, state);
 }
 
@@ -332,26 +367,94 @@ void register_sequence(py::module_& m) {
       .def_property_readonly("precision", [](const PackedRecurrenceHolder& p) { return precision_name(p.precision); })
       .def_property_readonly("nbytes", &PackedRecurrenceHolder::nbytes);
 
+  // The dtype dispatch of the calls below: fn(SequenceCall<Real>) for x's dtype.
+  auto dispatch = [](CellKind cell, py::array x, py::object h0, py::object c0, py::array W_ih, py::array W_hh,
+                     py::object b_ih, py::object b_hh, py::object lengths, bool reverse, py::object W_hr,
+                     py::object h_mask, auto fn) {
+    auto run = [&](auto tag) {
+      using Real = decltype(tag);
+      return fn(check_call<Real>(cell, x, opt_array(h0), opt_array(c0), W_ih, W_hh, opt_array(b_ih), opt_array(b_hh),
+                                 opt_array(lengths), reverse, opt_array(W_hr), opt_array(h_mask)));
+    };
+    if (has_dtype(x, py::dtype::of<float>())) return run(float{});
+    if (has_dtype(x, py::dtype::of<double>())) return run(double{});
+    throw py::type_error("x: expected float32 or float64, got " + std::string(py::str(x.dtype())));
+  };
+
   m.def(
       "sequence_forward",
-      [](CellKind cell, py::array x, py::object h0, py::object c0, py::array W_ih, py::array W_hh, py::object b_ih,
-         py::object b_hh, py::object lengths, bool reverse, bool training, py::object W_hr, py::object h_mask,
-         const PackedRecurrenceHolder* packed) {
-        if (has_dtype(x, py::dtype::of<float>()))
-          return forward_typed<float>(cell, x, opt_array(h0), opt_array(c0), W_ih, W_hh, opt_array(b_ih),
-                                      opt_array(b_hh), opt_array(lengths), reverse, training, opt_array(W_hr),
-                                      opt_array(h_mask), packed);
-        if (has_dtype(x, py::dtype::of<double>()))
-          return forward_typed<double>(cell, x, opt_array(h0), opt_array(c0), W_ih, W_hh, opt_array(b_ih),
-                                       opt_array(b_hh), opt_array(lengths), reverse, training, opt_array(W_hr),
-                                       opt_array(h_mask), packed);
-        throw py::type_error("x: expected float32 or float64, got " + std::string(py::str(x.dtype())));
+      [dispatch](CellKind cell, py::array x, py::object h0, py::object c0, py::array W_ih, py::array W_hh,
+                 py::object b_ih, py::object b_hh, py::object lengths, bool reverse, bool training, py::object W_hr,
+                 py::object h_mask, const PackedRecurrenceHolder* packed, py::object residual) {
+        return dispatch(cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, reverse, W_hr, h_mask, [&](auto c) {
+          return py::object(forward_typed(std::move(c), training, packed, opt_array(residual)));
+        });
       },
       py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("W_ih"), py::arg("W_hh"), py::arg("b_ih"),
       py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"), py::arg("training"), py::arg("W_hr") = py::none(),
-      py::arg("h_mask") = py::none(), py::arg("packed") = nullptr,
+      py::arg("h_mask") = py::none(), py::arg("packed") = nullptr, py::arg("residual") = py::none(),
       "Returns (y, h_n, c_n or None, Workspace or None). `packed`: the recurrent weights packed once "
-      "(PackedRecurrence of these W_hh, W_hr), or None.");
+      "(PackedRecurrence of these W_hh, W_hr), or None. `residual`: a writable array of at least "
+      "residual_nbytes bytes that holds the training workspace (training only), or None.");
+
+  m.def(
+      "residual_nbytes",
+      [dispatch](CellKind cell, py::array x, py::object h0, py::object c0, py::array W_ih, py::array W_hh,
+                 py::object b_ih, py::object b_hh, py::object lengths, bool reverse, py::object W_hr,
+                 py::object h_mask) {
+        return dispatch(cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, reverse, W_hr, h_mask, [](auto c) {
+          return py::object(py::int_(pyrnn::residual_bytes(c.a)));
+        });
+      },
+      py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("W_ih"), py::arg("W_hh"), py::arg("b_ih"),
+      py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"), py::arg("W_hr") = py::none(),
+      py::arg("h_mask") = py::none(),
+      "Bytes of the residual block of a training sequence_forward with these arguments (any values: only "
+      "shapes, dtype and which optional arrays are given count), at the selected ISA level.");
+
+  m.def(
+      "residual_strides",
+      [dispatch](CellKind cell, py::array x, py::object h0, py::object c0, py::array W_ih, py::array W_hh,
+                 py::object b_ih, py::object b_hh, py::object lengths, bool reverse, py::object W_hr,
+                 py::object h_mask) {
+        return dispatch(cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, reverse, W_hr, h_mask, [](auto c) {
+          int64_t header = 0, per_entry = 0;
+          std::vector<int64_t> per_row;
+          pyrnn::residual_strides(c.a, header, per_row, per_entry);
+          return py::object(py::make_tuple(header, per_row, per_entry, int64_t(sizeof(*c.a.x))));
+        });
+      },
+      py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("W_ih"), py::arg("W_hh"), py::arg("b_ih"),
+      py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"), py::arg("W_hr") = py::none(),
+      py::arg("h_mask") = py::none(),
+      "(header bytes, [elements per packed row of each per-row buffer], elements per batch entry, element bytes): "
+      "residual_nbytes for any T and B is header + sum(align64(T*B*n*esize)) + align64(B*e*esize), for "
+      "frameworks whose shapes are symbolic at trace time.");
+
+  m.def(
+      "workspace_from_residual",
+      [dispatch](py::array residual, CellKind cell, py::array x, py::object h0, py::object c0, py::array W_ih,
+                 py::array W_hh, py::object b_ih, py::object b_hh, py::object lengths, bool reverse, py::object W_hr,
+                 py::object h_mask, py::array y) {
+        return dispatch(cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, reverse, W_hr, h_mask, [&](auto c) {
+          using Real = typename decltype(c)::Real_;
+          check_array("y", y, py::dtype::of<Real>(), {c.T, c.B, c.Ho});
+          c.a.y = ptr<Real>(std::optional<py::array>(y));
+          void* block = residual_memory(residual, 0, false);
+          pyrnn::WorkspacePtr<Real> ws;
+          try {
+            ws = pyrnn::workspace_from_residual<Real>(c.a, block, int64_t(residual.nbytes()));
+          } catch (const std::invalid_argument& e) {
+            throw py::value_error(e.what());
+          }
+          return sequence_state(c, y, std::move(ws), residual);
+        });
+      },
+      py::arg("residual"), py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("W_ih"),
+      py::arg("W_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"),
+      py::arg("W_hr"), py::arg("h_mask"), py::arg("y"),
+      "The Workspace of a training sequence_forward(..., residual=) again, from its residual block and the same "
+      "arguments and output y, for sequence_backward. Raises ValueError when the block does not match.");
 
   m.def(
       "sequence_backward",

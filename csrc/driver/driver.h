@@ -316,6 +316,11 @@ void forward_cell(const ForwardArgs<T>& a, Workspace<T>& w, bool training, int n
   FwdCtx<T> f(a, sc, training ? &w : nullptr, Hp);
   f.Ho = Ho;
   f.mask = a.h_mask;
+  if (training) {
+    // A workspace in caller memory (Workspace::borrow) lends these views,
+    // which then fill in place; otherwise they are empty and allocate.
+    f.hm = std::move(w.hm), f.h0m = std::move(w.h0m), f.m = std::move(w.m);
+  }
   f.zeros.zero(size_t(std::max(Hp, Ho) + L));
   if (f.mask) {
     // h_{t-1} * mask per packed row: the recurrent GEMM's operand (and dW_hh's).
@@ -694,10 +699,41 @@ void backward_impl(const Workspace<T>& w, const ForwardArgs<T>& a, const Backwar
   with_cell(a.cell, a.P > 0, [&](auto cell) { backward_cell<T, decltype(cell)>(w, a, g, nthreads); });
 }
 
+// forward_cell's workspace buffers (and strides), laid out one after another.
+template <class T, class Cell>
+ResidualLayout residual_layout_cell(const ForwardArgs<T>& a, int64_t rows) {
+  constexpr int L = kLanes<T>;
+  constexpr int64_t kAlign = 64 / int64_t(sizeof(T));
+  const int64_t Hp = ceil_div(a.H, L) * L, Ho = a.P ? a.P : a.H;
+  ResidualLayout r;
+  r.Hp = Hp;
+  r.ld_gates = good_ld<T>(Cell::kSaved * Hp);
+  r.ld_extra = good_ld<T>(Hp);
+  if (a.h_mask) r.ld_hm = good_ld<T>(ceil_div(Ho, L) * L);
+  if (kProjected<Cell>) r.ld_m = good_ld<T>(Hp);
+  r.n_gates = Cell::kSaved ? rows * r.ld_gates : 0;
+  r.n_extra = Cell::kExtra ? rows * r.ld_extra : 0;
+  r.n_hm = rows * r.ld_hm, r.n_h0m = a.B * r.ld_hm, r.n_m = rows * r.ld_m;
+  int64_t at = 0;
+  auto place = [&](int64_t& off, int64_t n) { off = at, at += ceil_div(n, kAlign) * kAlign; };
+  place(r.gates, r.n_gates), place(r.extra, r.n_extra), place(r.hm, r.n_hm), place(r.h0m, r.n_h0m);
+  place(r.m, r.n_m);
+  r.elems = at;
+  return r;
+}
+
+template <class T>
+ResidualLayout residual_layout(const ForwardArgs<T>& a, int64_t rows) {
+  ResidualLayout r;
+  with_cell(a.cell, a.P > 0, [&](auto cell) { r = residual_layout_cell<T, decltype(cell)>(a, rows); });
+  return r;
+}
+
 template <class T>
 constexpr KernelOps<T> make_ops() {
   return {&forward_impl<T>,   &backward_impl<T>,    &cell_step_impl<T>,
-          &pack_cell_impl<T>, &packed_step_impl<T>, &pack_recurrence_impl<T>};
+          &pack_cell_impl<T>, &packed_step_impl<T>, &pack_recurrence_impl<T>,
+          &residual_layout<T>};
 }
 
 inline const KernelTable& make_table() {

@@ -1,6 +1,8 @@
 // The kernels' entry points (pyrnn/api.h): each call picks the ISA level's
 // kernel table and its thread count (adaptive, runtime/threads.cpp).
 #include <algorithm>
+#include <cstring>
+#include <stdexcept>
 #include <type_traits>
 
 #include "../runtime/workspace.h"
@@ -59,6 +61,80 @@ void sequence_backward(const Workspace<T>& ws, const ForwardArgs<T>& fwd, const 
   ThreadChoice choice(sequence_key(3, fwd, ws.isa), nthreads, 2 * recurrent_flops_per_step(fwd), double(ws.sched.rows));
   // Backward runs on the level that ran forward: the saved layout depends on it.
   ops_for<T>(ws.isa).backward(ws, fwd, args, choice.threads());
+}
+
+// A residual block: this header (128 bytes), then the workspace laid out by the
+// ISA level that ran forward (KernelOps::residual_layout).
+struct ResidualHeader {
+  int64_t magic, version, isa, cell, dtype_bytes, T, B, I, H, P, has_mask, has_lengths, reverse, elems, pad[2];
+};
+static_assert(sizeof(ResidualHeader) == 128, "the workspace starts 128 bytes in");
+constexpr int64_t kResidualMagic = 0x315357'4e4e5259;  // "YRNNWS1"
+
+template <class T>
+ResidualHeader residual_header(const ForwardArgs<T>& a, Isa isa) {
+  const ResidualLayout L = ops_for<T>(isa).residual_layout(a, a.T * a.B);
+  return {kResidualMagic, 1, int64_t(isa), int64_t(a.cell), int64_t(sizeof(T)), a.T, a.B, a.I, a.H, a.P,
+          a.h_mask != nullptr, a.lengths != nullptr, a.reverse, L.elems, {0, 0}};
+}
+
+template <class T>
+int64_t residual_bytes(const ForwardArgs<T>& a) {
+  return int64_t(sizeof(ResidualHeader)) + residual_header(a, isa_selected()).elems * int64_t(sizeof(T));
+}
+
+template <class T>
+void residual_strides(const ForwardArgs<T>& args, int64_t& header_bytes, std::vector<int64_t>& per_row,
+                      int64_t& per_entry) {
+  ForwardArgs<T> one = args;
+  one.B = 1;
+  const ResidualLayout L = ops_for<T>(isa_selected()).residual_layout(one, 1);
+  header_bytes = int64_t(sizeof(ResidualHeader));
+  per_row = {L.n_gates, L.n_extra, L.n_hm, L.n_m};
+  per_entry = L.n_h0m;
+}
+
+// w's schedule and buffers over `residual` (laid out for w->isa).
+template <class T>
+void borrow_residual(const ForwardArgs<T>& a, Workspace<T>& w, void* residual) {
+  w.sched = make_schedule(a.T, a.B, a.lengths, a.reverse);
+  w.cell = a.cell;
+  T* base = reinterpret_cast<T*>(static_cast<char*>(residual) + sizeof(ResidualHeader));
+  w.borrow(base, ops_for<T>(w.isa).residual_layout(a, a.T * a.B));
+}
+
+template <class T>
+WorkspacePtr<T> sequence_forward_residual(const ForwardArgs<T>& args, void* residual, int nthreads) {
+  WorkspacePtr<T> w(new Workspace<T>());
+  w->isa = isa_selected();
+  const ResidualHeader h = residual_header(args, w->isa);
+  std::memcpy(residual, &h, sizeof h);
+  borrow_residual(args, *w, residual);
+  ThreadChoice choice(sequence_key(1, args, w->isa), nthreads, recurrent_flops_per_step(args), double(w->sched.rows));
+  ops_for<T>(w->isa).forward(args, *w, true, choice.threads());
+  return w;
+}
+
+template <class T>
+WorkspacePtr<T> workspace_from_residual(const ForwardArgs<T>& args, void* residual, int64_t nbytes) {
+  ResidualHeader h;
+  if (nbytes < int64_t(sizeof h)) throw std::invalid_argument("residual: smaller than its header");
+  std::memcpy(&h, residual, sizeof h);
+  if (h.magic != kResidualMagic || h.version != 1)
+    throw std::invalid_argument("residual: not a workspace written by a pyrnn training forward");
+  const std::vector<Isa> levels = isa_supported();
+  if (std::find(levels.begin(), levels.end(), Isa(h.isa)) == levels.end())
+    throw std::invalid_argument("residual: written at an ISA level this CPU does not support");
+  const ResidualHeader want = residual_header(args, Isa(h.isa));
+  if (std::memcmp(&h, &want, sizeof h) != 0)
+    throw std::invalid_argument("residual: written by a forward with another cell, dtype, shape or options than "
+                                "these arguments");
+  if (nbytes < int64_t(sizeof h) + h.elems * int64_t(sizeof(T)))
+    throw std::invalid_argument("residual: shorter than the workspace its header describes");
+  WorkspacePtr<T> w(new Workspace<T>());
+  w->isa = Isa(h.isa);
+  borrow_residual(args, *w, residual);
+  return w;
 }
 
 template <class T>
@@ -151,6 +227,14 @@ template void sequence_backward(const Workspace<float>&, const ForwardArgs<float
 template void sequence_backward(const Workspace<double>&, const ForwardArgs<double>&, const BackwardArgs<double>&,
                                 int);
 template int64_t workspace_bytes(const Workspace<float>&);
+template int64_t residual_bytes(const ForwardArgs<float>&);
+template void residual_strides(const ForwardArgs<float>&, int64_t&, std::vector<int64_t>&, int64_t&);
+template void residual_strides(const ForwardArgs<double>&, int64_t&, std::vector<int64_t>&, int64_t&);
+template int64_t residual_bytes(const ForwardArgs<double>&);
+template WorkspacePtr<float> sequence_forward_residual(const ForwardArgs<float>&, void*, int);
+template WorkspacePtr<double> sequence_forward_residual(const ForwardArgs<double>&, void*, int);
+template WorkspacePtr<float> workspace_from_residual(const ForwardArgs<float>&, void*, int64_t);
+template WorkspacePtr<double> workspace_from_residual(const ForwardArgs<double>&, void*, int64_t);
 template int64_t workspace_bytes(const Workspace<double>&);
 template struct OpaqueDeleter<Workspace<float>>;
 template struct OpaqueDeleter<Workspace<double>>;

@@ -1,11 +1,14 @@
 // 64-byte aligned, uninitialised storage that only grows. Large blocks come
-// from and go back to the process-wide cache (pyrnn/pool.h).
+// from and go back to the process-wide cache (pyrnn/pool.h). A buffer may
+// instead borrow caller memory (borrow()): a view it never frees or grows,
+// e.g. a training workspace kept in a torch or XLA buffer.
 #pragma once
 #include <algorithm>
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <stdexcept>
 #include <utility>
 
 #include "pyrnn/pool.h"
@@ -19,16 +22,25 @@ class AlignedBuffer {
   explicit AlignedBuffer(size_t n) { reserve(n); }
   AlignedBuffer(const AlignedBuffer&) = delete;
   AlignedBuffer& operator=(const AlignedBuffer&) = delete;
-  AlignedBuffer(AlignedBuffer&& o) noexcept : p_(o.p_), n_(o.n_), bytes_(o.bytes_) {
-    o.p_ = nullptr, o.n_ = 0, o.bytes_ = 0;
+  AlignedBuffer(AlignedBuffer&& o) noexcept : p_(o.p_), n_(o.n_), bytes_(o.bytes_), borrowed_(o.borrowed_) {
+    o.p_ = nullptr, o.n_ = 0, o.bytes_ = 0, o.borrowed_ = false;
   }
   AlignedBuffer& operator=(AlignedBuffer&& o) noexcept {
     std::swap(p_, o.p_);
     std::swap(n_, o.n_);
     std::swap(bytes_, o.bytes_);
+    std::swap(borrowed_, o.borrowed_);
     return *this;
   }
-  ~AlignedBuffer() { pool_free(p_, bytes_); }
+  ~AlignedBuffer() {
+    if (!borrowed_) pool_free(p_, bytes_);
+  }
+
+  // Views n elements at p (caller memory, which must outlive the view).
+  void borrow(T* p, size_t n) {
+    if (!borrowed_) pool_free(p_, bytes_);
+    p_ = p, n_ = 0, bytes_ = n * sizeof(T), borrowed_ = true;
+  }
 
   // Grows to at least n elements (a cached block may hold more); the
   // contents are not kept.
@@ -37,6 +49,7 @@ class AlignedBuffer {
       n_ = std::max(n_, n);
       return;
     }
+    if (borrowed_) throw std::length_error("pyrnn: a borrowed buffer is too small");
     pool_free(p_, bytes_);
     p_ = nullptr;
     n_ = bytes_ = 0;
@@ -54,6 +67,7 @@ class AlignedBuffer {
  private:
   T* p_ = nullptr;
   size_t n_ = 0, bytes_ = 0;
+  bool borrowed_ = false;
 };
 
 }  // namespace pyrnn

@@ -28,6 +28,17 @@ struct Schedule {
 // lengths: null or [B] values already validated to lie in [1,T] (schedule.cpp).
 Schedule make_schedule(int64_t T, int64_t B, const int64_t* lengths, bool reverse);
 
+// Where a training workspace's buffers lie in one caller block (a "residual":
+// sequence_forward_residual): element offsets from the block's data start,
+// each a multiple of 64 bytes, for `rows` packed rows. Computed per ISA level
+// and cell (driver.h residual_layout), as forward lays them out.
+struct ResidualLayout {
+  int64_t Hp = 0, ld_gates = 0, ld_extra = 0, ld_hm = 0, ld_m = 0;
+  int64_t gates = 0, extra = 0, hm = 0, h0m = 0, m = 0;  // offsets
+  int64_t n_gates = 0, n_extra = 0, n_hm = 0, n_h0m = 0, n_m = 0;  // sizes
+  int64_t elems = 0;  // the whole block
+};
+
 template <class T>
 struct Workspace {
   Schedule sched;
@@ -46,6 +57,16 @@ struct Workspace {
   // LSTM projection: m_t = o * tanh(c_t) per packed row [rows, ld_m].
   AlignedBuffer<T> m;
   int64_t ld_m = 0;
+
+  // Views `base` laid out as `L` (forward then fills it, or backward reads it).
+  void borrow(T* base, const ResidualLayout& L) {
+    Hp = L.Hp, ld_gates = L.ld_gates, ld_extra = L.ld_extra, ld_hm = L.ld_hm, ld_m = L.ld_m;
+    auto view = [base](AlignedBuffer<T>& b, int64_t off, int64_t n) {
+      if (n) b.borrow(base + off, size_t(n)), b.reserve(size_t(n));
+    };
+    view(gates, L.gates, L.n_gates), view(extra, L.extra, L.n_extra), view(hm, L.hm, L.n_hm);
+    view(h0m, L.h0m, L.n_h0m), view(m, L.m, L.n_m);
+  }
 
   T* gates_row(int64_t r) { return gates.data() + r * ld_gates; }
   const T* gates_row(int64_t r) const { return gates.data() + r * ld_gates; }

@@ -102,6 +102,31 @@ void sequence_backward(const Workspace<T>& ws, const ForwardArgs<T>& fwd, const 
 template <class T>
 int64_t workspace_bytes(const Workspace<T>& ws);
 
+// The training workspace in caller memory (a "residual" buffer: a torch
+// tensor, an XLA buffer), so a framework can keep it between its forward and
+// backward ops and nothing is recomputed. residual_bytes: the block's size
+// for these shapes (T*B rows whatever the lengths, the selected ISA level; the
+// pointers in `args` are not read, only which of h_mask/W_hr are present).
+// sequence_forward_residual runs a training forward with its workspace in
+// `residual` (at least residual_bytes, 16-byte aligned or better), headed by
+// what backward checks. workspace_from_residual: that workspace again, for
+// sequence_backward with the same `args` (inputs, weights, y), from the block
+// of `nbytes`; throws std::invalid_argument when the block was not written by
+// such a forward.
+// The returned workspace views `residual`, which must outlive it.
+template <class T>
+int64_t residual_bytes(const ForwardArgs<T>& args);
+// The block's parts for symbolic shapes: elements per packed row of each
+// per-row buffer and elements per batch entry of the per-entry one, each part
+// rounded up to 64 bytes (residual_bytes = header + their sum at T*B rows).
+template <class T>
+void residual_strides(const ForwardArgs<T>& args, int64_t& header_bytes, std::vector<int64_t>& per_row,
+                      int64_t& per_entry);
+template <class T>
+WorkspacePtr<T> sequence_forward_residual(const ForwardArgs<T>& args, void* residual, int nthreads);
+template <class T>
+WorkspacePtr<T> workspace_from_residual(const ForwardArgs<T>& args, void* residual, int64_t nbytes);
+
 // One cell step for a batch (the cells' generation path): x [B,I], h, c [B,H]
 // (null: zeros), weights as in ForwardArgs (no projection). Writes h_out (and
 // c_out for the LSTM). Backward of a step goes through sequence_backward (T=1).
