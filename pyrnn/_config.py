@@ -194,6 +194,7 @@ def config() -> dict:
         "num_procs": _core.num_procs(),
         "cache_limit_mb": _core.cache_info()["limit_bytes"] / 2**20,
         "xla_ffi": getattr(_core, "xla_ffi_targets", None) is not None,
+        "blocking_caches": dict(_core.blocking_caches()),
     }
 
 
@@ -214,6 +215,8 @@ def show_config(file=None) -> None:
     print(f"  threads:        {mode} (cores available: {c['num_procs']})", file=out)
     print(f"  OpenMP wait:    {c['openmp_wait']}", file=out)
     print(f"  buffer cache:   {c['cache_limit_mb']:g} MiB limit (pyrnn.set_cache_limit, PYRNN_CACHE_MB)", file=out)
+    caches = ", ".join(f"{k} {v // 1024} KiB" for k, v in c["blocking_caches"].items())
+    print(f"  blocking for:   {caches} (this CPU's data caches, read at run time)", file=out)
     jax_path = ("XLA FFI custom calls" if c["xla_ffi"] else
                 "jax.pure_callback (built without XLA's FFI headers: set PYRNN_XLA_FFI_INCLUDE to "
                 "jax.ffi.include_dir() when building)")

@@ -16,10 +16,12 @@ and ``jax.vmap``::
 
     grads = jax.grad(loss)(params, x)
 
-The forward runs in C++ through ``jax.pure_callback``; a ``jax.custom_vjp``
-rule runs the C++ BPTT. Under differentiation the forward keeps its
-activations (the training workspace) as a residual uint8 array that the
-backward consumes (:func:`pyrnn.functional.workspace_from_residual`), so a
+The kernels run as XLA custom calls (``jax.ffi``, handlers in
+csrc/bindings/xla_ffi.cpp) where pyrnn was built with XLA's FFI headers, else
+through ``jax.pure_callback`` (:func:`backend` says which); a
+``jax.custom_vjp`` rule runs the C++ BPTT. Under differentiation the forward
+keeps its activations (the training workspace) as a residual uint8 array that
+the backward consumes (:func:`pyrnn.functional.workspace_from_residual`), so a
 gradient costs one forward and one backward, as in PyTorch. Gradients reach x, the initial states and every weight; ``lengths``
 is not differentiable. The kernels run on the host CPU, so inputs on another
 device are copied to it and back. float32 and float64 (``jax_enable_x64``)

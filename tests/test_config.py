@@ -270,3 +270,21 @@ def test_memory_bandwidth_is_measured():
             pyrnn.memory_bandwidth(bad)
     with pytest.raises(ValueError, match="threads must be a positive integer"):
         pyrnn.memory_bandwidth(1024, threads=0)
+
+
+def test_blocking_uses_this_cpus_caches():
+    """The kernels' blocking reads the same cache sizes Linux reports (pyrnn.cache_sizes), within the
+    plausible ranges it accepts; show_config prints them and the pyrnn.jax path."""
+    from pyrnn._config import cache_sizes
+
+    used, reported = _core.blocking_caches(), cache_sizes()
+    limits = {"L1": (16 << 10, 256 << 10), "L2": (128 << 10, 16 << 20), "L3": (1 << 20, 1 << 40)}
+    for level, size in used.items():
+        lo, hi = limits[level]
+        if level in reported and lo <= reported[level] <= hi:
+            assert size == reported[level], level
+        else:  # not reported (or implausible): the defaults the blocking was first tuned for
+            assert size == {"L1": 32 << 10, "L2": 512 << 10, "L3": 32 << 20}[level], level
+    out = io.StringIO()
+    pyrnn.show_config(file=out)
+    assert "blocking for:" in out.getvalue() and "pyrnn.jax:" in out.getvalue()

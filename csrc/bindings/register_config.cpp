@@ -7,6 +7,7 @@
 #include "pyrnn/isa.h"
 #include "pyrnn/api.h"
 #include "pyrnn/pool.h"
+#include "pyrnn/cache.h"
 #include "pyrnn/threads.h"
 
 namespace py = pybind11;
@@ -26,6 +27,15 @@ void register_config(py::module_& m) {
     d["openmp"] = int(_OPENMP);
     return d;
   });
+  m.def(
+      "blocking_caches",
+      [] {
+        const pyrnn::CacheSizes& c = pyrnn::cache_sizes();
+        py::dict d;
+        d["L1"] = c.l1, d["L2"] = c.l2, d["L3"] = c.l3;
+        return d;
+      },
+      "The cache sizes (bytes) the kernels' blocking derives from (pyrnn/cache.h): this CPU's, or defaults.");
   m.def("isa_supported", [] {
     std::vector<std::string> out;
     for (auto i : pyrnn::isa_supported()) out.push_back(pyrnn::isa_name(i));

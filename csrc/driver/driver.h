@@ -109,7 +109,7 @@ template <class T>
 bool project_packed_fits(const FwdCtx<T>& f) {
   const PackedRecurrence<T>* p = f.a.packed;
   return p && (p->precision != WeightPrecision::Same ||
-               (p->wih.size() && f.sc.rows * f.I * int64_t(sizeof(T)) <= 512 * 1024));
+               (p->wih.size() && f.sc.rows * f.I * int64_t(sizeof(T)) <= cache_sizes().l2));
 }
 
 template <class T>
@@ -146,13 +146,13 @@ void write_final_c(FwdCtx<T>& f, int64_t ua, int64_t ub) {
 // handed to `epi(i0, m, tile)`. `arow(i)` gives the A row of entry i.
 //
 // With several row tiles, K is split into chunks whose slice of the panel
-// (~16 KiB) stays in L1 while every row tile passes over it; the tiles wait
+// (half this CPU's L1) stays in L1 while every row tile passes over it; the tiles wait
 // in `acc` (ceil(n/MR)*MR*NR) between chunks. Otherwise each row tile would
 // stream the whole panel, and its A rows, from L2.
 template <class T, int MR, int NV, class ARow, class Epi>
 inline void step_tiles(int64_t n, int64_t K, const T* panel, ARow arow, Epi epi, T* acc) {
   constexpr int64_t NR = NV * kLanes<T>;
-  constexpr int64_t KC = std::max<int64_t>(16, (16 * 1024 / int64_t(NR * sizeof(T))) / 8 * 8);
+  static const int64_t KC = std::max<int64_t>(16, (cache_sizes().l1 / 2 / int64_t(NR * sizeof(T))) / 8 * 8);
   const T* arows[MR];
   auto rows_at = [&](int64_t r0, int m, int64_t k0) {
     for (int r = 0; r < MR; ++r) arows[r] = arow(r0 + std::min(r, m - 1)) + k0;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "simd.h"
+#include "pyrnn/cache.h"
 #include "../runtime/aligned_buffer.h"
 
 namespace pyrnn {
@@ -255,12 +256,13 @@ inline void write_tile(const T* tile, int64_t ld, int m, int nw, const CView<T>&
 // streams from L2 instead of sitting in L1, which costs less than the C
 // traffic it saves (measured, LSTM B=64 T=50 H=512, 1 thread: input
 // projection 80 -> 64 ms, dx 78 -> 63 ms). Packed A (the weight gradients,
-// K = rows) keeps L1-sized blocks: larger ones, and a variant keeping C
-// blocks in L2 across all K blocks, measured slower there.
+// K = rows) keeps blocks the size of this CPU's L1 (pyrnn/cache.h): larger
+// ones, and a variant keeping C blocks in L2 across all K blocks, measured
+// slower there.
 template <class T>
 inline int64_t gemm_kc(int64_t K, int64_t NR, bool packed_a) {
   if (!packed_a && K * int64_t(sizeof(T)) <= 8 * 1024) return K;
-  return std::min<int64_t>(256, std::max<int64_t>(64, 32 * 1024 / int64_t(NR * sizeof(T))));
+  return std::min<int64_t>(256, std::max<int64_t>(64, cache_sizes().l1 / int64_t(NR * sizeof(T))));
 }
 
 // Per-thread scratch for gemm(); grows on demand, reused across calls.
@@ -277,7 +279,7 @@ void gemm(int64_t M, int64_t N, int64_t K, const AView<T>& A, const BView<T>& B,
   constexpr int NV = kGemmNV, MR = kGemmMR, NR = NV * kLanes<T>;
   // Blocking: a kc x NR micro-panel of B stays in L1 (or L2, gemm_kc) while
   // the micro-kernel passes over all MC rows of A; the kc x nc block of B
-  // (~256 KiB) and the MC x kc block of A stay in L2.
+  // (half of this CPU's L2) and the MC x kc block of A stay in L2.
   constexpr int64_t MC = 72;
   // Row tiles start at multiples of MR (callers split rows in whole tiles):
   // each row then sits in the same tile for any split, see input_grad.
@@ -294,7 +296,7 @@ void gemm(int64_t M, int64_t N, int64_t K, const AView<T>& A, const BView<T>& B,
   }
   const bool packed_a = A.rows == nullptr;
   const int64_t KC = gemm_kc<T>(K, NR, packed_a);
-  const int64_t NC = std::max<int64_t>(NR, (int64_t(256 * 1024) / int64_t(KC * sizeof(T))) / NR * NR);
+  const int64_t NC = std::max<int64_t>(NR, (cache_sizes().l2 / 2 / int64_t(KC * sizeof(T))) / NR * NR);
   s.b.reserve(size_t(KC * NC));
   if (packed_a) s.a.reserve(size_t(KC * MC));
   alignas(64) T tile[MR * NR];
