@@ -33,10 +33,43 @@ Inference copies: ``pyrnn.torch.freeze(module, precision=None)`` (or
 :class:`FrozenRNN` / :class:`FrozenRNNCell`: the weights copied and packed once,
 in float32 or in int8 (per-row scales, activations quantised per row) or bf16.
 
+torch.compile, torch.export, torch.func: the kernels are also the custom
+operator ``pyrnn::rnn_layer`` (one layer and direction; see
+:mod:`pyrnn._torch_ops`), with fake kernels, an autograd formula (the operator
+``pyrnn::rnn_layer_backward``) and a vmap rule. The layers and cells call it
+instead of the autograd.Function above when traced: under ``torch.compile``
+(dynamo), ``torch.export`` (strict or not), a ``torch.func`` transform or a
+TorchDispatchMode; plain eager calls keep the path above. So
+``torch.compile(model, fullgraph=True)`` compiles padded-tensor calls (any
+num_layers, bidirectional, proj_size, batch_first, unbatched, hx, dropout and
+recurrent_dropout, whose masks are drawn with torch ops) without a graph break,
+forward and backward; ``torch.export.export`` gives a program holding
+``pyrnn.rnn_layer`` nodes (batch and time may be dynamic); ``torch.func.grad`` /
+``vjp`` over ``functional_call`` give autograd's gradients; ``torch.func.vmap``
+folds a vmapped input or state dimension into the batch (one kernel call) when
+no gradient is needed, loops over a vmapped weight (``stack_module_state``
+ensembles), and per-sample gradients (``vmap(grad(...))``) run one forward and
+one backward per sample. Dynamo refuses to
+trace any torch.nn.RNN / GRU / LSTM subclass unless
+``torch._dynamo.config.allow_rnn``; importing this module lets it trace these
+classes only (a wrapper on dynamo's module builder, installed when dynamo is
+first imported), so torch.nn's own LSTM keeps its graph break.
+
 Limits: CPU tensors of dtype float32 or float64 only (others raise); no
 double backward (differentiating the gradients raises a RuntimeError saying
-so); ``torch.func`` transforms, ``torch.compile`` tracing and TorchScript do
-not see inside the kernels.
+so, eager, compiled or under torch.func); no forward-mode AD (``jvp``,
+``jacfwd``, ``hessian`` raise). Compiled and traced calls run the forward
+kernels once per step, as eager calls do: when a gradient may be taken, the
+operator's forward writes the C++ training workspace into a uint8 tensor (its
+``residual`` output), which autograd saves for ``rnn_layer_backward``; without
+one (``torch.no_grad()``, nothing requiring grad: export under no_grad for a
+graph without residuals) the inference kernels run. Under ``torch.func.vmap``
+with gradients possible, the forward runs once per sample (each keeps its own
+workspace) instead of folding the vmapped dimension into the batch. A ``PackedSequence`` input
+graph-breaks under torch.compile (dynamo skips ``pack_padded_sequence`` /
+``pad_packed_sequence``; ``fullgraph=True`` raises) and does not export; pass
+padded tensors. TorchScript (``torch.jit.script`` / ``trace``) does not see
+inside the kernels.
 
 Threads: pyrnn's kernels use up to ``pyrnn.get_num_threads()`` threads (its own
 setting: adaptive up to ``OMP_NUM_THREADS``, else the core count, or fixed with
@@ -50,6 +83,9 @@ compute at the same time and at most max(pyrnn's, torch's) threads are busy.
 from __future__ import annotations
 
 import copy
+import functools
+import importlib.abc
+import sys
 from typing import NamedTuple
 
 import numpy as np
@@ -57,21 +93,17 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import _core, _stack
+from . import _core, _onnx, _stack, _torch_ops
+from ._onnx import WithLengths
 from . import functional as F
 from ._cells import cell_spec
 from ._validation import check_probability
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "InputError", "FrozenRNN", "FrozenRNNCell",
-           "freeze", "quantize_dynamic"]
+           "freeze", "quantize_dynamic", "WithLengths"]
 
 _DTYPES = (torch.float32, torch.float64)
-_DOUBLE_BACKWARD = (
-    "pyrnn.torch: double backward is not supported: the C++ BPTT that computes these gradients is not "
-    "itself differentiable (create_graph=True through a pyrnn module, then differentiating the "
-    "gradients, e.g. gradient penalties, Hessian-vector products or MAML). Use the torch.nn module "
-    "for higher-order derivatives."
-)
+_DOUBLE_BACKWARD = _torch_ops.DOUBLE_BACKWARD
 
 
 # --------------------------------------------------------------- the kernels --
@@ -195,10 +227,34 @@ def _run(spec, grad, x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr):
 
 
 def _dropout_mask(shape, p, dtype):
-    """Kept units scaled by 1/(1-p) (p=1 drops everything); torch's RNG."""
+    """A tensor: kept units scaled by 1/(1-p) (p=1 drops everything); torch's RNG."""
     if p >= 1:
-        return torch.zeros(shape, dtype=dtype).numpy()
-    return torch.empty(shape, dtype=dtype).bernoulli_(1.0 - p).div_(1.0 - p).numpy()
+        return torch.zeros(shape, dtype=dtype)
+    return torch.empty(shape, dtype=dtype).bernoulli_(1.0 - p).div_(1.0 - p)
+
+
+def _traced(x):
+    """Whether this call runs through the ``pyrnn::rnn_layer`` operator rather than
+    the eager autograd.Function on NumPy views: under torch.compile / torch.export
+    (dynamo or non-strict), torch.func transforms, a TorchDispatchMode (make_fx,
+    FakeTensorMode, ...) or for a tensor subclass input."""
+    return (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+            or torch._C._len_torch_dispatch_stack() > 0 or type(x) is not torch.Tensor)
+
+
+def _op(cell, options, reverse, x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths=None, h_mask=None):
+    """(y, h_n, c_n or None) for one layer and direction through the pyrnn::rnn_layer operator
+    (its own autograd formula; under torch.func transforms, through an autograd.Function they accept)."""
+    # need_residual: the forward keeps its training workspace (an extra output, which the backward
+    # reads) only when a gradient may be taken; otherwise the inference kernel runs.
+    need_residual = _needs_grad((x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, h_mask))
+    args = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask, cell, options["nonlinearity"],
+            options["reset_after"], reverse, need_residual)
+    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+        y, h_n, c_n, _ = _torch_ops.RnnLayerFunction.apply(*args)
+    else:
+        y, h_n, c_n, _ = torch.ops.pyrnn.rnn_layer(*args)
+    return y, h_n, (c_n if cell == "lstm" else None)
 
 
 # ------------------------------------------------------- sequence modules --
@@ -260,6 +316,8 @@ class _PyrnnRNNMixin:
         return (out + [None])[:2]
 
     def forward(self, input, hx=None):
+        if torch.onnx.is_in_onnx_export():  # standard ONNX LSTM/GRU/RNN nodes (pyrnn/_onnx.py)
+            return _onnx.export_forward(self, input, hx)
         name = type(self).__name__
         packed = isinstance(input, PackedSequence)
         dtype = _weights_dtype(self)
@@ -281,12 +339,14 @@ class _PyrnnRNNMixin:
             raise ValueError(f"{name}: Expected sequence length to be larger than 0")
         T, B = x.shape[:2]
         h0_all, c0_all = self._states(hx, B, unbatched, dtype)
-        lengths_np = None if lengths is None else lengths.numpy().astype(np.int64, copy=False)
+        traced = _traced(x)  # through the pyrnn::rnn_layer operator (lengths stay a tensor), else NumPy views
+        options, lengths_np, grad = self._spec().options, None, False
+        if not traced:
+            lengths_np = None if lengths is None else lengths.numpy().astype(np.int64, copy=False)
+            grad = _needs_grad([x, h0_all, c0_all] + list(self.parameters()))
 
         D = 2 if self.bidirectional else 1
         H_out = self.proj_size or self.hidden_size
-        params = list(self.parameters())
-        grad = _needs_grad([x, h0_all, c0_all] + params)
         rec_p = self.recurrent_dropout if self.training else 0.0
 
         def run(layer, d, layer_x):
@@ -294,10 +354,12 @@ class _PyrnnRNNMixin:
             sfx = _stack.param_suffix(layer, d)
             mask = _dropout_mask((B, H_out), rec_p, dtype) if rec_p > 0 else None
             W_ih, W_hh, W_hr = (getattr(self, n + sfx, None) for n in ("weight_ih", "weight_hh", "weight_hr"))
-            spec = self._spec(reverse=d == 1, lengths=lengths_np, h_mask=mask)
-            return _run(spec, grad, layer_x, None if h0_all is None else h0_all[k],
-                        None if c0_all is None else c0_all[k], W_ih, W_hh, getattr(self, "bias_ih" + sfx, None),
-                        getattr(self, "bias_hh" + sfx, None), W_hr)
+            tensors = (layer_x, None if h0_all is None else h0_all[k], None if c0_all is None else c0_all[k],
+                       W_ih, W_hh, getattr(self, "bias_ih" + sfx, None), getattr(self, "bias_hh" + sfx, None), W_hr)
+            if traced:
+                return _op(self._cell, options, d == 1, *tensors, lengths=lengths, h_mask=mask)
+            spec = self._spec(reverse=d == 1, lengths=lengths_np, h_mask=None if mask is None else mask.numpy())
+            return _run(spec, grad, *tensors)
 
         def dropout(layer, y):
             return nn.functional.dropout(y, self.dropout, training=True) if self.dropout > 0 and self.training else y
@@ -324,6 +386,76 @@ def _repack(y, lengths, like):
         lengths = lengths.index_select(0, order.to(lengths.device))
     data = pack_padded_sequence(y, lengths, enforce_sorted=True).data
     return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+
+
+# ------------------------------------------------------------ torch.compile --
+#
+# Dynamo refuses to trace any instance of torch.nn.RNN / GRU / LSTM (subclasses
+# included) unless torch._dynamo.config.allow_rnn is set, and setting that
+# globally makes dynamo trace torch.nn's own LSTM too (which fails to compile on
+# the CPU in torch 2.13, where it otherwise runs eagerly behind a graph break).
+# So dynamo's module wrapper is patched to allow these modules, and only them;
+# lazily, when dynamo is first imported (importing it costs seconds).
+
+_DYNAMO_BUILDER = "torch._dynamo.variables.builder"
+
+
+def _allow_dynamo(builder):
+    """Lets dynamo wrap (so trace into) pyrnn's sequence modules; torch.nn's keep their graph break."""
+    cls = getattr(builder, "VariableBuilder", None)
+    wrap = getattr(cls, "wrap_module", None)
+    if wrap is None or getattr(wrap, "_pyrnn", False):
+        return  # a torch that has moved this: torch._dynamo.config.allow_rnn = True still works
+    from torch._dynamo import config
+
+    @functools.wraps(wrap)
+    def wrap_module(self, value):
+        if isinstance(value, _PyrnnRNNMixin) and not config.allow_rnn:
+            with config.patch(allow_rnn=True):
+                return wrap(self, value)
+        return wrap(self, value)
+
+    wrap_module._pyrnn = True
+    cls.wrap_module = wrap_module
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    def __init__(self, loader):
+        self._loader = loader
+
+    def __getattr__(self, name):  # get_source, get_filename, ... of the real loader
+        return getattr(self._loader, name)
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        _allow_dynamo(module)
+
+
+class _DynamoImportHook(importlib.abc.MetaPathFinder):
+    """Applies :func:`_allow_dynamo` when dynamo's variable builder is imported, then removes itself."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != _DYNAMO_BUILDER:
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            spec = None if find is None else find(name, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _PatchingLoader(spec.loader)
+                return spec
+        return None
+
+
+if _DYNAMO_BUILDER in sys.modules:
+    _allow_dynamo(sys.modules[_DYNAMO_BUILDER])
+elif not any(isinstance(f, _DynamoImportHook) for f in sys.meta_path):
+    sys.meta_path.insert(0, _DynamoImportHook())
 
 
 class RNN(_PyrnnRNNMixin, nn.RNN):
@@ -374,6 +506,8 @@ class _PyrnnCellMixin:
         return freeze(self, precision)
 
     def _step(self, input, states):
+        if torch.onnx.is_in_onnx_export():  # a one-step ONNX node (pyrnn/_onnx.py)
+            return _onnx.export_cell_step(self, input, [h for _, h in states])
         name = type(self).__name__
         dtype = _weights_dtype(self)
         _check_tensor(name, "input", input, dtype)
@@ -398,7 +532,9 @@ class _PyrnnCellMixin:
             checked.append(h)
         h0, c0 = (checked + [None])[:2]
         weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-        if _needs_grad([x, h0, c0, *weights]):
+        if _traced(x):
+            _, h1, c1 = _op(self._cell, self._options(), False, x.unsqueeze(0), h0, c0, *weights, None)
+        elif _needs_grad([x, h0, c0, *weights]):
             _, h1, c1 = _run(_Spec(self._cell, self._options()), True, x.unsqueeze(0), h0, c0, *weights, None)
         else:
             arrays = [None if t is None else np.ascontiguousarray(_np(t)) for t in (x, h0, c0, *weights)]

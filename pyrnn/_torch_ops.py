@@ -1,0 +1,316 @@
+"""pyrnn's sequence kernels as PyTorch custom operators (``torch.library``).
+
+Two operators, registered when this module is imported (``pyrnn.torch`` imports it):
+
+``pyrnn::rnn_layer(Tensor x, Tensor? h0, Tensor? c0, Tensor W_ih, Tensor W_hh,
+Tensor? b_ih, Tensor? b_hh, Tensor? W_hr, Tensor? lengths, Tensor? h_mask,
+str cell, str nonlinearity, bool reset_after, bool reverse, bool need_residual)
+-> (Tensor y, Tensor h_n, Tensor c_n, Tensor residual)``
+    One layer, one direction, the whole sequence in C++. x [T, B, I]
+    time-major; h0 [B, H_out] or None (zeros); c0 [B, H] (LSTM) or None;
+    W_ih [G*H, I]; W_hh [G*H, H_out]; W_hr [H_out, H] (LSTM proj_size) or None;
+    lengths int64 [B] (CPU) or None (all T); h_mask [B, H_out] (recurrent
+    dropout, already scaled) or None; cell "lstm", "gru" or "rnn"; nonlinearity
+    "tanh" or "relu" (rnn); reset_after (gru). H_out = W_hh.shape[1] (the
+    projection size with W_hr, else H).
+    Returns y [T, B, H_out], h_n [B, H_out], c_n ([B, H] for the LSTM, an empty
+    tensor of shape [0] for the GRU and RNN) and residual: with need_residual,
+    the training workspace the backward reads (uint8 [F.residual_nbytes(...)],
+    written by the C++ forward in place, no copy); without, the inference kernel
+    runs (no workspace kept) and residual is an empty uint8 tensor of shape [0].
+
+``pyrnn::rnn_layer_backward(<the same 10 tensors>, Tensor y, Tensor residual, Tensor? grad_y,
+Tensor? grad_h_n, Tensor? grad_c_n, <the same 4 options>) -> (Tensor x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr)``
+    The gradients of rnn_layer's tensor inputs, from rnn_layer's output y and
+    residual: the C++ BPTT over the workspace in ``residual``
+    (``F.workspace_from_residual``), without running the forward again. An
+    empty residual (a forward with need_residual=False that is differentiated
+    anyway) makes it rerun the forward in training mode first, so the
+    gradients stay right at the cost of a second forward. A gradient of an
+    input that was None is an empty tensor of shape [0]. Omitted grad_* are zeros.
+
+rnn_layer has an autograd formula (rnn_layer_backward; it saves the inputs, y
+and residual), fake (meta) kernels for both (the residual's size is symbolic in T
+and B, so dynamic shapes trace), so ``torch.compile`` (fullgraph),
+``torch.export`` and AOTAutograd trace them, and vmap rules: without
+need_residual, rnn_layer folds a vmapped dimension of x / h0 / c0 / lengths /
+h_mask into the batch (one kernel call); with it, or when a weight is vmapped
+(e.g. ``torch.func.stack_module_state`` ensembles), it loops over the vmapped
+dimension and stacks the per-sample residuals (a folded batch's workspace
+cannot give per-sample weight gradients); rnn_layer_backward loops
+(per-sample gradients: ``vmap(grad(...))``), one sample's residual per call.
+Differentiating rnn_layer_backward (double backward) raises a RuntimeError.
+All outputs are fresh tensors (never views of the inputs or of each other).
+"""
+
+import numpy as np
+import torch
+
+from . import functional as F
+from ._cells import GATES
+
+__all__ = ["rnn_layer", "rnn_layer_backward", "RnnLayerFunction", "DOUBLE_BACKWARD"]
+
+DOUBLE_BACKWARD = (
+    "pyrnn.torch: double backward is not supported: the C++ BPTT that computes these gradients is not "
+    "itself differentiable (create_graph=True through a pyrnn module, then differentiating the "
+    "gradients, e.g. gradient penalties, Hessian-vector products or MAML). Use the torch.nn module "
+    "for higher-order derivatives."
+)
+
+_TENSORS = ("Tensor x, Tensor? h0, Tensor? c0, Tensor W_ih, Tensor W_hh, Tensor? b_ih, Tensor? b_hh, "
+            "Tensor? W_hr, Tensor? lengths, Tensor? h_mask")
+_OPTIONS = "str cell, str nonlinearity, bool reset_after, bool reverse"
+_GRAD_NAMES = ("x", "h0", "c0", "W_ih", "W_hh", "b_ih", "b_hh", "W_hr")
+_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _np(t):
+    """NumPy view (no copy) of a CPU tensor; None stays None."""
+    return None if t is None else t.detach().resolve_neg().resolve_conj().numpy()
+
+
+def _lengths(t):
+    return None if t is None else np.ascontiguousarray(t.detach().numpy(), dtype=np.int64)
+
+
+def _check_cell(cell):
+    if cell not in GATES:
+        raise ValueError(f"pyrnn::rnn_layer: cell must be one of {sorted(GATES)}, got {cell!r}")
+
+
+def _residual_nbytes(x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask, cell, nonlinearity, reset_after):
+    """Bytes of rnn_layer's residual, from shapes alone (T and B may be SymInts: the fake
+    kernel sizes it with these too, so the real and fake residuals always agree)."""
+    if x.dtype not in _NP_DTYPES:
+        raise TypeError(f"pyrnn::rnn_layer: x must be float32 or float64, got {x.dtype}")
+    return F.residual_nbytes_for(
+        cell, x.shape[0], x.shape[1], W_ih.shape[1], W_hh.shape[0] // GATES[cell],
+        proj_size=0 if W_hr is None else W_hr.shape[0], dtype=_NP_DTYPES[x.dtype],
+        bias=b_ih is not None or b_hh is not None, h0=h0 is not None, c0=c0 is not None,
+        h_mask=h_mask is not None, lengths=lengths is not None, nonlinearity=nonlinearity, reset_after=reset_after)
+
+
+def _kernel(x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask, cell, nonlinearity, reset_after, reverse,
+            training, residual=None):
+    _check_cell(cell)
+    return F.forward(cell, _np(x), _np(h0), _np(c0), _np(W_ih), _np(W_hh), _np(b_ih), _np(b_hh),
+                     nonlinearity=nonlinearity, reset_after=reset_after, W_hr=_np(W_hr), h_mask=_np(h_mask),
+                     lengths=_lengths(lengths), reverse=reverse, training=training, residual=residual)
+
+
+def _fresh(arrays, inputs):
+    """Tensors of the kernel's output arrays, copied where one shares memory with an
+    input or an earlier output (an operator's outputs must not alias anything)."""
+    taken = [a for a in (_np(t) for t in inputs if t is not None) if a.size]
+    out = []
+    for a in arrays:
+        if any(np.may_share_memory(a, b) for b in taken):
+            a = a.copy()
+        taken.append(a)
+        out.append(torch.from_numpy(a))
+    return out
+
+
+# ------------------------------------------------------------- forward --
+
+@torch.library.custom_op("pyrnn::rnn_layer", mutates_args=(), device_types="cpu",
+                         schema=f"({_TENSORS}, {_OPTIONS}, bool need_residual) -> (Tensor, Tensor, Tensor, Tensor)")
+def rnn_layer(x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask, cell, nonlinearity, reset_after, reverse,
+              need_residual):
+    _check_cell(cell)
+    tensors = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask)
+    if need_residual:  # the training kernel writes its workspace into this tensor's memory
+        # Zeros, not empty: the kernel leaves alignment padding and the steps past lengths unwritten,
+        # and an operator's output must not depend on what that memory held before.
+        residual = torch.zeros(_residual_nbytes(*tensors, cell, nonlinearity, reset_after), dtype=torch.uint8)
+        y, h_n, c_n, _ = _kernel(*tensors, cell, nonlinearity, reset_after, reverse, training=True,
+                                 residual=residual.numpy())
+    else:
+        residual = torch.empty((0,), dtype=torch.uint8)
+        y, h_n, c_n, _ = _kernel(*tensors, cell, nonlinearity, reset_after, reverse, training=False)
+    if c_n is None:
+        c_n = np.empty((0,), dtype=y.dtype)
+    return (*_fresh((y, h_n, c_n), tensors + (residual,)), residual)
+
+
+@rnn_layer.register_fake
+def _rnn_layer_fake(x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask, cell, nonlinearity, reset_after,
+                    reverse, need_residual):
+    _check_cell(cell)
+    torch._check(x.dim() == 3, lambda: f"pyrnn::rnn_layer: x must be [T, B, I], got {x.dim()}-D")
+    T, B = x.shape[0], x.shape[1]
+    H_out = W_hh.shape[1]
+    H = W_hh.shape[0] // GATES[cell]
+    c_n = x.new_empty((B, H)) if cell == "lstm" else x.new_empty((0,))
+    nbytes = (_residual_nbytes(x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask, cell, nonlinearity,
+                               reset_after) if need_residual else 0)
+    return x.new_empty((T, B, H_out)), x.new_empty((B, H_out)), c_n, x.new_empty((nbytes,), dtype=torch.uint8)
+
+
+# ------------------------------------------------------------ backward --
+
+def _residual_array(residual):
+    """A NumPy view of residual as the C++ reads it (C-contiguous, 16-byte aligned)."""
+    r = residual.detach()
+    if not r.is_contiguous() or r.data_ptr() % 16:
+        r = r.clone(memory_format=torch.contiguous_format)
+        if r.data_ptr() % 16:  # the CPU allocator aligns to 64; an offset view of a clone cannot happen
+            raise ValueError("pyrnn::rnn_layer_backward: residual is not 16-byte aligned")
+    return r.numpy()
+
+
+@torch.library.custom_op(
+    "pyrnn::rnn_layer_backward", mutates_args=(), device_types="cpu",
+    schema=f"({_TENSORS}, Tensor y, Tensor residual, Tensor? grad_y, Tensor? grad_h_n, Tensor? grad_c_n, "
+           f"{_OPTIONS}) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+def rnn_layer_backward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask, y, residual, grad_y, grad_h_n,
+                       grad_c_n, cell, nonlinearity, reset_after, reverse):
+    _check_cell(cell)
+    tensors = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask)
+    if residual.numel():
+        ws = F.workspace_from_residual(
+            _residual_array(residual), cell, _np(x), _np(h0), _np(c0), _np(W_ih), _np(W_hh), _np(b_ih), _np(b_hh),
+            y=_np(y), nonlinearity=nonlinearity, reset_after=reset_after, W_hr=_np(W_hr), h_mask=_np(h_mask),
+            lengths=_lengths(lengths), reverse=reverse)
+    else:  # rnn_layer ran with need_residual=False: rebuild the workspace with a training forward
+        *_, ws = _kernel(*tensors, cell, nonlinearity, reset_after, reverse, training=True)
+    g = F.backward(ws, _np(grad_y), _np(grad_h_n), _np(grad_c_n) if cell == "lstm" else None)
+    empty = np.empty((0,), dtype=ws.dtype)
+    grads = [empty.copy() if t is None or g[k] is None else g[k] for k, t in zip(_GRAD_NAMES, tensors)]
+    return tuple(_fresh(grads, tensors + (y, residual, grad_y, grad_h_n, grad_c_n)))
+
+
+@rnn_layer_backward.register_fake
+def _rnn_layer_backward_fake(x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask, y, residual, grad_y,
+                             grad_h_n, grad_c_n, cell, nonlinearity, reset_after, reverse):
+    _check_cell(cell)
+    return tuple(x.new_empty((0,)) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
+                 for t in (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr))
+
+
+# ------------------------------------------------------------ autograd --
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:10], output[0], output[3])  # the inputs, y and the residual
+    ctx.options = inputs[10:14]
+    ctx.set_materialize_grads(False)  # unused outputs give None, which the kernel reads as zeros
+
+
+def _backward(ctx, grad_y, grad_h_n, grad_c_n, grad_residual):
+    saved = ctx.saved_tensors
+    lstm = ctx.options[0] == "lstm"
+    grads = rnn_layer_backward(*saved, grad_y, grad_h_n, grad_c_n if lstm else None, *ctx.options)
+    out = [g if need and t is not None else None for g, t, need in zip(grads, saved, ctx.needs_input_grad)]
+    return (*out, None, None, None, None, None, None, None)
+
+
+rnn_layer.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(DOUBLE_BACKWARD)
+
+
+rnn_layer_backward.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)
+
+
+# -------------------------------------------------------- torch.func --
+#
+# torch.func transforms refuse the autograd.Function that register_autograd
+# generates (it has no setup_context staticmethod: pytorch/pytorch#168393,
+# #179652), so under them the operators are called through these two.
+
+class RnnLayerFunction(torch.autograd.Function):
+    """rnn_layer with its backward, usable under torch.func transforms (grad, vjp, vmap and nestings)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(*args):
+        return rnn_layer(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(output[3])
+        ctx.save_for_backward(*inputs[:10], output[0], output[3])  # the inputs, y and the residual
+        ctx.options = inputs[10:14]
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_h_n, grad_c_n, grad_residual):
+        saved = ctx.saved_tensors
+        lstm = ctx.options[0] == "lstm"
+        grads = _RnnLayerBackwardFunction.apply(*saved, grad_y, grad_h_n, grad_c_n if lstm else None, *ctx.options)
+        out = [g if need and t is not None else None for g, t, need in zip(grads, saved, ctx.needs_input_grad)]
+        return (*out, None, None, None, None, None, None, None)
+
+
+class _RnnLayerBackwardFunction(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(*args):
+        return rnn_layer_backward(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(DOUBLE_BACKWARD)
+
+
+# ---------------------------------------------------------------- vmap --
+
+def _front(t, d, n):
+    """t with its vmapped dim d first (expanded to n when t is not vmapped); None stays None."""
+    if t is None:
+        return None
+    return t.unsqueeze(0).expand(n, *t.shape) if d is None else t.movedim(d, 0)
+
+
+def _loop(op, info, in_dims, args):
+    """The op once per vmapped index, outputs stacked on dim 0 (residuals too: one per sample)."""
+    n = info.batch_size
+    outs = []
+    for i in range(n):
+        call = [a if d is None or a is None else a.select(d, i) for a, d in zip(args, in_dims)]
+        outs.append(op(*call))
+    return tuple(torch.stack(o) for o in zip(*outs)), (0,) * len(outs[0])
+
+
+@rnn_layer.register_vmap
+def _rnn_layer_vmap(info, in_dims, x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask, cell, nonlinearity,
+                    reset_after, reverse, need_residual):
+    args = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask, cell, nonlinearity, reset_after, reverse,
+            need_residual)
+    # A vmapped weight: one call per index. need_residual: also one call per index, so that each
+    # sample has its own residual (rnn_layer_backward's vmap rule gives per-sample weight gradients
+    # from them; the workspace of a folded batch only gives their sum).
+    if need_residual or any(d is not None for d in in_dims[3:8]):
+        return _loop(rnn_layer, info, in_dims, args)
+    n = info.batch_size
+    xs = _front(x, in_dims[0], n)  # [n, T, B, I]
+    T, B = xs.shape[1], xs.shape[2]
+    xs = xs.transpose(0, 1).reshape(T, n * B, xs.shape[3])
+
+    def fold(t, d):
+        t = _front(t, d, n)
+        return None if t is None else t.reshape(n * B, *t.shape[2:])
+
+    y, h_n, c_n, residual = rnn_layer(xs, fold(h0, in_dims[1]), fold(c0, in_dims[2]), W_ih, W_hh, b_ih, b_hh, W_hr,
+                                      fold(lengths, in_dims[8]), fold(h_mask, in_dims[9]), cell, nonlinearity,
+                                      reset_after, reverse, False)
+    y = y.reshape(T, n, B, y.shape[-1])
+    h_n = h_n.reshape(n, B, h_n.shape[-1])
+    if cell == "lstm":
+        return (y, h_n, c_n.reshape(n, B, c_n.shape[-1]), residual), (1, 0, 0, None)
+    return (y, h_n, c_n, residual), (1, 0, None, None)
+
+
+@rnn_layer_backward.register_vmap
+def _rnn_layer_backward_vmap(info, in_dims, *args):
+    # Per sample: its slice of every vmapped input, and its own residual (stacked by
+    # rnn_layer's vmap rule), or the empty one (need_residual=False: rerun).
+    return _loop(rnn_layer_backward, info, in_dims, args)
