@@ -51,7 +51,7 @@ def sequence_forward(
     packed: Any = None,  # PackedRecurrence
     residual: Optional[_Array] = None,  # writable, >= residual_nbytes bytes: holds the training workspace
 ) -> tuple[_Array, _Array, Optional[_Array], Optional[Workspace]]: ...  # y, h_n, c_n, workspace
-def residual_nbytes(
+def residual_strides(
     cell: CellKind,
     x: _Array,
     h0: Optional[_Array],
@@ -64,7 +64,7 @@ def residual_nbytes(
     reverse: bool,
     W_hr: Optional[_Array] = None,
     h_mask: Optional[_Array] = None,
-) -> int: ...
+) -> tuple[int, list[int], int, int]: ...  # header bytes, elements per row of each part, per entry, element bytes
 def workspace_from_residual(
     residual: _Array,
     cell: CellKind,

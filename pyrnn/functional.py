@@ -101,7 +101,9 @@ def _forward(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training
     if residual is not None:
         if not training or packed is not None:
             raise ValueError("residual holds a training workspace: pass training=True and no packed weights")
-        _check_residual(residual, _core.residual_nbytes(*args, bool(reverse), _c(a.W_hr), _c(a.h_mask)))
+        T, B = a.x.shape[:2]
+        strides = _core.residual_strides(*args, bool(reverse), _c(a.W_hr), _c(a.h_mask))
+        _check_residual(residual, _residual_total(strides, T, B))
     return _core.sequence_forward(*args, bool(reverse), bool(training), _c(a.W_hr), _c(a.h_mask), packed, residual)
 
 
@@ -256,8 +258,22 @@ def residual_nbytes(cell, x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlin
     zeros or ``np.broadcast_to`` stand-ins will do), so a framework can size
     the block before it has the values. Depends on the selected ISA level.
     """
-    return _core.residual_nbytes(*_residual_call(cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, nonlinearity, reset_after,
-                                                 W_hr, h_mask, lengths, reverse)[1])
+    a, args = _residual_call(cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, nonlinearity, reset_after, W_hr, h_mask,
+                             lengths, reverse)
+    return _residual_total(_core.residual_strides(*args), *a.x.shape[:2])
+
+
+def _residual_total(strides, T, B):
+    """The block's bytes for T steps and B entries from _core.residual_strides (T, B may be symbolic)."""
+    header, per_row, per_entry, esize = strides
+
+    def align(n):  # each part starts on 64 bytes
+        return (n * esize + 63) // 64 * 64
+
+    total = header + align(B * per_entry)
+    for n in per_row:
+        total = total + align(T * B * n)
+    return total
 
 
 def residual_nbytes_for(cell, T, B, I, H, *, proj_size=0, dtype=np.float32, bias=True, h0=True, c0=True,
@@ -271,16 +287,8 @@ def residual_nbytes_for(cell, T, B, I, H, *, proj_size=0, dtype=np.float32, bias
             z(G * H, I), z(G * H, Ho), z(G * H) if bias else None, z(G * H) if bias else None,
             np.ones(1, np.int64) if lengths else None, False, z(proj_size, H) if proj_size else None,
             z(1, Ho) if h_mask else None)
-    header, per_row, per_entry, esize = _core.residual_strides(*(np.ascontiguousarray(a) if isinstance(a, np.ndarray)
-                                                                 else a for a in args))
-
-    def align(n):
-        return (n * esize + 63) // 64 * 64
-
-    total = header + align(B * per_entry)
-    for n in per_row:
-        total = total + align(T * B * n)
-    return total
+    strides = _core.residual_strides(*(np.ascontiguousarray(a) if isinstance(a, np.ndarray) else a for a in args))
+    return _residual_total(strides, T, B)
 
 
 def workspace_from_residual(residual, cell, x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, y, nonlinearity="tanh",

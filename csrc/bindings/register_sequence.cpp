@@ -182,7 +182,7 @@ SequenceCall<Real> check_call(CellKind cell, py::array x, std::optional<py::arra
 void* residual_memory(const py::array& r, int64_t need, bool write = true) {
   require((r.flags() & py::array::c_style) && (r.writeable() || !write),
           "residual: expected a writable C-contiguous array");
-  require(int64_t(r.nbytes()) >= need, "residual: too small for this call (see residual_nbytes)");
+  require(int64_t(r.nbytes()) >= need, "residual: too small for this call (see functional.residual_nbytes)");
   require(reinterpret_cast<uintptr_t>(r.data()) % 16 == 0, "residual: expected 16-byte aligned memory");
   return const_cast<void*>(r.data());
 }
@@ -395,22 +395,7 @@ void register_sequence(py::module_& m) {
       py::arg("h_mask") = py::none(), py::arg("packed") = nullptr, py::arg("residual") = py::none(),
       "Returns (y, h_n, c_n or None, Workspace or None). `packed`: the recurrent weights packed once "
       "(PackedRecurrence of these W_hh, W_hr), or None. `residual`: a writable array of at least "
-      "residual_nbytes bytes that holds the training workspace (training only), or None.");
-
-  m.def(
-      "residual_nbytes",
-      [dispatch](CellKind cell, py::array x, py::object h0, py::object c0, py::array W_ih, py::array W_hh,
-                 py::object b_ih, py::object b_hh, py::object lengths, bool reverse, py::object W_hr,
-                 py::object h_mask) {
-        return dispatch(cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, reverse, W_hr, h_mask, [](auto c) {
-          return py::object(py::int_(pyrnn::residual_bytes(c.a)));
-        });
-      },
-      py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("W_ih"), py::arg("W_hh"), py::arg("b_ih"),
-      py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"), py::arg("W_hr") = py::none(),
-      py::arg("h_mask") = py::none(),
-      "Bytes of the residual block of a training sequence_forward with these arguments (any values: only "
-      "shapes, dtype and which optional arrays are given count), at the selected ISA level.");
+      "functional.residual_nbytes bytes that holds the training workspace (training only), or None.");
 
   m.def(
       "residual_strides",
@@ -428,7 +413,7 @@ void register_sequence(py::module_& m) {
       py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"), py::arg("W_hr") = py::none(),
       py::arg("h_mask") = py::none(),
       "(header bytes, [elements per packed row of each per-row buffer], elements per batch entry, element bytes): "
-      "residual_nbytes for any T and B is header + sum(align64(T*B*n*esize)) + align64(B*e*esize), for "
+      "the block's bytes for any T and B are header + sum(align64(T*B*n*esize)) + align64(B*e*esize), for "
       "frameworks whose shapes are symbolic at trace time.");
 
   m.def(
