@@ -283,3 +283,24 @@ def test_pure_callback_fallback(variant, monkeypatch):
     assert rj.backend() == "pure_callback"
     assert "callback" in _grad_hlo()
     _check_variant(variant, jnp.float32, LENGTHS, True)
+
+
+@pytest.mark.parametrize("T, B", [(1, 1), (3, 0)])
+def test_grad_at_edge_shapes(T, B):
+    """One step, and an empty batch (zero gradients), through the custom calls and back."""
+    from pyrnn import functional as F
+
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((T, B, I)), jnp.float32)
+    W = [jnp.asarray(rng.standard_normal(s) * 0.3, jnp.float32) for s in ((3 * H, I), (3 * H, H), (3 * H,), (3 * H,))]
+
+    def loss(W, x):
+        y, h_n = rj.gru(x, None, *W, reset_after=False)
+        return jnp.sum(y ** 2) + jnp.sum(h_n)
+
+    value, grads = jax.jit(jax.value_and_grad(loss))(W, x)
+    y, h_n, _, ws = F.forward("gru", np.asarray(x), None, None, *(np.asarray(w) for w in W), reset_after=False)
+    want = F.backward(ws, 2 * y, np.ones_like(h_n))
+    for g, name in zip(grads, ("W_ih", "W_hh", "b_ih", "b_hh")):
+        np.testing.assert_array_equal(np.asarray(g), want[name])
+    assert float(value) == pytest.approx(float(np.sum(y.astype(np.float64) ** 2) + np.sum(h_n)), rel=1e-5)

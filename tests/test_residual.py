@@ -13,12 +13,13 @@ CASES = [  # (variant, options beyond the variant's): every cell, mask, lengths,
     ("lstm", {"proj_size": 3, "h_mask": True, "lengths": [1, 5, 3]}), ("gru", {"h_mask": True}),
     ("gru", {"lengths": [2, 5, 5], "reverse": True}), ("gru_reset_before", {}),
     ("gru_reset_before", {"h_mask": True, "lengths": [4, 1, 5]}), ("rnn_tanh", {"bias": False}),
-    ("rnn_relu", {"h_mask": True, "lengths": [3, 3, 5]}),
+    ("rnn_relu", {"h_mask": True, "lengths": [3, 3, 5]}), ("lstm", {"B": 0}), ("gru", {"T": 1, "B": 1, "h_mask": True}),
 ]
 
 
-def _args(variant, opts, dtype, rng, T=5, B=3, I=4, H=6):
+def _args(variant, opts, dtype, rng, I=4, H=6):
     cell, cell_opts = testing.VARIANTS[variant]
+    T, B = opts.get("T", 5), opts.get("B", 3)
     P = opts.get("proj_size", 0)
     G, Ho = {"lstm": 4, "gru": 3, "rnn": 1}[cell], P or H
 

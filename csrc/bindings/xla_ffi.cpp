@@ -151,12 +151,18 @@ ffi::Error backward_typed(int64_t cell, int64_t present, bool reverse, const ffi
   g.dx = data_of<Real>(out[0]), g.dh0 = data_of<Real>(out[1]), g.dc0 = data_of<Real>(out[2]);
   g.dW_ih = data_of<Real>(out[3]), g.dW_hh = data_of<Real>(out[4]);
   g.db_ih = data_of<Real>(out[5]), g.db_hh = data_of<Real>(out[6]), g.dW_hr = data_of<Real>(out[7]);
-  if (!g.dx || !g.dh0 || !g.dW_ih || !g.dW_hh || (a.cell == pyrnn::CellKind::Lstm && !g.dc0) ||
-      ((present & kBias) && (!g.db_ih || !g.db_hh)) || ((present & kWhr) && !g.dW_hr))
-    return ffi::Error::InvalidArgument("pyrnn_sequence_bwd: missing gradient outputs");
+  const int64_t G = pyrnn::gates_of(a.cell), H = a.H, lstm = a.cell == pyrnn::CellKind::Lstm;
+  const int64_t bias = (present & kBias) ? G * H : 0, want[8] = {a.T * a.B * a.I, a.B * Ho, lstm * a.B * H,
+                                                                 G * H * a.I,     G * H * Ho, bias,
+                                                                 bias,            a.P * H};
+  for (int k = 0; k < 8; ++k)
+    if (int64_t(out[k].element_count()) != want[k])
+      return ffi::Error::InvalidArgument("pyrnn_sequence_bwd: gradient output " + std::to_string(k) +
+                                         " of the wrong size");
+  if (a.B == 0) return ffi::Error::Success();  // an empty batch: every gradient is zero
   if (!(present & kBias)) g.db_ih = g.db_hh = nullptr;
   if (!(present & kWhr)) g.dW_hr = nullptr;
-  if (a.cell != pyrnn::CellKind::Lstm) g.dc0 = nullptr;
+  if (!lstm) g.dc0 = nullptr;
   try {
     pyrnn::WorkspacePtr<Real> ws =
         pyrnn::workspace_from_residual<Real>(a, residual.untyped_data(), int64_t(residual.size_bytes()));
