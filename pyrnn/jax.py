@@ -22,11 +22,16 @@ through ``jax.pure_callback`` (:func:`backend` says which); a
 ``jax.custom_vjp`` rule runs the C++ BPTT. Under differentiation the forward
 keeps its activations (the training workspace) as a residual uint8 array that
 the backward consumes (:func:`pyrnn.functional.workspace_from_residual`), so a
-gradient costs one forward and one backward, as in PyTorch. Gradients reach x, the initial states and every weight; ``lengths``
-is not differentiable. The kernels run on the host CPU, so inputs on another
-device are copied to it and back. float32 and float64 (``jax_enable_x64``)
-only, all of one dtype. ``jax.vmap`` loops over the mapped axis, one kernel
-call per element (batch sequences along B instead where you can).
+gradient costs one forward and one backward, as in PyTorch. Gradients reach
+x, the initial states and every weight; ``lengths`` is not differentiable.
+The kernels run on the host CPU, so inputs on another device are copied to it
+and back. float32 and float64 (``jax_enable_x64``) only, all of one dtype.
+
+``jax.vmap``: without differentiation and with unbatched weights (a
+per-example model mapped over a batch), the mapped axis is folded into B:
+one kernel call for all elements. Under differentiation, or with batched
+weights, it loops, one kernel call per element (each keeps its own
+workspace, which per-example gradients need).
 
 ``lengths`` ([B] integers in [1, T], optional) gives PyTorch's packed-sequence
 results: outputs are zero past each length, final states are each sequence's
@@ -188,13 +193,66 @@ def _ffi_backward(spec, residual, y, arrays, cts):
 
 # ------------------------------------------------------------- the rule --
 
+def _infer(spec, arrays):
+    """The inference call (no gradient taken), with a batching rule that folds a vmapped axis into B."""
+    present = tuple(a is not None for a in arrays)
+    return _folding_infer(spec, present)(*(a for a in arrays if a is not None))
+
+
+def _with_absent(args, present):
+    it = iter(args)
+    return [next(it) if p else None for p in present]
+
+
+@functools.lru_cache(maxsize=None)
+def _folding_infer(spec, present):
+    """A custom_vmap function of the present arrays (cached per call signature). Under jax.vmap with
+    the weights unbatched, the mapped axis of x, the states and lengths becomes part of the batch: one
+    kernel call for all of it (equal to one call per element up to rounding: rows then fall into other
+    register tiles of the GEMMs). With a batched weight it maps one call per element."""
+
+    def run(*args):
+        arrays = _with_absent(args, present)
+        if _ffi_registered():
+            return _ffi_forward(spec, arrays, training=False)[0]
+        x, h0, _, W_ih, W_hh, _, _, W_hr, _ = arrays
+        return jax.pure_callback(functools.partial(_forward_callback, spec), _out_shapes(spec, x, h0, W_hh, W_hr),
+                                 *arrays, vmap_method="sequential")
+
+    fn = jax.custom_batching.custom_vmap(run)
+
+    @fn.def_vmap
+    def rule(axis_size, in_batched, *args):
+        arrays, batched = _with_absent(args, present), _with_absent(in_batched, present)
+        outs_n = 3 if spec.cell == "lstm" else 2
+        if any(batched[3:8]):  # a weight differs per element: one call each
+            def one(i):
+                return fn(*(a[i] if b else a for a, b in zip(args, in_batched)))
+            return jax.lax.map(one, jnp.arange(axis_size)), (True,) * outs_n
+        x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths = arrays
+        V = axis_size
+        if not batched[0]:
+            x = jnp.broadcast_to(x, (V,) + x.shape)
+        T, B = x.shape[1], x.shape[2]
+
+        def per_entry(a, b):  # [V, B, ...] (broadcast when unbatched) -> [V*B, ...]
+            if a is None:
+                return None
+            a = a if b else jnp.broadcast_to(a, (V,) + a.shape)
+            return a.reshape((V * B,) + a.shape[2:])
+
+        folded = (jnp.moveaxis(x, 0, 1).reshape(T, V * B, x.shape[3]), per_entry(h0, batched[1]),
+                  per_entry(c0, batched[2]), W_ih, W_hh, b_ih, b_hh, W_hr, per_entry(lengths, batched[8]))
+        outs = fn(*(a for a in folded if a is not None))
+        y = jnp.moveaxis(outs[0].reshape(T, V, B, -1), 1, 0)
+        return (y,) + tuple(o.reshape((V, B) + o.shape[1:]) for o in outs[1:]), (True,) * outs_n
+
+    return fn
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _sequence(spec, x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths):
-    arrays = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths)
-    if _ffi_registered():
-        return _ffi_forward(spec, arrays, training=False)[0]
-    return jax.pure_callback(functools.partial(_forward_callback, spec), _out_shapes(spec, x, h0, W_hh, W_hr),
-                             *arrays, vmap_method="sequential")
+    return _infer(spec, (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths))
 
 
 def _sequence_fwd(spec, *arrays):

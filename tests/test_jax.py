@@ -304,3 +304,30 @@ def test_grad_at_edge_shapes(T, B):
     for g, name in zip(grads, ("W_ih", "W_hh", "b_ih", "b_hh")):
         np.testing.assert_array_equal(np.asarray(g), want[name])
     assert float(value) == pytest.approx(float(np.sum(y.astype(np.float64) ** 2) + np.sum(h_n)), rel=1e-5)
+
+
+def test_vmap_folds_into_the_batch_without_grad():
+    """A per-example model mapped over a batch: one kernel call (no loop) for every element, equal to
+    one call per element up to rounding; with a batched weight, one call per element (bitwise)."""
+    rng = np.random.default_rng(4)
+    V = 4
+    xs = jnp.asarray(rng.standard_normal((V, T, B, I)), jnp.float32)
+    h0s = jnp.asarray(rng.standard_normal((V, B, H)), jnp.float32)
+    p, _, _, c0 = _params("lstm", jnp.float32)
+    lengths = jnp.asarray(np.stack([LENGTHS] * V), jnp.int32)
+
+    def f(x, h0, lengths):
+        return rj.lstm(x, h0, c0, p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"], lengths=lengths)
+
+    mapped = jax.jit(jax.vmap(f))
+    hlo = mapped.lower(xs, h0s, lengths).as_text()
+    if rj.backend() == "ffi":
+        assert hlo.count("pyrnn_sequence_fwd") == 1 and "while" not in hlo
+    outs = mapped(xs, h0s, lengths)
+    for v in range(V):
+        for a, e in zip(outs, f(xs[v], h0s[v], lengths[v])):
+            np.testing.assert_allclose(np.asarray(a[v]), np.asarray(e), rtol=1e-6, atol=1e-6)
+    W_ihs = jnp.stack([p["W_ih"] * (1 + 0.1 * v) for v in range(V)])
+    ys = jax.vmap(lambda w, x: rj.lstm(x, None, None, w, p["W_hh"])[0])(W_ihs, xs)
+    for v in range(V):
+        np.testing.assert_array_equal(np.asarray(ys[v]), np.asarray(rj.lstm(xs[v], None, None, W_ihs[v], p["W_hh"])[0]))
