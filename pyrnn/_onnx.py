@@ -10,7 +10,7 @@ backend. The GRU exports with ``linear_before_reset=1`` (torch's equations)
 or, for ``reset_after=False``, ``linear_before_reset=0``; the RNN with
 ``activations=["Tanh"]`` or ``["Relu"]``. pyrnn.torch's modules call
 :func:`export_forward` / :func:`export_cell_step` while
-``torch.onnx.is_in_onnx_export()``; both also take torch.nn's modules.
+``torch.onnx.is_in_onnx_export()`` (:func:`exporting`); both also take torch.nn's modules.
 
 Both exporters: the TorchScript one (``torch.onnx.export(..., dynamo=False)``,
 needs ``onnx``) and torch's default ``dynamo=True`` one (needs ``onnxscript``
@@ -181,12 +181,32 @@ def _node_attrs(mode, reset_after, D, H):
     return attrs
 
 
+def exporting():
+    """``torch.onnx.is_in_onnx_export()``, read so that dynamo sees its value.
+
+    torch.onnx.export (dynamo=True) retries a failed non-strict export with a
+    strict one, in which dynamo takes ``is_in_onnx_export()`` for the constant
+    False: the layers would then trace their pyrnn::rnn_layer operator, which
+    has no ONNX translation, and a user would see that instead of the export's
+    own message (e.g. proj_size). Under dynamo this reads the dynamo exporter's
+    flag, a module global that dynamo reads (and guards on) as it is; the
+    TorchScript exporter never runs under dynamo.
+    """
+    if torch.compiler.is_compiling():
+        try:
+            from torch.onnx._internal.exporter import _flags
+        except ImportError:  # another torch layout
+            return False
+        return bool(_flags._is_onnx_exporting)
+    return torch.onnx.is_in_onnx_export()
+
+
 def _node(mode, reset_after, D, H, X, W, R, B, seq_lens, h0, c0):
     """(Y, Y_h, Y_c or None) of one ONNX node, in whichever exporter is running."""
     if torch.jit.is_tracing():  # the TorchScript exporter
         outs = _OnnxRecurrence.apply(mode, reset_after, D, H, X, W, R, B, seq_lens, h0, c0)
         return (*outs, None) if len(outs) == 2 else tuple(outs)
-    if not torch.onnx.is_in_onnx_export():
+    if not exporting():
         raise RuntimeError("pyrnn ONNX export: export_forward / export_cell_step run only inside torch.onnx.export")
     # The dynamo exporter (torch.export, then ONNX): torch.onnx.ops.symbolic_multi_out becomes the node as given.
     op = _OPS[mode][0]
@@ -328,11 +348,25 @@ class WithLengths(nn.Module):
         self.rnn = rnn
 
     def forward(self, x, lengths, hx=None):
-        if torch.onnx.is_in_onnx_export():
+        if not isinstance(lengths, torch.Tensor):
+            try:
+                lengths = torch.as_tensor(lengths)
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise TypeError(f"WithLengths: lengths must be a [B] integer tensor (or a sequence of ints), got "
+                                f"{type(lengths).__name__}") from e
+        if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+            raise TypeError(f"WithLengths: lengths must be integers, got dtype {lengths.dtype}")
+        if exporting():
             return export_forward(self.rnn, x, hx, lengths=lengths)
         if x.dim() != 3:
             raise ValueError(f"WithLengths: expected padded 3-D input, got {x.dim()}-D")
         bf = self.rnn.batch_first
+        T, B = (x.shape[1], x.shape[0]) if bf else (x.shape[0], x.shape[1])
+        if lengths.shape != (B,):
+            raise ValueError(f"WithLengths: lengths must have shape ({B},) (one per sequence), got {tuple(lengths.shape)}")
+        if B and not bool(((lengths >= 1) & (lengths <= T)).all()):
+            raise ValueError(f"WithLengths: lengths must lie in [1, T] = [1, {T}], got min {int(lengths.min())} and "
+                             f"max {int(lengths.max())}")
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=bf, enforce_sorted=False)
         y, state = self.rnn(packed, hx)
         y, _ = pad_packed_sequence(y, batch_first=bf, total_length=x.shape[1 if bf else 0])

@@ -242,6 +242,12 @@ def _traced(x):
             or torch._C._len_torch_dispatch_stack() > 0 or type(x) is not torch.Tensor)
 
 
+def _functorch_apply(*args):
+    if torch.compiler.is_compiling():
+        return torch._dynamo.disable(_torch_ops.RnnLayerFunction.apply)(*args)
+    return _torch_ops.RnnLayerFunction.apply(*args)
+
+
 def _op(cell, options, reverse, x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths=None, h_mask=None):
     """(y, h_n, c_n or None) for one layer and direction through the pyrnn::rnn_layer operator
     (its own autograd formula; under torch.func transforms, through an autograd.Function they accept)."""
@@ -250,8 +256,10 @@ def _op(cell, options, reverse, x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths
     need_residual = _needs_grad((x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, h_mask))
     args = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask, cell, options["nonlinearity"],
             options["reset_after"], reverse, need_residual)
-    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
-        y, h_n, c_n, _ = _torch_ops.RnnLayerFunction.apply(*args)
+    if torch._C._are_functorch_transforms_active():
+        # torch.func rejects the autograd.Function register_autograd generates; dynamo cannot trace this
+        # one's apply, so a compiled torch.func transform runs it outside the graph.
+        y, h_n, c_n, _ = _functorch_apply(*args)
     else:
         y, h_n, c_n, _ = torch.ops.pyrnn.rnn_layer(*args)
     return y, h_n, (c_n if cell == "lstm" else None)
@@ -316,7 +324,7 @@ class _PyrnnRNNMixin:
         return (out + [None])[:2]
 
     def forward(self, input, hx=None):
-        if torch.onnx.is_in_onnx_export():  # standard ONNX LSTM/GRU/RNN nodes (pyrnn/_onnx.py)
+        if _onnx.exporting():  # standard ONNX LSTM/GRU/RNN nodes (pyrnn/_onnx.py)
             return _onnx.export_forward(self, input, hx)
         name = type(self).__name__
         packed = isinstance(input, PackedSequence)
@@ -506,7 +514,7 @@ class _PyrnnCellMixin:
         return freeze(self, precision)
 
     def _step(self, input, states):
-        if torch.onnx.is_in_onnx_export():  # a one-step ONNX node (pyrnn/_onnx.py)
+        if _onnx.exporting():  # a one-step ONNX node (pyrnn/_onnx.py)
             return _onnx.export_cell_step(self, input, [h for _, h in states])
         name = type(self).__name__
         dtype = _weights_dtype(self)

@@ -1,6 +1,5 @@
 """torch.onnx.export of pyrnn.torch layers: standard ONNX LSTM / GRU / RNN nodes, run on ONNX Runtime."""
 
-import inspect
 import io
 import warnings
 
@@ -18,39 +17,6 @@ from pyrnn import _onnx  # noqa: E402
 from pyrnn._onnx import WithLengths  # noqa: E402
 
 ATOL = 1e-5
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _export_hooks():
-    """pyrnn.torch's layers and cells hand over to pyrnn._onnx during export; where those
-    hooks are not (yet) in pyrnn/torch.py, this module adds them for its own tests."""
-    layers, cells = pt._PyrnnRNNMixin, pt._PyrnnCellMixin
-    saved = []
-    if "is_in_onnx_export" not in inspect.getsource(layers.forward):
-        original_forward = layers.forward
-
-        def forward(self, input, hx=None):
-            if torch.onnx.is_in_onnx_export():
-                return _onnx.export_forward(self, input, hx)
-            return original_forward(self, input, hx)
-
-        saved.append(("forward", layers, original_forward))
-        layers.forward = forward
-    if "is_in_onnx_export" not in inspect.getsource(cells._step):
-        original_step = cells._step
-
-        def _step(self, input, states):
-            if torch.onnx.is_in_onnx_export():
-                return _onnx.export_cell_step(self, input, [h for _, h in states])
-            return original_step(self, input, states)
-
-        saved.append(("_step", cells, original_step))
-        cells._step = _step
-    try:
-        yield
-    finally:
-        for name, cls, original in saved:
-            setattr(cls, name, original)
 
 
 def _export(model, args, names, *, dynamo=False, **kw):
@@ -306,6 +272,32 @@ def test_packed_gru_reset_before_raises():
 def test_projection_raises():
     with pytest.raises(NotImplementedError, match="proj_size"):
         _export(pt.LSTM(3, 6, proj_size=2), (torch.randn(4, 2, 3),), ["x"])
+
+
+def test_dynamo_exporter_keeps_the_reason():
+    """torch.onnx.export(dynamo=True) retries a failed export in strict mode, where dynamo would take
+    is_in_onnx_export() for False: the error must still say why (proj_size, training-mode dropout)."""
+    pytest.importorskip("onnxscript")
+    for model, reason in ((pt.LSTM(3, 6, proj_size=2).eval(), "proj_size"),
+                          (pt.GRU(3, 4, recurrent_dropout=0.2).train(), "eval")):
+        with pytest.raises(Exception, match=reason), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (torch.randn(4, 2, 3),), dynamo=True)
+
+
+def test_with_lengths_bad_lengths():
+    layer = WithLengths(pt.GRU(3, 4))
+    x = torch.randn(5, 2, 3)
+    y_list = layer(x, [5, 3])[0]  # a list of ints works as pack_padded_sequence's does
+    torch.testing.assert_close(y_list, layer(x, torch.tensor([5, 3]))[0])
+    with pytest.raises(ValueError, match=r"lie in \[1, T\]"):
+        layer(x, torch.tensor([6, 3]))
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+        layer(x, torch.tensor([5, 3, 1]))
+    with pytest.raises(TypeError, match="integers"):
+        layer(x, torch.tensor([5.0, 3.0]))
+    with pytest.raises(TypeError, match="lengths must be"):
+        layer(x, object())
 
 
 def test_training_mode_dropout_raises():

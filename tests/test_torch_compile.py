@@ -375,6 +375,20 @@ def test_func_grad_over_functional_call_matches_autograd(mode):
     _assert_all_close(got_x, xs.grad)
 
 
+def test_compile_over_torch_func_grad():
+    """torch.compile of a torch.func.grad over functional_call (the kernels run outside the graph)."""
+    torch.manual_seed(0)
+    m = pt.GRU(I, H, dtype=torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    params = {n: p.detach() for n, p in m.named_parameters()}
+
+    def loss(params, x):
+        return functional_call(m, params, (x,))[0].square().sum()
+
+    got = torch.compile(grad(loss), backend="aot_eager")(params, x)
+    _assert_all_close(got, grad(loss)(params, x))
+
+
 def test_vmap_folds_the_vmapped_dim_into_the_batch(monkeypatch):
     torch.manual_seed(0)
     m = pt.LSTM(I, H, num_layers=2, dtype=torch.float64)
