@@ -17,6 +17,7 @@ threads; results are bitwise identical for any thread count.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -281,14 +282,22 @@ def residual_nbytes_for(cell, T, B, I, H, *, proj_size=0, dtype=np.float32, bias
     """:func:`residual_nbytes` from sizes alone; T and B may be symbolic (e.g. torch SymInts, which
     support ``*``, ``+`` and ``//``), for frameworks that size the block while tracing."""
     spec = cell_spec(cell, nonlinearity=nonlinearity, reset_after=reset_after)
-    G, Ho = spec.gates, proj_size or H
-    z = lambda *shape: np.broadcast_to(np.zeros((), dtype), shape)  # noqa: E731 (stand-ins, no memory)
-    args = (spec.kind, z(1, 1, I), z(1, Ho) if h0 else None, z(1, H) if c0 and spec.has_cell_state else None,
-            z(G * H, I), z(G * H, Ho), z(G * H) if bias else None, z(G * H) if bias else None,
-            np.ones(1, np.int64) if lengths else None, False, z(proj_size, H) if proj_size else None,
-            z(1, Ho) if h_mask else None)
-    strides = _core.residual_strides(*(np.ascontiguousarray(a) if isinstance(a, np.ndarray) else a for a in args))
+    strides = _residual_strides(spec, int(H), int(proj_size), np.dtype(dtype), bool(bias), bool(h0), bool(c0),
+                                bool(h_mask), bool(lengths), _core.isa_selected())
     return _residual_total(strides, T, B)
+
+
+@functools.lru_cache(maxsize=256)
+def _residual_strides(spec, H, P, dtype, bias, h0, c0, h_mask, lengths, isa):
+    """_core.residual_strides for these sizes (they depend on neither T, B nor I, and the ISA
+    level is part of the key): computed once, since frameworks size a block on every call."""
+    G, Ho = spec.gates, P or H
+    z = lambda *shape: np.zeros(shape, dtype)  # noqa: E731 (small stand-ins: I = T = B = 1)
+    return _core.residual_strides(spec.kind, z(1, 1, 1), z(1, Ho) if h0 else None,
+                                  z(1, H) if c0 and spec.has_cell_state else None, z(G * H, 1), z(G * H, Ho),
+                                  z(G * H) if bias else None, z(G * H) if bias else None,
+                                  np.ones(1, np.int64) if lengths else None, False, z(P, H) if P else None,
+                                  z(1, Ho) if h_mask else None)
 
 
 def workspace_from_residual(residual, cell, x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, y, nonlinearity="tanh",

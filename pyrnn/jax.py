@@ -50,7 +50,7 @@ import numpy as np
 
 from . import _core
 from . import functional as F
-from ._cells import cell_spec
+from ._cells import GATES, cell_spec
 from ._validation import check_forward
 
 __all__ = ["lstm", "gru", "rnn", "backend"]
@@ -107,12 +107,13 @@ def _backward_callback(spec, present, residual, y, *args):
 
 def _residual_nbytes(spec, arrays):
     """The residual block's size, from shapes alone (trace time)."""
-    stand = [None if a is None else np.broadcast_to(np.zeros((), a.dtype), a.shape) for a in arrays]
-    x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths = stand
-    if lengths is not None:
-        lengths = np.full(lengths.shape, x.shape[0], np.int64)
-    return F.residual_nbytes(spec.cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr=W_hr, lengths=lengths,
-                             **_options(spec))
+    x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths = arrays
+    T, B, I = x.shape
+    return F.residual_nbytes_for(spec.cell, T, B, I, W_hh.shape[0] // GATES[spec.cell],
+                                 proj_size=0 if W_hr is None else W_hr.shape[0], dtype=np.dtype(x.dtype),
+                                 bias=b_ih is not None, h0=h0 is not None, c0=c0 is not None,
+                                 lengths=lengths is not None, nonlinearity=spec.nonlinearity,
+                                 reset_after=spec.reset_after)
 
 
 def _out_shapes(spec, x, h0, W_hh, W_hr):

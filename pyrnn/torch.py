@@ -118,9 +118,7 @@ class _Spec(NamedTuple):
     h_mask: np.ndarray | None = None  # recurrent dropout mask [B, H_out], or None
 
 
-def _np(t):
-    """NumPy view (no copy) of a CPU tensor; None stays None."""
-    return None if t is None else t.detach().resolve_neg().numpy()
+_np = _torch_ops._np  # NumPy view (no copy) of a CPU tensor; None stays None
 
 
 def _kernel_forward(spec, arrays, training):
