@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
+
 from . import _core
 
 
 class Cell(NamedTuple):
     kind: _core.CellKind
-    name: str  # "rnn_tanh", "rnn_relu", "lstm", "gru", "gru_reset_before"
+    name: str  # "rnn_tanh", "rnn_relu", "rnn_leaky", "lstm", "gru", "gru_reset_before"
     family: str  # the torch.nn module it implements: "rnn", "lstm" or "gru"
     gates: int  # gate groups per unit in W_ih / W_hh
 
@@ -48,11 +50,32 @@ def check_nonlinearity(nonlinearity) -> str:
     return nonlinearity
 
 
-def cell_spec(family: str, *, nonlinearity: str = "tanh", reset_after: bool = True) -> Cell:
-    """The cell a family and its options select (the options of other families are ignored)."""
+def check_leak(leak) -> "float | None":
+    """The leaky-integrator rate of the tanh RNN: None (no leak) or a real number in (0, 1]."""
+    if leak is None:
+        return None
+    if isinstance(leak, bool) or not isinstance(leak, (int, float, np.floating, np.integer)):
+        raise TypeError(f"leak must be a real number in (0, 1] or None, got {type(leak).__name__}")
+    if not 0.0 < float(leak) <= 1.0:
+        raise ValueError(f"leak must lie in (0, 1], got {leak}")
+    return float(leak)
+
+
+def cell_spec(family: str, *, nonlinearity: str = "tanh", reset_after: bool = True, leak=None) -> Cell:
+    """The cell a family and its options select (the options of other families are ignored).
+
+    ``leak`` (RNN, tanh only): a leaky-integrator rate a selects "rnn_leaky",
+    h' = (1 - a) h + a tanh(W_ih x + b_ih + W_hh h + b_hh); None: the plain RNN.
+    """
     check_family(family)
     if family == "rnn":
-        return CELLS[f"rnn_{check_nonlinearity(nonlinearity)}"]
+        check_nonlinearity(nonlinearity)
+        if check_leak(leak) is not None:
+            if nonlinearity != "tanh":
+                raise ValueError(f"leak is for the tanh RNN (a leaky-integrator reservoir), got nonlinearity "
+                                 f"{nonlinearity!r}")
+            return CELLS["rnn_leaky"]
+        return CELLS[f"rnn_{nonlinearity}"]
     if family == "gru":
         return CELLS["gru" if reset_after else "gru_reset_before"]
     return CELLS[family]
@@ -60,6 +83,8 @@ def cell_spec(family: str, *, nonlinearity: str = "tanh", reset_after: bool = Tr
 
 def cell_options(cell: Cell) -> dict:
     """The keyword options that select ``cell`` within its family (the inverse of :func:`cell_spec`)."""
+    if cell.name == "rnn_leaky":  # any leak selects it; 1.0 is the plain tanh update
+        return {"nonlinearity": "tanh", "leak": 1.0}
     if cell.family == "rnn":
         return {"nonlinearity": cell.name[len("rnn_"):]}
     if cell.family == "gru":

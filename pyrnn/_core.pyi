@@ -14,6 +14,7 @@ _Array = npt.NDArray[Any]
 class CellKind(Enum):
     RNN_TANH = ...
     RNN_RELU = ...
+    RNN_LEAKY = ...
     LSTM = ...
     GRU = ...
     GRU_RESET_BEFORE = ...
@@ -50,6 +51,10 @@ def sequence_forward(
     h_mask: Optional[_Array] = None,  # [B, H or P]
     packed: Any = None,  # PackedRecurrence
     residual: Optional[_Array] = None,  # writable, >= residual_nbytes bytes: holds the training workspace
+    *,
+    leak: float = 1.0,  # rnn_leaky's rate, in (0, 1]
+    zoneout_h: Optional[_Array] = None,  # [T, B, H or P]
+    zoneout_c: Optional[_Array] = None,  # [T, B, H] (LSTM)
 ) -> tuple[_Array, _Array, Optional[_Array], Optional[Workspace]]: ...  # y, h_n, c_n, workspace
 def residual_strides(
     cell: CellKind,
@@ -64,6 +69,10 @@ def residual_strides(
     reverse: bool,
     W_hr: Optional[_Array] = None,
     h_mask: Optional[_Array] = None,
+    *,
+    leak: float = 1.0,  # rnn_leaky's rate, in (0, 1]
+    zoneout_h: Optional[_Array] = None,  # [T, B, H or P]
+    zoneout_c: Optional[_Array] = None,  # [T, B, H] (LSTM)
 ) -> tuple[int, list[int], int, int]: ...  # header bytes, elements per row of each part, per entry, element bytes
 def workspace_from_residual(
     residual: _Array,
@@ -80,6 +89,10 @@ def workspace_from_residual(
     W_hr: Optional[_Array],
     h_mask: Optional[_Array],
     y: _Array,
+    *,
+    leak: float = 1.0,  # rnn_leaky's rate, in (0, 1]
+    zoneout_h: Optional[_Array] = None,  # [T, B, H or P]
+    zoneout_c: Optional[_Array] = None,  # [T, B, H] (LSTM)
 ) -> Workspace: ...
 def sequence_backward(
     workspace: Workspace,

@@ -72,14 +72,19 @@ class ForwardInputs(NamedTuple):
     lengths: np.ndarray  # intp [B], T where None was given
     h_mask: Optional[np.ndarray]
     W_hr: Optional[np.ndarray]
+    zoneout_h: Optional[np.ndarray] = None  # [T, B, P or H]
+    zoneout_c: Optional[np.ndarray] = None  # [T, B, H] (LSTM)
 
 
-def check_forward(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask=None, W_hr=None) -> ForwardInputs:
+def check_forward(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask=None, W_hr=None, zoneout_h=None,
+                  zoneout_c=None) -> ForwardInputs:
     """Validate the forward inputs of ``cell`` ("rnn", "lstm" or "gru").
 
     ``states`` maps "h0" (and "c0") to an array or None. ``W_hr`` (LSTM
     projection, [P, H]) makes h P wide: W_hh is then [4H, P], h0 [B, P].
-    ``h_mask`` (recurrent dropout) is [B, P or H].
+    ``h_mask`` (recurrent dropout) is [B, P or H]. ``zoneout_h`` [T, B, P or H]
+    and ``zoneout_c`` (LSTM) [T, B, H]: zoneout masks, the weight each unit
+    keeps of its previous state at each step.
     """
     G = GATES[cell]
     x = as_float_array("x", x)
@@ -129,11 +134,20 @@ def check_forward(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask=None,
     if h_mask is not None:
         h_mask = as_float_array("h_mask", h_mask)
         check_shape("h_mask", h_mask, (B, P), h_layout)
+    if zoneout_h is not None:
+        zoneout_h = as_float_array("zoneout_h", zoneout_h)
+        check_shape("zoneout_h", zoneout_h, (T, B, P), "(T, " + h_layout[1:])
+    if zoneout_c is not None:
+        if cell != "lstm":
+            raise ValueError(f"zoneout_c (a cell-state mask) is only used by the LSTM, not {cell}")
+        zoneout_c = as_float_array("zoneout_c", zoneout_c)
+        check_shape("zoneout_c", zoneout_c, (T, B, H), "(T, B, H)")
 
     check_same_dtype({"x": x, "W_ih": W_ih, "W_hh": W_hh, "b_ih": b_ih, "b_hh": b_hh, "W_hr": W_hr, **given,
-                      "h_mask": h_mask})
+                      "h_mask": h_mask, "zoneout_h": zoneout_h, "zoneout_c": zoneout_c})
     state_arrays = tuple(np.zeros((B, sizes[name]), dtype=x.dtype) if s is None else s for name, s in given.items())
-    return ForwardInputs(x, state_arrays, W_ih, W_hh, b_ih, b_hh, check_lengths(lengths, T, B), h_mask, W_hr)
+    return ForwardInputs(x, state_arrays, W_ih, W_hh, b_ih, b_hh, check_lengths(lengths, T, B), h_mask, W_hr,
+                         zoneout_h, zoneout_c)
 
 
 def check_grads(dtype, expected, grads, zeros=False):

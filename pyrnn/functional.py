@@ -78,9 +78,9 @@ def _check_memory(cell, x, W_hh, W_hr, lengths, training):
                           f"got x of shape {x.shape}")
 
 
-def _call_arrays(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask, W_hr):
+def _call_arrays(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask, W_hr, zoneout=(None, None)):
     """The checked, contiguous arrays of a sequence call, in _core's order (cell kind first)."""
-    a = check_forward(spec.family, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask, W_hr)
+    a = check_forward(spec.family, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask, W_hr, *zoneout)
     # Omitted states are zeros inside the kernel; no need to pass arrays of them.
     h0 = a.states[0] if states["h0"] is not None else None
     c0 = a.states[1] if spec.has_cell_state and states["c0"] is not None else None
@@ -88,10 +88,19 @@ def _call_arrays(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask, W_hr)
     return a, (spec.kind, _c(a.x), _c(h0), _c(c0), _c(a.W_ih), _c(a.W_hh), _c(a.b_ih), _c(a.b_hh), lengths64)
 
 
+def _options(spec, a, leak):
+    """_core's keyword options of a call: the leak (rnn_leaky) and the zoneout masks."""
+    return {"leak": 1.0 if leak is None or spec.name != "rnn_leaky" else leak, "zoneout_h": _c(a.zoneout_h),
+            "zoneout_c": _c(a.zoneout_c)}
+
+
 def _forward(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training, h_mask=None, W_hr=None,
-             packed=None, residual=None):
+             packed=None, residual=None, leak=None, zoneout=(None, None)):
     cell = spec.family
-    a, args = _call_arrays(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask, W_hr)
+    a, args = _call_arrays(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask, W_hr, zoneout)
+    opts = _options(spec, a, leak)
+    if training and a.zoneout_h is not None and spec.name in ("rnn_tanh", "rnn_relu"):
+        _check_binary_zoneout(a.zoneout_h)
     _check_memory(cell, a.x, a.W_hh, a.W_hr, None if lengths is None else a.lengths, training)
     if packed is not None and not isinstance(packed, _core.PackedRecurrence):
         raise TypeError(f"packed must be the result of pyrnn.functional.pack_weights, got {type(packed).__name__}")
@@ -103,9 +112,19 @@ def _forward(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training
         if not training or packed is not None:
             raise ValueError("residual holds a training workspace: pass training=True and no packed weights")
         T, B = a.x.shape[:2]
-        strides = _core.residual_strides(*args, bool(reverse), _c(a.W_hr), _c(a.h_mask))
+        strides = _core.residual_strides(*args, bool(reverse), _c(a.W_hr), _c(a.h_mask), **opts)
         _check_residual(residual, _residual_total(strides, T, B))
-    return _core.sequence_forward(*args, bool(reverse), bool(training), _c(a.W_hr), _c(a.h_mask), packed, residual)
+    return _core.sequence_forward(*args, bool(reverse), bool(training), _c(a.W_hr), _c(a.h_mask), packed, residual,
+                                  **opts)
+
+
+def _check_binary_zoneout(mask):
+    """The plain RNN's backward derives its nonlinearity's slope from h_t, which is h~_t only where the
+    mask is 0 (and unused where it is 1): other mixing weights need the leaky cell or inference."""
+    if np.any((mask != 0) & (mask != 1)):
+        raise ValueError("zoneout_h of a training forward of the plain RNN must hold only 0 and 1 (zoneout's "
+                         "Bernoulli masks); other mixing weights work in inference (training=False) and for the "
+                         "LSTM, GRU and leaky RNN")
 
 
 def _check_residual(residual, need=None):
@@ -138,14 +157,19 @@ def _backward(cell, ws, grads, return_dh_seq):
 
 
 def rnn_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", lengths=None, reverse=False,
-                training=True, h_mask=None, packed=None):
+                training=True, h_mask=None, packed=None, leak=None, zoneout_h=None):
     """Elman RNN forward. Returns (y, h_n, workspace); workspace is None unless training.
 
     h_mask ([B, H], optional): recurrent (variational) dropout; the recurrent
     product uses h_{t-1} * h_mask at every step. packed: see :func:`pack_weights`.
+    leak (tanh only, in (0, 1]): the leaky integrator of echo state networks,
+    h_t = (1 - leak) h_{t-1} + leak tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh).
+    zoneout_h ([T, B, H], optional): zoneout, h_t = m h_{t-1} + (1 - m) h~_t
+    with m = zoneout_h[t] (the mask of the step that consumes x[t]).
     """
-    y, h_n, _, ws = _forward(cell_spec("rnn", nonlinearity=nonlinearity), x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh,
-                             lengths, reverse, training, h_mask, packed=packed)
+    spec = cell_spec("rnn", nonlinearity=nonlinearity, leak=leak)
+    y, h_n, _, ws = _forward(spec, x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training, h_mask,
+                             packed=packed, leak=leak, zoneout=(zoneout_h, None))
     return y, h_n, ws
 
 
@@ -157,15 +181,18 @@ def rnn_backward(ws, dy=None, dh_n=None, *, return_dh_seq=False):
 
 
 def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False, training=True,
-                 h_mask=None, W_hr=None, packed=None):
+                 h_mask=None, W_hr=None, packed=None, zoneout_h=None, zoneout_c=None):
     """LSTM forward (gates i, f, g, o). Returns (y, h_n, c_n, workspace).
 
     W_hr ([P, H], optional): PyTorch's proj_size; h_t = W_hr (o * tanh(c_t)) is
     P wide, W_hh is [4H, P] and y, h0, h_n are P wide. h_mask ([B, P or H],
     optional): recurrent (variational) dropout on h_{t-1}. packed: see :func:`pack_weights`.
+    zoneout_c ([T, B, H]) and zoneout_h ([T, B, P or H]), optional: zoneout,
+    c_t = m c_{t-1} + (1 - m) c~_t with h~_t = o * tanh(c_t) from the zoned c_t,
+    then h_t = m' h_{t-1} + (1 - m') h~_t (masks of the step that consumes x[t]).
     """
     return _forward(cell_spec("lstm"), x, {"h0": h0, "c0": c0}, W_ih, W_hh, b_ih, b_hh, lengths,
-                    reverse, training, h_mask, W_hr, packed)
+                    reverse, training, h_mask, W_hr, packed, zoneout=(zoneout_h, zoneout_c))
 
 
 def lstm_backward(ws, dy=None, dh_n=None, dc_n=None, *, return_dh_seq=False):
@@ -177,14 +204,15 @@ def lstm_backward(ws, dy=None, dh_n=None, dc_n=None, *, return_dh_seq=False):
 
 
 def gru_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, reset_after=True, lengths=None, reverse=False,
-                training=True, h_mask=None, packed=None):
+                training=True, h_mask=None, packed=None, zoneout_h=None):
     """GRU forward (gates r, z, n); reset_after=False is Cho et al. v3. Returns (y, h_n, workspace).
 
     h_mask ([B, H], optional): recurrent (variational) dropout: the recurrent
     products use h_{t-1} * h_mask (z * h_{t-1} keeps the unmasked state). packed: see :func:`pack_weights`.
+    zoneout_h ([T, B, H], optional): zoneout, as :func:`rnn_forward`.
     """
     y, h_n, _, ws = _forward(cell_spec("gru", reset_after=reset_after), x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh,
-                             lengths, reverse, training, h_mask, packed=packed)
+                             lengths, reverse, training, h_mask, packed=packed, zoneout=(zoneout_h, None))
     return y, h_n, ws
 
 
@@ -195,7 +223,8 @@ def gru_backward(ws, dy=None, dh_n=None, *, return_dh_seq=False):
     return out + (dh_seq,) if return_dh_seq else out
 
 
-def pack_weights(cell, W_ih, W_hh, W_hr=None, *, nonlinearity="tanh", reset_after=True, precision=None):
+def pack_weights(cell, W_ih, W_hh, W_hr=None, *, nonlinearity="tanh", reset_after=True, precision=None,
+                 leak=None):
     """The weights W_ih, W_hh (and W_hr with a projection) packed once into the
     kernels' layout, for many :func:`forward` calls with ``packed=`` (inference of
     a layer whose weights do not change: each call then skips packing them).
@@ -214,7 +243,7 @@ def pack_weights(cell, W_ih, W_hh, W_hr=None, *, nonlinearity="tanh", reset_afte
     stay float32. :func:`pyrnn.reference.lstm_forward` (``precision=``) gives
     the same arithmetic in NumPy. None or "same": the weights' own dtype.
     """
-    spec = cell_spec(cell, nonlinearity=nonlinearity, reset_after=reset_after)
+    spec = cell_spec(cell, nonlinearity=nonlinearity, reset_after=reset_after, leak=leak)
     W_ih = np.asarray(W_ih)
     stand_in = np.broadcast_to(np.zeros((), W_ih.dtype), (1, 1, W_ih.shape[-1] if W_ih.ndim == 2 else 1))
     a = check_forward(spec.family, stand_in, {"h0": None}, W_ih, W_hh, None, None, None, W_hr=W_hr)
@@ -223,10 +252,12 @@ def pack_weights(cell, W_ih, W_hh, W_hr=None, *, nonlinearity="tanh", reset_afte
 
 
 def forward(cell, x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", reset_after=True,
-            W_hr=None, h_mask=None, lengths=None, reverse=False, training=True, packed=None, residual=None):
+            W_hr=None, h_mask=None, lengths=None, reverse=False, training=True, packed=None, residual=None,
+            leak=None, zoneout_h=None, zoneout_c=None):
     """Any cell by name: "rnn", "lstm" or "gru". Returns (y, h_n, c_n, workspace), c_n None but for the LSTM.
 
-    For adapters that handle the three cells alike; c0 and W_hr must be None unless cell == "lstm".
+    For adapters that handle the three cells alike; c0, W_hr and zoneout_c must be None unless cell == "lstm",
+    leak unless cell == "rnn" (see :func:`rnn_forward`, :func:`lstm_forward` for leak and zoneout).
     ``packed``: :func:`pack_weights` of these W_hh (and W_hr), or None (packed in the call).
     ``residual``: with training=True, a writable C-contiguous array of at least
     :func:`residual_nbytes` bytes that receives the training workspace (the
@@ -234,34 +265,41 @@ def forward(cell, x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="
     between its forward and backward ops and rebuild the workspace with
     :func:`workspace_from_residual`; None: pyrnn allocates it.
     """
-    spec = cell_spec(cell, nonlinearity=nonlinearity, reset_after=reset_after)
+    spec = _spec_of_call(cell, nonlinearity, reset_after, leak, c0, W_hr)
+    states = {"h0": h0, "c0": c0} if spec.has_cell_state else {"h0": h0}
+    return _forward(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training, h_mask, W_hr, packed,
+                    residual, leak, (zoneout_h, zoneout_c))
+
+
+def _spec_of_call(cell, nonlinearity, reset_after, leak, c0, W_hr):
+    if leak is not None and cell != "rnn":
+        raise ValueError(f"leak is only used by the RNN (cell='rnn'), got leak for cell {cell!r}")
+    spec = cell_spec(cell, nonlinearity=nonlinearity, reset_after=reset_after, leak=leak)
     if not spec.has_cell_state and (c0 is not None or W_hr is not None):
         raise ValueError(f"c0 and W_hr are only used by the LSTM, got "
                          f"{'c0' if c0 is not None else 'W_hr'} for cell {cell!r}")
-    states = {"h0": h0, "c0": c0} if spec.has_cell_state else {"h0": h0}
-    return _forward(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training, h_mask, W_hr, packed,
-                    residual)
+    return spec
 
 
 def _residual_call(cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, nonlinearity, reset_after, W_hr, h_mask, lengths,
-                   reverse):
-    spec = cell_spec(cell, nonlinearity=nonlinearity, reset_after=reset_after)
+                   reverse, leak, zoneout):
+    spec = _spec_of_call(cell, nonlinearity, reset_after, leak, c0, W_hr)
     states = {"h0": h0, "c0": c0} if spec.has_cell_state else {"h0": h0}
-    a, args = _call_arrays(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask, W_hr)
-    return a, (*args, bool(reverse), _c(a.W_hr), _c(a.h_mask))
+    a, args = _call_arrays(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask, W_hr, zoneout)
+    return a, (*args, bool(reverse), _c(a.W_hr), _c(a.h_mask)), _options(spec, a, leak)
 
 
 def residual_nbytes(cell, x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", reset_after=True,
-                    W_hr=None, h_mask=None, lengths=None, reverse=False):
+                    W_hr=None, h_mask=None, lengths=None, reverse=False, leak=None, zoneout_h=None, zoneout_c=None):
     """Bytes of the ``residual`` block a training :func:`forward` with these arguments needs.
 
     Only shapes, dtypes and which optional arrays are given count (arrays of
     zeros or ``np.broadcast_to`` stand-ins will do), so a framework can size
     the block before it has the values. Depends on the selected ISA level.
     """
-    a, args = _residual_call(cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, nonlinearity, reset_after, W_hr, h_mask,
-                             lengths, reverse)
-    return _residual_total(_core.residual_strides(*args), *a.x.shape[:2])
+    a, args, opts = _residual_call(cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, nonlinearity, reset_after, W_hr, h_mask,
+                                   lengths, reverse, leak, (zoneout_h, zoneout_c))
+    return _residual_total(_core.residual_strides(*args, **opts), *a.x.shape[:2])
 
 
 def _residual_total(strides, T, B):
@@ -278,10 +316,11 @@ def _residual_total(strides, T, B):
 
 
 def residual_nbytes_for(cell, T, B, I, H, *, proj_size=0, dtype=np.float32, bias=True, h0=True, c0=True,
-                        h_mask=False, lengths=False, nonlinearity="tanh", reset_after=True):
+                        h_mask=False, lengths=False, nonlinearity="tanh", reset_after=True, leak=None):
     """:func:`residual_nbytes` from sizes alone; T and B may be symbolic (e.g. torch SymInts, which
-    support ``*``, ``+`` and ``//``), for frameworks that size the block while tracing."""
-    spec = cell_spec(cell, nonlinearity=nonlinearity, reset_after=reset_after)
+    support ``*``, ``+`` and ``//``), for frameworks that size the block while tracing. (Zoneout
+    masks do not change the size.)"""
+    spec = cell_spec(cell, nonlinearity=nonlinearity, reset_after=reset_after, leak=leak)
     strides = _residual_strides(spec, int(H), int(proj_size), np.dtype(dtype), bool(bias), bool(h0), bool(c0),
                                 bool(h_mask), bool(lengths), _core.isa_selected())
     return _residual_total(strides, T, B)
@@ -301,7 +340,8 @@ def _residual_strides(spec, H, P, dtype, bias, h0, c0, h_mask, lengths, isa):
 
 
 def workspace_from_residual(residual, cell, x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, y, nonlinearity="tanh",
-                            reset_after=True, W_hr=None, h_mask=None, lengths=None, reverse=False):
+                            reset_after=True, W_hr=None, h_mask=None, lengths=None, reverse=False, leak=None,
+                            zoneout_h=None, zoneout_c=None):
     """The workspace of ``forward(..., training=True, residual=residual)`` again, for :func:`backward`.
 
     Pass the same arguments as that forward and its output ``y``; raises
@@ -309,15 +349,15 @@ def workspace_from_residual(residual, cell, x, h0, c0, W_ih, W_hh, b_ih=None, b_
     cell, shape, dtype or options, or the ISA level changed in between).
     """
     _check_residual(residual)
-    a, args = _residual_call(cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, nonlinearity, reset_after, W_hr, h_mask,
-                             lengths, reverse)
+    a, args, opts = _residual_call(cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, nonlinearity, reset_after, W_hr, h_mask,
+                                   lengths, reverse, leak, (zoneout_h, zoneout_c))
     T, B = a.x.shape[:2]
     Ho = a.W_hh.shape[1]
     y = np.asarray(y)
     if y.shape != (T, B, Ho) or y.dtype != a.x.dtype:
         raise ValueError(f"y must be the forward's output, of shape {(T, B, Ho)} and dtype {a.x.dtype}, got "
                          f"{y.shape} {y.dtype}")
-    return _core.workspace_from_residual(residual, *args, _c(y))
+    return _core.workspace_from_residual(residual, *args, _c(y), **opts)
 
 
 def backward(ws, dy=None, dh_n=None, dc_n=None, *, return_dh_seq=False):

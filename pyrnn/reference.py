@@ -22,6 +22,7 @@ for the GRU (gate blocks r, z, n), in PyTorch's order.
 Equations (``s`` is the sigmoid, ``*`` the element-wise product)::
 
     RNN   h' = act(W_ih x + b_ih + W_hh h + b_hh),   act = tanh or relu
+          leaky (``leak=a``, tanh): h' = (1 - a) h + a tanh(W_ih x + b_ih + W_hh h + b_hh)
     LSTM  i, f, g, o = s, s, tanh, s of (W_ih x + b_ih + W_hh h + b_hh)
           c' = f * c + i * g;   h' = o * tanh(c')
     GRU   r = s(W_ir x + b_ir + W_hr h + b_hr);   z likewise
@@ -38,6 +39,11 @@ its own last valid step.  In backward, ``dy`` at padded positions is ignored,
 the gradient with respect to padded inputs is zero, and ``dh_n`` / ``dc_n``
 enter at each sequence's own last valid step.
 
+Zoneout (``zoneout_h`` [T, B, H], and for the LSTM ``zoneout_c`` [T, B, H]):
+the step that consumes x[t] mixes each state with its previous value,
+h' = m h + (1 - m) h~ with m = zoneout_h[t] and h~ the update above; for the
+LSTM c' = m_c c + (1 - m_c) c~ first, and h~ = o * tanh(c') uses the zoned c'.
+
 ``reverse=True`` processes each sequence backwards in time: sequence b
 consumes x[L_b - 1], x[L_b - 2], ..., x[0] (as the reverse direction of a
 bidirectional PyTorch layer on a packed sequence does).  ``y[t, b]`` is the
@@ -53,7 +59,9 @@ the cache is None.  Cache entries:
                  the biases may be None
     "lengths"    int array [B] (all T when no lengths were given)
     "reverse"    bool
-    "nonlinearity" (RNN) or "reset_after" (GRU)
+    "nonlinearity" and "leak" (RNN) or "reset_after" (GRU)
+    "zoneout"    per state (h, c), the zoneout masks [T, B, H] in processing
+                 order, or None
     "h"          [T+1, B, H]: "h"[s] is the hidden state *before* processing
                  step s ("h"[0] = h0, "h"[T] = h_n); steps are counted in
                  processing order, so with reverse=True step s consumes
@@ -71,6 +79,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._cells import cell_spec
 from ._validation import check_forward, check_grads
 
 __all__ = [
@@ -203,12 +212,15 @@ def _time_order(lengths, T, reverse):
     return np.where(valid, idx, 0), valid
 
 
-def _run_forward(step, x, states, lengths, reverse, training, cache):
+def _run_forward(step, x, states, lengths, reverse, training, cache, zoneout=()):
     """Run ``step`` over time.
 
-    ``step(x_s, states) -> (new_states, activations)`` computes one step for
-    the whole batch; new_states[0] is the hidden state (the output) and
-    activations is a dict of [B, H] arrays for backward.  Padded steps keep
+    ``step(x_s, states, masks) -> (new_states, activations)`` computes one
+    step for the whole batch; new_states[0] is the hidden state (the output)
+    and activations is a dict of [B, H] arrays for backward.  ``zoneout``
+    holds a zoneout mask [T, B, H] (or None) per state; ``masks`` are this
+    step's ([B, H] or None).  The hidden state's zoneout is applied here, the
+    cell state's by the step (its h uses the zoned c).  Padded steps keep
     the previous state and produce a zero output.  ``cache`` holds the common
     entries; it is completed and returned when training, else None is.
     """
@@ -216,11 +228,16 @@ def _run_forward(step, x, states, lengths, reverse, training, cache):
     H = states[0].shape[1]
     idx, valid = _time_order(lengths, T, reverse)
     batch = np.arange(B)
+    zoneout = tuple(zoneout) + (None,) * (len(states) - len(zoneout))
+    in_order = tuple(None if m is None else m[idx, batch] for m in zoneout)  # [T, B, H], processing order
     y = np.zeros((T, B, H), dtype=x.dtype)
     state_history = [states]
     activations = []
     for s in range(T):
-        new_states, acts = step(x[idx[s], batch], states)
+        masks = tuple(None if m is None else m[s] for m in in_order)
+        new_states, acts = step(x[idx[s], batch], states, masks)
+        if masks[0] is not None:
+            new_states = (masks[0] * states[0] + (1 - masks[0]) * new_states[0],) + tuple(new_states[1:])
         keep = valid[s][:, None]
         states = tuple(np.where(keep, new, old) for new, old in zip(new_states, states))
         y[idx[s][valid[s]], batch[valid[s]]] = new_states[0][valid[s]]
@@ -229,6 +246,7 @@ def _run_forward(step, x, states, lengths, reverse, training, cache):
             activations.append(acts)
     if not training:
         return y, states, None
+    cache["zoneout"] = in_order
     for k, name in enumerate(_STATE_NAMES[cache["cell"]]):
         cache[name] = np.stack([st[k] for st in state_history])
     for key in activations[0]:
@@ -264,7 +282,13 @@ def _run_backward(step_backward, cache, dy, dfinal):
         x_s = x[idx[s], batch]
         d_in = (dstates[0] + dy[idx[s], batch],) + dstates[1:]
         d_in = tuple(d * live for d in d_in)  # padded rows contribute nothing
+        m_h = cache["zoneout"][0]
+        if m_h is not None:  # h = m h_prev + (1 - m) h~: the cell sees (1 - m) dh, h_prev gets m dh directly
+            direct = m_h[s] * d_in[0]
+            d_in = ((1 - m_h[s]) * d_in[0],) + d_in[1:]
         dgi, dgh, dW_hh_s, dprev = step_backward(s, x_s, d_in)
+        if m_h is not None:
+            dprev = (dprev[0] + direct,) + tuple(dprev[1:])
         dW_ih += dgi.T @ x_s
         db_ih += dgi.sum(axis=0)
         dW_hh += dW_hh_s
@@ -311,25 +335,26 @@ def _common_cache(cell, x, W_ih, W_hh, b_ih, b_hh, lengths, reverse, **options):
 
 
 def rnn_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
-                lengths=None, reverse=False, training=True, precision=None):
+                lengths=None, reverse=False, training=True, precision=None, leak=None, zoneout_h=None):
     """Elman RNN forward.  Returns (y, h_n, cache); cache is None unless training.
     ``precision``: "int8" or "bf16" multiplies by the weights as the kernels'
-    reduced-precision inference does (:func:`lower_weights`; training=False)."""
-    if nonlinearity not in ("tanh", "relu"):
-        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    x, (h0,), W_ih, W_hh, b_ih, b_hh, lengths = check_forward(
-        "rnn", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, lengths)[:7]
+    reduced-precision inference does (:func:`lower_weights`; training=False).
+    ``leak`` (tanh, in (0, 1]): the leaky integrator; ``zoneout_h``: see above."""
+    cell_spec("rnn", nonlinearity=nonlinearity, leak=leak)  # checks both
+    x, (h0,), W_ih, W_hh, b_ih, b_hh, lengths, _, _, zoneout_h, _ = check_forward(
+        "rnn", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, lengths, zoneout_h=zoneout_h)
     W_ih, W_hh = _lowered(precision, training, W_ih, W_hh)
     act = np.tanh if nonlinearity == "tanh" else (lambda v: np.maximum(v, 0.0))
+    rate = 1.0 if leak is None else float(leak)
 
-    def step(x_s, states):
+    def step(x_s, states, masks):
         (h,) = states
         a = act(_affine(x_s, W_ih, b_ih) + _affine(h, W_hh, b_hh))
-        return (a,), {"a": a}
+        return ((1 - rate) * h + rate * a if leak is not None else a,), {"a": a}
 
     cache = _common_cache("rnn", x, W_ih, W_hh, b_ih, b_hh, lengths, bool(reverse),
-                          nonlinearity=nonlinearity)
-    y, (h_n,), cache = _run_forward(step, x, (h0,), lengths, bool(reverse), training, cache)
+                          nonlinearity=nonlinearity, leak=rate)
+    y, (h_n,), cache = _run_forward(step, x, (h0,), lengths, bool(reverse), training, cache, (zoneout_h,))
     return y, h_n, cache
 
 
@@ -337,13 +362,14 @@ def rnn_backward(cache, dy=None, dh_n=None):
     """Elman RNN backward.  Returns (dx, dh0, dW_ih, dW_hh, db_ih, db_hh)."""
     dy, dfinal = _check_backward_inputs("rnn", cache, dy, {"dh_n": dh_n})
     W_hh = cache["W_hh"]
-    tanh = cache["nonlinearity"] == "tanh"
+    tanh, rate = cache["nonlinearity"] == "tanh", cache["leak"]
 
     def step_backward(s, x_s, dstates):
         (dh,) = dstates
         a, h = cache["a"][s], cache["h"][s]
-        dpre = dh * (1.0 - a * a) if tanh else dh * (a > 0)  # relu'(0) = 0
-        return dpre, dpre, dpre.T @ h, (dpre @ W_hh,)
+        dpre = rate * dh * (1.0 - a * a) if tanh else dh * (a > 0)  # relu'(0) = 0
+        dh_prev = dpre @ W_hh + (1 - rate) * dh if rate != 1.0 else dpre @ W_hh
+        return dpre, dpre, dpre.T @ h, (dh_prev,)
 
     dx, (dh0,), dW_ih, dW_hh, db_ih, db_hh = _run_backward(step_backward, cache, dy, dfinal)
     return dx, dh0, dW_ih, dW_hh, db_ih, db_hh
@@ -355,24 +381,27 @@ def rnn_backward(cache, dy=None, dh_n=None):
 
 
 def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, lengths=None,
-                 reverse=False, training=True, precision=None):
+                 reverse=False, training=True, precision=None, zoneout_h=None, zoneout_c=None):
     """LSTM forward.  Returns (y, h_n, c_n, cache); cache is None unless training.
-    ``precision``: as :func:`rnn_forward`."""
-    x, (h0, c0), W_ih, W_hh, b_ih, b_hh, lengths = check_forward(
-        "lstm", x, {"h0": h0, "c0": c0}, W_ih, W_hh, b_ih, b_hh, lengths)[:7]
+    ``precision``: as :func:`rnn_forward`; ``zoneout_h``, ``zoneout_c``: see above."""
+    x, (h0, c0), W_ih, W_hh, b_ih, b_hh, lengths, _, _, zoneout_h, zoneout_c = check_forward(
+        "lstm", x, {"h0": h0, "c0": c0}, W_ih, W_hh, b_ih, b_hh, lengths, zoneout_h=zoneout_h, zoneout_c=zoneout_c)
     W_ih, W_hh = _lowered(precision, training, W_ih, W_hh)
 
-    def step(x_s, states):
+    def step(x_s, states, masks):
         h, c = states
         pre = _affine(x_s, W_ih, b_ih) + _affine(h, W_hh, b_hh)
         pre_i, pre_f, pre_g, pre_o = np.split(pre, 4, axis=1)
         i, f, g, o = _sigmoid(pre_i), _sigmoid(pre_f), np.tanh(pre_g), _sigmoid(pre_o)
         c_new = f * c + i * g
+        if masks[1] is not None:
+            c_new = masks[1] * c + (1 - masks[1]) * c_new
         tanh_c = np.tanh(c_new)
         return (o * tanh_c, c_new), {"i": i, "f": f, "g": g, "o": o, "tanh_c": tanh_c}
 
     cache = _common_cache("lstm", x, W_ih, W_hh, b_ih, b_hh, lengths, bool(reverse))
-    y, (h_n, c_n), cache = _run_forward(step, x, (h0, c0), lengths, bool(reverse), training, cache)
+    y, (h_n, c_n), cache = _run_forward(step, x, (h0, c0), lengths, bool(reverse), training, cache,
+                                        (zoneout_h, zoneout_c))
     return y, h_n, c_n, cache
 
 
@@ -387,13 +416,17 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
         tanh_c, h_prev, c_prev = cache["tanh_c"][s], cache["h"][s], cache["c"][s]
         do = dh * tanh_c
         dc = dc + dh * o * (1.0 - tanh_c * tanh_c)
+        m_c = cache["zoneout"][1]
+        dc_direct = 0.0 if m_c is None else m_c[s] * dc  # c = m c_prev + (1 - m) c~
+        if m_c is not None:
+            dc = (1 - m_c[s]) * dc
         dpre = np.concatenate([
             dc * g * i * (1.0 - i),       # input gate
             dc * c_prev * f * (1.0 - f),  # forget gate
             dc * i * (1.0 - g * g),       # cell candidate
             do * o * (1.0 - o),           # output gate
         ], axis=1)
-        return dpre, dpre, dpre.T @ h_prev, (dpre @ W_hh, dc * f)
+        return dpre, dpre, dpre.T @ h_prev, (dpre @ W_hh, dc * f + dc_direct)
 
     dx, (dh0, dc0), dW_ih, dW_hh, db_ih, db_hh = _run_backward(step_backward, cache, dy, dfinal)
     return dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh
@@ -405,18 +438,18 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
 
 
 def gru_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, reset_after=True,
-                lengths=None, reverse=False, training=True, precision=None):
+                lengths=None, reverse=False, training=True, precision=None, zoneout_h=None):
     """GRU forward.  Returns (y, h_n, cache); cache is None unless training.
-    ``precision``: as :func:`rnn_forward`."""
-    x, (h0,), W_ih, W_hh, b_ih, b_hh, lengths = check_forward(
-        "gru", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, lengths)[:7]
+    ``precision``: as :func:`rnn_forward`; ``zoneout_h``: see above."""
+    x, (h0,), W_ih, W_hh, b_ih, b_hh, lengths, _, _, zoneout_h, _ = check_forward(
+        "gru", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, lengths, zoneout_h=zoneout_h)
     W_ih, W_hh = _lowered(precision, training, W_ih, W_hh)
     reset_after = bool(reset_after)
     H = W_hh.shape[1]
     W_hrz, W_hn = W_hh[:2 * H], W_hh[2 * H:]
     b_hrz, b_hn = (None, None) if b_hh is None else (b_hh[:2 * H], b_hh[2 * H:])
 
-    def step(x_s, states):
+    def step(x_s, states, masks):
         (h,) = states
         gi = _affine(x_s, W_ih, b_ih)
         r, z = np.split(_sigmoid(gi[:, :2 * H] + _affine(h, W_hrz, b_hrz)), 2, axis=1)
@@ -431,7 +464,7 @@ def gru_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, reset_after=True,
 
     cache = _common_cache("gru", x, W_ih, W_hh, b_ih, b_hh, lengths, bool(reverse),
                           reset_after=reset_after)
-    y, (h_n,), cache = _run_forward(step, x, (h0,), lengths, bool(reverse), training, cache)
+    y, (h_n,), cache = _run_forward(step, x, (h0,), lengths, bool(reverse), training, cache, (zoneout_h,))
     return y, h_n, cache
 
 

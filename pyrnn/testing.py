@@ -11,8 +11,10 @@ import numpy as np
 from ._cells import CELLS, GATES, cell_options
 
 # variant (cell) name -> (family, the keyword options that select it):
-# "rnn_tanh", "rnn_relu", "lstm", "gru", "gru_reset_before"
-VARIANTS = {c.name: (c.family, cell_options(c)) for c in CELLS.values()}
+# "rnn_tanh", "rnn_relu", "rnn_leaky", "lstm", "gru", "gru_reset_before"
+# (rnn_leaky with a leak of 0.6, so the tests see the leak at work)
+VARIANTS = {c.name: (c.family, {**cell_options(c), **({"leak": 0.6} if c.name == "rnn_leaky" else {})})
+            for c in CELLS.values()}
 # names of the backward results, in order
 GRAD_NAMES = {
     "rnn": ("x", "h0", "W_ih", "W_hh", "b_ih", "b_hh"),

@@ -244,7 +244,7 @@ def test_cell_table_is_the_one_vocabulary():
     from pyrnn import _cells, _core
 
     table = _core.cells()
-    assert [name for _, name, _, _ in table] == ["rnn_tanh", "rnn_relu", "lstm", "gru", "gru_reset_before"]
+    assert [name for _, name, _, _ in table] == ["rnn_tanh", "rnn_relu", "rnn_leaky", "lstm", "gru", "gru_reset_before"]
     assert {kind.name for kind, *_ in table} == set(_core.CellKind.__members__)
     with open(os.path.join(os.path.dirname(pyrnn.__file__), "_core.pyi")) as f:
         stub = f.read()

@@ -66,7 +66,7 @@ struct SequenceState {
   pyrnn::WorkspacePtr<double> wd;
   pyrnn::ForwardArgs<float> af;
   pyrnn::ForwardArgs<double> ad;
-  py::object x, h0, c0, W_ih, W_hh, b_ih, b_hh, y, lengths, W_hr, h_mask;
+  py::object x, h0, c0, W_ih, W_hh, b_ih, b_hh, y, lengths, W_hr, h_mask, zoneout_h, zoneout_c;
   py::object residual;  // the block the workspace views (sequence_forward(residual=)), or None
   int64_t T = 0, B = 0, I = 0, H = 0, P = 0;
   bool has_bias = false;
@@ -135,13 +135,21 @@ struct SequenceCall {
   std::optional<py::array> h0, c0, b_ih, b_hh, lengths, W_hr, h_mask;
   int64_t T = 0, B = 0, I = 0, H = 0, P = 0, Ho = 0;
   pyrnn::ForwardArgs<Real> a;
+  std::optional<py::array> zoneout_h, zoneout_c;
+};
+
+// The options beside the arrays: rnn_leaky's rate and the zoneout masks.
+struct CallOptions {
+  double leak = 1.0;
+  std::optional<py::array> zoneout_h, zoneout_c;
 };
 
 template <class Real>
 SequenceCall<Real> check_call(CellKind cell, py::array x, std::optional<py::array> h0, std::optional<py::array> c0,
                               py::array W_ih, py::array W_hh, std::optional<py::array> b_ih,
                               std::optional<py::array> b_hh, std::optional<py::array> lengths, bool reverse,
-                              std::optional<py::array> W_hr, std::optional<py::array> h_mask) {
+                              std::optional<py::array> W_hr, std::optional<py::array> h_mask,
+                              const CallOptions& opt) {
   const py::dtype dt = py::dtype::of<Real>();
   const int G = pyrnn::gates_of(cell);
   require(x.ndim() == 3 && W_hh.ndim() == 2 && (!W_hr || W_hr->ndim() == 2), "x must be 3-D, W_hh and W_hr 2-D");
@@ -160,12 +168,17 @@ SequenceCall<Real> check_call(CellKind cell, py::array x, std::optional<py::arra
   if (h0) check_array("h0", *h0, dt, {B, Ho});
   if (h_mask) check_array("h_mask", *h_mask, dt, {B, Ho});
   if (c0) check_array("c0", *c0, dt, {B, H});
+  require(opt.leak > 0 && opt.leak <= 1, "leak must lie in (0, 1]");
+  if (opt.zoneout_h) check_array("zoneout_h", *opt.zoneout_h, dt, {T, B, Ho});
+  require(!opt.zoneout_c || cell == CellKind::Lstm, "zoneout_c: LSTM only");
+  if (opt.zoneout_c) check_array("zoneout_c", *opt.zoneout_c, dt, {T, B, H});
   if (lengths) {
     check_array("lengths", *lengths, py::dtype::of<int64_t>(), {B});
     const int64_t* L = ptr<int64_t>(lengths);
     for (int64_t b = 0; b < B; ++b) require(L[b] >= 1 && L[b] <= T, "lengths must lie in [1, T]");
   }
-  SequenceCall<Real> c{cell, x, W_ih, W_hh, h0, c0, b_ih, b_hh, lengths, W_hr, h_mask, T, B, I, H, P, Ho, {}};
+  SequenceCall<Real> c{cell, x, W_ih, W_hh, h0, c0, b_ih, b_hh, lengths, W_hr, h_mask, T, B, I, H, P, Ho, {},
+                       opt.zoneout_h, opt.zoneout_c};
   pyrnn::ForwardArgs<Real>& a = c.a;
   a.cell = cell, a.T = T, a.B = B, a.I = I, a.H = H;
   a.x = ptr<Real>(std::optional<py::array>(x)), a.h0 = ptr<Real>(h0), a.c0 = ptr<Real>(c0);
@@ -174,6 +187,8 @@ SequenceCall<Real> check_call(CellKind cell, py::array x, std::optional<py::arra
   a.lengths = ptr<int64_t>(lengths);
   a.P = P, a.W_hr = ptr<Real>(W_hr), a.h_mask = ptr<Real>(h_mask);
   a.reverse = reverse;
+  a.leak = Real(opt.leak);
+  a.zoneout_h = ptr<Real>(opt.zoneout_h), a.zoneout_c = ptr<Real>(opt.zoneout_c);
   return c;
 }
 
@@ -196,6 +211,7 @@ py::object sequence_state(SequenceCall<Real>& c, py::object y, pyrnn::WorkspaceP
   auto obj = [](const std::optional<py::array>& a) { return a ? py::object(*a) : py::none(); };
   st->h0 = obj(c.h0), st->c0 = obj(c.c0), st->b_ih = obj(c.b_ih), st->b_hh = obj(c.b_hh);
   st->lengths = obj(c.lengths), st->W_hr = obj(c.W_hr), st->h_mask = obj(c.h_mask);
+  st->zoneout_h = obj(c.zoneout_h), st->zoneout_c = obj(c.zoneout_c);
   st->residual = residual;
   if constexpr (std::is_same_v<Real, float>) {
     st->wf = std::move(ws), st->af = c.a;
@@ -370,11 +386,12 @@ void register_sequence(py::module_& m) {
   // The dtype dispatch of the calls below: fn(SequenceCall<Real>) for x's dtype.
   auto dispatch = [](CellKind cell, py::array x, py::object h0, py::object c0, py::array W_ih, py::array W_hh,
                      py::object b_ih, py::object b_hh, py::object lengths, bool reverse, py::object W_hr,
-                     py::object h_mask, auto fn) {
+                     py::object h_mask, double leak, py::object zoneout_h, py::object zoneout_c, auto fn) {
+    const CallOptions opt{leak, opt_array(zoneout_h), opt_array(zoneout_c)};
     auto run = [&](auto tag) {
       using Real = decltype(tag);
       return fn(check_call<Real>(cell, x, opt_array(h0), opt_array(c0), W_ih, W_hh, opt_array(b_ih), opt_array(b_hh),
-                                 opt_array(lengths), reverse, opt_array(W_hr), opt_array(h_mask)));
+                                 opt_array(lengths), reverse, opt_array(W_hr), opt_array(h_mask), opt));
     };
     if (has_dtype(x, py::dtype::of<float>())) return run(float{});
     if (has_dtype(x, py::dtype::of<double>())) return run(double{});
@@ -385,14 +402,17 @@ void register_sequence(py::module_& m) {
       "sequence_forward",
       [dispatch](CellKind cell, py::array x, py::object h0, py::object c0, py::array W_ih, py::array W_hh,
                  py::object b_ih, py::object b_hh, py::object lengths, bool reverse, bool training, py::object W_hr,
-                 py::object h_mask, const PackedRecurrenceHolder* packed, py::object residual) {
-        return dispatch(cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, reverse, W_hr, h_mask, [&](auto c) {
+                 py::object h_mask, const PackedRecurrenceHolder* packed, py::object residual, double leak,
+                 py::object zoneout_h, py::object zoneout_c) {
+        return dispatch(cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, reverse, W_hr, h_mask, leak, zoneout_h,
+                        zoneout_c, [&](auto c) {
           return py::object(forward_typed(std::move(c), training, packed, opt_array(residual)));
         });
       },
       py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("W_ih"), py::arg("W_hh"), py::arg("b_ih"),
       py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"), py::arg("training"), py::arg("W_hr") = py::none(),
-      py::arg("h_mask") = py::none(), py::arg("packed") = nullptr, py::arg("residual") = py::none(),
+      py::arg("h_mask") = py::none(), py::arg("packed") = nullptr, py::arg("residual") = py::none(), py::kw_only(),
+      py::arg("leak") = 1.0, py::arg("zoneout_h") = py::none(), py::arg("zoneout_c") = py::none(),
       "Returns (y, h_n, c_n or None, Workspace or None). `packed`: the recurrent weights packed once "
       "(PackedRecurrence of these W_hh, W_hr), or None. `residual`: a writable array of at least "
       "functional.residual_nbytes bytes that holds the training workspace (training only), or None.");
@@ -401,8 +421,9 @@ void register_sequence(py::module_& m) {
       "residual_strides",
       [dispatch](CellKind cell, py::array x, py::object h0, py::object c0, py::array W_ih, py::array W_hh,
                  py::object b_ih, py::object b_hh, py::object lengths, bool reverse, py::object W_hr,
-                 py::object h_mask) {
-        return dispatch(cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, reverse, W_hr, h_mask, [](auto c) {
+                 py::object h_mask, double leak, py::object zoneout_h, py::object zoneout_c) {
+        return dispatch(cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, reverse, W_hr, h_mask, leak, zoneout_h,
+                        zoneout_c, [](auto c) {
           int64_t header = 0, per_entry = 0;
           std::vector<int64_t> per_row;
           pyrnn::residual_strides(c.a, header, per_row, per_entry);
@@ -411,7 +432,8 @@ void register_sequence(py::module_& m) {
       },
       py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("W_ih"), py::arg("W_hh"), py::arg("b_ih"),
       py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"), py::arg("W_hr") = py::none(),
-      py::arg("h_mask") = py::none(),
+      py::arg("h_mask") = py::none(), py::kw_only(), py::arg("leak") = 1.0, py::arg("zoneout_h") = py::none(),
+      py::arg("zoneout_c") = py::none(),
       "(header bytes, [elements per packed row of each per-row buffer], elements per batch entry, element bytes): "
       "the block's bytes for any T and B are header + sum(align64(T*B*n*esize)) + align64(B*e*esize), for "
       "frameworks whose shapes are symbolic at trace time.");
@@ -420,8 +442,9 @@ void register_sequence(py::module_& m) {
       "workspace_from_residual",
       [dispatch](py::array residual, CellKind cell, py::array x, py::object h0, py::object c0, py::array W_ih,
                  py::array W_hh, py::object b_ih, py::object b_hh, py::object lengths, bool reverse, py::object W_hr,
-                 py::object h_mask, py::array y) {
-        return dispatch(cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, reverse, W_hr, h_mask, [&](auto c) {
+                 py::object h_mask, py::array y, double leak, py::object zoneout_h, py::object zoneout_c) {
+        return dispatch(cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, lengths, reverse, W_hr, h_mask, leak, zoneout_h,
+                        zoneout_c, [&](auto c) {
           using Real = typename decltype(c)::Real_;
           check_array("y", y, py::dtype::of<Real>(), {c.T, c.B, c.Ho});
           c.a.y = ptr<Real>(std::optional<py::array>(y));
@@ -437,7 +460,8 @@ void register_sequence(py::module_& m) {
       },
       py::arg("residual"), py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("W_ih"),
       py::arg("W_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"),
-      py::arg("W_hr"), py::arg("h_mask"), py::arg("y"),
+      py::arg("W_hr"), py::arg("h_mask"), py::arg("y"), py::kw_only(), py::arg("leak") = 1.0,
+      py::arg("zoneout_h") = py::none(), py::arg("zoneout_c") = py::none(),
       "The Workspace of a training sequence_forward(..., residual=) again, from its residual block and the same "
       "arguments and output y, for sequence_backward. Raises ValueError when the block does not match.");
 

@@ -70,6 +70,12 @@ inline void for_tile_vectors(const T* tile, int64_t off, int64_t i0, int m, int6
       epi(i0 + r, off + i0 + r, u0 + c * L, loadu(tile + (r * NV + c) * L));
 }
 
+// The row of a [T, B, width] array (zoneout masks) for a packed row of the schedule.
+template <class T>
+inline const T* time_major_row(const T* a, const Schedule& sc, int64_t row, int64_t width) {
+  return a + (sc.row_t[row] * sc.B + sc.row_b[row]) * width;
+}
+
 // Hidden-state rows given by the caller are H wide; internal rows are Hp wide
 // (whole vectors). These read and write the unpadded ones at unit u.
 template <class T>
@@ -132,8 +138,13 @@ struct FwdCtx : RecurrentRows<T> {
   const T* xp_row(int64_t row) const { return xp.data() + row * ld_xp; }
   T* m_row(int64_t row) { return m.data() + row * ld_m; }
 
-  // Writes h_t for units u..u+L of a packed row (and h_t * mask for the next step's GEMM).
+  // Writes h_t for units u..u+L of a packed row (and h_t * mask for the next step's GEMM),
+  // after zoneout: h_t = m h_{t-1} + (1 - m) h~ (exactly h_{t-1} or h~ where m is 1 or 0).
   void emit_h(int64_t row, int64_t u, Vec<T> h) {
+    if (a.zoneout_h) {
+      const Vec<T> m = load_h(time_major_row(a.zoneout_h, sc, row, this->Ho), u, this->Ho);
+      h = m * load_h(this->hprev[row], u, this->Ho) + (T(1) - m) * h;
+    }
     store_h(this->yrows[row], u, this->Ho, h);
     if (this->mask)
       store_h(hm.data() + row * ld_hm, u, this->Ho, h * load_h(this->mask_of(sc.row_b[row]), u, this->Ho));
@@ -150,6 +161,8 @@ struct BwdCtx : RecurrentRows<T> {
   int64_t ld_dG = 0;
   AlignedBuffer<T> dG;       // [rows, ld_dG >= kGrad*Hp]
   AlignedBuffer<T> carry;    // [B, Hp] LSTM dc; GRU the part of dh_{t-1} not through W_hh
+  AlignedBuffer<T> zcarry;   // [B, ld_z] zoneout: m_t dL/dh_t, the part of dh_{t-1} that skips the cell
+  int64_t ld_z = 0;
   AlignedBuffer<T> dh;       // LSTM projection: dL/dh_t per packed row [rows, ld_dh]
   int64_t ld_dh = 0;
   std::vector<const T*> m_rows;      // LSTM projection: m_t per packed row (dW_hr's B)
@@ -185,6 +198,7 @@ struct StepUnit {
   T *h_out, *c_out, *extra;
   int64_t b, u, N, H;
   int n;
+  T leak = T(1);  // rnn_leaky
   Vec<T> load(const T* p, int64_t ld, int64_t off) const {
     return n == kLanes<T> ? loadu(p + b * ld + off + u) : load_first(p + b * ld + off + u, n);
   }

@@ -38,7 +38,12 @@ struct LstmCell {
         Vec<T> gg = tanh_approx(loadu(t + 2 * L) + loadu(xp + 2 * Hp));
         Vec<T> og = sigmoid(loadu(t + 3 * L) + loadu(xp + 3 * Hp));
         T* cs = f.state.data() + i * Hp + u;
-        Vec<T> c = fg * loadu(cs) + ig * gg;
+        const Vec<T> cprev = loadu(cs);
+        Vec<T> c = fg * cprev + ig * gg;
+        if (f.a.zoneout_c) {
+          const Vec<T> mc = load_h(time_major_row(f.a.zoneout_c, f.sc, row, f.H), u, f.H);
+          c = mc * cprev + (T(1) - mc) * c;
+        }
         storeu(cs, c);
         if (f.a.P)
           storeu(f.m_row(row) + u, og * tanh_approx(c));  // projected after the step's barrier
@@ -64,12 +69,17 @@ struct LstmCell {
     Vec<T> tc = tanh_approx(c);
     T* carry = b.carry.data() + i * Hp + u;
     Vec<T> dc = loadu(carry) + dh * og * (T(1) - tc * tc);
+    Vec<T> dc_direct{};  // zoneout: c_t = m c_{t-1} + (1 - m) c~, so c_{t-1} gets m dc directly
+    if (b.a.zoneout_c) {
+      dc_direct = load_h(time_major_row(b.a.zoneout_c, b.sc, row, b.H), u, b.H) * dc;
+      dc -= dc_direct;
+    }
     T* d = b.dG_row(row) + u;
     storeu(d, dc * gg * ig * (T(1) - ig));
     storeu(d + Hp, dc * cprev * fg * (T(1) - fg));
     storeu(d + 2 * Hp, dc * ig * (T(1) - gg * gg));
     storeu(d + 3 * Hp, dh * tc * og * (T(1) - og));
-    storeu(carry, dc * fg);
+    storeu(carry, dc * fg + dc_direct);
   }
   struct BackwardGates : PhaseDefaults {
     static constexpr int kGates[4] = {0, 1, 2, 3};

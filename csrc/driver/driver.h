@@ -501,7 +501,10 @@ void input_grad(BwdCtx<T>& b, int64_t col0, int ng, const int* order, int tid, i
 }
 
 // dL/dh_t for units u..u+L (Ho wide): the recurrent part (masked as h was),
-// dy_t, the dh_n of entries whose last step is s, and the direct carry.
+// dy_t, the dh_n of entries whose last step is s, and the direct carries.
+// Under zoneout (h_t = h~ + m (h_{t-1} - h~)) the cell's update gets
+// (1 - m) of it, and m of it waits in zcarry for step s-1 (an entry's
+// zcarry is zero until its last step, where the backward loop meets it first).
 template <class T, bool DIRECT>
 inline Vec<T> gather_dh(BwdCtx<T>& b, Vec<T> rec, int64_t i, int64_t row, int64_t u, bool last_step) {
   const Schedule& sc = b.sc;
@@ -510,7 +513,14 @@ inline Vec<T> gather_dh(BwdCtx<T>& b, Vec<T> rec, int64_t i, int64_t row, int64_
   if (b.g.dy) dh += load_h(b.g.dy + (t * sc.B + bi) * Ho, u, Ho);
   if (last_step && b.g.dh_n) dh += load_h(b.g.dh_n + bi * Ho, u, Ho);
   if (DIRECT) dh += loadu(b.carry.data() + i * b.Hp + u);
+  T* zc = b.a.zoneout_h ? b.zcarry.data() + i * b.ld_z + u : nullptr;
+  if (zc) dh += loadu(zc);
   if (b.g.dh_seq) store_h(b.g.dh_seq + (t * sc.B + bi) * Ho, u, Ho, dh);
+  if (zc) {
+    const Vec<T> skip = load_h(time_major_row(b.a.zoneout_h, sc, row, Ho), u, Ho) * dh;
+    storeu(zc, skip);
+    dh -= skip;
+  }
   return dh;
 }
 
@@ -524,6 +534,7 @@ void initial_state_grad(BwdCtx<T>& b, int64_t K, int64_t col0, const T* panel, i
         for_tile_vectors<T, NV>(tile, sc.offset[0], i0, m, u0, limit, [&](int64_t i, int64_t, int64_t u, Vec<T> v) {
           Vec<T> dh = b.masked(v, sc.order[i], u);
           if (DIRECT) dh += loadu(b.carry.data() + i * b.Hp + u);
+          if (b.a.zoneout_h) dh += loadu(b.zcarry.data() + i * b.ld_z + u);
           store_h(b.g.dh0 + sc.order[i] * b.Ho, u, b.Ho, dh);
         });
       },
@@ -680,6 +691,12 @@ void backward_cell(const Workspace<T>& w, const ForwardArgs<T>& a, const Backwar
   b.ld_dG = good_ld<T>(Cell::kGrad * Hp);
   b.dG.reserve(size_t(sc.rows * b.ld_dG));
   b.carry.zero(size_t(sc.B * Hp));
+  if (a.zoneout_h) {
+    // The first phase's blocks reach units up to a whole block past Ho.
+    using First = BackwardPhase<T, std::tuple_element_t<0, typename Cell::Backward>, true>;
+    b.ld_z = ceil_div(b.Ho, First::UB) * First::UB;
+    b.zcarry.zero(size_t(sc.B * b.ld_z));
+  }
   if constexpr (kProjected<Cell>) {
     b.ld_dh = good_ld<T>(ceil_div(b.Ho, L) * L);
     b.dh.reserve(size_t(sc.rows * b.ld_dh));

@@ -66,7 +66,9 @@ void sequence_backward(const Workspace<T>& ws, const ForwardArgs<T>& fwd, const 
 // A residual block: this header (128 bytes), then the workspace laid out by the
 // ISA level that ran forward (KernelOps::residual_layout).
 struct ResidualHeader {
-  int64_t magic, version, isa, cell, dtype_bytes, T, B, I, H, P, has_mask, has_lengths, reverse, elems, pad[2];
+  int64_t magic, version, isa, cell, dtype_bytes, T, B, I, H, P, has_mask, has_lengths, reverse, elems;
+  int64_t zoneout;  // bit 0: zoneout_h, bit 1: zoneout_c
+  double leak;
 };
 static_assert(sizeof(ResidualHeader) == 128, "the workspace starts 128 bytes in");
 constexpr int64_t kResidualMagic = 0x315357'4e4e5259;  // "YRNNWS1"
@@ -75,7 +77,8 @@ template <class T>
 ResidualHeader residual_header(const ForwardArgs<T>& a, Isa isa) {
   const ResidualLayout L = ops_for<T>(isa).residual_layout(a, a.T * a.B);
   return {kResidualMagic, 1, int64_t(isa), int64_t(a.cell), int64_t(sizeof(T)), a.T, a.B, a.I, a.H, a.P,
-          a.h_mask != nullptr, a.lengths != nullptr, a.reverse, L.elems, {0, 0}};
+          a.h_mask != nullptr, a.lengths != nullptr, a.reverse, L.elems,
+          int64_t(a.zoneout_h != nullptr) | int64_t(a.zoneout_c != nullptr) << 1, double(a.leak)};
 }
 
 template <class T>

@@ -76,7 +76,7 @@ void cell_step_cell(const CellStepArgs<T>& a, int nthreads) {
     auto units = [&](auto body) {
       for (int64_t b = 0; b < B; ++b)
         for (int64_t u = ua; u < ub; u += L)
-          body(StepUnit<T>{gi, gh, h, c, a.h_out, a.c_out, extra, b, u, N, H, int(std::min<int64_t>(L, ub - u))});
+          body(StepUnit<T>{gi, gh, h, c, a.h_out, a.c_out, extra, b, u, N, H, int(std::min<int64_t>(L, ub - u)), a.leak});
     };
     units([](const StepUnit<T>& s) { Cell::step(s); });
     if constexpr (Cell::kStepHhGates < G) {
@@ -242,7 +242,7 @@ void packed_step_cell(const PackedCell<T>& p, const CellStepArgs<T>& a, int nthr
     auto units = [&](auto fn) {
       for (int64_t b = 0; b < B; ++b)
         for (int64_t u = ua; u < ub; u += L)
-          fn(StepUnit<T>{gi, gh, h, c, a.h_out, a.c_out, extra, b, u, N, H, int(std::min<int64_t>(L, ub - u))});
+          fn(StepUnit<T>{gi, gh, h, c, a.h_out, a.c_out, extra, b, u, N, H, int(std::min<int64_t>(L, ub - u)), a.leak});
     };
     units([](const StepUnit<T>& s) { Cell::step(s); });
     if constexpr (Cell::kStepHhGates < Cell::G) {

@@ -45,6 +45,13 @@ struct ForwardArgs {
   // Variational (recurrent) dropout: the recurrent GEMM uses h_{t-1} * h_mask[b]
   // (the same mask at every step of a sequence); [B, Hout]; null: none.
   const Real* h_mask = nullptr;
+  // Zoneout: the step that consumes x[t] keeps zoneout_h[t, b] of h_{t-1}:
+  // h_t = m h_{t-1} + (1 - m) h~_t ([T, B, Hout]); the LSTM's zoneout_c
+  // ([T, B, H]) does the same to c_t before h~_t = o tanh(c_t). Null: none.
+  const Real* zoneout_h = nullptr;
+  const Real* zoneout_c = nullptr;
+  // rnn_leaky's integration rate a in (0, 1]: h_t = (1 - a) h_{t-1} + a tanh(...).
+  Real leak = 1;
   // The recurrent weights packed once (pack_recurrence, from these W_hh and
   // W_hr), or null: packed in every call.
   const PackedRecurrence<Real>* packed = nullptr;
@@ -137,6 +144,7 @@ struct CellStepArgs {
   const Real *x = nullptr, *h = nullptr, *c = nullptr;
   const Real *W_ih = nullptr, *W_hh = nullptr, *b_ih = nullptr, *b_hh = nullptr;
   Real *h_out = nullptr, *c_out = nullptr;
+  Real leak = 1;  // rnn_leaky (see ForwardArgs::leak)
 };
 
 template <class T>

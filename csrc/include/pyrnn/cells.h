@@ -17,6 +17,7 @@ namespace pyrnn {
 #define PYRNN_CELLS(X)                                    \
   X(RnnTanh, RNN_TANH, "rnn_tanh", "rnn", 1)              \
   X(RnnRelu, RNN_RELU, "rnn_relu", "rnn", 1)              \
+  X(RnnLeaky, RNN_LEAKY, "rnn_leaky", "rnn", 1)           \
   X(Lstm, LSTM, "lstm", "lstm", 4)                        \
   X(Gru, GRU, "gru", "gru", 3)                            \
   X(GruResetBefore, GRU_RESET_BEFORE, "gru_reset_before", "gru", 3)
