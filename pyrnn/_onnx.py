@@ -33,8 +33,8 @@ torch.nn's own forward (the same parameters), whose packing that exporter
 turns into ``sequence_lens`` (torch.nn's GRU only: not ``reset_after=False``).
 
 Not exportable (a clear error): LSTM ``proj_size`` (the ONNX LSTM has no
-projection), dropout or recurrent_dropout in training mode (export in
-``eval()``, torch's default), a PackedSequence with the dynamo exporter or for
+projection), dropout, recurrent_dropout or zoneout in training mode (export in
+``eval()``, torch's default, where zoneout is the identity), a PackedSequence with the dynamo exporter or for
 ``GRU(reset_after=False)`` (use :class:`WithLengths`).
 """
 
@@ -79,6 +79,23 @@ def _check_exportable(module, name):
             f"{name}: ONNX export is for inference, but the module is in training mode with dropout "
             f"{module.dropout} / recurrent_dropout {getattr(module, 'recurrent_dropout', 0.0)}: call model.eval() "
             "(or export with the default training=torch.onnx.TrainingMode.EVAL)")
+    _check_no_zoneout(module, name)
+
+
+def _check_no_zoneout(module, name):
+    """Zoneout (pyrnn.torch's layers and cells) is the identity in eval mode, and in training mode no
+    standard ONNX node computes it."""
+    rates = (getattr(module, "zoneout", 0.0), getattr(module, "zoneout_c", 0.0))
+    if module.training and any(p > 0 for p in rates):
+        raise NotImplementedError(
+            f"{name}: ONNX export is for inference, but the module is in training mode with zoneout {rates[0]}"
+            f"{f' / zoneout_c {rates[1]}' if _cell_state(module) else ''} (no ONNX node draws zoneout masks; in "
+            "eval mode zoneout is the identity): call model.eval() (or export with the default "
+            "training=torch.onnx.TrainingMode.EVAL)")
+
+
+def _cell_state(module):
+    return isinstance(module, (nn.LSTM, nn.LSTMCell))
 
 
 # ------------------------------------------------------------ weights --
@@ -313,6 +330,7 @@ def export_cell_step(cell, input, states):
     (h', c' or None), unbatched if ``input`` is 1-D.
     """
     mode = _cell_mode(cell)
+    _check_no_zoneout(cell, type(cell).__name__)
     if input.dim() not in (1, 2):
         raise ValueError(f"{type(cell).__name__}: Expected input to be 1D or 2D, got {input.dim()}D instead")
     unbatched = input.dim() == 1

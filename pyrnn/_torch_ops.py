@@ -4,15 +4,18 @@ Two operators, registered when this module is imported (``pyrnn.torch`` imports 
 
 ``pyrnn::rnn_layer(Tensor x, Tensor? h0, Tensor? c0, Tensor W_ih, Tensor W_hh,
 Tensor? b_ih, Tensor? b_hh, Tensor? W_hr, Tensor? lengths, Tensor? h_mask,
-str cell, str nonlinearity, bool reset_after, bool reverse, bool need_residual)
--> (Tensor y, Tensor h_n, Tensor c_n, Tensor residual)``
+str cell, str nonlinearity, bool reset_after, bool reverse, bool need_residual,
+Tensor? zoneout_h=None, Tensor? zoneout_c=None) -> (Tensor y, Tensor h_n, Tensor c_n, Tensor residual)``
     One layer, one direction, the whole sequence in C++. x [T, B, I]
     time-major; h0 [B, H_out] or None (zeros); c0 [B, H] (LSTM) or None;
     W_ih [G*H, I]; W_hh [G*H, H_out]; W_hr [H_out, H] (LSTM proj_size) or None;
     lengths int64 [B] (CPU) or None (all T); h_mask [B, H_out] (recurrent
     dropout, already scaled) or None; cell "lstm", "gru" or "rnn"; nonlinearity
-    "tanh" or "relu" (rnn); reset_after (gru). H_out = W_hh.shape[1] (the
-    projection size with W_hr, else H).
+    "tanh" or "relu" (rnn); reset_after (gru); zoneout_h [T, B, H_out] and
+    zoneout_c [T, B, H] (LSTM), or None: zoneout masks (per step and unit, the
+    weight kept of the previous state; see :func:`pyrnn.functional.lstm_forward`),
+    last and optional so that calls without them keep their form. H_out =
+    W_hh.shape[1] (the projection size with W_hr, else H).
     Returns y [T, B, H_out], h_n [B, H_out], c_n ([B, H] for the LSTM, an empty
     tensor of shape [0] for the GRU and RNN) and residual: with need_residual,
     the training workspace the backward reads (uint8 [F.residual_nbytes(...)],
@@ -20,21 +23,23 @@ str cell, str nonlinearity, bool reset_after, bool reverse, bool need_residual)
     runs (no workspace kept) and residual is an empty uint8 tensor of shape [0].
 
 ``pyrnn::rnn_layer_backward(<the same 10 tensors>, Tensor y, Tensor residual, Tensor? grad_y,
-Tensor? grad_h_n, Tensor? grad_c_n, <the same 4 options>) -> (Tensor x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr)``
+Tensor? grad_h_n, Tensor? grad_c_n, <the same 4 options>, Tensor? zoneout_h=None, Tensor? zoneout_c=None)
+-> (Tensor x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr)``
     The gradients of rnn_layer's tensor inputs, from rnn_layer's output y and
     residual: the C++ BPTT over the workspace in ``residual``
     (``F.workspace_from_residual``), without running the forward again. An
     empty residual (a forward with need_residual=False that is differentiated
     anyway) makes it rerun the forward in training mode first, so the
     gradients stay right at the cost of a second forward. A gradient of an
-    input that was None is an empty tensor of shape [0]. Omitted grad_* are zeros.
+    input that was None is an empty tensor of shape [0]. Omitted grad_* are zeros. The
+    masks (lengths, h_mask, zoneout_*) get no gradient.
 
 rnn_layer has an autograd formula (rnn_layer_backward; it saves the inputs, y
 and residual), fake (meta) kernels for both (the residual's size is symbolic in T
 and B, so dynamic shapes trace), so ``torch.compile`` (fullgraph),
 ``torch.export`` and AOTAutograd trace them, and vmap rules: without
 need_residual, rnn_layer folds a vmapped dimension of x / h0 / c0 / lengths /
-h_mask into the batch (one kernel call); with it, or when a weight is vmapped
+h_mask / zoneout masks into the batch (one kernel call); with it, or when a weight is vmapped
 (e.g. ``torch.func.stack_module_state`` ensembles), it loops over the vmapped
 dimension and stacks the per-sample residuals (a folded batch's workspace
 cannot give per-sample weight gradients); rnn_layer_backward loops
@@ -61,6 +66,7 @@ DOUBLE_BACKWARD = (
 _TENSORS = ("Tensor x, Tensor? h0, Tensor? c0, Tensor W_ih, Tensor W_hh, Tensor? b_ih, Tensor? b_hh, "
             "Tensor? W_hr, Tensor? lengths, Tensor? h_mask")
 _OPTIONS = "str cell, str nonlinearity, bool reset_after, bool reverse"
+_ZONEOUT = "Tensor? zoneout_h=None, Tensor? zoneout_c=None"
 _GRAD_NAMES = ("x", "h0", "c0", "W_ih", "W_hh", "b_ih", "b_hh", "W_hr")
 _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
@@ -92,11 +98,12 @@ def _residual_nbytes(x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask, c
 
 
 def _kernel(x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask, cell, nonlinearity, reset_after, reverse,
-            training, residual=None):
+            training, residual=None, zoneout_h=None, zoneout_c=None):
     _check_cell(cell)
     return F.forward(cell, _np(x), _np(h0), _np(c0), _np(W_ih), _np(W_hh), _np(b_ih), _np(b_hh),
                      nonlinearity=nonlinearity, reset_after=reset_after, W_hr=_np(W_hr), h_mask=_np(h_mask),
-                     lengths=_lengths(lengths), reverse=reverse, training=training, residual=residual)
+                     lengths=_lengths(lengths), reverse=reverse, training=training, residual=residual,
+                     zoneout_h=_np(zoneout_h), zoneout_c=_np(zoneout_c))
 
 
 def _fresh(arrays, inputs):
@@ -115,28 +122,30 @@ def _fresh(arrays, inputs):
 # ------------------------------------------------------------- forward --
 
 @torch.library.custom_op("pyrnn::rnn_layer", mutates_args=(), device_types="cpu",
-                         schema=f"({_TENSORS}, {_OPTIONS}, bool need_residual) -> (Tensor, Tensor, Tensor, Tensor)")
+                         schema=f"({_TENSORS}, {_OPTIONS}, bool need_residual, {_ZONEOUT}) -> "
+                                "(Tensor, Tensor, Tensor, Tensor)")
 def rnn_layer(x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask, cell, nonlinearity, reset_after, reverse,
-              need_residual):
+              need_residual, zoneout_h=None, zoneout_c=None):
     _check_cell(cell)
     tensors = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask)
+    zoneout = {"zoneout_h": zoneout_h, "zoneout_c": zoneout_c}
     if need_residual:  # the training kernel writes its workspace into this tensor's memory
         # Zeros, not empty: the kernel leaves alignment padding and the steps past lengths unwritten,
         # and an operator's output must not depend on what that memory held before.
         residual = torch.zeros(_residual_nbytes(*tensors, cell, nonlinearity, reset_after), dtype=torch.uint8)
         y, h_n, c_n, _ = _kernel(*tensors, cell, nonlinearity, reset_after, reverse, training=True,
-                                 residual=residual.numpy())
+                                 residual=residual.numpy(), **zoneout)
     else:
         residual = torch.empty((0,), dtype=torch.uint8)
-        y, h_n, c_n, _ = _kernel(*tensors, cell, nonlinearity, reset_after, reverse, training=False)
+        y, h_n, c_n, _ = _kernel(*tensors, cell, nonlinearity, reset_after, reverse, training=False, **zoneout)
     if c_n is None:
         c_n = np.empty((0,), dtype=y.dtype)
-    return (*_fresh((y, h_n, c_n), tensors + (residual,)), residual)
+    return (*_fresh((y, h_n, c_n), tensors + (zoneout_h, zoneout_c, residual)), residual)
 
 
 @rnn_layer.register_fake
 def _rnn_layer_fake(x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask, cell, nonlinearity, reset_after,
-                    reverse, need_residual):
+                    reverse, need_residual, zoneout_h=None, zoneout_c=None):
     _check_cell(cell)
     torch._check(x.dim() == 3, lambda: f"pyrnn::rnn_layer: x must be [T, B, I], got {x.dim()}-D")
     T, B = x.shape[0], x.shape[1]
@@ -163,27 +172,29 @@ def _residual_array(residual):
 @torch.library.custom_op(
     "pyrnn::rnn_layer_backward", mutates_args=(), device_types="cpu",
     schema=f"({_TENSORS}, Tensor y, Tensor residual, Tensor? grad_y, Tensor? grad_h_n, Tensor? grad_c_n, "
-           f"{_OPTIONS}) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+           f"{_OPTIONS}, {_ZONEOUT}) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
 def rnn_layer_backward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask, y, residual, grad_y, grad_h_n,
-                       grad_c_n, cell, nonlinearity, reset_after, reverse):
+                       grad_c_n, cell, nonlinearity, reset_after, reverse, zoneout_h=None, zoneout_c=None):
     _check_cell(cell)
     tensors = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask)
     if residual.numel():
         ws = F.workspace_from_residual(
             _residual_array(residual), cell, _np(x), _np(h0), _np(c0), _np(W_ih), _np(W_hh), _np(b_ih), _np(b_hh),
             y=_np(y), nonlinearity=nonlinearity, reset_after=reset_after, W_hr=_np(W_hr), h_mask=_np(h_mask),
-            lengths=_lengths(lengths), reverse=reverse)
+            lengths=_lengths(lengths), reverse=reverse, zoneout_h=_np(zoneout_h), zoneout_c=_np(zoneout_c))
     else:  # rnn_layer ran with need_residual=False: rebuild the workspace with a training forward
-        *_, ws = _kernel(*tensors, cell, nonlinearity, reset_after, reverse, training=True)
+        *_, ws = _kernel(*tensors, cell, nonlinearity, reset_after, reverse, training=True, zoneout_h=zoneout_h,
+                         zoneout_c=zoneout_c)
     g = F.backward(ws, _np(grad_y), _np(grad_h_n), _np(grad_c_n) if cell == "lstm" else None)
     empty = np.empty((0,), dtype=ws.dtype)
     grads = [empty.copy() if t is None or g[k] is None else g[k] for k, t in zip(_GRAD_NAMES, tensors)]
-    return tuple(_fresh(grads, tensors + (y, residual, grad_y, grad_h_n, grad_c_n)))
+    return tuple(_fresh(grads, tensors + (y, residual, grad_y, grad_h_n, grad_c_n, zoneout_h, zoneout_c)))
 
 
 @rnn_layer_backward.register_fake
 def _rnn_layer_backward_fake(x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask, y, residual, grad_y,
-                             grad_h_n, grad_c_n, cell, nonlinearity, reset_after, reverse):
+                             grad_h_n, grad_c_n, cell, nonlinearity, reset_after, reverse, zoneout_h=None,
+                             zoneout_c=None):
     _check_cell(cell)
     return tuple(x.new_empty((0,)) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
                  for t in (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr))
@@ -191,18 +202,42 @@ def _rnn_layer_backward_fake(x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h
 
 # ------------------------------------------------------------ autograd --
 
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:10], output[0], output[3])  # the inputs, y and the residual
+# rnn_layer's arguments: 10 tensors (0-9), the 4 options (10-13), need_residual (14), the zoneout masks (15, 16)
+_N_ARGS = 17
+
+
+def _zoneout_args(inputs):
+    """rnn_layer's zoneout masks (None where not given) from its inputs."""
+    return tuple(inputs[15:17]) + (None,) * (_N_ARGS - max(len(inputs), 15))
+
+
+def _save(ctx, inputs, output):
+    # the inputs, y, the residual and the zoneout masks (the backward rebuilds the workspace from all of them)
+    ctx.save_for_backward(*inputs[:10], output[0], output[3], *_zoneout_args(inputs))
     ctx.options = inputs[10:14]
+
+
+def _backward_args(ctx, grad_y, grad_h_n, grad_c_n):
+    """(rnn_layer_backward's arguments, the saved forward inputs) from a _save'd ctx."""
+    saved = ctx.saved_tensors
+    lstm = ctx.options[0] == "lstm"
+    return (*saved[:12], grad_y, grad_h_n, grad_c_n if lstm else None, *ctx.options, *saved[12:14]), saved[:10]
+
+
+def _input_grads(ctx, grads, inputs):
+    """The gradients of rnn_layer's _N_ARGS arguments: the 8 differentiable tensors', None for the rest."""
+    out = [g if need and t is not None else None for g, t, need in zip(grads, inputs, ctx.needs_input_grad)]
+    return (*out, *(None,) * (len(ctx.needs_input_grad) - len(out)))
+
+
+def _setup_context(ctx, inputs, output):
+    _save(ctx, inputs, output)
     ctx.set_materialize_grads(False)  # unused outputs give None, which the kernel reads as zeros
 
 
 def _backward(ctx, grad_y, grad_h_n, grad_c_n, grad_residual):
-    saved = ctx.saved_tensors
-    lstm = ctx.options[0] == "lstm"
-    grads = rnn_layer_backward(*saved, grad_y, grad_h_n, grad_c_n if lstm else None, *ctx.options)
-    out = [g if need and t is not None else None for g, t, need in zip(grads, saved, ctx.needs_input_grad)]
-    return (*out, None, None, None, None, None, None, None)
+    args, inputs = _backward_args(ctx, grad_y, grad_h_n, grad_c_n)
+    return _input_grads(ctx, rnn_layer_backward(*args), inputs)
 
 
 rnn_layer.register_autograd(_backward, setup_context=_setup_context)
@@ -233,16 +268,12 @@ class RnnLayerFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.mark_non_differentiable(output[3])
-        ctx.save_for_backward(*inputs[:10], output[0], output[3])  # the inputs, y and the residual
-        ctx.options = inputs[10:14]
+        _save(ctx, inputs, output)
 
     @staticmethod
     def backward(ctx, grad_y, grad_h_n, grad_c_n, grad_residual):
-        saved = ctx.saved_tensors
-        lstm = ctx.options[0] == "lstm"
-        grads = _RnnLayerBackwardFunction.apply(*saved, grad_y, grad_h_n, grad_c_n if lstm else None, *ctx.options)
-        out = [g if need and t is not None else None for g, t, need in zip(grads, saved, ctx.needs_input_grad)]
-        return (*out, None, None, None, None, None, None, None)
+        args, inputs = _backward_args(ctx, grad_y, grad_h_n, grad_c_n)
+        return _input_grads(ctx, _RnnLayerBackwardFunction.apply(*args), inputs)
 
 
 class _RnnLayerBackwardFunction(torch.autograd.Function):
@@ -282,9 +313,10 @@ def _loop(op, info, in_dims, args):
 
 @rnn_layer.register_vmap
 def _rnn_layer_vmap(info, in_dims, x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask, cell, nonlinearity,
-                    reset_after, reverse, need_residual):
+                    reset_after, reverse, need_residual, zoneout_h=None, zoneout_c=None):
     args = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask, cell, nonlinearity, reset_after, reverse,
-            need_residual)
+            need_residual, zoneout_h, zoneout_c)
+    in_dims = tuple(in_dims) + (None,) * (len(args) - len(in_dims))
     # A vmapped weight: one call per index. need_residual: also one call per index, so that each
     # sample has its own residual (rnn_layer_backward's vmap rule gives per-sample weight gradients
     # from them; the workspace of a folded batch only gives their sum).
@@ -299,9 +331,14 @@ def _rnn_layer_vmap(info, in_dims, x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, leng
         t = _front(t, d, n)
         return None if t is None else t.reshape(n * B, *t.shape[2:])
 
+    def fold_steps(t, d):  # [T, B, ...] per sample -> [T, n * B, ...]
+        t = _front(t, d, n)
+        return None if t is None else t.transpose(0, 1).reshape(T, n * B, *t.shape[3:])
+
     y, h_n, c_n, residual = rnn_layer(xs, fold(h0, in_dims[1]), fold(c0, in_dims[2]), W_ih, W_hh, b_ih, b_hh, W_hr,
                                       fold(lengths, in_dims[8]), fold(h_mask, in_dims[9]), cell, nonlinearity,
-                                      reset_after, reverse, False)
+                                      reset_after, reverse, False, fold_steps(zoneout_h, in_dims[15]),
+                                      fold_steps(zoneout_c, in_dims[16]))
     y = y.reshape(T, n, B, y.shape[-1])
     h_n = h_n.reshape(n, B, h_n.shape[-1])
     if cell == "lstm":

@@ -292,3 +292,23 @@ def layer_states(layer, hx, B, unbatched):
         return (_layer_state(layer, "hidden[0]", hx[0], B, H_out, unbatched),
                 _layer_state(layer, "hidden[1]", hx[1], B, layer.hidden_size, unbatched))
     return _layer_state(layer, "hidden", hx, B, H_out, unbatched), None
+
+
+def check_zoneout(name, p):
+    """A zoneout rate: a real number in [0, 1] (the probability that a unit keeps its previous value)."""
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
+        raise ValueError(f"{name} should be a number in range [0, 1] representing the probability that a unit "
+                         f"keeps its previous value at a step, got {p!r}")
+    return float(p)
+
+
+def zoneout_rates(mode, zoneout, zoneout_c):
+    """(rate of h, rate of c) of a layer's ``zoneout`` / ``zoneout_c`` arguments; c's is 0.0 but for the
+    LSTM, whose ``zoneout_c=None`` means ``zoneout``."""
+    p_h = check_zoneout("zoneout", zoneout)
+    if zoneout_c is not None and mode != "LSTM":
+        raise TypeError(f"{mode}: zoneout_c is the LSTM's cell-state zoneout rate, and a {mode} has no cell "
+                        f"state: use zoneout")
+    if mode != "LSTM":
+        return p_h, 0.0
+    return p_h, p_h if zoneout_c is None else check_zoneout("zoneout_c", zoneout_c)

@@ -27,15 +27,18 @@ from . import functional as F
 from ._cells import cell_spec
 from ._module import PARAM_NAMES, Module
 from ._validation import (array_like, check_lengths, check_positive_int, check_precision, check_probability,
-                          layer_input, layer_states, make_rng)
+                          layer_input, layer_states, make_rng, zoneout_rates)
 
 __all__ = ["RNN", "LSTM", "GRU", "Linear"]
 
 
 class _RNNBase(Module):
+    zoneout = 0.0  # (class defaults: layers pickled before zoneout existed have none)
+    zoneout_c = 0.0
+
     def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, proj_size=0, nonlinearity="tanh", reset_after=True, recurrent_dropout=0.0,
-                 dtype=np.float32, seed=None, rng=None):
+                 dtype=np.float32, seed=None, rng=None, zoneout=0.0, zoneout_c=None):
         super().__init__(dtype)
         check_positive_int("input_size", input_size)
         check_positive_int("hidden_size", hidden_size)
@@ -43,6 +46,7 @@ class _RNNBase(Module):
         check_positive_int("proj_size", proj_size, allow_zero=True)
         check_probability("dropout", dropout)
         check_probability("recurrent_dropout", recurrent_dropout)
+        zoneout, zoneout_c = zoneout_rates(mode, zoneout, zoneout_c)
         if proj_size and mode != "LSTM":
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if proj_size >= hidden_size:
@@ -61,6 +65,8 @@ class _RNNBase(Module):
         self.nonlinearity = nonlinearity
         self.reset_after = bool(reset_after)
         self.recurrent_dropout = float(recurrent_dropout)
+        self.zoneout = zoneout  # probability that a unit of h keeps its previous value at a step (training)
+        self.zoneout_c = zoneout_c  # the same for the LSTM's c (0.0 for the GRU and RNN)
         self._rng = make_rng(seed, rng)
         self._saved = None
         self._packed = {}  # (layer, direction) -> packed recurrent weights, in a freeze() copy
@@ -103,6 +109,8 @@ class _RNNBase(Module):
             f", nonlinearity='{self.nonlinearity}'" if self.mode == "RNN" and self.nonlinearity != "tanh" else "",
             ", reset_after=False" if self.mode == "GRU" and not self.reset_after else "",
             f", recurrent_dropout={self.recurrent_dropout}" if self.recurrent_dropout else "",
+            f", zoneout={self.zoneout}" if self.zoneout else "",
+            f", zoneout_c={self.zoneout_c}" if self.mode == "LSTM" and self.zoneout_c != self.zoneout else "",
         ])
         prec = getattr(self, "_precision", "same")
         frozen = f".freeze(precision={prec!r})" if prec != "same" else ".freeze()"
@@ -135,13 +143,29 @@ class _RNNBase(Module):
             return np.zeros(shape, dtype=self.dtype)
         return ((self._rng.random(shape) >= p) / (1.0 - p)).astype(self.dtype)
 
-    def run_direction(self, layer, direction, x, h0=None, c0=None, *, lengths=None, h_mask=None, training=True):
+    def _zoneout_masks(self, layer, direction, T, B):
+        """The zoneout masks of one training-mode call, for one layer and direction: (m_h [T, B, H_out],
+        m_c [T, B, H] or None), each None where its rate is 0; 1 where a unit keeps its previous value at
+        that step (Bernoulli(zoneout), Bernoulli(zoneout_c), drawn from the layer's RNG). ``forward``
+        draws every mask through this method: override it (on the instance) to see or fix them.
+        Time is aligned with the input (entry t is the step that reads x[t], in either direction)."""
+        def bernoulli(shape, p):
+            return (self._rng.random(shape) < p).astype(self.dtype)
+
+        m_h = bernoulli((T, B, self.proj_size or self.hidden_size), self.zoneout) if self.zoneout > 0 else None
+        m_c = (bernoulli((T, B, self.hidden_size), self.zoneout_c)
+               if self.mode == "LSTM" and self.zoneout_c > 0 else None)
+        return m_h, m_c
+
+    def run_direction(self, layer, direction, x, h0=None, c0=None, *, lengths=None, h_mask=None, training=True,
+                      zoneout_h=None, zoneout_c=None):
         """One layer and direction through :func:`pyrnn.functional.forward` (time-major x):
         returns (y, h_n, c_n, workspace)."""
         packed = self._packed.get((layer, direction)) if self._packed else None
         return F.forward(self.cell.family, x, h0, c0, **self.direction_params(layer, direction),
                          nonlinearity=self.nonlinearity, reset_after=self.reset_after, h_mask=h_mask,
-                         lengths=lengths, reverse=direction == 1, training=training, packed=packed)
+                         lengths=lengths, reverse=direction == 1, training=training, packed=packed,
+                         zoneout_h=zoneout_h, zoneout_c=zoneout_c)
 
     def freeze(self, precision=None):
         """An inference-only copy of this layer with its recurrent weights packed once.
@@ -215,7 +239,8 @@ class _RNNBase(Module):
         hx: h0 (and c0 for the LSTM: a tuple) of shape (num_layers * num_directions, B, H_out), or None.
         lengths: optional (B,) valid lengths in [1, T] (PyTorch's packed-sequence results:
         outputs are zero past each length, h_n is each sequence's own last valid state).
-        In training mode the call keeps what ``backward`` needs.
+        In training mode the call keeps what ``backward`` needs, and draws the masks of dropout,
+        recurrent_dropout and zoneout (eval mode: none of them applies).
         """
         x, unbatched = layer_input(self, x)
         T, B, _ = x.shape
@@ -231,9 +256,11 @@ class _RNNBase(Module):
             k = layer * D + d
             rec_mask = (self._dropout_mask((B, H_out), self.recurrent_dropout)
                         if training and self.recurrent_dropout > 0 else None)
+            zh, zc = (self._zoneout_masks(layer, d, T, B)
+                      if training and (self.zoneout > 0 or self.zoneout_c > 0) else (None, None))
             return self.run_direction(layer, d, layer_x, None if h0_all is None else h0_all[k],
                                       None if c0_all is None else c0_all[k], lengths=lengths, h_mask=rec_mask,
-                                      training=training)
+                                      training=training, zoneout_h=zh, zoneout_c=zc)
 
         def dropout(layer, y):
             if not (training and self.dropout > 0):
@@ -310,36 +337,45 @@ class RNN(_RNNBase):
     """torch.nn.RNN on NumPy: h' = tanh|relu(W_ih x + b_ih + W_hh h + b_hh).
 
     Extras (keyword-only): recurrent_dropout (variational: one mask per sequence
-    on h_{t-1}, drawn per call, training only), dtype, seed / rng.
+    on h_{t-1}, drawn per call, training only), zoneout (Krueger et al. 2016: the
+    probability that a unit keeps its previous value at a step, h_t = h_{t-1};
+    masks drawn per call and step, training only), dtype, seed / rng.
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, *, recurrent_dropout=0.0, dtype=np.float32, seed=None,
-                 rng=None):
+                 dropout=0.0, bidirectional=False, *, recurrent_dropout=0.0, zoneout=0.0, dtype=np.float32,
+                 seed=None, rng=None):
         super().__init__("RNN", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          nonlinearity=nonlinearity, recurrent_dropout=recurrent_dropout, dtype=dtype, seed=seed,
-                         rng=rng)
+                         rng=rng, zoneout=zoneout)
 
 
 class LSTM(_RNNBase):
-    """torch.nn.LSTM on NumPy (gates i, f, g, o; proj_size as PyTorch)."""
+    """torch.nn.LSTM on NumPy (gates i, f, g, o; proj_size as PyTorch).
+
+    Extras (keyword-only): recurrent_dropout, zoneout (of h, as :class:`RNN`) and
+    zoneout_c (of the cell state c; None: the rate of h), dtype, seed / rng.
+    """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, proj_size=0, *, recurrent_dropout=0.0, dtype=np.float32, seed=None, rng=None):
+                 bidirectional=False, proj_size=0, *, recurrent_dropout=0.0, zoneout=0.0, zoneout_c=None,
+                 dtype=np.float32, seed=None, rng=None):
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         proj_size=proj_size, recurrent_dropout=recurrent_dropout, dtype=dtype, seed=seed, rng=rng)
+                         proj_size=proj_size, recurrent_dropout=recurrent_dropout, dtype=dtype, seed=seed, rng=rng,
+                         zoneout=zoneout, zoneout_c=zoneout_c)
 
 
 class GRU(_RNNBase):
     """torch.nn.GRU on NumPy (gates r, z, n). reset_after=False selects Cho et al. v3
-    (Keras reset_after=False): n = tanh(W_in x + b_in + W_hn (r*h) + b_hn)."""
+    (Keras reset_after=False): n = tanh(W_in x + b_in + W_hn (r*h) + b_hn).
+    Extras (keyword-only): recurrent_dropout, zoneout (as :class:`RNN`), dtype, seed / rng."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, *, reset_after=True, recurrent_dropout=0.0, dtype=np.float32, seed=None,
-                 rng=None):
+                 bidirectional=False, *, reset_after=True, recurrent_dropout=0.0, zoneout=0.0, dtype=np.float32,
+                 seed=None, rng=None):
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          reset_after=reset_after, recurrent_dropout=recurrent_dropout, dtype=dtype, seed=seed,
-                         rng=rng)
+                         rng=rng, zoneout=zoneout)
 
 
 class Linear(Module):

@@ -14,8 +14,13 @@ and a training loop does not change::
 
 Extras beyond torch.nn (keyword-only): ``recurrent_dropout`` (variational
 dropout on h_{t-1}: one mask per sequence, per layer and direction, drawn
-with torch's RNG on every training-mode call) and, for the GRU and GRUCell,
-``reset_after=False`` (Cho et al. v3 / Keras ``reset_after=False``).
+with torch's RNG on every training-mode call), ``zoneout`` (Krueger et al.
+2016: at each step each unit keeps its previous value with this probability,
+h_t = h_{t-1}; masks per step, layer and direction, drawn with torch's RNG on
+every training-mode call, the identity in eval mode; layers and cells) and
+``zoneout_c`` (the LSTM's and LSTMCell's rate for the cell state c; None: the
+rate of h) and, for the GRU and GRUCell, ``reset_after=False`` (Cho et al. v3 /
+Keras ``reset_after=False``).
 
 Each (layer, direction) is one ``torch.autograd.Function`` whose forward runs
 the whole sequence in C++ and whose backward runs the C++ BPTT; stacking,
@@ -41,8 +46,8 @@ instead of the autograd.Function above when traced: under ``torch.compile``
 (dynamo), ``torch.export`` (strict or not), a ``torch.func`` transform or a
 TorchDispatchMode; plain eager calls keep the path above. So
 ``torch.compile(model, fullgraph=True)`` compiles padded-tensor calls (any
-num_layers, bidirectional, proj_size, batch_first, unbatched, hx, dropout and
-recurrent_dropout, whose masks are drawn with torch ops) without a graph break,
+num_layers, bidirectional, proj_size, batch_first, unbatched, hx, dropout,
+recurrent_dropout and zoneout, whose masks are drawn with torch ops) without a graph break,
 forward and backward; ``torch.export.export`` gives a program holding
 ``pyrnn.rnn_layer`` nodes (batch and time may be dynamic); ``torch.func.grad`` /
 ``vjp`` over ``functional_call`` give autograd's gradients; ``torch.func.vmap``
@@ -98,6 +103,7 @@ from ._onnx import WithLengths
 from . import functional as F
 from ._cells import cell_spec
 from ._validation import check_probability
+from ._validation import zoneout_rates
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "InputError", "FrozenRNN", "FrozenRNNCell",
            "freeze", "quantize_dynamic", "WithLengths"]
@@ -116,6 +122,8 @@ class _Spec(NamedTuple):
     reverse: bool = False
     lengths: np.ndarray | None = None  # int64 [B], or None: all T
     h_mask: np.ndarray | None = None  # recurrent dropout mask [B, H_out], or None
+    zoneout_h: np.ndarray | None = None  # zoneout mask of h [T, B, H_out] (1: keep the previous value), or None
+    zoneout_c: np.ndarray | None = None  # zoneout mask of the LSTM's c [T, B, H], or None
 
 
 _np = _torch_ops._np  # NumPy view (no copy) of a CPU tensor; None stays None
@@ -125,7 +133,8 @@ def _kernel_forward(spec, arrays, training):
     """Runs one layer and direction: arrays = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr)."""
     x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr = arrays
     return F.forward(spec.cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, **spec.options, W_hr=W_hr, h_mask=spec.h_mask,
-                     lengths=spec.lengths, reverse=spec.reverse, training=training)
+                     lengths=spec.lengths, reverse=spec.reverse, training=training, zoneout_h=spec.zoneout_h,
+                     zoneout_c=spec.zoneout_c)
 
 
 class _NotTwiceDifferentiable(torch.autograd.Function):
@@ -231,6 +240,11 @@ def _dropout_mask(shape, p, dtype):
     return torch.empty(shape, dtype=dtype).bernoulli_(1.0 - p).div_(1.0 - p)
 
 
+def _zoneout_mask(shape, p, dtype, device):
+    """A zoneout mask: 1 (the unit keeps its previous value) with probability p, else 0; torch's RNG."""
+    return torch.empty(shape, dtype=dtype, device=device).bernoulli_(p)
+
+
 def _traced(x):
     """Whether this call runs through the ``pyrnn::rnn_layer`` operator rather than
     the eager autograd.Function on NumPy views: under torch.compile / torch.export
@@ -246,14 +260,15 @@ def _functorch_apply(*args):
     return _torch_ops.RnnLayerFunction.apply(*args)
 
 
-def _op(cell, options, reverse, x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths=None, h_mask=None):
+def _op(cell, options, reverse, x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths=None, h_mask=None, zoneout_h=None,
+        zoneout_c=None):
     """(y, h_n, c_n or None) for one layer and direction through the pyrnn::rnn_layer operator
     (its own autograd formula; under torch.func transforms, through an autograd.Function they accept)."""
     # need_residual: the forward keeps its training workspace (an extra output, which the backward
     # reads) only when a gradient may be taken; otherwise the inference kernel runs.
     need_residual = _needs_grad((x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, h_mask))
     args = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask, cell, options["nonlinearity"],
-            options["reset_after"], reverse, need_residual)
+            options["reset_after"], reverse, need_residual, zoneout_h, zoneout_c)
     if torch._C._are_functorch_transforms_active():
         # torch.func rejects the autograd.Function register_autograd generates; dynamo cannot trace this
         # one's apply, so a compiled torch.func transform runs it outside the graph.
@@ -270,10 +285,14 @@ class _PyrnnRNNMixin:
 
     _cell = "rnn"
     reset_after = True  # GRU's keyword; the others always run PyTorch's equations
+    zoneout = 0.0  # (class defaults: modules pickled before zoneout existed have none)
+    zoneout_c = 0.0
 
-    def __init__(self, *args, recurrent_dropout=0.0, **kwargs):
+    def __init__(self, *args, recurrent_dropout=0.0, zoneout=0.0, zoneout_c=None, **kwargs):
+        rates = zoneout_rates("LSTM" if self._cell == "lstm" else type(self).__name__, zoneout, zoneout_c)
         super().__init__(*args, **kwargs)
         self.recurrent_dropout = check_probability("recurrent_dropout", recurrent_dropout)
+        self.zoneout, self.zoneout_c = rates  # of h and (LSTM) c; the GRU's and RNN's zoneout_c is 0.0
 
     def extra_repr(self):
         s = super().extra_repr()
@@ -283,7 +302,7 @@ class _PyrnnRNNMixin:
             s += ", reset_after=False"
         if self.recurrent_dropout:
             s += f", recurrent_dropout={self.recurrent_dropout}"
-        return s
+        return s + _zoneout_repr(self)
 
     def freeze(self, precision=None):
         """An inference-only copy with the weights packed once (optionally int8 or bf16): :func:`freeze`."""
@@ -292,6 +311,19 @@ class _PyrnnRNNMixin:
     def _spec(self, **kw):
         options = {"nonlinearity": "relu" if self.mode == "RNN_RELU" else "tanh", "reset_after": self.reset_after}
         return _Spec(self._cell, options, **kw)
+
+    def _zoneout_masks(self, layer, direction, T, B, dtype):
+        """The zoneout masks of one training-mode call, for one layer and direction: (m_h [T, B, H_out],
+        m_c [T, B, H] or None), each None where its rate is 0; 1 where a unit keeps its previous value at
+        that step (Bernoulli draws with torch's RNG, so torch.manual_seed fixes them). ``forward`` draws
+        every mask through this method: override it (on the instance) to see or fix them. Time is
+        aligned with the input (entry t is the step that reads x[t], in either direction)."""
+        H_out = self.proj_size or self.hidden_size
+        device = self.weight_hh_l0.device
+        m_h = _zoneout_mask((T, B, H_out), self.zoneout, dtype, device) if self.zoneout > 0 else None
+        m_c = (_zoneout_mask((T, B, self.hidden_size), self.zoneout_c, dtype, device)
+               if self._cell == "lstm" and self.zoneout_c > 0 else None)
+        return m_h, m_c
 
     def _states(self, hx, B, unbatched, dtype):
         """(h0, c0): [L*D, B, size] tensors or None, checked as torch.nn checks them."""
@@ -354,17 +386,21 @@ class _PyrnnRNNMixin:
         D = 2 if self.bidirectional else 1
         H_out = self.proj_size or self.hidden_size
         rec_p = self.recurrent_dropout if self.training else 0.0
+        zoned = self.training and (self.zoneout > 0 or self.zoneout_c > 0)
 
         def run(layer, d, layer_x):
             k = layer * D + d
             sfx = _stack.param_suffix(layer, d)
             mask = _dropout_mask((B, H_out), rec_p, dtype) if rec_p > 0 else None
+            zh, zc = self._zoneout_masks(layer, d, T, B, dtype) if zoned else (None, None)
             W_ih, W_hh, W_hr = (getattr(self, n + sfx, None) for n in ("weight_ih", "weight_hh", "weight_hr"))
             tensors = (layer_x, None if h0_all is None else h0_all[k], None if c0_all is None else c0_all[k],
                        W_ih, W_hh, getattr(self, "bias_ih" + sfx, None), getattr(self, "bias_hh" + sfx, None), W_hr)
             if traced:
-                return _op(self._cell, options, d == 1, *tensors, lengths=lengths, h_mask=mask)
-            spec = self._spec(reverse=d == 1, lengths=lengths_np, h_mask=None if mask is None else mask.numpy())
+                return _op(self._cell, options, d == 1, *tensors, lengths=lengths, h_mask=mask, zoneout_h=zh,
+                           zoneout_c=zc)
+            spec = self._spec(reverse=d == 1, lengths=lengths_np, h_mask=_np(mask), zoneout_h=_np(zh),
+                              zoneout_c=_np(zc))
             return _run(spec, grad, *tensors)
 
         def dropout(layer, y):
@@ -382,6 +418,13 @@ class _PyrnnRNNMixin:
         elif self.batch_first:
             out = out.transpose(0, 1)
         return (out, (h_n, c_n)) if self._cell == "lstm" else (out, h_n)
+
+
+def _zoneout_repr(module):
+    s = f", zoneout={module.zoneout}" if module.zoneout else ""
+    if module._cell == "lstm" and module.zoneout_c != module.zoneout:
+        s += f", zoneout_c={module.zoneout_c}"
+    return s
 
 
 def _repack(y, lengths, like):
@@ -467,7 +510,8 @@ elif not any(isinstance(f, _DynamoImportHook) for f in sys.meta_path):
 class RNN(_PyrnnRNNMixin, nn.RNN):
     """torch.nn.RNN on pyrnn's kernels: h' = tanh|relu(W_ih x + b_ih + W_hh h + b_hh).
 
-    Extra keyword: recurrent_dropout (variational dropout on h_{t-1}, training only).
+    Extra keywords: recurrent_dropout (variational dropout on h_{t-1}, training only);
+    zoneout (the probability that a unit keeps its previous value at a step, training only).
     """
 
     _cell = "rnn"
@@ -476,7 +520,9 @@ class RNN(_PyrnnRNNMixin, nn.RNN):
 class LSTM(_PyrnnRNNMixin, nn.LSTM):
     """torch.nn.LSTM on pyrnn's kernels (gates i, f, g, o; proj_size as PyTorch).
 
-    Extra keyword: recurrent_dropout (variational dropout on h_{t-1}, training only).
+    Extra keywords: recurrent_dropout (variational dropout on h_{t-1}, training only);
+    zoneout (the probability that a unit of h keeps its previous value at a step, training
+    only) and zoneout_c (the same for the cell state c; None: zoneout).
     """
 
     _cell = "lstm"
@@ -486,7 +532,7 @@ class GRU(_PyrnnRNNMixin, nn.GRU):
     """torch.nn.GRU on pyrnn's kernels (gates r, z, n).
 
     Extra keywords: reset_after=False (Cho et al. v3 / Keras reset_after=False:
-    n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)); recurrent_dropout.
+    n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)); recurrent_dropout; zoneout.
     """
 
     _cell = "gru"
@@ -503,6 +549,26 @@ class _PyrnnCellMixin:
 
     _cell = "rnn"
     reset_after = True
+    zoneout = 0.0
+    zoneout_c = 0.0
+
+    def __init__(self, *args, zoneout=0.0, zoneout_c=None, **kwargs):
+        rates = zoneout_rates("LSTM" if self._cell == "lstm" else type(self).__name__, zoneout, zoneout_c)
+        super().__init__(*args, **kwargs)
+        self.zoneout, self.zoneout_c = rates
+
+    def extra_repr(self):
+        return super().extra_repr() + _zoneout_repr(self)
+
+    def _zoneout_masks(self, B, dtype):
+        """The zoneout masks of one training-mode step: (m_h [1, B, H], m_c [1, B, H] or None), each None
+        where its rate is 0; 1 where a unit keeps its previous value (torch's RNG). Override it (on the
+        instance) to see or fix them."""
+        H, device = self.hidden_size, self.weight_hh.device
+        m_h = _zoneout_mask((1, B, H), self.zoneout, dtype, device) if self.zoneout > 0 else None
+        m_c = (_zoneout_mask((1, B, H), self.zoneout_c, dtype, device)
+               if self._cell == "lstm" and self.zoneout_c > 0 else None)
+        return m_h, m_c
 
     def _options(self):
         return {"nonlinearity": getattr(self, "nonlinearity", "tanh"), "reset_after": self.reset_after}
@@ -538,10 +604,14 @@ class _PyrnnCellMixin:
             checked.append(h)
         h0, c0 = (checked + [None])[:2]
         weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        zh, zc = (self._zoneout_masks(x.size(0), dtype) if self.training and (self.zoneout > 0 or self.zoneout_c > 0)
+                  else (None, None))
         if _traced(x):
-            _, h1, c1 = _op(self._cell, self._options(), False, x.unsqueeze(0), h0, c0, *weights, None)
-        elif _needs_grad([x, h0, c0, *weights]):
-            _, h1, c1 = _run(_Spec(self._cell, self._options()), True, x.unsqueeze(0), h0, c0, *weights, None)
+            _, h1, c1 = _op(self._cell, self._options(), False, x.unsqueeze(0), h0, c0, *weights, None,
+                            zoneout_h=zh, zoneout_c=zc)
+        elif zh is not None or zc is not None or _needs_grad([x, h0, c0, *weights]):  # a one-step sequence
+            spec = _Spec(self._cell, self._options(), zoneout_h=_np(zh), zoneout_c=_np(zc))
+            _, h1, c1 = _run(spec, _needs_grad([x, h0, c0, *weights]), x.unsqueeze(0), h0, c0, *weights, None)
         else:
             arrays = [None if t is None else np.ascontiguousarray(_np(t)) for t in (x, h0, c0, *weights)]
             kind = cell_spec(self._cell, **self._options()).kind
@@ -553,21 +623,29 @@ class _PyrnnCellMixin:
 
 
 class RNNCell(_PyrnnCellMixin, nn.RNNCell):
-    """torch.nn.RNNCell on pyrnn's one-step kernel."""
+    """torch.nn.RNNCell on pyrnn's one-step kernel.
+
+    Extra keyword: zoneout (the probability that a unit keeps its previous value, per call; training only).
+    """
 
     _cell = "rnn"
 
-    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None, dtype=None):
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None, dtype=None, *,
+                 zoneout=0.0):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity: {nonlinearity}")
-        super().__init__(input_size, hidden_size, bias, nonlinearity, device=device, dtype=dtype)
+        super().__init__(input_size, hidden_size, bias, nonlinearity, device=device, dtype=dtype, zoneout=zoneout)
 
     def forward(self, input, hx=None):
         return self._step(input, [("hx", hx)])[0]
 
 
 class LSTMCell(_PyrnnCellMixin, nn.LSTMCell):
-    """torch.nn.LSTMCell on pyrnn's one-step kernel (gates i, f, g, o)."""
+    """torch.nn.LSTMCell on pyrnn's one-step kernel (gates i, f, g, o).
+
+    Extra keywords: zoneout (the probability that a unit of h keeps its previous value, per call;
+    training only) and zoneout_c (the same for c; None: zoneout).
+    """
 
     _cell = "lstm"
 
@@ -581,13 +659,14 @@ class LSTMCell(_PyrnnCellMixin, nn.LSTMCell):
 class GRUCell(_PyrnnCellMixin, nn.GRUCell):
     """torch.nn.GRUCell on pyrnn's one-step kernel (gates r, z, n).
 
-    Extra keyword: reset_after=False (Cho et al. v3 / Keras reset_after=False).
+    Extra keywords: reset_after=False (Cho et al. v3 / Keras reset_after=False); zoneout (as RNNCell).
     """
 
     _cell = "gru"
 
-    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, reset_after=True):
-        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, reset_after=True,
+                 zoneout=0.0):
+        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype, zoneout=zoneout)
         self.reset_after = bool(reset_after)
 
     def extra_repr(self):

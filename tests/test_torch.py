@@ -568,8 +568,8 @@ def test_kernels_share_tensor_memory(monkeypatch):
     seen = {}
     real = _core.sequence_forward
 
-    def spy(kind, x, h0, c0, W_ih, W_hh, b_ih, b_hh, *rest):
-        out = real(kind, x, h0, c0, W_ih, W_hh, b_ih, b_hh, *rest)
+    def spy(kind, x, h0, c0, W_ih, W_hh, b_ih, b_hh, *rest, **kw):
+        out = real(kind, x, h0, c0, W_ih, W_hh, b_ih, b_hh, *rest, **kw)
         seen.update(x=x.ctypes.data, h0=h0.ctypes.data, c0=c0.ctypes.data, W_ih=W_ih.ctypes.data,
                     W_hh=W_hh.ctypes.data, b_ih=b_ih.ctypes.data, y=out[0].ctypes.data, h_n=out[1].ctypes.data)
         return out

@@ -200,9 +200,9 @@ def _count_kernel_calls(monkeypatch):
     for kind in counts:
         real = getattr(_core, f"sequence_{kind}")
 
-        def spy(*a, _real=real, _kind=kind):
+        def spy(*a, _real=real, _kind=kind, **kw):
             counts[_kind] += 1
-            return _real(*a)
+            return _real(*a, **kw)
 
         monkeypatch.setattr(_core, f"sequence_{kind}", spy)
     return counts
