@@ -62,7 +62,7 @@ try:
     except ImportError:
         _use_installed_extension()
 
-    from . import diagnostics, functional, optim, reference
+    from . import diagnostics, functional, optim, reference, reservoir
     from ._config import (cache_info, cache_sizes, empty_cache, fma_peak_gflops, get_num_threads, isa,
                           memory_bandwidth, set_cache_limit, set_num_threads, show_config, thread_setting,
                           thread_stats)
@@ -88,6 +88,7 @@ __all__ = [
     "optim",
     "diagnostics",
     "reference",
+    "reservoir",
     "show_config",
     "set_num_threads",
     "get_num_threads",

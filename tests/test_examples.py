@@ -18,7 +18,7 @@ import pytest
 import pyrnn
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-NAMES = ["vanishing_gradients", "adding_problem", "char_rnn", "seq2seq"]
+NAMES = ["vanishing_gradients", "adding_problem", "char_rnn", "seq2seq", "reservoir"]
 
 
 def load(name):
