@@ -278,3 +278,26 @@ def layer_states(layer, hx, B, unbatched):
         return (_layer_state(layer, "hidden[0]", hx[0], B, H_out, unbatched),
                 _layer_state(layer, "hidden[1]", hx[1], B, layer.hidden_size, unbatched))
     return _layer_state(layer, "hidden", hx, B, H_out, unbatched), None
+
+
+def check_layernorm_params(cell, H, dtype, params):
+    """The layer-norm gains and biases of a layer-normalised ``cell`` ("lstm" or
+    "gru") with H hidden units: ``params`` maps "ln_ih" and "ln_hh" (gains,
+    [G*H]) and, for the LSTM, "ln_c_weight" ([H], the cell-state gain) and
+    "ln_c_bias" ([H] or None: no cell-state bias) to arrays. Each must have the
+    forward's ``dtype``. Returns them in order, as arrays."""
+    G = GATES[cell]
+    out = []
+    for name, a in params.items():
+        size, layout = (H, "(H,)") if name.startswith("ln_c") else (G * H, f"({G}*H,)")
+        if a is None:
+            if name != "ln_c_bias":
+                raise TypeError(f"{name} must be an array of shape {layout} = {(size,)}, got None")
+            out.append(None)
+            continue
+        a = as_float_array(name, a)
+        if a.dtype != dtype:
+            raise TypeError(f"{name} must have the dtype of x, {dtype}, got {a.dtype}")
+        check_shape(name, a, (size,), layout)
+        out.append(a)
+    return out

@@ -1,0 +1,249 @@
+"""Layer-normalised LSTM and GRU (issue #16): the NumPy reference.
+
+* backward against central finite differences (random-direction VJP checks,
+  all inputs at once and one input at a time), with lengths and reverse;
+* lengths / reverse semantics against running each sequence on its own;
+* the forward against an independent torch formulation (LSTMCell-style
+  equations with torch.nn.functional.layer_norm per gate block), when torch
+  is importable;
+* input validation.
+"""
+
+import numpy as np
+import pytest
+
+from pyrnn import reference as ref
+from pyrnn.testing import (LN_GRAD_NAMES, make_layernorm_params, random_cotangents, run_layernorm_backward,
+                           run_layernorm_forward)
+
+CELLS = ("lstm", "gru")
+
+
+def ref_forward(cell, p, **kw):
+    return run_layernorm_forward(ref, cell, p, **kw)
+
+
+def ref_backward(cell, cache, cot):
+    return run_layernorm_backward(ref, cell, cache, cot)
+
+
+def _slice_sequence(p, b, L):
+    """The inputs of sequence b alone, truncated to length L."""
+    return {k: (v[:L, b:b + 1] if k == "x" else v[b:b + 1] if k in ("h0", "c0") else v) for k, v in p.items()}
+
+
+# ---------------------------------------------------------------------------
+# finite differences
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("lengths", [None, [4, 1, 3]], ids=["full", "lengths"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_vjp_matches_finite_differences(cell, bias, lengths, reverse):
+    rng = np.random.default_rng(20261202)
+    p = make_layernorm_params(rng, cell, bias=bias)
+    kw = {"lengths": lengths, "reverse": reverse}
+    outs, cache = ref_forward(cell, p, **kw)
+    cot = random_cotangents(rng, outs)
+    grads = ref_backward(cell, cache, cot)
+
+    for name in LN_GRAD_NAMES[cell]:
+        if name in p:
+            assert grads[name].shape == p[name].shape, name
+            assert grads[name].dtype == np.float64, name
+        else:  # no bias
+            assert grads[name] is None, name
+
+    def loss(q):
+        o, c = ref_forward(cell, q, training=False, **kw)
+        assert c is None
+        return sum(np.sum(cot[k] * o[k]) for k in o)
+
+    direction = {k: rng.standard_normal(v.shape) for k, v in p.items()}
+    eps = 1e-6
+
+    def check(names):
+        analytic = sum(np.sum(grads[k] * direction[k]) for k in names)
+        plus = {k: v + eps * direction[k] if k in names else v for k, v in p.items()}
+        minus = {k: v - eps * direction[k] if k in names else v for k, v in p.items()}
+        numeric = (loss(plus) - loss(minus)) / (2 * eps)
+        assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-8), names
+
+    check(tuple(p))  # every input at once
+    for name in p:  # one input at a time, to localise a wrong gradient
+        check((name,))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_single_entries_match_finite_differences(cell):
+    """Spot checks of single parameter entries (one per gate block), so a
+    gradient landing in the wrong block cannot cancel out in a sum."""
+    rng = np.random.default_rng(5)
+    H = 3
+    p = make_layernorm_params(rng, cell, T=3, B=2, I=4, H=H)
+    outs, cache = ref_forward(cell, p, lengths=[3, 2])
+    cot = random_cotangents(rng, outs)
+    grads = ref_backward(cell, cache, cot)
+
+    def loss(q):
+        o, _ = ref_forward(cell, q, lengths=[3, 2], training=False)
+        return sum(np.sum(cot[k] * o[k]) for k in o)
+
+    eps = 1e-6
+    for name, v in p.items():
+        for flat in range(0, v.size, max(1, H - 1)):
+            idx = np.unravel_index(flat, v.shape)
+            plus, minus = dict(p, **{name: v.copy()}), dict(p, **{name: v.copy()})
+            plus[name][idx] += eps
+            minus[name][idx] -= eps
+            numeric = (loss(plus) - loss(minus)) / (2 * eps)
+            assert grads[name][idx] == pytest.approx(numeric, rel=1e-6, abs=1e-9), (name, idx)
+
+
+# ---------------------------------------------------------------------------
+# lengths / reverse semantics
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_lengths_match_running_each_sequence_alone(cell, reverse):
+    rng = np.random.default_rng(7)
+    lengths = np.array([4, 1, 3])
+    p = make_layernorm_params(rng, cell)
+    outs, cache = ref_forward(cell, p, lengths=lengths, reverse=reverse)
+    cot = random_cotangents(rng, outs)
+    grads = ref_backward(cell, cache, cot)
+    totals = {}
+    for b, L in enumerate(lengths):
+        assert np.all(outs["y"][L:, b] == 0)
+        assert np.all(grads["x"][L:, b] == 0)
+        outs_b, cache_b = ref_forward(cell, _slice_sequence(p, b, L), reverse=reverse)
+        cot_b = {k: (v[:L, b:b + 1] if k == "y" else v[b:b + 1]) for k, v in cot.items()}
+        grads_b = ref_backward(cell, cache_b, cot_b)
+        np.testing.assert_allclose(outs["y"][:L, b], outs_b["y"][:, 0], rtol=1e-12, atol=1e-14)
+        for k in ("h_n", "c_n"):
+            if k in outs:
+                np.testing.assert_allclose(outs[k][b], outs_b[k][0], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(grads["x"][:L, b], grads_b["x"][:, 0], rtol=1e-12, atol=1e-14)
+        for k in ("h0", "c0"):
+            if k in grads:
+                np.testing.assert_allclose(grads[k][b], grads_b[k][0], rtol=1e-12, atol=1e-14)
+        for k, g in grads_b.items():
+            if k not in ("x", "h0", "c0"):
+                totals[k] = totals.get(k, 0) + g
+    for k, total in totals.items():  # parameter gradients are the sums over the sequences
+        np.testing.assert_allclose(grads[k], total, rtol=1e-11, atol=1e-13, err_msg=k)
+
+    cot_noisy = dict(cot, y=cot["y"].copy())  # dy at padded positions is ignored
+    for b, L in enumerate(lengths):
+        cot_noisy["y"][L:, b] = 100.0
+    for k, g in ref_backward(cell, cache, cot_noisy).items():
+        np.testing.assert_array_equal(g, grads[k])
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_reverse_equals_forward_on_flipped_input(cell):
+    rng = np.random.default_rng(11)
+    p = make_layernorm_params(rng, cell)
+    outs, cache = ref_forward(cell, p, reverse=True)
+    outs_f, cache_f = ref_forward(cell, dict(p, x=p["x"][::-1]))
+    np.testing.assert_allclose(outs["y"], outs_f["y"][::-1], rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(outs["h_n"], outs_f["h_n"], rtol=1e-13, atol=1e-15)
+    cot = random_cotangents(rng, outs)
+    grads = ref_backward(cell, cache, cot)
+    grads_f = ref_backward(cell, cache_f, dict(cot, y=cot["y"][::-1]))
+    np.testing.assert_allclose(grads["x"], grads_f["x"][::-1], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(grads["W_hh"], grads_f["W_hh"], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_float32_agrees_with_float64(cell):
+    rng = np.random.default_rng(5)
+    p64 = make_layernorm_params(rng, cell)
+    p32 = {k: v.astype(np.float32) for k, v in p64.items()}
+    kw = {"lengths": [4, 1, 3], "reverse": True}
+    outs64, cache64 = ref_forward(cell, p64, **kw)
+    outs32, cache32 = ref_forward(cell, p32, **kw)
+    for k in outs64:
+        assert outs32[k].dtype == np.float32, k
+        np.testing.assert_allclose(outs32[k], outs64[k], rtol=0, atol=1e-5, err_msg=k)
+    cot64 = random_cotangents(rng, outs64)
+    grads64 = ref_backward(cell, cache64, cot64)
+    grads32 = ref_backward(cell, cache32, {k: v.astype(np.float32) for k, v in cot64.items()})
+    for k in grads64:
+        assert grads32[k].dtype == np.float32, k
+        np.testing.assert_allclose(grads32[k], grads64[k], rtol=1e-4, atol=1e-4, err_msg=k)
+
+
+# ---------------------------------------------------------------------------
+# against an independent torch formulation
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_forward_matches_torch_layer_norm(cell):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = np.random.default_rng(9)
+    H = 5
+    p = make_layernorm_params(rng, cell, H=H)
+    outs, _ = ref_forward(cell, p, training=False)
+    t = {k: torch.from_numpy(v) for k, v in p.items()}
+    G = 4 if cell == "lstm" else 3
+
+    def ln(v, gamma, beta):  # each gate block through torch's own layer_norm
+        blocks = [F.layer_norm(v[:, k * H:(k + 1) * H], (H,), gamma[k * H:(k + 1) * H],
+                               beta[k * H:(k + 1) * H], eps=1e-5) for k in range(G)]
+        return torch.cat(blocks, dim=1)
+
+    h, c = t["h0"], t.get("c0")
+    ys = []
+    for x_t in t["x"]:
+        gi = ln(x_t @ t["W_ih"].T, t["ln_ih"], t["b_ih"])
+        gh = ln(h @ t["W_hh"].T, t["ln_hh"], t["b_hh"])
+        if cell == "lstm":
+            i, f, g, o = (gi + gh).chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(F.layer_norm(c, (H,), t["ln_c_weight"], t["ln_c_bias"], eps=1e-5))
+        else:
+            r = torch.sigmoid(gi[:, :H] + gh[:, :H])
+            z = torch.sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
+            n = torch.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
+            h = (1 - z) * n + z * h
+        ys.append(h)
+    np.testing.assert_allclose(outs["y"], torch.stack(ys).numpy(), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(outs["h_n"], h.numpy(), rtol=1e-12, atol=1e-13)
+    if cell == "lstm":
+        np.testing.assert_allclose(outs["c_n"], c.numpy(), rtol=1e-12, atol=1e-13)
+
+
+# ---------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------
+
+
+def test_reference_rejects_bad_inputs():
+    rng = np.random.default_rng(0)
+    p = make_layernorm_params(rng, "lstm")
+    with pytest.raises(ValueError, match=r"ln_ih must have shape \(4\*H,\)"):
+        ref_forward("lstm", dict(p, ln_ih=p["ln_ih"][:-1]))
+    with pytest.raises(ValueError, match=r"ln_c_weight must have shape \(H,\)"):
+        ref_forward("lstm", dict(p, ln_c_weight=p["ln_ih"]))
+    with pytest.raises(TypeError, match="ln_hh must have the dtype of x"):
+        ref_forward("lstm", dict(p, ln_hh=p["ln_hh"].astype(np.float32)))
+    with pytest.raises(TypeError, match="ln_c_weight must be an array"):
+        ref_forward("lstm", dict(p, ln_c_weight=None))
+    g = make_layernorm_params(rng, "gru")
+    with pytest.raises(ValueError, match=r"W_hh must have shape \(3\*H, H\)"):
+        ref_forward("gru", dict(g, W_hh=p["W_hh"]))
+    _, cache = ref_forward("gru", g)
+    with pytest.raises(ValueError, match="needs a cache from layernorm_lstm_forward, got one from 'layernorm_gru'"):
+        ref.layernorm_lstm_backward(cache)
+    _, plain = ref.gru_forward(g["x"], None, g["W_ih"], g["W_hh"])[1:]
+    with pytest.raises(ValueError, match="needs a cache from layernorm_gru_forward, got one from 'gru'"):
+        ref.layernorm_gru_backward(plain)
+    with pytest.raises(ValueError, match=r"dh_n must have shape \(B, H\)"):
+        ref.layernorm_gru_backward(cache, None, np.zeros((2, 2)))
