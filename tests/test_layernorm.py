@@ -247,3 +247,183 @@ def test_reference_rejects_bad_inputs():
         ref.layernorm_gru_backward(plain)
     with pytest.raises(ValueError, match=r"dh_n must have shape \(B, H\)"):
         ref.layernorm_gru_backward(cache, None, np.zeros((2, 2)))
+
+
+# ===========================================================================
+# the C++ kernels (pyrnn.functional.layernorm_*) against the reference
+# ===========================================================================
+
+from pyrnn import functional as F  # noqa: E402
+from pyrnn.testing import assert_close  # noqa: E402
+
+# (T, B, I, H, bias, lengths, reverse): odd H (not whole vectors at any ISA
+# level), single units, batches that end mid-tile, lengths with ties.
+KERNEL_CONFIGS = {
+    "H1": (3, 2, 3, 1, True, None, False),
+    "H7-rev": (4, 3, 5, 7, True, None, True),
+    "H17-len": (5, 7, 6, 17, True, [5, 2, 5, 1, 3, 4, 2], False),
+    "H33-len-rev": (6, 5, 9, 33, False, [6, 1, 4, 6, 2], True),
+    "H33-B13": (3, 13, 4, 33, True, None, False),
+}
+
+
+def _kernel_params(cell, cfg, dtype, rng):
+    T, B, I, H, bias, lengths, reverse = KERNEL_CONFIGS[cfg]
+    p = make_layernorm_params(rng, cell, T=T, B=B, I=I, H=H, bias=bias, dtype=dtype)
+    return p, {"lengths": None if lengths is None else np.array(lengths), "reverse": reverse}
+
+
+def _check_kernel_parity(cell, p, kw, dtype, rng):
+    outs, ws = run_layernorm_forward(F, cell, p, **kw)
+    p64 = {k: v.astype(np.float64) for k, v in p.items()}  # float32 kernels vs the float64 reference
+    ref_outs, cache = ref_forward(cell, p64, **kw)
+    for k in ref_outs:
+        assert outs[k].dtype == dtype, k
+        assert_close(outs[k], ref_outs[k], dtype, k)
+    cot = random_cotangents(rng, outs)
+    grads = run_layernorm_backward(F, cell, ws, cot)
+    ref_grads = ref_backward(cell, cache, {k: v.astype(np.float64) for k, v in cot.items()})
+    for k in LN_GRAD_NAMES[cell]:
+        if ref_grads[k] is None:
+            assert grads[k] is None, k
+            continue
+        assert grads[k].dtype == dtype, k
+        assert_close(grads[k], ref_grads[k], dtype, "d" + k)
+
+
+@pytest.mark.parametrize("cfg", list(KERNEL_CONFIGS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_kernels_match_reference(cell, dtype, cfg, isa, rng):
+    p, kw = _kernel_params(cell, cfg, dtype, rng)
+    _check_kernel_parity(cell, p, kw, dtype, rng)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_kernels_without_initial_states_or_cell_bias(cell, isa, rng):
+    p, kw = _kernel_params(cell, "H17-len", np.float64, rng)
+    p.pop("h0")
+    p.pop("c0", None)
+    p.pop("ln_c_bias", None)
+    _check_kernel_parity(cell, p, kw, np.float64, rng)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_kernels_at_a_benchmark_like_size(cell, rng):
+    """Several GEMM panels and row tiles per step (H = 70 over 4 gates)."""
+    p = make_layernorm_params(rng, cell, T=6, B=20, I=24, H=70, dtype=np.float32)
+    _check_kernel_parity(cell, p, {"lengths": np.array([6, 5] * 10)}, np.float32, rng)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_kernel_gradients_match_finite_differences(cell, rng):
+    p, kw = _kernel_params(cell, "H7-rev", np.float64, rng)
+    outs, ws = run_layernorm_forward(F, cell, p, **kw)
+    cot = random_cotangents(rng, outs)
+    grads = run_layernorm_backward(F, cell, ws, cot)
+    direction = {k: rng.standard_normal(v.shape) for k, v in p.items()}
+
+    def loss(q):
+        o, w = run_layernorm_forward(F, cell, q, training=False, **kw)
+        assert w is None
+        return sum(np.sum(cot[k] * o[k]) for k in o)
+
+    eps = 1e-6
+    plus = {k: v + eps * direction[k] for k, v in p.items()}
+    minus = {k: v - eps * direction[k] for k, v in p.items()}
+    numeric = (loss(plus) - loss(minus)) / (2 * eps)
+    analytic = sum(np.sum(grads[k] * direction[k]) for k in p)
+    assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_thread_counts_are_bitwise_equal(cell, dtype, isa, threads, rng):
+    """Work is split over output elements only, so 1 and 2 threads agree bitwise."""
+    p = make_layernorm_params(rng, cell, T=5, B=9, I=11, H=45, dtype=dtype)
+    kw = {"lengths": np.array([5, 3, 5, 1, 2, 4, 5, 3, 2]), "reverse": True}
+    results = []
+    for n in (1, 2):
+        threads(n)
+        outs, ws = run_layernorm_forward(F, cell, p, **kw)
+        cot = random_cotangents(np.random.default_rng(0), outs)
+        results.append((outs, run_layernorm_backward(F, cell, ws, cot)))
+    (o1, g1), (o2, g2) = results
+    for k in o1:
+        np.testing.assert_array_equal(o1[k], o2[k], err_msg=k)
+    for k in g1:
+        if g1[k] is not None:
+            np.testing.assert_array_equal(g1[k], g2[k], err_msg=k)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_inference_equals_training_forward(cell, rng):
+    p, kw = _kernel_params(cell, "H33-len-rev", np.float32, rng)
+    train, _ = run_layernorm_forward(F, cell, p, **kw)
+    infer, ws = run_layernorm_forward(F, cell, p, training=False, **kw)
+    assert ws is None
+    for k in train:
+        np.testing.assert_array_equal(train[k], infer[k], err_msg=k)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_kernel_empty_batch(cell, rng):
+    p = make_layernorm_params(rng, cell, T=3, B=0, I=4, H=5)
+    outs, ws = run_layernorm_forward(F, cell, p)
+    assert outs["y"].shape == (3, 0, 5) and outs["h_n"].shape == (0, 5)
+    grads = run_layernorm_backward(F, cell, ws, random_cotangents(rng, outs))
+    for k, g in grads.items():
+        assert g.shape == p[k].shape and not np.any(g), k
+
+
+def test_workspace_reports_saved_bytes(rng):
+    p = make_layernorm_params(rng, "lstm", T=4, B=3, I=5, H=7, dtype=np.float32)
+    _, ws = run_layernorm_forward(F, "lstm", p)
+    assert ws.nbytes >= 4 * 3 * (3 * 4 * 7 + 3 * 7) * 4  # xhat_ih, xhat_hh, gates; c, xhat_c, tanh_c
+    assert ws.shape == (4, 3, 5, 7) and ws.dtype == np.float32
+
+
+def test_functional_validation(rng):
+    p = make_layernorm_params(rng, "lstm", T=3, B=2, I=4, H=5)
+    with pytest.raises(ValueError, match=r"ln_hh must have shape \(4\*H,\) = \(20,\)"):
+        run_layernorm_forward(F, "lstm", dict(p, ln_hh=np.ones(5)))
+    with pytest.raises(TypeError, match="ln_c_bias must have the dtype of x"):
+        run_layernorm_forward(F, "lstm", dict(p, ln_c_bias=p["ln_c_bias"].astype(np.float32)))
+    with pytest.raises(ValueError, match=r"lengths must lie in \[1, T\]"):
+        run_layernorm_forward(F, "lstm", p, lengths=np.array([4, 1]))
+    with pytest.raises(ValueError, match="both be given or both be None"):
+        run_layernorm_forward(F, "lstm", dict(p, b_ih=None))
+    _, ws = run_layernorm_forward(F, "lstm", p)
+    with pytest.raises(ValueError, match="needs a workspace from layernorm_gru_forward, got one from "
+                                         "layernorm_lstm_forward"):
+        F.layernorm_gru_backward(ws)
+    with pytest.raises(ValueError, match=r"dy must have shape \(T, B, H\)"):
+        F.layernorm_lstm_backward(ws, np.zeros((3, 2, 4)))
+    with pytest.raises(TypeError, match="dh_n must have the forward dtype float64"):
+        F.layernorm_lstm_backward(ws, None, np.zeros((2, 5), np.float32))
+    with pytest.raises(ValueError, match="needs the workspace of layernorm_lstm_forward"):
+        F.layernorm_lstm_backward(None)
+    _, _, plain = F.gru_forward(p["x"], None, np.zeros((15, 4)), np.zeros((15, 5)))
+    with pytest.raises(TypeError, match="needs a pyrnn workspace from layernorm_gru_forward, got Workspace"):
+        F.layernorm_gru_backward(plain)
+
+
+def test_core_checks_arrays_itself(rng):
+    """The extension protects memory when called directly (no Python validation)."""
+    from pyrnn import _core
+    p = make_layernorm_params(rng, "gru", T=3, B=2, I=4, H=5)
+    args = [_core.CellKind.GRU, p["x"], None, None, p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"], p["ln_ih"],
+            p["ln_hh"], None, None, None, False, True]
+    _core.layernorm_forward(*args)
+    bad = list(args)
+    bad[8] = np.ones(14)
+    with pytest.raises(ValueError, match="ln_ih: expected a C-contiguous array of shape"):
+        _core.layernorm_forward(*bad)
+    bad = list(args)
+    bad[12] = np.array([3, 4], np.int64)
+    with pytest.raises(ValueError, match="lengths must lie in"):
+        _core.layernorm_forward(*bad)
+    bad = list(args)
+    bad[0] = _core.CellKind.RNN_TANH
+    with pytest.raises(ValueError, match="the LSTM or the GRU"):
+        _core.layernorm_forward(*bad)

@@ -76,21 +76,24 @@ inline T ln_block_forward(const T* v, int64_t H, int64_t Hp, T* xhat) {
 }
 
 // LN backward of one block: dv = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-// with dxhat = dout * gamma; dout, xhat Hp wide; gamma H wide. dv may alias dout.
+// with dxhat = dout * gamma; dout, xhat Hp wide; gamma H wide. dv may alias
+// dout. dxhat goes through dv's memory, rounded once: recomputing it in the
+// second pass would let -ffp-contract fuse dout * gamma - mean into an FMA
+// with an unrounded product, and the difference (zero when H = 1) would be
+// an ulp of dxhat amplified by rstd (up to 1/sqrt(eps) ~ 316).
 template <class T>
 inline void ln_block_backward(const T* dout, const T* xhat, T rstd, const T* gamma, int64_t H, int64_t Hp, T* dv) {
   constexpr int L = kLanes<T>;
   Vec<T> s1{}, s2{};
   for (int64_t u = 0; u < Hp; u += L) {
     Vec<T> dx = loadu(dout + u) * load_h(gamma, u, H);
+    storeu(dv + u, dx);
     s1 += dx;
     s2 += dx * loadu(xhat + u);
   }
   const T m1 = hsum<T>(s1) / T(H), m2 = hsum<T>(s2) / T(H);
-  for (int64_t u = 0; u < Hp; u += L) {
-    Vec<T> dx = loadu(dout + u) * load_h(gamma, u, H);
-    storeu(dv + u, keep_first<T>((dx - m1 - loadu(xhat + u) * m2) * rstd, H - u));
-  }
+  for (int64_t u = 0; u < Hp; u += L)
+    storeu(dv + u, keep_first<T>((loadu(dv + u) - m1 - loadu(xhat + u) * m2) * rstd, H - u));
 }
 
 // A gain/beta vector of H units (beta may be null: zeros).
