@@ -427,3 +427,159 @@ def test_core_checks_arrays_itself(rng):
     bad[0] = _core.CellKind.RNN_TANH
     with pytest.raises(ValueError, match="the LSTM or the GRU"):
         _core.layernorm_forward(*bad)
+
+
+# ===========================================================================
+# the NumPy layers pyrnn.LayerNormLSTM / LayerNormGRU
+# ===========================================================================
+
+import pyrnn  # noqa: E402
+
+LAYERS = {"lstm": pyrnn.LayerNormLSTM, "gru": pyrnn.LayerNormGRU}
+
+
+def _randomise(layer, rng):
+    """Gains and betas away from their 1 / 0 init, so every parameter matters."""
+    for name, p in layer.named_parameters():
+        if name.startswith("ln_weight"):
+            p[...] = rng.uniform(0.5, 1.5, p.shape)
+        elif name.startswith(("bias", "ln_bias")):
+            p[...] = rng.uniform(-0.5, 0.5, p.shape)
+
+
+def test_layer_parameter_names_shapes_and_init():
+    lstm = pyrnn.LayerNormLSTM(5, 3, num_layers=2, bidirectional=True, seed=0)
+    shapes = dict((k, v.shape) for k, v in lstm.named_parameters())
+    assert shapes["weight_ih_l0"] == (12, 5) and shapes["weight_ih_l1_reverse"] == (12, 6)
+    assert shapes["weight_hh_l1"] == (12, 3) and shapes["ln_weight_ih_l0_reverse"] == (12,)
+    assert shapes["ln_weight_c_l1"] == (3,) and shapes["ln_bias_c_l0"] == (3,)
+    assert len(shapes) == 2 * 2 * 8
+    assert np.all(lstm.ln_weight_hh_l0 == 1) and np.all(lstm.bias_ih_l0 == 0) and np.all(lstm.ln_bias_c_l1 == 0)
+    assert np.max(np.abs(lstm.weight_hh_l0)) <= 1 / np.sqrt(3) and np.std(lstm.weight_ih_l0) > 0
+    gru = pyrnn.LayerNormGRU(4, 6, bias=False, dtype=np.float64)
+    assert [k for k, _ in gru.named_parameters()] == ["weight_ih_l0", "weight_hh_l0", "ln_weight_ih_l0",
+                                                      "ln_weight_hh_l0"]
+    assert gru.weight_ih_l0.dtype == np.float64
+    assert repr(pyrnn.LayerNormLSTM(5, 3, num_layers=2, bidirectional=True)) == \
+        "LayerNormLSTM(5, 3, num_layers=2, bidirectional=True)"
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_layer_matches_reference_composition(cell, rng):
+    """A 2-layer bidirectional layer with lengths equals the reference run direction by direction."""
+    layer = LAYERS[cell](4, 5, num_layers=2, bidirectional=True, dtype=np.float64, seed=1)
+    _randomise(layer, rng)
+    x = rng.standard_normal((6, 3, 4))
+    lengths = np.array([6, 2, 4])
+    out, _ = layer(x, lengths=lengths)
+    layer_x = x
+    for k in range(2):
+        ys = []
+        for d in range(2):
+            p = {"x": layer_x, **{n: v for n, v in layer.direction_params(k, d).items() if v is not None}}
+            ys.append(ref_forward(cell, p, lengths=lengths, reverse=d == 1, training=False)[0]["y"])
+        layer_x = np.concatenate(ys, axis=2)
+    np.testing.assert_allclose(out, layer_x, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("cell", CELLS)
+def test_layer_gradients_match_finite_differences(cell, batch_first, rng):
+    layer = LAYERS[cell](3, 4, num_layers=2, bidirectional=True, batch_first=batch_first, dtype=np.float64, seed=2)
+    _randomise(layer, rng)
+    T, B = 5, 3
+    x = rng.standard_normal((B, T, 3) if batch_first else (T, B, 3))
+    lengths = np.array([5, 1, 3])
+    shape = (4, B, 4)
+    hx = (rng.standard_normal(shape), rng.standard_normal(shape)) if cell == "lstm" else rng.standard_normal(shape)
+    out, states = layer(x, hx, lengths=lengths)
+    dy = rng.standard_normal(out.shape)
+    dstates = ((rng.standard_normal(shape), rng.standard_normal(shape)) if cell == "lstm"
+               else rng.standard_normal(shape))
+    dx, dhx = layer.backward(dy, *(dstates if cell == "lstm" else (dstates,)))
+    grads = {k: v.copy() for k, v in layer.grads.items()}
+
+    def loss():
+        o, s = layer(x, hx, lengths=lengths)
+        total = np.sum(o * dy)
+        if cell == "lstm":
+            return total + np.sum(s[0] * dstates[0]) + np.sum(s[1] * dstates[1])
+        return total + np.sum(s * dstates)
+
+    eps = 1e-6
+    layer.eval()
+    params = dict(layer.named_parameters())
+    direction = {k: rng.standard_normal(v.shape) for k, v in params.items()}
+    dxd = rng.standard_normal(x.shape)
+    analytic = sum(np.sum(grads[k] * direction[k]) for k in params) + np.sum(dx * dxd)
+    x0 = x.copy()
+    for sign in (1, -1):
+        for k, p in params.items():
+            p += sign * eps * direction[k]
+        x = x0 + sign * eps * dxd
+        if sign == 1:
+            plus = loss()
+            for k, p in params.items():
+                p -= eps * direction[k]
+        else:
+            minus = loss()
+            for k, p in params.items():
+                p += eps * direction[k]
+    assert analytic == pytest.approx((plus - minus) / (2 * eps), rel=1e-6)
+    # the initial states' gradients, one direction at once
+    x = x0
+    if cell == "lstm":
+        hd = rng.standard_normal(shape)
+        hx0 = hx
+        hx = (hx0[0] + eps * hd, hx0[1])
+        plus = loss()
+        hx = (hx0[0] - eps * hd, hx0[1])
+        minus = loss()
+        assert np.sum(dhx[0] * hd) == pytest.approx((plus - minus) / (2 * eps), rel=1e-6)
+    else:
+        hd = rng.standard_normal(shape)
+        hx0 = hx
+        hx = hx0 + eps * hd
+        plus = loss()
+        hx = hx0 - eps * hd
+        minus = loss()
+        assert np.sum(dhx * hd) == pytest.approx((plus - minus) / (2 * eps), rel=1e-6)
+
+
+def test_layer_dropout_state_dict_and_grads():
+    lstm = pyrnn.LayerNormLSTM(3, 4, num_layers=2, dropout=0.5, seed=3)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    out_a, _ = lstm(x)
+    out_b, _ = lstm(x)
+    assert not np.array_equal(out_a, out_b)  # a fresh dropout mask per call in training mode
+    lstm.backward(np.ones_like(out_b))
+    assert all(np.any(g) for g in lstm.grads.values())
+    lstm.zero_grad()
+    assert not any(np.any(g) for g in lstm.grads.values())
+    lstm.eval()
+    ref_out, (h, c) = lstm(x)
+    assert np.array_equal(ref_out, lstm(x)[0])  # no dropout in eval mode
+    other = pyrnn.LayerNormLSTM(3, 4, num_layers=2, seed=4).eval()
+    other.load_state_dict(lstm.state_dict())
+    np.testing.assert_array_equal(other(x)[0], ref_out)
+    with pytest.raises(ValueError, match="missing keys"):
+        other.load_state_dict({k: v for k, v in lstm.state_dict().items() if "ln_bias_c" not in k})
+    unbatched, _ = other(x[:, 0])
+    np.testing.assert_allclose(unbatched, ref_out[:, 0], rtol=1e-6, atol=1e-7)
+
+
+def test_layer_errors():
+    gru = pyrnn.LayerNormGRU(3, 4)
+    with pytest.raises(RuntimeError, match="LayerNormGRU.backward needs a forward call in training mode"):
+        gru.backward()
+    with pytest.raises(ValueError, match="input_size"):
+        gru(np.zeros((2, 1, 5), np.float32))
+    with pytest.raises(TypeError, match="dtype"):
+        gru(np.zeros((2, 1, 3)))
+    out, _ = gru(np.zeros((2, 1, 3), np.float32))
+    with pytest.raises(ValueError, match="dc_n is only used by the LSTM"):
+        gru.backward(None, None, np.zeros((1, 1, 4), np.float32))
+    with pytest.raises(ValueError, match="must be greater than zero"):
+        pyrnn.LayerNormLSTM(3, 0)
+    with pytest.raises(TypeError, match="hx must be a tuple"):
+        pyrnn.LayerNormLSTM(3, 4)(np.zeros((2, 1, 3), np.float32), np.zeros((1, 1, 4), np.float32))
