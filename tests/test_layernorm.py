@@ -583,3 +583,98 @@ def test_layer_errors():
         pyrnn.LayerNormLSTM(3, 0)
     with pytest.raises(TypeError, match="hx must be a tuple"):
         pyrnn.LayerNormLSTM(3, 4)(np.zeros((2, 1, 3), np.float32), np.zeros((1, 1, 4), np.float32))
+
+
+# ===========================================================================
+# pyrnn.torch.LayerNormLSTM / LayerNormGRU
+# ===========================================================================
+
+
+def _torch():
+    return pytest.importorskip("torch")
+
+
+def _torch_module(cell, **kw):
+    import pyrnn.torch as pt
+    return (pt.LayerNormLSTM if cell == "lstm" else pt.LayerNormGRU)(**kw)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_torch_module_matches_numpy_layer(cell, rng):
+    torch = _torch()
+    kw = dict(input_size=4, hidden_size=5, num_layers=2, bidirectional=True, batch_first=True)
+    m = _torch_module(cell, dtype=torch.float64, **kw)
+    layer = LAYERS[cell](**kw, dtype=np.float64, seed=0)
+    _randomise(layer, rng)
+    m.load_state_dict({k: torch.from_numpy(v) for k, v in layer.state_dict().items()})
+    assert [k for k, _ in m.named_parameters()] == [k for k, _ in layer.named_parameters()]
+    x = rng.standard_normal((3, 6, 4))
+    lengths = np.array([6, 2, 5])
+    out, states = layer(x, lengths=lengths)
+    xt = torch.from_numpy(x).requires_grad_()
+    out_t, states_t = m(xt, lengths=torch.from_numpy(lengths))
+    np.testing.assert_allclose(out_t.detach().numpy(), out, rtol=1e-12, atol=1e-13)
+    dy = rng.standard_normal(out.shape)
+    dx, _ = layer.backward(dy)
+    (out_t * torch.from_numpy(dy)).sum().backward()
+    np.testing.assert_allclose(xt.grad.numpy(), dx, rtol=1e-11, atol=1e-12)
+    for name, p in m.named_parameters():
+        np.testing.assert_allclose(p.grad.numpy(), layer.grads[name], rtol=1e-11, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_torch_gradcheck(cell, rng):
+    torch = _torch()
+    torch.manual_seed(0)
+    m = _torch_module(cell, input_size=3, hidden_size=4, num_layers=2, bidirectional=True, dtype=torch.float64)
+    with torch.no_grad():
+        for name, p in m.named_parameters():  # gains and betas away from 1 / 0
+            if not name.startswith("weight"):
+                p.add_(torch.rand(p.shape, dtype=torch.float64) - 0.5)
+    x = torch.randn(5, 3, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(4, 3, 4, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(4, 3, 4, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([5, 2, 4])
+    names, params = zip(*m.named_parameters())
+
+    def f(x, h0, c0, *ps):
+        out = torch.func.functional_call(m, dict(zip(names, ps)), (x, (h0, c0) if cell == "lstm" else h0),
+                                         {"lengths": lengths})
+        y, states = out
+        return (y, *states) if cell == "lstm" else (y, states)
+
+    # functional_call swaps parameters in; the kernels run eagerly on them
+    inputs = (x, h0, c0) + tuple(p.detach().clone().requires_grad_() for p in params)
+    assert torch.autograd.gradcheck(f, inputs)
+
+
+def test_torch_packed_sequence_unbatched_and_errors(rng):
+    torch = _torch()
+    from torch.nn.utils.rnn import pack_padded_sequence
+    m = _torch_module("gru", input_size=3, hidden_size=4)
+    x = torch.randn(5, 2, 3)
+    lengths = torch.tensor([3, 5])
+    ref_out, ref_h = m(x, lengths=lengths)
+    out, h = m(pack_padded_sequence(x, lengths, enforce_sorted=False))
+    assert torch.equal(h, ref_h)
+    from torch.nn.utils.rnn import pad_packed_sequence
+    assert torch.equal(pad_packed_sequence(out)[0], ref_out[:5])
+    single, _ = m(x[:, 1])
+    torch.testing.assert_close(single, ref_out[:, 1])
+    with torch.no_grad():  # inference kernels: same numbers
+        assert torch.equal(m(x, lengths=lengths)[0], ref_out)
+    with pytest.raises(ValueError, match="input_size"):
+        m(torch.randn(5, 2, 4))
+    with pytest.raises(ValueError, match="dtype"):
+        m(torch.randn(5, 2, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"lengths must lie in \[1, T\]"):
+        m(x, lengths=torch.tensor([0, 5]))
+    with pytest.raises(TypeError, match="hx must be a tuple"):
+        _torch_module("lstm", input_size=3, hidden_size=4)(x, torch.zeros(1, 2, 4))
+    lstm = _torch_module("lstm", input_size=3, hidden_size=4, bias=False)
+    assert "ln_bias_c_l0" not in dict(lstm.named_parameters()) and "ln_weight_c_l0" in dict(lstm.named_parameters())
+    assert repr(lstm) == "LayerNormLSTM(3, 4, bias=False)"
+    y, _ = lstm(x.requires_grad_())
+    g, = torch.autograd.grad(y.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward is not supported"):
+        g.sum().backward()
