@@ -18,7 +18,10 @@ process pinned with taskset to the same cores:
     pyrnn     pyrnn.torch.LayerNormLSTM (fused C++ forward and BPTT)
     eager     the torch loop, eager
     script    the torch loop under torch.jit.script
-    compile   the torch loop under torch.compile (the loop unrolled; compile time not counted)
+    compile-step  one step (recurrent matmul, its layer norm, gates, cell layer norm) under
+              torch.compile, the loop over steps in Python (compiles in seconds)
+    compile   the whole torch loop under torch.compile (the loop unrolled: compiling forward and
+              backward of 100 steps takes many minutes; compile time not counted)
 
 The fastest torch case is the baseline; the ratio is its median over pyrnn's.
 Every case prints the loss of the same inputs and parameters, and the driver
@@ -41,7 +44,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-CASES = ("pyrnn", "eager", "script", "compile")
+CASES = ("pyrnn", "eager", "script", "compile-step", "compile")
 T, B, I, H = 100, 32, 256, 256
 
 
@@ -59,6 +62,29 @@ def torch_loop(x, W_ih, W_hh, b_ih, b_hh, g_ih, g_hh, g_c, b_c):
         i, f, g, o = (xi[t] + gh).chunk(4, 1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(F.layer_norm(c, [H], g_c, b_c))
+        ys.append(h)
+    return torch.stack(ys)
+
+
+def torch_step(xi_t, h, c, W_hh, b_hh, g_hh, g_c, b_c):
+    """One step of torch_loop: (h', c') from the step's normalised input projection."""
+    B, H = h.shape
+    gh = F.layer_norm((h @ W_hh.t()).view(B, 4, H), [H]).view(B, 4 * H) * g_hh + b_hh
+    i, f, g, o = (xi_t + gh).chunk(4, 1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(F.layer_norm(c, [H], g_c, b_c)), c
+
+
+def stepwise_loop(step, x, W_ih, W_hh, b_ih, b_hh, g_ih, g_hh, g_c, b_c):
+    """torch_loop with the step function ``step`` (a compiled torch_step)."""
+    T, B = x.shape[0], x.shape[1]
+    H = W_hh.shape[1]
+    xi = F.layer_norm((x @ W_ih.t()).view(T, B, 4, H), [H]).view(T, B, 4 * H) * g_ih + b_ih
+    h = torch.zeros(B, H, dtype=x.dtype)
+    c = torch.zeros(B, H, dtype=x.dtype)
+    ys = []
+    for t in range(T):
+        h, c = step(xi[t], h, c, W_hh, b_hh, g_hh, g_c, b_c)
         ys.append(h)
     return torch.stack(ys)
 
@@ -83,6 +109,11 @@ def run_case(case, threads, steps, warmup):
     if case == "pyrnn":
         def fn():
             return model(x)[0]
+    elif case == "compile-step":
+        step_c = torch.compile(torch_step)
+
+        def fn():
+            return stepwise_loop(step_c, x, *params)
     else:
         loop = {"eager": torch_loop, "script": torch.jit.script(torch_loop) if case == "script" else None,
                 "compile": torch.compile(torch_loop) if case == "compile" else None}[case]
