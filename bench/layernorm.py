@@ -36,6 +36,7 @@ Run from the repository root::
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -152,6 +153,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--cpu", default="0", help="taskset CPU list for the case processes")
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--python", default=sys.executable,
+                    help="the interpreter command of the case processes (e.g. a wrapper that puts a build "
+                         "outside the environment on sys.path); default: this one")
     args = ap.parse_args()
     if args.case:
         print(json.dumps(run_case(args.case, args.threads, args.steps, args.warmup)))
@@ -159,7 +163,7 @@ def main():
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     results = {}
     for case in args.cases.split(","):
-        cmd = ["taskset", "-c", args.cpu, sys.executable, os.path.abspath(__file__), "--case", case,
+        cmd = ["taskset", "-c", args.cpu, *shlex.split(args.python), os.path.abspath(__file__), "--case", case,
                "--threads", str(args.threads), "--steps", str(args.steps), "--warmup", str(args.warmup)]
         out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
         r = results[case] = json.loads(out.strip().splitlines()[-1])
