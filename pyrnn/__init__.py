@@ -68,6 +68,7 @@ try:
                           thread_stats)
     from .cells import GRUCell, LSTMCell, RNNCell
     from .layers import GRU, LSTM, RNN, Linear
+    from .layernorm import LayerNormGRU, LayerNormLSTM
 finally:
     _restore_environment()
 
@@ -80,6 +81,8 @@ __all__ = [
     "RNN",
     "LSTM",
     "GRU",
+    "LayerNormLSTM",
+    "LayerNormGRU",
     "RNNCell",
     "LSTMCell",
     "GRUCell",

@@ -312,3 +312,26 @@ def zoneout_rates(mode, zoneout, zoneout_c):
     if mode != "LSTM":
         return p_h, 0.0
     return p_h, p_h if zoneout_c is None else check_zoneout("zoneout_c", zoneout_c)
+
+
+def check_layernorm_params(cell, H, dtype, params):
+    """The layer-norm gains and biases of a layer-normalised ``cell`` ("lstm" or
+    "gru") with H hidden units: ``params`` maps "ln_ih" and "ln_hh" (gains,
+    [G*H]) and, for the LSTM, "ln_c_weight" ([H], the cell-state gain) and
+    "ln_c_bias" ([H] or None: no cell-state bias) to arrays. Each must have the
+    forward's ``dtype``. Returns them in order, as arrays."""
+    G = GATES[cell]
+    out = []
+    for name, a in params.items():
+        size, layout = (H, "(H,)") if name.startswith("ln_c") else (G * H, f"({G}*H,)")
+        if a is None:
+            if name != "ln_c_bias":
+                raise TypeError(f"{name} must be an array of shape {layout} = {(size,)}, got None")
+            out.append(None)
+            continue
+        a = as_float_array(name, a)
+        if a.dtype != dtype:
+            raise TypeError(f"{name} must have the dtype of x, {dtype}, got {a.dtype}")
+        check_shape(name, a, (size,), layout)
+        out.append(a)
+    return out

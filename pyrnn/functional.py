@@ -24,7 +24,7 @@ import numpy as np
 
 from . import _core
 from ._cells import BY_KIND, GATES, cell_spec
-from ._validation import check_forward, check_grads, check_precision
+from ._validation import check_forward, check_grads, check_layernorm_params, check_precision
 
 __all__ = [
     "forward",
@@ -39,6 +39,10 @@ __all__ = [
     "lstm_backward",
     "gru_forward",
     "gru_backward",
+    "layernorm_lstm_forward",
+    "layernorm_lstm_backward",
+    "layernorm_gru_forward",
+    "layernorm_gru_backward",
 ]
 
 def _c(a):
@@ -378,3 +382,69 @@ def backward(ws, dy=None, dh_n=None, dc_n=None, *, return_dh_seq=False):
     if return_dh_seq:
         out["dh_seq"] = dh_seq
     return out
+
+
+# --------------------------------------------------------------------------
+# layer-normalised LSTM and GRU (the equations: pyrnn.reference, "layer-normalised")
+# --------------------------------------------------------------------------
+
+
+def _layernorm_forward(cell, x, states, W_ih, W_hh, b_ih, b_hh, ln, lengths, reverse, training):
+    a = check_forward(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths)
+    ln_ih, ln_hh, *ln_c = check_layernorm_params(cell, a.W_hh.shape[1], a.x.dtype, ln)
+    ln_c_weight, ln_c_bias = ln_c if ln_c else (None, None)
+    _check_memory(cell, a.x, a.W_hh, None, None if lengths is None else a.lengths, training)
+    h0 = a.states[0] if states["h0"] is not None else None
+    c0 = a.states[1] if cell == "lstm" and states["c0"] is not None else None
+    lengths64 = None if lengths is None else np.ascontiguousarray(a.lengths, dtype=np.int64)
+    return _core.layernorm_forward(
+        cell_spec(cell).kind, _c(a.x), _c(h0), _c(c0), _c(a.W_ih), _c(a.W_hh), _c(a.b_ih), _c(a.b_hh), _c(ln_ih),
+        _c(ln_hh), _c(ln_c_weight), _c(ln_c_bias), lengths64, bool(reverse), bool(training))
+
+
+def _layernorm_backward(cell, ws, grads):
+    name = f"layernorm_{cell}"
+    if ws is None:
+        raise ValueError(f"{name}_backward needs the workspace of {name}_forward(..., training=True), got None")
+    if not isinstance(ws, _core.LayerNormWorkspace):
+        raise TypeError(f"{name}_backward needs a pyrnn workspace from {name}_forward, got {type(ws).__name__}")
+    family = BY_KIND[ws.cell].family
+    if family != cell:
+        raise ValueError(f"{name}_backward needs a workspace from {name}_forward, got one from "
+                         f"layernorm_{family}_forward")
+    T, B, _, H = ws.shape
+    expected = {"dy": ((T, B, H), "(T, B, H)"), "dh_n": ((B, H), "(B, H)"), "dc_n": ((B, H), "(B, H)")}
+    dy, dh_n, *dc_n = (_c(g) for g in check_grads(ws.dtype, expected, grads))
+    return _core.layernorm_backward(ws, dy, dh_n, dc_n[0] if dc_n else None)
+
+
+def layernorm_lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias=None, *,
+                           lengths=None, reverse=False, training=True):
+    """Layer-normalised LSTM forward: returns (y, h_n, c_n, workspace), as
+    :func:`pyrnn.reference.layernorm_lstm_forward` (same arguments and equations)."""
+    y, h_n, c_n, ws = _layernorm_forward("lstm", x, {"h0": h0, "c0": c0}, W_ih, W_hh, b_ih, b_hh,
+                                         {"ln_ih": ln_ih, "ln_hh": ln_hh, "ln_c_weight": ln_c_weight,
+                                          "ln_c_bias": ln_c_bias}, lengths, reverse, training)
+    return y, h_n, c_n, ws
+
+
+def layernorm_lstm_backward(ws, dy=None, dh_n=None, dc_n=None):
+    """Returns (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dln_ih, dln_hh,
+    dln_c_weight, dln_c_bias); the bias gradients are None without those biases."""
+    return tuple(_layernorm_backward("lstm", ws, {"dy": dy, "dh_n": dh_n, "dc_n": dc_n}))
+
+
+def layernorm_gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, *, lengths=None, reverse=False,
+                          training=True):
+    """Layer-normalised GRU (reset-after) forward: returns (y, h_n, workspace),
+    as :func:`pyrnn.reference.layernorm_gru_forward`."""
+    y, h_n, _, ws = _layernorm_forward("gru", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh,
+                                       {"ln_ih": ln_ih, "ln_hh": ln_hh}, lengths, reverse, training)
+    return y, h_n, ws
+
+
+def layernorm_gru_backward(ws, dy=None, dh_n=None):
+    """Returns (dx, dh0, dW_ih, dW_hh, db_ih, db_hh, dln_ih, dln_hh)."""
+    dx, dh0, _, dW_ih, dW_hh, db_ih, db_hh, dln_ih, dln_hh, _, _ = _layernorm_backward(
+        "gru", ws, {"dy": dy, "dh_n": dh_n})
+    return dx, dh0, dW_ih, dW_hh, db_ih, db_hh, dln_ih, dln_hh

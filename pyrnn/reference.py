@@ -79,8 +79,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._cells import cell_spec
-from ._validation import check_forward, check_grads
+from ._cells import GATES, cell_spec
+from ._validation import check_forward, check_grads, check_layernorm_params
 
 __all__ = [
     "rnn_forward",
@@ -89,6 +89,11 @@ __all__ = [
     "lstm_backward",
     "gru_forward",
     "gru_backward",
+    "layernorm_lstm_forward",
+    "layernorm_lstm_backward",
+    "layernorm_gru_forward",
+    "layernorm_gru_backward",
+    "LN_EPS",
     "lower_weights",
     "quantize_rows_int8",
     "round_bf16",
@@ -497,3 +502,268 @@ def gru_backward(cache, dy=None, dh_n=None):
 
     dx, (dh0,), dW_ih, dW_hh, db_ih, db_hh = _run_backward(step_backward, cache, dy, dfinal)
     return dx, dh0, dW_ih, dW_hh, db_ih, db_hh
+
+
+# --------------------------------------------------------------------------
+# layer-normalised LSTM and GRU (Ba, Kiros & Hinton 2016)
+# --------------------------------------------------------------------------
+#
+# LN_G(v; gamma, beta) normalises each of the G gate blocks of H units of a
+# row v [G*H] on its own (biased variance, eps = LN_EPS, as torch.nn.LayerNorm):
+#
+#     LN_G(v)_blk = (v_blk - mean(v_blk)) / sqrt(var(v_blk) + eps) * gamma_blk + beta_blk
+#
+# LSTM (gates i, f, g, o):
+#     a = LN_4(W_ih x; ln_ih, b_ih) + LN_4(W_hh h; ln_hh, b_hh)
+#     i, f, o = s(a_i), s(a_f), s(a_o);  g = tanh(a_g)
+#     c' = f * c + i * g;   h' = o * tanh(LN_1(c'; ln_c_weight, ln_c_bias))
+# GRU (gates r, z, n; PyTorch's reset-after form):
+#     gi = LN_3(W_ih x; ln_ih, b_ih);   gh = LN_3(W_hh h; ln_hh, b_hh)
+#     r = s(gi_r + gh_r);  z = s(gi_z + gh_z);  n = tanh(gi_n + r * gh_n)
+#     h' = (1 - z) * n + z * h
+#
+# The usual biases b_ih, b_hh are the layer norms' betas (the normalisation
+# would remove a bias added before it); None (both) means no beta. ln_c_bias
+# may be None on its own. Lengths and reverse as for the plain cells above.
+#
+# Cache entries (besides the common ones and "ln_ih", "ln_hh", "ln_c_weight",
+# "ln_c_bias"): "h" (and "c") [T+1, B, H] as above; by *time position*,
+# "xhat_ih" [T, B, G*H] and "rstd_ih" [T, B, G], the normalised input
+# projection and 1/sigma of each block (computed for every position, padded
+# ones included: their gradient is zero); by processing step, "xhat_hh" /
+# "rstd_hh" likewise for the hidden projection, the activated gates ("i", "f",
+# "g", "o" or "r", "z", "n"), for the LSTM "xhat_c" / "rstd_c" [T, B, H] / [T, B, 1]
+# (the new cell state normalised) and "tanh_c" (tanh of LN_1(c')), for the GRU
+# "ghn" (gh_n, the normalised hidden-side n block).
+
+LN_EPS = 1e-5
+
+
+def _ln_forward(v, gamma, beta, G):
+    """LN_G of the rows of v [..., G*H]: returns (out, xhat, rstd [..., G])."""
+    shape = v.shape
+    blocks = v.reshape(shape[:-1] + (G, shape[-1] // G))
+    mean = blocks.mean(axis=-1, keepdims=True)
+    centred = blocks - mean
+    var = np.mean(centred * centred, axis=-1, keepdims=True)
+    rstd = 1.0 / np.sqrt(var + v.dtype.type(LN_EPS))
+    xhat = (centred * rstd).reshape(shape)
+    out = xhat * gamma
+    if beta is not None:
+        out = out + beta
+    return out, xhat, rstd[..., 0]
+
+
+def _ln_backward(dout, xhat, rstd, gamma, G):
+    """Gradient of LN_G with respect to its input, given dL/d(out) [..., G*H]
+    and the forward's xhat and rstd [..., G]. (The gain and bias gradients are
+    sums over rows of dout * xhat and dout, taken by the caller.)"""
+    shape = dout.shape
+    H = shape[-1] // G
+    dxhat = (dout * gamma).reshape(shape[:-1] + (G, H))
+    xh = xhat.reshape(dxhat.shape)
+    # d/dv of (v - mean) * rstd: rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+    dv = rstd[..., None] * (dxhat - dxhat.mean(axis=-1, keepdims=True)
+                            - xh * np.mean(dxhat * xh, axis=-1, keepdims=True))
+    return dv.reshape(shape)
+
+
+def _layernorm_forward(cell, step, x, states, W_ih, W_hh, b_ih, b_hh, ln, lengths, reverse, training):
+    """Shared time loop of the layer-normalised cells. ``step(gi, gh, states)``
+    gets the normalised input and hidden projections of one step ([B, G*H]
+    each) and returns (new_states, activations dict)."""
+    G = GATES[cell]
+    T, B, _ = x.shape
+    reverse = bool(reverse)
+    gi_all, xhat_ih, rstd_ih = _ln_forward(x @ W_ih.T, ln["ln_ih"], b_ih, G)  # every position at once
+    idx, valid = _time_order(lengths, T, reverse)
+    batch = np.arange(B)
+    y = np.zeros((T, B, W_hh.shape[1]), dtype=x.dtype)
+    history, acts_all = [states], []
+    for s in range(T):
+        gh, xhat_hh, rstd_hh = _ln_forward(states[0] @ W_hh.T, ln["ln_hh"], b_hh, G)
+        new_states, acts = step(gi_all[idx[s], batch], gh, states)
+        keep = valid[s][:, None]
+        states = tuple(np.where(keep, new, old) for new, old in zip(new_states, states))
+        y[idx[s][valid[s]], batch[valid[s]]] = new_states[0][valid[s]]
+        if training:
+            history.append(states)
+            acts_all.append({**acts, "xhat_hh": xhat_hh, "rstd_hh": rstd_hh})
+    if not training:
+        return y, states, None
+    cache = _common_cache(cell, x, W_ih, W_hh, b_ih, b_hh, lengths, reverse, layernorm=True,
+                          xhat_ih=xhat_ih, rstd_ih=rstd_ih, **ln)
+    for k, name in enumerate(_STATE_NAMES[cell]):
+        cache[name] = np.stack([st[k] for st in history])
+    for key in acts_all[0]:
+        cache[key] = np.stack([a[key] for a in acts_all])
+    return y, states, cache
+
+
+def _layernorm_backward(cell, step_backward, cache, dy, dfinal):
+    """BPTT of the layer-normalised cells. ``step_backward(s, dstates)`` gets
+    the gradients with respect to the states after processing step s (dy
+    added, zero on padded rows) and returns (da_i, da_h, dprev, extra): the
+    gradients with respect to the normalised input projection LN(W_ih x) and
+    hidden projection LN(W_hh h) of that step ([B, G*H] each), the gradients
+    with respect to the previous states, and a dict of gradients of other
+    parameters (summed here over steps). Returns (dx, dstates0, dW_ih, dW_hh,
+    db_ih, db_hh, dln_ih, dln_hh, extra sums)."""
+    G = GATES[cell]
+    x, W_ih, W_hh = cache["x"], cache["W_ih"], cache["W_hh"]
+    T, B, _ = x.shape
+    idx, valid = _time_order(cache["lengths"], T, cache["reverse"])
+    batch = np.arange(B)
+    dgi_all = np.zeros((T, B, W_ih.shape[0]), dtype=x.dtype)  # dL/d LN(W_ih x), by time position
+    dW_hh = np.zeros_like(W_hh)
+    dln_hh = np.zeros(W_hh.shape[0], dtype=x.dtype)
+    db_hh = np.zeros(W_hh.shape[0], dtype=x.dtype)
+    extra = {}
+    dstates = dfinal
+    for s in reversed(range(T)):
+        live = valid[s][:, None]
+        d_in = (dstates[0] + dy[idx[s], batch],) + dstates[1:]
+        d_in = tuple(d * live for d in d_in)  # padded rows contribute nothing
+        da_i, da_h, dprev, ex = step_backward(s, d_in)
+        dgi_all[idx[s][valid[s]], batch[valid[s]]] = da_i[valid[s]]
+        dln_hh += np.sum(da_h * cache["xhat_hh"][s], axis=0)
+        db_hh += da_h.sum(axis=0)
+        dgh_raw = _ln_backward(da_h, cache["xhat_hh"][s], cache["rstd_hh"][s], cache["ln_hh"], G)
+        h_prev = cache["h"][s]
+        dW_hh += dgh_raw.T @ h_prev
+        dprev = (dprev[0] + dgh_raw @ W_hh,) + tuple(dprev[1:])
+        dstates = tuple(np.where(live, new, old) for new, old in zip(dprev, dstates))
+        for k, v in ex.items():
+            extra[k] = extra.get(k, 0) + v
+    # The input side over all positions at once (zero rows at padded positions).
+    flat = dgi_all.reshape(T * B, -1)
+    xhat_ih = cache["xhat_ih"].reshape(T * B, -1)
+    dln_ih = np.sum(flat * xhat_ih, axis=0)
+    db_ih = flat.sum(axis=0)
+    dgi_raw = _ln_backward(flat, xhat_ih, cache["rstd_ih"].reshape(T * B, G), cache["ln_ih"], G)
+    dW_ih = dgi_raw.T @ x.reshape(T * B, -1)
+    dx = (dgi_raw @ W_ih).reshape(x.shape)
+    if cache["b_ih"] is None:
+        db_ih = db_hh = None
+    return dx, dstates, dW_ih, dW_hh, db_ih, db_hh, dln_ih, dln_hh, extra
+
+
+def _check_layernorm_inputs(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, ln):
+    a = check_forward(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths)
+    H = a.W_hh.shape[1]
+    ln = dict(zip(ln, check_layernorm_params(cell, H, a.x.dtype, ln)))
+    return a, ln
+
+
+def layernorm_lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias=None, *,
+                           lengths=None, reverse=False, training=True):
+    """Layer-normalised LSTM forward (equations above).
+
+    x [T, B, I]; h0, c0 [B, H] or None (zeros); W_ih [4H, I]; W_hh [4H, H];
+    b_ih, b_hh [4H] or both None (the betas of the two gate layer norms);
+    ln_ih, ln_hh [4H] (their gains); ln_c_weight [H], ln_c_bias [H] or None
+    (the cell-state layer norm). Returns (y [T, B, H], h_n, c_n, cache)."""
+    a, ln = _check_layernorm_inputs("lstm", x, {"h0": h0, "c0": c0}, W_ih, W_hh, b_ih, b_hh, lengths,
+                                    {"ln_ih": ln_ih, "ln_hh": ln_hh, "ln_c_weight": ln_c_weight,
+                                     "ln_c_bias": ln_c_bias})
+
+    def step(gi, gh, states):
+        _, c = states
+        pre_i, pre_f, pre_g, pre_o = np.split(gi + gh, 4, axis=1)
+        i, f, g, o = _sigmoid(pre_i), _sigmoid(pre_f), np.tanh(pre_g), _sigmoid(pre_o)
+        c_new = f * c + i * g
+        cn, xhat_c, rstd_c = _ln_forward(c_new, ln["ln_c_weight"], ln["ln_c_bias"], 1)
+        tanh_c = np.tanh(cn)
+        return (o * tanh_c, c_new), {"i": i, "f": f, "g": g, "o": o, "tanh_c": tanh_c,
+                                     "xhat_c": xhat_c, "rstd_c": rstd_c}
+
+    y, (h_n, c_n), cache = _layernorm_forward("lstm", step, a.x, a.states, a.W_ih, a.W_hh, a.b_ih, a.b_hh, ln,
+                                              a.lengths, reverse, training)
+    return y, h_n, c_n, cache
+
+
+def layernorm_lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
+    """Layer-normalised LSTM backward. Returns (dx, dh0, dc0, dW_ih, dW_hh,
+    db_ih, db_hh, dln_ih, dln_hh, dln_c_weight, dln_c_bias); the bias
+    gradients are None where the forward had no such bias."""
+    dy, dfinal = _check_layernorm_backward("lstm", cache, dy, {"dh_n": dh_n, "dc_n": dc_n})
+
+    def step_backward(s, dstates):
+        dh, dc = dstates
+        i, f, g, o = (cache[k][s] for k in ("i", "f", "g", "o"))
+        tanh_c, xhat_c, c_prev = cache["tanh_c"][s], cache["xhat_c"][s], cache["c"][s]
+        do = dh * tanh_c
+        dcn = dh * o * (1.0 - tanh_c * tanh_c)  # dL/d LN_1(c')
+        dc = dc + _ln_backward(dcn, xhat_c, cache["rstd_c"][s], cache["ln_c_weight"], 1)
+        da = np.concatenate([
+            dc * g * i * (1.0 - i),       # input gate
+            dc * c_prev * f * (1.0 - f),  # forget gate
+            dc * i * (1.0 - g * g),       # cell candidate
+            do * o * (1.0 - o),           # output gate
+        ], axis=1)
+        extra = {"ln_c_weight": np.sum(dcn * xhat_c, axis=0), "ln_c_bias": dcn.sum(axis=0)}
+        return da, da, (np.zeros_like(dh), dc * f), extra
+
+    dx, (dh0, dc0), dW_ih, dW_hh, db_ih, db_hh, dln_ih, dln_hh, extra = _layernorm_backward(
+        "lstm", step_backward, cache, dy, dfinal)
+    dln_c_bias = None if cache["ln_c_bias"] is None else extra["ln_c_bias"]
+    return dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dln_ih, dln_hh, extra["ln_c_weight"], dln_c_bias
+
+
+def layernorm_gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, *, lengths=None, reverse=False,
+                          training=True):
+    """Layer-normalised GRU forward (reset-after; equations above).
+
+    x [T, B, I]; h0 [B, H] or None; W_ih [3H, I]; W_hh [3H, H]; b_ih, b_hh
+    [3H] or both None (betas); ln_ih, ln_hh [3H] (gains).
+    Returns (y [T, B, H], h_n, cache)."""
+    a, ln = _check_layernorm_inputs("gru", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, lengths,
+                                    {"ln_ih": ln_ih, "ln_hh": ln_hh})
+    H = a.W_hh.shape[1]
+
+    def step(gi, gh, states):
+        (h,) = states
+        r, z = np.split(_sigmoid(gi[:, :2 * H] + gh[:, :2 * H]), 2, axis=1)
+        ghn = gh[:, 2 * H:]
+        n = np.tanh(gi[:, 2 * H:] + r * ghn)
+        return (n + z * (h - n),), {"r": r, "z": z, "n": n, "ghn": ghn}
+
+    y, (h_n,), cache = _layernorm_forward("gru", step, a.x, a.states, a.W_ih, a.W_hh, a.b_ih, a.b_hh, ln,
+                                          a.lengths, reverse, training)
+    return y, h_n, cache
+
+
+def layernorm_gru_backward(cache, dy=None, dh_n=None):
+    """Layer-normalised GRU backward. Returns (dx, dh0, dW_ih, dW_hh, db_ih,
+    db_hh, dln_ih, dln_hh); the bias gradients are None without biases."""
+    dy, dfinal = _check_layernorm_backward("gru", cache, dy, {"dh_n": dh_n})
+
+    def step_backward(s, dstates):
+        (dh,) = dstates
+        r, z, n, ghn = (cache[k][s] for k in ("r", "z", "n", "ghn"))
+        h = cache["h"][s]
+        dn_pre = dh * (1.0 - z) * (1.0 - n * n)
+        dz_pre = dh * (h - n) * z * (1.0 - z)
+        dr_pre = dn_pre * ghn * r * (1.0 - r)
+        da_i = np.concatenate([dr_pre, dz_pre, dn_pre], axis=1)
+        da_h = np.concatenate([dr_pre, dz_pre, dn_pre * r], axis=1)
+        return da_i, da_h, (dh * z,), {}
+
+    dx, (dh0,), dW_ih, dW_hh, db_ih, db_hh, dln_ih, dln_hh, _ = _layernorm_backward(
+        "gru", step_backward, cache, dy, dfinal)
+    return dx, dh0, dW_ih, dW_hh, db_ih, db_hh, dln_ih, dln_hh
+
+
+def _check_layernorm_backward(cell, cache, dy, dfinal):
+    name = f"layernorm_{cell}"
+    if cache is None:
+        raise ValueError(f"{name}_backward needs the cache of {name}_forward(..., training=True), got None")
+    if not isinstance(cache, dict) or cache.get("cell") != cell or not cache.get("layernorm"):
+        origin = type(cache).__name__ if not isinstance(cache, dict) else (
+            f"layernorm_{cache.get('cell')}" if cache.get("layernorm") else cache.get("cell"))
+        raise ValueError(f"{name}_backward needs a cache from {name}_forward, got one from {origin!r}")
+    T, B, _ = cache["x"].shape
+    H = cache["W_hh"].shape[1]
+    expected = {"dy": ((T, B, H), "(T, B, H)"), "dh_n": ((B, H), "(B, H)"), "dc_n": ((B, H), "(B, H)")}
+    dy, *final = check_grads(cache["x"].dtype, expected, {"dy": dy, **dfinal}, zeros=True)
+    return dy, tuple(final)

@@ -81,3 +81,50 @@ def run_backward(module, variant, cache, cot):
 
 def random_cotangents(rng, outs):
     return {k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in outs.items()}
+
+
+# ---------------------------------------------------------------- layer norm --
+# The layer-normalised cells (reference.layernorm_* / functional.layernorm_*).
+
+LN_GRAD_NAMES = {
+    "lstm": ("x", "h0", "c0", "W_ih", "W_hh", "b_ih", "b_hh", "ln_ih", "ln_hh", "ln_c_weight", "ln_c_bias"),
+    "gru": ("x", "h0", "W_ih", "W_hh", "b_ih", "b_hh", "ln_ih", "ln_hh"),
+}
+
+
+def make_layernorm_params(rng, cell, T=4, B=3, I=5, H=7, bias=True, dtype=np.float64):
+    """Random inputs of a layer-normalised ``cell`` ("lstm" or "gru"): those of
+    :func:`make_params` plus gains near 1 ("ln_ih", "ln_hh", and for the LSTM
+    "ln_c_weight") and, with ``bias``, "ln_c_bias" (LSTM)."""
+    p = make_params(rng, cell, T=T, B=B, I=I, H=H, bias=bias, dtype=np.float64)
+    G = GATES[cell]
+    p["ln_ih"] = rng.uniform(0.5, 1.5, G * H)
+    p["ln_hh"] = rng.uniform(0.5, 1.5, G * H)
+    if cell == "lstm":
+        p["ln_c_weight"] = rng.uniform(0.5, 1.5, H)
+        if bias:
+            p["ln_c_bias"] = rng.uniform(-0.5, 0.5, H)
+    return {k: v.astype(dtype) for k, v in p.items()}
+
+
+def run_layernorm_forward(module, cell, p, **kw):
+    """Layer-normalised forward of ``cell`` on ``p``; returns (outputs dict, cache)."""
+    biases = (p.get("b_ih"), p.get("b_hh"))
+    if cell == "lstm":
+        y, h_n, c_n, cache = module.layernorm_lstm_forward(
+            p["x"], p.get("h0"), p.get("c0"), p["W_ih"], p["W_hh"], *biases, p["ln_ih"], p["ln_hh"],
+            p["ln_c_weight"], p.get("ln_c_bias"), **kw)
+        return {"y": y, "h_n": h_n, "c_n": c_n}, cache
+    y, h_n, cache = module.layernorm_gru_forward(p["x"], p.get("h0"), p["W_ih"], p["W_hh"], *biases,
+                                                 p["ln_ih"], p["ln_hh"], **kw)
+    return {"y": y, "h_n": h_n}, cache
+
+
+def run_layernorm_backward(module, cell, cache, cot):
+    """Layer-normalised backward of ``cell``; returns a dict of gradients by input name."""
+    if cell == "lstm":
+        grads = module.layernorm_lstm_backward(cache, cot.get("y"), cot.get("h_n"), cot.get("c_n"))
+    else:
+        grads = module.layernorm_gru_backward(cache, cot.get("y"), cot.get("h_n"))
+    assert len(grads) == len(LN_GRAD_NAMES[cell])
+    return dict(zip(LN_GRAD_NAMES[cell], grads))

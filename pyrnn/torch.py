@@ -106,7 +106,7 @@ from ._validation import check_probability
 from ._validation import zoneout_rates
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "InputError", "FrozenRNN", "FrozenRNNCell",
-           "freeze", "quantize_dynamic", "WithLengths"]
+           "freeze", "quantize_dynamic", "WithLengths", "LayerNormLSTM", "LayerNormGRU"]
 
 _DTYPES = (torch.float32, torch.float64)
 _DOUBLE_BACKWARD = _torch_ops.DOUBLE_BACKWARD
@@ -859,3 +859,232 @@ def quantize_dynamic(model, qconfig_spec=None, dtype=torch.qint8, inplace=False)
             if wanted(full, child):
                 setattr(m, child_name, freeze(child, precision))
     return model
+
+
+# ----------------------------------------------- layer-normalised LSTM / GRU --
+#
+# pyrnn.torch.LayerNormLSTM / LayerNormGRU: the equations, parameter names and
+# initialisation of pyrnn.LayerNormLSTM / LayerNormGRU (see pyrnn.layernorm),
+# as torch.nn.Modules. Each (layer, direction) is one autograd.Function running
+# the fused C++ forward and BPTT (pyrnn.functional.layernorm_*). Eager only:
+# there is no custom operator for these yet, so torch.compile / torch.export /
+# torch.func do not trace through them; CPU float32 / float64.
+
+_LN_ORDER = ("x", "h0", "c0", "W_ih", "W_hh", "b_ih", "b_hh", "ln_ih", "ln_hh", "ln_c_weight", "ln_c_bias")
+
+
+def _layernorm_kernel_forward(cell, lengths, reverse, arrays, training):
+    x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_cw, ln_cb = arrays
+    kw = {"lengths": lengths, "reverse": reverse, "training": training}
+    if cell == "lstm":
+        return F.layernorm_lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_cw, ln_cb, **kw)
+    y, h_n, ws = F.layernorm_gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, **kw)
+    return y, h_n, None, ws
+
+
+class _LayerNormRecurrence(torch.autograd.Function):
+    """One layer and direction of a layer-normalised cell. Inputs: cell, lengths
+    (int64 array or None), reverse, then the tensors of _LN_ORDER (None where
+    absent). Outputs: y [T, B, H], h_n [B, H] and, for the LSTM, c_n [B, H]."""
+
+    @staticmethod
+    def forward(ctx, cell, lengths, reverse, *tensors):
+        y, h_n, c_n, ws = _layernorm_kernel_forward(cell, lengths, reverse, [_np(t) for t in tensors], True)
+        outs = tuple(torch.from_numpy(a) for a in (y, h_n, c_n) if a is not None)
+        ctx.cell, ctx.ws = cell, ws
+        ctx.set_materialize_grads(False)  # unused outputs give None: zeros for the kernel
+        ctx.save_for_backward(*tensors, outs[0])  # the workspace reads their memory in backward
+        return outs
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        ctx.saved_tensors  # raises if an input or y was modified in place since forward
+        dy, dh_n = (_np(g) for g in grad_outputs[:2])
+        if ctx.cell == "lstm":
+            grads = F.layernorm_lstm_backward(ctx.ws, dy, dh_n, _np(grad_outputs[2]))
+        else:
+            dx, dh0, *rest = F.layernorm_gru_backward(ctx.ws, dy, dh_n)
+            grads = (dx, dh0, None, *rest, None, None)
+        out = [None if g is None or not need else torch.from_numpy(g)
+               for g, need in zip(grads, ctx.needs_input_grad[3:])]
+        if torch.is_grad_enabled() and any(g is not None for g in out):
+            # create_graph=True: differentiating these gradients must fail loudly, not give zeros
+            anchors = [t for t in ctx.saved_tensors[:len(_LN_ORDER)] if t is not None and t.requires_grad]
+            given = [g for g in out if g is not None]
+            guarded = iter(_NotTwiceDifferentiable.apply(len(anchors), *anchors, *given))
+            out = [None if g is None else next(guarded) for g in out]
+        return (None, None, None, *out)
+
+
+class _LayerNormRNN(nn.Module):
+    def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, device=None, dtype=None):
+        super().__init__()
+        for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"{name} should be of type int, got: {type(v).__name__}")
+            if v <= 0:
+                raise ValueError(f"{name} must be greater than zero")
+        check_probability("dropout", dropout)
+        self.mode, self._cell = mode, mode.lower()
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout = bool(bias), bool(batch_first), float(dropout)
+        self.bidirectional = bool(bidirectional)
+        G, H = (4 if mode == "LSTM" else 3), hidden_size
+        D = 2 if bidirectional else 1
+        factory = {"device": device, "dtype": dtype}
+        for layer in range(num_layers):
+            in_size = input_size if layer == 0 else H * D
+            for d in range(D):
+                sfx = _stack.param_suffix(layer, d)
+                shapes = {"weight_ih": (G * H, in_size), "weight_hh": (G * H, H), "ln_weight_ih": (G * H,),
+                          "ln_weight_hh": (G * H,)}
+                if self.bias:
+                    shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
+                if mode == "LSTM":
+                    shapes["ln_weight_c"] = (H,)
+                    if self.bias:
+                        shapes["ln_bias_c"] = (H,)
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "ln_weight_ih", "ln_weight_hh",
+                             "ln_weight_c", "ln_bias_c"):
+                    if name in shapes:
+                        self.register_parameter(name + sfx, nn.Parameter(torch.empty(shapes[name], **factory)))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Weights uniform(-1/sqrt(H), 1/sqrt(H)) (as torch.nn.LSTM), gains 1, betas 0."""
+        bound = 1.0 / self.hidden_size ** 0.5
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if name.startswith("weight"):
+                    p.uniform_(-bound, bound)
+                elif name.startswith("ln_weight"):
+                    p.fill_(1.0)
+                else:
+                    p.zero_()
+
+    def extra_repr(self):
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.batch_first:
+            s += ", batch_first=True"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        return s
+
+    def _states(self, hx, B, unbatched, dtype):
+        name = type(self).__name__
+        LD = self.num_layers * (2 if self.bidirectional else 1)
+        if hx is None:
+            return None, None
+        if self._cell == "lstm":
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"{name}: hx must be a tuple (h_0, c_0) of tensors, got {type(hx).__name__}")
+            given = [("hx[0]", hx[0]), ("hx[1]", hx[1])]
+        else:
+            given = [("hx", hx)]
+        out = []
+        for arg, h in given:
+            _check_tensor(name, arg, h, dtype)
+            if h.dim() != (2 if unbatched else 3):
+                raise InputError(f"{name}: {arg} should be {2 if unbatched else 3}-D, got {h.dim()}-D")
+            h = h.unsqueeze(1) if unbatched else h
+            if tuple(h.shape) != (LD, B, self.hidden_size):
+                raise InputError(f"{name}: expected {arg} of size {(LD, B, self.hidden_size)}, got {list(h.shape)}")
+            out.append(h.contiguous())
+        return (out + [None])[:2]
+
+    def forward(self, input, hx=None, lengths=None):
+        """As pyrnn.torch.LSTM / GRU: input [T, B, I] ([B, T, I] with batch_first),
+        unbatched [T, I], or a PackedSequence; hx: h_0 (and c_0 for the LSTM, a
+        tuple) of size [num_layers * num_directions, B, H], or None. ``lengths``
+        (a [B] integer tensor or array, padded input only): PyTorch's packed-sequence
+        semantics on a padded batch (outputs zero past each length, h_n at each
+        sequence's own last step). Returns (output, h_n) or (output, (h_n, c_n))."""
+        name = type(self).__name__
+        dtype = _weights_dtype(self)
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            if lengths is not None:
+                raise ValueError(f"{name}: a PackedSequence carries its lengths; do not pass lengths too")
+            _check_tensor(name, "input", input.data, dtype)
+            x, lengths = pad_packed_sequence(input)
+            unbatched = False
+        else:
+            _check_tensor(name, "input", input, dtype)
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            unbatched = input.dim() == 2
+            x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
+        if x.size(-1) != self.input_size:
+            raise InputError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
+                             f"got {x.size(-1)}")
+        T, B = x.shape[:2]
+        lengths_np = None
+        if lengths is not None:
+            lengths_np = np.ascontiguousarray(np.asarray(lengths.detach().numpy() if isinstance(lengths, torch.Tensor)
+                                                         else lengths), dtype=np.int64)
+            from ._validation import check_lengths
+            check_lengths(lengths_np, T, B)
+        h0_all, c0_all = self._states(hx, B, unbatched, dtype)
+        grad = _needs_grad([x, h0_all, c0_all] + list(self.parameters()))
+        D = 2 if self.bidirectional else 1
+
+        def run(layer, d, layer_x):
+            k = layer * D + d
+            sfx = _stack.param_suffix(layer, d)
+            p = {short: getattr(self, n + sfx, None) for short, n in (
+                ("W_ih", "weight_ih"), ("W_hh", "weight_hh"), ("b_ih", "bias_ih"), ("b_hh", "bias_hh"),
+                ("ln_ih", "ln_weight_ih"), ("ln_hh", "ln_weight_hh"), ("ln_c_weight", "ln_weight_c"),
+                ("ln_c_bias", "ln_bias_c"))}
+            tensors = (layer_x.contiguous(), None if h0_all is None else h0_all[k],
+                       None if c0_all is None else c0_all[k], *(p[n] for n in _LN_ORDER[3:]))
+            if grad:
+                outs = _LayerNormRecurrence.apply(self._cell, lengths_np, d == 1, *tensors)
+                return outs if len(outs) == 3 else (outs[0], outs[1], None)
+            y, h_n, c_n, _ = _layernorm_kernel_forward(self._cell, lengths_np, d == 1, [_np(t) for t in tensors],
+                                                       False)
+            return torch.from_numpy(y), torch.from_numpy(h_n), None if c_n is None else torch.from_numpy(c_n)
+
+        def dropout(layer, y):
+            return nn.functional.dropout(y, self.dropout, training=True) if self.dropout > 0 and self.training else y
+
+        out, results = _stack.forward(run, x, self.num_layers, D, concat=lambda ys: torch.cat(ys, 2), between=dropout)
+        h_n = torch.stack([r[1] for r in results])
+        c_n = torch.stack([r[2] for r in results]) if self._cell == "lstm" else None
+        if packed:
+            out = _repack(out, lengths, input)
+        elif unbatched:
+            out, h_n = out.squeeze(1), h_n.squeeze(1)
+            c_n = None if c_n is None else c_n.squeeze(1)
+        elif self.batch_first:
+            out = out.transpose(0, 1)
+        return (out, (h_n, c_n)) if self._cell == "lstm" else (out, h_n)
+
+
+class LayerNormLSTM(_LayerNormRNN):
+    """Layer-normalised LSTM (Ba et al. 2016; the equations in :mod:`pyrnn.layernorm`)
+    as a torch.nn.Module: parameters weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k},
+    bias_hh_l{k} (the gate layer norms' betas), ln_weight_ih_l{k}, ln_weight_hh_l{k}
+    (their gains), ln_weight_c_l{k}, ln_bias_c_l{k} (the cell state's), with
+    ``_reverse`` for the second direction; bias=False removes every beta."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, device=None, dtype=None):
+        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         device, dtype)
+
+
+class LayerNormGRU(_LayerNormRNN):
+    """Layer-normalised GRU (reset-after; :mod:`pyrnn.layernorm`) as a torch.nn.Module;
+    parameters as :class:`LayerNormLSTM` without the cell-state ones."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, device=None, dtype=None):
+        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         device, dtype)

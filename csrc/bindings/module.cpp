@@ -5,6 +5,7 @@ namespace py = pybind11;
 
 void register_config(py::module_& m);
 void register_sequence(py::module_& m);
+void register_layernorm(py::module_& m);
 void register_cells(py::module_& m);
 #if defined(PYRNN_HAVE_XLA_FFI)
 void register_xla_ffi(py::module_& m);
@@ -14,6 +15,7 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "pyrnn's C++ kernels (use pyrnn.functional and the layers instead of calling these directly)";
   register_config(m);
   register_sequence(m);
+  register_layernorm(m);
   register_cells(m);
   // XLA custom-call targets for pyrnn.jax (csrc/bindings/xla_ffi.cpp): a dict
   // of PyCapsules, or None when the build did not find XLA's FFI headers.

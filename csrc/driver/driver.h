@@ -746,11 +746,20 @@ ResidualLayout residual_layout(const ForwardArgs<T>& a, int64_t rows) {
   return r;
 }
 
+}  // namespace PYRNN_ISA_NS
+}  // namespace pyrnn
+
+// The layer-normalised cells' driver (uses step_tiles above).
+#include "layernorm.h"
+
+namespace pyrnn {
+namespace PYRNN_ISA_NS {
+
 template <class T>
 constexpr KernelOps<T> make_ops() {
   return {&forward_impl<T>,   &backward_impl<T>,    &cell_step_impl<T>,
           &pack_cell_impl<T>, &packed_step_impl<T>, &pack_recurrence_impl<T>,
-          &residual_layout<T>};
+          &residual_layout<T>, &ln_forward_impl<T>, &ln_backward_impl<T>};
 }
 
 inline const KernelTable& make_table() {

@@ -246,4 +246,52 @@ template struct OpaqueDeleter<PackedCell<double>>;
 template struct OpaqueDeleter<PackedRecurrence<float>>;
 template struct OpaqueDeleter<PackedRecurrence<double>>;
 
+// ---- layer-normalised LSTM / GRU (layernorm.h) ----
+
+template <class T>
+LnWorkspacePtr<T> layernorm_forward(const LayerNormArgs<T>& args, bool training, int nthreads) {
+  if (args.cell != CellKind::Lstm && args.cell != CellKind::Gru)
+    throw std::invalid_argument("layernorm_forward: the cell must be the LSTM or the GRU (reset-after)");
+  LnWorkspacePtr<T> w(new LnWorkspace<T>());
+  w->sched = make_schedule(args.T, args.B, args.lengths, args.reverse);
+  w->cell = args.cell;
+  w->isa = isa_selected();
+  ForwardArgs<T> key;  // the thread choice keys on the shape, as sequence_forward's does
+  key.cell = args.cell, key.B = args.B, key.I = args.I, key.H = args.H, key.b_ih = args.b_ih;
+  {
+    ThreadChoice choice(sequence_key(training ? 11 : 12, key, w->isa), nthreads, recurrent_flops_per_step(key),
+                        double(w->sched.rows));
+    ops_for<T>(w->isa).ln_forward(args, *w, training, choice.threads());
+  }
+  if (!training) w.reset();
+  return w;
+}
+
+template <class T>
+void layernorm_backward(const LnWorkspace<T>& ws, const LayerNormArgs<T>& fwd, const LayerNormGrads<T>& grads,
+                        int nthreads) {
+  ForwardArgs<T> key;
+  key.cell = fwd.cell, key.B = fwd.B, key.I = fwd.I, key.H = fwd.H, key.b_ih = fwd.b_ih;
+  ThreadChoice choice(sequence_key(13, key, ws.isa), nthreads, 2 * recurrent_flops_per_step(key),
+                      double(ws.sched.rows));
+  // The level that ran forward: the saved rows are laid out for its vector width.
+  ops_for<T>(ws.isa).ln_backward(ws, fwd, grads, choice.threads());
+}
+
+template <class T>
+int64_t layernorm_workspace_bytes(const LnWorkspace<T>& ws) {
+  return ws.bytes();
+}
+
+template LnWorkspacePtr<float> layernorm_forward(const LayerNormArgs<float>&, bool, int);
+template LnWorkspacePtr<double> layernorm_forward(const LayerNormArgs<double>&, bool, int);
+template void layernorm_backward(const LnWorkspace<float>&, const LayerNormArgs<float>&, const LayerNormGrads<float>&,
+                                 int);
+template void layernorm_backward(const LnWorkspace<double>&, const LayerNormArgs<double>&,
+                                 const LayerNormGrads<double>&, int);
+template int64_t layernorm_workspace_bytes(const LnWorkspace<float>&);
+template int64_t layernorm_workspace_bytes(const LnWorkspace<double>&);
+template struct OpaqueDeleter<LnWorkspace<float>>;
+template struct OpaqueDeleter<LnWorkspace<double>>;
+
 }  // namespace pyrnn

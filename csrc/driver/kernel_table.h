@@ -18,6 +18,9 @@ struct KernelOps {
   void (*pack_recurrence)(const ForwardArgs<T>&, WeightPrecision, PackedRecurrence<T>&);
   // The training workspace's layout in one block for `rows` packed rows.
   ResidualLayout (*residual_layout)(const ForwardArgs<T>&, int64_t rows);
+  // Layer-normalised LSTM/GRU (layernorm.h).
+  void (*ln_forward)(const LayerNormArgs<T>&, LnWorkspace<T>&, bool training, int nthreads);
+  void (*ln_backward)(const LnWorkspace<T>&, const LayerNormArgs<T>&, const LayerNormGrads<T>&, int nthreads);
 };
 
 struct KernelTable {

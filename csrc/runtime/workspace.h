@@ -130,6 +130,26 @@ inline int64_t good_ld(int64_t n) {
   return (n * int64_t(sizeof(T))) % 1024 == 0 ? n + 64 / int64_t(sizeof(T)) : n;
 }
 
+// What a layer-normalised training forward keeps for backward (api.h
+// LayerNormArgs; csrc/driver/layernorm.h). Per packed row, gate-major with
+// each block Hp wide (row stride ld): the normalised projections xhat_ih and
+// xhat_hh and the activated gates (LSTM i f g o, GRU r z n); per row and
+// block 1/sigma (rstd_*, [rows, G]). LSTM also: the new cell state c [rows, Hp],
+// its normalised value xhat_c and tanh(LN_1(c)) (tanh_c), rstd_c [rows].
+template <class T>
+struct LnWorkspace {
+  Schedule sched;
+  CellKind cell = CellKind::Lstm;
+  Isa isa = Isa::Baseline;
+  int64_t Hp = 0, ld = 0;
+  AlignedBuffer<T> xhat_ih, xhat_hh, gates, rstd_ih, rstd_hh;
+  AlignedBuffer<T> c, xhat_c, tanh_c, rstd_c;
+  int64_t bytes() const {
+    return int64_t(sizeof(T) * (xhat_ih.size() + xhat_hh.size() + gates.size() + rstd_ih.size() + rstd_hh.size() +
+                                c.size() + xhat_c.size() + tanh_c.size() + rstd_c.size()));
+  }
+};
+
 template <class X>
 void OpaqueDeleter<X>::operator()(X* p) const {
   delete p;

@@ -199,4 +199,55 @@ double measure_fma_peak_gflops(int nthreads, double seconds);
 // with the selected ISA's vector loads.
 double measure_read_bandwidth_gbs(int64_t bytes, int nthreads, double seconds);
 
+// ---------------------------------------------------------------------------
+// Layer-normalised LSTM and GRU (Ba, Kiros & Hinton 2016; csrc/driver/layernorm.h).
+//
+// LN_G(v; gamma, beta) normalises each of the G gate blocks of H units of a
+// row v [G*H] on its own: (v_blk - mean) / sqrt(var + 1e-5) * gamma_blk +
+// beta_blk (biased variance, as torch.nn.LayerNorm).
+//   LSTM: a = LN_4(W_ih x; ln_ih, b_ih) + LN_4(W_hh h; ln_hh, b_hh);
+//         i,f,o = sigmoid, g = tanh of a's blocks; c' = f c + i g;
+//         h' = o * tanh(LN_1(c'; ln_c_weight, ln_c_bias))
+//   GRU (reset-after): gi = LN_3(W_ih x; ln_ih, b_ih), gh = LN_3(W_hh h; ln_hh, b_hh);
+//         r = s(gi_r + gh_r), z = s(gi_z + gh_z), n = tanh(gi_n + r gh_n);
+//         h' = (1 - z) n + z h
+// b_ih/b_hh (the betas) are both given or both null; ln_c_bias may be null.
+// Lengths and reverse as ForwardArgs. No projection, dropout mask or packing.
+template <class Real>
+struct LayerNormArgs {
+  CellKind cell = CellKind::Lstm;  // Lstm or Gru
+  int64_t T = 0, B = 0, I = 0, H = 0;
+  const Real *x = nullptr, *h0 = nullptr, *c0 = nullptr;
+  const Real *W_ih = nullptr, *W_hh = nullptr, *b_ih = nullptr, *b_hh = nullptr;
+  const Real *ln_ih = nullptr, *ln_hh = nullptr;              // [G*H] gains
+  const Real *ln_c_weight = nullptr, *ln_c_bias = nullptr;    // LSTM [H]
+  const int64_t* lengths = nullptr;
+  bool reverse = false;
+  Real* y = nullptr;  // [T,B,H]; zero-filled by the caller when lengths are given
+  Real *h_n = nullptr, *c_n = nullptr;
+};
+
+template <class Real>
+struct LayerNormGrads {
+  const Real *dy = nullptr, *dh_n = nullptr, *dc_n = nullptr;  // null: zeros
+  // Outputs, overwritten; dx must be zero-filled by the caller when lengths are
+  // given (padded positions are not written). db_*, dln_c_bias: null without those biases.
+  Real *dx = nullptr, *dh0 = nullptr, *dc0 = nullptr, *dW_ih = nullptr, *dW_hh = nullptr;
+  Real *db_ih = nullptr, *db_hh = nullptr, *dln_ih = nullptr, *dln_hh = nullptr;
+  Real *dln_c_weight = nullptr, *dln_c_bias = nullptr;
+};
+
+template <class T>
+struct LnWorkspace;
+template <class T>
+using LnWorkspacePtr = OpaquePtr<LnWorkspace<T>>;
+
+template <class T>
+LnWorkspacePtr<T> layernorm_forward(const LayerNormArgs<T>& args, bool training, int nthreads);
+template <class T>
+void layernorm_backward(const LnWorkspace<T>& ws, const LayerNormArgs<T>& fwd, const LayerNormGrads<T>& grads,
+                        int nthreads);
+template <class T>
+int64_t layernorm_workspace_bytes(const LnWorkspace<T>& ws);
+
 }  // namespace pyrnn

@@ -1,0 +1,231 @@
+// Layer-normalised LSTM / GRU kernels (pyrnn/api.h layernorm_forward/backward).
+//
+// As in register_sequence.cpp, arguments are validated in Python
+// (pyrnn/_validation.py); the checks here only protect memory: dtype, shape
+// and contiguity of every array the kernels touch, and lengths in range.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstring>
+#include <optional>
+#include <string>
+
+#include "arrays.h"
+#include "pyrnn/api.h"
+#include "pyrnn/threads.h"
+
+namespace py = pybind11;
+using pyrnn::CellKind;
+using pyrnn_bindings::has_dtype;
+
+namespace {
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw py::value_error(what);
+}
+
+void check(const char* name, const py::array& a, const py::dtype& dt, std::initializer_list<int64_t> shape) {
+  if (!has_dtype(a, dt))
+    throw py::type_error(std::string(name) + ": expected " + std::string(py::str(dt)) + ", got " +
+                         std::string(py::str(a.dtype())));
+  bool ok = a.ndim() == py::ssize_t(shape.size()) && (a.flags() & py::array::c_style);
+  int d = 0;
+  for (int64_t s : shape) ok = ok && a.shape(d++) == s;
+  std::string want;
+  for (int64_t s : shape) want += (want.empty() ? "" : ", ") + std::to_string(s);
+  require(ok, std::string(name) + ": expected a C-contiguous array of shape (" + want + ")");
+}
+
+std::optional<py::array> opt(const py::object& o) {
+  if (o.is_none()) return std::nullopt;
+  py::array a = py::array::ensure(o);
+  if (!a) throw py::type_error("expected an array or None");
+  return a;
+}
+
+template <class T>
+T* ptr(const std::optional<py::array>& a) {
+  return a ? static_cast<T*>(const_cast<void*>(a->data())) : nullptr;
+}
+
+template <class Real>
+py::array_t<Real> zeros(std::initializer_list<py::ssize_t> shape) {
+  py::array_t<Real> a{std::vector<py::ssize_t>(shape)};
+  std::memset(a.mutable_data(), 0, sizeof(Real) * size_t(a.size()));
+  return a;
+}
+
+// What backward needs: the forward's arrays (kept alive) and the workspace.
+struct LnState {
+  CellKind cell = CellKind::Lstm;
+  bool f64 = false;
+  int64_t T = 0, B = 0, I = 0, H = 0;
+  bool has_bias = false, has_c_bias = false;
+  pyrnn::LnWorkspacePtr<float> wf;
+  pyrnn::LnWorkspacePtr<double> wd;
+  pyrnn::LayerNormArgs<float> af;
+  pyrnn::LayerNormArgs<double> ad;
+  py::list keep;  // the arrays the args point into
+  int64_t nbytes() const {
+    return f64 ? (wd ? pyrnn::layernorm_workspace_bytes(*wd) : 0) : (wf ? pyrnn::layernorm_workspace_bytes(*wf) : 0);
+  }
+};
+
+template <class Real>
+py::tuple forward_typed(CellKind cell, py::array x, std::optional<py::array> h0, std::optional<py::array> c0,
+                        py::array W_ih, py::array W_hh, std::optional<py::array> b_ih, std::optional<py::array> b_hh,
+                        py::array ln_ih, py::array ln_hh, std::optional<py::array> ln_c_weight,
+                        std::optional<py::array> ln_c_bias, std::optional<py::array> lengths, bool reverse,
+                        bool training) {
+  const py::dtype dt = py::dtype::of<Real>();
+  require(cell == CellKind::Lstm || cell == CellKind::Gru, "cell: the LSTM or the GRU (reset-after)");
+  const bool lstm = cell == CellKind::Lstm;
+  const int64_t G = pyrnn::gates_of(cell);
+  require(x.ndim() == 3 && W_hh.ndim() == 2, "x must be 3-D and W_hh 2-D");
+  const int64_t T = x.shape(0), B = x.shape(1), I = x.shape(2), H = W_hh.shape(1);
+  require(T >= 1 && I >= 1 && H >= 1, "T, I and H must be at least 1");
+  require(bool(b_ih) == bool(b_hh), "b_ih and b_hh: both or neither");
+  require(lstm == bool(ln_c_weight), "ln_c_weight: for the LSTM (required) only");
+  require(lstm || (!c0 && !ln_c_bias), "c0, ln_c_bias: LSTM only");
+  check("x", x, dt, {T, B, I});
+  check("W_ih", W_ih, dt, {G * H, I});
+  check("W_hh", W_hh, dt, {G * H, H});
+  if (b_ih) check("b_ih", *b_ih, dt, {G * H}), check("b_hh", *b_hh, dt, {G * H});
+  check("ln_ih", ln_ih, dt, {G * H});
+  check("ln_hh", ln_hh, dt, {G * H});
+  if (ln_c_weight) check("ln_c_weight", *ln_c_weight, dt, {H});
+  if (ln_c_bias) check("ln_c_bias", *ln_c_bias, dt, {H});
+  if (h0) check("h0", *h0, dt, {B, H});
+  if (c0) check("c0", *c0, dt, {B, H});
+  if (lengths) {
+    check("lengths", *lengths, py::dtype::of<int64_t>(), {B});
+    const int64_t* L = ptr<int64_t>(lengths);
+    for (int64_t b = 0; b < B; ++b) require(L[b] >= 1 && L[b] <= T, "lengths must lie in [1, T]");
+  }
+  py::array_t<Real> y = lengths ? zeros<Real>({T, B, H}) : py::array_t<Real>(std::vector<py::ssize_t>{T, B, H});
+  py::array_t<Real> h_n(std::vector<py::ssize_t>{B, H});
+  py::object c_n = py::none();
+  pyrnn::LayerNormArgs<Real> a;
+  a.cell = cell, a.T = T, a.B = B, a.I = I, a.H = H;
+  a.x = ptr<Real>(x), a.h0 = ptr<Real>(h0), a.c0 = ptr<Real>(c0);
+  a.W_ih = ptr<Real>(W_ih), a.W_hh = ptr<Real>(W_hh), a.b_ih = ptr<Real>(b_ih), a.b_hh = ptr<Real>(b_hh);
+  a.ln_ih = ptr<Real>(ln_ih), a.ln_hh = ptr<Real>(ln_hh);
+  a.ln_c_weight = ptr<Real>(ln_c_weight), a.ln_c_bias = ptr<Real>(ln_c_bias);
+  a.lengths = ptr<int64_t>(lengths), a.reverse = reverse;
+  a.y = y.mutable_data(), a.h_n = h_n.mutable_data();
+  if (lstm) {
+    py::array_t<Real> cn(std::vector<py::ssize_t>{B, H});
+    a.c_n = cn.mutable_data();
+    c_n = cn;
+  }
+  const int nth = pyrnn::get_num_threads();
+  pyrnn::LnWorkspacePtr<Real> ws;
+  if (B > 0) {
+    py::gil_scoped_release nogil;  // only raw buffers are touched below
+    ws = pyrnn::layernorm_forward<Real>(a, training, nth);
+  }
+  py::object state = py::none();
+  if (training) {
+    auto st = std::make_unique<LnState>();
+    st->cell = cell, st->T = T, st->B = B, st->I = I, st->H = H;
+    st->has_bias = bool(b_ih), st->has_c_bias = bool(ln_c_bias);
+    for (const py::object& o : {py::object(x), py::object(W_ih), py::object(W_hh), py::object(ln_ih),
+                                py::object(ln_hh), py::object(y)})
+      st->keep.append(o);
+    for (const auto& o : {h0, c0, b_ih, b_hh, ln_c_weight, ln_c_bias, lengths})
+      if (o) st->keep.append(*o);
+    if constexpr (std::is_same_v<Real, float>)
+      st->wf = std::move(ws), st->af = a;
+    else
+      st->f64 = true, st->wd = std::move(ws), st->ad = a;
+    state = py::cast(std::move(st));
+  }
+  return py::make_tuple(y, h_n, c_n, state);
+}
+
+template <class Real>
+py::tuple backward_typed(LnState& st, std::optional<py::array> dy, std::optional<py::array> dh_n,
+                         std::optional<py::array> dc_n) {
+  const py::dtype dt = py::dtype::of<Real>();
+  const bool lstm = st.cell == CellKind::Lstm;
+  const int64_t T = st.T, B = st.B, I = st.I, H = st.H, G = pyrnn::gates_of(st.cell);
+  if (dy) check("dy", *dy, dt, {T, B, H});
+  if (dh_n) check("dh_n", *dh_n, dt, {B, H});
+  require(!dc_n || lstm, "dc_n: LSTM only");
+  if (dc_n) check("dc_n", *dc_n, dt, {B, H});
+  // Zero-filled: dx rows at padded steps are not written, and with B = 0 nothing is.
+  auto dx = zeros<Real>({T, B, I}), dh0 = zeros<Real>({B, H});
+  auto dW_ih = zeros<Real>({G * H, I}), dW_hh = zeros<Real>({G * H, H});
+  auto dln_ih = zeros<Real>({G * H}), dln_hh = zeros<Real>({G * H});
+  py::object dc0 = py::none(), db_ih = py::none(), db_hh = py::none(), dlc_w = py::none(), dlc_b = py::none();
+  pyrnn::LayerNormGrads<Real> g;
+  g.dy = ptr<Real>(dy), g.dh_n = ptr<Real>(dh_n), g.dc_n = ptr<Real>(dc_n);
+  g.dx = dx.mutable_data(), g.dh0 = dh0.mutable_data(), g.dW_ih = dW_ih.mutable_data();
+  g.dW_hh = dW_hh.mutable_data(), g.dln_ih = dln_ih.mutable_data(), g.dln_hh = dln_hh.mutable_data();
+  if (st.has_bias) {
+    auto a = zeros<Real>({G * H}), b = zeros<Real>({G * H});
+    g.db_ih = a.mutable_data(), g.db_hh = b.mutable_data();
+    db_ih = a, db_hh = b;
+  }
+  if (lstm) {
+    auto c = zeros<Real>({B, H}), w = zeros<Real>({H});
+    g.dc0 = c.mutable_data(), g.dln_c_weight = w.mutable_data();
+    dc0 = c, dlc_w = w;
+    if (st.has_c_bias) {
+      auto bb = zeros<Real>({H});
+      g.dln_c_bias = bb.mutable_data();
+      dlc_b = bb;
+    }
+  }
+  const int nth = pyrnn::get_num_threads();
+  if (B > 0) {
+    py::gil_scoped_release nogil;
+    if constexpr (std::is_same_v<Real, float>)
+      pyrnn::layernorm_backward<float>(*st.wf, st.af, g, nth);
+    else
+      pyrnn::layernorm_backward<double>(*st.wd, st.ad, g, nth);
+  }
+  return py::make_tuple(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dln_ih, dln_hh, dlc_w, dlc_b);
+}
+
+}  // namespace
+
+void register_layernorm(py::module_& m) {
+  py::class_<LnState>(m, "LayerNormWorkspace",
+                      "What a layer-normalised training forward keeps for backward: saved normalised values, "
+                      "1/sigma and gates, plus references to the forward's arrays.")
+      .def_readonly("cell", &LnState::cell)
+      .def_property_readonly("nbytes", &LnState::nbytes, "Bytes of saved activations.")
+      .def_property_readonly("dtype",
+                             [](const LnState& s) { return s.f64 ? py::dtype::of<double>() : py::dtype::of<float>(); })
+      .def_property_readonly("shape", [](const LnState& s) { return py::make_tuple(s.T, s.B, s.I, s.H); });
+
+  m.def(
+      "layernorm_forward",
+      [](CellKind cell, py::array x, py::object h0, py::object c0, py::array W_ih, py::array W_hh, py::object b_ih,
+         py::object b_hh, py::array ln_ih, py::array ln_hh, py::object ln_c_weight, py::object ln_c_bias,
+         py::object lengths, bool reverse, bool training) {
+        auto run = [&](auto tag) {
+          using Real = decltype(tag);
+          return forward_typed<Real>(cell, x, opt(h0), opt(c0), W_ih, W_hh, opt(b_ih), opt(b_hh), ln_ih, ln_hh,
+                                     opt(ln_c_weight), opt(ln_c_bias), opt(lengths), reverse, training);
+        };
+        if (has_dtype(x, py::dtype::of<float>())) return run(float{});
+        if (has_dtype(x, py::dtype::of<double>())) return run(double{});
+        throw py::type_error("x: expected float32 or float64, got " + std::string(py::str(x.dtype())));
+      },
+      py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("W_ih"), py::arg("W_hh"), py::arg("b_ih"),
+      py::arg("b_hh"), py::arg("ln_ih"), py::arg("ln_hh"), py::arg("ln_c_weight"), py::arg("ln_c_bias"),
+      py::arg("lengths"), py::arg("reverse"), py::arg("training"),
+      "Layer-normalised LSTM/GRU forward: returns (y, h_n, c_n or None, LayerNormWorkspace or None).");
+
+  m.def(
+      "layernorm_backward",
+      [](LnState& st, py::object dy, py::object dh_n, py::object dc_n) {
+        if (st.f64) return backward_typed<double>(st, opt(dy), opt(dh_n), opt(dc_n));
+        return backward_typed<float>(st, opt(dy), opt(dh_n), opt(dc_n));
+      },
+      py::arg("workspace"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
+      "Returns (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dln_ih, dln_hh, dln_c_weight, dln_c_bias); absent "
+      "entries are None.");
+}

@@ -1,0 +1,249 @@
+"""Layer-normalised LSTM and GRU layers on NumPy arrays (issue #16; Ba, Kiros & Hinton 2016).
+
+The interface of :class:`pyrnn.LSTM` / :class:`pyrnn.GRU` (constructor
+arguments, ``num_layers``, ``bidirectional``, ``batch_first``, ``dropout``
+between layers, ``lengths``, ``forward`` / ``backward`` / ``grads``,
+``named_parameters``, ``state_dict``), with each gate pre-activation block
+layer-normalised::
+
+    LN_G(v; gamma, beta): each of the G gate blocks of H units of v [G*H] is
+        normalised on its own: (v_blk - mean) / sqrt(var + 1e-5) * gamma_blk + beta_blk
+        (biased variance, eps 1e-5, as torch.nn.LayerNorm)
+
+    LayerNormLSTM (gates i, f, g, o):
+        a = LN_4(W_ih x; ln_weight_ih, bias_ih) + LN_4(W_hh h; ln_weight_hh, bias_hh)
+        i, f, o = sigmoid, g = tanh of a's blocks;  c' = f * c + i * g
+        h' = o * tanh(LN_1(c'; ln_weight_c, ln_bias_c))
+    LayerNormGRU (gates r, z, n; PyTorch's reset-after form):
+        gi = LN_3(W_ih x; ln_weight_ih, bias_ih);  gh = LN_3(W_hh h; ln_weight_hh, bias_hh)
+        r = sigmoid(gi_r + gh_r);  z = sigmoid(gi_z + gh_z);  n = tanh(gi_n + r * gh_n)
+        h' = (1 - z) * n + z * h
+
+The usual ``bias_ih`` / ``bias_hh`` are the layer norms' betas (a bias added
+before a normalisation would cancel). Parameters per layer and direction
+(suffix ``_l{k}`` and ``_l{k}_reverse`` as PyTorch's)::
+
+    weight_ih [G*H, I]   weight_hh [G*H, H]   (uniform(-1/sqrt(H), 1/sqrt(H)), as pyrnn.LSTM)
+    bias_ih, bias_hh [G*H]                     (betas, 0)
+    ln_weight_ih, ln_weight_hh [G*H]           (gains, 1)
+    LSTM: ln_weight_c [H] (1), ln_bias_c [H] (0)
+
+``bias=False`` removes every beta (bias_ih, bias_hh and ln_bias_c); the gains stay.
+Each layer and direction runs in C++ (:func:`pyrnn.functional.layernorm_lstm_forward`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _stack
+from . import functional as F
+from ._module import Module
+from ._validation import (array_like, check_lengths, check_positive_int, check_probability, layer_input,
+                          layer_states, make_rng)
+
+__all__ = ["LayerNormLSTM", "LayerNormGRU"]
+
+# pyrnn.functional's argument names -> parameter names (before the _l0 / _l0_reverse suffix)
+LN_PARAM_NAMES = {"W_ih": "weight_ih", "W_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh",
+                  "ln_ih": "ln_weight_ih", "ln_hh": "ln_weight_hh", "ln_c_weight": "ln_weight_c",
+                  "ln_c_bias": "ln_bias_c"}
+
+
+class _LayerNormRNNBase(Module):
+    proj_size = 0  # (read by the shared input checks)
+
+    def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, *, dtype=np.float32, seed=None, rng=None):
+        super().__init__(dtype)
+        check_positive_int("input_size", input_size)
+        check_positive_int("hidden_size", hidden_size)
+        check_positive_int("num_layers", num_layers)
+        check_probability("dropout", dropout)
+        self.mode = mode  # "LSTM" or "GRU": the states and messages of pyrnn.LSTM / GRU
+        self.family = mode.lower()
+        self.input_size = int(input_size)
+        self.hidden_size = int(hidden_size)
+        self.num_layers = int(num_layers)
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.dropout = float(dropout)
+        self.bidirectional = bool(bidirectional)
+        self._rng = make_rng(seed, rng)
+        self._saved = None
+        G, H = (4 if mode == "LSTM" else 3), self.hidden_size
+        bound = 1.0 / math.sqrt(H)
+        for layer in range(self.num_layers):
+            in_size = self.input_size if layer == 0 else H * self.num_directions
+            for sfx in (_stack.param_suffix(layer, d) for d in range(self.num_directions)):
+                self._add_param(f"weight_ih{sfx}", (G * H, in_size), self._rng, bound)
+                self._add_param(f"weight_hh{sfx}", (G * H, H), self._rng, bound)
+                if self.bias:
+                    self._add_const(f"bias_ih{sfx}", (G * H,), 0.0)
+                    self._add_const(f"bias_hh{sfx}", (G * H,), 0.0)
+                self._add_const(f"ln_weight_ih{sfx}", (G * H,), 1.0)
+                self._add_const(f"ln_weight_hh{sfx}", (G * H,), 1.0)
+                if mode == "LSTM":
+                    self._add_const(f"ln_weight_c{sfx}", (H,), 1.0)
+                    if self.bias:
+                        self._add_const(f"ln_bias_c{sfx}", (H,), 0.0)
+
+    def _add_const(self, name, shape, value):
+        self._params[name] = np.full(shape, value, dtype=self.dtype)
+        self.grads[name] = np.zeros(shape, dtype=self.dtype)
+
+    @property
+    def num_directions(self):
+        return 2 if self.bidirectional else 1
+
+    def direction_params(self, layer, direction):
+        """One layer and direction's parameters by :mod:`pyrnn.functional`'s names
+        (W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, and for the LSTM ln_c_weight,
+        ln_c_bias); None where absent."""
+        sfx = _stack.param_suffix(layer, direction)
+        names = LN_PARAM_NAMES if self.mode == "LSTM" else {k: v for k, v in LN_PARAM_NAMES.items()
+                                                            if not k.startswith("ln_c")}
+        return {short: self._params.get(name + sfx) for short, name in names.items()}
+
+    def __repr__(self):
+        extra = "".join([
+            f", num_layers={self.num_layers}" if self.num_layers != 1 else "",
+            ", bias=False" if not self.bias else "",
+            ", batch_first=True" if self.batch_first else "",
+            f", dropout={self.dropout}" if self.dropout else "",
+            ", bidirectional=True" if self.bidirectional else "",
+        ])
+        return f"{type(self).__name__}({self.input_size}, {self.hidden_size}{extra})"
+
+    def __call__(self, x, hx=None, lengths=None):
+        return self.forward(x, hx, lengths)
+
+    def _dropout_mask(self, shape, p):
+        if p >= 1:
+            return np.zeros(shape, dtype=self.dtype)
+        return ((self._rng.random(shape) >= p) / (1.0 - p)).astype(self.dtype)
+
+    def run_direction(self, layer, direction, x, h0=None, c0=None, *, lengths=None, training=True):
+        """One layer and direction (time-major x): returns (y, h_n, c_n or None, workspace)."""
+        p = self.direction_params(layer, direction)
+        kw = {"lengths": lengths, "reverse": direction == 1, "training": training}
+        if self.mode == "LSTM":
+            return F.layernorm_lstm_forward(x, h0, c0, p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"], p["ln_ih"],
+                                            p["ln_hh"], p["ln_c_weight"], p["ln_c_bias"], **kw)
+        y, h_n, ws = F.layernorm_gru_forward(x, h0, p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"], p["ln_ih"],
+                                             p["ln_hh"], **kw)
+        return y, h_n, None, ws
+
+    def forward(self, x, hx=None, lengths=None):
+        """Returns (output, h_n) or, for the LSTM, (output, (h_n, c_n)); as :meth:`pyrnn.LSTM.forward`.
+
+        x: (T, B, I), (B, T, I) with batch_first, or unbatched (T, I); hx: h0
+        (and c0 for the LSTM: a tuple) of shape (num_layers * num_directions, B, H)
+        or None; lengths: optional (B,) valid lengths in [1, T].
+        """
+        x, unbatched = layer_input(self, x)
+        T, B, _ = x.shape
+        if lengths is not None:
+            lengths = check_lengths(lengths, T, B)
+        h0_all, c0_all = layer_states(self, hx, B, unbatched)
+        D = self.num_directions
+        training = self.training
+        masks = []
+
+        def run(layer, d, layer_x):
+            k = layer * D + d
+            return self.run_direction(layer, d, layer_x, None if h0_all is None else h0_all[k],
+                                      None if c0_all is None else c0_all[k], lengths=lengths, training=training)
+
+        def dropout(layer, y):
+            if not (training and self.dropout > 0):
+                masks.append(None)
+                return y
+            masks.append(self._dropout_mask(y.shape, self.dropout))
+            return y * masks[-1]
+
+        out, results = _stack.forward(run, x, self.num_layers, D, between=dropout)
+        self._saved = ({"ws": [r[3] for r in results], "dropout": masks, "unbatched": unbatched, "B": B, "T": T}
+                       if training else None)
+        h_n = np.stack([r[1] for r in results])
+        c_n = np.stack([r[2] for r in results]) if self.mode == "LSTM" else None
+        if unbatched:
+            out, h_n = out[:, 0], h_n[:, 0]
+            c_n = None if c_n is None else c_n[:, 0]
+        elif self.batch_first:
+            out = out.transpose(1, 0, 2)
+        return (out, (h_n, c_n)) if self.mode == "LSTM" else (out, h_n)
+
+    def backward(self, dy=None, dh_n=None, dc_n=None):
+        """Backpropagates through the last training-mode call; as :meth:`pyrnn.LSTM.backward`.
+        Parameter gradients are added to ``self.grads``. Returns (dx, dh0) or,
+        for the LSTM, (dx, (dh0, dc0))."""
+        s = self._saved
+        if s is None:
+            raise RuntimeError(f"{type(self).__name__}.backward needs a forward call in training mode first "
+                               f"(or backward was already called for it)")
+        if self.mode != "LSTM" and dc_n is not None:
+            raise ValueError(f"dc_n is only used by the LSTM, got dc_n for a {type(self).__name__}")
+        T, B, unbatched = s["T"], s["B"], s["unbatched"]
+        D, L, H = self.num_directions, self.num_layers, self.hidden_size
+        out_shape = (T, D * H) if unbatched else ((B, T, D * H) if self.batch_first else (T, B, D * H))
+        st_shape = (L * D, H) if unbatched else (L * D, B, H)
+        grads = {"dy": (dy, out_shape), "dh_n": (dh_n, st_shape), "dc_n": (dc_n, st_shape)}
+        dy, dh_n, dc_n = (None if g is None else array_like(name, g, self.dtype, shape)
+                          for name, (g, shape) in grads.items())
+        if unbatched:
+            dy, dh_n, dc_n = (None if g is None else g[:, None, :] for g in (dy, dh_n, dc_n))
+        elif self.batch_first and dy is not None:
+            dy = dy.transpose(1, 0, 2)
+        dh0 = [None] * (L * D)
+        dc0 = [None] * (L * D)
+
+        def run(layer, d, dy_d):
+            k = layer * D + d
+            dh = None if dh_n is None else dh_n[k]
+            if self.mode == "LSTM":
+                g = F.layernorm_lstm_backward(s["ws"][k], dy_d, dh, None if dc_n is None else dc_n[k])
+                dx, dh0[k], dc0[k], *pg = g
+                names = ("W_ih", "W_hh", "b_ih", "b_hh", "ln_ih", "ln_hh", "ln_c_weight", "ln_c_bias")
+            else:
+                dx, dh0[k], *pg = F.layernorm_gru_backward(s["ws"][k], dy_d, dh)
+                names = ("W_ih", "W_hh", "b_ih", "b_hh", "ln_ih", "ln_hh")
+            sfx = _stack.param_suffix(layer, d)
+            for short, grad in zip(names, pg):
+                if grad is not None:
+                    self.grads[LN_PARAM_NAMES[short] + sfx] += grad
+            return dx
+
+        dx = _stack.backward(run, dy, L, D, H, between=lambda layer, g: g * s["dropout"][layer]
+                             if s["dropout"][layer] is not None else g)
+        self._saved = None
+        dh0 = np.stack(dh0)
+        dc0 = np.stack(dc0) if self.mode == "LSTM" else None
+        if unbatched:
+            dx, dh0 = dx[:, 0], dh0[:, 0]
+            dc0 = None if dc0 is None else dc0[:, 0]
+        elif self.batch_first:
+            dx = dx.transpose(1, 0, 2)
+        return (dx, (dh0, dc0)) if self.mode == "LSTM" else (dx, dh0)
+
+
+class LayerNormLSTM(_LayerNormRNNBase):
+    """Layer-normalised LSTM on NumPy (the equations: :mod:`pyrnn.layernorm`);
+    the arguments of :class:`pyrnn.LSTM` without proj_size / recurrent_dropout."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, *, dtype=np.float32, seed=None, rng=None):
+        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         dtype=dtype, seed=seed, rng=rng)
+
+
+class LayerNormGRU(_LayerNormRNNBase):
+    """Layer-normalised GRU (reset-after) on NumPy (the equations: :mod:`pyrnn.layernorm`);
+    the arguments of :class:`pyrnn.GRU` without reset_after / recurrent_dropout."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, *, dtype=np.float32, seed=None, rng=None):
+        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         dtype=dtype, seed=seed, rng=rng)
