@@ -76,6 +76,15 @@ class ForwardInputs(NamedTuple):
     zoneout_c: Optional[np.ndarray] = None  # [T, B, H] (LSTM)
 
 
+def _check_mixing_weights(name, m):
+    """Zoneout masks are weights of the previous state: outside [0, 1] (or NaN) they extrapolate."""
+    if not (np.all(m >= 0) and np.all(m <= 1)):
+        raise ValueError(f"{name} must hold weights in [0, 1] (1: the unit keeps its previous value), got values "
+                         f"in [{np.nanmin(m) if not np.all(np.isnan(m)) else np.nan}, "
+                         f"{np.nanmax(m) if not np.all(np.isnan(m)) else np.nan}]"
+                         f"{' and NaN' if np.isnan(m).any() else ''}")
+
+
 def check_forward(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask=None, W_hr=None, zoneout_h=None,
                   zoneout_c=None) -> ForwardInputs:
     """Validate the forward inputs of ``cell`` ("rnn", "lstm" or "gru").
@@ -137,11 +146,13 @@ def check_forward(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask=None,
     if zoneout_h is not None:
         zoneout_h = as_float_array("zoneout_h", zoneout_h)
         check_shape("zoneout_h", zoneout_h, (T, B, P), "(T, " + h_layout[1:])
+        _check_mixing_weights("zoneout_h", zoneout_h)
     if zoneout_c is not None:
         if cell != "lstm":
             raise ValueError(f"zoneout_c (a cell-state mask) is only used by the LSTM, not {cell}")
         zoneout_c = as_float_array("zoneout_c", zoneout_c)
         check_shape("zoneout_c", zoneout_c, (T, B, H), "(T, B, H)")
+        _check_mixing_weights("zoneout_c", zoneout_c)
 
     check_same_dtype({"x": x, "W_ih": W_ih, "W_hh": W_hh, "b_ih": b_ih, "b_hh": b_hh, "W_hr": W_hr, **given,
                       "h_mask": h_mask, "zoneout_h": zoneout_h, "zoneout_c": zoneout_c})

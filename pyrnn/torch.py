@@ -242,7 +242,8 @@ def _dropout_mask(shape, p, dtype):
 
 def _zoneout_mask(shape, p, dtype, device):
     """A zoneout mask: 1 (the unit keeps its previous value) with probability p, else 0; torch's RNG."""
-    return torch.empty(shape, dtype=dtype, device=device).bernoulli_(p)
+    # Out of place, so vmap(randomness="different") can batch it.
+    return torch.bernoulli(torch.full(shape, p, dtype=dtype, device=device))
 
 
 def _traced(x):
@@ -882,6 +883,11 @@ def _layernorm_kernel_forward(cell, lengths, reverse, arrays, training):
     return y, h_n, None, ws
 
 
+_LN_EAGER_ONLY = ("{} runs eagerly only: it has no custom operator (as pyrnn::rnn_layer) yet, so "
+                  "torch.compile(fullgraph=True), torch.export and torch.func transforms cannot trace it; "
+                  "plain torch.compile runs it outside the graph")
+
+
 class _LayerNormRecurrence(torch.autograd.Function):
     """One layer and direction of a layer-normalised cell. Inputs: cell, lengths
     (int64 array or None), reverse, then the tensors of _LN_ORDER (None where
@@ -999,6 +1005,7 @@ class _LayerNormRNN(nn.Module):
             out.append(h.contiguous())
         return (out + [None])[:2]
 
+    @torch._dynamo.disable(reason=_LN_EAGER_ONLY.format("pyrnn.torch.LayerNormLSTM/GRU"))
     def forward(self, input, hx=None, lengths=None):
         """As pyrnn.torch.LSTM / GRU: input [T, B, I] ([B, T, I] with batch_first),
         unbatched [T, I], or a PackedSequence; hx: h_0 (and c_0 for the LSTM, a
@@ -1007,6 +1014,10 @@ class _LayerNormRNN(nn.Module):
         semantics on a padded batch (outputs zero past each length, h_n at each
         sequence's own last step). Returns (output, h_n) or (output, (h_n, c_n))."""
         name = type(self).__name__
+        x0 = input.data if isinstance(input, PackedSequence) else input
+        if torch._C._are_functorch_transforms_active() or torch._C._len_torch_dispatch_stack() > 0 or (
+                type(x0) is not torch.Tensor):
+            raise NotImplementedError(_LN_EAGER_ONLY.format(name))
         dtype = _weights_dtype(self)
         packed = isinstance(input, PackedSequence)
         if packed:
@@ -1027,10 +1038,9 @@ class _LayerNormRNN(nn.Module):
         T, B = x.shape[:2]
         lengths_np = None
         if lengths is not None:
-            lengths_np = np.ascontiguousarray(np.asarray(lengths.detach().numpy() if isinstance(lengths, torch.Tensor)
-                                                         else lengths), dtype=np.int64)
             from ._validation import check_lengths
-            check_lengths(lengths_np, T, B)
+            given = np.asarray(lengths.detach().cpu().numpy() if isinstance(lengths, torch.Tensor) else lengths)
+            lengths_np = np.ascontiguousarray(check_lengths(given, T, B), dtype=np.int64)  # dtype checked first
         h0_all, c0_all = self._states(hx, B, unbatched, dtype)
         grad = _needs_grad([x, h0_all, c0_all] + list(self.parameters()))
         D = 2 if self.bidirectional else 1

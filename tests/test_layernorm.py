@@ -678,3 +678,21 @@ def test_torch_packed_sequence_unbatched_and_errors(rng):
     g, = torch.autograd.grad(y.sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="double backward is not supported"):
         g.sum().backward()
+
+
+def test_torch_module_refuses_what_it_cannot_run():
+    """Float or bool lengths raise as in the NumPy layers (not truncated); tracing transforms that
+    need a custom operator say the module is eager-only; plain torch.compile runs it outside the graph."""
+    torch = _torch()
+    from torch.func import functional_call
+
+    m = _torch_module("lstm", input_size=3, hidden_size=4)
+    x = torch.randn(5, 2, 3)
+    for bad in (torch.tensor([2.5, 2.0]), torch.tensor([True, True])):
+        with pytest.raises(TypeError, match="lengths must be an integer array"):
+            m(x, lengths=bad)
+    with pytest.raises(NotImplementedError, match="runs eagerly only"):
+        torch.func.grad(lambda p: functional_call(m, p, (x,))[0].sum())(dict(m.named_parameters()))
+    with pytest.raises(NotImplementedError, match="runs eagerly only"):
+        torch.export.export(m, (x,))
+    torch.testing.assert_close(torch.compile(m, backend="eager")(x)[0], m(x)[0])

@@ -225,6 +225,12 @@ def test_bad_leak_and_zoneout_inputs(rng):
         F.lstm_forward(p["x"], p["h0"], p["c0"], p["W_ih"], p["W_hh"], zoneout_c=np.zeros((T, B, H), np.float32))
     with pytest.raises(TypeError, match="zoneout_h must have dtype float32 or float64, got int64"):
         F.rnn_forward(*rnn_args, zoneout_h=np.zeros((T, B, H), np.int64))
+    for bad in (2.0, -0.5, np.nan):
+        with pytest.raises(ValueError, match=r"zoneout_h must hold weights in \[0, 1\]"):
+            F.rnn_forward(*rnn_args, leak=0.5, zoneout_h=np.full((T, B, H), bad))
+    with pytest.raises(ValueError, match=r"zoneout_c must hold weights in \[0, 1\].*got values in \[0.0, 1.5\]"):
+        R.lstm_forward(p["x"], p["h0"], p["c0"], p["W_ih"], p["W_hh"],
+                       zoneout_c=np.concatenate([np.zeros((T - 1, B, H)), np.full((1, B, H), 1.5)]))
     with pytest.raises(ValueError, match=r"zoneout_c must have shape \(T, B, H\)"):
         R.lstm_forward(p["x"], p["h0"], p["c0"], p["W_ih"], p["W_hh"], zoneout_c=np.zeros((T, B, H + 1)))
 

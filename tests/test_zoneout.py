@@ -940,3 +940,14 @@ def test_vmap_per_sample_grads_with_vmapped_masks():
         W = W_ih.clone().requires_grad_()
         loss(W, xs[i], zhs[i], apply=torch.ops.pyrnn.rnn_layer).backward()
         torch.testing.assert_close(got[i], W.grad, rtol=1e-10, atol=1e-12)
+
+
+@needs_torch
+def test_vmap_with_different_randomness_draws_masks_per_sample():
+    """The masks are drawn out of place, so vmap(randomness="different") batches them."""
+    torch.manual_seed(0)
+    g = pt.GRU(3, 4, zoneout=0.5)
+    x = torch.randn(1, 5, 2, 3).expand(2, 5, 2, 3)  # the same sequence twice
+    y = torch.func.vmap(lambda xi: g(xi)[0], randomness="different")(x)
+    assert y.shape == (2, 5, 2, 4)
+    assert not torch.equal(y[0], y[1])  # different masks per sample
