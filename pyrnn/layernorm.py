@@ -40,9 +40,8 @@ import numpy as np
 
 from . import _stack
 from . import functional as F
-from ._module import Module
-from ._validation import (array_like, check_lengths, check_positive_int, check_probability, layer_input,
-                          layer_states, make_rng)
+from ._validation import check_positive_int, check_probability, make_rng
+from .layers import _StackedLayer
 
 __all__ = ["LayerNormLSTM", "LayerNormGRU"]
 
@@ -52,8 +51,7 @@ LN_PARAM_NAMES = {"W_ih": "weight_ih", "W_hh": "weight_hh", "b_ih": "bias_ih", "
                   "ln_c_bias": "ln_bias_c"}
 
 
-class _LayerNormRNNBase(Module):
-    proj_size = 0  # (read by the shared input checks)
+class _LayerNormRNNBase(_StackedLayer):
 
     def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, *, dtype=np.float32, seed=None, rng=None):
@@ -94,10 +92,6 @@ class _LayerNormRNNBase(Module):
         self._params[name] = np.full(shape, value, dtype=self.dtype)
         self.grads[name] = np.zeros(shape, dtype=self.dtype)
 
-    @property
-    def num_directions(self):
-        return 2 if self.bidirectional else 1
-
     def direction_params(self, layer, direction):
         """One layer and direction's parameters by :mod:`pyrnn.functional`'s names
         (W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, and for the LSTM ln_c_weight,
@@ -117,14 +111,6 @@ class _LayerNormRNNBase(Module):
         ])
         return f"{type(self).__name__}({self.input_size}, {self.hidden_size}{extra})"
 
-    def __call__(self, x, hx=None, lengths=None):
-        return self.forward(x, hx, lengths)
-
-    def _dropout_mask(self, shape, p):
-        if p >= 1:
-            return np.zeros(shape, dtype=self.dtype)
-        return ((self._rng.random(shape) >= p) / (1.0 - p)).astype(self.dtype)
-
     def run_direction(self, layer, direction, x, h0=None, c0=None, *, lengths=None, training=True):
         """One layer and direction (time-major x): returns (y, h_n, c_n or None, workspace)."""
         p = self.direction_params(layer, direction)
@@ -136,97 +122,24 @@ class _LayerNormRNNBase(Module):
                                              p["ln_hh"], **kw)
         return y, h_n, None, ws
 
-    def forward(self, x, hx=None, lengths=None):
-        """Returns (output, h_n) or, for the LSTM, (output, (h_n, c_n)); as :meth:`pyrnn.LSTM.forward`.
+    def _label(self):
+        return type(self).__name__
 
-        x: (T, B, I), (B, T, I) with batch_first, or unbatched (T, I); hx: h0
-        (and c0 for the LSTM: a tuple) of shape (num_layers * num_directions, B, H)
-        or None; lengths: optional (B,) valid lengths in [1, T].
-        """
-        x, unbatched = layer_input(self, x)
-        T, B, _ = x.shape
-        if lengths is not None:
-            lengths = check_lengths(lengths, T, B)
-        h0_all, c0_all = layer_states(self, hx, B, unbatched)
-        D = self.num_directions
-        training = self.training
-        masks = []
+    def _direction_call(self, layer, d, layer_x, h0, c0, lengths, training, T, B):
+        return self.run_direction(layer, d, layer_x, h0, c0, lengths=lengths, training=training)
 
-        def run(layer, d, layer_x):
-            k = layer * D + d
-            return self.run_direction(layer, d, layer_x, None if h0_all is None else h0_all[k],
-                                      None if c0_all is None else c0_all[k], lengths=lengths, training=training)
-
-        def dropout(layer, y):
-            if not (training and self.dropout > 0):
-                masks.append(None)
-                return y
-            masks.append(self._dropout_mask(y.shape, self.dropout))
-            return y * masks[-1]
-
-        out, results = _stack.forward(run, x, self.num_layers, D, between=dropout)
-        self._saved = ({"ws": [r[3] for r in results], "dropout": masks, "unbatched": unbatched, "B": B, "T": T}
-                       if training else None)
-        h_n = np.stack([r[1] for r in results])
-        c_n = np.stack([r[2] for r in results]) if self.mode == "LSTM" else None
-        if unbatched:
-            out, h_n = out[:, 0], h_n[:, 0]
-            c_n = None if c_n is None else c_n[:, 0]
-        elif self.batch_first:
-            out = out.transpose(1, 0, 2)
-        return (out, (h_n, c_n)) if self.mode == "LSTM" else (out, h_n)
-
-    def backward(self, dy=None, dh_n=None, dc_n=None):
-        """Backpropagates through the last training-mode call; as :meth:`pyrnn.LSTM.backward`.
-        Parameter gradients are added to ``self.grads``. Returns (dx, dh0) or,
-        for the LSTM, (dx, (dh0, dc0))."""
-        s = self._saved
-        if s is None:
-            raise RuntimeError(f"{type(self).__name__}.backward needs a forward call in training mode first "
-                               f"(or backward was already called for it)")
-        if self.mode != "LSTM" and dc_n is not None:
-            raise ValueError(f"dc_n is only used by the LSTM, got dc_n for a {type(self).__name__}")
-        T, B, unbatched = s["T"], s["B"], s["unbatched"]
-        D, L, H = self.num_directions, self.num_layers, self.hidden_size
-        out_shape = (T, D * H) if unbatched else ((B, T, D * H) if self.batch_first else (T, B, D * H))
-        st_shape = (L * D, H) if unbatched else (L * D, B, H)
-        grads = {"dy": (dy, out_shape), "dh_n": (dh_n, st_shape), "dc_n": (dc_n, st_shape)}
-        dy, dh_n, dc_n = (None if g is None else array_like(name, g, self.dtype, shape)
-                          for name, (g, shape) in grads.items())
-        if unbatched:
-            dy, dh_n, dc_n = (None if g is None else g[:, None, :] for g in (dy, dh_n, dc_n))
-        elif self.batch_first and dy is not None:
-            dy = dy.transpose(1, 0, 2)
-        dh0 = [None] * (L * D)
-        dc0 = [None] * (L * D)
-
-        def run(layer, d, dy_d):
-            k = layer * D + d
-            dh = None if dh_n is None else dh_n[k]
-            if self.mode == "LSTM":
-                g = F.layernorm_lstm_backward(s["ws"][k], dy_d, dh, None if dc_n is None else dc_n[k])
-                dx, dh0[k], dc0[k], *pg = g
-                names = ("W_ih", "W_hh", "b_ih", "b_hh", "ln_ih", "ln_hh", "ln_c_weight", "ln_c_bias")
-            else:
-                dx, dh0[k], *pg = F.layernorm_gru_backward(s["ws"][k], dy_d, dh)
-                names = ("W_ih", "W_hh", "b_ih", "b_hh", "ln_ih", "ln_hh")
-            sfx = _stack.param_suffix(layer, d)
-            for short, grad in zip(names, pg):
-                if grad is not None:
-                    self.grads[LN_PARAM_NAMES[short] + sfx] += grad
-            return dx
-
-        dx = _stack.backward(run, dy, L, D, H, between=lambda layer, g: g * s["dropout"][layer]
-                             if s["dropout"][layer] is not None else g)
-        self._saved = None
-        dh0 = np.stack(dh0)
-        dc0 = np.stack(dc0) if self.mode == "LSTM" else None
-        if unbatched:
-            dx, dh0 = dx[:, 0], dh0[:, 0]
-            dc0 = None if dc0 is None else dc0[:, 0]
-        elif self.batch_first:
-            dx = dx.transpose(1, 0, 2)
-        return (dx, (dh0, dc0)) if self.mode == "LSTM" else (dx, dh0)
+    def _direction_backward(self, ws, layer, d, dy, dh_n, dc_n):
+        if self.mode == "LSTM":
+            dx, dh0, dc0, *pg = F.layernorm_lstm_backward(ws, dy, dh_n, dc_n)
+            names = ("W_ih", "W_hh", "b_ih", "b_hh", "ln_ih", "ln_hh", "ln_c_weight", "ln_c_bias")
+        else:
+            (dx, dh0, *pg), dc0 = F.layernorm_gru_backward(ws, dy, dh_n), None
+            names = ("W_ih", "W_hh", "b_ih", "b_hh", "ln_ih", "ln_hh")
+        sfx = _stack.param_suffix(layer, d)
+        for short, grad in zip(names, pg):
+            if grad is not None:
+                self.grads[LN_PARAM_NAMES[short] + sfx] += grad
+        return dx, dh0, dc0
 
 
 class LayerNormLSTM(_LayerNormRNNBase):

@@ -32,7 +32,128 @@ from ._validation import (array_like, check_lengths, check_positive_int, check_p
 __all__ = ["RNN", "LSTM", "GRU", "Linear"]
 
 
-class _RNNBase(Module):
+class _StackedLayer(Module):
+    """What a multi-layer, bidirectional NumPy recurrent layer shares (pyrnn.LSTM
+    and its kin, pyrnn.LayerNormLSTM and its kin): input and state checks,
+    dropout between layers, the stack loop (:mod:`pyrnn._stack`) and backward's
+    bookkeeping. A subclass runs one layer and direction:
+    ``_direction_call(layer, d, x, h0, c0, lengths, training, T, B)`` -> (y, h_n, c_n, workspace)
+    and ``_direction_backward(workspace, layer, d, dy, dh_n, dc_n)`` -> (dx, dh0, dc0),
+    adding its parameter gradients to ``self.grads``."""
+
+    proj_size = 0
+
+    def _label(self):
+        """The name its messages give it."""
+        return self.mode
+
+    def __call__(self, x, hx=None, lengths=None):
+        return self.forward(x, hx, lengths)
+
+    @property
+    def num_directions(self):
+        return 2 if self.bidirectional else 1
+
+    def _dropout_mask(self, shape, p):
+        """Kept units scaled by 1/(1-p); p=1 drops everything."""
+        if p >= 1:
+            return np.zeros(shape, dtype=self.dtype)
+        return ((self._rng.random(shape) >= p) / (1.0 - p)).astype(self.dtype)
+
+    def forward(self, x, hx=None, lengths=None):
+        """Returns (output, h_n) or, for the LSTM, (output, (h_n, c_n)).
+
+        x: (T, B, I), (B, T, I) with batch_first, or unbatched (T, I).
+        hx: h0 (and c0 for the LSTM: a tuple) of shape (num_layers * num_directions, B, H_out), or None.
+        lengths: optional (B,) valid lengths in [1, T] (PyTorch's packed-sequence results:
+        outputs are zero past each length, h_n is each sequence's own last valid state).
+        In training mode the call keeps what ``backward`` needs, and draws the masks of dropout,
+        recurrent_dropout and zoneout (eval mode: none of them applies).
+        """
+        x, unbatched = layer_input(self, x)
+        T, B, _ = x.shape
+        if lengths is not None:
+            lengths = check_lengths(lengths, T, B)
+        h0_all, c0_all = layer_states(self, hx, B, unbatched)
+        D = self.num_directions
+        training = self.training
+        masks = []
+
+        def run(layer, d, layer_x):
+            k = layer * D + d
+            return self._direction_call(layer, d, layer_x, None if h0_all is None else h0_all[k],
+                                        None if c0_all is None else c0_all[k], lengths, training, T, B)
+
+        def dropout(layer, y):
+            if not (training and self.dropout > 0):
+                masks.append(None)
+                return y
+            masks.append(self._dropout_mask(y.shape, self.dropout))
+            return y * masks[-1]
+
+        out, results = _stack.forward(run, x, self.num_layers, D, between=dropout)
+        self._saved = ({"ws": [r[3] for r in results], "dropout": masks, "unbatched": unbatched, "B": B, "T": T}
+                       if training else None)
+        h_n = np.stack([r[1] for r in results])
+        c_n = np.stack([r[2] for r in results]) if self.mode == "LSTM" else None
+        if unbatched:
+            out, h_n = out[:, 0], h_n[:, 0]
+            c_n = None if c_n is None else c_n[:, 0]
+        elif self.batch_first:
+            out = out.transpose(1, 0, 2)
+        return (out, (h_n, c_n)) if self.mode == "LSTM" else (out, h_n)
+
+    def backward(self, dy=None, dh_n=None, dc_n=None):
+        """Backpropagates through the last training-mode call.
+
+        dy has the output's shape; dh_n (and dc_n) the final states' shapes; any
+        may be None (zeros). Parameter gradients are added to ``self.grads``.
+        Returns (dx, dh0) or, for the LSTM, (dx, (dh0, dc0)).
+        """
+        s = self._saved
+        if s is None:
+            raise RuntimeError(f"{self._label()}.backward needs a forward call in training mode first "
+                               f"(or backward was already called for it)")
+        if self.mode != "LSTM" and dc_n is not None:
+            raise ValueError(f"dc_n is only used by the LSTM, got dc_n for a {self._label()}")
+        T, B, unbatched = s["T"], s["B"], s["unbatched"]
+        D, L = self.num_directions, self.num_layers
+        H_out = self.proj_size or self.hidden_size
+        out_shape = (T, D * H_out) if unbatched else ((B, T, D * H_out) if self.batch_first else (T, B, D * H_out))
+        st_shape = (L * D, H_out) if unbatched else (L * D, B, H_out)
+        grads = {"dy": (dy, out_shape), "dh_n": (dh_n, st_shape), "dc_n": (dc_n, st_shape[:-1] + (self.hidden_size,))}
+        dy, dh_n, dc_n = (None if g is None else array_like(name, g, self.dtype, shape)
+                          for name, (g, shape) in grads.items())
+        if unbatched:
+            dy = None if dy is None else dy[:, None, :]
+            dh_n = None if dh_n is None else dh_n[:, None, :]
+            dc_n = None if dc_n is None else dc_n[:, None, :]
+        elif self.batch_first and dy is not None:
+            dy = dy.transpose(1, 0, 2)
+        dh0 = [None] * (L * D)
+        dc0 = [None] * (L * D)
+
+        def run(layer, d, dy_d):
+            k = layer * D + d
+            dx, dh0[k], dc0[k] = self._direction_backward(s["ws"][k], layer, d, dy_d,
+                                                          None if dh_n is None else dh_n[k],
+                                                          None if dc_n is None else dc_n[k])
+            return dx
+
+        dx = _stack.backward(run, dy, L, D, H_out, between=lambda layer, g: g * s["dropout"][layer]
+                             if s["dropout"][layer] is not None else g)
+        self._saved = None
+        dh0 = np.stack(dh0)
+        dc0 = np.stack(dc0) if self.mode == "LSTM" else None
+        if unbatched:
+            dx, dh0 = dx[:, 0], dh0[:, 0]
+            dc0 = None if dc0 is None else dc0[:, 0]
+        elif self.batch_first:
+            dx = dx.transpose(1, 0, 2)
+        return (dx, (dh0, dc0)) if self.mode == "LSTM" else (dx, dh0)
+
+
+class _RNNBase(_StackedLayer):
     zoneout = 0.0  # (class defaults: layers pickled before zoneout existed have none)
     zoneout_c = 0.0
 
@@ -87,10 +208,6 @@ class _RNNBase(Module):
                 if P:
                     self._add_param(f"weight_hr{suffix}", (P, H), self._rng, bound)
 
-    @property
-    def num_directions(self):
-        return 2 if self.bidirectional else 1
-
     def direction_params(self, layer, direction):
         """The parameters of one layer and direction (0 forward, 1 reverse), by
         :mod:`pyrnn.functional`'s names: W_ih, W_hh, b_ih, b_hh, W_hr (None when absent)."""
@@ -134,14 +251,6 @@ class _RNNBase(Module):
 
     # ------------------------------------------------------------------ forward
 
-    def __call__(self, x, hx=None, lengths=None):
-        return self.forward(x, hx, lengths)
-
-    def _dropout_mask(self, shape, p):
-        """Kept units scaled by 1/(1-p); p=1 drops everything."""
-        if p >= 1:
-            return np.zeros(shape, dtype=self.dtype)
-        return ((self._rng.random(shape) >= p) / (1.0 - p)).astype(self.dtype)
 
     def _zoneout_masks(self, layer, direction, T, B):
         """The zoneout masks of one training-mode call, for one layer and direction: (m_h [T, B, H_out],
@@ -232,105 +341,19 @@ class _RNNBase(Module):
             raise RuntimeError(f"{self.mode}: a frozen layer is for inference only; freeze() the layer you train")
         return super().train(mode)
 
-    def forward(self, x, hx=None, lengths=None):
-        """Returns (output, h_n) or, for the LSTM, (output, (h_n, c_n)).
-
-        x: (T, B, I), (B, T, I) with batch_first, or unbatched (T, I).
-        hx: h0 (and c0 for the LSTM: a tuple) of shape (num_layers * num_directions, B, H_out), or None.
-        lengths: optional (B,) valid lengths in [1, T] (PyTorch's packed-sequence results:
-        outputs are zero past each length, h_n is each sequence's own last valid state).
-        In training mode the call keeps what ``backward`` needs, and draws the masks of dropout,
-        recurrent_dropout and zoneout (eval mode: none of them applies).
-        """
-        x, unbatched = layer_input(self, x)
-        T, B, _ = x.shape
-        if lengths is not None:
-            lengths = check_lengths(lengths, T, B)
-        h0_all, c0_all = layer_states(self, hx, B, unbatched)
+    def _direction_call(self, layer, d, layer_x, h0, c0, lengths, training, T, B):
         H_out = self.proj_size or self.hidden_size
-        D = self.num_directions
-        training = self.training
-        masks = []
+        rec_mask = (self._dropout_mask((B, H_out), self.recurrent_dropout)
+                    if training and self.recurrent_dropout > 0 else None)
+        zh, zc = (self._zoneout_masks(layer, d, T, B)
+                  if training and (self.zoneout > 0 or self.zoneout_c > 0) else (None, None))
+        return self.run_direction(layer, d, layer_x, h0, c0, lengths=lengths, h_mask=rec_mask, training=training,
+                                  zoneout_h=zh, zoneout_c=zc)
 
-        def run(layer, d, layer_x):
-            k = layer * D + d
-            rec_mask = (self._dropout_mask((B, H_out), self.recurrent_dropout)
-                        if training and self.recurrent_dropout > 0 else None)
-            zh, zc = (self._zoneout_masks(layer, d, T, B)
-                      if training and (self.zoneout > 0 or self.zoneout_c > 0) else (None, None))
-            return self.run_direction(layer, d, layer_x, None if h0_all is None else h0_all[k],
-                                      None if c0_all is None else c0_all[k], lengths=lengths, h_mask=rec_mask,
-                                      training=training, zoneout_h=zh, zoneout_c=zc)
-
-        def dropout(layer, y):
-            if not (training and self.dropout > 0):
-                masks.append(None)
-                return y
-            masks.append(self._dropout_mask(y.shape, self.dropout))
-            return y * masks[-1]
-
-        out, results = _stack.forward(run, x, self.num_layers, D, between=dropout)
-        self._saved = ({"ws": [r[3] for r in results], "dropout": masks, "unbatched": unbatched, "B": B, "T": T}
-                       if training else None)
-        h_n = np.stack([r[1] for r in results])
-        c_n = np.stack([r[2] for r in results]) if self.cell.has_cell_state else None
-        if unbatched:
-            out, h_n = out[:, 0], h_n[:, 0]
-            c_n = None if c_n is None else c_n[:, 0]
-        elif self.batch_first:
-            out = out.transpose(1, 0, 2)
-        return (out, (h_n, c_n)) if self.mode == "LSTM" else (out, h_n)
-
-    # ----------------------------------------------------------------- backward
-
-    def backward(self, dy=None, dh_n=None, dc_n=None):
-        """Backpropagates through the last training-mode call.
-
-        dy has the output's shape; dh_n (and dc_n) the final states' shapes; any
-        may be None (zeros). Parameter gradients are added to ``self.grads``.
-        Returns (dx, dh0) or, for the LSTM, (dx, (dh0, dc0)).
-        """
-        s = self._saved
-        if s is None:
-            raise RuntimeError(f"{self.mode}.backward needs a forward call in training mode first "
-                               f"(or backward was already called for it)")
-        if self.mode != "LSTM" and dc_n is not None:
-            raise ValueError(f"dc_n is only used by the LSTM, got dc_n for a {self.mode}")
-        T, B, unbatched = s["T"], s["B"], s["unbatched"]
-        D, L = self.num_directions, self.num_layers
-        H_out = self.proj_size or self.hidden_size
-        out_shape = (T, D * H_out) if unbatched else ((B, T, D * H_out) if self.batch_first else (T, B, D * H_out))
-        st_shape = (L * D, H_out) if unbatched else (L * D, B, H_out)
-        grads = {"dy": (dy, out_shape), "dh_n": (dh_n, st_shape), "dc_n": (dc_n, st_shape[:-1] + (self.hidden_size,))}
-        dy, dh_n, dc_n = (None if g is None else array_like(name, g, self.dtype, shape)
-                          for name, (g, shape) in grads.items())
-        if unbatched:
-            dy = None if dy is None else dy[:, None, :]
-            dh_n = None if dh_n is None else dh_n[:, None, :]
-            dc_n = None if dc_n is None else dc_n[:, None, :]
-        elif self.batch_first and dy is not None:
-            dy = dy.transpose(1, 0, 2)
-        dh0 = [None] * (L * D)
-        dc0 = [None] * (L * D)
-
-        def run(layer, d, dy_d):
-            k = layer * D + d
-            g = F.backward(s["ws"][k], dy_d, None if dh_n is None else dh_n[k], None if dc_n is None else dc_n[k])
-            self._accumulate(g, _stack.param_suffix(layer, d))
-            dh0[k], dc0[k] = g["h0"], g["c0"]
-            return g["x"]
-
-        dx = _stack.backward(run, dy, L, D, H_out, between=lambda layer, g: g * s["dropout"][layer]
-                             if s["dropout"][layer] is not None else g)
-        self._saved = None
-        dh0 = np.stack(dh0)
-        dc0 = np.stack(dc0) if self.mode == "LSTM" else None
-        if unbatched:
-            dx, dh0 = dx[:, 0], dh0[:, 0]
-            dc0 = None if dc0 is None else dc0[:, 0]
-        elif self.batch_first:
-            dx = dx.transpose(1, 0, 2)
-        return (dx, (dh0, dc0)) if self.mode == "LSTM" else (dx, dh0)
+    def _direction_backward(self, ws, layer, d, dy, dh_n, dc_n):
+        g = F.backward(ws, dy, dh_n, dc_n)
+        self._accumulate(g, _stack.param_suffix(layer, d))
+        return g["x"], g["h0"], g["c0"]
 
 
 class RNN(_RNNBase):

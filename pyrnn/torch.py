@@ -404,21 +404,26 @@ class _PyrnnRNNMixin:
                               zoneout_c=_np(zc))
             return _run(spec, grad, *tensors)
 
-        def dropout(layer, y):
-            return nn.functional.dropout(y, self.dropout, training=True) if self.dropout > 0 and self.training else y
+        return _stacked_call(self, run, x, D, packed, unbatched, lengths, input)
 
-        out, results = _stack.forward(run, x, self.num_layers, D, concat=lambda ys: torch.cat(ys, 2), between=dropout)
-        h_n = torch.stack([r[1] for r in results])
-        c_n = torch.stack([r[2] for r in results]) if self._cell == "lstm" else None
 
-        if packed:
-            out = _repack(out, lengths, input)
-        elif unbatched:
-            out, h_n = out.squeeze(1), h_n.squeeze(1)
-            c_n = None if c_n is None else c_n.squeeze(1)
-        elif self.batch_first:
-            out = out.transpose(0, 1)
-        return (out, (h_n, c_n)) if self._cell == "lstm" else (out, h_n)
+def _stacked_call(module, run, x, D, packed, unbatched, lengths, input):
+    """A recurrent module's layers in turn (``run(layer, d, x)`` -> (y, h_n, c_n); dropout between
+    layers in training), and its results in the layout of ``input``."""
+    def dropout(layer, y):
+        return nn.functional.dropout(y, module.dropout, training=True) if module.dropout > 0 and module.training else y
+
+    out, results = _stack.forward(run, x, module.num_layers, D, concat=lambda ys: torch.cat(ys, 2), between=dropout)
+    h_n = torch.stack([r[1] for r in results])
+    c_n = torch.stack([r[2] for r in results]) if module._cell == "lstm" else None
+    if packed:
+        out = _repack(out, lengths, input)
+    elif unbatched:
+        out, h_n = out.squeeze(1), h_n.squeeze(1)
+        c_n = None if c_n is None else c_n.squeeze(1)
+    elif module.batch_first:
+        out = out.transpose(0, 1)
+    return (out, (h_n, c_n)) if module._cell == "lstm" else (out, h_n)
 
 
 def _zoneout_repr(module):
@@ -1061,20 +1066,7 @@ class _LayerNormRNN(nn.Module):
                                                        False)
             return torch.from_numpy(y), torch.from_numpy(h_n), None if c_n is None else torch.from_numpy(c_n)
 
-        def dropout(layer, y):
-            return nn.functional.dropout(y, self.dropout, training=True) if self.dropout > 0 and self.training else y
-
-        out, results = _stack.forward(run, x, self.num_layers, D, concat=lambda ys: torch.cat(ys, 2), between=dropout)
-        h_n = torch.stack([r[1] for r in results])
-        c_n = torch.stack([r[2] for r in results]) if self._cell == "lstm" else None
-        if packed:
-            out = _repack(out, lengths, input)
-        elif unbatched:
-            out, h_n = out.squeeze(1), h_n.squeeze(1)
-            c_n = None if c_n is None else c_n.squeeze(1)
-        elif self.batch_first:
-            out = out.transpose(0, 1)
-        return (out, (h_n, c_n)) if self._cell == "lstm" else (out, h_n)
+        return _stacked_call(self, run, x, D, packed, unbatched, lengths, input)
 
 
 class LayerNormLSTM(_LayerNormRNN):

@@ -2,6 +2,7 @@
 #pragma once
 #include <pybind11/numpy.h>
 
+#include <optional>
 #include <string>
 
 #include "pyrnn/api.h"
@@ -13,6 +14,50 @@ namespace pyrnn_bindings {
 // is not equivalent.
 inline bool has_dtype(const pybind11::array& a, const pybind11::dtype& dt) {
   return pybind11::detail::npy_api::get().PyArray_EquivTypes_(a.dtype().ptr(), dt.ptr());
+}
+
+// A failed argument check: ValueError.
+inline void require(bool ok, const std::string& what) {
+  if (!ok) throw pybind11::value_error(what);
+}
+
+inline std::string shape_str(const pybind11::array& a) {
+  std::string s = "(";
+  for (pybind11::ssize_t d = 0; d < a.ndim(); ++d) s += (d ? ", " : "") + std::to_string(a.shape(d));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+// `a` has dtype `dt` (TypeError otherwise), is C-contiguous and has `shape` (ValueError).
+inline void check_array(const char* name, const pybind11::array& a, const pybind11::dtype& dt,
+                        std::initializer_list<int64_t> shape) {
+  if (!has_dtype(a, dt))
+    throw pybind11::type_error(std::string(name) + ": expected " + std::string(pybind11::str(dt)) + ", got " +
+                               std::string(pybind11::str(a.dtype())));
+  bool ok = a.ndim() == pybind11::ssize_t(shape.size()) && (a.flags() & pybind11::array::c_style);
+  int d = 0;
+  for (int64_t s : shape) ok = ok && a.shape(d++) == s;
+  if (!ok) {
+    std::string want = "(";
+    d = 0;
+    for (int64_t s : shape) want += (d++ ? ", " : "") + std::to_string(s);
+    throw pybind11::value_error(std::string(name) + ": expected a C-contiguous array of shape " + want +
+                                (shape.size() == 1 ? ",)" : ")") + ", got " + shape_str(a));
+  }
+}
+
+// None, or the object as an array (TypeError when it is neither).
+inline std::optional<pybind11::array> opt_array(const pybind11::object& o) {
+  if (o.is_none()) return std::nullopt;
+  pybind11::array a = pybind11::array::ensure(o);
+  if (!a)
+    throw pybind11::type_error("expected an array or None, got " + std::string(pybind11::str(pybind11::type::of(o))));
+  return a;
+}
+
+// The data of an optional array as T*, or null.
+template <class T>
+T* ptr(const std::optional<pybind11::array>& a) {
+  return a ? static_cast<T*>(const_cast<void*>(a->data())) : nullptr;
 }
 
 // Weight precision of packed weights by name: "same" (the weights' dtype),

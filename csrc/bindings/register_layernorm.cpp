@@ -16,37 +16,13 @@
 
 namespace py = pybind11;
 using pyrnn::CellKind;
+using pyrnn_bindings::check_array;
 using pyrnn_bindings::has_dtype;
+using pyrnn_bindings::opt_array;
+using pyrnn_bindings::ptr;
+using pyrnn_bindings::require;
 
 namespace {
-
-void require(bool ok, const std::string& what) {
-  if (!ok) throw py::value_error(what);
-}
-
-void check(const char* name, const py::array& a, const py::dtype& dt, std::initializer_list<int64_t> shape) {
-  if (!has_dtype(a, dt))
-    throw py::type_error(std::string(name) + ": expected " + std::string(py::str(dt)) + ", got " +
-                         std::string(py::str(a.dtype())));
-  bool ok = a.ndim() == py::ssize_t(shape.size()) && (a.flags() & py::array::c_style);
-  int d = 0;
-  for (int64_t s : shape) ok = ok && a.shape(d++) == s;
-  std::string want;
-  for (int64_t s : shape) want += (want.empty() ? "" : ", ") + std::to_string(s);
-  require(ok, std::string(name) + ": expected a C-contiguous array of shape (" + want + ")");
-}
-
-std::optional<py::array> opt(const py::object& o) {
-  if (o.is_none()) return std::nullopt;
-  py::array a = py::array::ensure(o);
-  if (!a) throw py::type_error("expected an array or None");
-  return a;
-}
-
-template <class T>
-T* ptr(const std::optional<py::array>& a) {
-  return a ? static_cast<T*>(const_cast<void*>(a->data())) : nullptr;
-}
 
 template <class Real>
 py::array_t<Real> zeros(std::initializer_list<py::ssize_t> shape) {
@@ -87,18 +63,18 @@ py::tuple forward_typed(CellKind cell, py::array x, std::optional<py::array> h0,
   require(bool(b_ih) == bool(b_hh), "b_ih and b_hh: both or neither");
   require(lstm == bool(ln_c_weight), "ln_c_weight: for the LSTM (required) only");
   require(lstm || (!c0 && !ln_c_bias), "c0, ln_c_bias: LSTM only");
-  check("x", x, dt, {T, B, I});
-  check("W_ih", W_ih, dt, {G * H, I});
-  check("W_hh", W_hh, dt, {G * H, H});
-  if (b_ih) check("b_ih", *b_ih, dt, {G * H}), check("b_hh", *b_hh, dt, {G * H});
-  check("ln_ih", ln_ih, dt, {G * H});
-  check("ln_hh", ln_hh, dt, {G * H});
-  if (ln_c_weight) check("ln_c_weight", *ln_c_weight, dt, {H});
-  if (ln_c_bias) check("ln_c_bias", *ln_c_bias, dt, {H});
-  if (h0) check("h0", *h0, dt, {B, H});
-  if (c0) check("c0", *c0, dt, {B, H});
+  check_array("x", x, dt, {T, B, I});
+  check_array("W_ih", W_ih, dt, {G * H, I});
+  check_array("W_hh", W_hh, dt, {G * H, H});
+  if (b_ih) check_array("b_ih", *b_ih, dt, {G * H}), check_array("b_hh", *b_hh, dt, {G * H});
+  check_array("ln_ih", ln_ih, dt, {G * H});
+  check_array("ln_hh", ln_hh, dt, {G * H});
+  if (ln_c_weight) check_array("ln_c_weight", *ln_c_weight, dt, {H});
+  if (ln_c_bias) check_array("ln_c_bias", *ln_c_bias, dt, {H});
+  if (h0) check_array("h0", *h0, dt, {B, H});
+  if (c0) check_array("c0", *c0, dt, {B, H});
   if (lengths) {
-    check("lengths", *lengths, py::dtype::of<int64_t>(), {B});
+    check_array("lengths", *lengths, py::dtype::of<int64_t>(), {B});
     const int64_t* L = ptr<int64_t>(lengths);
     for (int64_t b = 0; b < B; ++b) require(L[b] >= 1 && L[b] <= T, "lengths must lie in [1, T]");
   }
@@ -149,10 +125,10 @@ py::tuple backward_typed(LnState& st, std::optional<py::array> dy, std::optional
   const py::dtype dt = py::dtype::of<Real>();
   const bool lstm = st.cell == CellKind::Lstm;
   const int64_t T = st.T, B = st.B, I = st.I, H = st.H, G = pyrnn::gates_of(st.cell);
-  if (dy) check("dy", *dy, dt, {T, B, H});
-  if (dh_n) check("dh_n", *dh_n, dt, {B, H});
+  if (dy) check_array("dy", *dy, dt, {T, B, H});
+  if (dh_n) check_array("dh_n", *dh_n, dt, {B, H});
   require(!dc_n || lstm, "dc_n: LSTM only");
-  if (dc_n) check("dc_n", *dc_n, dt, {B, H});
+  if (dc_n) check_array("dc_n", *dc_n, dt, {B, H});
   // Zero-filled: dx rows at padded steps are not written, and with B = 0 nothing is.
   auto dx = zeros<Real>({T, B, I}), dh0 = zeros<Real>({B, H});
   auto dW_ih = zeros<Real>({G * H, I}), dW_hh = zeros<Real>({G * H, H});
@@ -207,8 +183,8 @@ void register_layernorm(py::module_& m) {
          py::object lengths, bool reverse, bool training) {
         auto run = [&](auto tag) {
           using Real = decltype(tag);
-          return forward_typed<Real>(cell, x, opt(h0), opt(c0), W_ih, W_hh, opt(b_ih), opt(b_hh), ln_ih, ln_hh,
-                                     opt(ln_c_weight), opt(ln_c_bias), opt(lengths), reverse, training);
+          return forward_typed<Real>(cell, x, opt_array(h0), opt_array(c0), W_ih, W_hh, opt_array(b_ih), opt_array(b_hh), ln_ih, ln_hh,
+                                     opt_array(ln_c_weight), opt_array(ln_c_bias), opt_array(lengths), reverse, training);
         };
         if (has_dtype(x, py::dtype::of<float>())) return run(float{});
         if (has_dtype(x, py::dtype::of<double>())) return run(double{});
@@ -222,8 +198,8 @@ void register_layernorm(py::module_& m) {
   m.def(
       "layernorm_backward",
       [](LnState& st, py::object dy, py::object dh_n, py::object dc_n) {
-        if (st.f64) return backward_typed<double>(st, opt(dy), opt(dh_n), opt(dc_n));
-        return backward_typed<float>(st, opt(dy), opt(dh_n), opt(dc_n));
+        if (st.f64) return backward_typed<double>(st, opt_array(dy), opt_array(dh_n), opt_array(dc_n));
+        return backward_typed<float>(st, opt_array(dy), opt_array(dh_n), opt_array(dc_n));
       },
       py::arg("workspace"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
       "Returns (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dln_ih, dln_hh, dln_c_weight, dln_c_bias); absent "

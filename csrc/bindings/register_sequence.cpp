@@ -18,45 +18,16 @@
 #include "pyrnn/threads.h"
 
 namespace py = pybind11;
+using pyrnn_bindings::check_array;
 using pyrnn_bindings::has_dtype;
+using pyrnn_bindings::opt_array;
+using pyrnn_bindings::ptr;
 using pyrnn_bindings::parse_precision;
 using pyrnn_bindings::precision_name;
+using pyrnn_bindings::require;
 using pyrnn::CellKind;
 
 namespace {
-
-std::string shape_str(const py::array& a) {
-  std::string s = "(";
-  for (py::ssize_t d = 0; d < a.ndim(); ++d) s += (d ? ", " : "") + std::to_string(a.shape(d));
-  return s + (a.ndim() == 1 ? ",)" : ")");
-}
-
-void check_array(const char* name, const py::array& a, const py::dtype& dt, std::initializer_list<int64_t> shape) {
-  if (!has_dtype(a, dt))
-    throw py::type_error(std::string(name) + ": expected " + std::string(py::str(dt)) + ", got " +
-                         std::string(py::str(a.dtype())));
-  bool ok = a.ndim() == py::ssize_t(shape.size()) && (a.flags() & py::array::c_style);
-  int d = 0;
-  for (int64_t s : shape) ok = ok && a.shape(d++) == s;
-  if (!ok) {
-    std::string want = "(";
-    d = 0;
-    for (int64_t s : shape) want += (d++ ? ", " : "") + std::to_string(s);
-    throw py::value_error(std::string(name) + ": expected a C-contiguous array of shape " + want +
-                          (shape.size() == 1 ? ",)" : ")") + ", got " + shape_str(a));
-  }
-}
-
-void require(bool ok, const char* what) {
-  if (!ok) throw py::value_error(what);
-}
-
-std::optional<py::array> opt_array(const py::object& o) {
-  if (o.is_none()) return std::nullopt;
-  py::array a = py::array::ensure(o);
-  if (!a) throw py::type_error("expected an array or None, got " + std::string(py::str(py::type::of(o))));
-  return a;
-}
 
 // Keeps the forward's arrays alive for backward, with the kernel workspace.
 struct SequenceState {
@@ -120,11 +91,6 @@ struct PackedRecurrenceHolder {
   pyrnn::PackedRecurrencePtr<double> pd;
   int64_t nbytes() const { return f64 ? pyrnn::packed_recurrence_bytes(*pd) : pyrnn::packed_recurrence_bytes(*pf); }
 };
-
-template <class T>
-T* ptr(const std::optional<py::array>& a) {
-  return a ? static_cast<T*>(const_cast<void*>(a->data())) : nullptr;
-}
 
 // A sequence call's arrays, checked, and its ForwardArgs (outputs not set).
 template <class Real>
