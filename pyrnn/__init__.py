@@ -1,6 +1,6 @@
 """pyrnn: fast fused LSTM, GRU and RNN kernels for CPUs, with a NumPy API."""
 
-from importlib.metadata import PackageNotFoundError, version as _version
+from ._version import __version__
 
 
 def _use_installed_extension():
@@ -42,16 +42,25 @@ def _short_openmp_wait():
 
 
 def _libgomp_loaded():
-    """Whether a libgomp.so.1 (the soname pyrnn links) is loaded already; torch's
-    wheels may bundle one under that name, which the process then shares."""
+    """Whether the libgomp that pyrnn's extension links is loaded already.
+
+    A wheel repaired by auditwheel carries its own copy in ``pyrnn.libs/``
+    under a hashed name that nothing else loads. Otherwise pyrnn links
+    libgomp.so.1, which torch's wheels may bundle under that name too, and
+    the process then shares one copy."""
+    import glob
     import os
 
+    site = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    vendored = {os.path.realpath(p) for p in glob.glob(os.path.join(site, "pyrnn.libs", "libgomp*"))}
     try:
         with open("/proc/self/maps") as maps:
-            return any(os.path.basename(fields[-1]).startswith("libgomp.so")
-                       for fields in map(str.split, maps) if len(fields) >= 6)
+            paths = [fields[-1] for fields in map(str.split, maps) if len(fields) >= 6]
     except OSError:
         return None
+    if vendored:
+        return any(os.path.realpath(p) in vendored for p in paths)
+    return any(os.path.basename(p).startswith("libgomp.so") for p in paths)
 
 
 _OPENMP_LOADED_BEFORE = _libgomp_loaded()
@@ -71,11 +80,6 @@ try:
     from .layernorm import LayerNormGRU, LayerNormLSTM
 finally:
     _restore_environment()
-
-try:
-    __version__ = _version("pyrnn")
-except PackageNotFoundError:  # running from a source tree
-    __version__ = "0+unknown"
 
 __all__ = [
     "RNN",

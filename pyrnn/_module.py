@@ -34,6 +34,7 @@ class Module:
         yield from self._params.items()
 
     def parameters(self):
+        """Yields the parameter arrays (live, as :meth:`named_parameters`)."""
         yield from self._params.values()
 
     def __getattr__(self, name):
@@ -43,10 +44,12 @@ class Module:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def train(self, mode=True):
+        """Sets training mode (``mode=True``) or inference mode; returns the module."""
         self.training = bool(mode)
         return self
 
     def eval(self):
+        """``train(False)``: inference mode (no dropout, nothing kept for backward); returns the module."""
         return self.train(False)
 
     def _accumulate(self, g, suffix=""):
@@ -56,6 +59,7 @@ class Module:
                 self.grads[name + suffix] += g[short]
 
     def zero_grad(self):
+        """Sets every array in ``grads`` to zero (in place)."""
         for g in self.grads.values():
             g[...] = 0
 

@@ -366,6 +366,7 @@ class WithLengths(nn.Module):
         self.rnn = rnn
 
     def forward(self, x, lengths, hx=None):
+        """The layer on padded ``x`` and ``lengths``, as the class describes."""
         if not isinstance(lengths, torch.Tensor):
             try:
                 lengths = torch.as_tensor(lengths)

@@ -257,16 +257,22 @@ def cell_array(cell, name, a, size):
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
+def _layer_label(layer):
+    """The name a layer's messages give it: its class's (pyrnn.LayerNormLSTM) where it says, else its mode."""
+    label = getattr(layer, "_label", None)
+    return label() if callable(label) else layer.mode
+
+
 def layer_input(layer, x):
     """A layer's input as a contiguous time-major [T, B, I] array, and whether it was unbatched."""
     x = np.asarray(x)
     if x.dtype != layer.dtype:
         if x.dtype.kind == "f":
-            raise TypeError(f"{layer.mode}: input must have the layer's dtype {layer.dtype}, got floating "
+            raise TypeError(f"{_layer_label(layer)}: input must have the layer's dtype {layer.dtype}, got floating "
                             f"{x.dtype} (cast it, or build the layer with dtype={x.dtype.name})")
-        raise TypeError(f"{layer.mode}: input must have dtype {layer.dtype}, got {x.dtype}")
+        raise TypeError(f"{_layer_label(layer)}: input must have dtype {layer.dtype}, got {x.dtype}")
     if x.ndim not in (2, 3):
-        raise ValueError(f"{layer.mode}: Expected input to be 2D or 3D, got {x.ndim}D input")
+        raise ValueError(f"{_layer_label(layer)}: Expected input to be 2D or 3D, got {x.ndim}D input")
     unbatched = x.ndim == 2
     if unbatched:
         x = x[:, None, :]
@@ -276,7 +282,7 @@ def layer_input(layer, x):
         raise ValueError(f"input.size(-1) must be equal to input_size. Expected {layer.input_size}, "
                          f"got {x.shape[2]}")
     if x.shape[0] == 0:
-        raise ValueError(f"{layer.mode}: Expected sequence length to be larger than 0 in RNN")
+        raise ValueError(f"{_layer_label(layer)}: Expected sequence length to be larger than 0 in RNN")
     return np.ascontiguousarray(x), unbatched
 
 
@@ -298,7 +304,7 @@ def layer_states(layer, hx, B, unbatched):
     H_out = layer.proj_size or layer.hidden_size
     if layer.mode == "LSTM":
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise TypeError(f"LSTM: hx must be a tuple (h0, c0), got {type(hx).__name__}"
+            raise TypeError(f"{_layer_label(layer)}: hx must be a tuple (h0, c0), got {type(hx).__name__}"
                             f"{'' if not isinstance(hx, (tuple, list)) else f' of length {len(hx)}'}")
         return (_layer_state(layer, "hidden[0]", hx[0], B, H_out, unbatched),
                 _layer_state(layer, "hidden[1]", hx[1], B, layer.hidden_size, unbatched))

@@ -120,7 +120,7 @@ class _CellBase(_StepInputs, Module):
         return self._call(x, hx, self._step)
 
     def freeze(self, precision=None):
-        """A :class:`FrozenCell`: this cell for inference, its weights packed once;
+        """A :class:`~pyrnn.cells.FrozenCell`: this cell for inference, its weights packed once;
         ``precision`` "int8" or "bf16" as in :meth:`pyrnn.LSTM.freeze`."""
         return FrozenCell(self, precision)
 

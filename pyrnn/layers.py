@@ -52,6 +52,7 @@ class _StackedLayer(Module):
 
     @property
     def num_directions(self):
+        """2 for a bidirectional layer, else 1."""
         return 2 if self.bidirectional else 1
 
     def _dropout_mask(self, shape, p):
@@ -234,8 +235,8 @@ class _RNNBase(_StackedLayer):
         return f"{self.mode}({self.input_size}, {self.hidden_size}{extra}){frozen if self._packed else ''}"
 
     def load_keras_weights(self, kernel, recurrent_kernel, bias=None, *, layer=0, direction=0):
-        """Loads one Keras layer's weights (``layer.get_weights()``) into layer `layer`,
-        direction `direction` (0 forward, 1 reverse). See :mod:`pyrnn.keras`."""
+        """Loads one Keras layer's weights (``layer.get_weights()``) into layer ``layer``,
+        direction ``direction`` (0 forward, 1 reverse). See :mod:`pyrnn.keras`."""
         from .keras import from_keras
 
         if self.proj_size:
@@ -421,12 +422,15 @@ class Linear(Module):
 
     @property
     def bias(self):
+        """The bias array [out_features], or None (``bias=False``)."""
         return self._params.get("bias")
 
     def __call__(self, x):
         return self.forward(x)
 
     def forward(self, x):
+        """y = x W^T + b for x [..., in_features] of the layer's dtype; in training mode keeps x for
+        :meth:`backward`."""
         x = np.asarray(x)
         if x.dtype != self.dtype:
             raise TypeError(f"Linear: input must have dtype {self.dtype}, got {x.dtype}")

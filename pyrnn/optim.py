@@ -19,7 +19,7 @@ Optimizers with PyTorch's update rules (:class:`SGD` with momentum,
     opt.step()
 
 Anything with ``named_parameters()`` and a ``grads`` dict keyed like it (the
-layers, the cells, :class:`Linear`) is a *module* here; optimizers and
+layers, the cells, :class:`pyrnn.Linear`) is a *module* here; optimizers and
 clipping take a module, or a list of modules and ``(param, grad)`` array
 pairs. Updates are in place, so the layers see them at their next call.
 
@@ -128,6 +128,7 @@ class Optimizer:
 
     @property
     def params(self):
+        """The parameter arrays it updates, in order."""
         return [p for p, _ in self._pairs]
 
     def zero_grad(self):
@@ -307,7 +308,7 @@ def clip_grad_norm(params, max_norm, norm_type=2.0, error_if_nonfinite=False):
     """Rescales the gradients in place so that their global norm is at most ``max_norm``.
 
     The norm is taken over all gradients together, as one vector (Pascanu et al.
-    2013; torch.nn.utils.clip_grad_norm_). ``params``: a module, or a list of
+    2013; ``torch.nn.utils.clip_grad_norm_``). ``params``: a module, or a list of
     modules, ``(param, grad)`` pairs and gradient arrays. Returns the total norm
     *before* clipping, as a float. ``norm_type`` may be ``float('inf')``.
     """
@@ -343,11 +344,13 @@ def clip_grad_value(params, clip_value):
 
 
 def log_softmax(logits, axis=-1):
+    """log(softmax(logits)) along ``axis``, computed stably (the maximum subtracted first)."""
     z = logits - np.max(logits, axis=axis, keepdims=True)
     return z - np.log(np.sum(np.exp(z), axis=axis, keepdims=True))
 
 
 def softmax(logits, axis=-1):
+    """exp(logits) normalised to sum to 1 along ``axis``, computed stably."""
     z = np.exp(logits - np.max(logits, axis=axis, keepdims=True))
     return z / np.sum(z, axis=axis, keepdims=True)
 

@@ -52,7 +52,7 @@ consuming ``x[0]``.
 
 With ``training=True`` the forward functions also return a ``cache`` (a plain
 dict) holding what the matching ``*_backward`` needs; with ``training=False``
-the cache is None.  Cache entries:
+the cache is None.  Cache entries::
 
     "cell"       "rnn", "lstm" or "gru"
     "x", "W_ih", "W_hh", "b_ih", "b_hh"   the (validated) forward inputs;
@@ -536,6 +536,7 @@ def gru_backward(cache, dy=None, dh_n=None):
 # (the new cell state normalised) and "tanh_c" (tanh of LN_1(c')), for the GRU
 # "ghn" (gh_n, the normalised hidden-side n block).
 
+#: The layer norms' epsilon (as torch.nn.LayerNorm's default).
 LN_EPS = 1e-5
 
 

@@ -190,8 +190,8 @@ class ESN:
         y_t = W_out [1; u_t; h_t]      (use_raw_inputs=True, the default; Jaeger & Haas 2004)
         y_t = W_out [1; h_t]           (use_raw_inputs=False)
 
-    Parameters
-    ----------
+    Parameters:
+
     input_size : int
         I, the width of u_t.
     reservoir_size : int
@@ -236,8 +236,8 @@ class ESN:
     takes ~40 s to build, 15-19 s for the states, ~15 s to fit (states
     included) and ~15 ms per generated step.
 
-    Attributes
-    ----------
+    Attributes:
+
     W_in : [H, I], W : [H, H], b : [H] or None
         The reservoir's weights (read-only arrays: the kernels use a packed copy
         made once; assign new arrays to change them).

@@ -80,6 +80,7 @@ def run_backward(module, variant, cache, cot):
 
 
 def random_cotangents(rng, outs):
+    """Standard-normal arrays shaped and typed like each entry of the dict ``outs`` (same keys)."""
     return {k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in outs.items()}
 
 

@@ -40,7 +40,7 @@ in float32 or in int8 (per-row scales, activations quantised per row) or bf16.
 
 torch.compile, torch.export, torch.func: the kernels are also the custom
 operator ``pyrnn::rnn_layer`` (one layer and direction; see
-:mod:`pyrnn._torch_ops`), with fake kernels, an autograd formula (the operator
+``pyrnn._torch_ops``), with fake kernels, an autograd formula (the operator
 ``pyrnn::rnn_layer_backward``) and a vmap rule. The layers and cells call it
 instead of the autograd.Function above when traced: under ``torch.compile``
 (dynamo), ``torch.export`` (strict or not), a ``torch.func`` transform or a
@@ -237,7 +237,8 @@ def _dropout_mask(shape, p, dtype):
     """A tensor: kept units scaled by 1/(1-p) (p=1 drops everything); torch's RNG."""
     if p >= 1:
         return torch.zeros(shape, dtype=dtype)
-    return torch.empty(shape, dtype=dtype).bernoulli_(1.0 - p).div_(1.0 - p)
+    # Out of place, so vmap(randomness="different") can batch it.
+    return torch.bernoulli(torch.full(shape, 1.0 - p, dtype=dtype)) / (1.0 - p)
 
 
 def _zoneout_mask(shape, p, dtype, device):
@@ -355,6 +356,11 @@ class _PyrnnRNNMixin:
         return (out + [None])[:2]
 
     def forward(self, input, hx=None):
+        """As torch.nn's forward: ``input`` [T, B, I] ([B, T, I] with ``batch_first``),
+        unbatched [T, I], or a PackedSequence; ``hx``: h_0 (for the LSTM, a tuple
+        (h_0, c_0)) of size [num_layers * num_directions, B, H], or None (zeros).
+        Returns (output, h_n) or, for the LSTM, (output, (h_n, c_n)); output is a
+        PackedSequence when the input is one."""
         if _onnx.exporting():  # standard ONNX LSTM/GRU/RNN nodes (pyrnn/_onnx.py)
             return _onnx.export_forward(self, input, hx)
         name = type(self).__name__
@@ -643,6 +649,7 @@ class RNNCell(_PyrnnCellMixin, nn.RNNCell):
         super().__init__(input_size, hidden_size, bias, nonlinearity, device=device, dtype=dtype, zoneout=zoneout)
 
     def forward(self, input, hx=None):
+        """One step: ``input`` [B, I] (or unbatched [I]), ``hx`` h [B, H] or None (zeros). Returns h'."""
         return self._step(input, [("hx", hx)])[0]
 
 
@@ -656,6 +663,8 @@ class LSTMCell(_PyrnnCellMixin, nn.LSTMCell):
     _cell = "lstm"
 
     def forward(self, input, hx=None):
+        """One step: ``input`` [B, I] (or unbatched [I]), ``hx`` a tuple (h, c) of [B, H] tensors or
+        None (zeros). Returns (h', c')."""
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
             raise TypeError(f"LSTMCell: hx must be a tuple (h, c) of tensors or None, got {type(hx).__name__}")
         h, c = (None, None) if hx is None else hx
@@ -679,6 +688,7 @@ class GRUCell(_PyrnnCellMixin, nn.GRUCell):
         return super().extra_repr() + ("" if self.reset_after else ", reset_after=False")
 
     def forward(self, input, hx=None):
+        """One step: ``input`` [B, I] (or unbatched [I]), ``hx`` h [B, H] or None (zeros). Returns h'."""
         return self._step(input, [("hx", hx)])[0]
 
 
@@ -746,9 +756,12 @@ class _Frozen(nn.Module):
 
     @property
     def precision(self):
+        """Precision of the packed weights: "same" (the module's dtype), "int8" or "bf16"."""
         return self.frozen.precision
 
     def train(self, mode=True):
+        """``train(False)`` (``eval()``) is allowed; ``train(True)`` raises RuntimeError: a frozen
+        module is for inference only."""
         if mode:
             raise RuntimeError(f"{self.source}: a frozen module is for inference only; train the original")
         return super().train(False)
@@ -770,6 +783,8 @@ class FrozenRNN(_Frozen):
         return f"{self.frozen!r}".replace(".freeze(", " frozen(")
 
     def forward(self, input, hx=None):
+        """As the module it was made from: padded or PackedSequence ``input``, ``hx`` or None.
+        Returns (output, h_n) or, for an LSTM, (output, (h_n, c_n)), without gradients."""
         owner = self.source
         layer = self.frozen
         packed = isinstance(input, PackedSequence)
@@ -799,6 +814,8 @@ class FrozenRNNCell(_Frozen):
         return repr(self.frozen)
 
     def forward(self, input, hx=None):
+        """As the cell it was made from: ``input`` [B, I] or [I], ``hx`` (LSTM: a tuple (h, c)) or
+        None. Returns h' (LSTM: (h', c')), without gradients."""
         owner = self.source
         _check_tensor(owner, "input", input, self.torch_dtype)
         lstm = self.frozen.cell.has_cell_state

@@ -300,6 +300,44 @@ def test_plot_png(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_from_recorded_json(tmp_path, monkeypatch):
+    """--from-json redraws a recorded run's plot without measuring; with several fp32 peers the plot is
+    the best peer's time over pyrnn's (write_best_peer_plot), as for bench/results-peers.png."""
+    pytest.importorskip("matplotlib")
+    rc, recorded = run_json(tmp_path, "--cells", "gru", "--modes", "fwd")
+    assert rc == 0
+    for r in recorded["rows"]:  # as a run with --peers torch,jax would have recorded it
+        r.update(best_peer="jax", best_peer_ratio=1.25)
+    recorded["peers"] = ["torch", "jax"]
+    path = tmp_path / "peers.json"
+    path.write_text(json.dumps(recorded))
+    drawn = []
+    monkeypatch.setattr(bench_report, "write_best_peer_plot",
+                        lambda *a, f=bench_report.write_best_peer_plot: (drawn.append(a[1]), f(*a)))
+    monkeypatch.setattr(cli, "run_suite", lambda *a, **k: pytest.fail("--from-json must not measure"))
+    png = tmp_path / "p.png"
+    assert bench.main(["--from-json", path, "--plot", png]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert drawn and [r["case"] for r in drawn[0]] == [r["case"] for r in recorded["rows"]]
+
+
+@pytest.mark.parametrize("args, says", [
+    ([], "give --plot"),
+    (["--plot", "x.png", "--markdown", "x.md"], "no --markdown"),
+])
+def test_from_json_usage_errors(tmp_path, capsys, args, says):
+    assert bench.main(["--from-json", tmp_path / "r.json", *args]) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_from_json_not_a_recorded_run(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    assert bench.main(["--from-json", bad, "--plot", tmp_path / "p.png"]) == 2
+    assert "not a run written by --json" in capsys.readouterr().err
+    assert bench.main(["--from-json", tmp_path / "missing.json", "--plot", tmp_path / "p.png"]) == 2
+
+
 def test_scaling_suite(tmp_path, capsys):
     md = tmp_path / "s.md"
     rc, report = run_json(tmp_path, "--suite", "scaling", "--threads", "1,2", "--markdown", md)

@@ -574,14 +574,16 @@ def test_layer_errors():
         gru.backward()
     with pytest.raises(ValueError, match="input_size"):
         gru(np.zeros((2, 1, 5), np.float32))
-    with pytest.raises(TypeError, match="dtype"):
+    with pytest.raises(TypeError, match="^LayerNormGRU: input must have the layer's dtype"):
         gru(np.zeros((2, 1, 3)))
+    with pytest.raises(ValueError, match="^LayerNormGRU: Expected input to be 2D or 3D, got 4D"):
+        gru(np.zeros((2, 1, 1, 3), np.float32))
     out, _ = gru(np.zeros((2, 1, 3), np.float32))
     with pytest.raises(ValueError, match="dc_n is only used by the LSTM"):
         gru.backward(None, None, np.zeros((1, 1, 4), np.float32))
     with pytest.raises(ValueError, match="must be greater than zero"):
         pyrnn.LayerNormLSTM(3, 0)
-    with pytest.raises(TypeError, match="hx must be a tuple"):
+    with pytest.raises(TypeError, match="^LayerNormLSTM: hx must be a tuple"):
         pyrnn.LayerNormLSTM(3, 4)(np.zeros((2, 1, 3), np.float32), np.zeros((1, 1, 4), np.float32))
 
 

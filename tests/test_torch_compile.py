@@ -434,6 +434,31 @@ def test_vmap_per_sample_grads_and_ensembles():
     _assert_all_close(ys, torch.stack([mm(xs[0])[0] for mm in models]))
 
 
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_vmap_different_randomness_draws_a_recurrent_dropout_mask_per_sample(monkeypatch, mode):
+    """recurrent_dropout's masks are drawn out of place, so vmap(randomness="different") batches the
+    draw: sample i runs with mask i, exactly as an eager call given that mask."""
+    torch.manual_seed(0)
+    name, kw = MODULES[mode]
+    m = getattr(pt, name)(I, H, recurrent_dropout=0.5, dtype=torch.float64, **kw).train()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    xs = x.expand(4, T, B, I)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        ys = vmap(lambda x: m(x)[0], randomness="different")(xs)
+    torch.manual_seed(1)
+    masks = torch.bernoulli(torch.full((4, B, H), 0.5, dtype=torch.float64)) / 0.5
+    for i in range(4):
+        monkeypatch.setattr(pt, "_dropout_mask", lambda *a, i=i: masks[i])
+        with torch.no_grad():
+            _assert_all_close(ys[i], m(x)[0])
+    assert not torch.equal(ys[0], ys[1])
+    monkeypatch.undo()
+    with torch.no_grad():
+        same = vmap(lambda x: m(x)[0], randomness="same")(xs)
+    assert all(torch.equal(same[0], same[i]) for i in range(4))
+
+
 # ---------------------------------------------------------------- errors --
 
 def test_double_backward_raises_through_the_operator():

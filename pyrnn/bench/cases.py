@@ -69,6 +69,7 @@ class Case:
 
 # The standard suite (I = H unless given). To add a case, add a line. Its
 # single-layer, unidirectional cases are also bench/test_bench_sequence.py's shapes.
+#: The standard suite: the shapes ``python -m pyrnn.bench`` times.
 SUITE = (
     Case("lstm", B=64, T=50, H=512),
     Case("lstm", B=16, T=25, H=1024),
@@ -86,10 +87,12 @@ SUITE = (
 
 # Multi-core scaling (--suite scaling): one large shape per gated cell, timed at
 # 1, 2, 4, ... threads up to the machine's cores.
+#: ``--suite scaling``: LSTM and GRU B=128 T=50 H=1024, timed at 1, 2, 4, ... threads.
 SCALING_SUITE = (
     Case("lstm", B=128, T=50, H=1024),
     Case("gru", B=128, T=50, H=1024),
 )
+#: The suites by their ``--suite`` name.
 SUITES = {"standard": SUITE, "scaling": SCALING_SUITE}
 
 
@@ -109,6 +112,7 @@ class Profile:
     peak_seconds: float = 0.5
 
 
+#: The profiles by name: "full" (the default), "quick" (``--quick``) and "tiny" (tests only).
 PROFILES = {
     "full": Profile("full", "full suite"),
     "quick": Profile("quick", "QUICK suite: T capped at 20, at most 5 repetitions (not comparable with the "
@@ -135,6 +139,7 @@ def scale_case(case: Case, profile: Profile) -> Case:
 
 
 def select_cases(profile: Profile, cells: Collection[str], suite: str = "standard") -> list[Case]:
+    """The cases of ``suite`` whose family is in ``cells``, each capped by ``profile`` (:func:`scale_case`)."""
     return [scale_case(c, profile) for c in SUITES[suite] if c.cell in cells]
 
 

@@ -124,8 +124,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", metavar="PATH", help="write a markdown table")
     p.add_argument("--memory", action="store_true",
                    help="also measure peak RSS of one LSTM B=64 T=50 H=512 training step (pyrnn vs PyTorch)")
-    p.add_argument("--plot", metavar="PATH.png", help=f"bar chart of GFLOP/s (needs matplotlib: {PLOT_HINT})")
+    p.add_argument("--plot", metavar="PATH.png",
+                   help="bar chart: GFLOP/s, or with several fp32 peers the best peer's time over pyrnn's "
+                   f"(needs matplotlib: {PLOT_HINT})")
+    p.add_argument("--from-json", metavar="PATH",
+                   help="run nothing: redraw --plot from a run recorded with --json")
     return p
+
+
+def from_json(args: argparse.Namespace) -> int:
+    """--from-json: the plot of a recorded run, without measuring anything. (Not its markdown: the
+    footnotes describe how the current version measures, which a recorded run may predate.)"""
+    if not args.plot or args.markdown or args.json:
+        print("error: --from-json redraws a plot: give --plot PATH.png (and no --markdown or --json)",
+              file=sys.stderr)
+        return 2
+    try:
+        with open(args.from_json, encoding="utf-8") as f:
+            recorded = json.load(f)
+        rows, meta = recorded["rows"], recorded
+        meta["peak_gflops"] = {int(t): p for t, p in recorded["peak_gflops"].items()}
+    except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
+        print(f"error: --from-json {args.from_json}: not a run written by --json ({e!r})", file=sys.stderr)
+        return 2
+    write_plot(args.plot, rows, meta)
+    return 0
 
 
 def machine_info(args: argparse.Namespace, argv: Sequence[str], profile: Profile) -> dict[str, Any]:
@@ -157,6 +180,9 @@ def failed_row(row: dict[str, Any]) -> bool:
 
 
 def main(argv: Optional[Sequence[Any]] = None) -> int:
+    """``python -m pyrnn.bench``: parses ``argv`` (default ``sys.argv[1:]``), runs the suite, prints the
+    table and writes the files asked for (with ``--from-json``, only redraws a recorded run's plot).
+    Returns the exit status: 0 all good, 1 a correctness mismatch or a failed case, 2 bad usage."""
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
         args = build_parser().parse_args(argv)
@@ -168,6 +194,8 @@ def main(argv: Optional[Sequence[Any]] = None) -> int:
         except ImportError:
             print(f"error: --plot needs matplotlib, which is not installed: {PLOT_HINT}", file=sys.stderr)
             return 2
+    if args.from_json:
+        return from_json(args)
     if args.threads is None:
         args.threads = scaling_threads(available_cores()) if args.suite == "scaling" else sorted({1, available_cores()})
     profile = PROFILES["tiny" if args.tiny else "quick" if args.quick else "full"]

@@ -417,6 +417,35 @@ def _save(plt: Any, fig: Any, path: str, title: str) -> None:
     plt.close(fig)
 
 
+def write_best_peer_plot(path: str, rows: Sequence[Row], meta: dict) -> None:
+    """With several fp32 peers: the fastest peer's time over pyrnn's per case and mode (above 1:
+    pyrnn is faster), a panel per thread count, each bar labelled with that peer."""
+    plt = _pyplot()
+    threads = meta["threads"]
+    per_thread = {t: [r for r in rows if r["threads"] == t and r.get("best_peer_ratio") is not None]
+                  for t in threads}
+    n = max([len(sub) for sub in per_thread.values()] + [1])
+    fig, axes = plt.subplots(1, len(threads), figsize=(4.2 * len(threads) + 3.0, 0.32 * n + 1.6),
+                             sharey=True, squeeze=False)
+    for ax, t in zip(axes[0], threads):
+        sub = per_thread[t]
+        ys = np.arange(len(sub))[::-1]
+        vals = [r["best_peer_ratio"] for r in sub]
+        ax.barh(ys, vals, color=["tab:green" if v >= 1 else "tab:red" for v in vals])
+        for y, v, r in zip(ys, vals, sub):
+            ax.text(v, y, f" {v:.2f}x {PEER_SHORT[r['best_peer']]}", va="center", fontsize=7)
+        ax.axvline(1.0, color="k", linewidth=0.8)
+        ax.set_xlim(0, max(vals + [1.0]) * 1.35)
+        ax.set_xlabel("fastest fp32 peer's time / pyrnn's")
+        ax.set_title(f"{t} thread{'s' if t > 1 else ''}")
+        if ax is axes[0][0]:
+            ax.set_yticks(ys)
+            ax.set_yticklabels([f"{r['case']} {r['mode']}" for r in sub], fontsize=7)
+    peers = ", ".join(PEER_TITLES.get(p, p) for p in meta["peers"] if p in FP32_PEERS)
+    _save(plt, fig, path, f"pyrnn {meta['pyrnn']['version']} fp32 against {peers}, "
+          f"{meta['machine']['cpu']} ({meta['suite']})")
+
+
 def write_scaling_plot(path: str, rows: Sequence[Row], meta: dict) -> None:
     """GFLOP/s against threads, one panel per case and mode, a line per framework."""
     plt = _pyplot()
@@ -448,6 +477,8 @@ def write_plot(path: str, rows: Sequence[Row], meta: dict) -> None:
     against threads)."""
     if meta["suite"].startswith("scaling"):
         return write_scaling_plot(path, rows, meta)
+    if show_best(meta["peers"]):
+        return write_best_peer_plot(path, rows, meta)
     plt = _pyplot()
     frameworks = ["pyrnn"] + list(meta["peers"])
     threads = meta["threads"]

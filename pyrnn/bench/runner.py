@@ -222,6 +222,8 @@ def reference_estimate_s(case: Case, lengths: Optional[np.ndarray], mode: str) -
 
 
 def reference_runner(case: Case, inputs: dict, mode: str) -> Step:
+    """The NumPy reference (pyrnn.reference) as a runner; raises :class:`Unavailable` for a case
+    it would take too long on."""
     estimate = reference_estimate_s(case, inputs["lengths"], mode)
     if estimate > REFERENCE_MAX_S:
         raise Unavailable(f"skipped: ~{estimate:.0f} s per call")
@@ -242,6 +244,8 @@ def _peer(name: str) -> RunnerFactory:
     return make
 
 
+#: Runner factories by framework name: ``RUNNERS[name](case, inputs, mode)`` returns a step
+#: function to time (or raises :class:`Unavailable`).
 RUNNERS: dict[str, RunnerFactory] = {
     "pyrnn": pyrnn_runner, "torch": torch_runner, "reference": reference_runner,
     "ort": _peer("ort_runner"), "jax": _peer("jax_runner"), "torch-int8": _peer("torch_int8_runner"),
@@ -614,7 +618,7 @@ def run_suite(cases: Sequence[Case], threads: Sequence[int], modes: Sequence[str
     ``info``, if given, receives "workers" (framework, threads, pid, cores and affinity of each
     worker), "versions" and "unavailable" ({framework: why}, frameworks that could not be imported).
     ``precisions``: the reduced precisions (int8, bf16) of pyrnn's inference to time too
-    (the rows' fields of :func:`precision_keys`)."""
+    (the rows' fields of ``runner.precision_keys``)."""
     log = sys.stderr if log is None else log
     frameworks = ["pyrnn"] + [p for p in peers if p in PEERS]
     low = [p for p in precisions if p in LOW_PRECISIONS]
