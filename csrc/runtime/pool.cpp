@@ -10,6 +10,9 @@
 #if defined(__unix__) || defined(__APPLE__)
 #include <pthread.h>
 #endif
+#if defined(_WIN32)
+#include <malloc.h>
+#endif
 
 namespace pyrnn {
 
@@ -19,6 +22,24 @@ namespace {
 constexpr size_t kMinPooled = size_t(128) << 10;
 
 size_t round_up(size_t bytes) { return (bytes + 63) / 64 * 64; }
+
+// 64-byte aligned blocks (sizes are multiples of 64). Windows' C runtime has no
+// std::aligned_alloc: its own pair there (untried here; see pyproject.toml).
+void* aligned_block(size_t bytes) {
+#if defined(_WIN32)
+  return _aligned_malloc(bytes, 64);
+#else
+  return std::aligned_alloc(64, bytes);
+#endif
+}
+
+void free_block(void* ptr) {
+#if defined(_WIN32)
+  _aligned_free(ptr);
+#else
+  std::free(ptr);
+#endif
+}
 
 size_t default_limit() {
   // PYRNN_CACHE_MB: MiB, fractions allowed; values that do not parse as a
@@ -40,7 +61,7 @@ struct Pool {
   void trim(size_t target) {
     while (cached > target && !blocks.empty()) {
       cached -= blocks.front().first;
-      std::free(blocks.front().second);
+      free_block(blocks.front().second);
       blocks.pop_front();
     }
   }
@@ -88,7 +109,7 @@ void* pool_alloc(size_t bytes, size_t* size) {
     }
     ++p.misses;
   }
-  void* ptr = std::aligned_alloc(64, bytes);
+  void* ptr = aligned_block(bytes);
   if (!ptr) throw std::bad_alloc();
   *size = bytes;
   return ptr;
@@ -98,18 +119,18 @@ void pool_free(void* ptr, size_t bytes) noexcept {
   if (!ptr) return;
   Pool& p = pool();
   if (bytes < kMinPooled) {
-    std::free(ptr);
+    free_block(ptr);
     return;
   }
   std::lock_guard<std::mutex> lock(p.mu);
   if (bytes > p.limit) {
-    std::free(ptr);
+    free_block(ptr);
     return;
   }
   try {
     p.blocks.emplace_back(bytes, ptr);
   } catch (...) {
-    std::free(ptr);
+    free_block(ptr);
     return;
   }
   p.cached += bytes;
