@@ -80,6 +80,7 @@ def test_gru_fwd_json_and_markdown(tmp_path, capsys):
     assert "ISA " + pyrnn.isa() in text
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="pinned workers: sched_setaffinity is Linux-only")
 def test_all_cells_modes_threads_with_reference_in_pinned_workers(tmp_path):
     rc, report = run_json(tmp_path, "--threads", "1,2", "--reference", base=TINY)
     assert rc == 0
@@ -331,6 +332,7 @@ def test_from_json_usage_errors(tmp_path, capsys, args, says):
 
 
 def test_from_json_not_a_recorded_run(tmp_path, capsys):
+    pytest.importorskip("matplotlib")  # (without it, --plot says so first)
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
     assert bench.main(["--from-json", bad, "--plot", tmp_path / "p.png"]) == 2

@@ -23,6 +23,8 @@ def fork_warning(test):
     test = pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")(test)
     return pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")(test)
 
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX-only")
+
 CELLS = [("rnn", {"nonlinearity": "tanh"}), ("rnn", {"nonlinearity": "relu"}), ("lstm", {}),
          ("gru", {"reset_after": True}), ("gru", {"reset_after": False})]
 
@@ -196,6 +198,7 @@ def _wait(pid, timeout=120.0):
     pytest.fail(f"the forked child did not finish within {timeout:.0f} s (hung)")
 
 
+@needs_fork
 @fork_warning
 @pytest.mark.parametrize("child_threads", [None, 1, 2], ids=["inherited", "child-1", "child-2"])
 def test_forked_child_trains_like_the_parent(threads, child_threads):
@@ -237,6 +240,7 @@ def _pool_task(seed):
     return [float(np.sum(a, dtype=np.float64)) for a in out]
 
 
+@needs_fork
 @fork_warning
 def test_fork_pool(threads):
     threads(2)
@@ -246,6 +250,7 @@ def test_fork_pool(threads):
     assert got == expected
 
 
+@needs_fork
 @fork_warning
 def test_dataloader_workers_run_pyrnn_torch_modules(threads):
     """torch DataLoader workers (forked) whose dataset calls a pyrnn.torch module."""

@@ -135,10 +135,6 @@ def build_parser() -> argparse.ArgumentParser:
 def from_json(args: argparse.Namespace) -> int:
     """--from-json: the plot of a recorded run, without measuring anything. (Not its markdown: the
     footnotes describe how the current version measures, which a recorded run may predate.)"""
-    if not args.plot or args.markdown or args.json:
-        print("error: --from-json redraws a plot: give --plot PATH.png (and no --markdown or --json)",
-              file=sys.stderr)
-        return 2
     try:
         with open(args.from_json, encoding="utf-8") as f:
             recorded = json.load(f)
@@ -188,6 +184,10 @@ def main(argv: Optional[Sequence[Any]] = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # argparse: --help (0) or a usage error (2, message already printed)
         return int(e.code or 0)
+    if args.from_json and (not args.plot or args.markdown or args.json):
+        print("error: --from-json redraws a plot: give --plot PATH.png (and no --markdown or --json)",
+              file=sys.stderr)
+        return 2
     if args.plot:
         try:
             import matplotlib  # noqa: F401
