@@ -389,8 +389,9 @@ def backward(ws, dy=None, dh_n=None, dc_n=None, *, return_dh_seq=False):
 # --------------------------------------------------------------------------
 
 
-def _layernorm_forward(cell, x, states, W_ih, W_hh, b_ih, b_hh, ln, lengths, reverse, training):
-    a = check_forward(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths)
+def _layernorm_forward(cell, x, states, W_ih, W_hh, b_ih, b_hh, ln, lengths, reverse, training, h_mask=None,
+                       zoneout=(None, None)):
+    a = check_forward(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask, None, *zoneout)
     ln_ih, ln_hh, *ln_c = check_layernorm_params(cell, a.W_hh.shape[1], a.x.dtype, ln)
     ln_c_weight, ln_c_bias = ln_c if ln_c else (None, None)
     _check_memory(cell, a.x, a.W_hh, None, None if lengths is None else a.lengths, training)
@@ -399,7 +400,8 @@ def _layernorm_forward(cell, x, states, W_ih, W_hh, b_ih, b_hh, ln, lengths, rev
     lengths64 = None if lengths is None else np.ascontiguousarray(a.lengths, dtype=np.int64)
     return _core.layernorm_forward(
         cell_spec(cell).kind, _c(a.x), _c(h0), _c(c0), _c(a.W_ih), _c(a.W_hh), _c(a.b_ih), _c(a.b_hh), _c(ln_ih),
-        _c(ln_hh), _c(ln_c_weight), _c(ln_c_bias), lengths64, bool(reverse), bool(training))
+        _c(ln_hh), _c(ln_c_weight), _c(ln_c_bias), lengths64, bool(reverse), bool(training), h_mask=_c(a.h_mask),
+        zoneout_h=_c(a.zoneout_h), zoneout_c=_c(a.zoneout_c))
 
 
 def _layernorm_backward(cell, ws, grads):
@@ -419,12 +421,16 @@ def _layernorm_backward(cell, ws, grads):
 
 
 def layernorm_lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias=None, *,
-                           lengths=None, reverse=False, training=True):
+                           lengths=None, reverse=False, training=True, h_mask=None, zoneout_h=None,
+                           zoneout_c=None):
     """Layer-normalised LSTM forward: returns (y, h_n, c_n, workspace), as
-    :func:`pyrnn.reference.layernorm_lstm_forward` (same arguments and equations)."""
+    :func:`pyrnn.reference.layernorm_lstm_forward` (same arguments and equations).
+    h_mask ([B, H]): recurrent dropout, as :func:`lstm_forward`'s; zoneout_h,
+    zoneout_c ([T, B, H]): zoneout masks, as :func:`lstm_forward`'s (c's before its layer norm)."""
     y, h_n, c_n, ws = _layernorm_forward("lstm", x, {"h0": h0, "c0": c0}, W_ih, W_hh, b_ih, b_hh,
                                          {"ln_ih": ln_ih, "ln_hh": ln_hh, "ln_c_weight": ln_c_weight,
-                                          "ln_c_bias": ln_c_bias}, lengths, reverse, training)
+                                          "ln_c_bias": ln_c_bias}, lengths, reverse, training, h_mask,
+                                         (zoneout_h, zoneout_c))
     return y, h_n, c_n, ws
 
 
@@ -435,11 +441,13 @@ def layernorm_lstm_backward(ws, dy=None, dh_n=None, dc_n=None):
 
 
 def layernorm_gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, *, lengths=None, reverse=False,
-                          training=True):
+                          training=True, h_mask=None, zoneout_h=None):
     """Layer-normalised GRU (reset-after) forward: returns (y, h_n, workspace),
-    as :func:`pyrnn.reference.layernorm_gru_forward`."""
+    as :func:`pyrnn.reference.layernorm_gru_forward`. h_mask ([B, H]):
+    recurrent dropout (z * h keeps the unmasked h); zoneout_h ([T, B, H]): zoneout, as :func:`gru_forward`'s."""
     y, h_n, _, ws = _layernorm_forward("gru", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh,
-                                       {"ln_ih": ln_ih, "ln_hh": ln_hh}, lengths, reverse, training)
+                                       {"ln_ih": ln_ih, "ln_hh": ln_hh}, lengths, reverse, training, h_mask,
+                                       (zoneout_h, None))
     return y, h_n, ws
 
 

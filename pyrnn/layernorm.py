@@ -29,6 +29,14 @@ before a normalisation would cancel). Parameters per layer and direction
     LSTM: ln_weight_c [H] (1), ln_bias_c [H] (0)
 
 ``bias=False`` removes every beta (bias_ih, bias_hh and ln_bias_c); the gains stay.
+
+Training options (keyword-only, as :class:`pyrnn.LSTM` / :class:`pyrnn.GRU`'s;
+masks drawn per call, layer and direction from the layer's RNG in training
+mode; eval mode uses none): ``recurrent_dropout`` (one mask per sequence on
+h where it enters W_hh h; the GRU's z * h keeps the unmasked h) and
+``zoneout`` (h' = m h + (1 - m) h' with m ~ Bernoulli(zoneout) per unit and
+step), for the LSTM also ``zoneout_c`` (the same on c' before its layer norm;
+None: the rate of h).
 Each layer and direction runs in C++ (:func:`pyrnn.functional.layernorm_lstm_forward`).
 """
 
@@ -40,7 +48,7 @@ import numpy as np
 
 from . import _stack
 from . import functional as F
-from ._validation import check_positive_int, check_probability, make_rng
+from ._validation import check_positive_int, check_probability, make_rng, zoneout_rates
 from .layers import _StackedLayer
 
 __all__ = ["LayerNormLSTM", "LayerNormGRU"]
@@ -54,12 +62,15 @@ LN_PARAM_NAMES = {"W_ih": "weight_ih", "W_hh": "weight_hh", "b_ih": "bias_ih", "
 class _LayerNormRNNBase(_StackedLayer):
 
     def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, *, dtype=np.float32, seed=None, rng=None):
+                 bidirectional=False, *, recurrent_dropout=0.0, zoneout=0.0, zoneout_c=None, dtype=np.float32,
+                 seed=None, rng=None):
         super().__init__(dtype)
         check_positive_int("input_size", input_size)
         check_positive_int("hidden_size", hidden_size)
         check_positive_int("num_layers", num_layers)
         check_probability("dropout", dropout)
+        check_probability("recurrent_dropout", recurrent_dropout)
+        zoneout, zoneout_c = zoneout_rates(mode, zoneout, zoneout_c)
         self.mode = mode  # "LSTM" or "GRU": the states and messages of pyrnn.LSTM / GRU
         self.family = mode.lower()
         self.input_size = int(input_size)
@@ -69,6 +80,9 @@ class _LayerNormRNNBase(_StackedLayer):
         self.batch_first = bool(batch_first)
         self.dropout = float(dropout)
         self.bidirectional = bool(bidirectional)
+        self.recurrent_dropout = float(recurrent_dropout)
+        self.zoneout = zoneout  # probability that a unit of h keeps its previous value at a step (training)
+        self.zoneout_c = zoneout_c  # the same for the LSTM's c (0.0 for the GRU)
         self._rng = make_rng(seed, rng)
         self._saved = None
         G, H = (4 if mode == "LSTM" else 3), self.hidden_size
@@ -108,16 +122,23 @@ class _LayerNormRNNBase(_StackedLayer):
             ", batch_first=True" if self.batch_first else "",
             f", dropout={self.dropout}" if self.dropout else "",
             ", bidirectional=True" if self.bidirectional else "",
+            f", recurrent_dropout={self.recurrent_dropout}" if self.recurrent_dropout else "",
+            f", zoneout={self.zoneout}" if self.zoneout else "",
+            f", zoneout_c={self.zoneout_c}" if self.mode == "LSTM" and self.zoneout_c != self.zoneout else "",
         ])
         return f"{type(self).__name__}({self.input_size}, {self.hidden_size}{extra})"
 
-    def run_direction(self, layer, direction, x, h0=None, c0=None, *, lengths=None, training=True):
-        """One layer and direction (time-major x): returns (y, h_n, c_n or None, workspace)."""
+    def run_direction(self, layer, direction, x, h0=None, c0=None, *, lengths=None, training=True, h_mask=None,
+                      zoneout_h=None, zoneout_c=None):
+        """One layer and direction (time-major x): returns (y, h_n, c_n or None, workspace).
+        h_mask, zoneout_h, zoneout_c: the masks of :func:`pyrnn.functional.layernorm_lstm_forward`."""
         p = self.direction_params(layer, direction)
-        kw = {"lengths": lengths, "reverse": direction == 1, "training": training}
+        kw = {"lengths": lengths, "reverse": direction == 1, "training": training, "h_mask": h_mask,
+              "zoneout_h": zoneout_h}
         if self.mode == "LSTM":
             return F.layernorm_lstm_forward(x, h0, c0, p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"], p["ln_ih"],
-                                            p["ln_hh"], p["ln_c_weight"], p["ln_c_bias"], **kw)
+                                            p["ln_hh"], p["ln_c_weight"], p["ln_c_bias"], zoneout_c=zoneout_c,
+                                            **kw)
         y, h_n, ws = F.layernorm_gru_forward(x, h0, p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"], p["ln_ih"],
                                              p["ln_hh"], **kw)
         return y, h_n, None, ws
@@ -126,7 +147,9 @@ class _LayerNormRNNBase(_StackedLayer):
         return type(self).__name__
 
     def _direction_call(self, layer, d, layer_x, h0, c0, lengths, training, T, B):
-        return self.run_direction(layer, d, layer_x, h0, c0, lengths=lengths, training=training)
+        rec_mask, zh, zc = self._direction_masks(layer, d, T, B, training)
+        return self.run_direction(layer, d, layer_x, h0, c0, lengths=lengths, training=training, h_mask=rec_mask,
+                                  zoneout_h=zh, zoneout_c=zc)
 
     def _direction_backward(self, ws, layer, d, dy, dh_n, dc_n):
         if self.mode == "LSTM":
@@ -144,19 +167,31 @@ class _LayerNormRNNBase(_StackedLayer):
 
 class LayerNormLSTM(_LayerNormRNNBase):
     """Layer-normalised LSTM on NumPy (the equations: :mod:`pyrnn.layernorm`);
-    the arguments of :class:`pyrnn.LSTM` without proj_size / recurrent_dropout."""
+    the arguments of :class:`pyrnn.LSTM` without proj_size.
+
+    Extras (keyword-only): recurrent_dropout (variational: one mask per sequence
+    on h_{t-1} where it enters W_hh h, drawn per call, training only), zoneout
+    (of h: each unit keeps its previous value with this probability at each
+    step, training only) and zoneout_c (of the cell state c, before its layer
+    norm; None: the rate of h), dtype, seed / rng."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, *, dtype=np.float32, seed=None, rng=None):
+                 bidirectional=False, *, recurrent_dropout=0.0, zoneout=0.0, zoneout_c=None, dtype=np.float32,
+                 seed=None, rng=None):
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         dtype=dtype, seed=seed, rng=rng)
+                         recurrent_dropout=recurrent_dropout, zoneout=zoneout, zoneout_c=zoneout_c, dtype=dtype,
+                         seed=seed, rng=rng)
 
 
 class LayerNormGRU(_LayerNormRNNBase):
     """Layer-normalised GRU (reset-after) on NumPy (the equations: :mod:`pyrnn.layernorm`);
-    the arguments of :class:`pyrnn.GRU` without reset_after / recurrent_dropout."""
+    the arguments of :class:`pyrnn.GRU` without reset_after.
+
+    Extras (keyword-only): recurrent_dropout (one mask per sequence on h_{t-1}
+    where it enters W_hh h; z * h keeps the unmasked h), zoneout (of h), as
+    :class:`pyrnn.LayerNormLSTM`; dtype, seed / rng."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, *, dtype=np.float32, seed=None, rng=None):
+                 bidirectional=False, *, recurrent_dropout=0.0, zoneout=0.0, dtype=np.float32, seed=None, rng=None):
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         dtype=dtype, seed=seed, rng=rng)
+                         recurrent_dropout=recurrent_dropout, zoneout=zoneout, dtype=dtype, seed=seed, rng=rng)

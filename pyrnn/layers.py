@@ -42,6 +42,9 @@ class _StackedLayer(Module):
     adding its parameter gradients to ``self.grads``."""
 
     proj_size = 0
+    recurrent_dropout = 0.0
+    zoneout = 0.0  # (class defaults: layers pickled before zoneout existed have none)
+    zoneout_c = 0.0
 
     def _label(self):
         """The name its messages give it."""
@@ -60,6 +63,30 @@ class _StackedLayer(Module):
         if p >= 1:
             return np.zeros(shape, dtype=self.dtype)
         return ((self._rng.random(shape) >= p) / (1.0 - p)).astype(self.dtype)
+
+    def _zoneout_masks(self, layer, direction, T, B):
+        """The zoneout masks of one training-mode call, for one layer and direction: (m_h [T, B, H_out],
+        m_c [T, B, H] or None), each None where its rate is 0; 1 where a unit keeps its previous value at
+        that step (Bernoulli(zoneout), Bernoulli(zoneout_c), drawn from the layer's RNG). ``forward``
+        draws every mask through this method: override it (on the instance) to see or fix them.
+        Time is aligned with the input (entry t is the step that reads x[t], in either direction)."""
+        def bernoulli(shape, p):
+            return (self._rng.random(shape) < p).astype(self.dtype)
+
+        m_h = bernoulli((T, B, self.proj_size or self.hidden_size), self.zoneout) if self.zoneout > 0 else None
+        m_c = (bernoulli((T, B, self.hidden_size), self.zoneout_c)
+               if self.mode == "LSTM" and self.zoneout_c > 0 else None)
+        return m_h, m_c
+
+    def _direction_masks(self, layer, d, T, B, training):
+        """(h_mask [B, H_out] or None, zoneout_h, zoneout_c) of one call of one layer and direction:
+        drawn in training mode where the rates are above 0, else None."""
+        if not training:
+            return None, None, None
+        H_out = self.proj_size or self.hidden_size
+        rec_mask = self._dropout_mask((B, H_out), self.recurrent_dropout) if self.recurrent_dropout > 0 else None
+        zh, zc = (self._zoneout_masks(layer, d, T, B) if self.zoneout > 0 or self.zoneout_c > 0 else (None, None))
+        return rec_mask, zh, zc
 
     def forward(self, x, hx=None, lengths=None):
         """Returns (output, h_n) or, for the LSTM, (output, (h_n, c_n)).
@@ -155,9 +182,6 @@ class _StackedLayer(Module):
 
 
 class _RNNBase(_StackedLayer):
-    zoneout = 0.0  # (class defaults: layers pickled before zoneout existed have none)
-    zoneout_c = 0.0
-
     def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, proj_size=0, nonlinearity="tanh", reset_after=True, recurrent_dropout=0.0,
                  dtype=np.float32, seed=None, rng=None, zoneout=0.0, zoneout_c=None):
@@ -253,20 +277,6 @@ class _RNNBase(_StackedLayer):
     # ------------------------------------------------------------------ forward
 
 
-    def _zoneout_masks(self, layer, direction, T, B):
-        """The zoneout masks of one training-mode call, for one layer and direction: (m_h [T, B, H_out],
-        m_c [T, B, H] or None), each None where its rate is 0; 1 where a unit keeps its previous value at
-        that step (Bernoulli(zoneout), Bernoulli(zoneout_c), drawn from the layer's RNG). ``forward``
-        draws every mask through this method: override it (on the instance) to see or fix them.
-        Time is aligned with the input (entry t is the step that reads x[t], in either direction)."""
-        def bernoulli(shape, p):
-            return (self._rng.random(shape) < p).astype(self.dtype)
-
-        m_h = bernoulli((T, B, self.proj_size or self.hidden_size), self.zoneout) if self.zoneout > 0 else None
-        m_c = (bernoulli((T, B, self.hidden_size), self.zoneout_c)
-               if self.mode == "LSTM" and self.zoneout_c > 0 else None)
-        return m_h, m_c
-
     def run_direction(self, layer, direction, x, h0=None, c0=None, *, lengths=None, h_mask=None, training=True,
                       zoneout_h=None, zoneout_c=None):
         """One layer and direction through :func:`pyrnn.functional.forward` (time-major x):
@@ -343,11 +353,7 @@ class _RNNBase(_StackedLayer):
         return super().train(mode)
 
     def _direction_call(self, layer, d, layer_x, h0, c0, lengths, training, T, B):
-        H_out = self.proj_size or self.hidden_size
-        rec_mask = (self._dropout_mask((B, H_out), self.recurrent_dropout)
-                    if training and self.recurrent_dropout > 0 else None)
-        zh, zc = (self._zoneout_masks(layer, d, T, B)
-                  if training and (self.zoneout > 0 or self.zoneout_c > 0) else (None, None))
+        rec_mask, zh, zc = self._direction_masks(layer, d, T, B, training)
         return self.run_direction(layer, d, layer_x, h0, c0, lengths=lengths, h_mask=rec_mask, training=training,
                                   zoneout_h=zh, zoneout_c=zc)
 

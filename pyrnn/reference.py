@@ -526,6 +526,13 @@ def gru_backward(cache, dy=None, dh_n=None):
 # would remove a bias added before it); None (both) means no beta. ln_c_bias
 # may be None on its own. Lengths and reverse as for the plain cells above.
 #
+# Training options, as the plain cells': ``h_mask`` [B, H] (recurrent
+# dropout: W_hh (h * h_mask) in place of W_hh h, the same mask at every step;
+# the GRU's z * h keeps the unmasked h) and zoneout, ``zoneout_h`` [T, B, H]
+# and for the LSTM ``zoneout_c`` [T, B, H], time-aligned with x:
+#     LSTM: c' = m_c c + (1 - m_c) (f * c + i * g) before LN_1(c');
+#     both: h' = m_h h + (1 - m_h) h~ with h~ the update above.
+#
 # Cache entries (besides the common ones and "ln_ih", "ln_hh", "ln_c_weight",
 # "ln_c_bias"): "h" (and "c") [T+1, B, H] as above; by *time position*,
 # "xhat_ih" [T, B, G*H] and "rstd_ih" [T, B, G], the normalised input
@@ -534,7 +541,8 @@ def gru_backward(cache, dy=None, dh_n=None):
 # "rstd_hh" likewise for the hidden projection, the activated gates ("i", "f",
 # "g", "o" or "r", "z", "n"), for the LSTM "xhat_c" / "rstd_c" [T, B, H] / [T, B, 1]
 # (the new cell state normalised) and "tanh_c" (tanh of LN_1(c')), for the GRU
-# "ghn" (gh_n, the normalised hidden-side n block).
+# "ghn" (gh_n, the normalised hidden-side n block); "h_mask" and "zoneout" (per
+# state, the masks in processing order, or None).
 
 #: The layer norms' epsilon (as torch.nn.LayerNorm's default).
 LN_EPS = 1e-5
@@ -569,21 +577,31 @@ def _ln_backward(dout, xhat, rstd, gamma, G):
     return dv.reshape(shape)
 
 
-def _layernorm_forward(cell, step, x, states, W_ih, W_hh, b_ih, b_hh, ln, lengths, reverse, training):
-    """Shared time loop of the layer-normalised cells. ``step(gi, gh, states)``
-    gets the normalised input and hidden projections of one step ([B, G*H]
-    each) and returns (new_states, activations dict)."""
+def _layernorm_forward(cell, step, x, states, W_ih, W_hh, b_ih, b_hh, ln, lengths, reverse, training,
+                       h_mask=None, zoneout=(None, None)):
+    """Shared time loop of the layer-normalised cells. ``step(gi, gh, states,
+    masks)`` gets the normalised input and hidden projections of one step
+    ([B, G*H] each) and the step's zoneout masks ([B, H] or None per state),
+    and returns (new_states, activations dict); it applies the cell state's
+    zoneout, this loop the hidden state's. ``h_mask`` [B, H] or None:
+    the recurrent projection reads h * h_mask."""
     G = GATES[cell]
     T, B, _ = x.shape
     reverse = bool(reverse)
     gi_all, xhat_ih, rstd_ih = _ln_forward(x @ W_ih.T, ln["ln_ih"], b_ih, G)  # every position at once
     idx, valid = _time_order(lengths, T, reverse)
     batch = np.arange(B)
+    zoneout = tuple(zoneout) + (None,) * (len(states) - len(zoneout))
+    in_order = tuple(None if m is None else m[idx, batch] for m in zoneout)  # [T, B, H], processing order
     y = np.zeros((T, B, W_hh.shape[1]), dtype=x.dtype)
     history, acts_all = [states], []
     for s in range(T):
-        gh, xhat_hh, rstd_hh = _ln_forward(states[0] @ W_hh.T, ln["ln_hh"], b_hh, G)
-        new_states, acts = step(gi_all[idx[s], batch], gh, states)
+        h_rec = states[0] if h_mask is None else states[0] * h_mask
+        gh, xhat_hh, rstd_hh = _ln_forward(h_rec @ W_hh.T, ln["ln_hh"], b_hh, G)
+        masks = tuple(None if m is None else m[s] for m in in_order)
+        new_states, acts = step(gi_all[idx[s], batch], gh, states, masks)
+        if masks[0] is not None:
+            new_states = (masks[0] * states[0] + (1 - masks[0]) * new_states[0],) + tuple(new_states[1:])
         keep = valid[s][:, None]
         states = tuple(np.where(keep, new, old) for new, old in zip(new_states, states))
         y[idx[s][valid[s]], batch[valid[s]]] = new_states[0][valid[s]]
@@ -593,7 +611,7 @@ def _layernorm_forward(cell, step, x, states, W_ih, W_hh, b_ih, b_hh, ln, length
     if not training:
         return y, states, None
     cache = _common_cache(cell, x, W_ih, W_hh, b_ih, b_hh, lengths, reverse, layernorm=True,
-                          xhat_ih=xhat_ih, rstd_ih=rstd_ih, **ln)
+                          xhat_ih=xhat_ih, rstd_ih=rstd_ih, h_mask=h_mask, zoneout=in_order, **ln)
     for k, name in enumerate(_STATE_NAMES[cell]):
         cache[name] = np.stack([st[k] for st in history])
     for key in acts_all[0]:
@@ -621,18 +639,25 @@ def _layernorm_backward(cell, step_backward, cache, dy, dfinal):
     db_hh = np.zeros(W_hh.shape[0], dtype=x.dtype)
     extra = {}
     dstates = dfinal
+    h_mask, m_h = cache["h_mask"], cache["zoneout"][0]
     for s in reversed(range(T)):
         live = valid[s][:, None]
         d_in = (dstates[0] + dy[idx[s], batch],) + dstates[1:]
         d_in = tuple(d * live for d in d_in)  # padded rows contribute nothing
+        if m_h is not None:  # h = m h_prev + (1 - m) h~: the cell sees (1 - m) dh, h_prev gets m dh directly
+            direct = m_h[s] * d_in[0]
+            d_in = ((1 - m_h[s]) * d_in[0],) + d_in[1:]
         da_i, da_h, dprev, ex = step_backward(s, d_in)
+        if m_h is not None:
+            dprev = (dprev[0] + direct,) + tuple(dprev[1:])
         dgi_all[idx[s][valid[s]], batch[valid[s]]] = da_i[valid[s]]
         dln_hh += np.sum(da_h * cache["xhat_hh"][s], axis=0)
         db_hh += da_h.sum(axis=0)
         dgh_raw = _ln_backward(da_h, cache["xhat_hh"][s], cache["rstd_hh"][s], cache["ln_hh"], G)
-        h_prev = cache["h"][s]
+        h_prev = cache["h"][s] if h_mask is None else cache["h"][s] * h_mask
         dW_hh += dgh_raw.T @ h_prev
-        dprev = (dprev[0] + dgh_raw @ W_hh,) + tuple(dprev[1:])
+        dh_rec = dgh_raw @ W_hh if h_mask is None else (dgh_raw @ W_hh) * h_mask
+        dprev = (dprev[0] + dh_rec,) + tuple(dprev[1:])
         dstates = tuple(np.where(live, new, old) for new, old in zip(dprev, dstates))
         for k, v in ex.items():
             extra[k] = extra.get(k, 0) + v
@@ -649,37 +674,45 @@ def _layernorm_backward(cell, step_backward, cache, dy, dfinal):
     return dx, dstates, dW_ih, dW_hh, db_ih, db_hh, dln_ih, dln_hh, extra
 
 
-def _check_layernorm_inputs(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, ln):
-    a = check_forward(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths)
+def _check_layernorm_inputs(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, ln, h_mask=None, zoneout_h=None,
+                            zoneout_c=None):
+    a = check_forward(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask, zoneout_h=zoneout_h,
+                      zoneout_c=zoneout_c)
     H = a.W_hh.shape[1]
     ln = dict(zip(ln, check_layernorm_params(cell, H, a.x.dtype, ln)))
     return a, ln
 
 
 def layernorm_lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias=None, *,
-                           lengths=None, reverse=False, training=True):
+                           lengths=None, reverse=False, training=True, h_mask=None, zoneout_h=None,
+                           zoneout_c=None):
     """Layer-normalised LSTM forward (equations above).
 
     x [T, B, I]; h0, c0 [B, H] or None (zeros); W_ih [4H, I]; W_hh [4H, H];
     b_ih, b_hh [4H] or both None (the betas of the two gate layer norms);
     ln_ih, ln_hh [4H] (their gains); ln_c_weight [H], ln_c_bias [H] or None
-    (the cell-state layer norm). Returns (y [T, B, H], h_n, c_n, cache)."""
+    (the cell-state layer norm). h_mask [B, H] (recurrent dropout),
+    zoneout_h, zoneout_c [T, B, H] (zoneout): optional, see above.
+    Returns (y [T, B, H], h_n, c_n, cache)."""
     a, ln = _check_layernorm_inputs("lstm", x, {"h0": h0, "c0": c0}, W_ih, W_hh, b_ih, b_hh, lengths,
                                     {"ln_ih": ln_ih, "ln_hh": ln_hh, "ln_c_weight": ln_c_weight,
-                                     "ln_c_bias": ln_c_bias})
+                                     "ln_c_bias": ln_c_bias}, h_mask, zoneout_h, zoneout_c)
 
-    def step(gi, gh, states):
+    def step(gi, gh, states, masks):
         _, c = states
         pre_i, pre_f, pre_g, pre_o = np.split(gi + gh, 4, axis=1)
         i, f, g, o = _sigmoid(pre_i), _sigmoid(pre_f), np.tanh(pre_g), _sigmoid(pre_o)
         c_new = f * c + i * g
+        if masks[1] is not None:
+            c_new = masks[1] * c + (1 - masks[1]) * c_new
         cn, xhat_c, rstd_c = _ln_forward(c_new, ln["ln_c_weight"], ln["ln_c_bias"], 1)
         tanh_c = np.tanh(cn)
         return (o * tanh_c, c_new), {"i": i, "f": f, "g": g, "o": o, "tanh_c": tanh_c,
                                      "xhat_c": xhat_c, "rstd_c": rstd_c}
 
     y, (h_n, c_n), cache = _layernorm_forward("lstm", step, a.x, a.states, a.W_ih, a.W_hh, a.b_ih, a.b_hh, ln,
-                                              a.lengths, reverse, training)
+                                              a.lengths, reverse, training, a.h_mask,
+                                              (a.zoneout_h, a.zoneout_c))
     return y, h_n, c_n, cache
 
 
@@ -696,6 +729,10 @@ def layernorm_lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
         do = dh * tanh_c
         dcn = dh * o * (1.0 - tanh_c * tanh_c)  # dL/d LN_1(c')
         dc = dc + _ln_backward(dcn, xhat_c, cache["rstd_c"][s], cache["ln_c_weight"], 1)
+        m_c = cache["zoneout"][1]
+        dc_direct = 0.0 if m_c is None else m_c[s] * dc  # c' = m c + (1 - m) c~
+        if m_c is not None:
+            dc = (1 - m_c[s]) * dc
         da = np.concatenate([
             dc * g * i * (1.0 - i),       # input gate
             dc * c_prev * f * (1.0 - f),  # forget gate
@@ -703,7 +740,7 @@ def layernorm_lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
             do * o * (1.0 - o),           # output gate
         ], axis=1)
         extra = {"ln_c_weight": np.sum(dcn * xhat_c, axis=0), "ln_c_bias": dcn.sum(axis=0)}
-        return da, da, (np.zeros_like(dh), dc * f), extra
+        return da, da, (np.zeros_like(dh), dc * f + dc_direct), extra
 
     dx, (dh0, dc0), dW_ih, dW_hh, db_ih, db_hh, dln_ih, dln_hh, extra = _layernorm_backward(
         "lstm", step_backward, cache, dy, dfinal)
@@ -712,17 +749,18 @@ def layernorm_lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
 
 
 def layernorm_gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, *, lengths=None, reverse=False,
-                          training=True):
+                          training=True, h_mask=None, zoneout_h=None):
     """Layer-normalised GRU forward (reset-after; equations above).
 
     x [T, B, I]; h0 [B, H] or None; W_ih [3H, I]; W_hh [3H, H]; b_ih, b_hh
-    [3H] or both None (betas); ln_ih, ln_hh [3H] (gains).
-    Returns (y [T, B, H], h_n, cache)."""
+    [3H] or both None (betas); ln_ih, ln_hh [3H] (gains). h_mask [B, H]
+    (recurrent dropout; z * h keeps the unmasked h), zoneout_h [T, B, H]:
+    optional, see above. Returns (y [T, B, H], h_n, cache)."""
     a, ln = _check_layernorm_inputs("gru", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, lengths,
-                                    {"ln_ih": ln_ih, "ln_hh": ln_hh})
+                                    {"ln_ih": ln_ih, "ln_hh": ln_hh}, h_mask, zoneout_h)
     H = a.W_hh.shape[1]
 
-    def step(gi, gh, states):
+    def step(gi, gh, states, masks):
         (h,) = states
         r, z = np.split(_sigmoid(gi[:, :2 * H] + gh[:, :2 * H]), 2, axis=1)
         ghn = gh[:, 2 * H:]
@@ -730,7 +768,7 @@ def layernorm_gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, *, length
         return (n + z * (h - n),), {"r": r, "z": z, "n": n, "ghn": ghn}
 
     y, (h_n,), cache = _layernorm_forward("gru", step, a.x, a.states, a.W_ih, a.W_hh, a.b_ih, a.b_hh, ln,
-                                          a.lengths, reverse, training)
+                                          a.lengths, reverse, training, a.h_mask, (a.zoneout_h,))
     return y, h_n, cache
 
 

@@ -891,16 +891,21 @@ def quantize_dynamic(model, qconfig_spec=None, dtype=torch.qint8, inplace=False)
 # as torch.nn.Modules. Each (layer, direction) is one autograd.Function running
 # the fused C++ forward and BPTT (pyrnn.functional.layernorm_*). Eager only:
 # there is no custom operator for these yet, so torch.compile / torch.export /
-# torch.func do not trace through them; CPU float32 / float64.
+# torch.func do not trace through them; CPU float32 / float64. recurrent_dropout
+# and zoneout masks are drawn with torch's RNG as LSTM's are and reach the
+# kernels as constants (no gradient flows to them).
 
 _LN_ORDER = ("x", "h0", "c0", "W_ih", "W_hh", "b_ih", "b_hh", "ln_ih", "ln_hh", "ln_c_weight", "ln_c_bias")
 
 
-def _layernorm_kernel_forward(cell, lengths, reverse, arrays, training):
+def _layernorm_kernel_forward(cell, lengths, reverse, masks, arrays, training):
+    """masks: (h_mask, zoneout_h, zoneout_c), NumPy arrays or None."""
     x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_cw, ln_cb = arrays
-    kw = {"lengths": lengths, "reverse": reverse, "training": training}
+    h_mask, zoneout_h, zoneout_c = masks
+    kw = {"lengths": lengths, "reverse": reverse, "training": training, "h_mask": h_mask, "zoneout_h": zoneout_h}
     if cell == "lstm":
-        return F.layernorm_lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_cw, ln_cb, **kw)
+        return F.layernorm_lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_cw, ln_cb,
+                                        zoneout_c=zoneout_c, **kw)
     y, h_n, ws = F.layernorm_gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, **kw)
     return y, h_n, None, ws
 
@@ -912,12 +917,13 @@ _LN_EAGER_ONLY = ("{} runs eagerly only: it has no custom operator (as pyrnn::rn
 
 class _LayerNormRecurrence(torch.autograd.Function):
     """One layer and direction of a layer-normalised cell. Inputs: cell, lengths
-    (int64 array or None), reverse, then the tensors of _LN_ORDER (None where
-    absent). Outputs: y [T, B, H], h_n [B, H] and, for the LSTM, c_n [B, H]."""
+    (int64 array or None), reverse, masks ((h_mask, zoneout_h, zoneout_c),
+    NumPy arrays or None: constants), then the tensors of _LN_ORDER (None
+    where absent). Outputs: y [T, B, H], h_n [B, H] and, for the LSTM, c_n [B, H]."""
 
     @staticmethod
-    def forward(ctx, cell, lengths, reverse, *tensors):
-        y, h_n, c_n, ws = _layernorm_kernel_forward(cell, lengths, reverse, [_np(t) for t in tensors], True)
+    def forward(ctx, cell, lengths, reverse, masks, *tensors):
+        y, h_n, c_n, ws = _layernorm_kernel_forward(cell, lengths, reverse, masks, [_np(t) for t in tensors], True)
         outs = tuple(torch.from_numpy(a) for a in (y, h_n, c_n) if a is not None)
         ctx.cell, ctx.ws = cell, ws
         ctx.set_materialize_grads(False)  # unused outputs give None: zeros for the kernel
@@ -934,19 +940,26 @@ class _LayerNormRecurrence(torch.autograd.Function):
             dx, dh0, *rest = F.layernorm_gru_backward(ctx.ws, dy, dh_n)
             grads = (dx, dh0, None, *rest, None, None)
         out = [None if g is None or not need else torch.from_numpy(g)
-               for g, need in zip(grads, ctx.needs_input_grad[3:])]
+               for g, need in zip(grads, ctx.needs_input_grad[4:])]
         if torch.is_grad_enabled() and any(g is not None for g in out):
             # create_graph=True: differentiating these gradients must fail loudly, not give zeros
             anchors = [t for t in ctx.saved_tensors[:len(_LN_ORDER)] if t is not None and t.requires_grad]
             given = [g for g in out if g is not None]
             guarded = iter(_NotTwiceDifferentiable.apply(len(anchors), *anchors, *given))
             out = [None if g is None else next(guarded) for g in out]
-        return (None, None, None, *out)
+        return (None, None, None, None, *out)
 
 
 class _LayerNormRNN(nn.Module):
+    recurrent_dropout = 0.0  # (class defaults: modules pickled before these options existed have none)
+    zoneout = 0.0
+    zoneout_c = 0.0
+
     def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, device=None, dtype=None):
+                 bidirectional=False, device=None, dtype=None, *, recurrent_dropout=0.0, zoneout=0.0,
+                 zoneout_c=None):
+        rates = zoneout_rates("LSTM" if mode == "LSTM" else type(self).__name__, zoneout, zoneout_c)
+        rec_p = check_probability("recurrent_dropout", recurrent_dropout)
         super().__init__()
         for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
             if isinstance(v, bool) or not isinstance(v, int):
@@ -958,6 +971,8 @@ class _LayerNormRNN(nn.Module):
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bool(bias), bool(batch_first), float(dropout)
         self.bidirectional = bool(bidirectional)
+        self.recurrent_dropout = rec_p
+        self.zoneout, self.zoneout_c = rates  # of h and (LSTM) c; the GRU's zoneout_c is 0.0
         G, H = (4 if mode == "LSTM" else 3), hidden_size
         D = 2 if bidirectional else 1
         factory = {"device": device, "dtype": dtype}
@@ -1003,7 +1018,21 @@ class _LayerNormRNN(nn.Module):
             s += f", dropout={self.dropout}"
         if self.bidirectional:
             s += ", bidirectional=True"
-        return s
+        if self.recurrent_dropout:
+            s += f", recurrent_dropout={self.recurrent_dropout}"
+        return s + _zoneout_repr(self)
+
+    def _zoneout_masks(self, layer, direction, T, B, dtype):
+        """The zoneout masks of one training-mode call, for one layer and direction: (m_h [T, B, H],
+        m_c [T, B, H] or None), each None where its rate is 0; 1 where a unit keeps its previous value at
+        that step (Bernoulli draws with torch's RNG, so torch.manual_seed fixes them). ``forward`` draws
+        every mask through this method: override it (on the instance) to see or fix them. Time is
+        aligned with the input (entry t is the step that reads x[t], in either direction)."""
+        device = self.weight_hh_l0.device
+        m_h = _zoneout_mask((T, B, self.hidden_size), self.zoneout, dtype, device) if self.zoneout > 0 else None
+        m_c = (_zoneout_mask((T, B, self.hidden_size), self.zoneout_c, dtype, device)
+               if self._cell == "lstm" and self.zoneout_c > 0 else None)
+        return m_h, m_c
 
     def _states(self, hx, B, unbatched, dtype):
         name = type(self).__name__
@@ -1066,9 +1095,14 @@ class _LayerNormRNN(nn.Module):
         h0_all, c0_all = self._states(hx, B, unbatched, dtype)
         grad = _needs_grad([x, h0_all, c0_all] + list(self.parameters()))
         D = 2 if self.bidirectional else 1
+        rec_p = self.recurrent_dropout if self.training else 0.0
+        zoned = self.training and (self.zoneout > 0 or self.zoneout_c > 0)
 
         def run(layer, d, layer_x):
             k = layer * D + d
+            mask = _dropout_mask((B, self.hidden_size), rec_p, dtype) if rec_p > 0 else None
+            zh, zc = self._zoneout_masks(layer, d, T, B, dtype) if zoned else (None, None)
+            masks = (_np(mask), _np(zh), _np(zc))
             sfx = _stack.param_suffix(layer, d)
             p = {short: getattr(self, n + sfx, None) for short, n in (
                 ("W_ih", "weight_ih"), ("W_hh", "weight_hh"), ("b_ih", "bias_ih"), ("b_hh", "bias_hh"),
@@ -1077,10 +1111,10 @@ class _LayerNormRNN(nn.Module):
             tensors = (layer_x.contiguous(), None if h0_all is None else h0_all[k],
                        None if c0_all is None else c0_all[k], *(p[n] for n in _LN_ORDER[3:]))
             if grad:
-                outs = _LayerNormRecurrence.apply(self._cell, lengths_np, d == 1, *tensors)
+                outs = _LayerNormRecurrence.apply(self._cell, lengths_np, d == 1, masks, *tensors)
                 return outs if len(outs) == 3 else (outs[0], outs[1], None)
-            y, h_n, c_n, _ = _layernorm_kernel_forward(self._cell, lengths_np, d == 1, [_np(t) for t in tensors],
-                                                       False)
+            y, h_n, c_n, _ = _layernorm_kernel_forward(self._cell, lengths_np, d == 1, masks,
+                                                       [_np(t) for t in tensors], False)
             return torch.from_numpy(y), torch.from_numpy(h_n), None if c_n is None else torch.from_numpy(c_n)
 
         return _stacked_call(self, run, x, D, packed, unbatched, lengths, input)
@@ -1091,19 +1125,29 @@ class LayerNormLSTM(_LayerNormRNN):
     as a torch.nn.Module: parameters weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k},
     bias_hh_l{k} (the gate layer norms' betas), ln_weight_ih_l{k}, ln_weight_hh_l{k}
     (their gains), ln_weight_c_l{k}, ln_bias_c_l{k} (the cell state's), with
-    ``_reverse`` for the second direction; bias=False removes every beta."""
+    ``_reverse`` for the second direction; bias=False removes every beta.
+
+    Extra keywords, as :class:`LSTM`'s: recurrent_dropout (variational dropout on
+    h_{t-1} where it enters W_hh h, training only); zoneout (the probability that
+    a unit of h keeps its previous value at a step, training only) and zoneout_c
+    (the same for the cell state c, before its layer norm; None: zoneout). Masks
+    are drawn with torch's RNG per call, layer and direction."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, device=None, dtype=None):
+                 bidirectional=False, device=None, dtype=None, *, recurrent_dropout=0.0, zoneout=0.0,
+                 zoneout_c=None):
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         device, dtype)
+                         device, dtype, recurrent_dropout=recurrent_dropout, zoneout=zoneout, zoneout_c=zoneout_c)
 
 
 class LayerNormGRU(_LayerNormRNN):
     """Layer-normalised GRU (reset-after; :mod:`pyrnn.layernorm`) as a torch.nn.Module;
-    parameters as :class:`LayerNormLSTM` without the cell-state ones."""
+    parameters as :class:`LayerNormLSTM` without the cell-state ones. Extra keywords:
+    recurrent_dropout (z * h keeps the unmasked h) and zoneout, as :class:`GRU`'s."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, device=None, dtype=None):
+                 bidirectional=False, device=None, dtype=None, *, recurrent_dropout=0.0, zoneout=0.0,
+                 zoneout_c=None):
+        # zoneout_c is accepted only to be refused with the reason (as GRU's)
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         device, dtype)
+                         device, dtype, recurrent_dropout=recurrent_dropout, zoneout=zoneout, zoneout_c=zoneout_c)

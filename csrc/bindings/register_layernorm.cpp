@@ -52,7 +52,8 @@ py::tuple forward_typed(CellKind cell, py::array x, std::optional<py::array> h0,
                         py::array W_ih, py::array W_hh, std::optional<py::array> b_ih, std::optional<py::array> b_hh,
                         py::array ln_ih, py::array ln_hh, std::optional<py::array> ln_c_weight,
                         std::optional<py::array> ln_c_bias, std::optional<py::array> lengths, bool reverse,
-                        bool training) {
+                        bool training, std::optional<py::array> h_mask, std::optional<py::array> zoneout_h,
+                        std::optional<py::array> zoneout_c) {
   const py::dtype dt = py::dtype::of<Real>();
   require(cell == CellKind::Lstm || cell == CellKind::Gru, "cell: the LSTM or the GRU (reset-after)");
   const bool lstm = cell == CellKind::Lstm;
@@ -62,7 +63,7 @@ py::tuple forward_typed(CellKind cell, py::array x, std::optional<py::array> h0,
   require(T >= 1 && I >= 1 && H >= 1, "T, I and H must be at least 1");
   require(bool(b_ih) == bool(b_hh), "b_ih and b_hh: both or neither");
   require(lstm == bool(ln_c_weight), "ln_c_weight: for the LSTM (required) only");
-  require(lstm || (!c0 && !ln_c_bias), "c0, ln_c_bias: LSTM only");
+  require(lstm || (!c0 && !ln_c_bias && !zoneout_c), "c0, ln_c_bias, zoneout_c: LSTM only");
   check_array("x", x, dt, {T, B, I});
   check_array("W_ih", W_ih, dt, {G * H, I});
   check_array("W_hh", W_hh, dt, {G * H, H});
@@ -73,6 +74,9 @@ py::tuple forward_typed(CellKind cell, py::array x, std::optional<py::array> h0,
   if (ln_c_bias) check_array("ln_c_bias", *ln_c_bias, dt, {H});
   if (h0) check_array("h0", *h0, dt, {B, H});
   if (c0) check_array("c0", *c0, dt, {B, H});
+  if (h_mask) check_array("h_mask", *h_mask, dt, {B, H});
+  if (zoneout_h) check_array("zoneout_h", *zoneout_h, dt, {T, B, H});
+  if (zoneout_c) check_array("zoneout_c", *zoneout_c, dt, {T, B, H});
   if (lengths) {
     check_array("lengths", *lengths, py::dtype::of<int64_t>(), {B});
     const int64_t* L = ptr<int64_t>(lengths);
@@ -88,6 +92,7 @@ py::tuple forward_typed(CellKind cell, py::array x, std::optional<py::array> h0,
   a.ln_ih = ptr<Real>(ln_ih), a.ln_hh = ptr<Real>(ln_hh);
   a.ln_c_weight = ptr<Real>(ln_c_weight), a.ln_c_bias = ptr<Real>(ln_c_bias);
   a.lengths = ptr<int64_t>(lengths), a.reverse = reverse;
+  a.h_mask = ptr<Real>(h_mask), a.zoneout_h = ptr<Real>(zoneout_h), a.zoneout_c = ptr<Real>(zoneout_c);
   a.y = y.mutable_data(), a.h_n = h_n.mutable_data();
   if (lstm) {
     py::array_t<Real> cn(std::vector<py::ssize_t>{B, H});
@@ -108,7 +113,7 @@ py::tuple forward_typed(CellKind cell, py::array x, std::optional<py::array> h0,
     for (const py::object& o : {py::object(x), py::object(W_ih), py::object(W_hh), py::object(ln_ih),
                                 py::object(ln_hh), py::object(y)})
       st->keep.append(o);
-    for (const auto& o : {h0, c0, b_ih, b_hh, ln_c_weight, ln_c_bias, lengths})
+    for (const auto& o : {h0, c0, b_ih, b_hh, ln_c_weight, ln_c_bias, lengths, h_mask, zoneout_h, zoneout_c})
       if (o) st->keep.append(*o);
     if constexpr (std::is_same_v<Real, float>)
       st->wf = std::move(ws), st->af = a;
@@ -180,11 +185,13 @@ void register_layernorm(py::module_& m) {
       "layernorm_forward",
       [](CellKind cell, py::array x, py::object h0, py::object c0, py::array W_ih, py::array W_hh, py::object b_ih,
          py::object b_hh, py::array ln_ih, py::array ln_hh, py::object ln_c_weight, py::object ln_c_bias,
-         py::object lengths, bool reverse, bool training) {
+         py::object lengths, bool reverse, bool training, py::object h_mask, py::object zoneout_h,
+         py::object zoneout_c) {
         auto run = [&](auto tag) {
           using Real = decltype(tag);
           return forward_typed<Real>(cell, x, opt_array(h0), opt_array(c0), W_ih, W_hh, opt_array(b_ih), opt_array(b_hh), ln_ih, ln_hh,
-                                     opt_array(ln_c_weight), opt_array(ln_c_bias), opt_array(lengths), reverse, training);
+                                     opt_array(ln_c_weight), opt_array(ln_c_bias), opt_array(lengths), reverse, training,
+                                     opt_array(h_mask), opt_array(zoneout_h), opt_array(zoneout_c));
         };
         if (has_dtype(x, py::dtype::of<float>())) return run(float{});
         if (has_dtype(x, py::dtype::of<double>())) return run(double{});
@@ -192,8 +199,10 @@ void register_layernorm(py::module_& m) {
       },
       py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("W_ih"), py::arg("W_hh"), py::arg("b_ih"),
       py::arg("b_hh"), py::arg("ln_ih"), py::arg("ln_hh"), py::arg("ln_c_weight"), py::arg("ln_c_bias"),
-      py::arg("lengths"), py::arg("reverse"), py::arg("training"),
-      "Layer-normalised LSTM/GRU forward: returns (y, h_n, c_n or None, LayerNormWorkspace or None).");
+      py::arg("lengths"), py::arg("reverse"), py::arg("training"), py::arg("h_mask") = py::none(),
+      py::arg("zoneout_h") = py::none(), py::arg("zoneout_c") = py::none(),
+      "Layer-normalised LSTM/GRU forward: returns (y, h_n, c_n or None, LayerNormWorkspace or None). h_mask "
+      "[B, H] (recurrent dropout), zoneout_h, zoneout_c [T, B, H] (zoneout; zoneout_c LSTM only): optional.");
 
   m.def(
       "layernorm_backward",

@@ -24,6 +24,14 @@
 //   as column sums over rows, dA through the input LN (in place), then dx,
 //   dW_ih and dW_hh as single GEMMs over all rows.
 //
+// Recurrent dropout (h_mask): the recurrent GEMM reads h_{t-1} * mask[b],
+// rows kept in `hm` (forward: written with h_t; backward: rebuilt from y),
+// which dW_hh uses too; dL/dh_{t-1}'s part through W_hh is masked likewise.
+// Zoneout (zoneout_h, zoneout_c [T, B, H], time-aligned with x): after the
+// cell's update, h_t = m h_{t-1} + (1 - m) h~_t (and c_t likewise before its
+// LN); backward gives the cell (1 - m) of dL/dh_t and passes m dL/dh_t to
+// step s-1 through carry_h (carry_c for c).
+//
 // Internal rows are gate-major, each gate block Hp wide (whole vectors), the
 // lanes beyond H zero. Every sum runs in a fixed order (GEMMs k ascending, LN
 // statistics over a row's vectors then lanes, column sums rows ascending) and
@@ -116,6 +124,11 @@ struct LnCtx {
   std::vector<const T*> xrows;       // [rows] the x row each packed row consumes
   std::vector<T*> yrows;             // [rows] its output row in y
   std::vector<const T*> hprev;       // [rows] h_{t-1} of each packed row (H wide)
+  // Recurrent dropout: hm holds h * mask of every packed row (Hp apart), then
+  // h0 * mask of every entry b (rows + b); hrec the recurrent GEMM's row of
+  // each packed row (into hm).
+  AlignedBuffer<T> hm;
+  std::vector<const T*> hrec;
 
   LnCtx(const LayerNormArgs<T>& args, const Schedule& s)
       : a(args), sc(s), lstm(args.cell == CellKind::Lstm), G(gates_of(args.cell)), H(args.H), I(args.I) {
@@ -134,6 +147,31 @@ struct LnCtx {
         yrows[r] = a.y + (t * sc.B + b) * H;
         hprev[r] = s ? yrows[sc.offset[s - 1] + i] : (a.h0 ? a.h0 + b * H : zeros.data());
       }
+    if (a.h_mask) {
+      hm.zero(size_t((sc.rows + sc.B) * Hp));
+      hrec.resize(size_t(sc.rows));
+      for (int64_t b = 0; b < sc.B; ++b)
+        if (a.h0)
+          for (int64_t u = 0; u < H; ++u) hm.data()[(sc.rows + b) * Hp + u] = a.h0[b * H + u] * a.h_mask[b * H + u];
+      for (int64_t s = 0; s < sc.S; ++s)
+        for (int64_t i = 0; i < sc.active[s]; ++i) {
+          const int64_t r = sc.offset[s] + i;
+          hrec[r] = hm.data() + (s ? sc.offset[s - 1] + i : sc.rows + sc.row_b[r]) * Hp;
+        }
+    }
+  }
+  // The recurrent GEMM's A rows (and dW_hh's): h_{t-1}, masked under recurrent dropout.
+  const std::vector<const T*>& gemm_rows() const { return a.h_mask ? hrec : hprev; }
+  const T* mask_of(int64_t b) const { return a.h_mask + b * H; }
+  // Row r's h_t * mask into hm (units u..u+L).
+  void store_hm(int64_t r, int64_t u, Vec<T> h) {
+    store_h(hm.data() + r * Hp, u, H, h * load_h(mask_of(sc.row_b[r]), u, H));
+  }
+  // The backward's hm: every row's h_t * mask from y.
+  void fill_hm_from_y() {
+    if (!a.h_mask) return;
+    for (int64_t r = 0; r < sc.rows; ++r)
+      for (int64_t u = 0; u < Hp; u += kLanes<T>) store_hm(r, u, load_h(yrows[r], u, H));
   }
   // Weight row of internal column k = g*Hp + u (null for the padding lanes).
   const T* wrow(const T* W, int64_t K, int64_t k) const {
@@ -153,8 +191,16 @@ inline void store_tile(const T* tile, int m, int64_t i0, T* out, int64_t ldo, in
 
 // ---------------------------------------------------------------- forward --
 
+// Whether a call has any of the masks (recurrent dropout, zoneout): the
+// drivers below are compiled with and without them, so the maskless path
+// carries none of their tests.
 template <class T>
-void ln_forward_impl(const LayerNormArgs<T>& a, LnWorkspace<T>& w, bool training, int nthreads) {
+inline bool ln_has_masks(const LayerNormArgs<T>& a) {
+  return a.h_mask || a.zoneout_h || (a.cell == CellKind::Lstm && a.zoneout_c);
+}
+
+template <class T, bool MASKS>
+void ln_forward_run(const LayerNormArgs<T>& a, LnWorkspace<T>& w, bool training, int nthreads) {
   constexpr int L = kLanes<T>;
   using C = LnCtx<T>;
   const Schedule& sc = w.sched;
@@ -195,6 +241,9 @@ void ln_forward_impl(const LayerNormArgs<T>& a, LnWorkspace<T>& w, bool training
   for (int64_t k = 0; k < Npad; ++k) whh_cols[k] = f.wrow(a.W_hh, H, k);
   for (int64_t k = 0; k < NG; ++k) wih_cols[k] = f.wrow(a.W_ih, f.I, k);
   const int nth = int(std::max<int64_t>(1, std::min<int64_t>(nthreads, npan)));
+  const std::vector<const T*>& hrows = f.gemm_rows();
+  const T *zo_h = MASKS ? a.zoneout_h : nullptr, *zo_c = MASKS && f.lstm ? a.zoneout_c : nullptr;
+  const bool hmask = MASKS && a.h_mask;
 
 #pragma omp parallel num_threads(nth)
   {
@@ -230,7 +279,7 @@ void ln_forward_impl(const LayerNormArgs<T>& a, LnWorkspace<T>& w, bool training
       // (a) gh = h_{t-1} W_hh^T, this thread's column panels.
       for (int64_t q = q0; q < q1; ++q)
         step_tiles<T, C::MR, C::NV>(
-            n, H, panels.data() + q * H * C::NR, [&](int64_t i) { return f.hprev[off + i]; },
+            n, H, panels.data() + q * H * C::NR, [&](int64_t i) { return hrows[off + i]; },
             [&](int64_t i0, int m, const T* tile) { store_tile<T, C::NR>(tile, m, i0, gh.data(), ldgh, q * C::NR); },
             acc.data());
 #pragma omp barrier
@@ -261,7 +310,12 @@ void ln_forward_impl(const LayerNormArgs<T>& a, LnWorkspace<T>& w, bool training
             Vec<T> gg = tanh_approx(gi(2, u) + ghn(2, u)), og = sigmoid(gi(3, u) + ghn(3, u));
             storeu(gates + u, ig), storeu(gates + Hp + u, fg), storeu(gates + 2 * Hp + u, gg);
             storeu(gates + 3 * Hp + u, og);
-            storeu(c + u, keep_first<T>(fg * loadu(c + u) + ig * gg, H - u));
+            Vec<T> cn = fg * loadu(c + u) + ig * gg;
+            if (zo_c) {  // zoneout of c: c_t = m c_{t-1} + (1 - m) c~
+              const Vec<T> mc = load_h(time_major_row(zo_c, sc, r, H), u, H);
+              cn = mc * loadu(c + u) + (T(1) - mc) * cn;
+            }
+            storeu(c + u, keep_first<T>(cn, H - u));
           }
           T* xc = training ? w.xhat_c.data() + r * Hp : scratch_row.data() + NG;
           const T rc = ln_block_forward(c, H, Hp, xc);
@@ -272,7 +326,13 @@ void ln_forward_impl(const LayerNormArgs<T>& a, LnWorkspace<T>& w, bool training
           for (int64_t u = 0; u < Hp; u += L) {
             Vec<T> tc = tanh_approx(loadu(xc + u) * load_h(a.ln_c_weight, u, H) + load_opt(a.ln_c_bias, u, H));
             if (training) storeu(w.tanh_c.data() + r * Hp + u, tc);
-            store_h(f.yrows[r], u, H, loadu(gates + 3 * Hp + u) * tc);
+            Vec<T> h = loadu(gates + 3 * Hp + u) * tc;
+            if (zo_h) {
+              const Vec<T> m = load_h(time_major_row(zo_h, sc, r, H), u, H);
+              h = m * load_h(f.hprev[r], u, H) + (T(1) - m) * h;
+            }
+            store_h(f.yrows[r], u, H, h);
+            if (hmask) f.store_hm(r, u, h);
           }
         } else {
           const T* hp = f.hprev[r];
@@ -280,7 +340,14 @@ void ln_forward_impl(const LayerNormArgs<T>& a, LnWorkspace<T>& w, bool training
             Vec<T> rg = sigmoid(gi(0, u) + ghn(0, u)), zg = sigmoid(gi(1, u) + ghn(1, u));
             Vec<T> ng = tanh_approx(gi(2, u) + rg * ghn(2, u));
             storeu(gates + u, rg), storeu(gates + Hp + u, zg), storeu(gates + 2 * Hp + u, ng);
-            store_h(f.yrows[r], u, H, ng + zg * (load_h(hp, u, H) - ng));
+            const Vec<T> hpv = load_h(hp, u, H);
+            Vec<T> h = ng + zg * (hpv - ng);
+            if (zo_h) {
+              const Vec<T> m = load_h(time_major_row(zo_h, sc, r, H), u, H);
+              h = m * hpv + (T(1) - m) * h;
+            }
+            store_h(f.yrows[r], u, H, h);
+            if (hmask) f.store_hm(r, u, h);
           }
         }
       }
@@ -295,6 +362,14 @@ void ln_forward_impl(const LayerNormArgs<T>& a, LnWorkspace<T>& w, bool training
       if (f.lstm && a.c_n) std::memcpy(a.c_n + b * H, cstate.data() + i * Hp, sizeof(T) * size_t(H));
     }
   }
+}
+
+template <class T>
+void ln_forward_impl(const LayerNormArgs<T>& a, LnWorkspace<T>& w, bool training, int nthreads) {
+  if (ln_has_masks(a))
+    ln_forward_run<T, true>(a, w, training, nthreads);
+  else
+    ln_forward_run<T, false>(a, w, training, nthreads);
 }
 
 // ---------------------------------------------------------------- backward --
@@ -338,16 +413,19 @@ void ln_weight_grad(const LnCtx<T>& f, const T* A, int64_t lda, const std::vecto
           CView<T>{crows.data()}, nullptr, false, s);
 }
 
-template <class T>
-void ln_backward_impl(const LnWorkspace<T>& w, const LayerNormArgs<T>& a, const LayerNormGrads<T>& g,
-                      int nthreads) {
+template <class T, bool MASKS>
+void ln_backward_run(const LnWorkspace<T>& w, const LayerNormArgs<T>& a, const LayerNormGrads<T>& g,
+                     int nthreads) {
   constexpr int L = kLanes<T>;
   using C = LnCtx<T>;
   const Schedule& sc = w.sched;
   if (sc.rows == 0) return;
   C f(a, sc);
+  f.fill_hm_from_y();
   const int G = f.G;
   const bool lstm = f.lstm;
+  const T *zo_h = MASKS ? a.zoneout_h : nullptr, *zo_c = MASKS && lstm ? a.zoneout_c : nullptr;
+  const bool hmask = MASKS && a.h_mask;
   const int64_t H = f.H, Hp = f.Hp, ld = f.ld, rows = sc.rows, B = sc.B;
   // dA: dL/d LN(W_ih x) per row; dAh: dL/d LN(W_hh h) (the same for the LSTM);
   // dGh: dL/d(W_hh h); dCN (LSTM): dL/d LN_1(c).
@@ -394,11 +472,23 @@ void ln_backward_impl(const LnWorkspace<T>& w, const LayerNormArgs<T>& a, const 
         const T* gates = w.gates.data() + r * ld;
         T* da = dA.data() + r * ld;
         T* dah = dAh + r * ld;
-        // dL/dh_t for unit u.
-        auto dh_at = [&](int64_t u) {
-          Vec<T> d = last ? load_opt(g.dh_n ? g.dh_n + b * H : nullptr, u, H)
-                          : loadu(dh_rec.data() + i * ldrec + u) + loadu(carry_h.data() + i * Hp + u);
+        T* ch = carry_h.data() + i * Hp;
+        // dL/dh_t for unit u; under zoneout, the cell's share ((1 - m) of it,
+        // returned) and the direct one (m of it, into carry_h: *skip).
+        auto dh_at = [&](int64_t u, Vec<T>* skip) {
+          Vec<T> d;
+          if (last) {
+            d = load_opt(g.dh_n ? g.dh_n + b * H : nullptr, u, H);
+          } else {
+            Vec<T> rec = loadu(dh_rec.data() + i * ldrec + u);
+            if (hmask) rec *= load_h(f.mask_of(b), u, H);
+            d = rec + loadu(ch + u);
+          }
           if (g.dy) d += load_h(g.dy + (t * B + b) * H, u, H);
+          if (zo_h) {
+            *skip = load_h(time_major_row(zo_h, sc, r, H), u, H) * d;
+            d -= *skip;
+          }
           return d;
         };
         if (lstm) {
@@ -406,7 +496,9 @@ void ln_backward_impl(const LnWorkspace<T>& w, const LayerNormArgs<T>& a, const 
           const T* xc = w.xhat_c.data() + r * Hp;
           T* dcn = dCN.data() + r * Hp;
           for (int64_t u = 0; u < Hp; u += L) {
-            Vec<T> dh = dh_at(u), o = loadu(gates + 3 * Hp + u), tcv = loadu(tc + u);
+            Vec<T> skip{};
+            Vec<T> dh = dh_at(u, &skip), o = loadu(gates + 3 * Hp + u), tcv = loadu(tc + u);
+            if (zo_h) storeu(ch + u, skip);
             storeu(da + 3 * Hp + u, dh * tcv * o * (T(1) - o));
             storeu(dcn + u, keep_first<T>(dh * o * (T(1) - tcv * tcv), H - u));
           }
@@ -416,25 +508,30 @@ void ln_backward_impl(const LnWorkspace<T>& w, const LayerNormArgs<T>& a, const 
           T* cc = carry_c.data() + i * Hp;
           for (int64_t u = 0; u < Hp; u += L) {
             Vec<T> dc = loadu(dcl + u) + (last ? load_opt(g.dc_n ? g.dc_n + b * H : nullptr, u, H) : loadu(cc + u));
+            Vec<T> dc_direct{};  // zoneout of c: c_{t-1} gets m dc directly
+            if (zo_c) {
+              dc_direct = load_h(time_major_row(zo_c, sc, r, H), u, H) * dc;
+              dc -= dc_direct;
+            }
             Vec<T> ig = loadu(gates + u), fg = loadu(gates + Hp + u), gg = loadu(gates + 2 * Hp + u);
             storeu(da + u, dc * gg * ig * (T(1) - ig));
             storeu(da + Hp + u, dc * loadu(cp + u) * fg * (T(1) - fg));
             storeu(da + 2 * Hp + u, dc * ig * (T(1) - gg * gg));
-            storeu(cc + u, dc * fg);
+            storeu(cc + u, zo_c ? dc * fg + dc_direct : dc * fg);
           }
         } else {
           const T* hp = f.hprev[r];
           const T* xn = w.xhat_hh.data() + r * ld + 2 * Hp;
-          T* ch = carry_h.data() + i * Hp;
           for (int64_t u = 0; u < Hp; u += L) {
-            Vec<T> dh = dh_at(u), rg = loadu(gates + u), zg = loadu(gates + Hp + u), ng = loadu(gates + 2 * Hp + u);
+            Vec<T> skip{};
+            Vec<T> dh = dh_at(u, &skip), rg = loadu(gates + u), zg = loadu(gates + Hp + u), ng = loadu(gates + 2 * Hp + u);
             Vec<T> ghn = loadu(xn + u) * load_h(a.ln_hh + 2 * H, u, H) + load_opt(a.b_hh ? a.b_hh + 2 * H : nullptr, u, H);
             Vec<T> dn = dh * (T(1) - zg) * (T(1) - ng * ng);
             Vec<T> dz = dh * (load_h(hp, u, H) - ng) * zg * (T(1) - zg);
             Vec<T> dr = dn * ghn * rg * (T(1) - rg);
             storeu(da + u, dr), storeu(da + Hp + u, dz), storeu(da + 2 * Hp + u, dn);
             storeu(dah + u, dr), storeu(dah + Hp + u, dz), storeu(dah + 2 * Hp + u, dn * rg);
-            storeu(ch + u, dh * zg);
+            storeu(ch + u, zo_h ? dh * zg + skip : dh * zg);
           }
         }
         // Through the hidden-side LN, block by block, to dL/d(W_hh h).
@@ -457,7 +554,11 @@ void ln_backward_impl(const LnWorkspace<T>& w, const LayerNormArgs<T>& a, const 
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t b = sc.order[i];
         for (int64_t u = 0; u < Hp; u += L) {
-          if (g.dh0) store_h(g.dh0 + b * H, u, H, loadu(dh_rec.data() + i * ldrec + u) + loadu(carry_h.data() + i * Hp + u));
+          if (g.dh0) {
+            Vec<T> rec = loadu(dh_rec.data() + i * ldrec + u);
+            if (hmask) rec *= load_h(f.mask_of(b), u, H);
+            store_h(g.dh0 + b * H, u, H, rec + loadu(carry_h.data() + i * Hp + u));
+          }
           if (lstm && g.dc0) store_h(g.dc0 + b * H, u, H, loadu(carry_c.data() + i * Hp + u));
         }
       }
@@ -504,8 +605,17 @@ void ln_backward_impl(const LnWorkspace<T>& w, const LayerNormArgs<T>& a, const 
       }
     }
     ln_weight_grad(f, dA.data(), ld, f.xrows, f.I, g.dW_ih, tid, nt, scratch);
-    ln_weight_grad(f, dGh.data(), ld, f.hprev, H, g.dW_hh, tid, nt, scratch);
+    ln_weight_grad(f, dGh.data(), ld, f.gemm_rows(), H, g.dW_hh, tid, nt, scratch);
   }
+}
+
+template <class T>
+void ln_backward_impl(const LnWorkspace<T>& w, const LayerNormArgs<T>& a, const LayerNormGrads<T>& g,
+                      int nthreads) {
+  if (ln_has_masks(a))
+    ln_backward_run<T, true>(w, a, g, nthreads);
+  else
+    ln_backward_run<T, false>(w, a, g, nthreads);
 }
 
 }  // namespace PYRNN_ISA_NS

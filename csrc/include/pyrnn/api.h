@@ -212,7 +212,11 @@ double measure_read_bandwidth_gbs(int64_t bytes, int nthreads, double seconds);
 //         r = s(gi_r + gh_r), z = s(gi_z + gh_z), n = tanh(gi_n + r gh_n);
 //         h' = (1 - z) n + z h
 // b_ih/b_hh (the betas) are both given or both null; ln_c_bias may be null.
-// Lengths and reverse as ForwardArgs. No projection, dropout mask or packing.
+// Lengths and reverse as ForwardArgs; h_mask (recurrent dropout: W_hh h
+// reads h_{t-1} * h_mask[b]; the GRU's z h_{t-1} keeps the unmasked state),
+// zoneout_h and (LSTM) zoneout_c as ForwardArgs too: c' above is then
+// m_c c + (1 - m_c) c' before its LN, and h' = m_h h + (1 - m_h) h'.
+// No projection or packing.
 template <class Real>
 struct LayerNormArgs {
   CellKind cell = CellKind::Lstm;  // Lstm or Gru
@@ -223,6 +227,8 @@ struct LayerNormArgs {
   const Real *ln_c_weight = nullptr, *ln_c_bias = nullptr;    // LSTM [H]
   const int64_t* lengths = nullptr;
   bool reverse = false;
+  const Real* h_mask = nullptr;                              // [B, H] or null
+  const Real *zoneout_h = nullptr, *zoneout_c = nullptr;    // [T, B, H] or null (zoneout_c: LSTM)
   Real* y = nullptr;  // [T,B,H]; zero-filled by the caller when lengths are given
   Real *h_n = nullptr, *c_n = nullptr;
 };
