@@ -84,6 +84,45 @@ def random_cotangents(rng, outs):
     return {k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in outs.items()}
 
 
+def check_directional_derivatives(loss, grads, p, rng, eps=1e-6, rtol=1e-6, atol=1e-8):
+    """Checks the gradients ``grads`` of the scalar ``loss(inputs)`` at the input dict ``p`` by central
+    finite differences along one random direction: first every input at once, then one input at a time
+    (to name a wrong gradient). Raises AssertionError naming the inputs whose derivatives disagree
+    (|analytic - numeric| > max(rtol * |numeric|, atol)). Meant for float64 inputs."""
+    direction = {k: rng.standard_normal(v.shape) for k, v in p.items()}
+    for names in [tuple(p)] + [(k,) for k in p]:
+        analytic = sum(np.sum(grads[k] * direction[k]) for k in names)
+        plus = {k: v + eps * direction[k] if k in names else v for k, v in p.items()}
+        minus = {k: v - eps * direction[k] if k in names else v for k, v in p.items()}
+        numeric = (loss(plus) - loss(minus)) / (2 * eps)
+        if abs(analytic - numeric) > max(rtol * abs(numeric), atol):
+            raise AssertionError(f"d loss along {names}: analytic {analytic!r}, finite differences {numeric!r}")
+
+
+def assert_bitwise_equal(actual, expected):
+    """Asserts two dicts of arrays (outputs or gradients; None entries skipped) are bitwise equal."""
+    assert actual.keys() == expected.keys(), (sorted(actual), sorted(expected))
+    for k, v in expected.items():
+        if v is not None:
+            np.testing.assert_array_equal(actual[k], v, err_msg=k)
+
+
+def make_masks(rng, cell, T, B, H, *, h_mask=True, zoneout=True, binary=False, dtype=np.float64):
+    """Keyword arguments of a forward call with masks: ``h_mask`` [B, H] (recurrent dropout) and
+    ``zoneout_h`` (and for the LSTM ``zoneout_c``) [T, B, H]. ``binary``: as the layers draw them
+    (kept units scaled by 1/0.7; zoneout 1 with probability 0.4); else fractional values, which
+    exercise every term of the gradients (h_mask in [0, 2], zoneout in [0, 1])."""
+    m = {}
+    if h_mask:
+        m["h_mask"] = ((rng.random((B, H)) >= 0.3) / 0.7 if binary else rng.uniform(0.0, 2.0, (B, H))).astype(dtype)
+    if zoneout:
+        draw = (lambda s: (rng.random(s) < 0.4).astype(dtype)) if binary else (lambda s: rng.random(s).astype(dtype))
+        m["zoneout_h"] = draw((T, B, H))
+        if cell == "lstm":
+            m["zoneout_c"] = draw((T, B, H))
+    return m
+
+
 # ---------------------------------------------------------------- layer norm --
 # The layer-normalised cells (reference.layernorm_* / functional.layernorm_*).
 
@@ -129,3 +168,20 @@ def run_layernorm_backward(module, cell, cache, cot):
         grads = module.layernorm_gru_backward(cache, cot.get("y"), cot.get("h_n"))
     assert len(grads) == len(LN_GRAD_NAMES[cell])
     return dict(zip(LN_GRAD_NAMES[cell], grads))
+
+
+def check_layernorm_gradients(module, cell, p, rng, **kw):
+    """Runs the layer-normalised forward and backward of ``module`` (reference or functional) on the
+    float64 inputs ``p`` for random output cotangents, checks the gradients by
+    :func:`check_directional_derivatives`, and returns them (a dict by input name)."""
+    outs, cache = run_layernorm_forward(module, cell, p, **kw)
+    cot = random_cotangents(rng, outs)
+    grads = run_layernorm_backward(module, cell, cache, cot)
+
+    def loss(q):
+        o, none = run_layernorm_forward(module, cell, q, training=False, **kw)
+        assert none is None
+        return sum(np.sum(cot[k] * o[k]) for k in o)
+
+    check_directional_derivatives(loss, grads, p, rng)
+    return grads

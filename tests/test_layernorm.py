@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from pyrnn import reference as ref
-from pyrnn.testing import (LN_GRAD_NAMES, make_layernorm_params, random_cotangents, run_layernorm_backward,
-                           run_layernorm_forward)
+from pyrnn.testing import (LN_GRAD_NAMES, assert_bitwise_equal, check_layernorm_gradients, make_layernorm_params,
+                           random_cotangents, run_layernorm_backward, run_layernorm_forward)
 
 CELLS = ("lstm", "gru")
 
@@ -44,36 +44,13 @@ def _slice_sequence(p, b, L):
 def test_vjp_matches_finite_differences(cell, bias, lengths, reverse):
     rng = np.random.default_rng(20261202)
     p = make_layernorm_params(rng, cell, bias=bias)
-    kw = {"lengths": lengths, "reverse": reverse}
-    outs, cache = ref_forward(cell, p, **kw)
-    cot = random_cotangents(rng, outs)
-    grads = ref_backward(cell, cache, cot)
-
+    grads = check_layernorm_gradients(ref, cell, p, rng, lengths=lengths, reverse=reverse)
     for name in LN_GRAD_NAMES[cell]:
         if name in p:
             assert grads[name].shape == p[name].shape, name
             assert grads[name].dtype == np.float64, name
         else:  # no bias
             assert grads[name] is None, name
-
-    def loss(q):
-        o, c = ref_forward(cell, q, training=False, **kw)
-        assert c is None
-        return sum(np.sum(cot[k] * o[k]) for k in o)
-
-    direction = {k: rng.standard_normal(v.shape) for k, v in p.items()}
-    eps = 1e-6
-
-    def check(names):
-        analytic = sum(np.sum(grads[k] * direction[k]) for k in names)
-        plus = {k: v + eps * direction[k] if k in names else v for k, v in p.items()}
-        minus = {k: v - eps * direction[k] if k in names else v for k, v in p.items()}
-        numeric = (loss(plus) - loss(minus)) / (2 * eps)
-        assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-8), names
-
-    check(tuple(p))  # every input at once
-    for name in p:  # one input at a time, to localise a wrong gradient
-        check((name,))
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -318,42 +295,32 @@ def test_kernels_at_a_benchmark_like_size(cell, rng):
 @pytest.mark.parametrize("cell", CELLS)
 def test_kernel_gradients_match_finite_differences(cell, rng):
     p, kw = _kernel_params(cell, "H7-rev", np.float64, rng)
+    check_layernorm_gradients(F, cell, p, rng, **kw)
+
+
+def kernel_forward_backward(cell, p, seed, **kw):
+    """The kernels' outputs and gradients, for output cotangents drawn from ``seed``."""
     outs, ws = run_layernorm_forward(F, cell, p, **kw)
-    cot = random_cotangents(rng, outs)
-    grads = run_layernorm_backward(F, cell, ws, cot)
-    direction = {k: rng.standard_normal(v.shape) for k, v in p.items()}
-
-    def loss(q):
-        o, w = run_layernorm_forward(F, cell, q, training=False, **kw)
-        assert w is None
-        return sum(np.sum(cot[k] * o[k]) for k in o)
-
-    eps = 1e-6
-    plus = {k: v + eps * direction[k] for k, v in p.items()}
-    minus = {k: v - eps * direction[k] for k, v in p.items()}
-    numeric = (loss(plus) - loss(minus)) / (2 * eps)
-    analytic = sum(np.sum(grads[k] * direction[k]) for k in p)
-    assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-8)
+    cot = random_cotangents(np.random.default_rng(seed), outs)
+    return outs, run_layernorm_backward(F, cell, ws, cot)
 
 
+@pytest.mark.parametrize("masks", [False, True], ids=["plain", "masks"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_thread_counts_are_bitwise_equal(cell, dtype, isa, threads, rng):
-    """Work is split over output elements only, so 1 and 2 threads agree bitwise."""
+def test_thread_counts_are_bitwise_equal(cell, dtype, masks, isa, threads, rng):
+    """Work is split over output elements only, so 1 and 2 threads agree bitwise (with masks too:
+    recurrent dropout and zoneout, tests/test_layernorm_masks.py)."""
+    from pyrnn.testing import make_masks
     p = make_layernorm_params(rng, cell, T=5, B=9, I=11, H=45, dtype=dtype)
-    kw = {"lengths": np.array([5, 3, 5, 1, 2, 4, 5, 3, 2]), "reverse": True}
-    results = []
-    for n in (1, 2):
-        threads(n)
-        outs, ws = run_layernorm_forward(F, cell, p, **kw)
-        cot = random_cotangents(np.random.default_rng(0), outs)
-        results.append((outs, run_layernorm_backward(F, cell, ws, cot)))
-    (o1, g1), (o2, g2) = results
-    for k in o1:
-        np.testing.assert_array_equal(o1[k], o2[k], err_msg=k)
-    for k in g1:
-        if g1[k] is not None:
-            np.testing.assert_array_equal(g1[k], g2[k], err_msg=k)
+    kw = {"lengths": np.array([5, 3, 5, 1, 2, 4, 5, 3, 2]), "reverse": True,
+          **(make_masks(rng, cell, 5, 9, 45, binary=True, dtype=dtype) if masks else {})}
+    threads(1)
+    outs1, grads1 = kernel_forward_backward(cell, p, 0, **kw)
+    threads(2)
+    outs2, grads2 = kernel_forward_backward(cell, p, 0, **kw)
+    assert_bitwise_equal(outs2, outs1)
+    assert_bitwise_equal(grads2, grads1)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -601,15 +568,41 @@ def _torch_module(cell, **kw):
     return (pt.LayerNormLSTM if cell == "lstm" else pt.LayerNormGRU)(**kw)
 
 
-@pytest.mark.parametrize("cell", CELLS)
-def test_torch_module_matches_numpy_layer(cell, rng):
+def mask_options(cell):
+    """Rates of recurrent dropout and zoneout for the tests with masks (tests/test_layernorm_masks.py)."""
+    return {"recurrent_dropout": 0.3, "zoneout": 0.25, **({"zoneout_c": 0.4} if cell == "lstm" else {})}
+
+
+def inject_masks(cell, layer, m, pt, rng, monkeypatch, L, D, T, B, H):
+    """Gives the NumPy layer and the torch module the same recurrent-dropout and zoneout masks."""
     torch = _torch()
-    kw = dict(input_size=4, hidden_size=5, num_layers=2, bidirectional=True, batch_first=True)
+    from pyrnn.testing import make_masks
+    zo = {(k, d): make_masks(rng, cell, T, B, H, h_mask=False, binary=True) for k in range(L) for d in range(D)}
+    rec = [((rng.random((B, H)) >= 0.3) / 0.7) for _ in range(L * D)]
+    np_rec, t_rec = iter(rec), iter(rec)
+    layer._zoneout_masks = lambda k, d, T_, B_: (zo[k, d]["zoneout_h"], zo[k, d].get("zoneout_c"))
+    layer._dropout_mask = lambda shape, p: next(np_rec)
+    m._zoneout_masks = lambda k, d, T_, B_, dtype: (
+        torch.from_numpy(zo[k, d]["zoneout_h"]), None if cell == "gru" else torch.from_numpy(zo[k, d]["zoneout_c"]))
+    monkeypatch.setattr(pt, "_dropout_mask", lambda shape, p, dtype: torch.from_numpy(next(t_rec)))
+
+
+@pytest.mark.parametrize("masks", [False, True], ids=["plain", "masks"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_torch_module_matches_numpy_layer(cell, masks, rng, monkeypatch):
+    """The torch module's outputs and gradients are the NumPy layer's (with masks: the same masks
+    injected into both)."""
+    torch = _torch()
+    import pyrnn.torch as pt
+    kw = dict(input_size=4, hidden_size=5, num_layers=2, bidirectional=True, batch_first=True,
+              **(mask_options(cell) if masks else {}))
     m = _torch_module(cell, dtype=torch.float64, **kw)
     layer = LAYERS[cell](**kw, dtype=np.float64, seed=0)
     _randomise(layer, rng)
     m.load_state_dict({k: torch.from_numpy(v) for k, v in layer.state_dict().items()})
     assert [k for k, _ in m.named_parameters()] == [k for k, _ in layer.named_parameters()]
+    if masks:
+        inject_masks(cell, layer, m, pt, rng, monkeypatch, L=2, D=2, T=6, B=3, H=5)
     x = rng.standard_normal((3, 6, 4))
     lengths = np.array([6, 2, 5])
     out, states = layer(x, lengths=lengths)
@@ -624,11 +617,13 @@ def test_torch_module_matches_numpy_layer(cell, rng):
         np.testing.assert_allclose(p.grad.numpy(), layer.grads[name], rtol=1e-11, atol=1e-12, err_msg=name)
 
 
+@pytest.mark.parametrize("masks", [False, True], ids=["plain", "masks"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_torch_gradcheck(cell, rng):
+def test_torch_gradcheck(cell, masks, rng):
     torch = _torch()
     torch.manual_seed(0)
-    m = _torch_module(cell, input_size=3, hidden_size=4, num_layers=2, bidirectional=True, dtype=torch.float64)
+    m = _torch_module(cell, input_size=3, hidden_size=4, num_layers=2, bidirectional=True, dtype=torch.float64,
+                      **(mask_options(cell) if masks else {}))
     with torch.no_grad():
         for name, p in m.named_parameters():  # gains and betas away from 1 / 0
             if not name.startswith("weight"):
@@ -640,6 +635,7 @@ def test_torch_gradcheck(cell, rng):
     names, params = zip(*m.named_parameters())
 
     def f(x, h0, c0, *ps):
+        torch.manual_seed(7)  # (with masks: the same masks at every evaluation)
         out = torch.func.functional_call(m, dict(zip(names, ps)), (x, (h0, c0) if cell == "lstm" else h0),
                                          {"lengths": lengths})
         y, states = out

@@ -21,25 +21,13 @@ import pytest
 import pyrnn
 from pyrnn import functional as F
 from pyrnn import reference as ref
-from pyrnn.testing import (LN_GRAD_NAMES, assert_close, make_layernorm_params, random_cotangents,
-                           run_layernorm_backward, run_layernorm_forward)
+from pyrnn.testing import (LN_GRAD_NAMES, assert_bitwise_equal, assert_close, check_layernorm_gradients,
+                           make_layernorm_params, make_masks, random_cotangents, run_layernorm_backward,
+                           run_layernorm_forward)
+# The helpers and torch comparisons shared with the maskless tests (tests/ is on sys.path under pytest).
+from test_layernorm import CELLS, LAYERS, _randomise, _torch, _torch_module, kernel_forward_backward
+from test_layernorm import mask_options as _options
 
-CELLS = ("lstm", "gru")
-LAYERS = {"lstm": pyrnn.LayerNormLSTM, "gru": pyrnn.LayerNormGRU}
-
-
-def make_masks(rng, cell, T, B, H, *, h_mask=True, zoneout=True, binary=False, dtype=np.float64):
-    """Masks as the layers draw them (binary) or fractional ones (any value in [0, 1] is allowed and
-    exercises every term of the gradients)."""
-    m = {}
-    if h_mask:
-        m["h_mask"] = ((rng.random((B, H)) >= 0.3) / 0.7 if binary else rng.uniform(0.0, 2.0, (B, H))).astype(dtype)
-    if zoneout:
-        draw = (lambda s: (rng.random(s) < 0.4).astype(dtype)) if binary else (lambda s: rng.random(s).astype(dtype))
-        m["zoneout_h"] = draw((T, B, H))
-        if cell == "lstm":
-            m["zoneout_c"] = draw((T, B, H))
-    return m
 
 
 def _shape(p):
@@ -60,28 +48,7 @@ def test_reference_vjp_matches_finite_differences(cell, lengths, reverse, which)
     rng = np.random.default_rng(20261203)
     p = make_layernorm_params(rng, cell)
     masks = make_masks(rng, cell, *_shape(p), h_mask=which != "zoneout", zoneout=which != "h_mask")
-    kw = {"lengths": lengths, "reverse": reverse, **masks}
-    outs, cache = run_layernorm_forward(ref, cell, p, **kw)
-    cot = random_cotangents(rng, outs)
-    grads = run_layernorm_backward(ref, cell, cache, cot)
-
-    def loss(q):
-        o, _ = run_layernorm_forward(ref, cell, q, training=False, **kw)
-        return sum(np.sum(cot[k] * o[k]) for k in o)
-
-    direction = {k: rng.standard_normal(v.shape) for k, v in p.items()}
-    eps = 1e-6
-
-    def check(names):
-        analytic = sum(np.sum(grads[k] * direction[k]) for k in names)
-        plus = {k: v + eps * direction[k] if k in names else v for k, v in p.items()}
-        minus = {k: v - eps * direction[k] if k in names else v for k, v in p.items()}
-        numeric = (loss(plus) - loss(minus)) / (2 * eps)
-        assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-8), names
-
-    check(tuple(p))
-    for name in p:
-        check((name,))
+    check_layernorm_gradients(ref, cell, p, rng, lengths=lengths, reverse=reverse, **masks)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -202,42 +169,7 @@ def test_kernels_at_a_benchmark_like_size(cell, rng):
 def test_kernel_gradients_match_finite_differences(cell, rng):
     p, kw = _kernel_case(cell, "H7-rev", np.float64, rng)
     kw["lengths"] = np.array([4, 2, 3])
-    outs, ws = run_layernorm_forward(F, cell, p, **kw)
-    cot = random_cotangents(rng, outs)
-    grads = run_layernorm_backward(F, cell, ws, cot)
-    direction = {k: rng.standard_normal(v.shape) for k, v in p.items()}
-
-    def loss(q):
-        o, _ = run_layernorm_forward(F, cell, q, training=False, **kw)
-        return sum(np.sum(cot[k] * o[k]) for k in o)
-
-    eps = 1e-6
-    for names in (tuple(p), *((k,) for k in p)):
-        plus = {k: v + eps * direction[k] if k in names else v for k, v in p.items()}
-        minus = {k: v - eps * direction[k] if k in names else v for k, v in p.items()}
-        numeric = (loss(plus) - loss(minus)) / (2 * eps)
-        analytic = sum(np.sum(grads[k] * direction[k]) for k in names)
-        assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-8), names
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("cell", CELLS)
-def test_thread_counts_are_bitwise_equal(cell, dtype, isa, threads, rng):
-    p = make_layernorm_params(rng, cell, T=5, B=9, I=11, H=45, dtype=dtype)
-    masks = make_masks(rng, cell, 5, 9, 45, binary=True, dtype=dtype)
-    kw = {"lengths": np.array([5, 3, 5, 1, 2, 4, 5, 3, 2]), "reverse": True, **masks}
-    results = []
-    for n in (1, 2):
-        threads(n)
-        outs, ws = run_layernorm_forward(F, cell, p, **kw)
-        cot = random_cotangents(np.random.default_rng(0), outs)
-        results.append((outs, run_layernorm_backward(F, cell, ws, cot)))
-    (o1, g1), (o2, g2) = results
-    for k in o1:
-        np.testing.assert_array_equal(o1[k], o2[k], err_msg=k)
-    for k in g1:
-        if g1[k] is not None:
-            np.testing.assert_array_equal(g1[k], g2[k], err_msg=k)
+    check_layernorm_gradients(F, cell, p, rng, **kw)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -248,20 +180,11 @@ def test_identity_masks_are_bitwise_no_masks(cell, isa, rng):
     ident = {"h_mask": np.ones((6, 19), np.float32), "zoneout_h": np.zeros((5, 6, 19), np.float32)}
     if cell == "lstm":
         ident["zoneout_c"] = np.zeros((5, 6, 19), np.float32)
-    results = []
-    for masks in ({}, ident):
-        outs, ws = run_layernorm_forward(F, cell, p, **kw, **masks)
-        cot = random_cotangents(np.random.default_rng(1), outs)
-        results.append((outs, run_layernorm_backward(F, cell, ws, cot)))
-        inference, _ = run_layernorm_forward(F, cell, p, training=False, **kw, **masks)
-        for k in outs:
-            np.testing.assert_array_equal(inference[k], outs[k], err_msg=k)
-    (o1, g1), (o2, g2) = results
-    for k in o1:
-        np.testing.assert_array_equal(o1[k], o2[k], err_msg=k)
-    for k in g1:
-        if g1[k] is not None:
-            np.testing.assert_array_equal(g1[k], g2[k], err_msg=k)
+    plain, with_identity = (kernel_forward_backward(cell, p, 1, **kw, **masks) for masks in ({}, ident))
+    assert_bitwise_equal(with_identity[0], plain[0])
+    assert_bitwise_equal(with_identity[1], plain[1])
+    inference, _ = run_layernorm_forward(F, cell, p, training=False, **kw, **ident)
+    assert_bitwise_equal(inference, plain[0])
 
 
 def test_functional_and_core_validate_masks(rng):
@@ -297,21 +220,6 @@ def test_functional_and_core_validate_masks(rng):
 # ---------------------------------------------------------------------------
 # the NumPy layers
 # ---------------------------------------------------------------------------
-
-
-def _randomise(layer, rng):
-    for name, p in layer.named_parameters():
-        if name.startswith("ln_weight"):
-            p[...] = rng.uniform(0.5, 1.5, p.shape)
-        elif name.startswith(("bias", "ln_bias")):
-            p[...] = rng.uniform(-0.5, 0.5, p.shape)
-
-
-def _options(cell):
-    kw = {"recurrent_dropout": 0.3, "zoneout": 0.25}
-    if cell == "lstm":
-        kw["zoneout_c"] = 0.4
-    return kw
 
 
 def test_layer_arguments_repr_and_errors():
@@ -433,15 +341,6 @@ def test_layer_gradients_match_finite_differences(cell, rng):
 # ---------------------------------------------------------------------------
 
 
-def _torch():
-    return pytest.importorskip("torch")
-
-
-def _torch_module(cell, **kw):
-    import pyrnn.torch as pt
-    return (pt.LayerNormLSTM if cell == "lstm" else pt.LayerNormGRU)(**kw)
-
-
 def test_torch_arguments_repr_and_errors():
     torch = _torch()
     import pyrnn.torch as pt
@@ -480,68 +379,3 @@ def test_torch_eval_is_identity(cell, rng):
         c = m(x)[0]
         torch.manual_seed(3)
         assert torch.equal(m(x)[0], c) and not torch.equal(c, plain(x)[0])
-
-
-@pytest.mark.parametrize("cell", CELLS)
-def test_torch_module_matches_numpy_layer_with_injected_masks(cell, rng, monkeypatch):
-    torch = _torch()
-    import pyrnn.torch as pt
-    kw = dict(input_size=4, hidden_size=5, num_layers=2, bidirectional=True, batch_first=True, **_options(cell))
-    m = _torch_module(cell, dtype=torch.float64, **kw)
-    layer = LAYERS[cell](**kw, dtype=np.float64, seed=0)
-    _randomise(layer, rng)
-    m.load_state_dict({k: torch.from_numpy(v) for k, v in layer.state_dict().items()})
-    B, T, H = 3, 6, 5
-    zo = {(k, d): make_masks(rng, cell, T, B, H, h_mask=False, binary=True) for k in range(2) for d in range(2)}
-    rec = [((rng.random((B, H)) >= 0.3) / 0.7) for _ in range(4)]
-
-    def np_zoneout(k, d, T_, B_):
-        return zo[k, d]["zoneout_h"], zo[k, d].get("zoneout_c")
-
-    def torch_zoneout(k, d, T_, B_, dtype):
-        return (torch.from_numpy(zo[k, d]["zoneout_h"]),
-                None if cell == "gru" else torch.from_numpy(zo[k, d]["zoneout_c"]))
-
-    np_rec, t_rec = iter(rec), iter(rec)
-    layer._zoneout_masks = np_zoneout
-    layer._dropout_mask = lambda shape, p: next(np_rec)
-    m._zoneout_masks = torch_zoneout
-    monkeypatch.setattr(pt, "_dropout_mask", lambda shape, p, dtype: torch.from_numpy(next(t_rec)))
-    x = rng.standard_normal((B, T, 4))
-    lengths = np.array([6, 2, 5])
-    out, _ = layer(x, lengths=lengths)
-    xt = torch.from_numpy(x).requires_grad_()
-    out_t, _ = m(xt, lengths=torch.from_numpy(lengths))
-    np.testing.assert_allclose(out_t.detach().numpy(), out, rtol=1e-12, atol=1e-13)
-    dy = rng.standard_normal(out.shape)
-    dx, _ = layer.backward(dy)
-    (out_t * torch.from_numpy(dy)).sum().backward()
-    np.testing.assert_allclose(xt.grad.numpy(), dx, rtol=1e-11, atol=1e-12)
-    for name, p in m.named_parameters():
-        np.testing.assert_allclose(p.grad.numpy(), layer.grads[name], rtol=1e-11, atol=1e-12, err_msg=name)
-
-
-@pytest.mark.parametrize("cell", CELLS)
-def test_torch_gradcheck_with_masks(cell):
-    torch = _torch()
-    torch.manual_seed(0)
-    m = _torch_module(cell, input_size=3, hidden_size=4, num_layers=2, bidirectional=True, dtype=torch.float64,
-                      **_options(cell))
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if not name.startswith("weight"):
-                p.add_(torch.rand(p.shape, dtype=torch.float64) - 0.5)
-    x = torch.randn(5, 3, 3, dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(4, 3, 4, dtype=torch.float64, requires_grad=True)
-    c0 = torch.randn(4, 3, 4, dtype=torch.float64, requires_grad=True)
-    lengths = torch.tensor([5, 2, 4])
-    names, params = zip(*m.named_parameters())
-
-    def f(x, h0, c0, *ps):
-        torch.manual_seed(7)  # the same masks at every evaluation
-        y, states = torch.func.functional_call(m, dict(zip(names, ps)), (x, (h0, c0) if cell == "lstm" else h0),
-                                               {"lengths": lengths})
-        return (y, *states) if cell == "lstm" else (y, states)
-
-    inputs = (x, h0, c0) + tuple(p.detach().clone().requires_grad_() for p in params)
-    assert torch.autograd.gradcheck(f, inputs)

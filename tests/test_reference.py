@@ -17,7 +17,7 @@ import pytest
 from pyrnn import reference as ref
 
 from pyrnn._cells import GATES
-from pyrnn.testing import GRAD_NAMES, VARIANTS, make_params, random_cotangents
+from pyrnn.testing import GRAD_NAMES, VARIANTS, check_directional_derivatives, make_params, random_cotangents
 from pyrnn.testing import run_backward as _run_backward
 from pyrnn.testing import run_forward as _run_forward
 
@@ -63,19 +63,7 @@ def test_vjp_matches_finite_differences(variant, bias, lengths, reverse):
         assert cache is None
         return sum(np.sum(cot[k] * o[k]) for k in o)
 
-    direction = {k: rng.standard_normal(v.shape) for k, v in p.items()}
-    eps = 1e-6
-
-    def check(names):
-        analytic = sum(np.sum(grads[k] * direction[k]) for k in names)
-        plus = {k: v + eps * direction[k] if k in names else v for k, v in p.items()}
-        minus = {k: v - eps * direction[k] if k in names else v for k, v in p.items()}
-        numeric = (loss(plus) - loss(minus)) / (2 * eps)
-        assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-8), names
-
-    check(tuple(p))  # every input at once
-    for name in p:  # one input at a time, to localise a wrong gradient
-        check((name,))
+    check_directional_derivatives(loss, grads, p, rng)
 
 
 # ---------------------------------------------------------------------------
