@@ -1,6 +1,10 @@
 """pyrnn's sequence kernels as PyTorch custom operators (``torch.library``).
 
-Two operators, registered when this module is imported (``pyrnn.torch`` imports it):
+Four operators, registered when this module is imported (``pyrnn.torch`` imports it):
+``pyrnn::rnn_layer`` and ``pyrnn::rnn_layer_backward`` (below) for the LSTM, GRU and
+RNN, and ``pyrnn::layernorm_layer`` and ``pyrnn::layernorm_layer_backward`` for the
+layer-normalised LSTM and GRU (described, with how their backward finds the forward's
+workspace, in the section "layer-normalised cells" further down).
 
 ``pyrnn::rnn_layer(Tensor x, Tensor? h0, Tensor? c0, Tensor W_ih, Tensor W_hh,
 Tensor? b_ih, Tensor? b_hh, Tensor? W_hr, Tensor? lengths, Tensor? h_mask,
@@ -48,13 +52,16 @@ Differentiating rnn_layer_backward (double backward) raises a RuntimeError.
 All outputs are fresh tensors (never views of the inputs or of each other).
 """
 
+import weakref
+
 import numpy as np
 import torch
 
 from . import functional as F
-from ._cells import GATES
+from ._cells import BY_KIND, GATES
 
-__all__ = ["rnn_layer", "rnn_layer_backward", "RnnLayerFunction", "DOUBLE_BACKWARD"]
+__all__ = ["rnn_layer", "rnn_layer_backward", "RnnLayerFunction", "layernorm_layer", "layernorm_layer_backward",
+           "LayerNormLayerFunction", "DOUBLE_BACKWARD"]
 
 DOUBLE_BACKWARD = (
     "pyrnn.torch: double backward is not supported: the C++ BPTT that computes these gradients is not "
@@ -351,3 +358,309 @@ def _rnn_layer_backward_vmap(info, in_dims, *args):
     # Per sample: its slice of every vmapped input, and its own residual (stacked by
     # rnn_layer's vmap rule), or the empty one (need_residual=False: rerun).
     return _loop(rnn_layer_backward, info, in_dims, args)
+
+
+# ===================================================== layer-normalised cells --
+#
+# ``pyrnn::layernorm_layer(Tensor x, Tensor? h0, Tensor? c0, Tensor W_ih, Tensor W_hh, Tensor? b_ih,
+# Tensor? b_hh, Tensor ln_ih, Tensor ln_hh, Tensor? ln_c_weight, Tensor? ln_c_bias, Tensor? lengths,
+# Tensor? h_mask, Tensor? zoneout_h, Tensor? zoneout_c, str cell, bool reverse, bool training)
+# -> (Tensor y, Tensor h_n, Tensor c_n, Tensor residual)``
+#     One layer and direction of pyrnn.functional.layernorm_lstm_forward / layernorm_gru_forward
+#     (cell "lstm" or "gru"; GRU: c0, ln_c_weight, ln_c_bias and zoneout_c None). x [T, B, I],
+#     h0, c0 [B, H] or None, W_ih [G*H, I], W_hh [G*H, H], b_* (the gate layer norms' betas) and
+#     ln_ih, ln_hh (their gains) [G*H], ln_c_* [H]; lengths int64 [B] or None; h_mask [B, H]
+#     (recurrent dropout, already scaled), zoneout_h, zoneout_c [T, B, H], or None. Returns
+#     y [T, B, H], h_n [B, H], c_n [B, H] (an empty [0] tensor for the GRU) and residual: with
+#     training, a uint8 tensor of one byte that owns the forward's workspace; without, the
+#     inference kernel runs and residual is an empty [0] tensor.
+#
+# ``pyrnn::layernorm_layer_backward(<the same 15 tensors>, Tensor y, Tensor residual, Tensor? grad_y,
+# Tensor? grad_h_n, Tensor? grad_c_n, str cell, bool reverse) -> 11 Tensors``
+#     The gradients of x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias
+#     (an empty [0] tensor for an input that was None); the masks get none.
+#
+# The residual hand-off. The layer-norm kernels have no residual_nbytes /
+# workspace_from_residual: their workspace (pyrnn._core.LayerNormWorkspace) is
+# an opaque C++ object holding the saved activations and raw pointers into the
+# forward's arrays. So the residual does not hold the workspace's bytes but
+# owns the workspace object: its memory is a one-byte buffer (a bytearray
+# subclass wrapped by torch.frombuffer, which keeps the buffer alive as long as
+# the tensor's storage lives) whose attribute holds the workspace, and
+# _LN_WORKSPACES maps the address of that byte to it through a weak reference.
+# - Lifetime: the workspace lives exactly as long as the residual's storage
+#   (autograd saves the residual for the backward and frees it with the
+#   graph); nothing is kept in a table when the tensor dies, whether or not a
+#   backward ran (the table's values are weak references), so repeated calls
+#   do not accumulate memory.
+# - No stale workspace: the key is the address of memory the entry's own
+#   buffer occupies while it is alive, so no other live tensor can have that
+#   data_ptr; a residual that was copied (a clone, a torch.stack) simply is
+#   not found. And the workspace never points into memory anyone else can
+#   write: the forward passes the kernel private copies of every input (x,
+#   states, weights, masks, lengths) and returns a copy of y, keeping the
+#   kernel's own y for the workspace, so compilers that reuse buffers
+#   (inductor) or in-place ops after the forward cannot change what the
+#   backward reads.
+# - Fallback: a residual that is empty (training=False) or not found (a copy
+#   of one, or its owner freed) makes the backward rerun the training forward
+#   from its tensor arguments first (the kernels are deterministic: the same
+#   gradients, at the cost of a second forward).
+# The residual's value is always a zero byte, so outputs are deterministic
+# (torch.library.opcheck compares them).
+
+_LN_TENSORS = ("Tensor x, Tensor? h0, Tensor? c0, Tensor W_ih, Tensor W_hh, Tensor? b_ih, Tensor? b_hh, "
+               "Tensor ln_ih, Tensor ln_hh, Tensor? ln_c_weight, Tensor? ln_c_bias, Tensor? lengths, "
+               "Tensor? h_mask, Tensor? zoneout_h, Tensor? zoneout_c")
+_LN_N = 15  # the tensor arguments
+_LN_DIFF = 11  # the first 11 get gradients
+_LN_CELLS = ("lstm", "gru")
+
+
+class _Slot:
+    """One workspace, referenced weakly from _LN_WORKSPACES."""
+
+    __slots__ = ("ws", "__weakref__")
+
+    def __init__(self, ws):
+        self.ws = ws
+
+
+class _ResidualMemory(bytearray):
+    """A residual tensor's memory (one zero byte per workspace); it owns the _Slots."""
+
+
+_LN_WORKSPACES = weakref.WeakValueDictionary()  # address of a residual's byte -> its _Slot
+
+
+def _ln_residual(slots):
+    """A uint8 tensor of len(slots) zero bytes whose storage owns the slots (None: no workspace)."""
+    mem = _ResidualMemory(len(slots))
+    mem.slots = list(slots)
+    t = torch.frombuffer(mem, dtype=torch.uint8)
+    base = t.data_ptr()
+    for i, s in enumerate(mem.slots):
+        if s is not None:
+            _LN_WORKSPACES[base + i] = s
+    return t
+
+
+def _ln_slot(residual, i=0):
+    """The _Slot whose byte is element i of the contiguous residual, or None."""
+    if type(residual) is not torch.Tensor or residual.dtype != torch.uint8 or residual.device.type != "cpu":
+        return None
+    return _LN_WORKSPACES.get(residual.data_ptr() + i)
+
+
+def _check_ln_cell(cell):
+    if cell not in _LN_CELLS:
+        raise ValueError(f"pyrnn::layernorm_layer: cell must be 'lstm' or 'gru', got {cell!r}")
+
+
+def _own(a):
+    """A private C-contiguous copy of a NumPy array (None stays None)."""
+    return None if a is None else np.array(a, order="C", copy=True)
+
+
+def _ln_kernel(tensors, cell, reverse, training, own=False):
+    """The kernel on the 15 tensors' NumPy views (own: on private copies). (y, h_n, c_n, ws)."""
+    _check_ln_cell(cell)
+    x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_cw, ln_cb = (_np(t) for t in tensors[:_LN_DIFF])
+    lengths = _lengths(tensors[11])
+    h_mask, zoneout_h, zoneout_c = (_np(t) for t in tensors[12:])
+    arrays = [x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_cw, ln_cb, lengths, h_mask, zoneout_h, zoneout_c]
+    if own:
+        arrays = [_own(a) for a in arrays]
+    x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_cw, ln_cb, lengths, h_mask, zoneout_h, zoneout_c = arrays
+    kw = {"lengths": lengths, "reverse": reverse, "training": training, "h_mask": h_mask, "zoneout_h": zoneout_h}
+    if cell == "lstm":
+        return F.layernorm_lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_cw, ln_cb,
+                                        zoneout_c=zoneout_c, **kw)
+    if c0 is not None or ln_cw is not None or ln_cb is not None or zoneout_c is not None:
+        raise ValueError("pyrnn::layernorm_layer: c0, ln_c_weight, ln_c_bias and zoneout_c are for the LSTM only")
+    y, h_n, ws = F.layernorm_gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, **kw)
+    return y, h_n, None, ws
+
+
+@torch.library.custom_op("pyrnn::layernorm_layer", mutates_args=(), device_types="cpu",
+                         schema=f"({_LN_TENSORS}, str cell, bool reverse, bool training) -> "
+                                "(Tensor, Tensor, Tensor, Tensor)")
+def layernorm_layer(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias, lengths, h_mask,
+                    zoneout_h, zoneout_c, cell, reverse, training):
+    tensors = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias, lengths, h_mask, zoneout_h,
+               zoneout_c)
+    # training: private copies in, and y copied out (the workspace keeps the kernel's own y)
+    y, h_n, c_n, ws = _ln_kernel(tensors, cell, reverse, training, own=training)
+    if training:
+        y, residual = y.copy(), _ln_residual([_Slot(ws)])
+    else:
+        residual = torch.empty((0,), dtype=torch.uint8)
+    if c_n is None:
+        c_n = np.empty((0,), dtype=y.dtype)
+    return (*_fresh((y, h_n, c_n), tensors), residual)
+
+
+@layernorm_layer.register_fake
+def _layernorm_layer_fake(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias, lengths, h_mask,
+                          zoneout_h, zoneout_c, cell, reverse, training):
+    _check_ln_cell(cell)
+    torch._check(x.dim() == 3, lambda: f"pyrnn::layernorm_layer: x must be [T, B, I], got {x.dim()}-D")
+    T, B, H = x.shape[0], x.shape[1], W_hh.shape[1]
+    c_n = x.new_empty((B, H)) if cell == "lstm" else x.new_empty((0,))
+    return x.new_empty((T, B, H)), x.new_empty((B, H)), c_n, x.new_empty((1 if training else 0,), dtype=torch.uint8)
+
+
+@torch.library.custom_op(
+    "pyrnn::layernorm_layer_backward", mutates_args=(), device_types="cpu",
+    schema=f"({_LN_TENSORS}, Tensor y, Tensor residual, Tensor? grad_y, Tensor? grad_h_n, Tensor? grad_c_n, "
+           "str cell, bool reverse) -> (" + ", ".join(["Tensor"] * _LN_DIFF) + ")")
+def layernorm_layer_backward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias, lengths,
+                             h_mask, zoneout_h, zoneout_c, y, residual, grad_y, grad_h_n, grad_c_n, cell, reverse):
+    _check_ln_cell(cell)
+    tensors = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias, lengths, h_mask, zoneout_h,
+               zoneout_c)
+    slot = _ln_slot(residual) if residual.numel() == 1 else None
+    ws = None if slot is None else slot.ws
+    if ws is not None:  # the forward's own workspace: check it belongs to a call of this form
+        T, B, I = x.shape
+        if (ws.shape != (T, B, I, W_hh.shape[1]) or ws.dtype != _NP_DTYPES.get(x.dtype)
+                or BY_KIND[ws.cell].family != cell):
+            raise ValueError(f"pyrnn::layernorm_layer_backward: residual holds the workspace of another call "
+                             f"(shape {ws.shape}, {ws.dtype}), not of this {cell} call on x {tuple(x.shape)}")
+    else:  # training=False, or a copy of the residual: rebuild the workspace with a training forward
+        *_, ws = _ln_kernel(tensors, cell, reverse, training=True)
+    dy, dh_n = _np(grad_y), _np(grad_h_n)
+    if cell == "lstm":
+        g = F.layernorm_lstm_backward(ws, dy, dh_n, _np(grad_c_n))
+    else:
+        dx, dh0, *rest = F.layernorm_gru_backward(ws, dy, dh_n)
+        g = (dx, dh0, None, *rest, None, None)
+    empty = np.empty((0,), dtype=ws.dtype)
+    grads = [empty.copy() if t is None or a is None else a for a, t in zip(g, tensors[:_LN_DIFF])]
+    return tuple(_fresh(grads, tensors + (y, residual, grad_y, grad_h_n, grad_c_n)))
+
+
+@layernorm_layer_backward.register_fake
+def _layernorm_layer_backward_fake(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias, lengths,
+                                   h_mask, zoneout_h, zoneout_c, y, residual, grad_y, grad_h_n, grad_c_n, cell,
+                                   reverse):
+    _check_ln_cell(cell)
+    return tuple(x.new_empty((0,)) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
+                 for t in (x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias))
+
+
+# layernorm_layer's arguments: 15 tensors (0-14), cell (15), reverse (16), training (17)
+
+def _ln_save(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:_LN_N], output[0], output[3])
+    ctx.options = tuple(inputs[_LN_N:_LN_N + 2])
+
+
+def _ln_backward_args(ctx, grad_y, grad_h_n, grad_c_n):
+    saved = ctx.saved_tensors
+    lstm = ctx.options[0] == "lstm"
+    return (*saved, grad_y, grad_h_n, grad_c_n if lstm else None, *ctx.options), saved[:_LN_N]
+
+
+def _ln_setup_context(ctx, inputs, output):
+    _ln_save(ctx, inputs, output)
+    ctx.set_materialize_grads(False)  # unused outputs give None, which the kernel reads as zeros
+
+
+def _ln_backward(ctx, grad_y, grad_h_n, grad_c_n, grad_residual):
+    args, inputs = _ln_backward_args(ctx, grad_y, grad_h_n, grad_c_n)
+    return _input_grads(ctx, layernorm_layer_backward(*args), inputs)
+
+
+layernorm_layer.register_autograd(_ln_backward, setup_context=_ln_setup_context)
+layernorm_layer_backward.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)
+
+
+class LayerNormLayerFunction(torch.autograd.Function):
+    """layernorm_layer with its backward, usable under torch.func transforms (as RnnLayerFunction)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(*args):
+        return layernorm_layer(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(output[3])
+        _ln_save(ctx, inputs, output)
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_h_n, grad_c_n, grad_residual):
+        args, inputs = _ln_backward_args(ctx, grad_y, grad_h_n, grad_c_n)
+        return _input_grads(ctx, _LayerNormLayerBackwardFunction.apply(*args), inputs)
+
+
+class _LayerNormLayerBackwardFunction(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(*args):
+        return layernorm_layer_backward(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(DOUBLE_BACKWARD)
+
+
+def _ln_restack(residuals):
+    """torch.stack of per-sample residuals whose memory keeps (and maps) their workspaces, so that
+    layernorm_layer_backward's vmap rule finds each sample's; a plain stack (the backward then
+    reruns the forwards) where they are not real tensors (tracing)."""
+    r0 = residuals[0]
+    if (r0.numel() == 0 or torch._C._len_torch_dispatch_stack() > 0
+            or any(type(r) is not torch.Tensor or not r.is_contiguous() for r in residuals)):
+        return torch.stack(residuals)
+    slots = [_ln_slot(r, i) for r in residuals for i in range(r.numel())]
+    return _ln_residual(slots).reshape(len(residuals), *r0.shape)
+
+
+@layernorm_layer.register_vmap
+def _layernorm_layer_vmap(info, in_dims, *args):
+    in_dims = tuple(in_dims) + (None,) * (len(args) - len(in_dims))
+    n = info.batch_size
+    training = args[_LN_N + 2]
+    if training or any(d is not None for d in in_dims[3:_LN_DIFF]):
+        # A vmapped weight, or a gradient may follow: one call per index, each sample with its own
+        # workspace (the backward's vmap rule gives per-sample gradients from them).
+        outs = []
+        for i in range(n):
+            outs.append(layernorm_layer(*(a if d is None or a is None else a.select(d, i)
+                                          for a, d in zip(args, in_dims))))
+        y, h_n, c_n, res = zip(*outs)
+        return (torch.stack(y), torch.stack(h_n), torch.stack(c_n), _ln_restack(list(res))), (0, 0, 0, 0)
+    x = _front(args[0], in_dims[0], n)  # [n, T, B, I]
+    T, B = x.shape[1], x.shape[2]
+    x = x.transpose(0, 1).reshape(T, n * B, x.shape[3])
+
+    def fold(k):  # [n, B, ...] -> [n * B, ...]
+        t = _front(args[k], in_dims[k], n)
+        return None if t is None else t.reshape(n * B, *t.shape[2:])
+
+    def fold_steps(k):  # [n, T, B, ...] -> [T, n * B, ...]
+        t = _front(args[k], in_dims[k], n)
+        return None if t is None else t.transpose(0, 1).reshape(T, n * B, *t.shape[3:])
+
+    y, h_n, c_n, residual = layernorm_layer(x, fold(1), fold(2), *args[3:_LN_DIFF], fold(11), fold(12),
+                                            fold_steps(13), fold_steps(14), *args[_LN_N:])
+    y = y.reshape(T, n, B, y.shape[-1])
+    h_n = h_n.reshape(n, B, h_n.shape[-1])
+    if args[_LN_N] == "lstm":
+        return (y, h_n, c_n.reshape(n, B, c_n.shape[-1]), residual), (1, 0, 0, None)
+    return (y, h_n, c_n, residual), (1, 0, None, None)
+
+
+@layernorm_layer_backward.register_vmap
+def _layernorm_layer_backward_vmap(info, in_dims, *args):
+    # Per sample: its slice of every vmapped input, and its own residual (restacked by
+    # layernorm_layer's vmap rule, so each slice still finds its workspace).
+    return _loop(layernorm_layer_backward, info, in_dims, args)

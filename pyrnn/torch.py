@@ -41,7 +41,9 @@ in float32 or in int8 (per-row scales, activations quantised per row) or bf16.
 torch.compile, torch.export, torch.func: the kernels are also the custom
 operator ``pyrnn::rnn_layer`` (one layer and direction; see
 ``pyrnn._torch_ops``), with fake kernels, an autograd formula (the operator
-``pyrnn::rnn_layer_backward``) and a vmap rule. The layers and cells call it
+``pyrnn::rnn_layer_backward``) and a vmap rule; the layer-normalised
+``LayerNormLSTM`` / ``LayerNormGRU`` have ``pyrnn::layernorm_layer`` (and
+``pyrnn::layernorm_layer_backward``) and are traced the same way. The layers and cells call it
 instead of the autograd.Function above when traced: under ``torch.compile``
 (dynamo), ``torch.export`` (strict or not), a ``torch.func`` transform or a
 TorchDispatchMode; plain eager calls keep the path above. So
@@ -888,12 +890,15 @@ def quantize_dynamic(model, qconfig_spec=None, dtype=torch.qint8, inplace=False)
 #
 # pyrnn.torch.LayerNormLSTM / LayerNormGRU: the equations, parameter names and
 # initialisation of pyrnn.LayerNormLSTM / LayerNormGRU (see pyrnn.layernorm),
-# as torch.nn.Modules. Each (layer, direction) is one autograd.Function running
-# the fused C++ forward and BPTT (pyrnn.functional.layernorm_*). Eager only:
-# there is no custom operator for these yet, so torch.compile / torch.export /
-# torch.func do not trace through them; CPU float32 / float64. recurrent_dropout
-# and zoneout masks are drawn with torch's RNG as LSTM's are and reach the
-# kernels as constants (no gradient flows to them).
+# as torch.nn.Modules. In eager calls each (layer, direction) is one
+# autograd.Function running the fused C++ forward and BPTT
+# (pyrnn.functional.layernorm_*) on NumPy views; when traced (torch.compile,
+# torch.export, torch.func, a TorchDispatchMode: _traced) it is the custom
+# operator pyrnn::layernorm_layer instead (pyrnn._torch_ops: fake kernels, an
+# autograd formula whose backward reads the forward's workspace through the
+# residual output, vmap rules), as the plain layers' pyrnn::rnn_layer. CPU
+# float32 / float64. recurrent_dropout and zoneout masks are drawn with torch's
+# RNG as LSTM's are and reach the kernels as constants (no gradient flows to them).
 
 _LN_ORDER = ("x", "h0", "c0", "W_ih", "W_hh", "b_ih", "b_hh", "ln_ih", "ln_hh", "ln_c_weight", "ln_c_bias")
 
@@ -910,9 +915,22 @@ def _layernorm_kernel_forward(cell, lengths, reverse, masks, arrays, training):
     return y, h_n, None, ws
 
 
-_LN_EAGER_ONLY = ("{} runs eagerly only: it has no custom operator (as pyrnn::rnn_layer) yet, so "
-                  "torch.compile(fullgraph=True), torch.export and torch.func transforms cannot trace it; "
-                  "plain torch.compile runs it outside the graph")
+def _layernorm_functorch_apply(*args):
+    if torch.compiler.is_compiling():
+        return torch._dynamo.disable(_torch_ops.LayerNormLayerFunction.apply)(*args)
+    return _torch_ops.LayerNormLayerFunction.apply(*args)
+
+
+def _layernorm_op(cell, reverse, tensors, lengths, h_mask, zoneout_h, zoneout_c):
+    """(y, h_n, c_n or None) for one layer-normalised layer and direction through the
+    pyrnn::layernorm_layer operator; tensors as _LN_ORDER (None where absent)."""
+    training = _needs_grad(tuple(tensors) + (h_mask,))  # keep the workspace only when a gradient may follow
+    args = (*tensors, lengths, h_mask, zoneout_h, zoneout_c, cell, reverse, training)
+    if torch._C._are_functorch_transforms_active():
+        y, h_n, c_n, _ = _layernorm_functorch_apply(*args)
+    else:
+        y, h_n, c_n, _ = torch.ops.pyrnn.layernorm_layer(*args)
+    return y, h_n, (c_n if cell == "lstm" else None)
 
 
 class _LayerNormRecurrence(torch.autograd.Function):
@@ -1056,7 +1074,6 @@ class _LayerNormRNN(nn.Module):
             out.append(h.contiguous())
         return (out + [None])[:2]
 
-    @torch._dynamo.disable(reason=_LN_EAGER_ONLY.format("pyrnn.torch.LayerNormLSTM/GRU"))
     def forward(self, input, hx=None, lengths=None):
         """As pyrnn.torch.LSTM / GRU: input [T, B, I] ([B, T, I] with batch_first),
         unbatched [T, I], or a PackedSequence; hx: h_0 (and c_0 for the LSTM, a
@@ -1065,10 +1082,6 @@ class _LayerNormRNN(nn.Module):
         semantics on a padded batch (outputs zero past each length, h_n at each
         sequence's own last step). Returns (output, h_n) or (output, (h_n, c_n))."""
         name = type(self).__name__
-        x0 = input.data if isinstance(input, PackedSequence) else input
-        if torch._C._are_functorch_transforms_active() or torch._C._len_torch_dispatch_stack() > 0 or (
-                type(x0) is not torch.Tensor):
-            raise NotImplementedError(_LN_EAGER_ONLY.format(name))
         dtype = _weights_dtype(self)
         packed = isinstance(input, PackedSequence)
         if packed:
@@ -1087,13 +1100,21 @@ class _LayerNormRNN(nn.Module):
             raise InputError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
                              f"got {x.size(-1)}")
         T, B = x.shape[:2]
-        lengths_np = None
-        if lengths is not None:
+        traced = _traced(x)  # through the pyrnn::layernorm_layer operator (lengths a tensor), else NumPy views
+        lengths_np, lengths_t, grad = None, None, False
+        if lengths is not None and traced:
+            # the values (in [1, T]) are checked by the kernel when it runs
+            lengths_t = lengths if isinstance(lengths, torch.Tensor) else torch.as_tensor(np.asarray(lengths))
+            if lengths_t.dtype == torch.bool or lengths_t.is_floating_point() or lengths_t.is_complex():
+                raise TypeError(f"{name}: lengths must be an integer array, got dtype {lengths_t.dtype}")
+            lengths_t = lengths_t.to(torch.int64)
+        elif lengths is not None:
             from ._validation import check_lengths
             given = np.asarray(lengths.detach().cpu().numpy() if isinstance(lengths, torch.Tensor) else lengths)
             lengths_np = np.ascontiguousarray(check_lengths(given, T, B), dtype=np.int64)  # dtype checked first
         h0_all, c0_all = self._states(hx, B, unbatched, dtype)
-        grad = _needs_grad([x, h0_all, c0_all] + list(self.parameters()))
+        if not traced:
+            grad = _needs_grad([x, h0_all, c0_all] + list(self.parameters()))
         D = 2 if self.bidirectional else 1
         rec_p = self.recurrent_dropout if self.training else 0.0
         zoned = self.training and (self.zoneout > 0 or self.zoneout_c > 0)
@@ -1102,7 +1123,6 @@ class _LayerNormRNN(nn.Module):
             k = layer * D + d
             mask = _dropout_mask((B, self.hidden_size), rec_p, dtype) if rec_p > 0 else None
             zh, zc = self._zoneout_masks(layer, d, T, B, dtype) if zoned else (None, None)
-            masks = (_np(mask), _np(zh), _np(zc))
             sfx = _stack.param_suffix(layer, d)
             p = {short: getattr(self, n + sfx, None) for short, n in (
                 ("W_ih", "weight_ih"), ("W_hh", "weight_hh"), ("b_ih", "bias_ih"), ("b_hh", "bias_hh"),
@@ -1110,6 +1130,9 @@ class _LayerNormRNN(nn.Module):
                 ("ln_c_bias", "ln_bias_c"))}
             tensors = (layer_x.contiguous(), None if h0_all is None else h0_all[k],
                        None if c0_all is None else c0_all[k], *(p[n] for n in _LN_ORDER[3:]))
+            if traced:
+                return _layernorm_op(self._cell, d == 1, tensors, lengths_t, mask, zh, zc)
+            masks = (_np(mask), _np(zh), _np(zc))
             if grad:
                 outs = _LayerNormRecurrence.apply(self._cell, lengths_np, d == 1, masks, *tensors)
                 return outs if len(outs) == 3 else (outs[0], outs[1], None)
@@ -1131,7 +1154,12 @@ class LayerNormLSTM(_LayerNormRNN):
     h_{t-1} where it enters W_hh h, training only); zoneout (the probability that
     a unit of h keeps its previous value at a step, training only) and zoneout_c
     (the same for the cell state c, before its layer norm; None: zoneout). Masks
-    are drawn with torch's RNG per call, layer and direction."""
+    are drawn with torch's RNG per call, layer and direction.
+
+    torch.compile (fullgraph, training steps included), torch.export and torch.func
+    (grad, vjp, vmap) trace it through the custom operator ``pyrnn::layernorm_layer``
+    (see :mod:`pyrnn.torch`'s notes on ``pyrnn::rnn_layer``; a PackedSequence input
+    graph-breaks under torch.compile, as there)."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, device=None, dtype=None, *, recurrent_dropout=0.0, zoneout=0.0,
@@ -1143,7 +1171,8 @@ class LayerNormLSTM(_LayerNormRNN):
 class LayerNormGRU(_LayerNormRNN):
     """Layer-normalised GRU (reset-after; :mod:`pyrnn.layernorm`) as a torch.nn.Module;
     parameters as :class:`LayerNormLSTM` without the cell-state ones. Extra keywords:
-    recurrent_dropout (z * h keeps the unmasked h) and zoneout, as :class:`GRU`'s."""
+    recurrent_dropout (z * h keeps the unmasked h) and zoneout, as :class:`GRU`'s.
+    Traced by torch.compile, torch.export and torch.func as :class:`LayerNormLSTM`."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, device=None, dtype=None, *, recurrent_dropout=0.0, zoneout=0.0,

@@ -678,9 +678,10 @@ def test_torch_packed_sequence_unbatched_and_errors(rng):
         g.sum().backward()
 
 
-def test_torch_module_refuses_what_it_cannot_run():
-    """Float or bool lengths raise as in the NumPy layers (not truncated); tracing transforms that
-    need a custom operator say the module is eager-only; plain torch.compile runs it outside the graph."""
+def test_torch_module_refuses_bad_lengths_and_traces():
+    """Float or bool lengths raise as in the NumPy layers (not truncated); torch.func, torch.export and
+    torch.compile trace the module through the pyrnn::layernorm_layer operator
+    (tests/test_layernorm_torch_ops.py has the details)."""
     torch = _torch()
     from torch.func import functional_call
 
@@ -689,8 +690,10 @@ def test_torch_module_refuses_what_it_cannot_run():
     for bad in (torch.tensor([2.5, 2.0]), torch.tensor([True, True])):
         with pytest.raises(TypeError, match="lengths must be an integer array"):
             m(x, lengths=bad)
-    with pytest.raises(NotImplementedError, match="runs eagerly only"):
-        torch.func.grad(lambda p: functional_call(m, p, (x,))[0].sum())(dict(m.named_parameters()))
-    with pytest.raises(NotImplementedError, match="runs eagerly only"):
-        torch.export.export(m, (x,))
-    torch.testing.assert_close(torch.compile(m, backend="eager")(x)[0], m(x)[0])
+    grads = torch.func.grad(lambda p: functional_call(m, p, (x,))[0].sum())(dict(m.named_parameters()))
+    m(x)[0].sum().backward()
+    for n, p in m.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.export.export(m, (x,)).module()(x)[0], m(x)[0])
+    torch.testing.assert_close(torch.compile(m, backend="eager", fullgraph=True)(x)[0], m(x)[0])
