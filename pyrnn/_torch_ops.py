@@ -237,24 +237,28 @@ def _input_grads(ctx, grads, inputs):
     return (*out, *(None,) * (len(ctx.needs_input_grad) - len(out)))
 
 
-def _setup_context(ctx, inputs, output):
-    _save(ctx, inputs, output)
-    ctx.set_materialize_grads(False)  # unused outputs give None, which the kernel reads as zeros
-
-
-def _backward(ctx, grad_y, grad_h_n, grad_c_n, grad_residual):
-    args, inputs = _backward_args(ctx, grad_y, grad_h_n, grad_c_n)
-    return _input_grads(ctx, rnn_layer_backward(*args), inputs)
-
-
-rnn_layer.register_autograd(_backward, setup_context=_setup_context)
-
-
 def _no_double_backward(ctx, *grads):
     raise RuntimeError(DOUBLE_BACKWARD)
 
 
-rnn_layer_backward.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)
+def _register_autograd(op, op_backward, save, backward_args):
+    """The autograd of a forward operator ``op`` whose backward is the operator ``op_backward`` (which
+    itself refuses double backward). ``save(ctx, inputs, output)`` saves what the backward needs;
+    ``backward_args(ctx, grad_y, grad_h_n, grad_c_n)`` returns (op_backward's arguments, the inputs)."""
+
+    def setup_context(ctx, inputs, output):
+        save(ctx, inputs, output)
+        ctx.set_materialize_grads(False)  # unused outputs give None, which the kernel reads as zeros
+
+    def backward(ctx, grad_y, grad_h_n, grad_c_n, grad_residual):
+        args, inputs = backward_args(ctx, grad_y, grad_h_n, grad_c_n)
+        return _input_grads(ctx, op_backward(*args), inputs)
+
+    op.register_autograd(backward, setup_context=setup_context)
+    op_backward.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)
+
+
+_register_autograd(rnn_layer, rnn_layer_backward, _save, _backward_args)
 
 
 # -------------------------------------------------------- torch.func --
@@ -263,40 +267,51 @@ rnn_layer_backward.register_autograd(_no_double_backward, setup_context=lambda c
 # generates (it has no setup_context staticmethod: pytorch/pytorch#168393,
 # #179652), so under them the operators are called through these two.
 
-class RnnLayerFunction(torch.autograd.Function):
-    """rnn_layer with its backward, usable under torch.func transforms (grad, vjp, vmap and nestings)."""
+def _func_function(name, op, op_backward, save, backward_args):
+    """An autograd.Function running the operator ``op`` with its backward operator ``op_backward``
+    (through a second Function that refuses double backward), usable under torch.func transforms
+    (grad, vjp, vmap and nestings). ``save(ctx, inputs, output)`` saves what the backward needs;
+    ``backward_args(ctx, grad_y, grad_h_n, grad_c_n)`` returns (op_backward's arguments, the inputs)."""
 
-    generate_vmap_rule = True
+    class Backward(torch.autograd.Function):
+        generate_vmap_rule = True
 
-    @staticmethod
-    def forward(*args):
-        return rnn_layer(*args)
+        @staticmethod
+        def forward(*args):
+            return op_backward(*args)
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.mark_non_differentiable(output[3])
-        _save(ctx, inputs, output)
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            pass
 
-    @staticmethod
-    def backward(ctx, grad_y, grad_h_n, grad_c_n, grad_residual):
-        args, inputs = _backward_args(ctx, grad_y, grad_h_n, grad_c_n)
-        return _input_grads(ctx, _RnnLayerBackwardFunction.apply(*args), inputs)
+        @staticmethod
+        def backward(ctx, *grads):
+            raise RuntimeError(DOUBLE_BACKWARD)
+
+    class Forward(torch.autograd.Function):
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(*args):
+            return op(*args)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.mark_non_differentiable(output[3])
+            save(ctx, inputs, output)
+
+        @staticmethod
+        def backward(ctx, grad_y, grad_h_n, grad_c_n, grad_residual):
+            args, inputs = backward_args(ctx, grad_y, grad_h_n, grad_c_n)
+            return _input_grads(ctx, Backward.apply(*args), inputs)
+
+    Forward.__name__ = Forward.__qualname__ = name
+    Backward.__name__ = Backward.__qualname__ = f"_{name}Backward"
+    Forward.__doc__ = f"{op._name} with its backward, usable under torch.func transforms (grad, vjp, vmap and nestings)."
+    return Forward
 
 
-class _RnnLayerBackwardFunction(torch.autograd.Function):
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(*args):
-        return rnn_layer_backward(*args)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
-
-    @staticmethod
-    def backward(ctx, *grads):
-        raise RuntimeError(DOUBLE_BACKWARD)
+RnnLayerFunction = _func_function("RnnLayerFunction", rnn_layer, rnn_layer_backward, _save, _backward_args)
 
 
 # ---------------------------------------------------------------- vmap --
@@ -562,54 +577,11 @@ def _ln_backward_args(ctx, grad_y, grad_h_n, grad_c_n):
     return (*saved, grad_y, grad_h_n, grad_c_n if lstm else None, *ctx.options), saved[:_LN_N]
 
 
-def _ln_setup_context(ctx, inputs, output):
-    _ln_save(ctx, inputs, output)
-    ctx.set_materialize_grads(False)  # unused outputs give None, which the kernel reads as zeros
+_register_autograd(layernorm_layer, layernorm_layer_backward, _ln_save, _ln_backward_args)
 
 
-def _ln_backward(ctx, grad_y, grad_h_n, grad_c_n, grad_residual):
-    args, inputs = _ln_backward_args(ctx, grad_y, grad_h_n, grad_c_n)
-    return _input_grads(ctx, layernorm_layer_backward(*args), inputs)
-
-
-layernorm_layer.register_autograd(_ln_backward, setup_context=_ln_setup_context)
-layernorm_layer_backward.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)
-
-
-class LayerNormLayerFunction(torch.autograd.Function):
-    """layernorm_layer with its backward, usable under torch.func transforms (as RnnLayerFunction)."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(*args):
-        return layernorm_layer(*args)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.mark_non_differentiable(output[3])
-        _ln_save(ctx, inputs, output)
-
-    @staticmethod
-    def backward(ctx, grad_y, grad_h_n, grad_c_n, grad_residual):
-        args, inputs = _ln_backward_args(ctx, grad_y, grad_h_n, grad_c_n)
-        return _input_grads(ctx, _LayerNormLayerBackwardFunction.apply(*args), inputs)
-
-
-class _LayerNormLayerBackwardFunction(torch.autograd.Function):
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(*args):
-        return layernorm_layer_backward(*args)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
-
-    @staticmethod
-    def backward(ctx, *grads):
-        raise RuntimeError(DOUBLE_BACKWARD)
+LayerNormLayerFunction = _func_function("LayerNormLayerFunction", layernorm_layer, layernorm_layer_backward,
+                                        _ln_save, _ln_backward_args)
 
 
 def _ln_restack(residuals):

@@ -351,29 +351,10 @@ def test_compile_traced_lengths_are_checked():
 
 @pytest.mark.parametrize("cell", list(G))
 def test_export_round_trip(cell):
+    from test_torch_compile import check_export_round_trip
     torch.manual_seed(0)
     m = MODULES[cell](I, H, num_layers=2, bidirectional=True, batch_first=True, dtype=torch.float64).eval()
-    x = torch.randn(B, T, I, dtype=torch.float64)
-    dims = ({0: torch.export.Dim("batch"), 1: torch.export.Dim("time")},)
-    with torch.no_grad():  # for inference: training=False, no workspace kept
-        ep = torch.export.export(m, (x,), dynamic_shapes=dims)
-    nodes = [n for n in ep.graph.nodes if n.target == torch.ops.pyrnn.layernorm_layer.default]
-    assert len(nodes) == 4 and not any(n.args[-1] for n in nodes)
-    with torch.no_grad():
-        _assert_all_close(ep.module()(x), m(x))
-        x2 = torch.randn(2, 7, I, dtype=torch.float64)  # other batch and time sizes
-        _assert_all_close(ep.module()(x2), m(x2))
-    # With gradients possible the workspace is kept and the backward reads it.
-    ep = torch.export.export(m, (x,), dynamic_shapes=dims)
-    nodes = [n for n in ep.graph.nodes if n.target == torch.ops.pyrnn.layernorm_layer.default]
-    assert len(nodes) == 4 and all(n.args[-1] for n in nodes)
-
-    def input_grad(fn):
-        xs = x2.clone().requires_grad_()
-        fn(xs)[0].square().sum().backward()
-        return xs.grad
-
-    _assert_all_close(input_grad(ep.module()), input_grad(m))
+    check_export_round_trip(m, torch.ops.pyrnn.layernorm_layer.default)
 
 
 # -------------------------------------------------------------- torch.func --

@@ -323,35 +323,44 @@ def test_compile_leaves_torch_nn_rnns_alone():
 
 # ----------------------------------------------------------- torch.export --
 
-@pytest.mark.parametrize("mode", ["lstm_proj", "gru", "rnn_relu"])
-def test_export_round_trip(mode):
-    cls, opts = MODULES[mode]
-    torch.manual_seed(0)
-    m = getattr(pt, cls)(I, H, num_layers=2, bidirectional=True, batch_first=True, dtype=torch.float64, **opts)
+def check_export_round_trip(m, op):
+    """Exports the batch_first module ``m`` with dynamic batch and time, for inference and with gradients
+    possible; checks the outputs (at other sizes too) and, through the second program, the input gradient
+    against eager. ``op``: the operator expected once per layer and direction. Returns the second
+    program's nodes of ``op``."""
     x = torch.randn(B, T, I, dtype=torch.float64)
     dims = ({0: torch.export.Dim("batch"), 1: torch.export.Dim("time")},)
-    with torch.no_grad():  # for inference: need_residual=False, no workspace kept
+    with torch.no_grad():  # for inference: no workspace kept
         ep = torch.export.export(m, (x,), dynamic_shapes=dims)
-    nodes = [n for n in ep.graph.nodes if n.target == torch.ops.pyrnn.rnn_layer.default]
+    nodes = [n for n in ep.graph.nodes if n.target == op]
     assert len(nodes) == 4 and not any(n.args[-1] for n in nodes)
+    x2 = torch.randn(2, 7, I, dtype=torch.float64)  # other batch and time sizes
     with torch.no_grad():
         _assert_all_close(ep.module()(x), m(x))
-        x2 = torch.randn(2, 7, I, dtype=torch.float64)  # other batch and time sizes
         _assert_all_close(ep.module()(x2), m(x2))
-    # With gradients possible the residual is kept, its size symbolic in batch and time.
+    # With gradients possible the workspace is kept and the backward reads it.
     ep = torch.export.export(m, (x,), dynamic_shapes=dims)
-    nodes = [n for n in ep.graph.nodes if n.target == torch.ops.pyrnn.rnn_layer.default]
+    nodes = [n for n in ep.graph.nodes if n.target == op]
     assert len(nodes) == 4 and all(n.args[-1] for n in nodes)
-    if mode != "rnn_relu":  # the RNN's workspace is y itself: its residual is a fixed-size header
-        assert all(isinstance(n.meta["val"][3].shape[0], torch.SymInt) for n in nodes)
-    exported = ep.module()
 
     def input_grad(fn):  # training through the exported program: the backward reads the residuals
         xs = x2.clone().requires_grad_()
         fn(xs)[0].square().sum().backward()
         return xs.grad
 
-    _assert_all_close(input_grad(exported), input_grad(m))
+    _assert_all_close(input_grad(ep.module()), input_grad(m))
+    return nodes
+
+
+@pytest.mark.parametrize("mode", ["lstm_proj", "gru", "rnn_relu"])
+def test_export_round_trip(mode):
+    cls, opts = MODULES[mode]
+    torch.manual_seed(0)
+    m = getattr(pt, cls)(I, H, num_layers=2, bidirectional=True, batch_first=True, dtype=torch.float64, **opts)
+    nodes = check_export_round_trip(m, torch.ops.pyrnn.rnn_layer.default)
+    if mode != "rnn_relu":  # the RNN's workspace is y itself: its residual is a fixed-size header
+        # the residual's size is symbolic in batch and time
+        assert all(isinstance(n.meta["val"][3].shape[0], torch.SymInt) for n in nodes)
 
 
 # ------------------------------------------------------------- torch.func --
