@@ -88,7 +88,7 @@ def check_directional_derivatives(loss, grads, p, rng, eps=1e-6, rtol=1e-6, atol
     """Checks the gradients ``grads`` of the scalar ``loss(inputs)`` at the input dict ``p`` by central
     finite differences along one random direction: first every input at once, then one input at a time
     (to name a wrong gradient). Raises AssertionError naming the inputs whose derivatives disagree
-    (|analytic - numeric| > max(rtol * |numeric|, atol)). Meant for float64 inputs."""
+    (``abs(analytic - numeric) > max(rtol * abs(numeric), atol)``). Meant for float64 inputs."""
     direction = {k: rng.standard_normal(v.shape) for k, v in p.items()}
     for names in [tuple(p)] + [(k,) for k in p]:
         analytic = sum(np.sum(grads[k] * direction[k]) for k in names)
