@@ -301,11 +301,16 @@ void register_sequence(py::module_& m) {
   py::class_<SequenceState>(m, "Workspace",
                             "What a training forward keeps for backward: saved activations plus "
                             "references to the forward's inputs, weights and outputs.")
-      .def_readonly("cell", &SequenceState::cell)
+      .def_readonly("cell", &SequenceState::cell, "The cell kind of the call (a CellKind).")
       .def_property_readonly("nbytes", &SequenceState::nbytes, "Bytes of saved activations.")
-      .def_property_readonly("dtype", [](const SequenceState& s) { return s.f64 ? py::dtype::of<double>() : py::dtype::of<float>(); })
-      .def_property_readonly("shape", [](const SequenceState& s) { return py::make_tuple(s.T, s.B, s.I, s.H); })
-      .def_property_readonly("proj_size", [](const SequenceState& s) { return s.P; });
+      .def_property_readonly(
+          "dtype", [](const SequenceState& s) { return s.f64 ? py::dtype::of<double>() : py::dtype::of<float>(); },
+          "The call's dtype (float32 or float64).")
+      .def_property_readonly(
+          "shape", [](const SequenceState& s) { return py::make_tuple(s.T, s.B, s.I, s.H); },
+          "(T, B, I, H) of the call.")
+      .def_property_readonly(
+          "proj_size", [](const SequenceState& s) { return s.P; }, "The LSTM's projection size P (0: none).");
 
   py::class_<PackedRecurrenceHolder>(m, "PackedRecurrence",
                                      "A layer direction's recurrent weights (W_hh, W_hr) packed once for many "
