@@ -445,7 +445,8 @@ class _ResidualMemory(bytearray):
     """A residual tensor's memory (one zero byte per workspace); it owns the _Slots."""
 
 
-_LN_WORKSPACES = weakref.WeakValueDictionary()  # address of a residual's byte -> its _Slot
+# the address of a residual's byte -> its _Slot
+_LN_WORKSPACES: "weakref.WeakValueDictionary[int, _Slot]" = weakref.WeakValueDictionary()
 
 
 def _ln_residual(slots):
