@@ -431,6 +431,19 @@ def test_layer_parameter_names_shapes_and_init():
         "LayerNormLSTM(5, 3, num_layers=2, bidirectional=True)"
 
 
+def reference_stack(layer, cell, x, lengths, masks=lambda k, d: {}):
+    """The 2-layer bidirectional ``layer``'s output computed by the reference, direction by direction,
+    from its parameters (``masks(k, d)``: that layer and direction's mask arguments)."""
+    layer_x = x
+    for k in range(2):
+        ys = []
+        for d in range(2):
+            p = {"x": layer_x, **{n: v for n, v in layer.direction_params(k, d).items() if v is not None}}
+            ys.append(ref_forward(cell, p, lengths=lengths, reverse=d == 1, training=False, **masks(k, d))[0]["y"])
+        layer_x = np.concatenate(ys, axis=2)
+    return layer_x
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_layer_matches_reference_composition(cell, rng):
     """A 2-layer bidirectional layer with lengths equals the reference run direction by direction."""
@@ -439,14 +452,7 @@ def test_layer_matches_reference_composition(cell, rng):
     x = rng.standard_normal((6, 3, 4))
     lengths = np.array([6, 2, 4])
     out, _ = layer(x, lengths=lengths)
-    layer_x = x
-    for k in range(2):
-        ys = []
-        for d in range(2):
-            p = {"x": layer_x, **{n: v for n, v in layer.direction_params(k, d).items() if v is not None}}
-            ys.append(ref_forward(cell, p, lengths=lengths, reverse=d == 1, training=False)[0]["y"])
-        layer_x = np.concatenate(ys, axis=2)
-    np.testing.assert_allclose(out, layer_x, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(out, reference_stack(layer, cell, x, lengths), rtol=1e-12, atol=1e-13)
 
 
 @pytest.mark.parametrize("batch_first", [False, True])

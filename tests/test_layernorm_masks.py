@@ -25,7 +25,8 @@ from pyrnn.testing import (LN_GRAD_NAMES, assert_bitwise_equal, assert_close, ch
                            make_layernorm_params, make_masks, random_cotangents, run_layernorm_backward,
                            run_layernorm_forward)
 # The helpers and torch comparisons shared with the maskless tests (tests/ is on sys.path under pytest).
-from test_layernorm import CELLS, LAYERS, _randomise, _torch, _torch_module, kernel_forward_backward
+from test_layernorm import (CELLS, LAYERS, _randomise, _torch, _torch_module, kernel_forward_backward,
+                            reference_stack)
 from test_layernorm import mask_options as _options
 
 
@@ -274,19 +275,15 @@ def test_layer_matches_reference_on_the_masks_it_drew(cell, rng):
     x = rng.standard_normal((6, 3, 4))
     lengths = np.array([6, 2, 4])
     out, _ = layer(x, lengths=lengths)
-    layer_x = x
-    for k in range(2):
-        ys = []
-        for d in range(2):
-            masks = {n: v for n, v in drawn[k, d].items() if v is not None}
-            assert set(masks) == ({"h_mask", "zoneout_h", "zoneout_c"} if cell == "lstm" else {"h_mask", "zoneout_h"})
-            assert masks["h_mask"].shape == (3, 5) and masks["zoneout_h"].shape == (6, 3, 5)
-            assert set(np.unique(masks["zoneout_h"])) <= {0.0, 1.0}
-            p = {"x": layer_x, **{n: v for n, v in layer.direction_params(k, d).items() if v is not None}}
-            ys.append(run_layernorm_forward(ref, cell, p, lengths=lengths, reverse=d == 1, training=False,
-                                            **masks)[0]["y"])
-        layer_x = np.concatenate(ys, axis=2)
-    np.testing.assert_allclose(out, layer_x, rtol=1e-12, atol=1e-13)
+
+    def masks_drawn(k, d):
+        masks = {n: v for n, v in drawn[k, d].items() if v is not None}
+        assert set(masks) == ({"h_mask", "zoneout_h", "zoneout_c"} if cell == "lstm" else {"h_mask", "zoneout_h"})
+        assert masks["h_mask"].shape == (3, 5) and masks["zoneout_h"].shape == (6, 3, 5)
+        assert set(np.unique(masks["zoneout_h"])) <= {0.0, 1.0}
+        return masks
+
+    np.testing.assert_allclose(out, reference_stack(layer, cell, x, lengths, masks_drawn), rtol=1e-12, atol=1e-13)
 
 
 @pytest.mark.parametrize("cell", CELLS)
