@@ -450,33 +450,6 @@ void weight_grad(BwdCtx<T>& b, const WeightGradJob<T>& job, int tid, int nt, Gem
           false, s);
 }
 
-// dW for dG columns [col0, col0 + ng*Hp) (gate groups `order`) times `brows`.
-template <class T>
-WeightGradJob<T> gate_job(BwdCtx<T>& b, int64_t col0, int ng, const int* order, const std::vector<const T*>& brows,
-                          T* dW, int64_t N) {
-  return WeightGradJob<T>{b.dG.data() + col0, b.ld_dG, ng, order, b.Hp, b.H, &brows, dW, N};
-}
-
-// db over gate columns [col0, col0+ng*Hp): sums of dG over rows, in row order
-// (rows outer, so dG is read sequentially).
-template <class T>
-void bias_grad(BwdCtx<T>& b, int64_t col0, int ng, const int* order, T* db, int tid, int nt) {
-  constexpr int L = kLanes<T>;
-  const int64_t Hp = b.Hp, H = b.H, nvec = ng * Hp / L;
-  int64_t v0, v1;
-  split_range(nvec, nt, tid, v0, v1);
-  if (v0 >= v1) return;
-  std::vector<Vec<T>> acc(size_t(v1 - v0), Vec<T>{});
-  for (int64_t row = 0; row < b.sc.rows; ++row) {
-    const T* p = b.dG.data() + row * b.ld_dG + col0;
-    for (int64_t v = v0; v < v1; ++v) acc[v - v0] += loadu(p + v * L);
-  }
-  for (int64_t v = v0; v < v1; ++v) {
-    int64_t k = v * L, g = k / Hp, up = k % Hp;
-    store_h(db + order[g] * H, up, H, acc[v - v0]);
-  }
-}
-
 // dx for this thread's rows: dG_ih W_ih.
 template <class T>
 void input_grad(BwdCtx<T>& b, int64_t col0, int ng, const int* order, int tid, int nt, GemmScratch<T>& s) {
@@ -557,28 +530,85 @@ void copy_carry_out(BwdCtx<T>& b, T* to, int64_t ua, int64_t ub) {
 }
 
 // After the loop: dx, dW_ih, dW_hh (dW_hr) and db, from the complete dG.
+// dG columns col0.. in ng groups of Hp, in gate order `order`: the A of a
+// weight-gradient GEMM (or the columns a bias gradient sums).
+struct DgColumns {
+  int64_t col0;
+  int ng;
+  const int* order;
+  bool operator==(const DgColumns& o) const {
+    return col0 == o.col0 && ng == o.ng && std::equal(order, order + ng, o.order);
+  }
+};
+
+// The weight gradients (and biases) that read the same dG columns, as one
+// gemm_shared_a: dG^T packed once per K block for all of them, and the bias
+// as its sums over rows from that packing pass. Threads split the rows of
+// dW in whole MR tiles, as weight_grad.
+template <class T>
+struct SharedDgGrads {
+  DgColumns cols;
+  std::vector<std::pair<const std::vector<const T*>*, std::pair<T*, int64_t>>> prods;  // B rows, (dW, N)
+  std::vector<T*> dbs;
+
+  void run(BwdCtx<T>& b, int tid, int nt, GemmScratch<T>& s, std::vector<T>& colsum) const {
+    const int64_t M = cols.ng * b.Hp;
+    int64_t m0, m1;
+    split_range(ceil_div(M, kGemmMR), nt, tid, m0, m1);
+    m0 *= kGemmMR, m1 = std::min(M, m1 * kGemmMR);
+    if (m0 >= m1) return;
+    std::vector<std::vector<T*>> crows(prods.size(), std::vector<T*>(size_t(m1 - m0)));
+    std::vector<SharedAProduct<T>> sp;
+    for (size_t j = 0; j < prods.size(); ++j) {
+      for (int64_t m = m0; m < m1; ++m) {
+        const int64_t up = m % b.Hp;
+        crows[j][m - m0] = up < b.H ? prods[j].second.first + (cols.order[m / b.Hp] * b.H + up) * prods[j].second.second
+                                    : nullptr;
+      }
+      sp.push_back({BView<T>{prods[j].first->data(), true}, CView<T>{crows[j].data()}, prods[j].second.second});
+    }
+    colsum.resize(size_t(m1 - m0));
+    gemm_shared_a<T>(m1 - m0, b.sc.rows, AView<T>{nullptr, b.dG.data() + cols.col0 + m0, 1, b.ld_dG}, sp.data(),
+                     int(sp.size()), dbs.empty() ? nullptr : colsum.data(), s);
+    for (T* db : dbs)
+      for (int64_t m = m0; m < m1; ++m) {
+        const int64_t up = m % b.Hp;
+        if (up < b.H) db[cols.order[m / b.Hp] * b.H + up] = colsum[m - m0];
+      }
+  }
+};
+
 template <class T, class Cell>
 void parameter_grads(BwdCtx<T>& b, int tid, int nt, PhaseProfile& prof) {
   GemmScratch<T> scratch;
   const int64_t Hp = b.Hp, ih0 = Cell::kIhOff * Hp;
   input_grad(b, ih0, Cell::G, Cell::kIhOrder, tid, nt, scratch);
   prof.phase("dx");
-  weight_grad(b, gate_job(b, ih0, Cell::G, Cell::kIhOrder, b.xrows, b.g.dW_ih, b.I), tid, nt, scratch);
-  prof.phase("dW_ih");
+  // dW_ih, dW_hh's parts and the biases, grouped by the dG columns they read.
+  std::vector<SharedDgGrads<T>> groups;
+  auto group = [&](DgColumns c) -> SharedDgGrads<T>& {
+    for (SharedDgGrads<T>& g : groups)
+      if (g.cols == c) return g;
+    groups.push_back(SharedDgGrads<T>{c, {}, {}});
+    return groups.back();
+  };
+  group({ih0, Cell::G, Cell::kIhOrder}).prods.push_back({&b.xrows, {b.g.dW_ih, b.I}});
   for (const HhPart& part : Cell::kHhParts) {
     const bool extra = part.rows == HhRows::Extra;
-    weight_grad(b, gate_job(b, part.col0 * Hp, part.ng, part.order, extra ? b.extra_rows : b.arow, b.g.dW_hh,
-                            extra ? b.H : b.Ho), tid, nt, scratch);
+    group({part.col0 * Hp, part.ng, part.order})
+        .prods.push_back({extra ? &b.extra_rows : &b.arow, {b.g.dW_hh, extra ? b.H : b.Ho}});
   }
+  if (b.g.db_ih) group({ih0, Cell::G, Cell::kIhOrder}).dbs.push_back(b.g.db_ih);
+  if (b.g.db_hh) group({Cell::kHhOff * Hp, Cell::G, Cell::kHhOrder}).dbs.push_back(b.g.db_hh);
+  std::vector<T> colsum;
+  for (const SharedDgGrads<T>& g : groups) g.run(b, tid, nt, scratch, colsum);
+  prof.phase("dW_ih+dW_hh+db");
   if constexpr (kProjected<Cell>) {
     static constexpr int kOne[1] = {0};
     weight_grad(b, WeightGradJob<T>{b.dh.data(), b.ld_dh, 1, kOne, b.Ho, b.Ho, &b.m_rows, b.g.dW_hr, b.H}, tid, nt,
                 scratch);
+    prof.phase("dW_hr");
   }
-  prof.phase("dW_hh");
-  if (b.g.db_ih) bias_grad(b, ih0, Cell::G, Cell::kIhOrder, b.g.db_ih, tid, nt);
-  if (b.g.db_hh) bias_grad(b, Cell::kHhOff * Hp, Cell::G, Cell::kHhOrder, b.g.db_hh, tid, nt);
-  prof.phase("db");
 }
 
 // The dG column group where the first phase's A rows start.

@@ -92,6 +92,49 @@ inline void ukernel(int64_t K, const T* __restrict a, const T* const* arows, con
     for (int v = 0; v < NV; ++v) storeu(tile + (r * NV + v) * L, acc[r][v]);
 }
 
+// The MR x NV tile of packed A times B added to C in place (rows crow[r],
+// columns 0..NV*lanes), or stored there when `first`: a tile of a K-split GEMM
+// whose rows are all in C, without going through a tile buffer. The sums are
+// ukernel<..., ACC>'s, in the same order.
+template <class T, int MR, int NV>
+inline void ukernel_into(int64_t K, const T* __restrict a, const T* __restrict b, T* const* crow, bool first) {
+  constexpr int L = kLanes<T>;
+  Vec<T> acc[MR][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[r][v] = first ? Vec<T>{} : loadu(crow[r] + v * L);
+  for (int64_t k = 0; k < K; ++k) {
+    if constexpr (b_stationary(MR, NV)) {
+      Vec<T> bv[NV];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) bv[v] = loadu(b + v * L);
+#pragma GCC unroll 16
+      for (int r = 0; r < MR; ++r) {
+        Vec<T> av = bcast(a[r]);
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
+      }
+    } else {
+      Vec<T> av[MR];
+#pragma GCC unroll 16
+      for (int r = 0; r < MR; ++r) av[r] = bcast(a[r]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) {
+        const Vec<T> bv = loadu(b + v * L);
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; ++r) acc[r][v] += av[r] * bv;
+      }
+    }
+    b += NV * L;
+    a += MR;
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) storeu(crow[r] + v * L, acc[r][v]);
+}
+
 // One row (a GEMV, batch 1): four accumulator sets over k mod 4 hide the FMA
 // latency that a single chain per column vector would expose; they are summed
 // in a fixed order, so results do not depend on threads.
@@ -190,7 +233,9 @@ void pack_b(const BView<T>& B, int64_t k0, int64_t kc, int64_t n0, int64_t nc, T
       for (int64_t k = 0; k < kc; ++k) {
         T* o = panel + k * w;
         const T* src = B.ptr[k0 + k];
-        if (src)
+        if (src && nw == NR)  // a constant size: inline moves, not a call to memcpy
+          std::memcpy(o, src + n0 + j, sizeof(T) * NR);
+        else if (src)
           std::memcpy(o, src + n0 + j, sizeof(T) * size_t(nw));
         else
           std::memset(static_cast<void*>(o), 0, sizeof(T) * size_t(nw));
@@ -324,6 +369,91 @@ void gemm(int64_t M, int64_t N, int64_t K, const AView<T>& A, const BView<T>& B,
               ukernel_nv<T, MR, NV, false>(nv, m, kc, nullptr, arows, bp, tile);
             }
             write_tile<T>(tile, w, m, nw, C, ic + ir, jc + jr, bias, first && !accumulate);
+          }
+        }
+      }
+    }
+  }
+}
+
+// One product of gemm_shared_a: C[0..M, 0..N] = A B.
+template <class T>
+struct SharedAProduct {
+  BView<T> B;
+  CView<T> C;
+  int64_t N;
+};
+
+// Packs the whole of A(0..M, k0..k0+kc) (rs = 1: each k a contiguous run of M,
+// as dG's rows are) into MR-row panels, and with `colsum` adds each row's
+// values over these k to colsum[i], in k order.
+template <class T, int MR>
+void pack_a_rows(const AView<T>& A, int64_t M, int64_t k0, int64_t kc, T* out, T* colsum) {
+  const int64_t full = M / MR, rest = M - full * MR;
+  for (int64_t k = 0; k < kc; ++k) {
+    const T* src = A.p + (k0 + k) * A.cs;
+    if (colsum)
+      for (int64_t i = 0; i < M; ++i) colsum[i] += src[i];
+    T* o = out + k * MR;
+    for (int64_t p = 0; p < full; ++p, o += kc * MR, src += MR) std::memcpy(o, src, sizeof(T) * MR);
+    if (rest) {
+      std::memcpy(o, src, sizeof(T) * size_t(rest));
+      for (int r = int(rest); r < MR; ++r) o[r] = T(0);
+    }
+  }
+}
+
+// C_j = A B_j for several products with one A (K = rows, A = dG^T read through
+// a view with rs = 1): the weight gradients that share dG (dW_ih and dW_hh of
+// an LSTM). Each K block of A is packed once for all products and all their
+// columns; gemm() packs it once per NC columns of each product. With
+// `colsum`, A's sums over k (the bias gradient) come out of the same pass
+// over A. The K blocks, tiles and per-element sums are gemm()'s, so each C
+// element is bitwise what gemm() gives.
+template <class T>
+void gemm_shared_a(int64_t M, int64_t K, const AView<T>& A, const SharedAProduct<T>* prods, int nprod, T* colsum,
+                   GemmScratch<T>& s) {
+  constexpr int NV = kGemmNV, MR = kGemmMR, NR = NV * kLanes<T>;
+  constexpr int64_t MC = 72;  // as gemm(): the MC x kc block of A that the micro-panels pass over sits in L2
+  if (colsum) std::fill(colsum, colsum + std::max<int64_t>(M, 0), T(0));
+  if (M <= 0) return;
+  if (K <= 0) {
+    for (int j = 0; j < nprod; ++j) gemm<T>(M, prods[j].N, 0, A, prods[j].B, prods[j].C, nullptr, false, s);
+    return;
+  }
+  const int64_t KC = gemm_kc<T>(K, NR, true);
+  const int64_t NC = std::max<int64_t>(NR, (cache_sizes().l2 / 2 / int64_t(KC * sizeof(T))) / NR * NR);
+  s.a.reserve(size_t((M + MR - 1) / MR * MR * KC));
+  s.b.reserve(size_t(KC * NC));
+  alignas(64) T tile[MR * NR];
+  for (int64_t pc = 0; pc < K; pc += KC) {
+    const int64_t kc = std::min(KC, K - pc);
+    pack_a_rows<T, MR>(A, M, pc, kc, s.a.data(), colsum);
+    for (int j = 0; j < nprod; ++j) {
+      const SharedAProduct<T>& pr = prods[j];
+      for (int64_t jc = 0; jc < pr.N; jc += NC) {
+        const int64_t nc = std::min(NC, pr.N - jc);
+        pack_b<T, NR>(pr.B, pc, kc, jc, nc, s.b.data());
+        for (int64_t ic = 0; ic < M; ic += MC) {
+          const int64_t mc = std::min(MC, M - ic);
+          for (int64_t jr = 0; jr < nc; jr += NR) {
+            const int nw = int(std::min<int64_t>(NR, nc - jr));
+            const int64_t w = panel_width<T, NR>(nw);
+            const T* bp = s.b.data() + (jr / NR) * kc * NR;
+            for (int64_t ir = 0; ir < mc; ir += MR) {
+              const int m = int(std::min<int64_t>(MR, mc - ir));
+              const T* ap = s.a.data() + ((ic + ir) / MR) * kc * MR;
+              T* crow[MR];
+              bool whole = m == MR && nw == NR && pr.C.rows;
+              for (int r = 0; whole && r < MR; ++r) whole = (crow[r] = pr.C.rows[ic + ir + r]) != nullptr;
+              if (whole) {
+                for (int r = 0; r < MR; ++r) crow[r] += jc + jr;
+                ukernel_into<T, MR, NV>(kc, ap, bp, crow, pc == 0);
+              } else {
+                ukernel_nv<T, MR, NV, true>(int(w / kLanes<T>), m, kc, ap, nullptr, bp, tile);
+                write_tile<T>(tile, w, m, nw, pr.C, ic + ir, jc + jr, nullptr, pc == 0);
+              }
+            }
           }
         }
       }
