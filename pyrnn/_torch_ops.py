@@ -378,21 +378,22 @@ def _rnn_layer_backward_vmap(info, in_dims, *args):
 # ===================================================== layer-normalised cells --
 #
 # ``pyrnn::layernorm_layer(Tensor x, Tensor? h0, Tensor? c0, Tensor W_ih, Tensor W_hh, Tensor? b_ih,
-# Tensor? b_hh, Tensor ln_ih, Tensor ln_hh, Tensor? ln_c_weight, Tensor? ln_c_bias, Tensor? lengths,
-# Tensor? h_mask, Tensor? zoneout_h, Tensor? zoneout_c, str cell, bool reverse, bool training)
-# -> (Tensor y, Tensor h_n, Tensor c_n, Tensor residual)``
+# Tensor? b_hh, Tensor ln_ih, Tensor ln_hh, Tensor? ln_c_weight, Tensor? ln_c_bias, Tensor? W_hr,
+# Tensor? lengths, Tensor? h_mask, Tensor? zoneout_h, Tensor? zoneout_c, str cell, bool reverse,
+# bool training) -> (Tensor y, Tensor h_n, Tensor c_n, Tensor residual)``
 #     One layer and direction of pyrnn.functional.layernorm_lstm_forward / layernorm_gru_forward
-#     (cell "lstm" or "gru"; GRU: c0, ln_c_weight, ln_c_bias and zoneout_c None). x [T, B, I],
-#     h0, c0 [B, H] or None, W_ih [G*H, I], W_hh [G*H, H], b_* (the gate layer norms' betas) and
-#     ln_ih, ln_hh (their gains) [G*H], ln_c_* [H]; lengths int64 [B] or None; h_mask [B, H]
-#     (recurrent dropout, already scaled), zoneout_h, zoneout_c [T, B, H], or None. Returns
-#     y [T, B, H], h_n [B, H], c_n [B, H] (an empty [0] tensor for the GRU) and residual: with
-#     training, a uint8 tensor of one byte that owns the forward's workspace; without, the
-#     inference kernel runs and residual is an empty [0] tensor.
+#     (cell "lstm" or "gru"; GRU: c0, ln_c_weight, ln_c_bias, W_hr and zoneout_c None). x [T, B, I],
+#     h0 [B, Ho], c0 [B, H] or None, W_ih [G*H, I], W_hh [G*H, Ho], b_* (the gate layer norms'
+#     betas) and ln_ih, ln_hh (their gains) [G*H], ln_c_* [H]; W_hr [P, H] (the LSTM's output
+#     projection, proj_size) or None; Ho is P with W_hr, else H. lengths int64 [B] or None; h_mask
+#     [B, Ho] (recurrent dropout, already scaled), zoneout_h [T, B, Ho], zoneout_c [T, B, H], or
+#     None. Returns y [T, B, Ho], h_n [B, Ho], c_n [B, H] (an empty [0] tensor for the GRU) and
+#     residual: with training, a uint8 tensor of one byte that owns the forward's workspace;
+#     without, the inference kernel runs and residual is an empty [0] tensor.
 #
-# ``pyrnn::layernorm_layer_backward(<the same 15 tensors>, Tensor y, Tensor residual, Tensor? grad_y,
-# Tensor? grad_h_n, Tensor? grad_c_n, str cell, bool reverse) -> 11 Tensors``
-#     The gradients of x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias
+# ``pyrnn::layernorm_layer_backward(<the same 16 tensors>, Tensor y, Tensor residual, Tensor? grad_y,
+# Tensor? grad_h_n, Tensor? grad_c_n, str cell, bool reverse) -> 12 Tensors``
+#     The gradients of x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias, W_hr
 #     (an empty [0] tensor for an input that was None); the masks get none.
 #
 # The residual hand-off. The layer-norm kernels have no residual_nbytes /
@@ -425,10 +426,10 @@ def _rnn_layer_backward_vmap(info, in_dims, *args):
 # (torch.library.opcheck compares them).
 
 _LN_TENSORS = ("Tensor x, Tensor? h0, Tensor? c0, Tensor W_ih, Tensor W_hh, Tensor? b_ih, Tensor? b_hh, "
-               "Tensor ln_ih, Tensor ln_hh, Tensor? ln_c_weight, Tensor? ln_c_bias, Tensor? lengths, "
+               "Tensor ln_ih, Tensor ln_hh, Tensor? ln_c_weight, Tensor? ln_c_bias, Tensor? W_hr, Tensor? lengths, "
                "Tensor? h_mask, Tensor? zoneout_h, Tensor? zoneout_c")
-_LN_N = 15  # the tensor arguments
-_LN_DIFF = 11  # the first 11 get gradients
+_LN_N = 16  # the tensor arguments
+_LN_DIFF = 12  # the first 12 get gradients
 _LN_CELLS = ("lstm", "gru")
 
 
@@ -479,21 +480,24 @@ def _own(a):
 
 
 def _ln_kernel(tensors, cell, reverse, training, own=False):
-    """The kernel on the 15 tensors' NumPy views (own: on private copies). (y, h_n, c_n, ws)."""
+    """The kernel on the 16 tensors' NumPy views (own: on private copies). (y, h_n, c_n, ws)."""
     _check_ln_cell(cell)
-    x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_cw, ln_cb = (_np(t) for t in tensors[:_LN_DIFF])
-    lengths = _lengths(tensors[11])
-    h_mask, zoneout_h, zoneout_c = (_np(t) for t in tensors[12:])
-    arrays = [x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_cw, ln_cb, lengths, h_mask, zoneout_h, zoneout_c]
+    x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_cw, ln_cb, W_hr = (_np(t) for t in tensors[:_LN_DIFF])
+    lengths = _lengths(tensors[_LN_DIFF])
+    h_mask, zoneout_h, zoneout_c = (_np(t) for t in tensors[_LN_DIFF + 1:])
+    arrays = [x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_cw, ln_cb, W_hr, lengths, h_mask, zoneout_h,
+              zoneout_c]
     if own:
         arrays = [_own(a) for a in arrays]
-    x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_cw, ln_cb, lengths, h_mask, zoneout_h, zoneout_c = arrays
+    (x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_cw, ln_cb, W_hr, lengths, h_mask, zoneout_h,
+     zoneout_c) = arrays
     kw = {"lengths": lengths, "reverse": reverse, "training": training, "h_mask": h_mask, "zoneout_h": zoneout_h}
     if cell == "lstm":
         return F.layernorm_lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_cw, ln_cb,
-                                        zoneout_c=zoneout_c, **kw)
-    if c0 is not None or ln_cw is not None or ln_cb is not None or zoneout_c is not None:
-        raise ValueError("pyrnn::layernorm_layer: c0, ln_c_weight, ln_c_bias and zoneout_c are for the LSTM only")
+                                        zoneout_c=zoneout_c, W_hr=W_hr, **kw)
+    if c0 is not None or ln_cw is not None or ln_cb is not None or zoneout_c is not None or W_hr is not None:
+        raise ValueError("pyrnn::layernorm_layer: c0, ln_c_weight, ln_c_bias, W_hr and zoneout_c are for the LSTM "
+                         "only")
     y, h_n, ws = F.layernorm_gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, **kw)
     return y, h_n, None, ws
 
@@ -501,10 +505,10 @@ def _ln_kernel(tensors, cell, reverse, training, own=False):
 @torch.library.custom_op("pyrnn::layernorm_layer", mutates_args=(), device_types="cpu",
                          schema=f"({_LN_TENSORS}, str cell, bool reverse, bool training) -> "
                                 "(Tensor, Tensor, Tensor, Tensor)")
-def layernorm_layer(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias, lengths, h_mask,
+def layernorm_layer(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias, W_hr, lengths, h_mask,
                     zoneout_h, zoneout_c, cell, reverse, training):
-    tensors = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias, lengths, h_mask, zoneout_h,
-               zoneout_c)
+    tensors = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias, W_hr, lengths, h_mask,
+               zoneout_h, zoneout_c)
     # training: private copies in, and y copied out (the workspace keeps the kernel's own y)
     y, h_n, c_n, ws = _ln_kernel(tensors, cell, reverse, training, own=training)
     if training:
@@ -517,29 +521,35 @@ def layernorm_layer(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight
 
 
 @layernorm_layer.register_fake
-def _layernorm_layer_fake(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias, lengths, h_mask,
-                          zoneout_h, zoneout_c, cell, reverse, training):
+def _layernorm_layer_fake(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias, W_hr, lengths,
+                          h_mask, zoneout_h, zoneout_c, cell, reverse, training):
     _check_ln_cell(cell)
     torch._check(x.dim() == 3, lambda: f"pyrnn::layernorm_layer: x must be [T, B, I], got {x.dim()}-D")
-    T, B, H = x.shape[0], x.shape[1], W_hh.shape[1]
+    # h (y, h_n) is W_hh's width: P with a projection (W_hh [4H, P]), else H; c is H wide.
+    T, B, Ho = x.shape[0], x.shape[1], W_hh.shape[1]
+    H = W_hr.shape[1] if W_hr is not None else Ho
     c_n = x.new_empty((B, H)) if cell == "lstm" else x.new_empty((0,))
-    return x.new_empty((T, B, H)), x.new_empty((B, H)), c_n, x.new_empty((1 if training else 0,), dtype=torch.uint8)
+    return (x.new_empty((T, B, Ho)), x.new_empty((B, Ho)), c_n,
+            x.new_empty((1 if training else 0,), dtype=torch.uint8))
 
 
 @torch.library.custom_op(
     "pyrnn::layernorm_layer_backward", mutates_args=(), device_types="cpu",
     schema=f"({_LN_TENSORS}, Tensor y, Tensor residual, Tensor? grad_y, Tensor? grad_h_n, Tensor? grad_c_n, "
            "str cell, bool reverse) -> (" + ", ".join(["Tensor"] * _LN_DIFF) + ")")
-def layernorm_layer_backward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias, lengths,
-                             h_mask, zoneout_h, zoneout_c, y, residual, grad_y, grad_h_n, grad_c_n, cell, reverse):
+def layernorm_layer_backward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias, W_hr,
+                             lengths, h_mask, zoneout_h, zoneout_c, y, residual, grad_y, grad_h_n, grad_c_n, cell,
+                             reverse):
     _check_ln_cell(cell)
-    tensors = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias, lengths, h_mask, zoneout_h,
-               zoneout_c)
+    tensors = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias, W_hr, lengths, h_mask,
+               zoneout_h, zoneout_c)
     slot = _ln_slot(residual) if residual.numel() == 1 else None
     ws = None if slot is None else slot.ws
     if ws is not None:  # the forward's own workspace: check it belongs to a call of this form
         T, B, I = x.shape
-        if (ws.shape != (T, B, I, W_hh.shape[1]) or ws.dtype != _NP_DTYPES.get(x.dtype)
+        H = W_ih.shape[0] // (4 if cell == "lstm" else 3)
+        P = 0 if W_hr is None else W_hr.shape[0]
+        if (ws.shape != (T, B, I, H) or ws.proj_size != P or ws.dtype != _NP_DTYPES.get(x.dtype)
                 or BY_KIND[ws.cell].family != cell):
             raise ValueError(f"pyrnn::layernorm_layer_backward: residual holds the workspace of another call "
                              f"(shape {ws.shape}, {ws.dtype}), not of this {cell} call on x {tuple(x.shape)}")
@@ -548,24 +558,26 @@ def layernorm_layer_backward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln
     dy, dh_n = _np(grad_y), _np(grad_h_n)
     if cell == "lstm":
         g = F.layernorm_lstm_backward(ws, dy, dh_n, _np(grad_c_n))
+        g = (*g, None) if len(g) < _LN_DIFF else g  # dW_hr: only with a projection
     else:
         dx, dh0, *rest = F.layernorm_gru_backward(ws, dy, dh_n)
-        g = (dx, dh0, None, *rest, None, None)
+        g = (dx, dh0, None, *rest, None, None, None)
     empty = np.empty((0,), dtype=ws.dtype)
     grads = [empty.copy() if t is None or a is None else a for a, t in zip(g, tensors[:_LN_DIFF])]
     return tuple(_fresh(grads, tensors + (y, residual, grad_y, grad_h_n, grad_c_n)))
 
 
 @layernorm_layer_backward.register_fake
-def _layernorm_layer_backward_fake(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias, lengths,
-                                   h_mask, zoneout_h, zoneout_c, y, residual, grad_y, grad_h_n, grad_c_n, cell,
-                                   reverse):
+def _layernorm_layer_backward_fake(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias, W_hr,
+                                   lengths, h_mask, zoneout_h, zoneout_c, y, residual, grad_y, grad_h_n, grad_c_n,
+                                   cell, reverse):
     _check_ln_cell(cell)
     return tuple(x.new_empty((0,)) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
-                 for t in (x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias))
+                 for t in (x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias, W_hr))
 
 
-# layernorm_layer's arguments: 15 tensors (0-14), cell (15), reverse (16), training (17)
+# layernorm_layer's arguments: 16 tensors (0-15: the 12 differentiable ones, then lengths, h_mask,
+# zoneout_h, zoneout_c), cell (16), reverse (17), training (18)
 
 def _ln_save(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:_LN_N], output[0], output[3])
@@ -623,8 +635,9 @@ def _layernorm_layer_vmap(info, in_dims, *args):
         t = _front(args[k], in_dims[k], n)
         return None if t is None else t.transpose(0, 1).reshape(T, n * B, *t.shape[3:])
 
-    y, h_n, c_n, residual = layernorm_layer(x, fold(1), fold(2), *args[3:_LN_DIFF], fold(11), fold(12),
-                                            fold_steps(13), fold_steps(14), *args[_LN_N:])
+    y, h_n, c_n, residual = layernorm_layer(x, fold(1), fold(2), *args[3:_LN_DIFF], fold(_LN_DIFF),
+                                            fold(_LN_DIFF + 1), fold_steps(_LN_DIFF + 2), fold_steps(_LN_DIFF + 3),
+                                            *args[_LN_N:])
     y = y.reshape(T, n, B, y.shape[-1])
     h_n = h_n.reshape(n, B, h_n.shape[-1])
     if args[_LN_N] == "lstm":

@@ -390,18 +390,19 @@ def backward(ws, dy=None, dh_n=None, dc_n=None, *, return_dh_seq=False):
 
 
 def _layernorm_forward(cell, x, states, W_ih, W_hh, b_ih, b_hh, ln, lengths, reverse, training, h_mask=None,
-                       zoneout=(None, None)):
-    a = check_forward(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask, None, *zoneout)
-    ln_ih, ln_hh, *ln_c = check_layernorm_params(cell, a.W_hh.shape[1], a.x.dtype, ln)
+                       zoneout=(None, None), W_hr=None):
+    a = check_forward(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask, W_hr, *zoneout)
+    H = a.W_ih.shape[0] // GATES[cell]
+    ln_ih, ln_hh, *ln_c = check_layernorm_params(cell, H, a.x.dtype, ln)
     ln_c_weight, ln_c_bias = ln_c if ln_c else (None, None)
-    _check_memory(cell, a.x, a.W_hh, None, None if lengths is None else a.lengths, training)
+    _check_memory(cell, a.x, a.W_hh, a.W_hr, None if lengths is None else a.lengths, training)
     h0 = a.states[0] if states["h0"] is not None else None
     c0 = a.states[1] if cell == "lstm" and states["c0"] is not None else None
     lengths64 = None if lengths is None else np.ascontiguousarray(a.lengths, dtype=np.int64)
     return _core.layernorm_forward(
         cell_spec(cell).kind, _c(a.x), _c(h0), _c(c0), _c(a.W_ih), _c(a.W_hh), _c(a.b_ih), _c(a.b_hh), _c(ln_ih),
         _c(ln_hh), _c(ln_c_weight), _c(ln_c_bias), lengths64, bool(reverse), bool(training), h_mask=_c(a.h_mask),
-        zoneout_h=_c(a.zoneout_h), zoneout_c=_c(a.zoneout_c))
+        zoneout_h=_c(a.zoneout_h), zoneout_c=_c(a.zoneout_c), W_hr=_c(a.W_hr))
 
 
 def _layernorm_backward(cell, ws, grads):
@@ -415,29 +416,37 @@ def _layernorm_backward(cell, ws, grads):
         raise ValueError(f"{name}_backward needs a workspace from {name}_forward, got one from "
                          f"layernorm_{family}_forward")
     T, B, _, H = ws.shape
-    expected = {"dy": ((T, B, H), "(T, B, H)"), "dh_n": ((B, H), "(B, H)"), "dc_n": ((B, H), "(B, H)")}
+    Ho = ws.proj_size or H  # width of h (and y): P with a projection
+    h_layout = "P" if ws.proj_size else "H"
+    expected = {"dy": ((T, B, Ho), f"(T, B, {h_layout})"), "dh_n": ((B, Ho), f"(B, {h_layout})"),
+                "dc_n": ((B, H), "(B, H)")}
     dy, dh_n, *dc_n = (_c(g) for g in check_grads(ws.dtype, expected, grads))
     return _core.layernorm_backward(ws, dy, dh_n, dc_n[0] if dc_n else None)
 
 
 def layernorm_lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias=None, *,
                            lengths=None, reverse=False, training=True, h_mask=None, zoneout_h=None,
-                           zoneout_c=None):
+                           zoneout_c=None, W_hr=None):
     """Layer-normalised LSTM forward: returns (y, h_n, c_n, workspace), as
     :func:`pyrnn.reference.layernorm_lstm_forward` (same arguments and equations).
-    h_mask ([B, H]): recurrent dropout, as :func:`lstm_forward`'s; zoneout_h,
-    zoneout_c ([T, B, H]): zoneout masks, as :func:`lstm_forward`'s (c's before its layer norm)."""
+    h_mask ([B, P or H]): recurrent dropout, as :func:`lstm_forward`'s; zoneout_h
+    ([T, B, P or H]), zoneout_c ([T, B, H]): zoneout masks, as :func:`lstm_forward`'s
+    (c's before its layer norm). W_hr ([P, H], optional): the output projection
+    (PyTorch's proj_size), h_t = W_hr (o * tanh(LN(c_t))); W_hh is then [4H, P]
+    and h0, y, h_n are P wide."""
     y, h_n, c_n, ws = _layernorm_forward("lstm", x, {"h0": h0, "c0": c0}, W_ih, W_hh, b_ih, b_hh,
                                          {"ln_ih": ln_ih, "ln_hh": ln_hh, "ln_c_weight": ln_c_weight,
                                           "ln_c_bias": ln_c_bias}, lengths, reverse, training, h_mask,
-                                         (zoneout_h, zoneout_c))
+                                         (zoneout_h, zoneout_c), W_hr)
     return y, h_n, c_n, ws
 
 
 def layernorm_lstm_backward(ws, dy=None, dh_n=None, dc_n=None):
     """Returns (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dln_ih, dln_hh,
-    dln_c_weight, dln_c_bias); the bias gradients are None without those biases."""
-    return tuple(_layernorm_backward("lstm", ws, {"dy": dy, "dh_n": dh_n, "dc_n": dc_n}))
+    dln_c_weight, dln_c_bias) [+ dW_hr with a projection]; the bias gradients
+    are None without those biases. dy, dh_n (and dh0) are P wide with a projection."""
+    *grads, dW_hr = _layernorm_backward("lstm", ws, {"dy": dy, "dh_n": dh_n, "dc_n": dc_n})
+    return tuple(grads) + ((dW_hr,) if ws.proj_size else ())
 
 
 def layernorm_gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, *, lengths=None, reverse=False,
@@ -453,6 +462,6 @@ def layernorm_gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, *, length
 
 def layernorm_gru_backward(ws, dy=None, dh_n=None):
     """Returns (dx, dh0, dW_ih, dW_hh, db_ih, db_hh, dln_ih, dln_hh)."""
-    dx, dh0, _, dW_ih, dW_hh, db_ih, db_hh, dln_ih, dln_hh, _, _ = _layernorm_backward(
+    dx, dh0, _, dW_ih, dW_hh, db_ih, db_hh, dln_ih, dln_hh, _, _, _ = _layernorm_backward(
         "gru", ws, {"dy": dy, "dh_n": dh_n})
     return dx, dh0, dW_ih, dW_hh, db_ih, db_hh, dln_ih, dln_hh

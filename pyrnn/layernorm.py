@@ -2,9 +2,9 @@
 
 The interface of :class:`pyrnn.LSTM` / :class:`pyrnn.GRU` (constructor
 arguments, ``num_layers``, ``bidirectional``, ``batch_first``, ``dropout``
-between layers, ``lengths``, ``forward`` / ``backward`` / ``grads``,
-``named_parameters``, ``state_dict``), with each gate pre-activation block
-layer-normalised::
+between layers, for the LSTM ``proj_size``, ``lengths``, ``forward`` /
+``backward`` / ``grads``, ``named_parameters``, ``state_dict``), with each
+gate pre-activation block layer-normalised::
 
     LN_G(v; gamma, beta): each of the G gate blocks of H units of v [G*H] is
         normalised on its own: (v_blk - mean) / sqrt(var + 1e-5) * gamma_blk + beta_blk
@@ -14,6 +14,7 @@ layer-normalised::
         a = LN_4(W_ih x; ln_weight_ih, bias_ih) + LN_4(W_hh h; ln_weight_hh, bias_hh)
         i, f, o = sigmoid, g = tanh of a's blocks;  c' = f * c + i * g
         h' = o * tanh(LN_1(c'; ln_weight_c, ln_bias_c))
+        with proj_size P > 0 (as torch.nn.LSTM): h' = W_hr (o * tanh(LN_1(c'; ...))), P wide
     LayerNormGRU (gates r, z, n; PyTorch's reset-after form):
         gi = LN_3(W_ih x; ln_weight_ih, bias_ih);  gh = LN_3(W_hh h; ln_weight_hh, bias_hh)
         r = sigmoid(gi_r + gh_r);  z = sigmoid(gi_z + gh_z);  n = tanh(gi_n + r * gh_n)
@@ -25,8 +26,13 @@ before a normalisation would cancel). Parameters per layer and direction
 
     weight_ih [G*H, I]   weight_hh [G*H, H]   (uniform(-1/sqrt(H), 1/sqrt(H)), as pyrnn.LSTM)
     bias_ih, bias_hh [G*H]                     (betas, 0)
+    LSTM with proj_size P: weight_hr [P, H]    (uniform as above); weight_hh is then [4H, P]
     ln_weight_ih, ln_weight_hh [G*H]           (gains, 1)
     LSTM: ln_weight_c [H] (1), ln_bias_c [H] (0)
+
+With a projection, h0 and h_n are [num_layers * num_directions, B, P], c0
+and c_n [.., B, H], the output's last dimension is num_directions * P and
+the next layer's input is num_directions * P wide (as torch.nn.LSTM).
 
 ``bias=False`` removes every beta (bias_ih, bias_hh and ln_bias_c); the gains stay.
 
@@ -56,18 +62,23 @@ __all__ = ["LayerNormLSTM", "LayerNormGRU"]
 # pyrnn.functional's argument names -> parameter names (before the _l0 / _l0_reverse suffix)
 LN_PARAM_NAMES = {"W_ih": "weight_ih", "W_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh",
                   "ln_ih": "ln_weight_ih", "ln_hh": "ln_weight_hh", "ln_c_weight": "ln_weight_c",
-                  "ln_c_bias": "ln_bias_c"}
+                  "ln_c_bias": "ln_bias_c", "W_hr": "weight_hr"}
 
 
 class _LayerNormRNNBase(_StackedLayer):
 
     def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, *, recurrent_dropout=0.0, zoneout=0.0, zoneout_c=None, dtype=np.float32,
-                 seed=None, rng=None):
+                 bidirectional=False, proj_size=0, *, recurrent_dropout=0.0, zoneout=0.0, zoneout_c=None,
+                 dtype=np.float32, seed=None, rng=None):
         super().__init__(dtype)
         check_positive_int("input_size", input_size)
         check_positive_int("hidden_size", hidden_size)
         check_positive_int("num_layers", num_layers)
+        check_positive_int("proj_size", proj_size, allow_zero=True)
+        if proj_size and mode != "LSTM":
+            raise ValueError(f"proj_size argument is only supported for LayerNormLSTM, not LayerNorm{mode}")
+        if proj_size >= hidden_size:
+            raise ValueError("proj_size has to be smaller than hidden_size")
         check_probability("dropout", dropout)
         check_probability("recurrent_dropout", recurrent_dropout)
         zoneout, zoneout_c = zoneout_rates(mode, zoneout, zoneout_c)
@@ -80,21 +91,25 @@ class _LayerNormRNNBase(_StackedLayer):
         self.batch_first = bool(batch_first)
         self.dropout = float(dropout)
         self.bidirectional = bool(bidirectional)
+        self.proj_size = int(proj_size)
         self.recurrent_dropout = float(recurrent_dropout)
         self.zoneout = zoneout  # probability that a unit of h keeps its previous value at a step (training)
         self.zoneout_c = zoneout_c  # the same for the LSTM's c (0.0 for the GRU)
         self._rng = make_rng(seed, rng)
         self._saved = None
-        G, H = (4 if mode == "LSTM" else 3), self.hidden_size
+        G, H, P = (4 if mode == "LSTM" else 3), self.hidden_size, self.proj_size
+        H_out = P or H
         bound = 1.0 / math.sqrt(H)
         for layer in range(self.num_layers):
-            in_size = self.input_size if layer == 0 else H * self.num_directions
+            in_size = self.input_size if layer == 0 else H_out * self.num_directions
             for sfx in (_stack.param_suffix(layer, d) for d in range(self.num_directions)):
                 self._add_param(f"weight_ih{sfx}", (G * H, in_size), self._rng, bound)
-                self._add_param(f"weight_hh{sfx}", (G * H, H), self._rng, bound)
+                self._add_param(f"weight_hh{sfx}", (G * H, H_out), self._rng, bound)
                 if self.bias:
                     self._add_const(f"bias_ih{sfx}", (G * H,), 0.0)
                     self._add_const(f"bias_hh{sfx}", (G * H,), 0.0)
+                if P:  # after the biases, as pyrnn.LSTM / torch.nn.LSTM
+                    self._add_param(f"weight_hr{sfx}", (P, H), self._rng, bound)
                 self._add_const(f"ln_weight_ih{sfx}", (G * H,), 1.0)
                 self._add_const(f"ln_weight_hh{sfx}", (G * H,), 1.0)
                 if mode == "LSTM":
@@ -109,10 +124,10 @@ class _LayerNormRNNBase(_StackedLayer):
     def direction_params(self, layer, direction):
         """One layer and direction's parameters by :mod:`pyrnn.functional`'s names
         (W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, and for the LSTM ln_c_weight,
-        ln_c_bias); None where absent."""
+        ln_c_bias, W_hr); None where absent."""
         sfx = _stack.param_suffix(layer, direction)
         names = LN_PARAM_NAMES if self.mode == "LSTM" else {k: v for k, v in LN_PARAM_NAMES.items()
-                                                            if not k.startswith("ln_c")}
+                                                            if not k.startswith("ln_c") and k != "W_hr"}
         return {short: self._params.get(name + sfx) for short, name in names.items()}
 
     def __repr__(self):
@@ -122,6 +137,7 @@ class _LayerNormRNNBase(_StackedLayer):
             ", batch_first=True" if self.batch_first else "",
             f", dropout={self.dropout}" if self.dropout else "",
             ", bidirectional=True" if self.bidirectional else "",
+            f", proj_size={self.proj_size}" if self.proj_size else "",
             f", recurrent_dropout={self.recurrent_dropout}" if self.recurrent_dropout else "",
             f", zoneout={self.zoneout}" if self.zoneout else "",
             f", zoneout_c={self.zoneout_c}" if self.mode == "LSTM" and self.zoneout_c != self.zoneout else "",
@@ -138,7 +154,7 @@ class _LayerNormRNNBase(_StackedLayer):
         if self.mode == "LSTM":
             return F.layernorm_lstm_forward(x, h0, c0, p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"], p["ln_ih"],
                                             p["ln_hh"], p["ln_c_weight"], p["ln_c_bias"], zoneout_c=zoneout_c,
-                                            **kw)
+                                            W_hr=p["W_hr"], **kw)
         y, h_n, ws = F.layernorm_gru_forward(x, h0, p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"], p["ln_ih"],
                                              p["ln_hh"], **kw)
         return y, h_n, None, ws
@@ -154,7 +170,7 @@ class _LayerNormRNNBase(_StackedLayer):
     def _direction_backward(self, ws, layer, d, dy, dh_n, dc_n):
         if self.mode == "LSTM":
             dx, dh0, dc0, *pg = F.layernorm_lstm_backward(ws, dy, dh_n, dc_n)
-            names = ("W_ih", "W_hh", "b_ih", "b_hh", "ln_ih", "ln_hh", "ln_c_weight", "ln_c_bias")
+            names = ("W_ih", "W_hh", "b_ih", "b_hh", "ln_ih", "ln_hh", "ln_c_weight", "ln_c_bias", "W_hr")
         else:
             (dx, dh0, *pg), dc0 = F.layernorm_gru_backward(ws, dy, dh_n), None
             names = ("W_ih", "W_hh", "b_ih", "b_hh", "ln_ih", "ln_hh")
@@ -167,7 +183,8 @@ class _LayerNormRNNBase(_StackedLayer):
 
 class LayerNormLSTM(_LayerNormRNNBase):
     """Layer-normalised LSTM on NumPy (the equations: :mod:`pyrnn.layernorm`);
-    the arguments of :class:`pyrnn.LSTM` without proj_size.
+    the arguments of :class:`pyrnn.LSTM`, proj_size included (h = W_hr m is
+    proj_size wide, weight_hr_l{k} [proj_size, hidden_size], as torch.nn.LSTM).
 
     Extras (keyword-only): recurrent_dropout (variational: one mask per sequence
     on h_{t-1} where it enters W_hh h, drawn per call, training only), zoneout
@@ -176,10 +193,10 @@ class LayerNormLSTM(_LayerNormRNNBase):
     norm; None: the rate of h), dtype, seed / rng."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, *, recurrent_dropout=0.0, zoneout=0.0, zoneout_c=None, dtype=np.float32,
-                 seed=None, rng=None):
+                 bidirectional=False, proj_size=0, *, recurrent_dropout=0.0, zoneout=0.0, zoneout_c=None,
+                 dtype=np.float32, seed=None, rng=None):
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         recurrent_dropout=recurrent_dropout, zoneout=zoneout, zoneout_c=zoneout_c, dtype=dtype,
+                         proj_size, recurrent_dropout=recurrent_dropout, zoneout=zoneout, zoneout_c=zoneout_c, dtype=dtype,
                          seed=seed, rng=rng)
 
 

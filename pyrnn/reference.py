@@ -533,6 +533,12 @@ def gru_backward(cache, dy=None, dh_n=None):
 #     LSTM: c' = m_c c + (1 - m_c) (f * c + i * g) before LN_1(c');
 #     both: h' = m_h h + (1 - m_h) h~ with h~ the update above.
 #
+# LSTM projection (PyTorch's proj_size; ``W_hr`` [P, H], 0 < P < H): the
+# update above gives m = o * tanh(LN_1(c')) [B, H] and h~ = m W_hr^T [B, P];
+# h, y, h0, h_n, h_mask and zoneout_h are then P wide and W_hh is [4H, P]
+# (c, zoneout_c stay H wide). Zoneout mixes the projected h. Backward adds
+# dW_hr = sum over steps of dh~^T m and gives the cell dm = dh~ W_hr.
+#
 # Cache entries (besides the common ones and "ln_ih", "ln_hh", "ln_c_weight",
 # "ln_c_bias"): "h" (and "c") [T+1, B, H] as above; by *time position*,
 # "xhat_ih" [T, B, G*H] and "rstd_ih" [T, B, G], the normalised input
@@ -542,7 +548,8 @@ def gru_backward(cache, dy=None, dh_n=None):
 # "g", "o" or "r", "z", "n"), for the LSTM "xhat_c" / "rstd_c" [T, B, H] / [T, B, 1]
 # (the new cell state normalised) and "tanh_c" (tanh of LN_1(c')), for the GRU
 # "ghn" (gh_n, the normalised hidden-side n block); "h_mask" and "zoneout" (per
-# state, the masks in processing order, or None).
+# state, the masks in processing order, or None); "W_hr" (None without a
+# projection) and with one "m" (the unprojected outputs, by processing step).
 
 #: The layer norms' epsilon (as torch.nn.LayerNorm's default).
 LN_EPS = 1e-5
@@ -578,13 +585,15 @@ def _ln_backward(dout, xhat, rstd, gamma, G):
 
 
 def _layernorm_forward(cell, step, x, states, W_ih, W_hh, b_ih, b_hh, ln, lengths, reverse, training,
-                       h_mask=None, zoneout=(None, None)):
+                       h_mask=None, zoneout=(None, None), W_hr=None):
     """Shared time loop of the layer-normalised cells. ``step(gi, gh, states,
     masks)`` gets the normalised input and hidden projections of one step
     ([B, G*H] each) and the step's zoneout masks ([B, H] or None per state),
     and returns (new_states, activations dict); it applies the cell state's
-    zoneout, this loop the hidden state's. ``h_mask`` [B, H] or None:
-    the recurrent projection reads h * h_mask."""
+    zoneout, this loop the hidden state's. ``h_mask`` [B, P or H] or None:
+    the recurrent projection reads h * h_mask. ``W_hr`` [P, H] or None: the
+    LSTM's output projection, applied here to the step's new h (m) before
+    the hidden state's zoneout."""
     G = GATES[cell]
     T, B, _ = x.shape
     reverse = bool(reverse)
@@ -600,6 +609,9 @@ def _layernorm_forward(cell, step, x, states, W_ih, W_hh, b_ih, b_hh, ln, length
         gh, xhat_hh, rstd_hh = _ln_forward(h_rec @ W_hh.T, ln["ln_hh"], b_hh, G)
         masks = tuple(None if m is None else m[s] for m in in_order)
         new_states, acts = step(gi_all[idx[s], batch], gh, states, masks)
+        if W_hr is not None:  # h~ = W_hr m
+            acts = {**acts, "m": new_states[0]}
+            new_states = (new_states[0] @ W_hr.T,) + tuple(new_states[1:])
         if masks[0] is not None:
             new_states = (masks[0] * states[0] + (1 - masks[0]) * new_states[0],) + tuple(new_states[1:])
         keep = valid[s][:, None]
@@ -611,7 +623,7 @@ def _layernorm_forward(cell, step, x, states, W_ih, W_hh, b_ih, b_hh, ln, length
     if not training:
         return y, states, None
     cache = _common_cache(cell, x, W_ih, W_hh, b_ih, b_hh, lengths, reverse, layernorm=True,
-                          xhat_ih=xhat_ih, rstd_ih=rstd_ih, h_mask=h_mask, zoneout=in_order, **ln)
+                          xhat_ih=xhat_ih, rstd_ih=rstd_ih, h_mask=h_mask, zoneout=in_order, W_hr=W_hr, **ln)
     for k, name in enumerate(_STATE_NAMES[cell]):
         cache[name] = np.stack([st[k] for st in history])
     for key in acts_all[0]:
@@ -626,8 +638,9 @@ def _layernorm_backward(cell, step_backward, cache, dy, dfinal):
     gradients with respect to the normalised input projection LN(W_ih x) and
     hidden projection LN(W_hh h) of that step ([B, G*H] each), the gradients
     with respect to the previous states, and a dict of gradients of other
-    parameters (summed here over steps). Returns (dx, dstates0, dW_ih, dW_hh,
-    db_ih, db_hh, dln_ih, dln_hh, extra sums)."""
+    parameters (summed here over steps). With a projection (cache "W_hr"),
+    step_backward gets dL/dm in place of dL/dh and extra gains "W_hr" (dW_hr).
+    Returns (dx, dstates0, dW_ih, dW_hh, db_ih, db_hh, dln_ih, dln_hh, extra sums)."""
     G = GATES[cell]
     x, W_ih, W_hh = cache["x"], cache["W_ih"], cache["W_hh"]
     T, B, _ = x.shape
@@ -640,6 +653,9 @@ def _layernorm_backward(cell, step_backward, cache, dy, dfinal):
     extra = {}
     dstates = dfinal
     h_mask, m_h = cache["h_mask"], cache["zoneout"][0]
+    W_hr = cache.get("W_hr")
+    if W_hr is not None:
+        extra["W_hr"] = np.zeros_like(W_hr)
     for s in reversed(range(T)):
         live = valid[s][:, None]
         d_in = (dstates[0] + dy[idx[s], batch],) + dstates[1:]
@@ -647,6 +663,9 @@ def _layernorm_backward(cell, step_backward, cache, dy, dfinal):
         if m_h is not None:  # h = m h_prev + (1 - m) h~: the cell sees (1 - m) dh, h_prev gets m dh directly
             direct = m_h[s] * d_in[0]
             d_in = ((1 - m_h[s]) * d_in[0],) + d_in[1:]
+        if W_hr is not None:  # h~ = W_hr m: dW_hr += dh~^T m, the cell gets dm = dh~ W_hr
+            extra["W_hr"] += d_in[0].T @ cache["m"][s]
+            d_in = (d_in[0] @ W_hr,) + d_in[1:]
         da_i, da_h, dprev, ex = step_backward(s, d_in)
         if m_h is not None:
             dprev = (dprev[0] + direct,) + tuple(dprev[1:])
@@ -675,17 +694,17 @@ def _layernorm_backward(cell, step_backward, cache, dy, dfinal):
 
 
 def _check_layernorm_inputs(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, ln, h_mask=None, zoneout_h=None,
-                            zoneout_c=None):
-    a = check_forward(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask, zoneout_h=zoneout_h,
+                            zoneout_c=None, W_hr=None):
+    a = check_forward(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask, W_hr, zoneout_h=zoneout_h,
                       zoneout_c=zoneout_c)
-    H = a.W_hh.shape[1]
+    H = a.W_ih.shape[0] // GATES[cell]
     ln = dict(zip(ln, check_layernorm_params(cell, H, a.x.dtype, ln)))
     return a, ln
 
 
 def layernorm_lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_weight, ln_c_bias=None, *,
                            lengths=None, reverse=False, training=True, h_mask=None, zoneout_h=None,
-                           zoneout_c=None):
+                           zoneout_c=None, W_hr=None):
     """Layer-normalised LSTM forward (equations above).
 
     x [T, B, I]; h0, c0 [B, H] or None (zeros); W_ih [4H, I]; W_hh [4H, H];
@@ -693,10 +712,12 @@ def layernorm_lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c
     ln_ih, ln_hh [4H] (their gains); ln_c_weight [H], ln_c_bias [H] or None
     (the cell-state layer norm). h_mask [B, H] (recurrent dropout),
     zoneout_h, zoneout_c [T, B, H] (zoneout): optional, see above.
-    Returns (y [T, B, H], h_n, c_n, cache)."""
+    W_hr [P, H] or None: the output projection (see above); W_hh is then
+    [4H, P] and h0, h_mask, zoneout_h, y, h_n are P wide.
+    Returns (y [T, B, H or P], h_n, c_n, cache)."""
     a, ln = _check_layernorm_inputs("lstm", x, {"h0": h0, "c0": c0}, W_ih, W_hh, b_ih, b_hh, lengths,
                                     {"ln_ih": ln_ih, "ln_hh": ln_hh, "ln_c_weight": ln_c_weight,
-                                     "ln_c_bias": ln_c_bias}, h_mask, zoneout_h, zoneout_c)
+                                     "ln_c_bias": ln_c_bias}, h_mask, zoneout_h, zoneout_c, W_hr)
 
     def step(gi, gh, states, masks):
         _, c = states
@@ -712,14 +733,14 @@ def layernorm_lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c
 
     y, (h_n, c_n), cache = _layernorm_forward("lstm", step, a.x, a.states, a.W_ih, a.W_hh, a.b_ih, a.b_hh, ln,
                                               a.lengths, reverse, training, a.h_mask,
-                                              (a.zoneout_h, a.zoneout_c))
+                                              (a.zoneout_h, a.zoneout_c), a.W_hr)
     return y, h_n, c_n, cache
 
 
 def layernorm_lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
     """Layer-normalised LSTM backward. Returns (dx, dh0, dc0, dW_ih, dW_hh,
-    db_ih, db_hh, dln_ih, dln_hh, dln_c_weight, dln_c_bias); the bias
-    gradients are None where the forward had no such bias."""
+    db_ih, db_hh, dln_ih, dln_hh, dln_c_weight, dln_c_bias) [+ dW_hr with a
+    projection]; the bias gradients are None where the forward had no such bias."""
     dy, dfinal = _check_layernorm_backward("lstm", cache, dy, {"dh_n": dh_n, "dc_n": dc_n})
 
     def step_backward(s, dstates):
@@ -740,12 +761,13 @@ def layernorm_lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
             do * o * (1.0 - o),           # output gate
         ], axis=1)
         extra = {"ln_c_weight": np.sum(dcn * xhat_c, axis=0), "ln_c_bias": dcn.sum(axis=0)}
-        return da, da, (np.zeros_like(dh), dc * f + dc_direct), extra
+        return da, da, (0.0, dc * f + dc_direct), extra
 
     dx, (dh0, dc0), dW_ih, dW_hh, db_ih, db_hh, dln_ih, dln_hh, extra = _layernorm_backward(
         "lstm", step_backward, cache, dy, dfinal)
     dln_c_bias = None if cache["ln_c_bias"] is None else extra["ln_c_bias"]
-    return dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dln_ih, dln_hh, extra["ln_c_weight"], dln_c_bias
+    out = (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dln_ih, dln_hh, extra["ln_c_weight"], dln_c_bias)
+    return out + ((extra["W_hr"],) if cache["W_hr"] is not None else ())
 
 
 def layernorm_gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, *, lengths=None, reverse=False,
@@ -802,7 +824,9 @@ def _check_layernorm_backward(cell, cache, dy, dfinal):
             f"layernorm_{cache.get('cell')}" if cache.get("layernorm") else cache.get("cell"))
         raise ValueError(f"{name}_backward needs a cache from {name}_forward, got one from {origin!r}")
     T, B, _ = cache["x"].shape
-    H = cache["W_hh"].shape[1]
-    expected = {"dy": ((T, B, H), "(T, B, H)"), "dh_n": ((B, H), "(B, H)"), "dc_n": ((B, H), "(B, H)")}
+    H, Ho = cache["W_ih"].shape[0] // GATES[cell], cache["W_hh"].shape[1]
+    h_layout = "P" if cache.get("W_hr") is not None else "H"
+    expected = {"dy": ((T, B, Ho), f"(T, B, {h_layout})"), "dh_n": ((B, Ho), f"(B, {h_layout})"),
+                "dc_n": ((B, H), "(B, H)")}
     dy, *final = check_grads(cache["x"].dtype, expected, {"dy": dy, **dfinal}, zeros=True)
     return dy, tuple(final)

@@ -107,17 +107,19 @@ def assert_bitwise_equal(actual, expected):
             np.testing.assert_array_equal(actual[k], v, err_msg=k)
 
 
-def make_masks(rng, cell, T, B, H, *, h_mask=True, zoneout=True, binary=False, dtype=np.float64):
+def make_masks(rng, cell, T, B, H, *, h_mask=True, zoneout=True, binary=False, dtype=np.float64, proj_size=0):
     """Keyword arguments of a forward call with masks: ``h_mask`` [B, H] (recurrent dropout) and
     ``zoneout_h`` (and for the LSTM ``zoneout_c``) [T, B, H]. ``binary``: as the layers draw them
     (kept units scaled by 1/0.7; zoneout 1 with probability 0.4); else fractional values, which
-    exercise every term of the gradients (h_mask in [0, 2], zoneout in [0, 1])."""
+    exercise every term of the gradients (h_mask in [0, 2], zoneout in [0, 1]). ``proj_size``
+    (LSTM projection, P > 0): h_mask and zoneout_h are P wide."""
     m = {}
+    Ho = proj_size or H
     if h_mask:
-        m["h_mask"] = ((rng.random((B, H)) >= 0.3) / 0.7 if binary else rng.uniform(0.0, 2.0, (B, H))).astype(dtype)
+        m["h_mask"] = ((rng.random((B, Ho)) >= 0.3) / 0.7 if binary else rng.uniform(0.0, 2.0, (B, Ho))).astype(dtype)
     if zoneout:
         draw = (lambda s: (rng.random(s) < 0.4).astype(dtype)) if binary else (lambda s: rng.random(s).astype(dtype))
-        m["zoneout_h"] = draw((T, B, H))
+        m["zoneout_h"] = draw((T, B, Ho))
         if cell == "lstm":
             m["zoneout_c"] = draw((T, B, H))
     return m
@@ -132,12 +134,18 @@ LN_GRAD_NAMES = {
 }
 
 
-def make_layernorm_params(rng, cell, T=4, B=3, I=5, H=7, bias=True, dtype=np.float64):
+def make_layernorm_params(rng, cell, T=4, B=3, I=5, H=7, bias=True, dtype=np.float64, proj_size=0):
     """Random inputs of a layer-normalised ``cell`` ("lstm" or "gru"): those of
     :func:`make_params` plus gains near 1 ("ln_ih", "ln_hh", and for the LSTM
-    "ln_c_weight") and, with ``bias``, "ln_c_bias" (LSTM)."""
+    "ln_c_weight") and, with ``bias``, "ln_c_bias" (LSTM). ``proj_size`` P > 0
+    (LSTM): a projection "W_hr" [P, H], with h0 [B, P] and W_hh [4H, P]."""
     p = make_params(rng, cell, T=T, B=B, I=I, H=H, bias=bias, dtype=np.float64)
     G = GATES[cell]
+    if proj_size:
+        P = proj_size
+        p["h0"] = 0.5 * rng.standard_normal((B, P))
+        p["W_hh"] = rng.uniform(-0.5, 0.5, (G * H, P))
+        p["W_hr"] = rng.uniform(-0.5, 0.5, (P, H))
     p["ln_ih"] = rng.uniform(0.5, 1.5, G * H)
     p["ln_hh"] = rng.uniform(0.5, 1.5, G * H)
     if cell == "lstm":
@@ -151,6 +159,8 @@ def run_layernorm_forward(module, cell, p, **kw):
     """Layer-normalised forward of ``cell`` on ``p``; returns (outputs dict, cache)."""
     biases = (p.get("b_ih"), p.get("b_hh"))
     if cell == "lstm":
+        if "W_hr" in p:
+            kw = {**kw, "W_hr": p["W_hr"]}
         y, h_n, c_n, cache = module.layernorm_lstm_forward(
             p["x"], p.get("h0"), p.get("c0"), p["W_ih"], p["W_hh"], *biases, p["ln_ih"], p["ln_hh"],
             p["ln_c_weight"], p.get("ln_c_bias"), **kw)
@@ -166,8 +176,9 @@ def run_layernorm_backward(module, cell, cache, cot):
         grads = module.layernorm_lstm_backward(cache, cot.get("y"), cot.get("h_n"), cot.get("c_n"))
     else:
         grads = module.layernorm_gru_backward(cache, cot.get("y"), cot.get("h_n"))
-    assert len(grads) == len(LN_GRAD_NAMES[cell])
-    return dict(zip(LN_GRAD_NAMES[cell], grads))
+    names = LN_GRAD_NAMES[cell] + (("W_hr",) if len(grads) == len(LN_GRAD_NAMES[cell]) + 1 else ())
+    assert len(grads) == len(names)
+    return dict(zip(names, grads))
 
 
 def check_layernorm_gradients(module, cell, p, rng, **kw):

@@ -900,17 +900,18 @@ def quantize_dynamic(model, qconfig_spec=None, dtype=torch.qint8, inplace=False)
 # float32 / float64. recurrent_dropout and zoneout masks are drawn with torch's
 # RNG as LSTM's are and reach the kernels as constants (no gradient flows to them).
 
-_LN_ORDER = ("x", "h0", "c0", "W_ih", "W_hh", "b_ih", "b_hh", "ln_ih", "ln_hh", "ln_c_weight", "ln_c_bias")
+_LN_ORDER = ("x", "h0", "c0", "W_ih", "W_hh", "b_ih", "b_hh", "ln_ih", "ln_hh", "ln_c_weight", "ln_c_bias",
+             "W_hr")
 
 
 def _layernorm_kernel_forward(cell, lengths, reverse, masks, arrays, training):
     """masks: (h_mask, zoneout_h, zoneout_c), NumPy arrays or None."""
-    x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_cw, ln_cb = arrays
+    x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_cw, ln_cb, W_hr = arrays
     h_mask, zoneout_h, zoneout_c = masks
     kw = {"lengths": lengths, "reverse": reverse, "training": training, "h_mask": h_mask, "zoneout_h": zoneout_h}
     if cell == "lstm":
         return F.layernorm_lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_cw, ln_cb,
-                                        zoneout_c=zoneout_c, **kw)
+                                        zoneout_c=zoneout_c, W_hr=W_hr, **kw)
     y, h_n, ws = F.layernorm_gru_forward(x, h0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, **kw)
     return y, h_n, None, ws
 
@@ -937,7 +938,8 @@ class _LayerNormRecurrence(torch.autograd.Function):
     """One layer and direction of a layer-normalised cell. Inputs: cell, lengths
     (int64 array or None), reverse, masks ((h_mask, zoneout_h, zoneout_c),
     NumPy arrays or None: constants), then the tensors of _LN_ORDER (None
-    where absent). Outputs: y [T, B, H], h_n [B, H] and, for the LSTM, c_n [B, H]."""
+    where absent). Outputs: y [T, B, Ho], h_n [B, Ho] and, for the LSTM, c_n [B, H]
+    (Ho: proj_size with the LSTM's projection W_hr, else H)."""
 
     @staticmethod
     def forward(ctx, cell, lengths, reverse, masks, *tensors):
@@ -954,9 +956,10 @@ class _LayerNormRecurrence(torch.autograd.Function):
         dy, dh_n = (_np(g) for g in grad_outputs[:2])
         if ctx.cell == "lstm":
             grads = F.layernorm_lstm_backward(ctx.ws, dy, dh_n, _np(grad_outputs[2]))
+            grads = (*grads, None) if len(grads) < len(_LN_ORDER) else grads  # dW_hr: with a projection only
         else:
             dx, dh0, *rest = F.layernorm_gru_backward(ctx.ws, dy, dh_n)
-            grads = (dx, dh0, None, *rest, None, None)
+            grads = (dx, dh0, None, *rest, None, None, None)
         out = [None if g is None or not need else torch.from_numpy(g)
                for g, need in zip(grads, ctx.needs_input_grad[4:])]
         if torch.is_grad_enabled() and any(g is not None for g in out):
@@ -973,41 +976,54 @@ class _LayerNormRNN(nn.Module):
     zoneout = 0.0
     zoneout_c = 0.0
 
+    proj_size = 0
+
     def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, device=None, dtype=None, *, recurrent_dropout=0.0, zoneout=0.0,
-                 zoneout_c=None):
+                 zoneout_c=None, proj_size=0):
         rates = zoneout_rates("LSTM" if mode == "LSTM" else type(self).__name__, zoneout, zoneout_c)
         rec_p = check_probability("recurrent_dropout", recurrent_dropout)
         super().__init__()
-        for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+        for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers),
+                        ("proj_size", proj_size)):
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(f"{name} should be of type int, got: {type(v).__name__}")
-            if v <= 0:
-                raise ValueError(f"{name} must be greater than zero")
+            if v < 0 or (v == 0 and name != "proj_size"):
+                raise ValueError(f"{name} must be greater than zero" if name != "proj_size"
+                                 else "proj_size should be a positive integer or zero to disable projections")
+        if proj_size and mode != "LSTM":
+            raise ValueError(f"proj_size argument is only supported for LayerNormLSTM, not {type(self).__name__}")
+        if proj_size >= hidden_size:
+            raise ValueError("proj_size has to be smaller than hidden_size")
         check_probability("dropout", dropout)
         self.mode, self._cell = mode, mode.lower()
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bool(bias), bool(batch_first), float(dropout)
         self.bidirectional = bool(bidirectional)
+        self.proj_size = proj_size
         self.recurrent_dropout = rec_p
         self.zoneout, self.zoneout_c = rates  # of h and (LSTM) c; the GRU's zoneout_c is 0.0
-        G, H = (4 if mode == "LSTM" else 3), hidden_size
+        G, H, P = (4 if mode == "LSTM" else 3), hidden_size, proj_size
+        H_out = P or H
         D = 2 if bidirectional else 1
         factory = {"device": device, "dtype": dtype}
         for layer in range(num_layers):
-            in_size = input_size if layer == 0 else H * D
+            in_size = input_size if layer == 0 else H_out * D
             for d in range(D):
                 sfx = _stack.param_suffix(layer, d)
-                shapes = {"weight_ih": (G * H, in_size), "weight_hh": (G * H, H), "ln_weight_ih": (G * H,),
+                shapes = {"weight_ih": (G * H, in_size), "weight_hh": (G * H, H_out), "ln_weight_ih": (G * H,),
                           "ln_weight_hh": (G * H,)}
                 if self.bias:
                     shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
+                if P:
+                    shapes["weight_hr"] = (P, H)
                 if mode == "LSTM":
                     shapes["ln_weight_c"] = (H,)
                     if self.bias:
                         shapes["ln_bias_c"] = (H,)
-                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "ln_weight_ih", "ln_weight_hh",
-                             "ln_weight_c", "ln_bias_c"):
+                # torch.nn.LSTM's order (weight_hr after the biases), then the layer norms'
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "ln_weight_ih",
+                             "ln_weight_hh", "ln_weight_c", "ln_bias_c"):
                     if name in shapes:
                         self.register_parameter(name + sfx, nn.Parameter(torch.empty(shapes[name], **factory)))
         self.reset_parameters()
@@ -1036,18 +1052,21 @@ class _LayerNormRNN(nn.Module):
             s += f", dropout={self.dropout}"
         if self.bidirectional:
             s += ", bidirectional=True"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
         if self.recurrent_dropout:
             s += f", recurrent_dropout={self.recurrent_dropout}"
         return s + _zoneout_repr(self)
 
     def _zoneout_masks(self, layer, direction, T, B, dtype):
-        """The zoneout masks of one training-mode call, for one layer and direction: (m_h [T, B, H],
-        m_c [T, B, H] or None), each None where its rate is 0; 1 where a unit keeps its previous value at
+        """The zoneout masks of one training-mode call, for one layer and direction: (m_h [T, B, H_out]
+        (H_out: proj_size or hidden_size), m_c [T, B, H] or None), each None where its rate is 0; 1 where a unit keeps its previous value at
         that step (Bernoulli draws with torch's RNG, so torch.manual_seed fixes them). ``forward`` draws
         every mask through this method: override it (on the instance) to see or fix them. Time is
         aligned with the input (entry t is the step that reads x[t], in either direction)."""
         device = self.weight_hh_l0.device
-        m_h = _zoneout_mask((T, B, self.hidden_size), self.zoneout, dtype, device) if self.zoneout > 0 else None
+        H_out = self.proj_size or self.hidden_size
+        m_h = _zoneout_mask((T, B, H_out), self.zoneout, dtype, device) if self.zoneout > 0 else None
         m_c = (_zoneout_mask((T, B, self.hidden_size), self.zoneout_c, dtype, device)
                if self._cell == "lstm" and self.zoneout_c > 0 else None)
         return m_h, m_c
@@ -1064,20 +1083,22 @@ class _LayerNormRNN(nn.Module):
         else:
             given = [("hx", hx)]
         out = []
-        for arg, h in given:
+        for k, (arg, h) in enumerate(given):
             _check_tensor(name, arg, h, dtype)
             if h.dim() != (2 if unbatched else 3):
                 raise InputError(f"{name}: {arg} should be {2 if unbatched else 3}-D, got {h.dim()}-D")
             h = h.unsqueeze(1) if unbatched else h
-            if tuple(h.shape) != (LD, B, self.hidden_size):
-                raise InputError(f"{name}: expected {arg} of size {(LD, B, self.hidden_size)}, got {list(h.shape)}")
+            width = (self.proj_size or self.hidden_size) if k == 0 else self.hidden_size  # h0 is P wide, c0 H
+            if tuple(h.shape) != (LD, B, width):
+                raise InputError(f"{name}: expected {arg} of size {(LD, B, width)}, got {list(h.shape)}")
             out.append(h.contiguous())
         return (out + [None])[:2]
 
     def forward(self, input, hx=None, lengths=None):
         """As pyrnn.torch.LSTM / GRU: input [T, B, I] ([B, T, I] with batch_first),
         unbatched [T, I], or a PackedSequence; hx: h_0 (and c_0 for the LSTM, a
-        tuple) of size [num_layers * num_directions, B, H], or None. ``lengths``
+        tuple) of size [num_layers * num_directions, B, H] (h_0: proj_size wide with a
+        projection), or None. ``lengths``
         (a [B] integer tensor or array, padded input only): PyTorch's packed-sequence
         semantics on a padded batch (outputs zero past each length, h_n at each
         sequence's own last step). Returns (output, h_n) or (output, (h_n, c_n))."""
@@ -1121,13 +1142,13 @@ class _LayerNormRNN(nn.Module):
 
         def run(layer, d, layer_x):
             k = layer * D + d
-            mask = _dropout_mask((B, self.hidden_size), rec_p, dtype) if rec_p > 0 else None
+            mask = _dropout_mask((B, self.proj_size or self.hidden_size), rec_p, dtype) if rec_p > 0 else None
             zh, zc = self._zoneout_masks(layer, d, T, B, dtype) if zoned else (None, None)
             sfx = _stack.param_suffix(layer, d)
             p = {short: getattr(self, n + sfx, None) for short, n in (
                 ("W_ih", "weight_ih"), ("W_hh", "weight_hh"), ("b_ih", "bias_ih"), ("b_hh", "bias_hh"),
                 ("ln_ih", "ln_weight_ih"), ("ln_hh", "ln_weight_hh"), ("ln_c_weight", "ln_weight_c"),
-                ("ln_c_bias", "ln_bias_c"))}
+                ("ln_c_bias", "ln_bias_c"), ("W_hr", "weight_hr"))}
             tensors = (layer_x.contiguous(), None if h0_all is None else h0_all[k],
                        None if c0_all is None else c0_all[k], *(p[n] for n in _LN_ORDER[3:]))
             if traced:
@@ -1149,6 +1170,10 @@ class LayerNormLSTM(_LayerNormRNN):
     bias_hh_l{k} (the gate layer norms' betas), ln_weight_ih_l{k}, ln_weight_hh_l{k}
     (their gains), ln_weight_c_l{k}, ln_bias_c_l{k} (the cell state's), with
     ``_reverse`` for the second direction; bias=False removes every beta.
+    proj_size > 0 (as torch.nn.LSTM's) adds weight_hr_l{k} [proj_size, hidden_size]
+    after the betas: h = W_hr (o * tanh(LN(c))) is proj_size wide (weight_hh
+    [4 * hidden_size, proj_size], h_0 and h_n [.., proj_size], the output
+    num_directions * proj_size wide); c stays hidden_size wide.
 
     Extra keywords, as :class:`LSTM`'s: recurrent_dropout (variational dropout on
     h_{t-1} where it enters W_hh h, training only); zoneout (the probability that
@@ -1162,10 +1187,11 @@ class LayerNormLSTM(_LayerNormRNN):
     graph-breaks under torch.compile, as there)."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, device=None, dtype=None, *, recurrent_dropout=0.0, zoneout=0.0,
+                 bidirectional=False, proj_size=0, device=None, dtype=None, *, recurrent_dropout=0.0, zoneout=0.0,
                  zoneout_c=None):
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         device, dtype, recurrent_dropout=recurrent_dropout, zoneout=zoneout, zoneout_c=zoneout_c)
+                         device, dtype, recurrent_dropout=recurrent_dropout, zoneout=zoneout, zoneout_c=zoneout_c,
+                         proj_size=proj_size)
 
 
 class LayerNormGRU(_LayerNormRNN):

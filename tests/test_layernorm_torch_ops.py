@@ -33,9 +33,13 @@ def _fresh_dynamo():
     torch._dynamo.reset()
 
 
-def _op_args(cell, variant, dtype=torch.float64, reverse=False, training=True, grad=True):
+N = 16  # layernorm_layer's tensor arguments (the 12 differentiable ones, lengths, the 3 masks)
+
+
+def _op_args(cell, variant, dtype=torch.float64, reverse=False, training=True, grad=True, proj=0):
     """layernorm_layer's arguments. variant: "states" (h0, c0, betas), "masked" (also lengths,
-    h_mask and zoneout masks) or "bare" (no states, no betas)."""
+    h_mask and zoneout masks) or "bare" (no states, no betas). proj (LSTM): the projection's
+    width P (W_hr [P, H]; h0, h_mask, zoneout_h and W_hh's columns P wide), 0: none."""
     g = torch.Generator().manual_seed(0)
     GH = G[cell] * H
 
@@ -45,23 +49,25 @@ def _op_args(cell, variant, dtype=torch.float64, reverse=False, training=True, g
     lstm = cell == "lstm"
     bare = variant == "bare"
     masked = variant == "masked"
-    x, W_ih, W_hh = t(T, B, I), t(GH, I), t(GH, H)
-    h0 = None if bare else t(B, H)
+    Ho = proj or H
+    x, W_ih, W_hh = t(T, B, I), t(GH, I), t(GH, Ho)
+    h0 = None if bare else t(B, Ho)
     c0 = t(B, H) if lstm and not bare else None
     b_ih, b_hh = (None, None) if bare else (t(GH, scale=0.1), t(GH, scale=0.1))
     ln_ih, ln_hh = t(GH, scale=0.1, shift=1.0), t(GH, scale=0.1, shift=1.0)
     ln_cw = t(H, scale=0.1, shift=1.0) if lstm else None
     ln_cb = t(H, scale=0.1) if lstm and not bare else None
+    W_hr = t(proj, H) if proj else None
     lengths = torch.tensor([5, 2, 4]) if masked else None
 
     def bern(*shape, p):
         return (torch.rand(shape, generator=g, dtype=dtype) < p).to(dtype)
 
-    h_mask = bern(B, H, p=0.7) / 0.7 if masked else None
-    zh = bern(T, B, H, p=0.3) if masked else None
+    h_mask = bern(B, Ho, p=0.7) / 0.7 if masked else None
+    zh = bern(T, B, Ho, p=0.3) if masked else None
     zc = bern(T, B, H, p=0.2) if masked and lstm else None
-    return (x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_cw, ln_cb, lengths, h_mask, zh, zc, cell, reverse,
-            training)
+    return (x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_cw, ln_cb, W_hr, lengths, h_mask, zh, zc, cell,
+            reverse, training)
 
 
 def _assert_all_close(actual, expected, dtype=torch.float64):
@@ -108,12 +114,12 @@ def test_opcheck_layernorm_layer_backward(cell, variant):
     g = torch.Generator().manual_seed(5)
     grads = (torch.randn(y.shape, generator=g, dtype=y.dtype), torch.randn(h_n.shape, generator=g, dtype=y.dtype),
              torch.randn(c_n.shape, generator=g, dtype=y.dtype) if cell == "lstm" else None)
-    opts = args[15:17]
+    opts = args[N:N + 2]
     op = torch.ops.pyrnn.layernorm_layer_backward.default
-    torch.library.opcheck(op, args[:15] + (y, residual) + grads + opts)
+    torch.library.opcheck(op, args[:N] + (y, residual) + grads + opts)
     empty = torch.empty((0,), dtype=torch.uint8)  # training=False: the backward reruns the forward
-    torch.library.opcheck(op, args[:15] + (y, empty) + grads + opts)
-    torch.library.opcheck(op, args[:15] + (y, residual, None, grads[1], None) + opts)
+    torch.library.opcheck(op, args[:N] + (y, empty) + grads + opts)
+    torch.library.opcheck(op, args[:N] + (y, residual, None, grads[1], None) + opts)
 
 
 @pytest.mark.parametrize("cell", list(G))
@@ -122,9 +128,9 @@ def test_layernorm_layer_matches_the_eager_module_path(cell):
     args = _op_args(cell, "masked", reverse=True)
     y, h_n, c_n, residual = torch.ops.pyrnn.layernorm_layer(*args)
     assert residual.shape == (1,) and residual.dtype == torch.uint8 and residual.item() == 0
-    tensors = args[:11]
-    masks = tuple(None if m is None else m.numpy() for m in args[12:15])
-    outs = pt._LayerNormRecurrence.apply(cell, args[11].numpy(), True, masks, *tensors)
+    tensors = args[:12]
+    masks = tuple(None if m is None else m.numpy() for m in args[13:16])
+    outs = pt._LayerNormRecurrence.apply(cell, args[12].numpy(), True, masks, *tensors)
     assert torch.equal(y, outs[0]) and torch.equal(h_n, outs[1])
     if cell == "lstm":
         assert torch.equal(c_n, outs[2])
@@ -143,7 +149,7 @@ def test_backward_reads_the_forward_workspace_and_falls_back_to_a_rerun(monkeypa
     y, h_n, c_n, residual = torch.ops.pyrnn.layernorm_layer(*args)
     assert counts == {"forward": 1, "backward": 0}
     dy = torch.randn_like(y)
-    call = lambda r: torch.ops.pyrnn.layernorm_layer_backward(*args[:15], y, r, dy, None, None, cell, False)  # noqa
+    call = lambda r: torch.ops.pyrnn.layernorm_layer_backward(*args[:N], y, r, dy, None, None, cell, False)  # noqa
     got = call(residual)
     assert counts == {"forward": 1, "backward": 1}  # the forward's workspace: no forward again
     for other in (residual.clone(), torch.empty((0,), dtype=torch.uint8)):  # a copy is not found: rerun
@@ -167,13 +173,13 @@ def test_the_workspace_reads_only_its_own_memory(cell):
     originals = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in args)
     y, h_n, c_n, residual = torch.ops.pyrnn.layernorm_layer(*args)
     dy = torch.randn_like(y)
-    expected = torch.ops.pyrnn.layernorm_layer_backward(*originals[:15], y.clone(), torch.empty(0, dtype=torch.uint8),
+    expected = torch.ops.pyrnn.layernorm_layer_backward(*originals[:N], y.clone(), torch.empty(0, dtype=torch.uint8),
                                                         dy, None, None, cell, False)  # a fresh forward's gradients
     y_saved = y.clone()
-    for t in args[:15] + (y,):
+    for t in args[:N] + (y,):
         if t is not None:
             t.fill_(7 if t.dtype == torch.int64 else 0.25)  # lengths 7: out of range, were they read
-    got = torch.ops.pyrnn.layernorm_layer_backward(*originals[:15], y_saved, residual, dy, None, None, cell, False)
+    got = torch.ops.pyrnn.layernorm_layer_backward(*originals[:N], y_saved, residual, dy, None, None, cell, False)
     for a, e in zip(got, expected):
         assert torch.equal(a, e)
 
@@ -234,7 +240,8 @@ class _Model(torch.nn.Module):
     def __init__(self, cell, **kw):
         super().__init__()
         self.rnn = MODULES[cell](I, H, dtype=torch.float64, **kw)
-        self.head = torch.nn.Linear(H * (2 if kw.get("bidirectional") else 1), 2, dtype=torch.float64)
+        width = kw.get("proj_size") or H
+        self.head = torch.nn.Linear(width * (2 if kw.get("bidirectional") else 1), 2, dtype=torch.float64)
 
     def forward(self, x, hx=None, lengths=None):
         y, state = self.rnn(x, hx, lengths)
@@ -452,3 +459,122 @@ def test_double_backward_raises_through_the_operator():
     x = torch.randn(T, B, I, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="double backward is not supported"):
         grad(lambda x: grad(lambda x: m(x)[0].square().sum())(x).sum())(x)
+
+
+# ------------------------------------------------- LSTM projection (proj_size) --
+#
+# The operators with W_hr (the schema's optional W_hr tensor; fake kernels give the P-wide y and
+# h_n): opcheck, bitwise parity with the eager autograd.Function, compile, export and torch.func.
+
+P = 2
+PROJ_OPCHECKS = [(v, d, r, tr) for v in ("states", "masked", "bare") for d, r, tr in
+                 ((torch.float64, False, True), (torch.float64, True, True), (torch.float32, False, True),
+                  (torch.float64, True, False))]
+
+
+@pytest.mark.parametrize("variant,dtype,reverse,training", PROJ_OPCHECKS,
+                         ids=[f"{v}-{str(d)[6:]}{'-reverse' if r else ''}{'' if tr else '-inference'}"
+                              for v, d, r, tr in PROJ_OPCHECKS])
+def test_opcheck_layernorm_layer_with_projection(variant, dtype, reverse, training):
+    args = _op_args("lstm", variant, dtype, reverse, training, proj=P)
+    torch.library.opcheck(torch.ops.pyrnn.layernorm_layer.default, args)
+    y, h_n, c_n, _ = torch.ops.pyrnn.layernorm_layer(*args)
+    assert y.shape == (T, B, P) and h_n.shape == (B, P) and c_n.shape == (B, H)
+
+
+@pytest.mark.parametrize("variant", ["masked", "bare"])
+def test_opcheck_layernorm_layer_backward_with_projection(variant):
+    args = _op_args("lstm", variant, reverse=True, grad=False, proj=P)
+    y, h_n, c_n, residual = torch.ops.pyrnn.layernorm_layer(*args)
+    g = torch.Generator().manual_seed(5)
+    grads = tuple(torch.randn(t.shape, generator=g, dtype=y.dtype) for t in (y, h_n, c_n))
+    opts = args[N:N + 2]
+    op = torch.ops.pyrnn.layernorm_layer_backward.default
+    torch.library.opcheck(op, args[:N] + (y, residual) + grads + opts)
+    torch.library.opcheck(op, args[:N] + (y, torch.empty((0,), dtype=torch.uint8)) + grads + opts)
+    out = op(*args[:N], y, residual, *grads, *opts)
+    assert len(out) == 12 and out[11].shape == (P, H)  # dW_hr
+
+
+def test_layernorm_layer_with_projection_matches_the_eager_module_path():
+    args = _op_args("lstm", "masked", reverse=True, proj=P)
+    y, h_n, c_n, residual = torch.ops.pyrnn.layernorm_layer(*args)
+    tensors = args[:12]
+    masks = tuple(None if m is None else m.numpy() for m in args[13:16])
+    outs = pt._LayerNormRecurrence.apply("lstm", args[12].numpy(), True, masks, *tensors)
+    assert torch.equal(y, outs[0]) and torch.equal(h_n, outs[1]) and torch.equal(c_n, outs[2])
+    diff = [t for t in tensors if t is not None]
+    loss = lambda o: o[0].square().sum() + o[1].sum() + o[2].sum()  # noqa: E731
+    got = torch.autograd.grad(loss((y, h_n, c_n)), diff)
+    want = torch.autograd.grad(loss(outs), diff)
+    for a, e in zip(got, want):
+        assert torch.equal(a, e)
+
+
+def test_backward_refuses_a_workspace_of_another_projection():
+    args = _op_args("lstm", "states", grad=False, proj=P)
+    y, _, _, residual = torch.ops.pyrnn.layernorm_layer(*args)
+    other = _op_args("lstm", "states", grad=False, proj=P + 1)
+    with pytest.raises(ValueError, match="workspace of another call"):
+        torch.ops.pyrnn.layernorm_layer_backward(*other[:N], torch.zeros(T, B, P + 1, dtype=y.dtype), residual,
+                                                 None, None, None, "lstm", False)
+
+
+def test_compile_fullgraph_training_step_with_projection_matches_eager(monkeypatch):
+    torch.manual_seed(0)
+    model = _Model("lstm", num_layers=2, bidirectional=True, dropout=0.3, proj_size=P, recurrent_dropout=0.2,
+                   zoneout=0.2, zoneout_c=0.3)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    hx = (torch.randn(4, B, P, dtype=torch.float64), torch.randn(4, B, H, dtype=torch.float64))
+    lengths = torch.tensor([5, 3, 4])
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    torch.manual_seed(1)
+    _train_step(model, compiled, x, hx, lengths)  # compiles
+    counts = _count_kernel_calls(monkeypatch)
+    for seed in (2, 3):
+        torch.manual_seed(seed)
+        expected = _train_step(model, model, x, hx, lengths)
+        torch.manual_seed(seed)
+        counts.update(forward=0, backward=0)
+        got = _train_step(model, compiled, x, hx, lengths)
+        assert counts == {"forward": 4, "backward": 4}
+        _assert_equal(got, expected)
+        assert got[1]["rnn.weight_hr_l1_reverse"].shape == (P, H)
+    assert len(_torch_ops._LN_WORKSPACES) == 0
+
+
+def test_export_round_trip_with_projection():
+    from test_torch_compile import check_export_round_trip
+    torch.manual_seed(0)
+    m = pt.LayerNormLSTM(I, H, num_layers=2, bidirectional=True, batch_first=True, proj_size=P,
+                         dtype=torch.float64).eval()
+    check_export_round_trip(m, torch.ops.pyrnn.layernorm_layer.default)
+
+
+def test_func_grad_and_vmap_with_projection(monkeypatch):
+    torch.manual_seed(0)
+    m = pt.LayerNormLSTM(I, H, num_layers=2, bidirectional=True, proj_size=P, dtype=torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    params = {n: p.detach() for n, p in m.named_parameters()}
+
+    def loss(params, x):
+        return functional_call(m, params, (x,))[0].square().sum()
+
+    xs = x.clone().requires_grad_()
+    m.zero_grad()
+    m(xs)[0].square().sum().backward()
+    counts = _count_kernel_calls(monkeypatch)
+    got_params, got_x = grad(loss, argnums=(0, 1))(params, x)
+    assert counts == {"forward": 4, "backward": 4}
+    _assert_equal(got_params, {n: p.grad for n, p in m.named_parameters()})
+    _assert_equal(got_x, xs.grad)
+    monkeypatch.undo()
+    xb = torch.randn(3, T, B, I, dtype=torch.float64)
+    per_sample = vmap(grad(loss), in_dims=(None, 0))(params, xb)
+    for i in range(3):
+        _assert_all_close({n: g[i] for n, g in per_sample.items()}, grad(loss)(params, xb[i]))
+    with torch.no_grad():  # the folded batch (no workspace)
+        ys, (hs, cs) = vmap(m)(xb)
+    assert ys.shape == (3, T, B, 2 * P) and hs.shape == (3, 4, B, P) and cs.shape == (3, 4, B, H)
+    for i in range(3):
+        _assert_all_close((ys[i], hs[i], cs[i]), (lambda o: (o[0], *o[1]))(m(xb[i])))

@@ -35,7 +35,7 @@ py::array_t<Real> zeros(std::initializer_list<py::ssize_t> shape) {
 struct LnState {
   CellKind cell = CellKind::Lstm;
   bool f64 = false;
-  int64_t T = 0, B = 0, I = 0, H = 0;
+  int64_t T = 0, B = 0, I = 0, H = 0, P = 0;  // P: the LSTM projection's width (0: none)
   bool has_bias = false, has_c_bias = false;
   pyrnn::LnWorkspacePtr<float> wf;
   pyrnn::LnWorkspacePtr<double> wd;
@@ -53,37 +53,42 @@ py::tuple forward_typed(CellKind cell, py::array x, std::optional<py::array> h0,
                         py::array ln_ih, py::array ln_hh, std::optional<py::array> ln_c_weight,
                         std::optional<py::array> ln_c_bias, std::optional<py::array> lengths, bool reverse,
                         bool training, std::optional<py::array> h_mask, std::optional<py::array> zoneout_h,
-                        std::optional<py::array> zoneout_c) {
+                        std::optional<py::array> zoneout_c, std::optional<py::array> W_hr) {
   const py::dtype dt = py::dtype::of<Real>();
   require(cell == CellKind::Lstm || cell == CellKind::Gru, "cell: the LSTM or the GRU (reset-after)");
   const bool lstm = cell == CellKind::Lstm;
   const int64_t G = pyrnn::gates_of(cell);
   require(x.ndim() == 3 && W_hh.ndim() == 2, "x must be 3-D and W_hh 2-D");
-  const int64_t T = x.shape(0), B = x.shape(1), I = x.shape(2), H = W_hh.shape(1);
+  require(!W_hr || lstm, "W_hr (a projection): LSTM only");
+  require(!W_hr || W_hr->ndim() == 2, "W_hr must be 2-D");
+  const int64_t T = x.shape(0), B = x.shape(1), I = x.shape(2);
+  const int64_t H = W_hr ? W_hr->shape(1) : W_hh.shape(1), P = W_hr ? W_hr->shape(0) : 0, Ho = P ? P : H;
   require(T >= 1 && I >= 1 && H >= 1, "T, I and H must be at least 1");
+  require(!W_hr || (P >= 1 && P < H), "W_hr must be [P, H] with 1 <= P < H");
   require(bool(b_ih) == bool(b_hh), "b_ih and b_hh: both or neither");
   require(lstm == bool(ln_c_weight), "ln_c_weight: for the LSTM (required) only");
   require(lstm || (!c0 && !ln_c_bias && !zoneout_c), "c0, ln_c_bias, zoneout_c: LSTM only");
   check_array("x", x, dt, {T, B, I});
   check_array("W_ih", W_ih, dt, {G * H, I});
-  check_array("W_hh", W_hh, dt, {G * H, H});
+  check_array("W_hh", W_hh, dt, {G * H, Ho});
+  if (W_hr) check_array("W_hr", *W_hr, dt, {P, H});
   if (b_ih) check_array("b_ih", *b_ih, dt, {G * H}), check_array("b_hh", *b_hh, dt, {G * H});
   check_array("ln_ih", ln_ih, dt, {G * H});
   check_array("ln_hh", ln_hh, dt, {G * H});
   if (ln_c_weight) check_array("ln_c_weight", *ln_c_weight, dt, {H});
   if (ln_c_bias) check_array("ln_c_bias", *ln_c_bias, dt, {H});
-  if (h0) check_array("h0", *h0, dt, {B, H});
+  if (h0) check_array("h0", *h0, dt, {B, Ho});
   if (c0) check_array("c0", *c0, dt, {B, H});
-  if (h_mask) check_array("h_mask", *h_mask, dt, {B, H});
-  if (zoneout_h) check_array("zoneout_h", *zoneout_h, dt, {T, B, H});
+  if (h_mask) check_array("h_mask", *h_mask, dt, {B, Ho});
+  if (zoneout_h) check_array("zoneout_h", *zoneout_h, dt, {T, B, Ho});
   if (zoneout_c) check_array("zoneout_c", *zoneout_c, dt, {T, B, H});
   if (lengths) {
     check_array("lengths", *lengths, py::dtype::of<int64_t>(), {B});
     const int64_t* L = ptr<int64_t>(lengths);
     for (int64_t b = 0; b < B; ++b) require(L[b] >= 1 && L[b] <= T, "lengths must lie in [1, T]");
   }
-  py::array_t<Real> y = lengths ? zeros<Real>({T, B, H}) : py::array_t<Real>(std::vector<py::ssize_t>{T, B, H});
-  py::array_t<Real> h_n(std::vector<py::ssize_t>{B, H});
+  py::array_t<Real> y = lengths ? zeros<Real>({T, B, Ho}) : py::array_t<Real>(std::vector<py::ssize_t>{T, B, Ho});
+  py::array_t<Real> h_n(std::vector<py::ssize_t>{B, Ho});
   py::object c_n = py::none();
   pyrnn::LayerNormArgs<Real> a;
   a.cell = cell, a.T = T, a.B = B, a.I = I, a.H = H;
@@ -93,6 +98,7 @@ py::tuple forward_typed(CellKind cell, py::array x, std::optional<py::array> h0,
   a.ln_c_weight = ptr<Real>(ln_c_weight), a.ln_c_bias = ptr<Real>(ln_c_bias);
   a.lengths = ptr<int64_t>(lengths), a.reverse = reverse;
   a.h_mask = ptr<Real>(h_mask), a.zoneout_h = ptr<Real>(zoneout_h), a.zoneout_c = ptr<Real>(zoneout_c);
+  a.P = P, a.W_hr = ptr<Real>(W_hr);
   a.y = y.mutable_data(), a.h_n = h_n.mutable_data();
   if (lstm) {
     py::array_t<Real> cn(std::vector<py::ssize_t>{B, H});
@@ -108,12 +114,12 @@ py::tuple forward_typed(CellKind cell, py::array x, std::optional<py::array> h0,
   py::object state = py::none();
   if (training) {
     auto st = std::make_unique<LnState>();
-    st->cell = cell, st->T = T, st->B = B, st->I = I, st->H = H;
+    st->cell = cell, st->T = T, st->B = B, st->I = I, st->H = H, st->P = P;
     st->has_bias = bool(b_ih), st->has_c_bias = bool(ln_c_bias);
     for (const py::object& o : {py::object(x), py::object(W_ih), py::object(W_hh), py::object(ln_ih),
                                 py::object(ln_hh), py::object(y)})
       st->keep.append(o);
-    for (const auto& o : {h0, c0, b_ih, b_hh, ln_c_weight, ln_c_bias, lengths, h_mask, zoneout_h, zoneout_c})
+    for (const auto& o : {h0, c0, b_ih, b_hh, ln_c_weight, ln_c_bias, lengths, h_mask, zoneout_h, zoneout_c, W_hr})
       if (o) st->keep.append(*o);
     if constexpr (std::is_same_v<Real, float>)
       st->wf = std::move(ws), st->af = a;
@@ -129,16 +135,17 @@ py::tuple backward_typed(LnState& st, std::optional<py::array> dy, std::optional
                          std::optional<py::array> dc_n) {
   const py::dtype dt = py::dtype::of<Real>();
   const bool lstm = st.cell == CellKind::Lstm;
-  const int64_t T = st.T, B = st.B, I = st.I, H = st.H, G = pyrnn::gates_of(st.cell);
-  if (dy) check_array("dy", *dy, dt, {T, B, H});
-  if (dh_n) check_array("dh_n", *dh_n, dt, {B, H});
+  const int64_t T = st.T, B = st.B, I = st.I, H = st.H, G = pyrnn::gates_of(st.cell), P = st.P, Ho = P ? P : H;
+  if (dy) check_array("dy", *dy, dt, {T, B, Ho});
+  if (dh_n) check_array("dh_n", *dh_n, dt, {B, Ho});
   require(!dc_n || lstm, "dc_n: LSTM only");
   if (dc_n) check_array("dc_n", *dc_n, dt, {B, H});
   // Zero-filled: dx rows at padded steps are not written, and with B = 0 nothing is.
-  auto dx = zeros<Real>({T, B, I}), dh0 = zeros<Real>({B, H});
-  auto dW_ih = zeros<Real>({G * H, I}), dW_hh = zeros<Real>({G * H, H});
+  auto dx = zeros<Real>({T, B, I}), dh0 = zeros<Real>({B, Ho});
+  auto dW_ih = zeros<Real>({G * H, I}), dW_hh = zeros<Real>({G * H, Ho});
   auto dln_ih = zeros<Real>({G * H}), dln_hh = zeros<Real>({G * H});
   py::object dc0 = py::none(), db_ih = py::none(), db_hh = py::none(), dlc_w = py::none(), dlc_b = py::none();
+  py::object dW_hr = py::none();
   pyrnn::LayerNormGrads<Real> g;
   g.dy = ptr<Real>(dy), g.dh_n = ptr<Real>(dh_n), g.dc_n = ptr<Real>(dc_n);
   g.dx = dx.mutable_data(), g.dh0 = dh0.mutable_data(), g.dW_ih = dW_ih.mutable_data();
@@ -158,6 +165,11 @@ py::tuple backward_typed(LnState& st, std::optional<py::array> dy, std::optional
       dlc_b = bb;
     }
   }
+  if (P) {
+    auto d = zeros<Real>({P, H});
+    g.dW_hr = d.mutable_data();
+    dW_hr = d;
+  }
   const int nth = pyrnn::get_num_threads();
   if (B > 0) {
     py::gil_scoped_release nogil;
@@ -166,7 +178,7 @@ py::tuple backward_typed(LnState& st, std::optional<py::array> dy, std::optional
     else
       pyrnn::layernorm_backward<double>(*st.wd, st.ad, g, nth);
   }
-  return py::make_tuple(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dln_ih, dln_hh, dlc_w, dlc_b);
+  return py::make_tuple(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dln_ih, dln_hh, dlc_w, dlc_b, dW_hr);
 }
 
 }  // namespace
@@ -179,19 +191,22 @@ void register_layernorm(py::module_& m) {
       .def_property_readonly("nbytes", &LnState::nbytes, "Bytes of saved activations.")
       .def_property_readonly("dtype",
                              [](const LnState& s) { return s.f64 ? py::dtype::of<double>() : py::dtype::of<float>(); })
-      .def_property_readonly("shape", [](const LnState& s) { return py::make_tuple(s.T, s.B, s.I, s.H); });
+      .def_property_readonly("shape", [](const LnState& s) { return py::make_tuple(s.T, s.B, s.I, s.H); })
+      .def_property_readonly(
+          "proj_size", [](const LnState& s) { return s.P; },
+          "The LSTM projection's width P (h, y are P wide), 0 without one.");
 
   m.def(
       "layernorm_forward",
       [](CellKind cell, py::array x, py::object h0, py::object c0, py::array W_ih, py::array W_hh, py::object b_ih,
          py::object b_hh, py::array ln_ih, py::array ln_hh, py::object ln_c_weight, py::object ln_c_bias,
          py::object lengths, bool reverse, bool training, py::object h_mask, py::object zoneout_h,
-         py::object zoneout_c) {
+         py::object zoneout_c, py::object W_hr) {
         auto run = [&](auto tag) {
           using Real = decltype(tag);
           return forward_typed<Real>(cell, x, opt_array(h0), opt_array(c0), W_ih, W_hh, opt_array(b_ih), opt_array(b_hh), ln_ih, ln_hh,
                                      opt_array(ln_c_weight), opt_array(ln_c_bias), opt_array(lengths), reverse, training,
-                                     opt_array(h_mask), opt_array(zoneout_h), opt_array(zoneout_c));
+                                     opt_array(h_mask), opt_array(zoneout_h), opt_array(zoneout_c), opt_array(W_hr));
         };
         if (has_dtype(x, py::dtype::of<float>())) return run(float{});
         if (has_dtype(x, py::dtype::of<double>())) return run(double{});
@@ -200,9 +215,11 @@ void register_layernorm(py::module_& m) {
       py::arg("cell"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("W_ih"), py::arg("W_hh"), py::arg("b_ih"),
       py::arg("b_hh"), py::arg("ln_ih"), py::arg("ln_hh"), py::arg("ln_c_weight"), py::arg("ln_c_bias"),
       py::arg("lengths"), py::arg("reverse"), py::arg("training"), py::arg("h_mask") = py::none(),
-      py::arg("zoneout_h") = py::none(), py::arg("zoneout_c") = py::none(),
+      py::arg("zoneout_h") = py::none(), py::arg("zoneout_c") = py::none(), py::arg("W_hr") = py::none(),
       "Layer-normalised LSTM/GRU forward: returns (y, h_n, c_n or None, LayerNormWorkspace or None). h_mask "
-      "[B, H] (recurrent dropout), zoneout_h, zoneout_c [T, B, H] (zoneout; zoneout_c LSTM only): optional.");
+      "[B, H] (recurrent dropout), zoneout_h, zoneout_c [T, B, H] (zoneout; zoneout_c LSTM only): optional. "
+      "W_hr [P, H] (LSTM only, optional): the output projection; h, y, h_mask, zoneout_h are then P wide and "
+      "W_hh [4H, P].");
 
   m.def(
       "layernorm_backward",
@@ -211,6 +228,6 @@ void register_layernorm(py::module_& m) {
         return backward_typed<float>(st, opt_array(dy), opt_array(dh_n), opt_array(dc_n));
       },
       py::arg("workspace"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
-      "Returns (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dln_ih, dln_hh, dln_c_weight, dln_c_bias); absent "
-      "entries are None.");
+      "Returns (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dln_ih, dln_hh, dln_c_weight, dln_c_bias, dW_hr); "
+      "absent entries are None.");
 }

@@ -252,12 +252,14 @@ template <class T>
 LnWorkspacePtr<T> layernorm_forward(const LayerNormArgs<T>& args, bool training, int nthreads) {
   if (args.cell != CellKind::Lstm && args.cell != CellKind::Gru)
     throw std::invalid_argument("layernorm_forward: the cell must be the LSTM or the GRU (reset-after)");
+  if (args.P != 0 && (args.cell != CellKind::Lstm || !args.W_hr || args.P < 0 || args.P >= args.H))
+    throw std::invalid_argument("layernorm_forward: a projection needs the LSTM, W_hr and 0 < P < H");
   LnWorkspacePtr<T> w(new LnWorkspace<T>());
   w->sched = make_schedule(args.T, args.B, args.lengths, args.reverse);
   w->cell = args.cell;
   w->isa = isa_selected();
   ForwardArgs<T> key;  // the thread choice keys on the shape, as sequence_forward's does
-  key.cell = args.cell, key.B = args.B, key.I = args.I, key.H = args.H, key.b_ih = args.b_ih;
+  key.cell = args.cell, key.B = args.B, key.I = args.I, key.H = args.H, key.P = args.P, key.b_ih = args.b_ih;
   {
     ThreadChoice choice(sequence_key(training ? 11 : 12, key, w->isa), nthreads, recurrent_flops_per_step(key),
                         double(w->sched.rows));
@@ -271,7 +273,7 @@ template <class T>
 void layernorm_backward(const LnWorkspace<T>& ws, const LayerNormArgs<T>& fwd, const LayerNormGrads<T>& grads,
                         int nthreads) {
   ForwardArgs<T> key;
-  key.cell = fwd.cell, key.B = fwd.B, key.I = fwd.I, key.H = fwd.H, key.b_ih = fwd.b_ih;
+  key.cell = fwd.cell, key.B = fwd.B, key.I = fwd.I, key.H = fwd.H, key.P = fwd.P, key.b_ih = fwd.b_ih;
   ThreadChoice choice(sequence_key(13, key, ws.isa), nthreads, 2 * recurrent_flops_per_step(key),
                       double(ws.sched.rows));
   // The level that ran forward: the saved rows are laid out for its vector width.

@@ -32,6 +32,16 @@
 // LN); backward gives the cell (1 - m) of dL/dh_t and passes m dL/dh_t to
 // step s-1 through carry_h (carry_c for c).
 //
+// LSTM projection (P > 0, PyTorch proj_size; a compile-time branch, so the
+// unprojected path is the code without it): h is P wide. Forward step (b)
+// writes m = o * tanh(LN(c)) [Hp] per row (saved for training), then a third
+// phase (c) after a barrier: h~ = m W_hr^T for the step's rows, threads
+// splitting the NR-column panels of W_hr^T (packed once), zoneout_h, y and
+// the masked row in the GEMM's epilogue. Backward per step: (a0) per row
+// dL/dh~_t (P wide, saved in dH for dW_hr); barrier; (a1) dm = dH W_hr,
+// threads splitting the column panels of W_hr; barrier; then (a) with dm as
+// the cell's dL/dh and (b) as above, P wide. After the loop dW_hr = dH^T m.
+//
 // Internal rows are gate-major, each gate block Hp wide (whole vectors), the
 // lanes beyond H zero. Every sum runs in a fixed order (GEMMs k ascending, LN
 // statistics over a row's vectors then lanes, column sums rows ascending) and
@@ -120,11 +130,12 @@ struct LnCtx {
   bool lstm;
   int G;
   int64_t H, I, Hp, NG, ld;
+  int64_t Ho, Hop;                   // h's width (P with a projection, else H) and padded
   AlignedBuffer<T> zeros;            // a zero row (h0 / c0 when not given)
   std::vector<const T*> xrows;       // [rows] the x row each packed row consumes
   std::vector<T*> yrows;             // [rows] its output row in y
-  std::vector<const T*> hprev;       // [rows] h_{t-1} of each packed row (H wide)
-  // Recurrent dropout: hm holds h * mask of every packed row (Hp apart), then
+  std::vector<const T*> hprev;       // [rows] h_{t-1} of each packed row (Ho wide)
+  // Recurrent dropout: hm holds h * mask of every packed row (Hop apart), then
   // h0 * mask of every entry b (rows + b); hrec the recurrent GEMM's row of
   // each packed row (into hm).
   AlignedBuffer<T> hm;
@@ -134,6 +145,8 @@ struct LnCtx {
       : a(args), sc(s), lstm(args.cell == CellKind::Lstm), G(gates_of(args.cell)), H(args.H), I(args.I) {
     constexpr int L = kLanes<T>;
     Hp = (H + L - 1) / L * L;
+    Ho = a.P > 0 ? a.P : H;
+    Hop = (Ho + L - 1) / L * L;
     NG = G * Hp;
     ld = good_ld<T>(NG);
     zeros.zero(size_t(std::max(Hp, I) + L));
@@ -144,34 +157,35 @@ struct LnCtx {
       for (int64_t i = 0; i < sc.active[s]; ++i) {
         const int64_t r = sc.offset[s] + i, b = sc.row_b[r], t = sc.row_t[r];
         xrows[r] = a.x + (t * sc.B + b) * I;
-        yrows[r] = a.y + (t * sc.B + b) * H;
-        hprev[r] = s ? yrows[sc.offset[s - 1] + i] : (a.h0 ? a.h0 + b * H : zeros.data());
+        yrows[r] = a.y + (t * sc.B + b) * Ho;
+        hprev[r] = s ? yrows[sc.offset[s - 1] + i] : (a.h0 ? a.h0 + b * Ho : zeros.data());
       }
     if (a.h_mask) {
-      hm.zero(size_t((sc.rows + sc.B) * Hp));
+      hm.zero(size_t((sc.rows + sc.B) * Hop));
       hrec.resize(size_t(sc.rows));
       for (int64_t b = 0; b < sc.B; ++b)
         if (a.h0)
-          for (int64_t u = 0; u < H; ++u) hm.data()[(sc.rows + b) * Hp + u] = a.h0[b * H + u] * a.h_mask[b * H + u];
+          for (int64_t u = 0; u < Ho; ++u)
+            hm.data()[(sc.rows + b) * Hop + u] = a.h0[b * Ho + u] * a.h_mask[b * Ho + u];
       for (int64_t s = 0; s < sc.S; ++s)
         for (int64_t i = 0; i < sc.active[s]; ++i) {
           const int64_t r = sc.offset[s] + i;
-          hrec[r] = hm.data() + (s ? sc.offset[s - 1] + i : sc.rows + sc.row_b[r]) * Hp;
+          hrec[r] = hm.data() + (s ? sc.offset[s - 1] + i : sc.rows + sc.row_b[r]) * Hop;
         }
     }
   }
   // The recurrent GEMM's A rows (and dW_hh's): h_{t-1}, masked under recurrent dropout.
   const std::vector<const T*>& gemm_rows() const { return a.h_mask ? hrec : hprev; }
-  const T* mask_of(int64_t b) const { return a.h_mask + b * H; }
+  const T* mask_of(int64_t b) const { return a.h_mask + b * Ho; }
   // Row r's h_t * mask into hm (units u..u+L).
   void store_hm(int64_t r, int64_t u, Vec<T> h) {
-    store_h(hm.data() + r * Hp, u, H, h * load_h(mask_of(sc.row_b[r]), u, H));
+    store_h(hm.data() + r * Hop, u, Ho, h * load_h(mask_of(sc.row_b[r]), u, Ho));
   }
   // The backward's hm: every row's h_t * mask from y.
   void fill_hm_from_y() {
     if (!a.h_mask) return;
     for (int64_t r = 0; r < sc.rows; ++r)
-      for (int64_t u = 0; u < Hp; u += kLanes<T>) store_hm(r, u, load_h(yrows[r], u, H));
+      for (int64_t u = 0; u < Hop; u += kLanes<T>) store_hm(r, u, load_h(yrows[r], u, Ho));
   }
   // Weight row of internal column k = g*Hp + u (null for the padding lanes).
   const T* wrow(const T* W, int64_t K, int64_t k) const {
@@ -180,7 +194,10 @@ struct LnCtx {
   }
   // Padded internal columns of the recurrent GEMM: whole NR-wide panels.
   int64_t npanels_fwd() const { return (NG + NR - 1) / NR; }
-  int64_t npanels_bwd() const { return (Hp + NR - 1) / NR; }
+  int64_t npanels_bwd() const { return (Hop + NR - 1) / NR; }
+  // The projection's panels: forward over h~'s P columns, backward over dm's H.
+  int64_t npanels_proj_fwd() const { return (Ho + NR - 1) / NR; }
+  int64_t npanels_proj_bwd() const { return (Hp + NR - 1) / NR; }
 };
 
 // Copies a step_tiles tile (m rows of NR) into rows i0.. of `out` at column col0.
@@ -191,6 +208,13 @@ inline void store_tile(const T* tile, int m, int64_t i0, T* out, int64_t ldo, in
 
 // ---------------------------------------------------------------- forward --
 
+// Whether a call projects (the LSTM's W_hr): the drivers below are compiled
+// with and without it too.
+template <class T>
+inline bool ln_has_projection(const LayerNormArgs<T>& a) {
+  return a.cell == CellKind::Lstm && a.P > 0;
+}
+
 // Whether a call has any of the masks (recurrent dropout, zoneout): the
 // drivers below are compiled with and without them, so the maskless path
 // carries none of their tests.
@@ -199,7 +223,7 @@ inline bool ln_has_masks(const LayerNormArgs<T>& a) {
   return a.h_mask || a.zoneout_h || (a.cell == CellKind::Lstm && a.zoneout_c);
 }
 
-template <class T, bool MASKS>
+template <class T, bool MASKS, bool PROJ>
 void ln_forward_run(const LayerNormArgs<T>& a, LnWorkspace<T>& w, bool training, int nthreads) {
   constexpr int L = kLanes<T>;
   using C = LnCtx<T>;
@@ -207,7 +231,7 @@ void ln_forward_run(const LayerNormArgs<T>& a, LnWorkspace<T>& w, bool training,
   if (sc.rows == 0) return;
   C f(a, sc);
   const int G = f.G;
-  const int64_t H = f.H, Hp = f.Hp, NG = f.NG, ld = f.ld, rows = sc.rows, B = sc.B;
+  const int64_t H = f.H, Hp = f.Hp, NG = f.NG, ld = f.ld, rows = sc.rows, B = sc.B, Ho = f.Ho;
   w.Hp = Hp, w.ld = ld;
   // xhat_ih holds the raw projection first and is normalised in place. The
   // GEMM never writes the padding lanes (H..Hp of each block), so with any
@@ -230,16 +254,29 @@ void ln_forward_run(const LayerNormArgs<T>& a, LnWorkspace<T>& w, bool training,
       w.c.reserve(size_t(rows * Hp)), w.xhat_c.reserve(size_t(rows * Hp)), w.tanh_c.reserve(size_t(rows * Hp));
       w.rstd_c.reserve(size_t(rows));
     }
+    if constexpr (PROJ) w.m.reserve(size_t(rows * Hp));
   }
   const int64_t npan = f.npanels_fwd(), Npad = npan * C::NR, ldgh = good_ld<T>(Npad);
-  AlignedBuffer<T> panels(size_t(npan * H * C::NR)), gh(size_t(B * ldgh)), cstate;
+  AlignedBuffer<T> panels(size_t(npan * Ho * C::NR)), gh(size_t(B * ldgh)), cstate;
   cstate.zero(size_t(B * Hp));
   if (f.lstm && a.c0)
     for (int64_t i = 0; i < B; ++i)
       for (int64_t u = 0; u < Hp; u += L) storeu(cstate.data() + i * Hp + u, load_h(a.c0 + sc.order[i] * H, u, H));
   std::vector<const T*> whh_cols(static_cast<size_t>(Npad)), wih_cols(static_cast<size_t>(NG));
-  for (int64_t k = 0; k < Npad; ++k) whh_cols[k] = f.wrow(a.W_hh, H, k);
+  for (int64_t k = 0; k < Npad; ++k) whh_cols[k] = f.wrow(a.W_hh, Ho, k);
   for (int64_t k = 0; k < NG; ++k) wih_cols[k] = f.wrow(a.W_ih, f.I, k);
+  // Projection: W_hr^T's column panels (the rows of W_hr, null beyond P) and,
+  // without training, the step's m rows.
+  const int64_t npr = PROJ ? f.npanels_proj_fwd() : 0;
+  AlignedBuffer<T> rpanels, mstep;
+  std::vector<const T*> whr_cols;
+  if constexpr (PROJ) {
+    rpanels.reserve(size_t(npr * H * C::NR));
+    whr_cols.assign(size_t(npr * C::NR), nullptr);
+    for (int64_t k = 0; k < Ho; ++k) whr_cols[k] = a.W_hr + k * H;
+    if (!training) mstep.reserve(size_t(B * Hp));
+  }
+  auto mrow = [&](int64_t r, int64_t i) { return training ? w.m.data() + r * Hp : mstep.data() + i * Hp; };
   const int nth = int(std::max<int64_t>(1, std::min<int64_t>(nthreads, npan)));
   const std::vector<const T*>& hrows = f.gemm_rows();
   const T *zo_h = MASKS ? a.zoneout_h : nullptr, *zo_c = MASKS && f.lstm ? a.zoneout_c : nullptr;
@@ -251,8 +288,15 @@ void ln_forward_run(const LayerNormArgs<T>& a, LnWorkspace<T>& w, bool training,
     int64_t q0, q1;  // this thread's panels of W_hh^T
     split_range(npan, nt, tid, q0, q1);
     if (q1 > q0)
-      pack_b<T, C::NR>(BView<T>{whh_cols.data(), false}, 0, H, q0 * C::NR, (q1 - q0) * C::NR,
-                       panels.data() + q0 * H * C::NR);
+      pack_b<T, C::NR>(BView<T>{whh_cols.data(), false}, 0, Ho, q0 * C::NR, (q1 - q0) * C::NR,
+                       panels.data() + q0 * Ho * C::NR);
+    int64_t p0 = 0, p1 = 0;  // this thread's panels of W_hr^T
+    if constexpr (PROJ) {
+      split_range(npr, nt, tid, p0, p1);
+      if (p1 > p0)
+        pack_b<T, C::NR>(BView<T>{whr_cols.data(), false}, 0, H, p0 * C::NR, (p1 - p0) * C::NR,
+                         rpanels.data() + p0 * H * C::NR);
+    }
     // Input projection: this thread's share of the H columns of every gate block.
     {
       int64_t n0, n1;
@@ -279,7 +323,7 @@ void ln_forward_run(const LayerNormArgs<T>& a, LnWorkspace<T>& w, bool training,
       // (a) gh = h_{t-1} W_hh^T, this thread's column panels.
       for (int64_t q = q0; q < q1; ++q)
         step_tiles<T, C::MR, C::NV>(
-            n, H, panels.data() + q * H * C::NR, [&](int64_t i) { return hrows[off + i]; },
+            n, Ho, panels.data() + q * Ho * C::NR, [&](int64_t i) { return hrows[off + i]; },
             [&](int64_t i0, int m, const T* tile) { store_tile<T, C::NR>(tile, m, i0, gh.data(), ldgh, q * C::NR); },
             acc.data());
 #pragma omp barrier
@@ -327,12 +371,16 @@ void ln_forward_run(const LayerNormArgs<T>& a, LnWorkspace<T>& w, bool training,
             Vec<T> tc = tanh_approx(loadu(xc + u) * load_h(a.ln_c_weight, u, H) + load_opt(a.ln_c_bias, u, H));
             if (training) storeu(w.tanh_c.data() + r * Hp + u, tc);
             Vec<T> h = loadu(gates + 3 * Hp + u) * tc;
-            if (zo_h) {
-              const Vec<T> m = load_h(time_major_row(zo_h, sc, r, H), u, H);
-              h = m * load_h(f.hprev[r], u, H) + (T(1) - m) * h;
+            if constexpr (PROJ) {
+              storeu(mrow(r, i) + u, h);  // projected in phase (c)
+            } else {
+              if (zo_h) {
+                const Vec<T> m = load_h(time_major_row(zo_h, sc, r, H), u, H);
+                h = m * load_h(f.hprev[r], u, H) + (T(1) - m) * h;
+              }
+              store_h(f.yrows[r], u, H, h);
+              if (hmask) f.store_hm(r, u, h);
             }
-            store_h(f.yrows[r], u, H, h);
-            if (hmask) f.store_hm(r, u, h);
           }
         } else {
           const T* hp = f.hprev[r];
@@ -351,6 +399,31 @@ void ln_forward_run(const LayerNormArgs<T>& a, LnWorkspace<T>& w, bool training,
           }
         }
       }
+      if constexpr (PROJ) {
+#pragma omp barrier
+        // (c) h~ = m W_hr^T, this thread's column panels; zoneout, y and the
+        // masked row in the epilogue.
+        for (int64_t q = p0; q < p1; ++q)
+          step_tiles<T, C::MR, C::NV>(
+              n, H, rpanels.data() + q * H * C::NR, [&](int64_t i) { return (const T*)mrow(off + i, i); },
+              [&](int64_t j0, int m, const T* tile) {
+                for (int rr = 0; rr < m; ++rr) {
+                  const int64_t r = off + j0 + rr;
+                  for (int v = 0; v < C::NV; ++v) {
+                    const int64_t u = q * C::NR + v * L;
+                    if (u >= Ho) break;
+                    Vec<T> h = loadu(tile + rr * C::NR + v * L);
+                    if (zo_h) {
+                      const Vec<T> mz = load_h(time_major_row(zo_h, sc, r, Ho), u, Ho);
+                      h = mz * load_h(f.hprev[r], u, Ho) + (T(1) - mz) * h;
+                    }
+                    store_h(f.yrows[r], u, Ho, h);
+                    if (hmask) f.store_hm(r, u, h);
+                  }
+                }
+              },
+              acc.data());
+      }
     }
 #pragma omp barrier
     // h_n, c_n: each entry's state after its own last step.
@@ -358,7 +431,7 @@ void ln_forward_run(const LayerNormArgs<T>& a, LnWorkspace<T>& w, bool training,
     split_range(B, nt, tid, i0, i1);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = sc.order[i];
-      std::memcpy(a.h_n + b * H, f.yrows[sc.offset[sc.len[i] - 1] + i], sizeof(T) * size_t(H));
+      std::memcpy(a.h_n + b * Ho, f.yrows[sc.offset[sc.len[i] - 1] + i], sizeof(T) * size_t(Ho));
       if (f.lstm && a.c_n) std::memcpy(a.c_n + b * H, cstate.data() + i * Hp, sizeof(T) * size_t(H));
     }
   }
@@ -366,10 +439,17 @@ void ln_forward_run(const LayerNormArgs<T>& a, LnWorkspace<T>& w, bool training,
 
 template <class T>
 void ln_forward_impl(const LayerNormArgs<T>& a, LnWorkspace<T>& w, bool training, int nthreads) {
-  if (ln_has_masks(a))
-    ln_forward_run<T, true>(a, w, training, nthreads);
-  else
-    ln_forward_run<T, false>(a, w, training, nthreads);
+  const bool masks = ln_has_masks(a);
+  if (ln_has_projection(a)) {
+    if (masks)
+      ln_forward_run<T, true, true>(a, w, training, nthreads);
+    else
+      ln_forward_run<T, false, true>(a, w, training, nthreads);
+  } else if (masks) {
+    ln_forward_run<T, true, false>(a, w, training, nthreads);
+  } else {
+    ln_forward_run<T, false, false>(a, w, training, nthreads);
+  }
 }
 
 // ---------------------------------------------------------------- backward --
@@ -413,7 +493,7 @@ void ln_weight_grad(const LnCtx<T>& f, const T* A, int64_t lda, const std::vecto
           CView<T>{crows.data()}, nullptr, false, s);
 }
 
-template <class T, bool MASKS>
+template <class T, bool MASKS, bool PROJ>
 void ln_backward_run(const LnWorkspace<T>& w, const LayerNormArgs<T>& a, const LayerNormGrads<T>& g,
                      int nthreads) {
   constexpr int L = kLanes<T>;
@@ -426,7 +506,7 @@ void ln_backward_run(const LnWorkspace<T>& w, const LayerNormArgs<T>& a, const L
   const bool lstm = f.lstm;
   const T *zo_h = MASKS ? a.zoneout_h : nullptr, *zo_c = MASKS && lstm ? a.zoneout_c : nullptr;
   const bool hmask = MASKS && a.h_mask;
-  const int64_t H = f.H, Hp = f.Hp, ld = f.ld, rows = sc.rows, B = sc.B;
+  const int64_t H = f.H, Hp = f.Hp, ld = f.ld, rows = sc.rows, B = sc.B, Ho = f.Ho, Hop = f.Hop;
   // dA: dL/d LN(W_ih x) per row; dAh: dL/d LN(W_hh h) (the same for the LSTM);
   // dGh: dL/d(W_hh h); dCN (LSTM): dL/d LN_1(c).
   // Each is written whole (padding lanes included) for every row before it is read: no fill.
@@ -436,7 +516,16 @@ void ln_backward_run(const LnWorkspace<T>& w, const LayerNormArgs<T>& a, const L
   if (lstm) dCN.reserve(size_t(rows * Hp));
   const int64_t npan = f.npanels_bwd(), Hpad = npan * C::NR, ldrec = good_ld<T>(Hpad);
   AlignedBuffer<T> panels(size_t(npan * f.NG * C::NR)), dh_rec, carry_h, carry_c;
-  dh_rec.zero(size_t(B * ldrec)), carry_h.zero(size_t(B * Hp)), carry_c.zero(size_t(B * Hp));
+  dh_rec.zero(size_t(B * ldrec)), carry_h.zero(size_t(B * Hop)), carry_c.zero(size_t(B * Hp));
+  // Projection: dH (dL/dh~ of every row, P wide, Hop apart), dm (the step's
+  // dL/dm = dH W_hr, [B, lddm]) and W_hr's column panels.
+  const int64_t npr = PROJ ? f.npanels_proj_bwd() : 0, lddm = good_ld<T>(npr * C::NR);
+  AlignedBuffer<T> dH, dm, rpanels;
+  if constexpr (PROJ) {
+    dH.reserve(size_t(rows * Hop));
+    dm.reserve(size_t(B * lddm));
+    rpanels.reserve(size_t(npr * Hop * C::NR));
+  }
   std::vector<const T*> c_prev(static_cast<size_t>(rows));  // c_{t-1} of each packed row (LSTM)
   AlignedBuffer<T> c0p;
   if (lstm) {
@@ -451,7 +540,7 @@ void ln_backward_run(const LnWorkspace<T>& w, const LayerNormArgs<T>& a, const L
   std::vector<const T*> wih_rows(size_t(f.NG));
   for (int64_t k = 0; k < f.NG; ++k) wih_rows[k] = f.wrow(a.W_ih, f.I, k);
   static const int kAll[4] = {0, 1, 2, 3};
-  const int nth = int(std::max<int64_t>(1, std::min<int64_t>(nthreads, std::max<int64_t>(npan, 2))));
+  const int nth = int(std::max<int64_t>(1, std::min<int64_t>(nthreads, std::max<int64_t>({npan, npr, 2}))));
 
 #pragma omp parallel num_threads(nth)
   {
@@ -459,46 +548,80 @@ void ln_backward_run(const LnWorkspace<T>& w, const LayerNormArgs<T>& a, const L
     int64_t q0, q1;
     split_range(npan, nt, tid, q0, q1);
     for (int64_t q = q0; q < q1; ++q)  // W_hh by rows, K = the internal G*Hp columns of dGh
-      pack_backward_panel(a.W_hh, H, H, Hp, kAll, G, C::NR, q, panels.data() + q * f.NG * C::NR);
+      pack_backward_panel(a.W_hh, H, Ho, Hp, kAll, G, C::NR, q, panels.data() + q * f.NG * C::NR);
+    int64_t p0 = 0, p1 = 0;  // this thread's panels of W_hr (by rows, K = the Hop columns of dH)
+    if constexpr (PROJ) {
+      split_range(npr, nt, tid, p0, p1);
+      for (int64_t q = p0; q < p1; ++q)
+        pack_backward_panel(a.W_hr, Ho, H, Hop, kAll, 1, C::NR, q, rpanels.data() + q * Hop * C::NR);
+    }
     AlignedBuffer<T> acc(size_t(((B + C::MR - 1) / C::MR) * C::MR * C::NR));
 #pragma omp barrier
     for (int64_t s = sc.S - 1; s >= 0; --s) {
       const int64_t off = sc.offset[s], n = sc.active[s], nn = s + 1 < sc.S ? sc.active[s + 1] : 0;
       int64_t i0, i1;
       split_range(n, nt, tid, i0, i1);
+      // dL/dh_t (Ho wide) for units u of entry i (row r); under zoneout, the
+      // cell's share ((1 - m) of it, returned) and the direct one (m of it,
+      // into carry_h: *skip).
+      auto dh_at = [&](int64_t i, int64_t r, int64_t u, Vec<T>* skip) {
+        const int64_t b = sc.row_b[r], t = sc.row_t[r];
+        Vec<T> d;
+        if (i >= nn) {  // the entry's last step: dh_n enters here
+          d = load_opt(g.dh_n ? g.dh_n + b * Ho : nullptr, u, Ho);
+        } else {
+          Vec<T> rec = loadu(dh_rec.data() + i * ldrec + u);
+          if (hmask) rec *= load_h(f.mask_of(b), u, Ho);
+          d = rec + loadu(carry_h.data() + i * Hop + u);
+        }
+        if (g.dy) d += load_h(g.dy + (t * B + b) * Ho, u, Ho);
+        if (zo_h) {
+          *skip = load_h(time_major_row(zo_h, sc, r, Ho), u, Ho) * d;
+          d -= *skip;
+        }
+        return d;
+      };
+      if constexpr (PROJ) {
+        // (a0) dL/dh~_t per row into dH; (a1) dm = dH W_hr for the step's rows.
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t r = off + i;
+          T* ch = carry_h.data() + i * Hop;
+          for (int64_t u = 0; u < Hop; u += L) {
+            Vec<T> skip{};
+            const Vec<T> d = dh_at(i, r, u, &skip);
+            if (zo_h) storeu(ch + u, skip);
+            storeu(dH.data() + r * Hop + u, d);
+          }
+        }
+#pragma omp barrier
+        for (int64_t q = p0; q < p1; ++q)
+          step_tiles<T, C::MR, C::NV>(
+              n, Hop, rpanels.data() + q * Hop * C::NR, [&](int64_t i) { return (const T*)dH.data() + (off + i) * Hop; },
+              [&](int64_t j0, int m, const T* tile) { store_tile<T, C::NR>(tile, m, j0, dm.data(), lddm, q * C::NR); },
+              acc.data());
+#pragma omp barrier
+      }
       for (int64_t i = i0; i < i1; ++i) {
-        const int64_t r = off + i, b = sc.row_b[r], t = sc.row_t[r];
+        const int64_t r = off + i, b = sc.row_b[r];
         const bool last = i >= nn;  // the entry's last step: dh_n, dc_n enter here
         const T* gates = w.gates.data() + r * ld;
         T* da = dA.data() + r * ld;
         T* dah = dAh + r * ld;
-        T* ch = carry_h.data() + i * Hp;
-        // dL/dh_t for unit u; under zoneout, the cell's share ((1 - m) of it,
-        // returned) and the direct one (m of it, into carry_h: *skip).
-        auto dh_at = [&](int64_t u, Vec<T>* skip) {
-          Vec<T> d;
-          if (last) {
-            d = load_opt(g.dh_n ? g.dh_n + b * H : nullptr, u, H);
-          } else {
-            Vec<T> rec = loadu(dh_rec.data() + i * ldrec + u);
-            if (hmask) rec *= load_h(f.mask_of(b), u, H);
-            d = rec + loadu(ch + u);
-          }
-          if (g.dy) d += load_h(g.dy + (t * B + b) * H, u, H);
-          if (zo_h) {
-            *skip = load_h(time_major_row(zo_h, sc, r, H), u, H) * d;
-            d -= *skip;
-          }
-          return d;
-        };
+        T* ch = carry_h.data() + i * Hop;
         if (lstm) {
           const T* tc = w.tanh_c.data() + r * Hp;
           const T* xc = w.xhat_c.data() + r * Hp;
           T* dcn = dCN.data() + r * Hp;
           for (int64_t u = 0; u < Hp; u += L) {
-            Vec<T> skip{};
-            Vec<T> dh = dh_at(u, &skip), o = loadu(gates + 3 * Hp + u), tcv = loadu(tc + u);
-            if (zo_h) storeu(ch + u, skip);
+            Vec<T> dh;
+            if constexpr (PROJ) {
+              dh = loadu(dm.data() + i * lddm + u);
+            } else {
+              Vec<T> skip{};
+              dh = dh_at(i, r, u, &skip);
+              if (zo_h) storeu(ch + u, skip);
+            }
+            const Vec<T> o = loadu(gates + 3 * Hp + u), tcv = loadu(tc + u);
             storeu(da + 3 * Hp + u, dh * tcv * o * (T(1) - o));
             storeu(dcn + u, keep_first<T>(dh * o * (T(1) - tcv * tcv), H - u));
           }
@@ -524,7 +647,7 @@ void ln_backward_run(const LnWorkspace<T>& w, const LayerNormArgs<T>& a, const L
           const T* xn = w.xhat_hh.data() + r * ld + 2 * Hp;
           for (int64_t u = 0; u < Hp; u += L) {
             Vec<T> skip{};
-            Vec<T> dh = dh_at(u, &skip), rg = loadu(gates + u), zg = loadu(gates + Hp + u), ng = loadu(gates + 2 * Hp + u);
+            Vec<T> dh = dh_at(i, r, u, &skip), rg = loadu(gates + u), zg = loadu(gates + Hp + u), ng = loadu(gates + 2 * Hp + u);
             Vec<T> ghn = loadu(xn + u) * load_h(a.ln_hh + 2 * H, u, H) + load_opt(a.b_hh ? a.b_hh + 2 * H : nullptr, u, H);
             Vec<T> dn = dh * (T(1) - zg) * (T(1) - ng * ng);
             Vec<T> dz = dh * (load_h(hp, u, H) - ng) * zg * (T(1) - zg);
@@ -553,14 +676,13 @@ void ln_backward_run(const LnWorkspace<T>& w, const LayerNormArgs<T>& a, const L
       split_range(B, nt, tid, i0, i1);
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t b = sc.order[i];
-        for (int64_t u = 0; u < Hp; u += L) {
-          if (g.dh0) {
-            Vec<T> rec = loadu(dh_rec.data() + i * ldrec + u);
-            if (hmask) rec *= load_h(f.mask_of(b), u, H);
-            store_h(g.dh0 + b * H, u, H, rec + loadu(carry_h.data() + i * Hp + u));
-          }
-          if (lstm && g.dc0) store_h(g.dc0 + b * H, u, H, loadu(carry_c.data() + i * Hp + u));
+        for (int64_t u = 0; u < Hop && g.dh0; u += L) {
+          Vec<T> rec = loadu(dh_rec.data() + i * ldrec + u);
+          if (hmask) rec *= load_h(f.mask_of(b), u, Ho);
+          store_h(g.dh0 + b * Ho, u, Ho, rec + loadu(carry_h.data() + i * Hop + u));
         }
+        for (int64_t u = 0; u < Hp && lstm && g.dc0; u += L)
+          store_h(g.dc0 + b * H, u, H, loadu(carry_c.data() + i * Hp + u));
       }
     }
     {  // gains' and betas' gradients: column sums over rows, split by column vectors
@@ -605,17 +727,37 @@ void ln_backward_run(const LnWorkspace<T>& w, const LayerNormArgs<T>& a, const L
       }
     }
     ln_weight_grad(f, dA.data(), ld, f.xrows, f.I, g.dW_ih, tid, nt, scratch);
-    ln_weight_grad(f, dGh.data(), ld, f.gemm_rows(), H, g.dW_hh, tid, nt, scratch);
+    ln_weight_grad(f, dGh.data(), ld, f.gemm_rows(), Ho, g.dW_hh, tid, nt, scratch);
+    if constexpr (PROJ) {  // dW_hr = dH^T m, this thread's rows in whole MR tiles
+      int64_t m0, m1;
+      split_range((Ho + kGemmMR - 1) / kGemmMR, nt, tid, m0, m1);
+      m0 *= kGemmMR, m1 = std::min(Ho, m1 * kGemmMR);
+      if (g.dW_hr && m1 > m0) {
+        std::vector<T*> crows(size_t(m1 - m0));
+        std::vector<const T*> mrows(static_cast<size_t>(rows));
+        for (int64_t p = m0; p < m1; ++p) crows[p - m0] = g.dW_hr + p * H;
+        for (int64_t r = 0; r < rows; ++r) mrows[r] = w.m.data() + r * Hp;
+        gemm<T>(m1 - m0, H, rows, AView<T>{nullptr, dH.data() + m0, 1, Hop}, BView<T>{mrows.data(), true},
+                CView<T>{crows.data()}, nullptr, false, scratch);
+      }
+    }
   }
 }
 
 template <class T>
 void ln_backward_impl(const LnWorkspace<T>& w, const LayerNormArgs<T>& a, const LayerNormGrads<T>& g,
                       int nthreads) {
-  if (ln_has_masks(a))
-    ln_backward_run<T, true>(w, a, g, nthreads);
-  else
-    ln_backward_run<T, false>(w, a, g, nthreads);
+  const bool masks = ln_has_masks(a);
+  if (ln_has_projection(a)) {
+    if (masks)
+      ln_backward_run<T, true, true>(w, a, g, nthreads);
+    else
+      ln_backward_run<T, false, true>(w, a, g, nthreads);
+  } else if (masks) {
+    ln_backward_run<T, true, false>(w, a, g, nthreads);
+  } else {
+    ln_backward_run<T, false, false>(w, a, g, nthreads);
+  }
 }
 
 }  // namespace PYRNN_ISA_NS

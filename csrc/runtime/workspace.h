@@ -135,7 +135,8 @@ inline int64_t good_ld(int64_t n) {
 // each block Hp wide (row stride ld): the normalised projections xhat_ih and
 // xhat_hh and the activated gates (LSTM i f g o, GRU r z n); per row and
 // block 1/sigma (rstd_*, [rows, G]). LSTM also: the new cell state c [rows, Hp],
-// its normalised value xhat_c and tanh(LN_1(c)) (tanh_c), rstd_c [rows].
+// its normalised value xhat_c and tanh(LN_1(c)) (tanh_c), rstd_c [rows]; with
+// a projection the unprojected output m [rows, Hp].
 template <class T>
 struct LnWorkspace {
   Schedule sched;
@@ -144,9 +145,10 @@ struct LnWorkspace {
   int64_t Hp = 0, ld = 0;
   AlignedBuffer<T> xhat_ih, xhat_hh, gates, rstd_ih, rstd_hh;
   AlignedBuffer<T> c, xhat_c, tanh_c, rstd_c;
+  AlignedBuffer<T> m;  // with a projection: m = o * tanh(LN_1(c)) [rows, Hp], for dW_hr
   int64_t bytes() const {
     return int64_t(sizeof(T) * (xhat_ih.size() + xhat_hh.size() + gates.size() + rstd_ih.size() + rstd_hh.size() +
-                                c.size() + xhat_c.size() + tanh_c.size() + rstd_c.size()));
+                                c.size() + xhat_c.size() + tanh_c.size() + rstd_c.size() + m.size()));
   }
 };
 

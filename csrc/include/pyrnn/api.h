@@ -216,7 +216,10 @@ double measure_read_bandwidth_gbs(int64_t bytes, int nthreads, double seconds);
 // reads h_{t-1} * h_mask[b]; the GRU's z h_{t-1} keeps the unmasked state),
 // zoneout_h and (LSTM) zoneout_c as ForwardArgs too: c' above is then
 // m_c c + (1 - m_c) c' before its LN, and h' = m_h h + (1 - m_h) h'.
-// No projection or packing.
+// LSTM projection (PyTorch proj_size): P > 0 makes h P wide, h' = W_hr m with
+// m = o * tanh(LN_1(c')) [H] and W_hr [P, H] (0 < P < H); W_hh is then
+// [4H, P]; h0, h_n, y, h_mask, zoneout_h, dy, dh_n, dh0 are P wide (c0, c_n,
+// zoneout_c stay H wide); zoneout_h mixes the projected h. No packing.
 template <class Real>
 struct LayerNormArgs {
   CellKind cell = CellKind::Lstm;  // Lstm or Gru
@@ -229,6 +232,8 @@ struct LayerNormArgs {
   bool reverse = false;
   const Real* h_mask = nullptr;                              // [B, H] or null
   const Real *zoneout_h = nullptr, *zoneout_c = nullptr;    // [T, B, H] or null (zoneout_c: LSTM)
+  int64_t P = 0;                                             // LSTM projection width; 0: none
+  const Real* W_hr = nullptr;                                // [P, H] when P > 0
   Real* y = nullptr;  // [T,B,H]; zero-filled by the caller when lengths are given
   Real *h_n = nullptr, *c_n = nullptr;
 };
@@ -241,6 +246,7 @@ struct LayerNormGrads {
   Real *dx = nullptr, *dh0 = nullptr, *dc0 = nullptr, *dW_ih = nullptr, *dW_hh = nullptr;
   Real *db_ih = nullptr, *db_hh = nullptr, *dln_ih = nullptr, *dln_hh = nullptr;
   Real *dln_c_weight = nullptr, *dln_c_bias = nullptr;
+  Real* dW_hr = nullptr;  // [P, H] when the forward projected (overwritten)
 };
 
 template <class T>
