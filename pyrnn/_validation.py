@@ -112,7 +112,12 @@ def check_forward(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask=None,
         W_hr = as_float_array("W_hr", W_hr)
         if W_hr.ndim != 2 or not 1 <= W_hr.shape[0] < W_hr.shape[1]:
             raise ValueError(f"W_hr must have shape (P, H) with 1 <= P < H, got {W_hr.shape}")
-        P, H = W_hr.shape
+        # H from W_ih's rows where they give one (hidden_size), so that a W_hr of the wrong
+        # width is the array the message names
+        W_ih = as_float_array("W_ih", W_ih)
+        rows = W_ih.shape[0] if W_ih.ndim == 2 else 0
+        P, H = W_hr.shape[0], (rows // G if rows and rows % G == 0 else W_hr.shape[1])
+        check_shape("W_hr", W_hr, (P, H), "(P, H)")
         check_shape("W_hh", W_hh, (G * H, P), f"({G}*H, P)")
     else:
         if W_hh.ndim != 2 or W_hh.shape[0] != G * W_hh.shape[1] or W_hh.shape[1] < 1:
@@ -218,7 +223,8 @@ def check_positive_int(name, value, allow_zero=False):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
     if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be greater than zero")
+        raise ValueError(f"{name} must be {'zero or a positive integer' if allow_zero else 'greater than zero'}, "
+                         f"got {value}")
     return int(value)
 
 

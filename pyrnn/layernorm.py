@@ -78,7 +78,8 @@ class _LayerNormRNNBase(_StackedLayer):
         if proj_size and mode != "LSTM":
             raise ValueError(f"proj_size argument is only supported for LayerNormLSTM, not LayerNorm{mode}")
         if proj_size >= hidden_size:
-            raise ValueError("proj_size has to be smaller than hidden_size")
+            raise ValueError(f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} and "
+                             f"hidden_size={hidden_size}")
         check_probability("dropout", dropout)
         check_probability("recurrent_dropout", recurrent_dropout)
         zoneout, zoneout_c = zoneout_rates(mode, zoneout, zoneout_c)

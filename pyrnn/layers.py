@@ -196,7 +196,8 @@ class _RNNBase(_StackedLayer):
         if proj_size and mode != "LSTM":
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if proj_size >= hidden_size:
-            raise ValueError("proj_size has to be smaller than hidden_size")
+            raise ValueError(f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} and "
+                             f"hidden_size={hidden_size}")
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
         self.mode = mode

@@ -91,6 +91,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import numbers
 import importlib.abc
 import sys
 from typing import NamedTuple
@@ -986,7 +987,7 @@ class _LayerNormRNN(nn.Module):
         super().__init__()
         for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers),
                         ("proj_size", proj_size)):
-            if isinstance(v, bool) or not isinstance(v, int):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral if name == "proj_size" else int):
                 raise TypeError(f"{name} should be of type int, got: {type(v).__name__}")
             if v < 0 or (v == 0 and name != "proj_size"):
                 raise ValueError(f"{name} must be greater than zero" if name != "proj_size"
@@ -994,13 +995,14 @@ class _LayerNormRNN(nn.Module):
         if proj_size and mode != "LSTM":
             raise ValueError(f"proj_size argument is only supported for LayerNormLSTM, not {type(self).__name__}")
         if proj_size >= hidden_size:
-            raise ValueError("proj_size has to be smaller than hidden_size")
+            raise ValueError(f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} and "
+                             f"hidden_size={hidden_size}")
         check_probability("dropout", dropout)
         self.mode, self._cell = mode, mode.lower()
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bool(bias), bool(batch_first), float(dropout)
         self.bidirectional = bool(bidirectional)
-        self.proj_size = proj_size
+        self.proj_size = proj_size = int(proj_size)
         self.recurrent_dropout = rec_p
         self.zoneout, self.zoneout_c = rates  # of h and (LSTM) c; the GRU's zoneout_c is 0.0
         G, H, P = (4 if mode == "LSTM" else 3), hidden_size, proj_size
@@ -1202,7 +1204,9 @@ class LayerNormGRU(_LayerNormRNN):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, device=None, dtype=None, *, recurrent_dropout=0.0, zoneout=0.0,
-                 zoneout_c=None):
-        # zoneout_c is accepted only to be refused with the reason (as GRU's)
+                 zoneout_c=None, proj_size=0):
+        # zoneout_c and proj_size are accepted only to be refused with the reason (as GRU's; torch.nn.GRU
+        # refuses proj_size with a ValueError too)
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         device, dtype, recurrent_dropout=recurrent_dropout, zoneout=zoneout, zoneout_c=zoneout_c)
+                         device, dtype, recurrent_dropout=recurrent_dropout, zoneout=zoneout, zoneout_c=zoneout_c,
+                         proj_size=proj_size)

@@ -257,6 +257,9 @@ def test_workspace_reports_projection(rng):
 
 def test_functional_and_core_validation(rng):
     p = _params(rng, T=3, B=2, I=4, H=5, P=2)
+    # a W_hr of the wrong width is named, with H from W_ih (hidden_size), not blamed on W_hh
+    with pytest.raises(ValueError, match=r"W_hr must have shape \(P, H\) = \(2, 5\), got \(2, 6\)"):
+        run_layernorm_forward(F, "lstm", dict(p, W_hr=np.zeros((2, 6))))
     with pytest.raises(ValueError, match=r"W_hh must have shape \(4\*H, P\) = \(20, 2\), got \(20, 5\)"):
         run_layernorm_forward(F, "lstm", dict(p, W_hh=np.zeros((20, 5))))
     with pytest.raises(ValueError, match=r"h0 must have shape \(B, P\) = \(2, 2\), got \(2, 5\)"):
@@ -415,8 +418,11 @@ def test_layer_errors():
         pyrnn.LayerNormLSTM(3, 4, proj_size=4)
     with pytest.raises(ValueError, match="proj_size has to be smaller than hidden_size"):
         pyrnn.LayerNormLSTM(3, 4, proj_size=5)
-    with pytest.raises(ValueError, match="proj_size must be greater than zero"):
+    with pytest.raises(ValueError, match="proj_size must be zero or a positive integer, got -1"):
         pyrnn.LayerNormLSTM(3, 4, proj_size=-1)
+    with pytest.raises(ValueError, match="got proj_size=5 and hidden_size=4"):
+        pyrnn.LayerNormLSTM(3, 4, proj_size=5)
+    assert pyrnn.LayerNormLSTM(3, 4, proj_size=np.int64(2)).proj_size == 2
     for bad in (2.0, "2", True):
         with pytest.raises(TypeError, match="proj_size should be of type int"):
             pyrnn.LayerNormLSTM(3, 4, proj_size=bad)
@@ -457,8 +463,13 @@ def test_torch_module_parameters_follow_torch_lstm():
         pt.LayerNormLSTM(3, 4, proj_size=-1)
     with pytest.raises(TypeError, match="proj_size should be of type int"):
         pt.LayerNormLSTM(3, 4, proj_size=1.0)
-    with pytest.raises(TypeError, match="proj_size"):
+    # as torch.nn.GRU(proj_size=2): a ValueError saying why
+    with pytest.raises(ValueError, match="proj_size argument is only supported for LayerNormLSTM, not LayerNormGRU"):
         pt.LayerNormGRU(3, 4, proj_size=2)
+    assert pt.LayerNormGRU(3, 4, proj_size=0).proj_size == 0
+    # a NumPy integer, as torch.nn.LSTM takes it
+    m = pt.LayerNormLSTM(3, 4, proj_size=np.int64(2))
+    assert m.proj_size == 2 and type(m.proj_size) is int and m.weight_hr_l0.shape == (2, 4)
     m = pt.LayerNormLSTM(3, 4, proj_size=2)
     x = torch.zeros(2, 1, 3)
     with pytest.raises(ValueError, match=r"expected hx\[0\] of size \(1, 1, 2\)"):
