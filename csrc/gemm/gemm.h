@@ -47,8 +47,14 @@ constexpr int tile_rows(int nv) {
 // ACC: start from the tile's current values instead of zero. Splitting K into
 // chunks this way keeps each element's sum in the same order as one pass.
 // Either register plan computes the same products in the same order.
+//
+// Never inlined: inlined into a large caller (a step loop with its cell's
+// epilogue), GCC keeps the caller's hoisted constants in vector registers
+// across this loop and spills accumulators to the stack (measured: the
+// AVX2 GRU and RNN backward loops at 41-51% of the FMA peak, 6 of 12
+// accumulators on the stack). A call costs nothing beside K iterations.
 template <class T, int MR, int NV, bool PACKED_A, bool ACC = false>
-inline void ukernel(int64_t K, const T* __restrict a, const T* const* arows, const T* __restrict b,
+[[gnu::noinline]] void ukernel(int64_t K, const T* __restrict a, const T* const* arows, const T* __restrict b,
                     T* __restrict tile) {
   constexpr int L = kLanes<T>;
   Vec<T> acc[MR][NV];
@@ -137,9 +143,11 @@ inline void ukernel_into(int64_t K, const T* __restrict a, const T* __restrict b
 
 // One row (a GEMV, batch 1): four accumulator sets over k mod 4 hide the FMA
 // latency that a single chain per column vector would expose; they are summed
-// in a fixed order, so results do not depend on threads.
+// in a fixed order, so results do not depend on threads. (With 4 vectors and
+// 16 registers GCC keeps some of the 16 accumulators on the stack; three sets
+// that fit measured no faster at B=1, where reading the weights bounds it.)
 template <class T, int NV, bool ACC>
-inline void ukernel_row(int64_t K, const T* __restrict a, const T* __restrict b, T* __restrict tile) {
+[[gnu::noinline]] void ukernel_row(int64_t K, const T* __restrict a, const T* __restrict b, T* __restrict tile) {
   constexpr int L = kLanes<T>, U = 4;
   Vec<T> acc[U][NV];
 #pragma GCC unroll 4
