@@ -88,14 +88,19 @@ void pack_backward_panel(const T* W, int64_t nrows, int64_t ncols, int64_t Kp, c
   }
 }
 
-// x W_ih^T + bias for this thread's units [ua, ub) of every gate.
+// x W_ih^T + bias for this thread's units [ua, ub) of every gate. With W_ih
+// packed once (PackedRecurrence::wih, fp32), the GEMM reads its panels where
+// this thread's columns start on a panel, instead of packing W_ih again.
 template <class T>
 void project_inputs(FwdCtx<T>& f, int G, int64_t ua, int64_t ub, GemmScratch<T>& scratch) {
   if (ua >= ub) return;
+  const PackedRecurrence<T>* p = f.a.packed;
+  const bool pre = p && p->precision == WeightPrecision::Same && p->wih.size() && p->NR == kGemmNV * kLanes<T>;
   for (int g = 0; g < G; ++g) {
     int64_t c0 = g * f.Hp + ua;
+    const T* panels = pre && c0 % p->NR == 0 ? p->wih.data() + c0 / p->NR * f.I * p->NR : nullptr;
     gemm<T>(f.sc.rows, ub - ua, f.I, AView<T>{f.xrows.data()}, BView<T>{f.wih_cols.data() + c0, false},
-            CView<T>{nullptr, f.xp.data() + c0, f.ld_xp}, f.bias.data() + c0, false, scratch);
+            CView<T>{nullptr, f.xp.data() + c0, f.ld_xp}, f.bias.data() + c0, false, scratch, panels);
   }
 }
 

@@ -326,9 +326,14 @@ struct GemmScratch {
 
 // One thread computes C[0..M, 0..N] = A B (+ bias[n]) or C += A B.
 // Called by each thread on its own block of C, so no synchronisation here.
+// `prepacked`, when given, holds B already packed as whole NR-wide column
+// panels over all of K (panel j at prepacked + j*K*NR, as pack_column_panels
+// writes them: frozen weights), so no packing happens here; the last panel
+// is then computed whole and only its first columns written. The sums are
+// the same either way.
 template <class T>
 void gemm(int64_t M, int64_t N, int64_t K, const AView<T>& A, const BView<T>& B, const CView<T>& C,
-          const T* bias, bool accumulate, GemmScratch<T>& s) {
+          const T* bias, bool accumulate, GemmScratch<T>& s, const T* prepacked = nullptr) {
   constexpr int NV = kGemmNV, MR = kGemmMR, NR = NV * kLanes<T>;
   // Blocking: a kc x NR micro-panel of B stays in L1 (or L2, gemm_kc) while
   // the micro-kernel passes over all MC rows of A; the kc x nc block of B
@@ -350,7 +355,7 @@ void gemm(int64_t M, int64_t N, int64_t K, const AView<T>& A, const BView<T>& B,
   const bool packed_a = A.rows == nullptr;
   const int64_t KC = gemm_kc<T>(K, NR, packed_a);
   const int64_t NC = std::max<int64_t>(NR, (cache_sizes().l2 / 2 / int64_t(KC * sizeof(T))) / NR * NR);
-  s.b.reserve(size_t(KC * NC));
+  if (!prepacked) s.b.reserve(size_t(KC * NC));
   if (packed_a) s.a.reserve(size_t(KC * MC));
   alignas(64) T tile[MR * NR];
   const T* arows[MR];
@@ -359,15 +364,15 @@ void gemm(int64_t M, int64_t N, int64_t K, const AView<T>& A, const BView<T>& B,
     for (int64_t pc = 0; pc < K; pc += KC) {
       int64_t kc = std::min(KC, K - pc);
       bool first = pc == 0;
-      pack_b<T, NR>(B, pc, kc, jc, nc, s.b.data());
+      if (!prepacked) pack_b<T, NR>(B, pc, kc, jc, nc, s.b.data());
       for (int64_t ic = 0; ic < M; ic += MC) {
         int64_t mc = std::min(MC, M - ic);
         if (packed_a) pack_a<T, MR>(A, ic, mc, pc, kc, s.a.data());
         for (int64_t jr = 0; jr < nc; jr += NR) {
           const int nw = int(std::min<int64_t>(NR, nc - jr));
-          const int64_t w = panel_width<T, NR>(nw);
+          const int64_t w = prepacked ? NR : panel_width<T, NR>(nw);
           const int nv = int(w / kLanes<T>);
-          const T* bp = s.b.data() + (jr / NR) * kc * NR;
+          const T* bp = prepacked ? prepacked + ((jc + jr) / NR * K + pc) * NR : s.b.data() + (jr / NR) * kc * NR;
           for (int64_t ir = 0; ir < mc; ir += MR) {
             int m = int(std::min<int64_t>(MR, mc - ir));
             if (packed_a) {
