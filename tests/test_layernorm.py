@@ -624,18 +624,18 @@ def test_torch_module_matches_numpy_layer(cell, masks, rng, monkeypatch):
 
 
 @pytest.mark.parametrize("masks", [False, True], ids=["plain", "masks"])
-@pytest.mark.parametrize("cell", CELLS)
-def test_torch_gradcheck(cell, masks, rng):
+@pytest.mark.parametrize("cell,proj", [("lstm", 0), ("gru", 0), ("lstm", 2)], ids=["lstm", "gru", "lstm-proj"])
+def test_torch_gradcheck(cell, proj, masks, rng):
     torch = _torch()
     torch.manual_seed(0)
     m = _torch_module(cell, input_size=3, hidden_size=4, num_layers=2, bidirectional=True, dtype=torch.float64,
-                      **(mask_options(cell) if masks else {}))
+                      **({"proj_size": proj} if proj else {}), **(mask_options(cell) if masks else {}))
     with torch.no_grad():
         for name, p in m.named_parameters():  # gains and betas away from 1 / 0
             if not name.startswith("weight"):
                 p.add_(torch.rand(p.shape, dtype=torch.float64) - 0.5)
     x = torch.randn(5, 3, 3, dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(4, 3, 4, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(4, 3, proj or 4, dtype=torch.float64, requires_grad=True)
     c0 = torch.randn(4, 3, 4, dtype=torch.float64, requires_grad=True)
     lengths = torch.tensor([5, 2, 4])
     names, params = zip(*m.named_parameters())

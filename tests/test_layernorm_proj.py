@@ -13,9 +13,10 @@ h_t = W_hr (o * tanh(LN(c_t))), P wide.
   pyrnn.LSTM's, states and outputs P wide, num_layers and bidirectional, the
   reference run direction by direction, finite differences, errors;
 * pyrnn.torch.LayerNormLSTM(proj_size=P): parameter names as torch.nn.LSTM's,
-  the NumPy layer's outputs and gradients (with masks), gradcheck,
-  PackedSequence / lengths / unbatched. (The operator's paths, torch.compile,
-  torch.export and torch.func: tests/test_layernorm_torch_ops.py.)
+  the NumPy layer's outputs and gradients (with masks), PackedSequence /
+  lengths / unbatched. (gradcheck: tests/test_layernorm.py's
+  test_torch_gradcheck; the operator's paths, torch.compile, torch.export and
+  torch.func: tests/test_layernorm_torch_ops.py.)
 """
 
 import numpy as np
@@ -514,32 +515,6 @@ def test_torch_module_matches_numpy_layer(masks, rng, monkeypatch):
     np.testing.assert_allclose(xt.grad.numpy(), dx, rtol=1e-11, atol=1e-12)
     for name, p in m.named_parameters():
         np.testing.assert_allclose(p.grad.numpy(), layer.grads[name], rtol=1e-11, atol=1e-12, err_msg=name)
-
-
-@pytest.mark.parametrize("masks", [False, True], ids=["plain", "masks"])
-def test_torch_gradcheck(masks):
-    torch = pytest.importorskip("torch")
-    import pyrnn.torch as pt
-    torch.manual_seed(0)
-    opts = {"recurrent_dropout": 0.3, "zoneout": 0.25, "zoneout_c": 0.4} if masks else {}
-    m = pt.LayerNormLSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2, dtype=torch.float64, **opts)
-    with torch.no_grad():
-        for name, p in m.named_parameters():  # gains and betas away from 1 / 0
-            if not name.startswith("weight"):
-                p.add_(torch.rand(p.shape, dtype=torch.float64) - 0.5)
-    x = torch.randn(5, 3, 3, dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
-    c0 = torch.randn(4, 3, 4, dtype=torch.float64, requires_grad=True)
-    lengths = torch.tensor([5, 2, 4])
-    names, params = zip(*m.named_parameters())
-
-    def f(x, h0, c0, *ps):
-        torch.manual_seed(7)  # (with masks: the same masks at every evaluation)
-        y, (h, c) = torch.func.functional_call(m, dict(zip(names, ps)), (x, (h0, c0)), {"lengths": lengths})
-        return y, h, c
-
-    inputs = (x, h0, c0) + tuple(p.detach().clone().requires_grad_() for p in params)
-    assert torch.autograd.gradcheck(f, inputs)
 
 
 def test_torch_packed_sequence_lengths_and_unbatched():

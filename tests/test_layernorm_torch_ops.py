@@ -366,10 +366,9 @@ def test_export_round_trip(cell):
 
 # -------------------------------------------------------------- torch.func --
 
-@pytest.mark.parametrize("cell", list(G))
-def test_func_grad_over_functional_call_matches_autograd(monkeypatch, cell):
-    torch.manual_seed(0)
-    m = MODULES[cell](I, H, num_layers=2, bidirectional=True, dtype=torch.float64)
+def _check_func_grad(monkeypatch, m):
+    """torch.func.grad over functional_call equals autograd bitwise, one kernel forward and backward per
+    layer and direction (2 layers, bidirectional). Returns (params, loss) for further transforms."""
     x = torch.randn(T, B, I, dtype=torch.float64)
     params = {n: p.detach() for n, p in m.named_parameters()}
 
@@ -384,6 +383,14 @@ def test_func_grad_over_functional_call_matches_autograd(monkeypatch, cell):
     assert counts == {"forward": 4, "backward": 4}
     _assert_equal(got_params, {n: p.grad for n, p in m.named_parameters()})
     _assert_equal(got_x, xs.grad)
+    monkeypatch.undo()
+    return params, loss
+
+
+@pytest.mark.parametrize("cell", list(G))
+def test_func_grad_over_functional_call_matches_autograd(monkeypatch, cell):
+    torch.manual_seed(0)
+    _check_func_grad(monkeypatch, MODULES[cell](I, H, num_layers=2, bidirectional=True, dtype=torch.float64))
 
 
 def test_compile_over_torch_func_grad():
@@ -554,21 +561,7 @@ def test_export_round_trip_with_projection():
 def test_func_grad_and_vmap_with_projection(monkeypatch):
     torch.manual_seed(0)
     m = pt.LayerNormLSTM(I, H, num_layers=2, bidirectional=True, proj_size=P, dtype=torch.float64)
-    x = torch.randn(T, B, I, dtype=torch.float64)
-    params = {n: p.detach() for n, p in m.named_parameters()}
-
-    def loss(params, x):
-        return functional_call(m, params, (x,))[0].square().sum()
-
-    xs = x.clone().requires_grad_()
-    m.zero_grad()
-    m(xs)[0].square().sum().backward()
-    counts = _count_kernel_calls(monkeypatch)
-    got_params, got_x = grad(loss, argnums=(0, 1))(params, x)
-    assert counts == {"forward": 4, "backward": 4}
-    _assert_equal(got_params, {n: p.grad for n, p in m.named_parameters()})
-    _assert_equal(got_x, xs.grad)
-    monkeypatch.undo()
+    params, loss = _check_func_grad(monkeypatch, m)
     xb = torch.randn(3, T, B, I, dtype=torch.float64)
     per_sample = vmap(grad(loss), in_dims=(None, 0))(params, xb)
     for i in range(3):

@@ -42,9 +42,22 @@ constexpr int tile_rows(int nv) {
   return r < 1 ? 1 : (r > cap ? cap : r);
 }
 
-// tile[MR][NV*lanes] = sum_k A(r,k) * Bp[k][:]
+// Where a tile's rows are read from (ACC) and written to: a contiguous tile
+// (rows NV*lanes apart) or C's own rows.
+template <class T, int NR>
+struct TileRows {
+  T* p;
+  T* row(int r) const { return p + r * NR; }
+};
+template <class T>
+struct CRows {
+  T* const* rows;
+  T* row(int r) const { return rows[r]; }
+};
+
+// out[MR][NV*lanes] = sum_k A(r,k) * Bp[k][:]
 // PACKED_A: a[k*MR + r]; otherwise arows[r][k].
-// ACC: start from the tile's current values instead of zero. Splitting K into
+// ACC: start from out's current values instead of zero. Splitting K into
 // chunks this way keeps each element's sum in the same order as one pass.
 // Either register plan computes the same products in the same order.
 //
@@ -53,15 +66,15 @@ constexpr int tile_rows(int nv) {
 // across this loop and spills accumulators to the stack (measured: the
 // AVX2 GRU and RNN backward loops at 41-51% of the FMA peak, 6 of 12
 // accumulators on the stack). A call costs nothing beside K iterations.
-template <class T, int MR, int NV, bool PACKED_A, bool ACC = false>
-[[gnu::noinline]] void ukernel(int64_t K, const T* __restrict a, const T* const* arows, const T* __restrict b,
-                    T* __restrict tile) {
+template <class T, int MR, int NV, bool PACKED_A, bool ACC, class Out>
+[[gnu::noinline]] void ukernel_out(int64_t K, const T* __restrict a, const T* const* arows, const T* __restrict b,
+                                   Out out) {
   constexpr int L = kLanes<T>;
   Vec<T> acc[MR][NV];
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) acc[r][v] = ACC ? loadu(tile + (r * NV + v) * L) : Vec<T>{};
+    for (int v = 0; v < NV; ++v) acc[r][v] = ACC ? loadu(out.row(r) + v * L) : Vec<T>{};
   const T* ap[MR];
   if (!PACKED_A) {
 #pragma GCC unroll 16
@@ -95,50 +108,24 @@ template <class T, int MR, int NV, bool PACKED_A, bool ACC = false>
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) storeu(tile + (r * NV + v) * L, acc[r][v]);
+    for (int v = 0; v < NV; ++v) storeu(out.row(r) + v * L, acc[r][v]);
 }
 
-// The MR x NV tile of packed A times B added to C in place (rows crow[r],
-// columns 0..NV*lanes), or stored there when `first`: a tile of a K-split GEMM
-// whose rows are all in C, without going through a tile buffer. The sums are
-// ukernel<..., ACC>'s, in the same order.
+// The tile kernel into a contiguous tile[MR][NV*lanes].
+template <class T, int MR, int NV, bool PACKED_A, bool ACC = false>
+inline void ukernel(int64_t K, const T* a, const T* const* arows, const T* b, T* tile) {
+  ukernel_out<T, MR, NV, PACKED_A, ACC>(K, a, arows, b, TileRows<T, NV * kLanes<T>>{tile});
+}
+
+// The packed-A tile kernel added to C in place (rows crow[r], columns
+// 0..NV*lanes), or stored there when `first`: a whole tile of a K-split GEMM,
+// without going through a tile buffer.
 template <class T, int MR, int NV>
-inline void ukernel_into(int64_t K, const T* __restrict a, const T* __restrict b, T* const* crow, bool first) {
-  constexpr int L = kLanes<T>;
-  Vec<T> acc[MR][NV];
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) acc[r][v] = first ? Vec<T>{} : loadu(crow[r] + v * L);
-  for (int64_t k = 0; k < K; ++k) {
-    if constexpr (b_stationary(MR, NV)) {
-      Vec<T> bv[NV];
-#pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) bv[v] = loadu(b + v * L);
-#pragma GCC unroll 16
-      for (int r = 0; r < MR; ++r) {
-        Vec<T> av = bcast(a[r]);
-#pragma GCC unroll 8
-        for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
-      }
-    } else {
-      Vec<T> av[MR];
-#pragma GCC unroll 16
-      for (int r = 0; r < MR; ++r) av[r] = bcast(a[r]);
-#pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) {
-        const Vec<T> bv = loadu(b + v * L);
-#pragma GCC unroll 16
-        for (int r = 0; r < MR; ++r) acc[r][v] += av[r] * bv;
-      }
-    }
-    b += NV * L;
-    a += MR;
-  }
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) storeu(crow[r] + v * L, acc[r][v]);
+inline void ukernel_into(int64_t K, const T* a, const T* b, T* const* crow, bool first) {
+  if (first)
+    ukernel_out<T, MR, NV, true, false>(K, a, nullptr, b, CRows<T>{crow});
+  else
+    ukernel_out<T, MR, NV, true, true>(K, a, nullptr, b, CRows<T>{crow});
 }
 
 // One row (a GEMV, batch 1): four accumulator sets over k mod 4 hide the FMA
