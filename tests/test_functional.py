@@ -172,7 +172,8 @@ def test_nonlinearities_saturate_and_propagate_nan(variant, isa, rng):
 
 def test_float32_tanh_accuracy(isa):
     """RNN with W_ih = identity and W_hh = 0 computes tanh(x) elementwise (inf is left out:
-    inf * 0 in the projection is NaN, as in any GEMM)."""
+    inf * 0 in the projection is NaN, as in any GEMM). The float tanh is a rational
+    approximation within 6.4 ulp (csrc/gemm/simd.h): 3.8e-7 relative at most."""
     x = np.concatenate([np.linspace(-20, 20, 4001), np.geomspace(1e-7, 1.0, 500), -np.geomspace(1e-7, 1.0, 500),
                         [0.0, 0.624, 0.625, 0.626, 44.0, 1e30, -1e30]]).astype(np.float32)
     H = 25
@@ -181,7 +182,8 @@ def test_float32_tanh_accuracy(isa):
     W_hh = np.zeros((H, H), np.float32)
     y, _, _ = F.rnn_forward(x, None, W_ih, W_hh, training=False)
     expected = np.tanh(x.astype(np.float64))
-    np.testing.assert_allclose(y, expected, rtol=3e-7 * 8, atol=1e-30)
+    np.testing.assert_allclose(y, expected, rtol=5e-7, atol=1e-30)
+    assert np.all(np.abs(y) <= 1)
 
 
 def test_non_contiguous_inputs_are_copied(rng):
