@@ -33,6 +33,9 @@ def thread_setting() -> int | str:
     return "auto" if _core.threads_adaptive() else _core.get_num_threads()
 
 
+_MAX_THREADS = 2**31 - 1  # the kernels' int
+
+
 def set_num_threads(n: int | str) -> None:
     """Set the threads pyrnn's kernels use: a positive integer, or ``"auto"``.
 
@@ -51,8 +54,8 @@ def set_num_threads(n: int | str) -> None:
         return
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
         raise TypeError(f"num_threads must be a positive integer or 'auto', got {type(n).__name__} {n!r}")
-    if n < 1:
-        raise ValueError(f"num_threads must be a positive integer or 'auto', got {n}")
+    if not 1 <= n <= _MAX_THREADS:
+        raise ValueError(f"num_threads must be a positive integer or 'auto' (integers up to {_MAX_THREADS}), got {n}")
     _core.set_num_threads(int(n))
 
 

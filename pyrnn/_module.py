@@ -43,6 +43,24 @@ class Module:
             return params[name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
+    def __setattr__(self, name, value):
+        # A parameter is a live array that the kernels, optimizers and state_dict share:
+        # assigning one (lstm.weight_hh_l0 = new) copies the values into it, checked as
+        # load_state_dict checks them, instead of hiding it behind an instance attribute.
+        params = self.__dict__.get("_params")
+        if params is not None and name in params:
+            self.load_state_dict({name: value}, strict=False)
+            return
+        object.__setattr__(self, name, value)
+
+    def __getstate__(self):
+        # What the last training-mode call kept for backward (C++ workspaces) is not
+        # copied or pickled: a copy starts with no pending backward, like a fresh call.
+        state = dict(self.__dict__)
+        if "_saved" in state:
+            state["_saved"] = None
+        return state
+
     def train(self, mode=True):
         """Sets training mode (``mode=True``) or inference mode; returns the module."""
         self.training = bool(mode)
@@ -83,6 +101,8 @@ class Module:
             if k not in self._params:
                 continue
             a = to_numpy(v)
+            if a.dtype.kind not in "fiu":
+                raise TypeError(f"{k} must be a floating-point array, got {type(v).__name__} of dtype {a.dtype}")
             if a.dtype.kind != "f":
                 raise TypeError(f"{k} must be a floating-point array, got dtype {a.dtype}")
             if a.shape != self._params[k].shape:

@@ -188,7 +188,12 @@ def check_grads(dtype, expected, grads, zeros=False):
 # ------------------------------------------------ layer and cell arguments --
 
 def check_dtype(dtype):
-    dt = np.dtype(dtype)
+    """float32 or float64 as a NumPy dtype; None is float32, the default of every
+    pyrnn layer and cell (np.dtype(None) would be float64)."""
+    try:
+        dt = np.dtype(np.float32 if dtype is None else dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
     if dt not in _FLOAT_DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
     return dt
@@ -229,9 +234,12 @@ def check_positive_int(name, value, allow_zero=False):
 
 
 def check_probability(name, p):
-    if isinstance(p, bool) or not isinstance(p, numbers.Number) or not 0 <= p <= 1:
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"{name} should be a number in range [0, 1] representing the probability of an "
+                        f"element being zeroed, got {type(p).__name__} {p!r}")
+    if not 0 <= p <= 1:
         raise ValueError(f"{name} should be a number in range [0, 1] representing the probability of an "
-                         f"element being zeroed")
+                         f"element being zeroed, got {p!r}")
     return float(p)
 
 

@@ -24,7 +24,7 @@ from . import _core
 from . import functional as F
 from ._cells import cell_spec
 from ._module import Module
-from ._validation import cell_array, check_positive_int, check_precision, make_rng
+from ._validation import array_like, cell_array, check_positive_int, check_precision, make_rng
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "FrozenCell"]
 
@@ -110,8 +110,8 @@ class _CellBase(_StepInputs, Module):
         return p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh")
 
     def _step(self, x, h, c, unbatched):
-        if self.training:
-            self._saved = (x, h, c, unbatched)
+        if self.training:  # copies: the caller may reuse these buffers before backward
+            self._saved = tuple(None if a is None else a.copy() for a in (x, h, c)) + (unbatched,)
         return _core.cell_step(self.cell.kind, x, h, c, *self._weights())
 
     def forward(self, x, hx=None):
@@ -130,14 +130,15 @@ class _CellBase(_StepInputs, Module):
         if self._saved is None:
             raise RuntimeError(f"{type(self).__name__}.backward needs a call in training mode first")
         x, h, c, unbatched = self._saved
-        self._saved = None
         weights = self._weights()
-        shape = x.shape[:1] + (self.hidden_size,)
-        dh1 = None if dh1 is None else cell_array(self, "dh1", np.reshape(dh1, shape), self.hidden_size)
-        if dc1 is not None:
-            if not self.cell.has_cell_state:
-                raise ValueError(f"dc1 is only used by LSTMCell, got dc1 for a {type(self).__name__}")
-            dc1 = cell_array(self, "dc1", np.reshape(dc1, shape), self.hidden_size)
+        if dc1 is not None and not self.cell.has_cell_state:
+            raise ValueError(f"dc1 is only used by LSTMCell, got dc1 for a {type(self).__name__}")
+        shape = (self.hidden_size,) if unbatched else x.shape[:1] + (self.hidden_size,)  # the step's h'
+        label = f"{type(self).__name__}.backward"
+        dh1, dc1 = (None if g is None else np.ascontiguousarray(
+            array_like(f"{label}: {name}", g, self.dtype, shape).reshape(x.shape[0], self.hidden_size))
+            for name, g in (("dh1", dh1), ("dc1", dc1)))
+        self._saved = None  # (after the checks: a bad gradient leaves the step to retry)
         _, _, _, ws = F.forward(self.cell.family, x[None], h, c, *weights, **self._options())
         g = F.backward(ws, None, dh1, dc1)
         self._accumulate(g)

@@ -47,9 +47,14 @@ def hidden_state_grads(layer, x, hx=None, *, dy=None, dh_n=None, dc_n=None, leng
     that layer/direction k produces at input step t (so, for the reverse
     direction, after reading x_t .. x_T), as computed by the kernels' BPTT.
     """
-    mode = getattr(layer, "mode", None)
-    if mode not in ("RNN", "LSTM", "GRU"):
+    from .layers import _RNNBase
+
+    if not isinstance(layer, _RNNBase):
         raise TypeError(f"hidden_state_grads needs a pyrnn RNN, LSTM or GRU layer, got {type(layer).__name__}")
+    if layer.precision != "same":
+        raise TypeError(f"hidden_state_grads needs a layer with float weights (gradients), got a layer frozen "
+                        f"with precision={layer.precision!r}: pass the layer it was frozen from")
+    mode = layer.mode
     x, unbatched = layer_input(layer, x)
     T, B, _ = x.shape
     if lengths is not None:

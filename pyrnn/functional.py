@@ -249,6 +249,12 @@ def pack_weights(cell, W_ih, W_hh, W_hr=None, *, nonlinearity="tanh", reset_afte
     """
     spec = cell_spec(cell, nonlinearity=nonlinearity, reset_after=reset_after, leak=leak)
     W_ih = np.asarray(W_ih)
+    if W_ih.dtype not in (np.float32, np.float64):
+        raise TypeError(f"W_ih must have dtype float32 or float64, got {W_ih.dtype}")
+    for name, w in (("W_hh", W_hh), ("W_hr", W_hr)):
+        if w is not None and np.asarray(w).dtype != W_ih.dtype:
+            raise TypeError(f"all weights must have one dtype, got W_ih={W_ih.dtype}, {name}={np.asarray(w).dtype}")
+    # (the checks of a forward, on a stand-in x of W_ih's dtype and input size)
     stand_in = np.broadcast_to(np.zeros((), W_ih.dtype), (1, 1, W_ih.shape[-1] if W_ih.ndim == 2 else 1))
     a = check_forward(spec.family, stand_in, {"h0": None}, W_ih, W_hh, None, None, None, W_hr=W_hr)
     name = check_precision(precision, a.W_ih.dtype)

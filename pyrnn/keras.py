@@ -63,9 +63,15 @@ def to_keras(cell, W_ih, W_hh, b_ih=None, b_hh=None, *, reset_after=True):
         raise ValueError(f"W_ih must have shape ({G * U}, I), got {W_ih.shape}")
     order = (lambda a: _gru_swap(a, U)) if cell == "gru" else (lambda a: a)
     kernel, recurrent = order(W_ih.T), order(W_hh.T)
-    if b_ih is None:
+    if b_ih is None and b_hh is None:
         return np.ascontiguousarray(kernel), np.ascontiguousarray(recurrent), None
+    if b_ih is None or b_hh is None:
+        raise ValueError(f"b_ih and b_hh must be given together (or neither), got only "
+                         f"{'b_hh' if b_ih is None else 'b_ih'}")
     b_ih, b_hh = np.asarray(b_ih), np.asarray(b_hh)
+    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
+        if b.shape != (G * U,):
+            raise ValueError(f"{name} must have shape ({G * U},), got {b.shape}")
     if cell == "gru" and reset_after:
         bias = np.stack([order(b_ih), order(b_hh)])
     else:

@@ -98,6 +98,7 @@ class _StackedLayer(Module):
         In training mode the call keeps what ``backward`` needs, and draws the masks of dropout,
         recurrent_dropout and zoneout (eval mode: none of them applies).
         """
+        given = x
         x, unbatched = layer_input(self, x)
         T, B, _ = x.shape
         if lengths is not None:
@@ -105,6 +106,8 @@ class _StackedLayer(Module):
         h0_all, c0_all = layer_states(self, hx, B, unbatched)
         D = self.num_directions
         training = self.training
+        if training and isinstance(given, np.ndarray) and np.may_share_memory(x, given):
+            x = x.copy()  # backward reads x: its result must not change if the caller reuses the buffer
         masks = []
 
         def run(layer, d, layer_x):
@@ -122,6 +125,8 @@ class _StackedLayer(Module):
         out, results = _stack.forward(run, x, self.num_layers, D, between=dropout)
         self._saved = ({"ws": [r[3] for r in results], "dropout": masks, "unbatched": unbatched, "B": B, "T": T}
                        if training else None)
+        if training and D == 1:
+            out = out.copy()  # the last layer's y is in its workspace (backward reads h_t): edits must not reach it
         h_n = np.stack([r[1] for r in results])
         c_n = np.stack([r[2] for r in results]) if self.mode == "LSTM" else None
         if unbatched:
@@ -328,7 +333,7 @@ class _RNNBase(_StackedLayer):
                                                         nonlinearity=self.nonlinearity, reset_after=self.reset_after)
 
     def __getstate__(self):  # copies and pickles of a frozen layer pack again
-        return {**self.__dict__, "_packed": bool(self._packed)}
+        return {**super().__getstate__(), "_packed": bool(self._packed)}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -443,7 +448,8 @@ class Linear(Module):
             raise TypeError(f"Linear: input must have dtype {self.dtype}, got {x.dtype}")
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Linear: expected last dimension {self.in_features}, got shape {x.shape}")
-        self._x = x if self.training else None
+        # A copy: backward's result must not change if the caller reuses x's buffer in between.
+        self._x = x.copy() if self.training else None
         y = x @ self.weight.T
         if "bias" in self._params:
             y += self.bias
@@ -452,16 +458,20 @@ class Linear(Module):
     def backward(self, dy):
         """Returns dL/dx for the last training-mode call; adds dL/dW, dL/db to ``grads``."""
         if self._x is None:
-            raise RuntimeError("Linear.backward needs a call in training mode first")
+            raise RuntimeError("Linear.backward needs a call in training mode first (or backward was already "
+                               "called for it)")
+        x = self._x
         dy = np.asarray(dy, dtype=self.dtype)
-        x2 = self._x.reshape(-1, self.in_features)
+        if dy.shape != x.shape[:-1] + (self.out_features,):
+            raise ValueError(f"Linear.backward: dy must have the output's shape {x.shape[:-1] + (self.out_features,)}, "
+                             f"got {dy.shape}")
+        self._x = None
+        x2 = x.reshape(-1, self.in_features)
         dy2 = dy.reshape(-1, self.out_features)
-        if dy2.shape[0] != x2.shape[0]:
-            raise ValueError(f"Linear.backward: dy of shape {dy.shape} does not match the input {self._x.shape}")
         self.grads["weight"] += dy2.T @ x2
         if "bias" in self._params:
             self.grads["bias"] += dy2.sum(axis=0)
-        return (dy2 @ self.weight).reshape(self._x.shape)
+        return (dy2 @ self.weight).reshape(x.shape)
 
     def __repr__(self):
         return (f"Linear(in_features={self.in_features}, out_features={self.out_features}, "

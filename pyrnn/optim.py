@@ -87,6 +87,10 @@ def _grads(params):
     """Gradient arrays from a module, or an iterable of modules, (param, grad) pairs and arrays."""
     if _is_module(params) or isinstance(params, np.ndarray):
         params = [params]
+    if isinstance(params, tuple) and len(params) == 2 and all(isinstance(a, np.ndarray) for a in params):
+        # (param, grad) or two gradients? Clipping the parameter by mistake would corrupt it.
+        raise TypeError("got a tuple of two arrays: pass a (param, grad) pair inside a list, [(param, grad)], "
+                        "or the gradient arrays as a list, [g1, g2]")
     out = []
     for item in params:
         if isinstance(item, np.ndarray):
@@ -393,5 +397,8 @@ def softmax_cross_entropy(logits, targets, mask=None):
 def mse_loss(pred, target):
     """mean((pred - target)**2); returns ``(loss, dpred)``."""
     pred = np.asarray(pred)
-    diff = pred - np.asarray(target, dtype=pred.dtype)
+    target = np.asarray(target, dtype=pred.dtype)
+    if target.shape != pred.shape:  # broadcasting [B, 1] against [B] would average B*B pairs
+        raise ValueError(f"mse_loss: pred {pred.shape} and target {target.shape} must have the same shape")
+    diff = pred - target
     return float(np.mean(np.square(diff, dtype=np.float64))), (2.0 / diff.size) * diff

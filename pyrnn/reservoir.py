@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import functional as F
+from ._validation import check_dtype
 
 __all__ = ["ESN", "spectral_radius"]
 
@@ -285,9 +286,7 @@ class ESN:
             raise ValueError(f"bias_scaling must be >= 0, got {bias!r}")
         if not isinstance(use_raw_inputs, (bool, np.bool_)):
             raise TypeError(f"use_raw_inputs must be a bool, got {type(use_raw_inputs).__name__}")
-        dt = np.dtype(dtype)
-        if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-            raise TypeError(f"dtype must be float32 or float64, got {dt}")
+        dt = check_dtype(dtype)  # (None: float32, the default)
         if rng is not None and seed is not None:
             raise ValueError("give either seed or rng, not both")
         if rng is not None and not isinstance(rng, np.random.Generator):

@@ -164,17 +164,22 @@ class _Recurrence(torch.autograd.Function):
     def forward(ctx, spec, x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr):
         tensors = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr)
         y, h_n, c_n, ws = _kernel_forward(spec, [_np(t) for t in tensors], training=True)
-        outs = tuple(torch.from_numpy(a) for a in (y, h_n, c_n) if a is not None)
+        # y goes out as a copy: the workspace keeps the kernel's y (backward reads h_t
+        # from it), so in-place ops on the output (y += x, ReLU(inplace=True)) are free
+        # to run, as torch.nn allows them on a GRU's or an RNN's output.
+        outs = (torch.from_numpy(y.copy()),) + tuple(torch.from_numpy(a) for a in (h_n, c_n) if a is not None)
         ctx.spec, ctx.ws = spec, ws
         ctx.set_materialize_grads(False)  # unused outputs give None, which the kernel reads as zeros
         # The workspace reads these tensors' memory in backward: saving them makes
-        # autograd raise if any is modified in place in between.
-        ctx.save_for_backward(*tensors, outs[0])
+        # autograd raise if any is modified in place in between. The biases are not
+        # read there (torch.nn also lets them change between forward and backward).
+        ctx.save_for_backward(x, h0, c0, W_ih, W_hh, None, None, W_hr)
+        ctx.biases = (b_ih, b_hh)  # (for the create_graph guard below)
         return outs
 
     @staticmethod
     def backward(ctx, *grad_outputs):
-        ctx.saved_tensors  # raises if an input or y was modified in place since forward
+        ctx.saved_tensors  # raises if an input that backward reads was modified in place since forward
         spec = ctx.spec
         dy, dh_n = (_np(g) for g in grad_outputs[:2])
         g = F.backward(ctx.ws, dy, dh_n, _np(grad_outputs[2]) if spec.cell == "lstm" else None)
@@ -184,7 +189,7 @@ class _Recurrence(torch.autograd.Function):
         if torch.is_grad_enabled() and any(g is not None for g in out):
             # create_graph=True: differentiating these gradients must fail loudly, not give zeros.
             # The guard hangs off the forward's inputs, so they stay reachable from the gradients.
-            anchors = [t for t in ctx.saved_tensors[:8] if t is not None and t.requires_grad]
+            anchors = [t for t in (*ctx.saved_tensors, *ctx.biases) if t is not None and t.requires_grad]
             given = [g for g in out if g is not None]
             guarded = iter(_NotTwiceDifferentiable.apply(len(anchors), *anchors, *given))
             out = [None if g is None else next(guarded) for g in out]
@@ -206,8 +211,35 @@ def _check_tensor(owner, name, t, dtype=None):
         if t.dtype not in _DTYPES:
             raise TypeError(f"{owner}: pyrnn's kernels support float32 and float64, but {name} has dtype {t.dtype}")
     elif t.dtype != dtype:
-        raise ValueError(f"{owner}: {name} dtype ({t.dtype}) does not match weight dtype ({dtype}). "
-                         f"Convert it: .to({dtype}), or convert the model: model.to({t.dtype})")
+        other = f", or convert the model: model.to({t.dtype})" if t.dtype in _DTYPES else \
+            " (pyrnn's kernels compute in float32 or float64 only)"
+        raise InputError(f"{owner}: {name} dtype ({t.dtype}) does not match weight dtype ({dtype}). "
+                         f"Convert it: .to({dtype}){other}")
+
+
+def _autocast_cpu():
+    """Whether torch.autocast is enabled for the CPU here."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+def _autocast_inputs(dtype, *args):
+    """Under torch.autocast("cpu"), inputs and states in a lower precision (bfloat16, float16: a
+    Linear's output there) go to the weights' dtype: pyrnn's kernels compute in float32 or float64,
+    like the ops autocast runs in float32. Elsewhere, the arguments as given."""
+    if not _autocast_cpu():
+        return args
+
+    def up(t):
+        if isinstance(t, (tuple, list)):
+            return type(t)(up(u) for u in t)
+        if isinstance(t, (torch.Tensor, PackedSequence)) and \
+                (t.data if isinstance(t, PackedSequence) else t).dtype in (torch.bfloat16, torch.float16):
+            return t.to(dtype)
+        return t
+    return tuple(up(a) for a in args)
 
 
 def _weights_dtype(module):
@@ -367,8 +399,9 @@ class _PyrnnRNNMixin:
         if _onnx.exporting():  # standard ONNX LSTM/GRU/RNN nodes (pyrnn/_onnx.py)
             return _onnx.export_forward(self, input, hx)
         name = type(self).__name__
-        packed = isinstance(input, PackedSequence)
         dtype = _weights_dtype(self)
+        input, hx = _autocast_inputs(dtype, input, hx)
+        packed = isinstance(input, PackedSequence)
         if packed:
             _check_tensor(name, "input", input.data, dtype)
             x, lengths = pad_packed_sequence(input)  # [T, B, I] and lengths, in the caller's batch order
@@ -376,7 +409,7 @@ class _PyrnnRNNMixin:
         else:
             _check_tensor(name, "input", input, dtype)
             if input.dim() not in (2, 3):
-                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+                raise InputError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
             unbatched = input.dim() == 2
             x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
             lengths = None
@@ -384,7 +417,7 @@ class _PyrnnRNNMixin:
             raise InputError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
                                f"got {x.size(-1)}")
         if x.size(0) == 0:
-            raise ValueError(f"{name}: Expected sequence length to be larger than 0")
+            raise InputError(f"{name}: Expected sequence length to be larger than 0")
         T, B = x.shape[:2]
         h0_all, c0_all = self._states(hx, B, unbatched, dtype)
         traced = _traced(x)  # through the pyrnn::rnn_layer operator (lengths stay a tensor), else NumPy views
@@ -420,7 +453,14 @@ def _stacked_call(module, run, x, D, packed, unbatched, lengths, input):
     """A recurrent module's layers in turn (``run(layer, d, x)`` -> (y, h_n, c_n); dropout between
     layers in training), and its results in the layout of ``input``."""
     def dropout(layer, y):
-        return nn.functional.dropout(y, module.dropout, training=True) if module.dropout > 0 and module.training else y
+        if not (module.dropout > 0 and module.training):
+            return y
+        if packed:  # torch.nn drops units of the packed data [sum(lengths), D*H]: the same draws, in that order
+            p = _repack(y, lengths, input)
+            p = PackedSequence(nn.functional.dropout(p.data, module.dropout, training=True), p.batch_sizes,
+                               p.sorted_indices, p.unsorted_indices)
+            return pad_packed_sequence(p, total_length=y.shape[0])[0]
+        return nn.functional.dropout(y, module.dropout, training=True)
 
     out, results = _stack.forward(run, x, module.num_layers, D, concat=lambda ys: torch.cat(ys, 2), between=dropout)
     h_n = torch.stack([r[1] for r in results])
@@ -597,9 +637,10 @@ class _PyrnnCellMixin:
             return _onnx.export_cell_step(self, input, [h for _, h in states])
         name = type(self).__name__
         dtype = _weights_dtype(self)
+        input, states = _autocast_inputs(dtype, input, [(label, h) for label, h in states])
         _check_tensor(name, "input", input, dtype)
         if input.dim() not in (1, 2):
-            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+            raise InputError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         unbatched = input.dim() == 1
         x = input.unsqueeze(0) if unbatched else input
         if x.size(1) != self.input_size:
@@ -610,7 +651,7 @@ class _PyrnnCellMixin:
             if h is not None:
                 _check_tensor(name, label, h, dtype)
                 if h.dim() != input.dim():
-                    raise ValueError(f"{name}: Expected {label} to be {input.dim()}D like the input, "
+                    raise InputError(f"{name}: Expected {label} to be {input.dim()}D like the input, "
                                      f"got {h.dim()}D instead")
                 h = h.unsqueeze(0) if unbatched else h
                 if tuple(h.shape) != (x.size(0), self.hidden_size):
@@ -945,15 +986,16 @@ class _LayerNormRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cell, lengths, reverse, masks, *tensors):
         y, h_n, c_n, ws = _layernorm_kernel_forward(cell, lengths, reverse, masks, [_np(t) for t in tensors], True)
-        outs = tuple(torch.from_numpy(a) for a in (y, h_n, c_n) if a is not None)
+        # y as a copy: the workspace keeps its own (see _Recurrence)
+        outs = (torch.from_numpy(y.copy()),) + tuple(torch.from_numpy(a) for a in (h_n, c_n) if a is not None)
         ctx.cell, ctx.ws = cell, ws
         ctx.set_materialize_grads(False)  # unused outputs give None: zeros for the kernel
-        ctx.save_for_backward(*tensors, outs[0])  # the workspace reads their memory in backward
+        ctx.save_for_backward(*tensors)  # the workspace reads their memory in backward
         return outs
 
     @staticmethod
     def backward(ctx, *grad_outputs):
-        ctx.saved_tensors  # raises if an input or y was modified in place since forward
+        ctx.saved_tensors  # raises if an input was modified in place since forward
         dy, dh_n = (_np(g) for g in grad_outputs[:2])
         if ctx.cell == "lstm":
             grads = F.layernorm_lstm_backward(ctx.ws, dy, dh_n, _np(grad_outputs[2]))
@@ -1106,6 +1148,7 @@ class _LayerNormRNN(nn.Module):
         sequence's own last step). Returns (output, h_n) or (output, (h_n, c_n))."""
         name = type(self).__name__
         dtype = _weights_dtype(self)
+        input, hx = _autocast_inputs(dtype, input, hx)
         packed = isinstance(input, PackedSequence)
         if packed:
             if lengths is not None:
@@ -1116,7 +1159,7 @@ class _LayerNormRNN(nn.Module):
         else:
             _check_tensor(name, "input", input, dtype)
             if input.dim() not in (2, 3):
-                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+                raise InputError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
             unbatched = input.dim() == 2
             x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
         if x.size(-1) != self.input_size:

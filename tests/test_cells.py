@@ -108,6 +108,45 @@ def test_cell_errors(call, exc, message):
         call(cell)
 
 
+@pytest.mark.parametrize("cls", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_cell_backward_checks_gradient_shapes(cls):
+    """dh1 (dc1) must have h's shape: a transposed or flattened gradient is an error, not a reshape."""
+    cell = getattr(pyrnn, cls)(3, 4, seed=0)
+    x = np.ones((2, 3), np.float32)
+    for bad in (np.zeros((4, 2), np.float32), np.zeros(8, np.float32), np.zeros((3, 4), np.float32)):
+        cell(x)
+        with pytest.raises(ValueError, match=re.escape(f"{cls}.backward: dh1 must have shape (2, 4), got {bad.shape}")):
+            cell.backward(bad)
+    if cls == "LSTMCell":
+        cell(x)
+        with pytest.raises(ValueError, match=re.escape("dc1 must have shape (2, 4), got (8,)")):
+            cell.backward(None, np.zeros(8, np.float32))
+    cell(x[0])  # unbatched: gradients of shape (H,)
+    dx, _ = cell.backward(np.ones(4, np.float32))
+    assert dx.shape == (3,)
+
+
+def test_cell_backward_does_not_see_later_edits_of_its_inputs():
+    """A loop that refills one input buffer per step keeps each step's own x and state for backward."""
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((2, 2, 3)).astype(np.float32)
+    dh = rng.standard_normal((2, 4)).astype(np.float32)
+    grads = []
+    for reuse in (False, True):
+        cell = pyrnn.GRUCell(3, 4, seed=0)
+        buf = np.empty((2, 3), np.float32)
+        h = cell(xs[0].copy(), np.zeros((2, 4), np.float32))
+        buf[...] = xs[1]
+        cell(buf if reuse else xs[1].copy(), h)
+        if reuse:  # the input and the state the step read, overwritten before backward
+            buf[...] = 0
+            h[...] = 0
+        dx, dh0 = cell.backward(dh)
+        grads.append((dx, dh0, cell.grads["weight_ih"].copy(), cell.grads["weight_hh"].copy()))
+    for a, b in zip(*grads):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_cell_constructor_errors():
     with pytest.raises(ValueError, match="hidden_size must be greater than zero"):
         pyrnn.GRUCell(3, 0)

@@ -89,7 +89,7 @@ def test_set_and_get_num_threads(threads):
 
 
 @pytest.mark.parametrize("bad, exc", [(0, ValueError), (-2, ValueError), (1.5, TypeError), (True, TypeError),
-                                      ("2", TypeError), (None, TypeError)])
+                                      ("2", TypeError), (None, TypeError), (2**31, ValueError), (2**64, ValueError)])
 def test_set_num_threads_rejects_invalid(bad, exc, threads):
     with pytest.raises(exc, match="positive integer"):
         threads(bad)

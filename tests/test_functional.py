@@ -170,6 +170,24 @@ def test_nonlinearities_saturate_and_propagate_nan(variant, isa, rng):
     assert np.all(np.isfinite(np.delete(outs["y"], 1, axis=1)))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "rnn_relu"])
+def test_infinite_input_keeps_gradients_finite(variant, dtype, isa, rng):
+    """One inf in x saturates the gates; as in torch.nn, only the column of dW_ih that multiplies it
+    turns NaN (0 * inf), and every other gradient stays finite. (H=19 leaves padded lanes at every
+    ISA level, where the input projection computes inf * 0 = NaN.)"""
+    p, kw = _params(variant, (4, 3, 5, 19, True, None, False), dtype, rng)
+    p["x"][1, 1, 2] = np.inf
+    outs, ws = run_forward(F, variant, p, **kw)
+    assert np.all(np.isfinite(outs["y"]))
+    grads = run_backward(F, variant, ws, random_cotangents(rng, outs))
+    for name, g in grads.items():
+        if name == "W_ih":
+            assert np.all(np.isfinite(np.delete(g, 2, axis=1))), name
+        else:
+            assert np.all(np.isfinite(g)), name
+
+
 def test_float32_tanh_accuracy(isa):
     """RNN with W_ih = identity and W_hh = 0 computes tanh(x) elementwise (inf is left out:
     inf * 0 in the projection is NaN, as in any GEMM). The float tanh is a rational
@@ -184,6 +202,28 @@ def test_float32_tanh_accuracy(isa):
     expected = np.tanh(x.astype(np.float64))
     np.testing.assert_allclose(y, expected, rtol=5e-7, atol=1e-30)
     assert np.all(np.abs(y) <= 1)
+
+
+def test_float32_sigmoid_accuracy(isa):
+    """A GRU step with W_hh = 0, W_in = 0, no biases and h0 = 1 gives h' = z = sigmoid(W_iz x): with
+    W_iz = identity, sigmoid(x) elementwise. The float sigmoid is 1/(1 + e^-x) with a Cephes-style exp
+    (csrc/gemm/simd.h): within about 2 ulp, in [0, 1]. (A rational form within 2e-7 absolute was
+    measured faster and not kept: gates near 1 accumulate that error over long sequences.)"""
+    x = np.concatenate([np.linspace(-40, 40, 8001), np.geomspace(1e-7, 1.0, 500), -np.geomspace(1e-7, 1.0, 500),
+                        [0.0, 17.9, 18.0, 18.1, 1e30, -1e30]]).astype(np.float32)
+    H = 25
+    x = np.pad(x, (0, -len(x) % H)).reshape(1, -1, H)
+    B = x.shape[1]
+    W_ih = np.zeros((3 * H, H), np.float32)
+    W_ih[H:2 * H] = np.eye(H)
+    y, _, _ = F.gru_forward(x, np.ones((B, H), np.float32), W_ih, np.zeros((3 * H, H), np.float32),
+                            training=False)
+    with np.errstate(over="ignore"):
+        expected = 1 / (1 + np.exp(-x.astype(np.float64)))
+    assert np.abs(y - expected).max() <= 1e-7
+    normal = expected > 1e-30  # (exp saturates near 1e-38 below)
+    assert (np.abs(y - expected)[normal] / expected[normal]).max() <= 2.5e-7
+    assert np.all((y >= 0) & (y <= 1))
 
 
 def test_non_contiguous_inputs_are_copied(rng):

@@ -1,6 +1,8 @@
 """Keras weight converters, checked against Keras's equations written out here
 (Keras itself is not installed)."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -114,6 +116,12 @@ def test_converter_errors():
         from_keras("gru", np.zeros((5, 12)), np.zeros((4, 12)), np.zeros(12))
     with pytest.raises(ValueError, match="cell must be"):
         to_keras("conv", np.zeros((4, 4)), np.zeros((4, 4)))
+    with pytest.raises(ValueError, match=re.escape("b_ih must have shape (16,), got (1,)")):
+        to_keras("lstm", np.zeros((16, 5)), np.zeros((16, 4)), np.zeros(1), np.zeros(16))
+    with pytest.raises(ValueError, match=re.escape("b_hh must have shape (12,), got (13,)")):
+        to_keras("gru", np.zeros((12, 5)), np.zeros((12, 4)), np.zeros(12), np.zeros(13))
+    with pytest.raises(ValueError, match="b_ih and b_hh must be given together"):
+        to_keras("rnn", np.zeros((4, 5)), np.zeros((4, 4)), np.zeros(4), None)
     layer = pyrnn.LSTM(5, 4, bias=False)
     with pytest.raises(ValueError, match="bias=False but the Keras weights have a bias"):
         layer.load_keras_weights(np.zeros((5, 16)), np.zeros((4, 16)), np.zeros(16))

@@ -263,6 +263,78 @@ def test_in_place_updates_take_effect():
     _assert(y, yt.numpy(), np.float64, "after in-place update")
 
 
+def test_assigning_a_parameter_copies_into_it():
+    """lstm.weight_hh_l0 = new (an SGD step written out of place) updates the live parameter that the
+    kernels, state_dict and optimizers share, as load_state_dict would; a wrong shape raises."""
+    m = pyrnn.LSTM(I, H, seed=0).eval()
+    x = np.random.default_rng(0).standard_normal((T, B, I)).astype(np.float32)
+    live = m.weight_ih_l0
+    y0, _ = m(x)
+    m.weight_ih_l0 = live * 0.5
+    assert m.weight_ih_l0 is live and "weight_ih_l0" not in vars(m)
+    np.testing.assert_array_equal(m.state_dict()["weight_ih_l0"], live)
+    m.weight_ih_l0 = np.zeros_like(live)
+    y1, _ = m(x)
+    assert not np.array_equal(y0, y1)
+    ref = pyrnn.LSTM(I, H, seed=0).eval()
+    ref.load_state_dict({"weight_ih_l0": np.zeros_like(live)}, strict=False)
+    np.testing.assert_array_equal(y1, ref(x)[0])
+    with pytest.raises(ValueError, match="size mismatch for weight_ih_l0"):
+        m.weight_ih_l0 = np.zeros((2, 2), np.float32)
+    with pytest.raises(TypeError, match="floating-point"):
+        m.weight_ih_l0 = np.zeros(live.shape, complex)
+
+
+@pytest.mark.parametrize("make", [lambda: pyrnn.LSTM(I, H, num_layers=2, seed=0),
+                                  lambda: pyrnn.GRU(I, H, bidirectional=True, seed=0),
+                                  lambda: pyrnn.LayerNormLSTM(I, H, seed=0)], ids=["lstm", "gru-bi", "ln-lstm"])
+def test_copies_freeze_and_pickles_after_a_training_call(make):
+    """A training-mode call keeps a C++ workspace for backward; copies, pickles and freeze() leave it
+    behind (a copy has no pending backward) instead of failing on it."""
+    import copy
+    import pickle
+
+    m = make()
+    x = np.random.default_rng(0).standard_normal((T, B, I)).astype(np.float32)
+    y, _ = m(x)
+    for clone in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        with pytest.raises(RuntimeError, match="forward call in training mode"):
+            clone.backward(np.ones_like(y))
+        np.testing.assert_array_equal(clone.eval()(x)[0], m.eval()(x)[0])
+        m.train()
+    m(x)
+    if hasattr(m, "freeze"):
+        np.testing.assert_array_equal(m.freeze()(x)[0], m.eval()(x)[0])
+    m.train()(x)
+    m.backward(np.ones_like(y))  # the original's workspace still works
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_editing_the_output_or_the_input_before_backward_changes_nothing(bidirectional):
+    """backward reads x and the h_t of the output: the layer keeps its own copies, so a caller may
+    reuse the buffers (y -= target; x[...] = next batch) before backward."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    dy = rng.standard_normal((T, B, H * (2 if bidirectional else 1))).astype(np.float32)
+    grads = []
+    for edit in (False, True):
+        m = pyrnn.LSTM(I, H, num_layers=2, bidirectional=bidirectional, seed=0)
+        xx = x.copy()
+        y, _ = m(xx)
+        if edit:
+            y -= 1.0
+            xx[...] = 0
+        dx, _ = m.backward(dy)
+        grads.append([dx] + [m.grads[k].copy() for k in m.grads])
+    for a, b in zip(*grads):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_dtype_none_is_float32():
+    assert pyrnn.LSTM(I, H, dtype=None).dtype == np.float32
+    assert pyrnn.GRUCell(I, H, dtype=None).dtype == np.float32
+
+
 def test_state_dict_round_trip_and_checks():
     torch = pytest.importorskip("torch")
     pm = pyrnn.GRU(I, H, num_layers=2, seed=0)
@@ -313,6 +385,8 @@ def test_grads_accumulate_and_zero_grad():
     (lambda: pyrnn.LSTM(5, 4, num_layers=0), "num_layers must be greater than zero"),
     (lambda: pyrnn.GRU(5, 4, dropout=1.5), "dropout should be a number in range [0, 1]"),
     (lambda: pyrnn.GRU(5, 4, recurrent_dropout=-0.1), "recurrent_dropout should be a number in range [0, 1]"),
+    (lambda: pyrnn.GRU(5, 4, dropout=1.5), "element being zeroed, got 1.5"),
+    (lambda: pyrnn.GRU(5, 4, dropout="0.1"), "element being zeroed, got str '0.1'"),
     (lambda: pyrnn.LSTM(5, 4, proj_size=4), "proj_size has to be smaller than hidden_size"),
     (lambda: pyrnn.layers._RNNBase("GRU", 5, 4, proj_size=2), "proj_size argument is only supported for LSTM, not RNN or GRU"),
     (lambda: pyrnn.RNN(5, 4, nonlinearity="sigmoid"), "Unknown nonlinearity 'sigmoid'. Select from 'tanh' or 'relu'."),
@@ -431,6 +505,10 @@ def test_pack_weights_checks_what_it_is_given():
         F.pack_weights("gru", W_ih, W_hh[:, :3])
     with pytest.raises(ValueError, match="cell must be"):
         F.pack_weights("elman", W_ih, W_hh)
+    with pytest.raises(TypeError, match="W_ih must have dtype float32 or float64, got int64"):
+        F.pack_weights("gru", W_ih.astype(np.int64), W_hh)
+    with pytest.raises(TypeError, match="all weights must have one dtype, got W_ih=float32, W_hh=float64"):
+        F.pack_weights("gru", W_ih, W_hh.astype(np.float64))
 
 
 def test_layers_pickled_before_freeze_existed_still_load():

@@ -178,10 +178,10 @@ def test_residual_workspace_carries_leak_and_zoneout(variant, rng):
         for k, v in expected.items():
             if v is not None:
                 np.testing.assert_array_equal(got[k], v)
-    with pytest.raises(ValueError, match="another cell, dtype, shape or options"):
+    with pytest.raises(ValueError, match="another cell, dtype, shape, lengths or options"):
         F.workspace_from_residual(block, *args, y=y, **opts)  # without the masks
     if "leak" in opts:
-        with pytest.raises(ValueError, match="another cell, dtype, shape or options"):
+        with pytest.raises(ValueError, match="another cell, dtype, shape, lengths or options"):
             F.workspace_from_residual(block, *args, y=y, **{**kw, "leak": 0.3})
 
 

@@ -227,6 +227,18 @@ def test_clip_grad_norm_nonfinite():
         optim.clip_grad_norm([g], 1.0, error_if_nonfinite=True)
 
 
+def test_clip_functions_refuse_a_bare_pair():
+    """clip_grad_norm((p, g)) would clip the parameter as if it were a gradient: a list is asked for."""
+    p, g = np.full(3, 10.0), np.ones(3)
+    for clip in (lambda a: optim.clip_grad_norm(a, 1.0), lambda a: optim.clip_grad_value(a, 0.5)):
+        with pytest.raises(TypeError, match="tuple of two arrays"):
+            clip((p, g))
+        assert np.all(p == 10.0)
+    optim.clip_grad_norm([(p, g)], 1.0)
+    assert np.all(p == 10.0) and np.linalg.norm(g) == pytest.approx(1.0, rel=1e-5)
+    optim.clip_grad_value([p.copy(), g], 0.5)
+
+
 def test_clip_grad_value():
     lstm = pyrnn.GRU(2, 3, seed=0)
     for g in lstm.grads.values():
@@ -277,6 +289,16 @@ def test_linear_state_dict_and_errors():
     fc(np.ones((1, 3), np.float32))  # eval mode keeps nothing for backward
     with pytest.raises(RuntimeError, match="training mode"):
         fc.backward(np.ones((1, 2), np.float32))
+    fc.train()
+    x = np.ones((4, 3), np.float32)
+    fc(x)
+    with pytest.raises(ValueError, match=r"dy must have the output's shape \(4, 2\), got \(2, 4\)"):
+        fc.backward(np.ones((2, 4), np.float32))  # transposed: not reshaped into place
+    x[...] = 5  # the caller's buffer, reused: backward keeps the call's own x
+    fc.backward(np.ones((4, 2), np.float32))
+    np.testing.assert_array_equal(fc.grads["weight"], np.full((2, 3), 4.0))
+    with pytest.raises(RuntimeError, match="already called"):
+        fc.backward(np.ones((4, 2), np.float32))
 
 
 @needs_torch
@@ -335,6 +357,8 @@ def test_mse_loss():
     loss, d = optim.mse_loss(np.array([1.0, 2.0, 4.0]), np.array([1.0, 0.0, 1.0]))
     assert loss == pytest.approx(13.0 / 3)
     np.testing.assert_allclose(d, [0.0, 4.0 / 3, 2.0])
+    with pytest.raises(ValueError, match=r"pred \(4, 1\) and target \(4,\) must have the same shape"):
+        optim.mse_loss(np.zeros((4, 1)), np.zeros(4))  # broadcasting would average 16 pairs
 
 
 def test_a_training_loop_learns(rng):
@@ -504,5 +528,11 @@ def test_diagnostic_errors(rng):
         hidden_state_grads(rnn, x, dc_n=np.ones((1, 1, 3), np.float32))
     with pytest.raises(TypeError, match="RNN, LSTM or GRU"):
         hidden_state_grads(pyrnn.RNNCell(2, 3), x)
+    with pytest.raises(TypeError, match="RNN, LSTM or GRU layer, got LayerNormGRU"):
+        hidden_state_grads(pyrnn.LayerNormGRU(2, 3), x)
+    with pytest.raises(TypeError, match="frozen with precision='int8'"):
+        hidden_state_grads(rnn.freeze("int8"), x)
+    np.testing.assert_array_equal(hidden_state_grads(rnn.freeze(), x, dh_n=np.ones((1, 1, 3), np.float32)),
+                                  hidden_state_grads(rnn, x, dh_n=np.ones((1, 1, 3), np.float32)))
     with pytest.raises(ValueError, match="step_norms|reduce"):
         step_norms(np.ones((2, 1, 3)), "max")

@@ -88,3 +88,11 @@ def test_residual_errors(rng):
     gru_pos, gru_kw = _args("gru", {}, np.float32, rng)
     with pytest.raises(ValueError, match="another cell"):
         F.workspace_from_residual(residual, *gru_pos, y=np.zeros((5, 3, 6), np.float32), **gru_kw)
+    # other lengths than the forward's: backward would read rows that forward never wrote
+    pos, kw = _args("lstm", {"lengths": [5, 2, 3]}, np.float32, rng)
+    residual = np.empty(F.residual_nbytes(*pos, **kw), np.uint8)
+    y = F.forward(*pos, **kw, residual=residual)[0]
+    F.workspace_from_residual(residual, *pos, y=y, **kw)
+    for other in ([5, 3, 2], [4, 2, 3]):
+        with pytest.raises(ValueError, match="lengths"):
+            F.workspace_from_residual(residual, *pos, y=y, **dict(kw, lengths=np.array(other)))

@@ -22,7 +22,7 @@ import pyrnn.torch as pt  # noqa: E402
 from pyrnn import functional as F  # noqa: E402
 from pyrnn import _core  # noqa: E402
 from torch import nn  # noqa: E402
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence  # noqa: E402
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
 T, B, I, H = 6, 4, 3, 5
 LENGTHS = torch.tensor([4, 6, 1, 4])  # unsorted, with a tie and a full-length sequence
@@ -533,6 +533,20 @@ def test_dropout_between_layers_draws_as_torch_nn():
     assert torch.equal(pm.eval()(x)[0], pm(x)[0])  # eval: no dropout
 
 
+@pytest.mark.parametrize("enforce_sorted", [True, False])
+def test_dropout_between_layers_on_packed_input_draws_as_torch_nn(enforce_sorted):
+    """torch.nn drops units of the packed data between layers: the same draws, same RNG state after."""
+    tm, pm = _pair("GRU", {}, num_layers=3, dropout=0.5, bidirectional=True)
+    lengths = torch.tensor([T, 2, T - 1, 1]) if not enforce_sorted else torch.tensor([T, T - 1, 2, 1])
+    xp = pack_padded_sequence(_input(False), lengths, enforce_sorted=enforce_sorted)
+    out = []
+    for m in (tm, pm):
+        torch.manual_seed(7)
+        out.append((pad_packed_sequence(m(xp)[0])[0], torch.rand(3)))
+    torch.testing.assert_close(out[1][0], out[0][0], **TOL[torch.float64])
+    assert torch.equal(out[1][1], out[0][1])
+
+
 def test_recurrent_dropout_is_one_mask_per_sequence():
     """ReLU RNN, W_ih = 0, W_hh = I: h_t = h_{t-1} * mask, so the same units stay dropped at every step."""
     m = pt.RNN(2, 400, nonlinearity="relu", bias=False, recurrent_dropout=0.5, dtype=torch.float64)
@@ -564,7 +578,8 @@ def test_no_grad_and_inference_mode_match_autograd_path():
 
 
 def test_kernels_share_tensor_memory(monkeypatch):
-    """Contiguous tensors reach the kernel as views and its outputs become tensors without copies."""
+    """Contiguous tensors reach the kernel as views; its outputs become tensors without copies, but
+    for a training call's y, which the workspace keeps for backward (the caller gets a copy)."""
     seen = {}
     real = _core.sequence_forward
 
@@ -582,8 +597,12 @@ def test_kernels_share_tensor_memory(monkeypatch):
         y, (h_n, _) = m(x, (h0, c0))
         assert seen == {"x": x.data_ptr(), "h0": h0.data_ptr(), "c0": c0.data_ptr(),
                         "W_ih": m.weight_ih_l0.data_ptr(), "W_hh": m.weight_hh_l0.data_ptr(),
-                        "b_ih": m.bias_ih_l0.data_ptr(), "y": y.data_ptr(), "h_n": seen["h_n"]}
+                        "b_ih": m.bias_ih_l0.data_ptr(), "y": seen["y"], "h_n": seen["h_n"]}
+        assert seen["y"] != y.data_ptr()
         y.sum().backward()  # the workspace still refers to those same buffers
+        with torch.no_grad():
+            y2, _ = m(x, (h0, c0))
+        assert seen["y"] == y2.data_ptr()  # no workspace: no copy
 
 
 def test_inplace_change_before_backward_raises():
@@ -593,6 +612,31 @@ def test_inplace_change_before_backward_raises():
         m.weight_hh_l0.mul_(2)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.sum().backward()
+
+
+@pytest.mark.parametrize("cls", ["GRU", "RNN"])
+def test_inplace_ops_on_the_output_and_biases_as_torch_allows(cls):
+    """torch.nn lets a GRU's or RNN's output and biases change in place before backward (a residual
+    y += x, ReLU(inplace=True)); pyrnn.torch gives the gradients of the values at the forward."""
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, cls)(I, I, dtype=torch.float64)
+    m = getattr(pt, cls)(I, I, dtype=torch.float64)
+    m.load_state_dict(ref.state_dict())
+    x = _input(False).requires_grad_(True)
+    grads = []
+    for mod in (ref, m):
+        x.grad = None
+        mod.zero_grad()
+        y, _ = mod(x)
+        y.add_(x).relu_()  # in place, on the output
+        with torch.no_grad():
+            mod.bias_hh_l0.add_(1.0)
+        (y * y).sum().backward()
+        with torch.no_grad():
+            mod.bias_hh_l0.sub_(1.0)
+        grads.append([x.grad.clone()] + [p.grad.clone() for p in mod.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
 
 
 # ------------------------------------------------------------------ errors --
@@ -626,12 +670,15 @@ def test_non_cpu_tensors_raise():
 def test_bad_dtypes_raise():
     with pytest.raises(TypeError, match="float32 and float64.*float16"):
         pt.LSTM(I, H, dtype=torch.float16)(torch.zeros(T, B, I, dtype=torch.float16))
-    with pytest.raises(ValueError, match="does not match weight dtype"):
+    # (InputError: a ValueError, and the RuntimeError torch.nn raises)
+    with pytest.raises(pt.InputError, match="does not match weight dtype"):
         pt.GRU(I, H)(torch.zeros(T, B, I, dtype=torch.float64))
-    with pytest.raises(ValueError, match="does not match weight dtype"):
+    with pytest.raises(pt.InputError, match="does not match weight dtype"):
         pt.RNN(I, H)(torch.zeros(T, B, I), torch.zeros(1, B, H, dtype=torch.float64))
-    with pytest.raises(ValueError, match="does not match weight dtype"):
+    with pytest.raises(pt.InputError, match="does not match weight dtype"):
         pt.RNNCell(I, H)(torch.zeros(B, I, dtype=torch.float64))
+    with pytest.raises(pt.InputError, match=r"\.to\(torch.float32\) \(pyrnn's kernels compute in float32 or float64"):
+        pt.GRU(I, H)(torch.zeros(T, B, I, dtype=torch.bfloat16))  # no advice to convert the model to bf16
     with pytest.raises(TypeError, match="torch.Tensor"):
         pt.LSTM(I, H)(np.zeros((T, B, I), np.float32))
 
@@ -651,7 +698,7 @@ def test_bad_shapes_raise():
         m(torch.zeros(T, B, I + 1))
     with pytest.raises(ValueError, match="Expected input to be 2D or 3D"):
         m(torch.zeros(T, B, I, 1))
-    with pytest.raises(ValueError, match="larger than 0"):
+    with pytest.raises(pt.InputError, match="larger than 0"):
         m(torch.zeros(0, B, I))
     with pytest.raises(RuntimeError, match="Expected hidden size"):
         pt.GRU(I, H)(x, torch.zeros(1, B + 1, H))
@@ -662,6 +709,26 @@ def test_bad_shapes_raise():
         cell(torch.zeros(1, B, I))
     with pytest.raises(RuntimeError, match="inconsistent input_size"):
         cell(torch.zeros(B, I + 1))
+    with pytest.raises(RuntimeError, match="to be 2D like the input"):
+        pt.RNNCell(I, H)(torch.zeros(1, I), torch.zeros(H))
+
+
+@pytest.mark.parametrize("mode", ["GRU", "LSTMCell"])
+def test_cpu_autocast_runs_in_the_weights_dtype(mode):
+    """Under torch.autocast("cpu", bfloat16) a Linear's output is bfloat16: pyrnn runs it in float32
+    (its kernels' precision), with gradients back through the cast."""
+    lin = torch.nn.Linear(I, I)
+    m = getattr(pt, mode)(I, H)
+    x = torch.randn(T, B, I) if mode == "GRU" else torch.randn(B, I)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = lin(x)
+        assert z.dtype == torch.bfloat16
+        out = m(z)
+    y = out[0]
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, m(z.float())[0])
+    y.sum().backward()
+    assert lin.weight.grad is not None and torch.isfinite(lin.weight.grad).all()
 
 
 # ----------------------------------------------------------------- threads --

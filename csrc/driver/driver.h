@@ -627,6 +627,20 @@ constexpr int64_t first_column() {
 
 // A backward phase's geometry: its weights ([ng groups of nrows, ncols]) packed
 // per block of UB output columns as [ng*Kp][UB].
+// dG's lanes past H (the padding of a last, partial vector of units) set to
+// zero. Their weights are zero, but a padded lane can hold NaN: an inf input
+// times W_ih's zero padding column in the input projection. 0 * NaN would
+// then reach every gradient (dh, dx, dW) where torch.nn keeps the NaN in the
+// column of dW_ih that multiplies the inf.
+template <class T, class Cell>
+inline void zero_padded_dG(BwdCtx<T>& b, int64_t row, int64_t u) {
+  constexpr int L = kLanes<T>;
+  if (u + L <= b.H) return;
+  T* d = b.dG_row(row) + u;
+  for (int g = 0; g < Cell::kGrad; ++g)
+    for (int64_t l = std::max<int64_t>(0, b.H - u); l < L; ++l) d[g * b.Hp + l] = T(0);
+}
+
 template <class T, class Phase, bool FIRST>
 struct BackwardPhase {
   static constexpr int NG = int(std::size(Phase::kGates)), NV = kGemmNV, MR = tile_rows(NV);
@@ -669,6 +683,7 @@ struct BackwardPhase {
                 Phase::unit(b, s, i, row, u, gather_dh<T, Cell::kDirectCarry>(b, v, i, row, u, i >= nn));
               else
                 Phase::unit(b, s, i, row, u, v);
+              zero_padded_dG<T, Cell>(b, row, u);
             });
           },
           acc);

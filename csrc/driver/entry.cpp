@@ -65,19 +65,30 @@ void sequence_backward(const Workspace<T>& ws, const ForwardArgs<T>& fwd, const 
 
 // A residual block: this header (128 bytes), then the workspace laid out by the
 // ISA level that ran forward (KernelOps::residual_layout).
+// `lengths`: 0 without lengths, else a hash of them (odd), so that a backward
+// given other lengths than its forward's is refused rather than reading rows
+// the forward never wrote.
 struct ResidualHeader {
-  int64_t magic, version, isa, cell, dtype_bytes, T, B, I, H, P, has_mask, has_lengths, reverse, elems;
+  int64_t magic, version, isa, cell, dtype_bytes, T, B, I, H, P, has_mask, lengths, reverse, elems;
   int64_t zoneout;  // bit 0: zoneout_h, bit 1: zoneout_c
   double leak;
 };
 static_assert(sizeof(ResidualHeader) == 128, "the workspace starts 128 bytes in");
 constexpr int64_t kResidualMagic = 0x315357'4e4e5259;  // "YRNNWS1"
 
+// FNV-1a over the B lengths, made odd (never 0).
+inline int64_t lengths_hash(const int64_t* lengths, int64_t B) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (int64_t i = 0; i < B; ++i)
+    for (int k = 0; k < 8; ++k) h = (h ^ ((uint64_t(lengths[i]) >> (8 * k)) & 0xff)) * 0x100000001b3ull;
+  return int64_t(h | 1);
+}
+
 template <class T>
 ResidualHeader residual_header(const ForwardArgs<T>& a, Isa isa) {
   const ResidualLayout L = ops_for<T>(isa).residual_layout(a, a.T * a.B);
-  return {kResidualMagic, 1, int64_t(isa), int64_t(a.cell), int64_t(sizeof(T)), a.T, a.B, a.I, a.H, a.P,
-          a.h_mask != nullptr, a.lengths != nullptr, a.reverse, L.elems,
+  return {kResidualMagic, 2, int64_t(isa), int64_t(a.cell), int64_t(sizeof(T)), a.T, a.B, a.I, a.H, a.P,
+          a.h_mask != nullptr, a.lengths ? lengths_hash(a.lengths, a.B) : 0, a.reverse, L.elems,
           int64_t(a.zoneout_h != nullptr) | int64_t(a.zoneout_c != nullptr) << 1, double(a.leak)};
 }
 
@@ -123,15 +134,15 @@ WorkspacePtr<T> workspace_from_residual(const ForwardArgs<T>& args, void* residu
   ResidualHeader h;
   if (nbytes < int64_t(sizeof h)) throw std::invalid_argument("residual: smaller than its header");
   std::memcpy(&h, residual, sizeof h);
-  if (h.magic != kResidualMagic || h.version != 1)
+  if (h.magic != kResidualMagic || h.version != 2)
     throw std::invalid_argument("residual: not a workspace written by a pyrnn training forward");
   const std::vector<Isa> levels = isa_supported();
   if (std::find(levels.begin(), levels.end(), Isa(h.isa)) == levels.end())
     throw std::invalid_argument("residual: written at an ISA level this CPU does not support");
   const ResidualHeader want = residual_header(args, Isa(h.isa));
   if (std::memcmp(&h, &want, sizeof h) != 0)
-    throw std::invalid_argument("residual: written by a forward with another cell, dtype, shape or options than "
-                                "these arguments");
+    throw std::invalid_argument("residual: written by a forward with another cell, dtype, shape, lengths or "
+                                "options than these arguments");
   if (nbytes < int64_t(sizeof h) + h.elems * int64_t(sizeof(T)))
     throw std::invalid_argument("residual: shorter than the workspace its header describes");
   WorkspacePtr<T> w(new Workspace<T>());
