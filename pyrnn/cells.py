@@ -218,6 +218,23 @@ class FrozenCell(_StepInputs):
         self.precision = state.get("precision", "same")  # (absent in cells pickled before it existed)
         self._packed = _core.PackedCell(self.cell.kind, *self._snapshot, precision=self.precision)
 
+    _NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+    def weights(self):
+        """The snapshot of the weights by parameter name (biases only with bias=True)."""
+        return {k: w for k, w in zip(self._NAMES, self._snapshot) if w is not None}
+
+    def with_weights(self, weights):
+        """This frozen cell with other weights of the same names and shapes, packed in the same precision."""
+        mine = self.weights()
+        new = {k: np.array(weights[k], dtype=self.dtype) for k in mine}
+        for k, v in new.items():
+            if v.shape != mine[k].shape:
+                raise ValueError(f"{k} must have shape {mine[k].shape}, got {v.shape}")
+        clone = object.__new__(type(self))
+        clone.__setstate__({**self.__getstate__(), "_snapshot": tuple(new.get(k) for k in self._NAMES)})
+        return clone
+
     @property
     def nbytes(self):
         """Bytes of packed weights."""

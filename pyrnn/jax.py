@@ -295,6 +295,8 @@ def _prepare(cell, x, states, W_ih, W_hh, b_ih, b_hh, W_hr, lengths):
         lengths = jnp.asarray(lengths)
         if not jnp.issubdtype(lengths.dtype, jnp.integer):
             raise TypeError(f"lengths must be an integer array, got dtype {lengths.dtype}")
+        if lengths.dtype not in (jnp.int32, jnp.int64):  # the kernels read int32 or int64
+            lengths = lengths.astype(jnp.int32)
     try:
         lengths_check = None if lengths is None else np.asarray(lengths)
     except jax.errors.TracerArrayConversionError:  # traced: its shape is checked, its values cannot be

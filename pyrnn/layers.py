@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import OrderedDict
 
 import numpy as np
 
@@ -331,6 +332,25 @@ class _RNNBase(_StackedLayer):
                 self._packed[layer, d] = F.pack_weights(self.cell.family, p["W_ih"], p["W_hh"], p["W_hr"],
                                                         precision=self.precision,
                                                         nonlinearity=self.nonlinearity, reset_after=self.reset_after)
+
+    def weights(self):
+        """The parameters by name, as they are (a frozen copy's: read-only copies)."""
+        return OrderedDict(self._params)
+
+    def with_weights(self, weights):
+        """A frozen copy (of a frozen layer) with other weights of the same names and shapes,
+        packed in the same precision."""
+        if not self._packed:
+            raise RuntimeError("with_weights is for frozen layers (freeze()); load_state_dict updates a layer")
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone._params = OrderedDict((k, np.array(weights[k], dtype=self.dtype)) for k in self._params)
+        for k, v in clone._params.items():
+            if v.shape != self._params[k].shape:
+                raise ValueError(f"{k} must have shape {self._params[k].shape}, got {v.shape}")
+        clone.grads = OrderedDict()
+        clone._pack()
+        return clone
 
     def __getstate__(self):  # copies and pickles of a frozen layer pack again
         return {**super().__getstate__(), "_packed": bool(self._packed)}

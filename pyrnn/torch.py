@@ -810,6 +810,34 @@ class _Frozen(nn.Module):
             raise RuntimeError(f"{self.source}: a frozen module is for inference only; train the original")
         return super().train(False)
 
+    def _apply(self, fn, recurse=True):
+        # .to(dtype), .double(), .half(), .cuda(): there are no parameters to convert, and a silent
+        # no-op would leave the inputs' dtype mismatched later. (.cpu() and .to("cpu") pass.)
+        probe = fn(torch.zeros((), dtype=self.torch_dtype))
+        if probe.dtype != self.torch_dtype or probe.device.type != "cpu":
+            raise RuntimeError(f"{self.source}: a frozen module keeps the dtype ({self.torch_dtype}) and device (cpu) "
+                               f"of the module it was made from; freeze a converted module instead")
+        return super()._apply(fn, recurse)
+
+    # Its weights travel in state_dict() as extra state (float tensors, safe for
+    # torch.load(weights_only=True)): a quantized model saved and loaded into a
+    # freshly quantized one runs the saved weights, as torch's quantized modules do.
+    def get_extra_state(self):
+        return {"precision": self.precision,
+                "weights": {k: torch.from_numpy(np.array(v)) for k, v in self.frozen.weights().items()}}
+
+    def set_extra_state(self, state):
+        weights = state.get("weights") if isinstance(state, dict) else None
+        if not isinstance(weights, dict) or state.get("precision") != self.precision:
+            raise RuntimeError(f"{self.source}: the state to load is not a frozen {self.source} of precision "
+                               f"{self.precision!r}")
+        mine = self.frozen.weights()
+        if {k: tuple(v.shape) for k, v in weights.items()} != {k: v.shape for k, v in mine.items()}:
+            raise RuntimeError(f"{self.source}: the frozen weights to load have other names or shapes: "
+                               f"{ {k: tuple(v.shape) for k, v in weights.items()} } for "
+                               f"{ {k: v.shape for k, v in mine.items()} }")
+        self.frozen = self.frozen.with_weights({k: v.detach().cpu().numpy() for k, v in weights.items()})
+
 
 class FrozenRNN(_Frozen):
     """Inference-only copy of an LSTM, GRU or RNN (torch.nn or pyrnn.torch) with
@@ -920,11 +948,15 @@ def quantize_dynamic(model, qconfig_spec=None, dtype=torch.qint8, inplace=False)
         return freeze(model, precision)
     if not inplace:
         model = copy.deepcopy(model)
-    for name, m in list(model.named_modules()):
-        for child_name, child in list(m.named_children()):
+    model.eval()  # as torch's: the result is for inference (a frozen copy cannot train)
+    done = {}  # id(module) -> its frozen copy: a module held under several names is converted once
+    for name, m in list(model.named_modules(remove_duplicate=False)):
+        for child_name, child in list(m._modules.items()):
             full = f"{name}.{child_name}" if name else child_name
-            if wanted(full, child):
-                setattr(m, child_name, freeze(child, precision))
+            if child is not None and (id(child) in done or wanted(full, child)):
+                if id(child) not in done:
+                    done[id(child)] = freeze(child, precision)
+                setattr(m, child_name, done[id(child)])
     return model
 
 

@@ -175,6 +175,18 @@ def _functional_lstm(p, x, h0, c0, lengths, dy, dh_n):
     return y, h_n, {"W_ih": dW_ih, "W_hh": dW_hh, "b_ih": db_ih, "b_hh": db_hh}, dx
 
 
+@pytest.mark.parametrize("dtype", [jnp.uint8, jnp.int8, jnp.int16, jnp.uint32])
+def test_lengths_of_any_integer_dtype(dtype):
+    """Integer lengths of any width reach the kernels as int32 (the custom call reads int32 or int64)."""
+    p, x, h0, c0 = _params("lstm", jnp.float32)
+    args = (x, h0, c0, p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"])
+    want = rj.lstm(*args, lengths=jnp.asarray(LENGTHS, jnp.int32))
+    for fn in (rj.lstm, jax.jit(rj.lstm)):
+        got = fn(*args, lengths=jnp.asarray(LENGTHS, dtype))
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_traced_lengths_under_jit():
     """lengths as a traced argument: one trace serves any lengths."""
     p, x, h0, c0 = _params("lstm", jnp.float32)

@@ -115,3 +115,51 @@ def test_frozen_cells(cls, precision):
 def test_freeze_refuses_other_modules():
     with pytest.raises(TypeError, match="LSTM, GRU, RNN"):
         pt.freeze(nn.Linear(2, 2))
+
+
+class _Net(nn.Module):
+    def __init__(self, shared=False):
+        super().__init__()
+        self.rnn = nn.LSTM(3, 5, num_layers=2)
+        self.cell = nn.GRUCell(3, 5)
+        self.other = self.rnn if shared else nn.GRU(3, 5)
+        self.drop = nn.Dropout(0.5)
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.head(self.drop(self.rnn(x)[0] + self.other(x)[0] + self.cell(x[-1])))
+
+
+def test_quantized_model_state_dict_round_trip(tmp_path):
+    """The frozen copies' weights travel in state_dict (extra state of float tensors): saved with
+    torch.save and loaded (weights_only) into a freshly quantized model, they run the saved weights,
+    as torch's quantized modules do. The result is in eval mode, as torch's quantize_dynamic's."""
+    torch.manual_seed(0)
+    q = pt.quantize_dynamic(_Net())
+    assert not q.training and not q.drop.training
+    x = torch.randn(4, 2, 3)
+    torch.testing.assert_close(q(x), q(x))  # no dropout
+    torch.save(q.state_dict(), tmp_path / "q.pt")
+    fresh = pt.quantize_dynamic(_Net())
+    assert not torch.equal(fresh(x), q(x))
+    fresh.load_state_dict(torch.load(tmp_path / "q.pt", weights_only=True))
+    assert torch.equal(fresh(x), q(x))
+    bf16 = pt.quantize_dynamic(_Net(), dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="precision 'bf16'"):
+        bf16.load_state_dict(q.state_dict())
+    wide = pt.quantize_dynamic(nn.LSTM(3, 6))
+    with pytest.raises(RuntimeError, match="other names or shapes"):
+        wide.load_state_dict(pt.quantize_dynamic(nn.LSTM(3, 5)).state_dict())
+
+
+def test_quantize_converts_a_shared_module_once():
+    q = pt.quantize_dynamic(_Net(shared=True))
+    assert isinstance(q.rnn, pt.FrozenRNN) and q.other is q.rnn
+
+
+def test_frozen_module_refuses_dtype_and_device_changes():
+    f = pt.freeze(nn.GRU(3, 5))
+    assert f.to("cpu") is f and f.float() is f
+    for convert in (lambda m: m.double(), lambda m: m.to(torch.float64), lambda m: m.half()):
+        with pytest.raises(RuntimeError, match="keeps the dtype"):
+            convert(f)

@@ -148,9 +148,19 @@ PYRNN_INLINE Vec<float> exp_approx(Vec<float> x) {
   // 2^n through the exponent bits: exp saturates to ~1e-38 at the bottom.
   using VI = VecOf<float>::itype;
   x = clamp(x, -87.3f, 88.3f);
+#if PYRNN_VBYTES == 32 && defined(__AVX__)
+  // n rounded to nearest by vroundps (one instruction where the portable form
+  // takes a compare, a blend, an add and two conversions): sigmoid 4.09 -> 3.48
+  // ns per vector on Zen 3, the same results but at exact ties of x log2 e.
+  Vec<float> nf = (Vec<float>)_mm256_round_ps((__m256)(x * 1.44269504088896341f),
+                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  VI n = __builtin_convertvector(nf, VI);
+  Vec<float> p = exp_reduced(x, nf);
+#else
   Vec<float> half = x < bcast(0.0f) ? bcast(-0.5f) : bcast(0.5f);
   VI n = __builtin_convertvector(x * 1.44269504088896341f + half, VI);
   Vec<float> p = exp_reduced(x, __builtin_convertvector(n, Vec<float>));
+#endif
   VI bits = (n + 127) << 23;
   Vec<float> scale;
   std::memcpy(&scale, &bits, sizeof scale);
