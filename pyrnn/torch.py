@@ -823,10 +823,13 @@ class _Frozen(nn.Module):
     # torch.load(weights_only=True)): a quantized model saved and loaded into a
     # freshly quantized one runs the saved weights, as torch's quantized modules do.
     def get_extra_state(self):
+        """The frozen copy's precision and float weights, for ``state_dict()``."""
         return {"precision": self.precision,
                 "weights": {k: torch.from_numpy(np.array(v)) for k, v in self.frozen.weights().items()}}
 
     def set_extra_state(self, state):
+        """Packs the weights of ``get_extra_state()``'s result (``load_state_dict``), which must be
+        of this frozen copy's precision, names and shapes."""
         weights = state.get("weights") if isinstance(state, dict) else None
         if not isinstance(weights, dict) or state.get("precision") != self.precision:
             raise RuntimeError(f"{self.source}: the state to load is not a frozen {self.source} of precision "
