@@ -251,8 +251,20 @@ class ESN:
         values), or the scores of ``fit(score=...)``; None after a single-value fit.
 
     The other constructor arguments are kept as attributes of the same names
-    (``leak`` is read at every call; changing the others has no effect).
+    (``leak`` is read at every call; changing the others has no effect, but
+    ``use_raw_inputs`` and ``dtype``, which shape the readout and the arrays,
+    are read-only: build a new ESN to change them).
     """
+
+    @property
+    def use_raw_inputs(self) -> bool:
+        """Whether the readout sees u_t beside h_t (fixed at construction)."""
+        return self._use_raw_inputs
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The reservoir's dtype (fixed at construction)."""
+        return self._dtype
 
     def __init__(self, input_size: int, reservoir_size: int, output_size: Optional[int] = None, *,
                  spectral_radius: float = 0.9, leak: float = 1.0, density: float = 1.0,
@@ -299,8 +311,8 @@ class ESN:
         self.density = d
         self.input_scaling: Union[float, NDArray] = float(scale) if scale.ndim == 0 else scale
         self.bias_scaling = bias
-        self.use_raw_inputs = bool(use_raw_inputs)
-        self.dtype = dt
+        self._use_raw_inputs = bool(use_raw_inputs)
+        self._dtype = dt
 
         if d >= 1.0:
             W = gen.uniform(-1.0, 1.0, (H, H))
@@ -380,6 +392,12 @@ class ESN:
 
     def __getstate__(self) -> Dict[str, Any]:  # pickles and copies pack the weights again when used
         return {**self.__dict__, "_packed": None}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        for name in ("use_raw_inputs", "dtype"):  # (plain attributes in ESNs pickled before they were read-only)
+            if name in state:
+                state["_" + name] = state.pop(name)
+        self.__dict__.update(state)
 
     def __repr__(self) -> str:
         extra = "".join([

@@ -340,6 +340,36 @@ def test_from_json_not_a_recorded_run(tmp_path, capsys):
     assert bench.main(["--from-json", tmp_path / "missing.json", "--plot", tmp_path / "p.png"]) == 2
 
 
+def test_from_json_with_missing_fields(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"rows": [], "peak_gflops": {"1": 100}}))
+    assert bench.main(["--from-json", bad, "--plot", tmp_path / "p.png"]) == 2
+    assert "not a run written by --json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("opt, name, says", [
+    ("--json", "missing/r.json", "does not exist"),
+    ("--markdown", "missing/r.md", "does not exist"),
+    ("--plot", "missing/r.png", "does not exist"),
+    ("--plot", "r.xyz", "not 'xyz'"),
+    ("--json", ".", "is a folder"),
+])
+def test_bad_output_paths_fail_before_measuring(tmp_path, monkeypatch, capsys, opt, name, says):
+    """A full suite takes minutes: its output paths are checked first (exit 2, bad usage)."""
+    if opt == "--plot":
+        pytest.importorskip("matplotlib")
+    monkeypatch.setattr(cli, "measure_peaks", lambda *a, **k: pytest.fail("bad usage must not measure"))
+    assert bench.main([*TINY, opt, tmp_path / name]) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_cells_outside_the_suite_are_a_usage_error(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "measure_peaks", lambda *a, **k: pytest.fail("bad usage must not measure"))
+    assert bench.main(["--suite", "scaling", "--cells", "rnn"]) == 2
+    assert "no case of --cells rnn" in capsys.readouterr().err
+
+
 def test_scaling_suite(tmp_path, capsys):
     md = tmp_path / "s.md"
     rc, report = run_json(tmp_path, "--suite", "scaling", "--threads", "1,2", "--markdown", md)

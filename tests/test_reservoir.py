@@ -487,3 +487,16 @@ def test_example_fast_mode_predicts_mackey_glass(tmp_path, capsys):
     assert "NRMSE84" in out and "ESN 400 units" in out and "LSTM 32 units" in out
     if path is not None:
         assert path.stat().st_size > 10_000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_readout_shaping_attributes_are_read_only():
+    """use_raw_inputs and dtype shape the readout and the arrays: fixed at construction (changing them
+    on a fitted ESN broke predict)."""
+    import pickle
+
+    esn = ESN(2, 10, 1, seed=0)
+    for name, value in (("use_raw_inputs", False), ("dtype", np.float64)):
+        with pytest.raises(AttributeError):
+            setattr(esn, name, value)
+    clone = pickle.loads(pickle.dumps(esn))
+    assert clone.use_raw_inputs and clone.dtype == np.float32

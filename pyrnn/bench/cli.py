@@ -132,6 +132,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def output_problems(args: argparse.Namespace) -> list[str]:
+    """What is wrong with the --json / --markdown / --plot paths, checked before anything runs (a
+    full suite takes minutes): a folder that does not exist or cannot be written, a plot format
+    matplotlib cannot write."""
+    problems = []
+    for opt, path in (("--json", args.json), ("--markdown", args.markdown), ("--plot", args.plot)):
+        if not path:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            problems.append(f"{opt} {path}: is a folder, not a file")
+        elif not os.path.isdir(folder):
+            problems.append(f"{opt} {path}: the folder {folder} does not exist")
+        elif not os.access(folder, os.W_OK):
+            problems.append(f"{opt} {path}: the folder {folder} is not writable")
+    if args.plot:
+        from matplotlib.figure import Figure
+
+        formats = Figure().canvas.get_supported_filetypes()
+        ext = os.path.splitext(args.plot)[1].lstrip(".").lower()
+        if ext not in formats:
+            problems.append(f"--plot {args.plot}: matplotlib writes {', '.join(sorted(formats))}, not {ext!r}")
+    return problems
+
+
 def from_json(args: argparse.Namespace) -> int:
     """--from-json: the plot of a recorded run, without measuring anything. (Not its markdown: the
     footnotes describe how the current version measures, which a recorded run may predate.)"""
@@ -143,7 +168,11 @@ def from_json(args: argparse.Namespace) -> int:
     except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
         print(f"error: --from-json {args.from_json}: not a run written by --json ({e!r})", file=sys.stderr)
         return 2
-    write_plot(args.plot, rows, meta)
+    try:
+        write_plot(args.plot, rows, meta)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # rows or metadata of another shape
+        print(f"error: --from-json {args.from_json}: not a run written by --json ({e!r})", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -194,8 +223,16 @@ def main(argv: Optional[Sequence[Any]] = None) -> int:
         except ImportError:
             print(f"error: --plot needs matplotlib, which is not installed: {PLOT_HINT}", file=sys.stderr)
             return 2
+    problems = output_problems(args)
+    if problems:
+        print("\n".join(f"error: {p}" for p in problems), file=sys.stderr)
+        return 2
     if args.from_json:
         return from_json(args)
+    if not select_cases(PROFILES["tiny"], args.cells, args.suite):
+        print(f"error: the {args.suite} suite has no case of --cells {','.join(args.cells)} (it has "
+              f"{', '.join(sorted({c.cell for c in SUITES[args.suite]}))})", file=sys.stderr)
+        return 2
     if args.threads is None:
         args.threads = scaling_threads(available_cores()) if args.suite == "scaling" else sorted({1, available_cores()})
     profile = PROFILES["tiny" if args.tiny else "quick" if args.quick else "full"]
