@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", choices=sorted(SUITES), default="standard",
                    help="standard: the shapes below (default); scaling: LSTM and GRU B=128 T=50 H=1024 at "
                    "1, 2, 4, ... threads up to the cores, with a speed-up table")
-    p.add_argument("--quick", action="store_true", help="reduced suite (T capped at 20, fewer repetitions), ~1 min")
+    p.add_argument("--quick", action="store_true",
+                   help="reduced suite (T capped at 20, fewer repetitions), ~35 s against torch, ~2 min with "
+                   "every peer")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: tiny shapes
     p.add_argument("--threads", type=_list_of(kind=int), default=None,
                    help=f"comma-separated thread counts (default: {','.join(map(str, sorted({1, cores})))}; "
