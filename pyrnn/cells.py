@@ -60,7 +60,10 @@ class _StepInputs:
         for name, s in states:
             if s is not None:
                 s = np.asarray(s)  # lists too
-                s = cell_array(self, name, s[None] if unbatched and s.ndim == 1 else s, self.hidden_size)
+                if s.ndim != (1 if unbatched else 2):  # as torch.nn's cells
+                    raise ValueError(f"{type(self).__name__}: Expected {name} to be {1 if unbatched else 2}D like "
+                                     f"the input, got {s.ndim}D instead")
+                s = cell_array(self, name, s[None] if unbatched else s, self.hidden_size)
                 if s.shape[0] != x.shape[0]:
                     raise ValueError(f"Input batch size {x.shape[0]} doesn't match {name} batch size {s.shape[0]}")
             out.append(s)

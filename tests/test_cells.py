@@ -100,6 +100,10 @@ def test_generation_loop_refeeds_output():
     (lambda c: c(np.zeros((2, 3), np.float32), (np.zeros((2, 5), np.float32), np.zeros((2, 4), np.float32))),
      ValueError, "hx[0] has inconsistent size"),
     (lambda c: c(np.zeros((2, 3), np.float32), np.zeros((2, 4), np.float32)), TypeError, "hx must be a tuple"),
+    (lambda c: c(np.zeros(3, np.float32), (np.zeros((1, 4), np.float32), np.zeros(4, np.float32))), ValueError,
+     "Expected hx[0] to be 1D like the input, got 2D instead"),
+    (lambda c: c(np.zeros((1, 3), np.float32), (np.zeros(4, np.float32), np.zeros((1, 4), np.float32))), ValueError,
+     "Expected hx[0] to be 2D like the input, got 1D instead"),
     (lambda c: c.backward(np.zeros((2, 4), np.float32)), RuntimeError, "needs a call in training mode"),
 ])
 def test_cell_errors(call, exc, message):
