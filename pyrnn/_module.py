@@ -101,8 +101,6 @@ class Module:
             if k not in self._params:
                 continue
             a = to_numpy(v)
-            if a.dtype.kind not in "fiu":
-                raise TypeError(f"{k} must be a floating-point array, got {type(v).__name__} of dtype {a.dtype}")
             if a.dtype.kind != "f":
                 raise TypeError(f"{k} must be a floating-point array, got dtype {a.dtype}")
             if a.shape != self._params[k].shape:

@@ -223,13 +223,13 @@ class FrozenCell(_StepInputs):
 
     _NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
-    def weights(self):
-        """The snapshot of the weights by parameter name (biases only with bias=True)."""
-        return {k: w for k, w in zip(self._NAMES, self._snapshot) if w is not None}
+    def named_parameters(self):
+        """Yields (name, array) of the snapshot of the weights, as a cell's (biases only with bias=True)."""
+        yield from ((k, w) for k, w in zip(self._NAMES, self._snapshot) if w is not None)
 
     def with_weights(self, weights):
         """This frozen cell with other weights of the same names and shapes, packed in the same precision."""
-        mine = self.weights()
+        mine = dict(self.named_parameters())
         new = {k: np.array(weights[k], dtype=self.dtype) for k in mine}
         for k, v in new.items():
             if v.shape != mine[k].shape:

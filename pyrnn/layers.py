@@ -333,10 +333,6 @@ class _RNNBase(_StackedLayer):
                                                         precision=self.precision,
                                                         nonlinearity=self.nonlinearity, reset_after=self.reset_after)
 
-    def weights(self):
-        """The parameters by name, as they are (a frozen copy's: read-only copies)."""
-        return OrderedDict(self._params)
-
     def with_weights(self, weights):
         """A frozen copy (of a frozen layer) with other weights of the same names and shapes,
         packed in the same precision."""

@@ -152,6 +152,13 @@ class _NotTwiceDifferentiable(torch.autograd.Function):
         raise RuntimeError(_DOUBLE_BACKWARD)
 
 
+def _training_outputs(y, h_n, c_n):
+    """The tensors of a training call's (y, h_n, c_n or None). y goes out as a copy: the workspace
+    keeps the kernel's y (backward reads h_t from it), so in-place ops on the output (y += x,
+    ReLU(inplace=True)) are free to run, as torch.nn allows them on a GRU's or an RNN's output."""
+    return (torch.from_numpy(y.copy()),) + tuple(torch.from_numpy(a) for a in (h_n, c_n) if a is not None)
+
+
 class _Recurrence(torch.autograd.Function):
     """One layer, one direction: forward and backward in C++.
 
@@ -164,10 +171,7 @@ class _Recurrence(torch.autograd.Function):
     def forward(ctx, spec, x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr):
         tensors = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr)
         y, h_n, c_n, ws = _kernel_forward(spec, [_np(t) for t in tensors], training=True)
-        # y goes out as a copy: the workspace keeps the kernel's y (backward reads h_t
-        # from it), so in-place ops on the output (y += x, ReLU(inplace=True)) are free
-        # to run, as torch.nn allows them on a GRU's or an RNN's output.
-        outs = (torch.from_numpy(y.copy()),) + tuple(torch.from_numpy(a) for a in (h_n, c_n) if a is not None)
+        outs = _training_outputs(y, h_n, c_n)
         ctx.spec, ctx.ws = spec, ws
         ctx.set_materialize_grads(False)  # unused outputs give None, which the kernel reads as zeros
         # The workspace reads these tensors' memory in backward: saving them makes
@@ -825,7 +829,7 @@ class _Frozen(nn.Module):
     def get_extra_state(self):
         """The frozen copy's precision and float weights, for ``state_dict()``."""
         return {"precision": self.precision,
-                "weights": {k: torch.from_numpy(np.array(v)) for k, v in self.frozen.weights().items()}}
+                "weights": {k: torch.from_numpy(np.array(v)) for k, v in self.frozen.named_parameters()}}
 
     def set_extra_state(self, state):
         """Packs the weights of ``get_extra_state()``'s result (``load_state_dict``), which must be
@@ -834,12 +838,13 @@ class _Frozen(nn.Module):
         if not isinstance(weights, dict) or state.get("precision") != self.precision:
             raise RuntimeError(f"{self.source}: the state to load is not a frozen {self.source} of precision "
                                f"{self.precision!r}")
-        mine = self.frozen.weights()
-        if {k: tuple(v.shape) for k, v in weights.items()} != {k: v.shape for k, v in mine.items()}:
-            raise RuntimeError(f"{self.source}: the frozen weights to load have other names or shapes: "
-                               f"{ {k: tuple(v.shape) for k, v in weights.items()} } for "
-                               f"{ {k: v.shape for k, v in mine.items()} }")
-        self.frozen = self.frozen.with_weights({k: v.detach().cpu().numpy() for k, v in weights.items()})
+        mine = [k for k, _ in self.frozen.named_parameters()]
+        try:
+            if sorted(weights) != sorted(mine):
+                raise ValueError(f"names {sorted(weights)}, expected {sorted(mine)}")
+            self.frozen = self.frozen.with_weights({k: v.detach().cpu().numpy() for k, v in weights.items()})
+        except ValueError as e:  # (with_weights checks the shapes)
+            raise RuntimeError(f"{self.source}: the frozen weights to load have other names or shapes: {e}") from None
 
 
 class FrozenRNN(_Frozen):
@@ -1021,8 +1026,7 @@ class _LayerNormRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cell, lengths, reverse, masks, *tensors):
         y, h_n, c_n, ws = _layernorm_kernel_forward(cell, lengths, reverse, masks, [_np(t) for t in tensors], True)
-        # y as a copy: the workspace keeps its own (see _Recurrence)
-        outs = (torch.from_numpy(y.copy()),) + tuple(torch.from_numpy(a) for a in (h_n, c_n) if a is not None)
+        outs = _training_outputs(y, h_n, c_n)
         ctx.cell, ctx.ws = cell, ws
         ctx.set_materialize_grads(False)  # unused outputs give None: zeros for the kernel
         ctx.save_for_backward(*tensors)  # the workspace reads their memory in backward

@@ -625,8 +625,6 @@ constexpr int64_t first_column() {
     return 0;
 }
 
-// A backward phase's geometry: its weights ([ng groups of nrows, ncols]) packed
-// per block of UB output columns as [ng*Kp][UB].
 // dG's lanes past H (the padding of a last, partial vector of units) set to
 // zero. Their weights are zero, but a padded lane can hold NaN: an inf input
 // times W_ih's zero padding column in the input projection. 0 * NaN would
@@ -641,6 +639,8 @@ inline void zero_padded_dG(BwdCtx<T>& b, int64_t row, int64_t u) {
     for (int64_t l = std::max<int64_t>(0, b.H - u); l < L; ++l) d[g * b.Hp + l] = T(0);
 }
 
+// A backward phase's geometry: its weights ([ng groups of nrows, ncols]) packed
+// per block of UB output columns as [ng*Kp][UB].
 template <class T, class Phase, bool FIRST>
 struct BackwardPhase {
   static constexpr int NG = int(std::size(Phase::kGates)), NV = kGemmNV, MR = tile_rows(NV);
