@@ -12,6 +12,21 @@ from ._validation import check_dtype, to_numpy
 PARAM_NAMES = {"W_ih": "weight_ih", "W_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh", "W_hr": "weight_hr"}
 
 
+class ParameterIterator:
+    """What ``Module.parameters()`` returns: an iterator over the live parameter arrays, recognisable to
+    pyrnn.optim, where torch's habit ``clip_grad_norm_(model.parameters(), ...)`` would clip the weights
+    (a NumPy array has no ``.grad``; the gradients are in ``module.grads``)."""
+
+    def __init__(self, arrays):
+        self._it = iter(list(arrays))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._it)
+
+
 class Module:
     """Named parameters, gradients, train/eval and state dicts (as torch.nn.Module).
 
@@ -35,7 +50,7 @@ class Module:
 
     def parameters(self):
         """Yields the parameter arrays (live, as :meth:`named_parameters`)."""
-        yield from self._params.values()
+        return ParameterIterator(self._params.values())
 
     def __getattr__(self, name):
         params = self.__dict__.get("_params")

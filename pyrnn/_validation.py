@@ -303,6 +303,8 @@ def layer_input(layer, x):
 def _layer_state(layer, name, h, B, size, unbatched):
     LD = layer.num_layers * layer.num_directions
     expected = (LD, size) if unbatched else (LD, B, size)
+    if h is None:  # in an LSTM's (h0, c0): torch.nn takes both or neither
+        raise TypeError(f"{_layer_label(layer)}: {name} must be an array of shape {expected}, got None")
     h = np.asarray(h)
     if h.dtype != layer.dtype:
         raise TypeError(f"{name} must have the layer's dtype {layer.dtype}, got {h.dtype}")

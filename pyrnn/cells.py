@@ -75,6 +75,9 @@ class _StepInputs:
             if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
                 raise TypeError(f"{type(self).__name__}: hx must be a tuple (h, c) or None, got {type(hx).__name__}")
             h, c = (None, None) if hx is None else hx
+            if (h is None) != (c is None):  # as torch.nn.LSTMCell: both states or neither
+                raise TypeError(f"{type(self).__name__}: hx must hold both h and c (or be None), got "
+                                f"({type(h).__name__}, {type(c).__name__})")
             x, (h, c), unbatched = self._prepare(x, [("hx[0]", h), ("hx[1]", c)])
             h1, c1 = step(x, h, c, unbatched)
             return (h1[0], c1[0]) if unbatched else (h1, c1)
@@ -211,7 +214,13 @@ class FrozenCell(_StepInputs):
         self._name = type(cell).__name__
         # the snapshot, kept to copy and pickle the frozen cell (packed again on load)
         self._snapshot = tuple(None if w is None else w.copy() for w in cell._weights())
-        self._packed = _core.PackedCell(cell.cell.kind, *self._snapshot, precision=self.precision)
+        self._pack()
+
+    def _pack(self):
+        for w in self._snapshot:  # read-only, as a frozen layer's: an edit would not reach the packed weights
+            if w is not None:
+                w.flags.writeable = False
+        self._packed = _core.PackedCell(self.cell.kind, *self._snapshot, precision=self.precision)
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k != "_packed"}
@@ -219,7 +228,20 @@ class FrozenCell(_StepInputs):
     def __setstate__(self, state):
         self.__dict__.update(state)
         self.precision = state.get("precision", "same")  # (absent in cells pickled before it existed)
-        self._packed = _core.PackedCell(self.cell.kind, *self._snapshot, precision=self.precision)
+        self._pack()
+
+    training = False  # inference only, as a frozen layer
+    frozen = True
+
+    def train(self, mode=True):
+        """``train(False)`` returns the frozen cell; training mode raises (freeze the cell you train)."""
+        if mode:
+            raise RuntimeError(f"{self._name}: a frozen cell is for inference only; freeze() the cell you train")
+        return self
+
+    def eval(self):
+        """The frozen cell itself (always in inference mode)."""
+        return self
 
     _NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 

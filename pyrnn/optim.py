@@ -34,6 +34,7 @@ import numbers
 
 import numpy as np
 
+from ._module import ParameterIterator
 from .layers import Linear
 
 __all__ = [
@@ -54,12 +55,31 @@ def _is_module(obj):
     return hasattr(obj, "named_parameters") and isinstance(getattr(obj, "grads", None), dict)
 
 
+def _frozen(obj):
+    """A frozen copy (``freeze()``): parameters read-only, no gradients."""
+    return getattr(obj, "frozen", False) is True
+
+
+def _refuse_frozen(obj):
+    if _frozen(obj):
+        raise TypeError(f"{type(obj).__name__} is a frozen copy (freeze()), for inference: its weights cannot be "
+                        f"trained; train the layer or cell it was frozen from, then freeze() again")
+
+
+def _refuse_parameters(params):
+    if isinstance(params, ParameterIterator):
+        raise TypeError("got module.parameters(), the weight arrays themselves (NumPy arrays carry no .grad): "
+                        "pass the module, which holds its gradients in module.grads, or (param, grad) pairs")
+
+
 def _pairs(params):
     """[(param, grad)] from a module, or an iterable of modules and (param, grad) pairs."""
-    if _is_module(params):
+    _refuse_parameters(params)
+    if _is_module(params) or _frozen(params):
         params = [params]
     out = []
     for item in params:
+        _refuse_frozen(item)
         if _is_module(item):
             for name, p in item.named_parameters():
                 out.append((p, item.grads[name]))
@@ -85,7 +105,8 @@ def _pairs(params):
 
 def _grads(params):
     """Gradient arrays from a module, or an iterable of modules, (param, grad) pairs and arrays."""
-    if _is_module(params) or isinstance(params, np.ndarray):
+    _refuse_parameters(params)
+    if _is_module(params) or _frozen(params) or isinstance(params, np.ndarray):
         params = [params]
     if isinstance(params, tuple) and len(params) == 2 and all(isinstance(a, np.ndarray) for a in params):
         # (param, grad) or two gradients? Clipping the parameter by mistake would corrupt it.
@@ -93,6 +114,7 @@ def _grads(params):
                         "or the gradient arrays as a list, [g1, g2]")
     out = []
     for item in params:
+        _refuse_frozen(item)
         if isinstance(item, np.ndarray):
             out.append(item)
         elif _is_module(item):

@@ -716,6 +716,9 @@ class LSTMCell(_PyrnnCellMixin, nn.LSTMCell):
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
             raise TypeError(f"LSTMCell: hx must be a tuple (h, c) of tensors or None, got {type(hx).__name__}")
         h, c = (None, None) if hx is None else hx
+        if (h is None) != (c is None):
+            raise TypeError(f"LSTMCell: hx must hold both h and c (or be None), got ({type(h).__name__}, "
+                            f"{type(c).__name__})")
         return self._step(input, [("hx[0]", h), ("hx[1]", c)])
 
 
@@ -775,7 +778,8 @@ def _numpy_copy(module):
                                      **common)
     else:
         raise TypeError(f"freeze needs a torch.nn (or pyrnn.torch) LSTM, GRU, RNN or one of their cells, got {name}")
-    out.load_state_dict({k: v.detach().numpy().copy() for k, v in module.state_dict().items()})
+    # getattr, not state_dict(): a parametrized weight (weight_norm, parametrize) is computed on access
+    out.load_state_dict({k: getattr(module, k).detach().numpy().copy() for k, _ in out.named_parameters()})
     return out.eval()
 
 
@@ -911,12 +915,30 @@ def freeze(module, precision=None):
     :class:`FrozenRNNCell`. ``precision``: None (the module's dtype, the same
     results), "int8" or "bf16" (float32 modules; see
     :func:`pyrnn.functional.pack_weights`)."""
+    if isinstance(module, _RECURRENT + _CELLS) and not _freezable(module):
+        raise TypeError(f"freeze: {type(module).__name__} overrides forward(), which a frozen copy would not run; "
+                        f"freeze the torch.nn or pyrnn.torch module inside it")
     if isinstance(module, _RECURRENT):
         return FrozenRNN(module, precision).eval()
     if isinstance(module, _CELLS):
         return FrozenRNNCell(module, precision).eval()
     raise TypeError(f"freeze needs a torch.nn (or pyrnn.torch) LSTM, GRU, RNN or one of their cells, "
                     f"got {type(module).__name__}")
+
+
+def _freezable(module):
+    """A recurrent module whose forward is torch.nn's or pyrnn.torch's (a subclass may compute otherwise)."""
+    return isinstance(module, _RECURRENT + _CELLS) and type(module).forward in {
+        c.forward for c in _RECURRENT + _CELLS + (RNN, LSTM, GRU, RNNCell, LSTMCell, GRUCell)}
+
+
+def _copy_hooks(source, target):
+    """The forward hooks and pre-hooks of ``source`` registered on ``target`` (as torch.ao's swap_module)."""
+    for key, hook in source._forward_pre_hooks.items():
+        target.register_forward_pre_hook(hook, with_kwargs=key in source._forward_pre_hooks_with_kwargs)
+    for key, hook in source._forward_hooks.items():
+        target.register_forward_hook(hook, with_kwargs=key in source._forward_hooks_with_kwargs,
+                                     always_call=key in source._forward_hooks_always_called)
 
 
 _QUANT_DTYPES = {torch.qint8: "int8", torch.bfloat16: "bf16", "int8": "int8", "bf16": "bf16"}
@@ -931,7 +953,11 @@ def quantize_dynamic(model, qconfig_spec=None, dtype=torch.qint8, inplace=False)
     int32 sums, as torch's dynamic quantisation) or ``torch.bfloat16`` (bf16
     weights, fp32 sums). ``qconfig_spec``: None (every such module), or a set
     of module types or of submodule names (as ``model.named_modules()`` gives
-    them) to convert. Other modules (Linear included) are left as they are;
+    them) to convert. As torch's, a type matches only modules of exactly that
+    type (torch.nn.LSTM matches pyrnn.torch.LSTM too), and the converted
+    modules keep their forward hooks and pre-hooks. A
+    subclass that overrides ``forward`` is left as it is (its computation is not
+    the layer's). Other modules (Linear included) are left as they are;
     torch's own ``quantize_dynamic(model, {nn.Linear})`` can follow. Returns
     the converted model (a copy unless ``inplace``); a recurrent module given
     as ``model`` is returned converted.
@@ -942,18 +968,23 @@ def quantize_dynamic(model, qconfig_spec=None, dtype=torch.qint8, inplace=False)
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize_dynamic needs a torch.nn.Module, got {type(model).__name__}")
     if qconfig_spec is None:
-        qconfig_spec = set(_RECURRENT + _CELLS)
+        qconfig_spec = set(_RECURRENT + _CELLS)  # (and so pyrnn.torch's drop-ins of them)
     qconfig_spec = set(qconfig_spec)
     types = tuple(t for t in qconfig_spec if isinstance(t, type))
     names = {n for n in qconfig_spec if isinstance(n, str)}
     if len(types) + len(names) != len(qconfig_spec):
         raise TypeError("quantize_dynamic: qconfig_spec must hold module types or submodule names")
 
+    drop_ins = {LSTM: nn.LSTM, GRU: nn.GRU, RNN: nn.RNN, LSTMCell: nn.LSTMCell, GRUCell: nn.GRUCell,
+                RNNCell: nn.RNNCell}
+
     def wanted(name, m):
-        return isinstance(m, _RECURRENT + _CELLS) and (name in names or (bool(types) and isinstance(m, types)))
+        return _freezable(m) and (name in names or type(m) in types or drop_ins.get(type(m)) in types)
 
     if wanted("", model):
-        return freeze(model, precision)
+        frozen = freeze(model, precision)
+        _copy_hooks(model, frozen)
+        return frozen
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()  # as torch's: the result is for inference (a frozen copy cannot train)
@@ -964,6 +995,7 @@ def quantize_dynamic(model, qconfig_spec=None, dtype=torch.qint8, inplace=False)
             if child is not None and (id(child) in done or wanted(full, child)):
                 if id(child) not in done:
                     done[id(child)] = freeze(child, precision)
+                    _copy_hooks(child, done[id(child)])
                 setattr(m, child_name, done[id(child)])
     return model
 

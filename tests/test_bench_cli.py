@@ -661,3 +661,11 @@ def test_precision_summary_and_targets():
     assert "torch-int8/int8 >= 1.5x on LSTM rows: NOT met" in lines[0]
     assert lines[1] == ("bf16: best fp32 peer/bf16 1.00x (2 rows) at B <= 8, 0.79x (3 rows) over all (targets: "
                         "best fp32 peer/bf16 >= 1.4x at B <= 8: NOT met)")
+
+
+def test_more_threads_than_cores_warns(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("pyrnn.bench.cli.available_cores", lambda: 1)
+    rc, report = run_json(tmp_path, "--threads", "2", "--cells", "rnn", "--modes", "fwd",
+                          base=["--tiny", "--in-process"])
+    assert rc == 0 and report["threads"] == [2]  # measured anyway
+    assert "warning: --threads 2 is more than the cores this process may use (1)" in capsys.readouterr().err

@@ -100,6 +100,8 @@ def test_generation_loop_refeeds_output():
     (lambda c: c(np.zeros((2, 3), np.float32), (np.zeros((2, 5), np.float32), np.zeros((2, 4), np.float32))),
      ValueError, "hx[0] has inconsistent size"),
     (lambda c: c(np.zeros((2, 3), np.float32), np.zeros((2, 4), np.float32)), TypeError, "hx must be a tuple"),
+    (lambda c: c(np.zeros((2, 3), np.float32), (None, np.zeros((2, 4), np.float32))), TypeError,
+     "hx must hold both h and c (or be None), got (NoneType, ndarray)"),
     (lambda c: c(np.zeros(3, np.float32), (np.zeros((1, 4), np.float32), np.zeros(4, np.float32))), ValueError,
      "Expected hx[0] to be 1D like the input, got 2D instead"),
     (lambda c: c(np.zeros((1, 3), np.float32), (np.zeros(4, np.float32), np.zeros((1, 4), np.float32))), ValueError,
@@ -239,6 +241,12 @@ def test_frozen_cell_errors():
     with pytest.raises(TypeError, match="needs a pyrnn RNNCell"):
         pyrnn.cells.FrozenCell(pyrnn.LSTM(4, 3))
     assert not hasattr(frozen, "backward")
+    for _, w in frozen.named_parameters():  # read-only, as a frozen layer's: an edit would not be used
+        with pytest.raises(ValueError, match="read-only"):
+            w[...] = 0
+    assert frozen.eval() is frozen and frozen.train(False) is frozen and not frozen.training
+    with pytest.raises(RuntimeError, match="a frozen cell is for inference only"):
+        frozen.train()
 
 
 def test_frozen_cell_copies_and_pickles():
@@ -251,3 +259,4 @@ def test_frozen_cell_copies_and_pickles():
     y = frozen(x)
     for clone in (copy.deepcopy(frozen), pickle.loads(pickle.dumps(frozen)), copy.copy(frozen)):
         np.testing.assert_array_equal(clone(x), y)
+        assert not any(w.flags.writeable for _, w in clone.named_parameters())

@@ -408,6 +408,8 @@ def test_constructor_errors(make, message):
     (lambda m: m(np.zeros((T, B, I), np.float32), (np.zeros((4, B, H), np.float32), np.zeros((4, 1, H), np.float32))),
      ValueError, "Expected hidden[1] size (4, 6, 4), got [4, 1, 4]"),
     (lambda m: m(np.zeros((T, B, I), np.float32), np.zeros((4, B, H), np.float32)), TypeError, "hx must be a tuple"),
+    (lambda m: m(np.zeros((T, B, I), np.float32), (None, np.zeros((4, B, H), np.float32))), TypeError,
+     "hidden[0] must be an array of shape (4, 6, 4), got None"),
     (lambda m: m(np.zeros((T, B, I), np.float32), lengths=[8, 1, 1, 1, 1, 1]), ValueError, "lengths must lie in [1, T]"),
     (lambda m: m(np.zeros((T, B, I), np.float32), lengths=[1, 1]), ValueError, "size B = 6"),
     (lambda m: m(np.zeros((T, B, I), np.float32), lengths=[0, 1, 1, 1, 1, 1]), ValueError, "lengths must lie in [1, T]"),

@@ -239,6 +239,24 @@ def test_clip_functions_refuse_a_bare_pair():
     optim.clip_grad_value([p.copy(), g], 0.5)
 
 
+def test_parameters_and_frozen_copies_are_refused():
+    """torch's habit clip_grad_norm_(model.parameters(), ...) would clip the weights (pyrnn's
+    parameters are the arrays; their gradients are in model.grads); frozen copies have no gradients."""
+    lstm = pyrnn.LSTM(2, 3, seed=0)
+    before = {k: v.copy() for k, v in lstm.named_parameters()}
+    for call in (lambda: optim.clip_grad_norm(lstm.parameters(), 0.1), lambda: optim.clip_grad_value(
+            lstm.parameters(), 0.1), lambda: optim.SGD(lstm.parameters(), lr=0.1)):
+        with pytest.raises(TypeError, match=r"got module.parameters\(\), the weight arrays themselves"):
+            call()
+    assert all(np.array_equal(v, before[k]) for k, v in lstm.named_parameters())
+    assert len(list(lstm.parameters())) == 4  # still an iterator over the live arrays
+    for frozen in (lstm.freeze(), pyrnn.GRUCell(2, 3).freeze()):
+        for call in (lambda: optim.Adam(frozen), lambda: optim.SGD([frozen], lr=0.1),
+                     lambda: optim.clip_grad_norm(frozen, 1.0)):
+            with pytest.raises(TypeError, match=r"is a frozen copy \(freeze\(\)\), for inference"):
+                call()
+
+
 def test_clip_grad_value():
     lstm = pyrnn.GRU(2, 3, seed=0)
     for g in lstm.grads.values():

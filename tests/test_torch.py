@@ -694,6 +694,8 @@ def test_bad_shapes_raise():
         m(x, (torch.zeros(2, H), torch.zeros(2, H)))
     with pytest.raises(TypeError, match="tuple"):
         m(x, torch.zeros(2, B, H))
+    with pytest.raises(TypeError, match=r"hx must hold both h and c \(or be None\), got \(NoneType, Tensor\)"):
+        pt.LSTMCell(I, H)(x[0], (None, torch.zeros(B, H)))  # torch.nn.LSTMCell raises too
     with pytest.raises(RuntimeError, match="input.size\\(-1\\) must be equal to input_size"):
         m(torch.zeros(T, B, I + 1))
     with pytest.raises(ValueError, match="Expected input to be 2D or 3D"):

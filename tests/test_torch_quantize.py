@@ -152,6 +152,48 @@ def test_quantized_model_state_dict_round_trip(tmp_path):
         wide.load_state_dict(pt.quantize_dynamic(nn.LSTM(3, 5)).state_dict())
 
 
+class _DoubledLSTM(nn.LSTM):
+    def forward(self, x, hx=None):
+        return super().forward(2 * x, hx)
+
+
+class _PlainSubclass(pt.GRU):
+    pass
+
+
+def test_subclasses_hooks_and_parametrizations():
+    """As torch.ao's quantize_dynamic: a type matches exactly, a subclass that overrides forward is left
+    alone (freeze refuses it), and the converted modules keep their hooks. Parametrized weights are
+    read as computed."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 2, 3)
+    net = nn.Sequential(_DoubledLSTM(3, 5))
+    q = pt.quantize_dynamic(net, dtype="bf16")
+    assert type(q[0]) is _DoubledLSTM
+    with pytest.raises(TypeError, match="_DoubledLSTM overrides forward"):
+        pt.freeze(net[0])
+    q = pt.quantize_dynamic(nn.Sequential(_PlainSubclass(3, 5)), {_PlainSubclass})
+    assert isinstance(q[0], pt.FrozenRNN)
+    assert type(pt.quantize_dynamic(nn.Sequential(_PlainSubclass(3, 5)), {nn.GRU})[0]) is _PlainSubclass
+    assert isinstance(pt.quantize_dynamic(nn.Sequential(pt.GRU(3, 5)), {nn.GRU})[0], pt.FrozenRNN)
+
+    lstm = nn.LSTM(3, 5).eval()
+    seen = []
+    lstm.register_forward_pre_hook(lambda m, args: (args[0] * 0.5,))
+    lstm.register_forward_hook(lambda m, args, kwargs, out: seen.append(kwargs), with_kwargs=True)
+    with torch.no_grad():
+        want = lstm(x)[0]
+    for frozen in (pt.quantize_dynamic(nn.Sequential(lstm), dtype="bf16")[0], pt.quantize_dynamic(lstm, dtype="bf16")):
+        with torch.no_grad():
+            torch.testing.assert_close(frozen(x)[0], want, atol=2e-2, rtol=0)
+    assert len(seen) == 3
+
+    weighted = nn.utils.parametrizations.weight_norm(nn.GRU(3, 5), "weight_hh_l0").eval()
+    with torch.no_grad():
+        weighted.parametrizations.weight_hh_l0.original0.mul_(3)
+        torch.testing.assert_close(pt.freeze(weighted)(x)[0], weighted(x)[0], atol=1e-6, rtol=0)
+
+
 def test_quantize_converts_a_shared_module_once():
     q = pt.quantize_dynamic(_Net(shared=True))
     assert isinstance(q.rnn, pt.FrozenRNN) and q.other is q.rnn

@@ -232,8 +232,12 @@ def main(argv: Optional[Sequence[Any]] = None) -> int:
         print(f"error: the {args.suite} suite has no case of --cells {','.join(args.cells)} (it has "
               f"{', '.join(sorted(in_suite))})", file=sys.stderr)
         return 2
+    cores = available_cores()
     if args.threads is None:
-        args.threads = scaling_threads(available_cores()) if args.suite == "scaling" else sorted({1, available_cores()})
+        args.threads = scaling_threads(cores) if args.suite == "scaling" else sorted({1, cores})
+    elif max(args.threads) > cores:  # measured anyway: a user may want to see oversubscription
+        print(f"warning: --threads {max(args.threads)} is more than the cores this process may use ({cores}); "
+              f"threads then share cores and the times say little about the kernels", file=sys.stderr)
     profile = PROFILES["tiny" if args.tiny else "quick" if args.quick else "full"]
     if args.reps is not None:
         profile = dataclasses.replace(profile, min_reps=args.reps, max_reps=max(profile.max_reps, args.reps))
