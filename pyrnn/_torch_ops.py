@@ -56,6 +56,7 @@ import weakref
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as _forward_ad
 
 from . import functional as F
 from ._cells import BY_KIND, GATES
@@ -70,6 +71,9 @@ DOUBLE_BACKWARD = (
     "for higher-order derivatives."
 )
 
+FORWARD_AD = ("pyrnn: forward-mode AD (torch.autograd.forward_ad, torch.func.jvp, jacfwd) is not implemented by "
+              "pyrnn's kernels; use reverse mode (backward, torch.func.vjp, jacrev)")
+
 _TENSORS = ("Tensor x, Tensor? h0, Tensor? c0, Tensor W_ih, Tensor W_hh, Tensor? b_ih, Tensor? b_hh, "
             "Tensor? W_hr, Tensor? lengths, Tensor? h_mask")
 _OPTIONS = "str cell, str nonlinearity, bool reset_after, bool reverse"
@@ -79,8 +83,13 @@ _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 def _np(t):
-    """NumPy view (no copy) of a CPU tensor; None stays None."""
-    return None if t is None else t.detach().resolve_neg().resolve_conj().numpy()
+    """NumPy view (no copy) of a CPU tensor; None stays None. A forward-mode AD tangent
+    (torch.autograd.forward_ad) raises: the kernels would drop it."""
+    if t is None:
+        return None
+    if _forward_ad._current_level >= 0 and _forward_ad.unpack_dual(t).tangent is not None:
+        raise NotImplementedError(FORWARD_AD)
+    return t.detach().resolve_neg().resolve_conj().numpy()
 
 
 def _lengths(t):

@@ -65,7 +65,8 @@ first imported), so torch.nn's own LSTM keeps its graph break.
 Limits: CPU tensors of dtype float32 or float64 only (others raise); no
 double backward (differentiating the gradients raises a RuntimeError saying
 so, eager, compiled or under torch.func); no forward-mode AD (``jvp``,
-``jacfwd``, ``hessian`` raise). Compiled and traced calls run the forward
+``jacfwd``, ``hessian``, ``torch.autograd.forward_ad`` raise); no batched
+gradients (``is_grads_batched=True`` raises; ``torch.func.jacrev`` works). Compiled and traced calls run the forward
 kernels once per step, as eager calls do: when a gradient may be taken, the
 operator's forward writes the C++ training workspace into a uint8 tensor (its
 ``residual`` output), which autograd saves for ``rnn_layer_backward``; without
@@ -75,8 +76,9 @@ with gradients possible, the forward runs once per sample (each keeps its own
 workspace) instead of folding the vmapped dimension into the batch. A ``PackedSequence`` input
 graph-breaks under torch.compile (dynamo skips ``pack_padded_sequence`` /
 ``pad_packed_sequence``; ``fullgraph=True`` raises) and does not export; pass
-padded tensors. TorchScript (``torch.jit.script`` / ``trace``) does not see
-inside the kernels.
+padded tensors. ``torch.jit.trace`` records the ``pyrnn::rnn_layer`` operator
+(with gradients on, pass ``check_trace=False``); ``torch.jit.script`` does not
+compile these modules.
 
 Threads: pyrnn's kernels use up to ``pyrnn.get_num_threads()`` threads (its own
 setting: adaptive up to ``OMP_NUM_THREADS``, else the core count, or fixed with
@@ -152,6 +154,28 @@ class _NotTwiceDifferentiable(torch.autograd.Function):
         raise RuntimeError(_DOUBLE_BACKWARD)
 
 
+def _guard_create_graph(out, inputs, grad_outputs):
+    """A backward's gradients ``out`` (tensors or None). Under create_graph=True, differentiating
+    them must fail loudly, not give zeros or None: the guard hangs off the forward's inputs and the
+    incoming gradients that require grad, so both stay reachable from the gradients (a second
+    derivative through the incoming gradient, as autograd.functional.jvp takes, included)."""
+    if not (torch.is_grad_enabled() and any(g is not None for g in out)):
+        return out
+    anchors = [t for t in (*inputs, *grad_outputs) if t is not None and t.requires_grad]
+    given = [g for g in out if g is not None]
+    guarded = iter(_NotTwiceDifferentiable.apply(len(anchors), *anchors, *given))
+    return [None if g is None else next(guarded) for g in out]
+
+
+def _refuse_batched(grad_outputs):
+    """autograd.grad(is_grads_batched=True) and jacobian(vectorize=True) vmap the eager backward,
+    whose gradients go to C++ as NumPy arrays: a clear error instead of a batching rule's."""
+    if any(g is not None and "Batched" in str(torch._C._dispatch_keys(g)) for g in grad_outputs):
+        raise RuntimeError("pyrnn: batched gradients (autograd.grad(is_grads_batched=True), "
+                           "autograd.functional.jacobian(vectorize=True)) are not supported by the eager "
+                           "kernels; use torch.func.jacrev / vmap over torch.func.vjp, or vectorize=False")
+
+
 def _training_outputs(y, h_n, c_n):
     """The tensors of a training call's (y, h_n, c_n or None). y goes out as a copy: the workspace
     keeps the kernel's y (backward reads h_t from it), so in-place ops on the output (y += x,
@@ -184,20 +208,14 @@ class _Recurrence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grad_outputs):
         ctx.saved_tensors  # raises if an input that backward reads was modified in place since forward
+        _refuse_batched(grad_outputs)
         spec = ctx.spec
         dy, dh_n = (_np(g) for g in grad_outputs[:2])
         g = F.backward(ctx.ws, dy, dh_n, _np(grad_outputs[2]) if spec.cell == "lstm" else None)
         grads = tuple(g[k] for k in ("x", "h0", "c0", "W_ih", "W_hh", "b_ih", "b_hh", "W_hr"))
         out = [None if g is None or not need else torch.from_numpy(g)
                for g, need in zip(grads, ctx.needs_input_grad[1:])]
-        if torch.is_grad_enabled() and any(g is not None for g in out):
-            # create_graph=True: differentiating these gradients must fail loudly, not give zeros.
-            # The guard hangs off the forward's inputs, so they stay reachable from the gradients.
-            anchors = [t for t in (*ctx.saved_tensors, *ctx.biases) if t is not None and t.requires_grad]
-            given = [g for g in out if g is not None]
-            guarded = iter(_NotTwiceDifferentiable.apply(len(anchors), *anchors, *given))
-            out = [None if g is None else next(guarded) for g in out]
-        return (None, *out)
+        return (None, *_guard_create_graph(out, (*ctx.saved_tensors, *ctx.biases), grad_outputs))
 
 
 class InputError(ValueError, RuntimeError):
@@ -290,9 +308,10 @@ def _traced(x):
     """Whether this call runs through the ``pyrnn::rnn_layer`` operator rather than
     the eager autograd.Function on NumPy views: under torch.compile / torch.export
     (dynamo or non-strict), torch.func transforms, a TorchDispatchMode (make_fx,
-    FakeTensorMode, ...) or for a tensor subclass input."""
+    FakeTensorMode, ...), torch.jit.trace (the NumPy path would be recorded as a
+    constant) or for a tensor subclass input."""
     return (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
-            or torch._C._len_torch_dispatch_stack() > 0 or type(x) is not torch.Tensor)
+            or torch._C._len_torch_dispatch_stack() > 0 or type(x) is not torch.Tensor or torch.jit.is_tracing())
 
 
 def _functorch_apply(*args):
@@ -1067,6 +1086,7 @@ class _LayerNormRecurrence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grad_outputs):
         ctx.saved_tensors  # raises if an input was modified in place since forward
+        _refuse_batched(grad_outputs)
         dy, dh_n = (_np(g) for g in grad_outputs[:2])
         if ctx.cell == "lstm":
             grads = F.layernorm_lstm_backward(ctx.ws, dy, dh_n, _np(grad_outputs[2]))
@@ -1076,13 +1096,7 @@ class _LayerNormRecurrence(torch.autograd.Function):
             grads = (dx, dh0, None, *rest, None, None, None)
         out = [None if g is None or not need else torch.from_numpy(g)
                for g, need in zip(grads, ctx.needs_input_grad[4:])]
-        if torch.is_grad_enabled() and any(g is not None for g in out):
-            # create_graph=True: differentiating these gradients must fail loudly, not give zeros
-            anchors = [t for t in ctx.saved_tensors[:len(_LN_ORDER)] if t is not None and t.requires_grad]
-            given = [g for g in out if g is not None]
-            guarded = iter(_NotTwiceDifferentiable.apply(len(anchors), *anchors, *given))
-            out = [None if g is None else next(guarded) for g in out]
-        return (None, None, None, None, *out)
+        return (None, None, None, None, *_guard_create_graph(out, ctx.saved_tensors[:len(_LN_ORDER)], grad_outputs))
 
 
 class _LayerNormRNN(nn.Module):

@@ -657,6 +657,57 @@ def test_double_backward_raises_clearly():
         torch.autograd.grad(gp.sum(), c.weight_hh)
 
 
+@pytest.mark.parametrize("make", [lambda: pt.GRU(I, H, dtype=torch.float64),
+                                  lambda: pt.LayerNormLSTM(I, H, dtype=torch.float64)])
+def test_second_derivatives_through_the_incoming_gradient_raise(make):
+    """A second derivative that runs only through the gradient fed into backward (a gradient
+    penalty's d/dw of a head weight, autograd.functional.jvp's double-backward trick) raised
+    nothing and came back None or zero; it must raise as every other double backward."""
+    m = make()
+    x = _input(False).requires_grad_(True)
+    w = torch.randn(H, dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad((m(x)[0] * w).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward is not supported"):
+        torch.autograd.grad(gx.pow(2).sum(), w, allow_unused=True)
+    with pytest.raises(RuntimeError, match="double backward is not supported"):
+        torch.autograd.functional.jvp(lambda x: m(x)[0], x.detach(), torch.ones_like(x))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's own use of torch.jit.script in is_grads_batched
+def test_forward_mode_and_batched_gradients_raise():
+    import torch.autograd.forward_ad as fwAD
+
+    for m in (pt.GRU(I, H), pt.LSTMCell(I, H), pt.LayerNormGRU(I, H)):
+        x = _input(False, torch.float32)[0 if isinstance(m, nn.LSTMCell) else slice(None)]
+        for grad in (False, True):  # the inference path dropped the tangent
+            m.requires_grad_(grad)
+            with fwAD.dual_level(), torch.set_grad_enabled(grad), \
+                    pytest.raises(NotImplementedError, match="forward.mode AD"):
+                m(fwAD.make_dual(x, torch.ones_like(x)))
+    m = pt.GRU(I, H)
+    x = _input(False, torch.float32).requires_grad_(True)
+    y = m(x)[0]
+    with pytest.raises(RuntimeError, match="batched gradients"):
+        torch.autograd.grad(y, x, torch.ones(2, *y.shape), is_grads_batched=True)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+def test_jit_trace_records_the_operator():
+    """Under torch.no_grad the eager path's NumPy results would be traced as constants."""
+    m = pt.LSTM(I, H, num_layers=2).eval()
+    ref = nn.LSTM(I, H, num_layers=2)
+    ref.load_state_dict(m.state_dict())
+    x, x2 = _input(False, torch.float32), _input(False, torch.float32) + 1
+    with torch.no_grad():
+        traced = torch.jit.trace(m, x)
+        torch.testing.assert_close(traced(x2)[0], ref(x2)[0])
+    traced = torch.jit.trace(m, x, check_trace=False)
+    y = traced(x2)[0]
+    torch.testing.assert_close(y, ref(x2)[0])
+    y.sum().backward()
+    assert m.weight_hh_l0.grad is not None
+
+
 def test_non_cpu_tensors_raise():
     m = pt.LSTM(I, H, device="meta")
     with pytest.raises(RuntimeError, match="CPU only.*meta"):
