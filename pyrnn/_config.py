@@ -8,6 +8,26 @@ import sys
 from . import _core
 
 
+def _warn_bad_environment(environ=None) -> None:
+    """A RuntimeWarning for a PYRNN_CACHE_MB that the C++ cache cannot read (it keeps its default)."""
+    import os
+    import warnings
+
+    value = (os.environ if environ is None else environ).get("PYRNN_CACHE_MB")
+    if value is None:
+        return
+    try:
+        ok = float(value) >= 0
+    except ValueError:
+        ok = False
+    if not ok:
+        warnings.warn(f"PYRNN_CACHE_MB={value!r} is not a number of MiB >= 0; the buffer cache keeps its default "
+                      f"limit of 1024 MiB (pyrnn.set_cache_limit sets one at run time)", RuntimeWarning, stacklevel=3)
+
+
+_warn_bad_environment()
+
+
 def isa() -> str:
     """The ISA level kernels use now: 'avx512', 'avx2' or 'baseline' (the
     architecture's 16-byte SIMD: SSE2 on x86-64, NEON on aarch64).
@@ -93,16 +113,26 @@ def empty_cache() -> None:
     _core.empty_cache()
 
 
+_MAX_PROBE_THREADS = 4096  # libgomp ends the process when it cannot create a region's threads
+
+
+def _probe_threads(threads) -> int:
+    """The thread count of a machine probe: an integer in [1, 4096] (each thread runs at once)."""
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    if threads > _MAX_PROBE_THREADS:
+        raise ValueError(f"threads must be at most {_MAX_PROBE_THREADS} for a probe of the machine, got {threads}")
+    return int(threads)
+
+
 def fma_peak_gflops(threads: int | None = None, seconds: float = 0.2) -> float:
     """Measured fp32 FMA peak (GFLOP/s) of this machine for the selected ISA.
 
     Runs independent FMA chains in registers on ``threads`` threads (default:
     pyrnn's thread count); this is the roofline benchmarks report against.
     """
-    threads = get_num_threads() if threads is None else threads
-    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
-        raise ValueError(f"threads must be a positive integer, got {threads!r}")
-    return _core.fma_peak_gflops(int(threads), float(seconds))
+    threads = _probe_threads(get_num_threads() if threads is None else threads)
+    return _core.fma_peak_gflops(threads, float(seconds))
 
 
 def cache_sizes() -> dict:
@@ -141,14 +171,12 @@ def memory_bandwidth(size: int | None = None, threads: int | None = None, second
     (DRAM; at least 64 MiB a thread, at most 1 GiB in all).
     ``threads`` defaults to pyrnn's thread count.
     """
-    threads = get_num_threads() if threads is None else threads
-    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
-        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    threads = _probe_threads(get_num_threads() if threads is None else threads)
     if not isinstance(seconds, numbers.Real) or not seconds > 0:
         raise ValueError(f"seconds must be a positive number, got {seconds!r}")
     if size is not None:
-        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
-            raise ValueError(f"size must be a positive number of bytes, got {size!r}")
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or not 1 <= size < 2**62:
+            raise ValueError(f"size must be a positive number of bytes below 2**62, got {size!r}")
         return _core.read_bandwidth_gbs(int(size), int(threads), float(seconds))
     caches = cache_sizes()
     l3 = caches.get("L3", 32 * 2**20)

@@ -191,13 +191,29 @@ def test_set_cache_limit_rejects_invalid(bad, exc, fresh_cache):
         pyrnn.set_cache_limit(bad)
 
 
-@pytest.mark.parametrize("value, limit", [("3", 3 * 2**20), ("1.5", 3 * 2**19), ("0", 0),
-                                          ("-2", 1024 * 2**20), ("lots", 1024 * 2**20)])
+@pytest.mark.parametrize("value, limit", [("3", 3 * 2**20), ("1.5", 3 * 2**19), ("0", 0), (" 64 ", 64 * 2**20),
+                                          ("-2", 1024 * 2**20), ("lots", 1024 * 2**20), ("64MB", 1024 * 2**20)])
 def test_cache_limit_from_environment(value, limit):
     code = "import pyrnn; print(pyrnn.cache_info()['limit_bytes'])"
     env = dict(os.environ, PYRNN_CACHE_MB=value)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert int(out.stdout) == limit  # values that are not a number >= 0 keep the default
+    assert int(out.stdout) == limit  # values that are not a number >= 0 keep the default, and say so
+    assert ("RuntimeWarning: PYRNN_CACHE_MB=" in out.stderr) == (limit == 1024 * 2**20)
+
+
+def test_environment_thread_counts_beyond_int_and_probe_limits(tmp_path):
+    """OMP_NUM_THREADS past the int range wrapped (2147483648 gave -2147483648 threads); the machine
+    probes refuse thread counts that libgomp could not start (it ends the process)."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    for value in ("2147483648", "4294967298"):
+        assert _threads_in_subprocess({**env, "OMP_NUM_THREADS": value}, tmp_path) == 2**31 - 1
+    for probe in (lambda: pyrnn.fma_peak_gflops(10**6), lambda: pyrnn.memory_bandwidth(1024, threads=10**6)):
+        with pytest.raises(ValueError, match="at most 4096"):
+            probe()
+    with pytest.raises(ValueError, match="below 2\\*\\*62"):
+        pyrnn.memory_bandwidth(2**63)
+    with pytest.raises(MemoryError):
+        pyrnn.memory_bandwidth(2**60, threads=1)  # before the threads start: no abort
 
 
 # ---------------------------------------------------------------- PYRNN_PROFILE
@@ -220,10 +236,10 @@ def test_profile_prints_phases():
         "    print(cell, opts, P, y.tobytes().hex()[:64], g['x'].sum(), g['W_hh'].sum())\n"
     )
     runs = {}
-    for flag in ("0", "1"):
+    for flag in ("0", "1", "false", "Off"):
         env = dict(os.environ, PYRNN_PROFILE=flag)
         runs[flag] = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert "pyrnn-profile" not in runs["0"].stderr
+    assert not any("pyrnn-profile" in runs[flag].stderr for flag in ("0", "false", "Off"))
     lines = [l for l in runs["1"].stderr.splitlines() if l.startswith("pyrnn-profile")]
     names = ["rnn_tanh", "rnn_relu", "lstm", "lstm+projection", "gru", "gru_reset_before"]
     assert len(lines) == 2 * len(names)

@@ -93,3 +93,72 @@ def test_calls_too_large_for_the_machine_fail_before_allocating(api, rng):
     with pytest.raises(MemoryError, match="GiB"):
         call()
     assert _rss_bytes() - rss < 64 * 2**20
+
+
+_CAPPED = r"""
+import resource, sys, numpy as np, pyrnn
+from pyrnn import functional as F
+cell, T, B, H, train, head = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1", \
+    int(sys.argv[6])
+pyrnn.set_num_threads(2)
+G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+F.forward(cell, np.ones((2, 64, 4), np.float32), None, None, np.ones((G * 64, 4), np.float32),
+          np.ones((G * 64, 64), np.float32))  # warm: threads started, code paged in
+x = np.full((T, B, 4), 0.1, np.float32)
+W_ih, W_hh = np.full((G * H, 4), 0.01, np.float32), np.full((G * H, H), 0.01, np.float32)
+vm = int(open("/proc/self/statm").read().split()[0]) * 4096
+resource.setrlimit(resource.RLIMIT_AS, (vm + head * 2**20, resource.RLIM_INFINITY))
+try:
+    y, h, c, ws = F.forward(cell, x, None, None, W_ih, W_hh, training=train)
+    if train:
+        F.backward(ws, y, None, None)
+    print("OK")
+except MemoryError:
+    print("MemoryError")
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm") or bool(os.environ.get("PYRNN_SANITIZED")),
+                    reason="needs Linux's /proc and RLIMIT_AS (AddressSanitizer reserves address space)")
+@pytest.mark.parametrize("cell, T, B, H, train", [("lstm", 1, 2**19, 16, "0"), ("gru", 2, 2**18, 40, "1")])
+def test_address_space_limit_gives_memory_error_not_abort(cell, T, B, H, train):
+    """Under an address-space cap (ulimit -v) a call that does not fit raises MemoryError at every
+    cap: the per-thread buffers that grow with the batch are allocated before the threads start
+    (a std::bad_alloc inside an OpenMP region ended the process, at caps of +400 to +500 MiB here)."""
+    import subprocess
+    import sys
+
+    seen = set()
+    for head in range(60, 1400, 80):
+        r = subprocess.run([sys.executable, "-c", _CAPPED, cell, str(T), str(B), str(H), train, str(head)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and r.stdout.strip() in ("OK", "MemoryError"), (head, r.returncode, r.stderr[-300:])
+        seen.add(r.stdout.strip())
+        if r.stdout.strip() == "OK":
+            break
+    assert seen == {"OK", "MemoryError"}  # the sweep crossed from too small to enough
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm") or bool(os.environ.get("PYRNN_SANITIZED")),
+                    reason="needs Linux's /proc and RLIMIT_AS (AddressSanitizer reserves address space)")
+def test_a_failed_allocation_frees_the_cache_and_retries():
+    """A call that fits once pyrnn's idle cached blocks are released does not raise MemoryError."""
+    import subprocess
+    import sys
+
+    code = r"""
+import resource, numpy as np, pyrnn
+pyrnn.set_num_threads(1)
+m = pyrnn.LSTM(8, 256)
+def step(T, B):
+    y = m(np.zeros((T, B, 8), np.float32))[0]; m.backward(y); m.zero_grad()
+step(2, 4)
+vm = int(open("/proc/self/statm").read().split()[0]) * 4096
+resource.setrlimit(resource.RLIMIT_AS, (vm + 700 * 2**20, resource.RLIM_INFINITY))
+step(100, 512)  # its blocks stay cached (~516 MiB), each more than twice what the next step asks for
+assert pyrnn.cache_info()["cached_bytes"] > 400 * 2**20
+step(40, 512)
+print("OK")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "OK", r.stderr[-500:]

@@ -287,6 +287,7 @@ void forward_loop(FwdCtx<T>& f, int nthreads, std::index_sequence<P...>) {
   const auto& first = std::get<0>(phases);
   const auto& last = std::get<kLast>(phases);
   PhaseProfile prof(describe_call(f.a, sc, TRAIN ? "forward-train" : "forward-infer", nth), nth);
+  std::vector<AlignedBuffer<T>> tile_buffers = per_thread_buffers<T>(nth, tile_elems);
 #pragma omp parallel num_threads(nth)
   {
     const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -302,11 +303,11 @@ void forward_loop(FwdCtx<T>& f, int nthreads, std::index_sequence<P...>) {
       project_inputs(f, Cell::G, blocks[0].first * first.HB, std::min(blocks[0].second * first.HB, f.Hp), scratch);
     }
     prof.phase("input-proj");
-    AlignedBuffer<T> tiles(tile_elems);
+    T* tiles = tile_buffers[size_t(tid)].data();
     LowRows qa;
     prof.loop_start(tid);
     for (int64_t s = 0; s < sc.S; ++s)
-      ((std::get<P>(phases).template step<TRAIN>(f, blocks[P], s, tiles.data(), qa), step_barrier(prof, tid)), ...);
+      ((std::get<P>(phases).template step<TRAIN>(f, blocks[P], s, tiles, qa), step_barrier(prof, tid)), ...);
     prof.loop_end("loop", nt);
     write_final_h(f, blocks[kLast].first * last.HB, blocks[kLast].second * last.HB);
     if constexpr (Cell::kCellState) write_final_c(f, blocks[0].first * first.HB, blocks[0].second * first.HB);
@@ -702,6 +703,7 @@ void backward_loop(BwdCtx<T>& b, int nthreads, std::index_sequence<P...>) {
   constexpr int64_t UB = std::tuple_element_t<0, decltype(phases)>::UB;
   constexpr int MR = std::tuple_element_t<0, decltype(phases)>::MR, NV = kGemmNV;
   PhaseProfile prof(describe_call(b.a, sc, "backward", nth), nth);
+  std::vector<AlignedBuffer<T>> tile_buffers = per_thread_buffers<T>(nth, size_t(ceil_div(sc.B, MR) * MR * UB));
 #pragma omp parallel num_threads(nth)
   {
     const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -711,8 +713,7 @@ void backward_loop(BwdCtx<T>& b, int nthreads, std::index_sequence<P...>) {
     // The last phase produces the gradients of the H-wide units, where the carry lives.
     const int64_t ua = blocks[kLast].first * UB, ub = std::min(blocks[kLast].second * UB, b.Hp);
     init_carry(b, Cell::kCellState ? b.g.dc_n : nullptr, ua, ub);
-    AlignedBuffer<T> tiles(size_t(ceil_div(sc.B, MR) * MR * UB));
-    T* acc = tiles.data();
+    T* acc = tile_buffers[size_t(tid)].data();
     prof.phase("pack");
     prof.loop_start(tid);
     for (int64_t s = sc.S - 1; s >= 0; --s)

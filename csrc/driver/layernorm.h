@@ -281,6 +281,8 @@ void ln_forward_run(const LayerNormArgs<T>& a, LnWorkspace<T>& w, bool training,
   const std::vector<const T*>& hrows = f.gemm_rows();
   const T *zo_h = MASKS ? a.zoneout_h : nullptr, *zo_c = MASKS && f.lstm ? a.zoneout_c : nullptr;
   const bool hmask = MASKS && a.h_mask;
+  std::vector<AlignedBuffer<T>> acc_buffers = per_thread_buffers<T>(nth, size_t(((B + C::MR - 1) / C::MR) * C::MR * C::NR));
+  std::vector<AlignedBuffer<T>> row_buffers = per_thread_buffers<T>(nth, size_t(NG + Hp));
 
 #pragma omp parallel num_threads(nth)
   {
@@ -316,7 +318,8 @@ void ln_forward_run(const LayerNormArgs<T>& a, LnWorkspace<T>& w, bool training,
           rstd_ih.data()[r * G + g] = ln_block_forward(v, H, Hp, v);
         }
     }
-    AlignedBuffer<T> acc(size_t(((B + C::MR - 1) / C::MR) * C::MR * C::NR)), scratch_row(size_t(NG + Hp));
+    AlignedBuffer<T>& acc = acc_buffers[size_t(tid)];
+    AlignedBuffer<T>& scratch_row = row_buffers[size_t(tid)];
     for (int64_t s = 0; s < sc.S; ++s) {
       const int64_t off = sc.offset[s], n = sc.active[s];
 #pragma omp barrier
@@ -541,6 +544,7 @@ void ln_backward_run(const LnWorkspace<T>& w, const LayerNormArgs<T>& a, const L
   for (int64_t k = 0; k < f.NG; ++k) wih_rows[k] = f.wrow(a.W_ih, f.I, k);
   static const int kAll[4] = {0, 1, 2, 3};
   const int nth = int(std::max<int64_t>(1, std::min<int64_t>(nthreads, std::max<int64_t>({npan, npr, 2}))));
+  std::vector<AlignedBuffer<T>> acc_buffers = per_thread_buffers<T>(nth, size_t(((B + C::MR - 1) / C::MR) * C::MR * C::NR));
 
 #pragma omp parallel num_threads(nth)
   {
@@ -555,7 +559,7 @@ void ln_backward_run(const LnWorkspace<T>& w, const LayerNormArgs<T>& a, const L
       for (int64_t q = p0; q < p1; ++q)
         pack_backward_panel(a.W_hr, Ho, H, Hop, kAll, 1, C::NR, q, rpanels.data() + q * Hop * C::NR);
     }
-    AlignedBuffer<T> acc(size_t(((B + C::MR - 1) / C::MR) * C::MR * C::NR));
+    AlignedBuffer<T>& acc = acc_buffers[size_t(tid)];
 #pragma omp barrier
     for (int64_t s = sc.S - 1; s >= 0; --s) {
       const int64_t off = sc.offset[s], n = sc.active[s], nn = s + 1 < sc.S ? sc.active[s + 1] : 0;

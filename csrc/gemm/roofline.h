@@ -64,10 +64,10 @@ inline double read_bandwidth_gbs(int64_t bytes, int nthreads, double seconds) {
   const int64_t n = std::max<int64_t>(kSums * L, bytes / int64_t(sizeof(float)) / (kSums * L) * (kSums * L));
   double read = 0, elapsed = 0;
   float sink = 0;
+  std::vector<AlignedBuffer<float>> bufs = per_thread_buffers<float>(nthreads, size_t(n));
 #pragma omp parallel num_threads(nthreads) reduction(+ : read, sink) reduction(max : elapsed)
   {
-    AlignedBuffer<float> buf{size_t(n)};
-    float* p = buf.data();
+    float* p = bufs[size_t(omp_get_thread_num())].data();
     for (int64_t i = 0; i < n; ++i) p[i] = float(i & 7) * 1e-3f;  // touched by its own thread
     Vec<float> sums[kSums] = {};
     read_pass<kSums>(p, n, sums);  // warm the caches the set fits in

@@ -10,6 +10,7 @@
 #include <new>
 #include <stdexcept>
 #include <utility>
+#include <vector>
 
 #include "pyrnn/pool.h"
 
@@ -69,5 +70,15 @@ class AlignedBuffer {
   size_t n_ = 0, bytes_ = 0;
   bool borrowed_ = false;
 };
+
+// One buffer of n elements per thread of a parallel region, allocated before
+// the region: there a failed allocation is a MemoryError in Python, while a
+// std::bad_alloc thrown inside an OpenMP region ends the process.
+template <class T>
+std::vector<AlignedBuffer<T>> per_thread_buffers(int nthreads, size_t n) {
+  std::vector<AlignedBuffer<T>> out(size_t(std::max(nthreads, 1)));
+  for (AlignedBuffer<T>& b : out) b.reserve(n);
+  return out;
+}
 
 }  // namespace pyrnn

@@ -47,6 +47,7 @@ size_t default_limit() {
   if (const char* env = std::getenv("PYRNN_CACHE_MB")) {
     char* end = nullptr;
     double mb = std::strtod(env, &end);
+    while (end && (*end == ' ' || *end == '\t')) ++end;  // (leading blanks: strtod skips them)
     if (end != env && *end == '\0' && mb >= 0) return mb >= 1e12 ? size_t(1e12) << 20 : size_t(mb * 1048576.0);
   }
   return size_t(1024) << 20;
@@ -110,6 +111,14 @@ void* pool_alloc(size_t bytes, size_t* size) {
     ++p.misses;
   }
   void* ptr = aligned_block(bytes);
+  if (!ptr && bytes >= kMinPooled) {  // the cached blocks, idle, may be what stands in the way: free them, retry
+    Pool& p = pool();
+    {
+      std::lock_guard<std::mutex> lock(p.mu);
+      p.trim(0);
+    }
+    ptr = aligned_block(bytes);
+  }
   if (!ptr) throw std::bad_alloc();
   *size = bytes;
   return ptr;

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cctype>
 #include <string>
 #include <vector>
 
@@ -20,7 +21,10 @@ namespace PYRNN_ISA_NS {
 inline bool profile_enabled() {
   static const bool on = [] {
     const char* e = std::getenv("PYRNN_PROFILE");
-    return e && *e && std::string(e) != "0";
+    if (!e || !*e) return false;
+    std::string v(e);
+    for (char& ch : v) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+    return v != "0" && v != "false" && v != "off" && v != "no";
   }();
   return on;
 }

@@ -7,6 +7,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <limits>
 #include <atomic>
 #include <cstdlib>
 #include <exception>
@@ -25,7 +26,7 @@ int default_threads() {
   if (const char* env = std::getenv("OMP_NUM_THREADS")) {
     char* end = nullptr;
     long n = std::strtol(env, &end, 10);  // "4" or the first entry of "4,2"
-    if (end != env && n >= 1) return int(n);
+    if (end != env && n >= 1) return int(std::min<long>(n, std::numeric_limits<int>::max()));  // (no wrap)
   }
   return omp_get_num_procs();
 }
