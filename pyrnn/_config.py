@@ -8,12 +8,12 @@ import sys
 from . import _core
 
 
-def _warn_bad_environment(environ=None) -> None:
+def _warn_bad_environment() -> None:
     """A RuntimeWarning for a PYRNN_CACHE_MB that the C++ cache cannot read (it keeps its default)."""
     import os
     import warnings
 
-    value = (os.environ if environ is None else environ).get("PYRNN_CACHE_MB")
+    value = os.environ.get("PYRNN_CACHE_MB")
     if value is None:
         return
     try:

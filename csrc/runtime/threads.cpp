@@ -7,10 +7,10 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <limits>
 #include <atomic>
 #include <cstdlib>
 #include <exception>
+#include <limits>
 #include <mutex>
 #include <stdexcept>
 #include <string>
