@@ -14,6 +14,44 @@ from pathlib import Path
 import pyrnn
 
 
+def _number(kind, test, what):
+    """An argparse type: ``kind`` (int or float) that passes ``test``, else a usage error saying ``what``."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+    parse.__name__ = what  # (argparse names the type in its messages)
+    return parse
+
+
+positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _number(float, lambda v: v > 0 and v != float("inf"), "a positive number")
+nonnegative_float = _number(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
+probability = _number(float, lambda v: 0 <= v < 1, "a probability in [0, 1)")
+unit_rate = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+
+
+def existing_file(text: str) -> Path:
+    """An argparse type: a path to a file that exists."""
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return path
+
+
+def writable_path(text: str) -> Path:
+    """An argparse type: a file path whose folder exists (checked before a long run, not at its end)."""
+    path = Path(text)
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"the folder of {text} does not exist")
+    return path
+
+
 def parser(doc: str, fast_help: str) -> argparse.ArgumentParser:
     """The script's parser: its docstring's first paragraph as description, and --fast."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -24,9 +62,9 @@ def parser(doc: str, fast_help: str) -> argparse.ArgumentParser:
 def add_run_options(p: argparse.ArgumentParser, script: str,
                     threads_help: str = "pyrnn threads (default: pyrnn's default)") -> None:
     """--seed, --threads, --plot (default: the committed figure next to the script) and --no-plot."""
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help=threads_help)
-    p.add_argument("--plot", type=Path, default=Path(script).with_suffix(".png"), help="figure path")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--threads", type=positive_int, help=threads_help)
+    p.add_argument("--plot", type=writable_path, default=Path(script).with_suffix(".png"), help="figure path")
     p.add_argument("--no-plot", action="store_true", help="do not draw the figure")
 
 

@@ -121,14 +121,14 @@ def plot(results, lengths, models, path):
 
 def parse_args(argv):
     p = _common.parser(__doc__, "T = 50 and 800 steps (about half a minute; CI runs it)")
-    p.add_argument("--lengths", type=int, nargs="+", help="sequence lengths T (default 50 100 200; fast: 50)")
+    p.add_argument("--lengths", type=_common.positive_int, nargs="+", help="sequence lengths T (default 50 100 200; fast: 50)")
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
-    p.add_argument("--steps", type=int, help="training steps per model and T (default 3000; fast: 800)")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate")
-    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping threshold")
-    p.add_argument("--test-size", type=int, default=2000)
+    p.add_argument("--steps", type=_common.positive_int, help="training steps per model and T (default 3000; fast: 800)")
+    p.add_argument("--batch", type=_common.positive_int, default=64)
+    p.add_argument("--hidden", type=_common.positive_int, default=64)
+    p.add_argument("--lr", type=_common.positive_float, default=1e-2, help="Adam learning rate")
+    p.add_argument("--clip", type=_common.positive_float, default=1.0, help="gradient-norm clipping threshold")
+    p.add_argument("--test-size", type=_common.positive_int, default=2000)
     _common.add_run_options(p, __file__)
     args = p.parse_args(argv)
     if args.lengths is None:

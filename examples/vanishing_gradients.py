@@ -126,10 +126,10 @@ def plot(norms, T, path):
 
 def parse_args(argv):
     p = _common.parser(__doc__, "batch 8 (a few seconds; CI runs it)")
-    p.add_argument("--length", type=int, default=200, help="sequence length T")
-    p.add_argument("--hidden", type=int, help="hidden size (default 128)")
-    p.add_argument("--batch", type=int, help="sequences averaged over (default 32; fast: 8)")
-    p.add_argument("--radii", type=float, nargs="+", default=[0.9, 1.0, 1.1, 1.5],
+    p.add_argument("--length", type=_common.positive_int, default=200, help="sequence length T")
+    p.add_argument("--hidden", type=_common.positive_int, help="hidden size (default 128)")
+    p.add_argument("--batch", type=_common.positive_int, help="sequences averaged over (default 32; fast: 8)")
+    p.add_argument("--radii", type=_common.positive_float, nargs="+", default=[0.9, 1.0, 1.1, 1.5],
                    help="spectral radii of the tanh RNN's W_hh")
     _common.add_run_options(p, __file__)
     args = p.parse_args(argv)

@@ -124,8 +124,8 @@ class _StackedLayer(Module):
             return y * masks[-1]
 
         out, results = _stack.forward(run, x, self.num_layers, D, between=dropout)
-        self._saved = ({"ws": [r[3] for r in results], "dropout": masks, "unbatched": unbatched, "B": B, "T": T}
-                       if training else None)
+        if training:  # (an eval-mode call, a validation pass, leaves a pending backward alone, as the cells do)
+            self._saved = {"ws": [r[3] for r in results], "dropout": masks, "unbatched": unbatched, "B": B, "T": T}
         if training and D == 1:
             out = out.copy()  # the last layer's y is in its workspace (backward reads h_t): edits must not reach it
         h_n = np.stack([r[1] for r in results])
@@ -465,7 +465,9 @@ class Linear(Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Linear: expected last dimension {self.in_features}, got shape {x.shape}")
         # A copy: backward's result must not change if the caller reuses x's buffer in between.
-        self._x = x.copy() if self.training else None
+        # (An eval-mode call leaves a pending backward alone.)
+        if self.training:
+            self._x = x.copy()
         y = x @ self.weight.T
         if "bias" in self._params:
             y += self.bias

@@ -55,6 +55,35 @@ def test_help_and_defaults(name, capsys):
     assert args.plot == EXAMPLES / f"{name}.png"  # the committed figure, next to the script
 
 
+@pytest.mark.parametrize("name, argv, message", [
+    ("adding_problem", ["--hidden", "0"], "--hidden: expected a positive integer, got 0"),
+    ("adding_problem", ["--batch", "0"], "--batch: expected a positive integer, got 0"),
+    ("adding_problem", ["--steps", "-5"], "--steps: expected a positive integer, got -5"),
+    ("adding_problem", ["--lr", "-1"], "--lr: expected a positive number, got -1"),
+    ("adding_problem", ["--threads", "-2"], "--threads: expected a positive integer, got -2"),
+    ("adding_problem", ["--seed", "-1"], "--seed: expected an integer >= 0, got -1"),
+    ("adding_problem", ["--plot", "/no/such/folder/x.png"], "the folder of /no/such/folder/x.png does not exist"),
+    ("char_rnn", ["--text", "/no/such/file"], "--text: no such file: /no/such/file"),
+    ("char_rnn", ["--resume", "/no/such/file"], "--resume: no such file: /no/such/file"),
+    ("char_rnn", ["--checkpoint", "/no/such/folder/c.npz"], "the folder of /no/such/folder/c.npz does not exist"),
+    ("char_rnn", ["--dropout", "1.5"], "--dropout: expected a probability in [0, 1), got 1.5"),
+    ("char_rnn", ["--seq-len", "0"], "--seq-len: expected a positive integer, got 0"),
+    ("char_rnn", ["--sample", "-5"], "--sample: expected an integer >= 0, got -5"),
+    ("seq2seq", ["--test-size", "0"], "--test-size: expected a positive integer, got 0"),
+    ("seq2seq", ["--layers", "x"], "--layers: expected a positive integer, got 'x'"),
+    ("vanishing_gradients", ["--batch", "0"], "--batch: expected a positive integer, got 0"),
+    ("reservoir", ["--leak", "0"], "--leak: expected a number in (0, 1], got 0"),
+    ("reservoir", ["--spectral-radius", "-1"], "--spectral-radius: expected a positive number, got -1"),
+])
+def test_bad_arguments_are_usage_errors(name, argv, message, capsys):
+    """Bad sizes, rates and paths stop before any work with argparse's usage error (exit 2), not a
+    traceback midway or a silent run."""
+    with pytest.raises(SystemExit) as e:
+        load(name).parse_args(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_examples_run_as_scripts_from_anywhere(tmp_path):
     """`python examples/x.py` from another directory: sys.path[0] is examples/, pyrnn comes from the install."""
     env = dict(os.environ)

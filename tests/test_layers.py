@@ -286,6 +286,32 @@ def test_assigning_a_parameter_copies_into_it():
 
 
 @pytest.mark.parametrize("make", [lambda: pyrnn.LSTM(I, H, num_layers=2, seed=0),
+                                  lambda: pyrnn.LayerNormGRU(I, H, seed=0), lambda: pyrnn.LSTMCell(I, H, seed=0),
+                                  lambda: pyrnn.optim.Linear(I, H, seed=0)], ids=["lstm", "ln-gru", "cell", "linear"])
+def test_an_eval_call_leaves_a_pending_backward_alone(make, rng):
+    """backward goes through the last training-mode call, as documented: a validation pass in eval
+    mode in between does not drop it (the layers and Linear raised; the cells kept it)."""
+    m = make()
+    x = rng.standard_normal((T, B, I) if isinstance(m, pyrnn.LSTM) or "LayerNorm" in type(m).__name__
+                            else (B, I)).astype(np.float32)
+    first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
+    y = first(m(x))
+    dy = np.ones_like(y)
+    ref = m.backward(dy)
+    want = {k: g.copy() for k, g in m.grads.items()}
+    m.zero_grad()
+    m.train()
+    first(m(x))
+    m.eval()
+    first(m(2 * x))  # a validation pass
+    m.train()
+    got = m.backward(dy)
+    for k, g in m.grads.items():
+        np.testing.assert_array_equal(g, want[k], err_msg=k)
+    np.testing.assert_array_equal(first(got), first(ref))
+
+
+@pytest.mark.parametrize("make", [lambda: pyrnn.LSTM(I, H, num_layers=2, seed=0),
                                   lambda: pyrnn.GRU(I, H, bidirectional=True, seed=0),
                                   lambda: pyrnn.LayerNormLSTM(I, H, seed=0)], ids=["lstm", "gru-bi", "ln-lstm"])
 def test_copies_freeze_and_pickles_after_a_training_call(make):
