@@ -121,9 +121,11 @@ def plot(results, lengths, models, path):
 
 def parse_args(argv):
     p = _common.parser(__doc__, "T = 50 and 800 steps (about half a minute; CI runs it)")
-    p.add_argument("--lengths", type=_common.positive_int, nargs="+", help="sequence lengths T (default 50 100 200; fast: 50)")
+    p.add_argument("--lengths", type=_common.positive_int, nargs="+",
+                   help="sequence lengths T (default 50 100 200; fast: 50)")
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
-    p.add_argument("--steps", type=_common.positive_int, help="training steps per model and T (default 3000; fast: 800)")
+    p.add_argument("--steps", type=_common.positive_int,
+                   help="training steps per model and T (default 3000; fast: 800)")
     p.add_argument("--batch", type=_common.positive_int, default=64)
     p.add_argument("--hidden", type=_common.positive_int, default=64)
     p.add_argument("--lr", type=_common.positive_float, default=1e-2, help="Adam learning rate")

@@ -488,11 +488,14 @@ def plot(history, baseline, path, title):
 
 def parse_args(argv):
     p = _common.parser(__doc__, "300k characters, 2x128, 500 steps at lr 1e-2 (about half a minute; CI runs it)")
-    p.add_argument("--text", type=_common.existing_file, help="a UTF-8 text file (default: the Python standard library's .py files)")
-    p.add_argument("--max-chars", type=_common.positive_int, help="use at most this many characters (default 3M; fast 300k)")
+    p.add_argument("--text", type=_common.existing_file,
+                   help="a UTF-8 text file (default: the Python standard library's .py files)")
+    p.add_argument("--max-chars", type=_common.positive_int,
+                   help="use at most this many characters (default 3M; fast 300k)")
     p.add_argument("--min-count", type=_common.positive_int, default=10, help="rarer characters become one UNK symbol")
     p.add_argument("--val-frac", type=float, default=0.05, help="the text's tail kept for validation")
-    p.add_argument("--val-chars", type=_common.positive_int, help="validate on at most this many characters (default 150k; fast 40k)")
+    p.add_argument("--val-chars", type=_common.positive_int,
+                   help="validate on at most this many characters (default 150k; fast 40k)")
     p.add_argument("--cell", choices=["lstm", "gru"], default="lstm")
     p.add_argument("--layers", type=_common.positive_int, default=2)
     p.add_argument("--hidden", type=_common.positive_int, help="hidden units per layer (default 256; fast 128)")
@@ -500,14 +503,18 @@ def parse_args(argv):
     p.add_argument("--recurrent-dropout", type=_common.probability, default=0.0, help="variational dropout on h_{t-1}")
     p.add_argument("--seq-len", type=_common.positive_int, default=64, help="truncated-BPTT chunk length")
     p.add_argument("--batch", type=_common.positive_int, default=32, help="parallel text streams")
-    p.add_argument("--steps", type=_common.positive_int, help="total training steps (default 3000; fast 500); with --resume, "
+    p.add_argument("--steps", type=_common.nonnegative_int,
+                   help="total training steps (default 3000; fast 500); with --resume, "
                                              "the total including the checkpoint's")
     p.add_argument("--lr", type=_common.positive_float, help="Adam learning rate (default 5e-3; fast 1e-2)")
     p.add_argument("--clip", type=_common.positive_float, default=1.0, help="gradient-norm clipping threshold")
     p.add_argument("--eval-every", type=_common.positive_int, help="validate every this many steps (default steps/10)")
-    p.add_argument("--checkpoint", type=_common.writable_path, help="save a checkpoint here at every validation and at the end")
-    p.add_argument("--resume", type=_common.existing_file, help="continue from this checkpoint (its model settings and vocabulary win)")
-    p.add_argument("--sample", type=_common.nonnegative_int, default=400, help="characters to generate at the end (0: none)")
+    p.add_argument("--checkpoint", type=_common.writable_path,
+                   help="save a checkpoint here at every validation and at the end")
+    p.add_argument("--resume", type=_common.existing_file,
+                   help="continue from this checkpoint (its model settings and vocabulary win)")
+    p.add_argument("--sample", type=_common.nonnegative_int, default=400,
+                   help="characters to generate at the end (0: none)")
     p.add_argument("--prime", default="def ", help="priming string for the sample")
     p.add_argument("--temperature", type=_common.positive_float, default=0.7, help="sampling temperature")
     p.add_argument("--backend", choices=["numpy", "torch"], default="numpy")

@@ -275,18 +275,22 @@ def parse_args(argv):
                    help="ridge values to choose from, comma-separated")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="the reservoir's dtype")
     p.add_argument("--train", type=_common.positive_int, help="training samples (default 4000; fast 2000)")
-    p.add_argument("--washout", type=_common.nonnegative_int, help="first training states left out of the fit (default 500; fast 200)")
+    p.add_argument("--washout", type=_common.nonnegative_int,
+                   help="first training states left out of the fit (default 500; fast 200)")
     p.add_argument("--warmup", type=_common.positive_int, default=300, help="teacher-forced steps before each free run")
     p.add_argument("--val-starts", type=_common.positive_int, help="validation starting points (default 30; fast 20)")
     p.add_argument("--test-starts", type=_common.positive_int, help="test starting points (default 100; fast 50)")
     p.add_argument("--gap", type=_common.positive_int, default=50, help="steps between consecutive starting points")
-    p.add_argument("--horizon", type=_common.positive_int, help="free-running steps in the figure (default 300; fast 150)")
+    p.add_argument("--horizon", type=_common.positive_int,
+                   help="free-running steps in the figure (default 300; fast 150)")
     p.add_argument("--lstm-hidden", type=_common.positive_int, help="LSTM units (default 64; fast 32)")
     p.add_argument("--lstm-steps", type=_common.positive_int, help="LSTM training steps (default 3000; fast 150)")
     p.add_argument("--lstm-batch", type=_common.positive_int, default=32)
     p.add_argument("--lstm-window", type=_common.positive_int, default=100, help="BPTT window length")
-    p.add_argument("--lstm-burn", type=_common.nonnegative_int, default=20, help="first steps of a window left out of the loss")
-    p.add_argument("--lstm-lr", type=_common.positive_float, default=5e-3, help="Adam learning rate (x0.1 for the last quarter)")
+    p.add_argument("--lstm-burn", type=_common.nonnegative_int, default=20,
+                   help="first steps of a window left out of the loss")
+    p.add_argument("--lstm-lr", type=_common.positive_float, default=5e-3,
+                   help="Adam learning rate (x0.1 for the last quarter)")
     p.add_argument("--lstm-clip", type=_common.positive_float, default=1.0, help="gradient-norm clipping threshold")
     p.add_argument("--no-lstm", action="store_true", help="the ESN only")
     _common.add_run_options(p, __file__)

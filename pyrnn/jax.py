@@ -141,6 +141,9 @@ def _ffi_registered():
     return True
 
 
+_ffi_registered()  # at import: a jax.export-ed model deserialised in a fresh process finds the targets
+
+
 def backend():
     """How pyrnn.jax calls the kernels: "ffi" (XLA custom calls, no host callback) or
     "pure_callback" (this build found no XLA FFI headers, see pyrnn.show_config())."""
@@ -172,6 +175,7 @@ def _ffi_forward(spec, arrays, training):
     nbytes = _residual_nbytes(spec, arrays) if training else 0
     outs.append(jax.ShapeDtypeStruct((nbytes,), jnp.uint8))
     ops, attrs = _ffi_operands(spec, arrays)
+    ops, outs = _vary_results(ops, outs)
     y, h_n, c_n, residual = jax.ffi.ffi_call("pyrnn_sequence_fwd", outs, vmap_method="sequential")(
         *ops, **attrs, training=np.int64(training))
     return ((y, h_n) if spec.cell != "lstm" else (y, h_n, c_n)), residual
@@ -187,9 +191,24 @@ def _ffi_backward(spec, residual, y, arrays, cts):
     states = _out_shapes(spec, x, arrays[1], arrays[4], arrays[7])[1:]
     shapes = [jax.ShapeDtypeStruct(a.shape if a is not None else (0,), x.dtype) for a in arrays[:-1]]
     shapes[1:1 + len(states)] = states
-    grads = jax.ffi.ffi_call("pyrnn_sequence_bwd", shapes, vmap_method="sequential")(
-        residual, *ops, y, dy, dh_n, dc_n, **attrs)
-    return tuple(None if a is None else g for a, g in zip(arrays[:-1], grads))
+    operands, shapes = _vary_results([residual, *ops, y, dy, dh_n, dc_n], shapes)
+    grads = jax.ffi.ffi_call("pyrnn_sequence_bwd", shapes, vmap_method="sequential")(*operands, **attrs)
+    return _invariant_like(tuple(None if a is None else g for a, g in zip(arrays[:-1], grads)), arrays[:-1])
+
+
+def _pure_callback(fn, shapes, *args):
+    """jax.pure_callback (one call per element under vmap); under shard_map's varying-axis types its
+    operands and results vary over the axes any operand varies over, as _vary_results's (None
+    arguments pass through)."""
+    axes = frozenset().union(*(_varying_axes(a) for a in args if a is not None))
+    outs = jax.pure_callback(fn, tuple(shapes), *(_pvary(a, axes) for a in args), vmap_method="sequential")
+    return tuple(_pvary(o, axes) for o in outs)
+
+
+def _pvary(a, axes):
+    """``a`` typed as varying over ``axes`` (a no-op for None, no axes, or axes it varies over already)."""
+    missing = () if a is None else tuple(sorted(axes - _varying_axes(a)))
+    return jax.lax.pcast(a, missing, to="varying") if missing else a
 
 
 # ------------------------------------------------------------- the rule --
@@ -217,8 +236,8 @@ def _folding_infer(spec, present):
         if _ffi_registered():
             return _ffi_forward(spec, arrays, training=False)[0]
         x, h0, _, W_ih, W_hh, _, _, W_hr, _ = arrays
-        return jax.pure_callback(functools.partial(_forward_callback, spec), _out_shapes(spec, x, h0, W_hh, W_hr),
-                                 *arrays, vmap_method="sequential")
+        return _pure_callback(functools.partial(_forward_callback, spec), _out_shapes(spec, x, h0, W_hh, W_hr),
+                              *arrays)
 
     fn = jax.custom_batching.custom_vmap(run)
 
@@ -245,7 +264,7 @@ def _folding_infer(spec, present):
         folded = (jnp.moveaxis(x, 0, 1).reshape(T, V * B, x.shape[3]), per_entry(h0, batched[1]),
                   per_entry(c0, batched[2]), W_ih, W_hh, b_ih, b_hh, W_hr, per_entry(lengths, batched[8]))
         outs = fn(*(a for a in folded if a is not None))
-        y = jnp.moveaxis(outs[0].reshape(T, V, B, -1), 1, 0)
+        y = jnp.moveaxis(outs[0].reshape(T, V, B, outs[0].shape[-1]), 1, 0)  # (-1 fails on zero elements)
         return (y,) + tuple(o.reshape((V, B) + o.shape[1:]) for o in outs[1:]), (True,) * outs_n
 
     return fn
@@ -263,8 +282,7 @@ def _sequence_fwd(spec, *arrays):
     x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths = arrays
     nbytes = _residual_nbytes(spec, arrays)
     shapes = _out_shapes(spec, x, h0, W_hh, W_hr) + (jax.ShapeDtypeStruct((nbytes,), jnp.uint8),)
-    *outs, residual = jax.pure_callback(functools.partial(_training_callback, spec, nbytes), shapes, *arrays,
-                                        vmap_method="sequential")
+    *outs, residual = _pure_callback(functools.partial(_training_callback, spec, nbytes), shapes, *arrays)
     return tuple(outs), (residual, outs[0], arrays)
 
 
@@ -274,12 +292,64 @@ def _sequence_bwd(spec, saved, cts):
         return _ffi_backward(spec, residual, y, arrays, cts) + (None,)  # lengths: no gradient
     present = tuple(name for name, a in zip(_NAMES[:-1], arrays) if a is not None)
     shapes = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays[:-1] if a is not None)
-    grads = iter(jax.pure_callback(functools.partial(_backward_callback, spec, present), shapes, residual, y,
-                                   *arrays, *cts, vmap_method="sequential"))
-    return tuple(None if a is None else next(grads) for a in arrays[:-1]) + (None,)  # lengths: no gradient
+    grads = iter(_pure_callback(functools.partial(_backward_callback, spec, present), shapes, residual, y,
+                                *arrays, *cts))
+    grads = tuple(None if a is None else next(grads) for a in arrays[:-1])
+    return _invariant_like(grads, arrays[:-1]) + (None,)  # lengths: no gradient
 
 
 _sequence.defvjp(_sequence_fwd, _sequence_bwd)
+
+
+def _varying_axes(a):
+    """The shard_map mesh axes over which ``a`` varies (its type's varying manual axes), or an empty set.
+    (JAX 0.10 names them aval.manual_axis_type.varying; earlier releases aval.vma.)"""
+    aval = jax.typeof(a) if hasattr(jax, "typeof") else getattr(a, "aval", None)
+    varying = getattr(getattr(aval, "manual_axis_type", None), "varying", None)
+    if varying is None:
+        varying = getattr(aval, "vma", None)
+    return frozenset(varying or ())
+
+
+def _typed_manual_axes_supported():
+    """Whether this JAX has the API _vary_results types results with (jax.lax.pcast: JAX 0.10)."""
+    return hasattr(jax, "typeof") and hasattr(jax.lax, "pcast")
+
+
+def _refuse_varying_manual_axes(arrays):
+    """Under shard_map with check_vma=True (the default), an older JAX whose varying-axis types the
+    custom calls cannot give their results (outputs would be typed as replicated): a clear error."""
+    axes = frozenset().union(*(_varying_axes(a) for a in arrays if a is not None))
+    if axes and not _typed_manual_axes_supported():
+        raise NotImplementedError(
+            f"pyrnn.jax under shard_map with check_vma=True (inputs varying over mesh axes {sorted(axes)}) needs "
+            f"JAX 0.10 or later: pass check_vma=False to shard_map (results and gradients are then right), or "
+            f"use jax.pmap")
+
+
+def _vary_results(ops, shapes):
+    """Under shard_map's varying-axis types: every operand made varying over the axes any of them
+    varies over, and the results typed as varying over those axes too (each device computes its own);
+    elsewhere ``ops`` and ``shapes`` as given."""
+    axes = frozenset().union(*(_varying_axes(o) for o in ops))
+    if not axes:
+        return ops, shapes
+    ops = [_pvary(o, axes) for o in ops]
+    like = jax.typeof(next(o for o in ops if _varying_axes(o)))
+    shapes = [like.update(shape=s.shape, dtype=s.dtype,
+                          sharding=like.sharding.update(spec=jax.sharding.PartitionSpec(*([None] * len(s.shape)))))
+              for s in shapes]
+    return ops, shapes
+
+
+def _invariant_like(grads, arrays):
+    """Gradients of operands that do not vary over some mesh axes, summed over those axes (as JAX
+    does for its own ops' cotangents under shard_map)."""
+    out = []
+    for g, a in zip(grads, arrays):
+        extra = () if g is None else tuple(sorted(_varying_axes(g) - _varying_axes(a)))
+        out.append(jax.lax.psum(g, extra) if extra else g)
+    return tuple(out)
 
 
 def _prepare(cell, x, states, W_ih, W_hh, b_ih, b_hh, W_hr, lengths):
@@ -291,17 +361,21 @@ def _prepare(cell, x, states, W_ih, W_hh, b_ih, b_hh, W_hr, lengths):
             raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
     # zero-strided stand-ins: the NumPy checks see shapes and dtypes without copying any data
     stand_ins = {k: None if v is None else np.broadcast_to(np.zeros((), v.dtype), v.shape) for k, v in arrays.items()}
+    _refuse_varying_manual_axes(arrays.values())
+    lengths_check = None
     if lengths is not None:
+        try:  # the caller's values, before any narrowing (2**32 + 3 as int32 would be 3)
+            lengths_check = np.asarray(lengths)
+        except jax.errors.TracerArrayConversionError:  # traced: its shape is checked, its values cannot be
+            pass
         lengths = jnp.asarray(lengths)
         if not jnp.issubdtype(lengths.dtype, jnp.integer):
             raise TypeError(f"lengths must be an integer array, got dtype {lengths.dtype}")
         if lengths.dtype not in (jnp.int32, jnp.int64):  # the kernels read int32 or int64
             lengths = lengths.astype(jnp.int32)
-    try:
-        lengths_check = None if lengths is None else np.asarray(lengths)
-    except jax.errors.TracerArrayConversionError:  # traced: its shape is checked, its values cannot be
-        x_shape = arrays["x"].shape
-        lengths_check = np.full(lengths.shape, x_shape[0] if len(x_shape) == 3 else 1)
+        if lengths_check is None:
+            x_shape = arrays["x"].shape
+            lengths_check = np.full(lengths.shape, x_shape[0] if len(x_shape) == 3 else 1)
     check_forward(cell, stand_ins["x"], {k: stand_ins[k] for k in states}, stand_ins["W_ih"], stand_ins["W_hh"],
                   stand_ins["b_ih"], stand_ins["b_hh"], lengths_check, W_hr=stand_ins["W_hr"])
     return arrays, lengths

@@ -1096,7 +1096,8 @@ class _LayerNormRecurrence(torch.autograd.Function):
             grads = (dx, dh0, None, *rest, None, None, None)
         out = [None if g is None or not need else torch.from_numpy(g)
                for g, need in zip(grads, ctx.needs_input_grad[4:])]
-        return (None, None, None, None, *_guard_create_graph(out, ctx.saved_tensors[:len(_LN_ORDER)], grad_outputs))
+        out = _guard_create_graph(out, ctx.saved_tensors[:len(_LN_ORDER)], grad_outputs)
+        return (None, None, None, None, *out)
 
 
 class _LayerNormRNN(nn.Module):

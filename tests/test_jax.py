@@ -344,3 +344,90 @@ def test_vmap_folds_into_the_batch_without_grad():
     ys = jax.vmap(lambda w, x: rj.lstm(x, None, None, w, p["W_hh"])[0])(W_ihs, xs)
     for v in range(V):
         np.testing.assert_array_equal(np.asarray(ys[v]), np.asarray(rj.lstm(xs[v], None, None, W_ihs[v], p["W_hh"])[0]))
+
+
+def test_vmap_over_empty_axes():
+    """vmap of an inference call with B=0 per element, or over a mapped axis of size 0 (the folded
+    reshape could not infer a dimension from zero elements)."""
+    p, _, _, _ = _params("gru", jnp.float32)
+    f = jax.vmap(lambda x: rj.gru(x, None, p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"]))
+    for V, Bn in ((2, 0), (0, 2)):
+        y, h_n = f(jnp.zeros((V, T, Bn, I), jnp.float32))
+        assert y.shape == (V, T, Bn, H) and h_n.shape == (V, Bn, H)
+
+
+def test_lengths_are_checked_before_narrowing():
+    """Concrete lengths past the int32 range are refused, not wrapped into range (2**32 + 3 as int32
+    is 3), whatever the lengths' dtype and JAX's x64 setting."""
+    p, x, h0, c0 = _params("lstm", jnp.float32)
+    for lengths in (np.array([2**32 + 3, 2, 1], np.int64), np.array([2**32 + 3, 2, 1], np.uint64)):
+        with pytest.raises(ValueError, match="lengths must lie in"):
+            rj.lstm(x, h0, c0, p["W_ih"], p["W_hh"], lengths=lengths)
+
+
+_SHARD_MAP = r"""
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+import jax, jax.numpy as jnp, numpy as np
+import pyrnn.jax as rj
+from pyrnn import functional as F
+if sys.argv[1] == "pure_callback":
+    rj._ffi_registered = lambda: False
+from jax.sharding import Mesh, PartitionSpec as Ps
+rng = np.random.default_rng(0)
+x = jnp.asarray(rng.standard_normal((5, 4, 3)), jnp.float32)
+W_ih, W_hh = (jnp.asarray(rng.standard_normal(s) * 0.3, jnp.float32) for s in ((18, 3), (18, 6)))
+loss = lambda W, x: jnp.sum(rj.gru(x, None, W, W_hh)[0] ** 2)
+mesh = Mesh(np.array(jax.devices()), ("b",))
+y, _, _, ws = F.forward("gru", np.asarray(x), None, None, np.asarray(W_ih), np.asarray(W_hh))
+want = F.backward(ws, 2 * y)
+for check_vma in (True, False):
+    def local(W, x):
+        gW, gx = jax.grad(loss, argnums=(0, 1))(W, x)
+        return (gW if check_vma else jax.lax.psum(gW, "b")), gx  # typed: a weight's gradient is summed already
+    gW, gx = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(Ps(), Ps(None, "b")), out_specs=(Ps(), Ps(None, "b")),
+                                   check_vma=check_vma))(W_ih, x)
+    np.testing.assert_allclose(np.asarray(gW), want["W_ih"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(gx), want["x"], rtol=1e-5, atol=1e-5)
+    ys = jax.jit(jax.shard_map(lambda W, x: rj.gru(x, None, W, W_hh)[0], mesh=mesh, in_specs=(Ps(), Ps(None, "b")),
+                               out_specs=Ps(None, "b"), check_vma=check_vma))(W_ih, x)
+    np.testing.assert_allclose(np.asarray(ys), y, rtol=1e-5, atol=1e-6)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not hasattr(jax, "shard_map") or not hasattr(jax.lax, "pcast"), reason="JAX 0.10's shard_map")
+@pytest.mark.parametrize("backend", ["ffi", "pure_callback"])
+def test_shard_map_results_and_gradients(backend):
+    """Under shard_map with check_vma on (the default) the results are typed as varying over the mesh
+    axes like the input (they were typed replicated, and gradients failed), and a weight's gradient
+    comes out summed over them, as for JAX's own ops; with check_vma off, as before."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _SHARD_MAP, backend], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_exported_function_runs_in_a_fresh_process(tmp_path):
+    """jax.export with pyrnn's custom calls allowed; deserialised in a process that only imported
+    pyrnn.jax (the targets are registered at import, not at the first call)."""
+    import subprocess
+    import sys
+
+    if rj.backend() != "ffi" or not hasattr(jax, "export"):
+        pytest.skip("needs the XLA FFI build and jax.export")
+    p, x, h0, _ = _params("gru", jnp.float32)
+    f = jax.jit(lambda x: rj.gru(x, h0, p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"])[0])
+    checks = [jax.export.DisabledSafetyCheck.custom_call(n) for n in ("pyrnn_sequence_fwd", "pyrnn_sequence_bwd")]
+    exported = jax.export.export(f, disabled_checks=checks)(x)
+    (tmp_path / "f.bin").write_bytes(exported.serialize())
+    np.save(tmp_path / "x.npy", np.asarray(x))
+    np.save(tmp_path / "want.npy", np.asarray(f(x)))
+    code = ("import sys, numpy as np, jax, pyrnn.jax\n"
+            "f = jax.export.deserialize(bytearray(open(sys.argv[1] + '/f.bin', 'rb').read()))\n"
+            "got = np.asarray(f.call(np.load(sys.argv[1] + '/x.npy')))\n"
+            "assert np.array_equal(got, np.load(sys.argv[1] + '/want.npy'))\n"
+            "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
