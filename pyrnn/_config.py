@@ -118,9 +118,9 @@ _MAX_PROBE_THREADS = 4096  # libgomp ends the process when it cannot create a re
 
 def _probe_threads(threads) -> int:
     """The thread count of a machine probe: an integer in [1, 4096] (each thread runs at once)."""
-    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or int(threads) < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
-    if threads > _MAX_PROBE_THREADS:
+    if int(threads) > _MAX_PROBE_THREADS:
         raise ValueError(f"threads must be at most {_MAX_PROBE_THREADS} for a probe of the machine, got {threads}")
     return int(threads)
 
