@@ -488,6 +488,17 @@ def test_frozen_layer_equals_the_layer(mode, kw):
                 np.testing.assert_array_equal(a, e)
 
 
+@pytest.mark.parametrize("dtype, I", [(np.float32, 2049), (np.float64, 1025), (np.float32, 3000)])
+def test_frozen_layer_equals_the_layer_with_long_inputs(dtype, I, isa):
+    """Inputs longer than 8 KiB, where gemm() sums x W_ih^T in blocks of I: the frozen layer's input
+    projection takes the same blocks (a one-pass sum differed in the last bits, ~6e-7 in float32)."""
+    layer = pyrnn.GRU(I, 8, dtype=dtype, seed=1).eval()
+    x = np.random.default_rng(2).standard_normal((3, 2, I)).astype(dtype)
+    want, got = layer(x), layer.freeze()(x)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
 def test_frozen_layer_cannot_go_stale():
     layer = pyrnn.GRU(4, 6, seed=0)
     frozen = layer.freeze()

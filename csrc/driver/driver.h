@@ -113,8 +113,11 @@ void project_inputs(FwdCtx<T>& f, int G, int64_t ua, int64_t ub, GemmScratch<T>&
 template <class T>
 bool project_packed_fits(const FwdCtx<T>& f) {
   const PackedRecurrence<T>* p = f.a.packed;
+  // (Not when gemm() would split I into blocks: it adds their sums in another order than one pass,
+  // and a frozen layer's results must equal the layer's bitwise.)
   return p && (p->precision != WeightPrecision::Same ||
-               (p->wih.size() && f.sc.rows * f.I * int64_t(sizeof(T)) <= cache_sizes().l2));
+               (p->wih.size() && f.sc.rows * f.I * int64_t(sizeof(T)) <= cache_sizes().l2 &&
+                gemm_kc<T>(f.I, p->NR, false) == f.I));
 }
 
 template <class T>
