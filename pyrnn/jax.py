@@ -200,7 +200,7 @@ def _pure_callback(fn, shapes, *args):
     """jax.pure_callback (one call per element under vmap); under shard_map's varying-axis types its
     operands and results vary over the axes any operand varies over, as _vary_results's (None
     arguments pass through)."""
-    axes = frozenset().union(*(_varying_axes(a) for a in args if a is not None))
+    axes = _union_axes(args)
     outs = jax.pure_callback(fn, tuple(shapes), *(_pvary(a, axes) for a in args), vmap_method="sequential")
     return tuple(_pvary(o, axes) for o in outs)
 
@@ -311,6 +311,11 @@ def _varying_axes(a):
     return frozenset(varying or ())
 
 
+def _union_axes(arrays):
+    """The mesh axes any of ``arrays`` (None skipped) varies over."""
+    return frozenset().union(*(_varying_axes(a) for a in arrays if a is not None))
+
+
 def _typed_manual_axes_supported():
     """Whether this JAX has the API _vary_results types results with (jax.lax.pcast: JAX 0.10)."""
     return hasattr(jax, "typeof") and hasattr(jax.lax, "pcast")
@@ -319,7 +324,7 @@ def _typed_manual_axes_supported():
 def _refuse_varying_manual_axes(arrays):
     """Under shard_map with check_vma=True (the default), an older JAX whose varying-axis types the
     custom calls cannot give their results (outputs would be typed as replicated): a clear error."""
-    axes = frozenset().union(*(_varying_axes(a) for a in arrays if a is not None))
+    axes = _union_axes(arrays)
     if axes and not _typed_manual_axes_supported():
         raise NotImplementedError(
             f"pyrnn.jax under shard_map with check_vma=True (inputs varying over mesh axes {sorted(axes)}) needs "
@@ -331,7 +336,7 @@ def _vary_results(ops, shapes):
     """Under shard_map's varying-axis types: every operand made varying over the axes any of them
     varies over, and the results typed as varying over those axes too (each device computes its own);
     elsewhere ``ops`` and ``shapes`` as given."""
-    axes = frozenset().union(*(_varying_axes(o) for o in ops))
+    axes = _union_axes(ops)
     if not axes:
         return ops, shapes
     ops = [_pvary(o, axes) for o in ops]

@@ -60,26 +60,23 @@ def _frozen(obj):
     return getattr(obj, "frozen", False) is True
 
 
-def _refuse_frozen(obj):
-    if _frozen(obj):
-        raise TypeError(f"{type(obj).__name__} is a frozen copy (freeze()), for inference: its weights cannot be "
-                        f"trained; train the layer or cell it was frozen from, then freeze() again")
-
-
-def _refuse_parameters(params):
+def _entries(params, lone=lambda p: False):
+    """The entries of ``params``: a module or frozen copy (or what ``lone`` accepts) is one entry, else
+    ``params`` is iterated. ``module.parameters()`` and frozen copies are refused."""
     if isinstance(params, ParameterIterator):
         raise TypeError("got module.parameters(), the weight arrays themselves (NumPy arrays carry no .grad): "
                         "pass the module, which holds its gradients in module.grads, or (param, grad) pairs")
+    for item in [params] if _is_module(params) or _frozen(params) or lone(params) else params:
+        if _frozen(item):
+            raise TypeError(f"{type(item).__name__} is a frozen copy (freeze()), for inference: its weights cannot "
+                            f"be trained; train the layer or cell it was frozen from, then freeze() again")
+        yield item
 
 
 def _pairs(params):
     """[(param, grad)] from a module, or an iterable of modules and (param, grad) pairs."""
-    _refuse_parameters(params)
-    if _is_module(params) or _frozen(params):
-        params = [params]
     out = []
-    for item in params:
-        _refuse_frozen(item)
+    for item in _entries(params):
         if _is_module(item):
             for name, p in item.named_parameters():
                 out.append((p, item.grads[name]))
@@ -105,16 +102,12 @@ def _pairs(params):
 
 def _grads(params):
     """Gradient arrays from a module, or an iterable of modules, (param, grad) pairs and arrays."""
-    _refuse_parameters(params)
-    if _is_module(params) or _frozen(params) or isinstance(params, np.ndarray):
-        params = [params]
     if isinstance(params, tuple) and len(params) == 2 and all(isinstance(a, np.ndarray) for a in params):
         # (param, grad) or two gradients? Clipping the parameter by mistake would corrupt it.
         raise TypeError("got a tuple of two arrays: pass a (param, grad) pair inside a list, [(param, grad)], "
                         "or the gradient arrays as a list, [g1, g2]")
     out = []
-    for item in params:
-        _refuse_frozen(item)
+    for item in _entries(params, lone=lambda p: isinstance(p, np.ndarray)):
         if isinstance(item, np.ndarray):
             out.append(item)
         elif _is_module(item):

@@ -66,8 +66,8 @@ Limits: CPU tensors of dtype float32 or float64 only (others raise); no
 double backward (differentiating the gradients raises a RuntimeError saying
 so, eager, compiled or under torch.func); no forward-mode AD (``jvp``,
 ``jacfwd``, ``hessian``, ``torch.autograd.forward_ad`` raise); no batched
-gradients (``is_grads_batched=True`` raises; ``torch.func.jacrev`` works). Compiled and traced calls run the forward
-kernels once per step, as eager calls do: when a gradient may be taken, the
+gradients (``is_grads_batched=True`` raises; ``torch.func.jacrev`` works).
+Compiled and traced calls run the forward kernels once per step, as eager calls do: when a gradient may be taken, the
 operator's forward writes the C++ training workspace into a uint8 tensor (its
 ``residual`` output), which autograd saves for ``rnn_layer_backward``; without
 one (``torch.no_grad()``, nothing requiring grad: export under no_grad for a
@@ -934,7 +934,7 @@ def freeze(module, precision=None):
     :class:`FrozenRNNCell`. ``precision``: None (the module's dtype, the same
     results), "int8" or "bf16" (float32 modules; see
     :func:`pyrnn.functional.pack_weights`)."""
-    if isinstance(module, _RECURRENT + _CELLS) and not _freezable(module):
+    if isinstance(module, _RECURRENT + _CELLS) and type(module).forward not in _LAYER_FORWARDS:
         raise TypeError(f"freeze: {type(module).__name__} overrides forward(), which a frozen copy would not run; "
                         f"freeze the torch.nn or pyrnn.torch module inside it")
     if isinstance(module, _RECURRENT):
@@ -945,19 +945,22 @@ def freeze(module, precision=None):
                     f"got {type(module).__name__}")
 
 
-def _freezable(module):
-    """A recurrent module whose forward is torch.nn's or pyrnn.torch's (a subclass may compute otherwise)."""
-    return isinstance(module, _RECURRENT + _CELLS) and type(module).forward in {
-        c.forward for c in _RECURRENT + _CELLS + (RNN, LSTM, GRU, RNNCell, LSTMCell, GRUCell)}
+# pyrnn.torch's drop-ins and the torch.nn classes they replace; the forwards a frozen copy computes
+# (a subclass that overrides forward may compute otherwise)
+_DROP_INS = {LSTM: nn.LSTM, GRU: nn.GRU, RNN: nn.RNN, LSTMCell: nn.LSTMCell, GRUCell: nn.GRUCell, RNNCell: nn.RNNCell}
+_LAYER_CLASSES: "tuple[type[nn.Module], ...]" = (*_RECURRENT, *_CELLS, *_DROP_INS)
+_LAYER_FORWARDS = {c.forward for c in _LAYER_CLASSES}
 
 
-def _copy_hooks(source, target):
-    """The forward hooks and pre-hooks of ``source`` registered on ``target`` (as torch.ao's swap_module)."""
-    for key, hook in source._forward_pre_hooks.items():
-        target.register_forward_pre_hook(hook, with_kwargs=key in source._forward_pre_hooks_with_kwargs)
-    for key, hook in source._forward_hooks.items():
-        target.register_forward_hook(hook, with_kwargs=key in source._forward_hooks_with_kwargs,
-                                     always_call=key in source._forward_hooks_always_called)
+def _freeze_with_hooks(module, precision):
+    """freeze(module), with the forward hooks and pre-hooks of ``module`` (as torch.ao's swap_module)."""
+    frozen = freeze(module, precision)
+    for key, hook in module._forward_pre_hooks.items():
+        frozen.register_forward_pre_hook(hook, with_kwargs=key in module._forward_pre_hooks_with_kwargs)
+    for key, hook in module._forward_hooks.items():
+        frozen.register_forward_hook(hook, with_kwargs=key in module._forward_hooks_with_kwargs,
+                                     always_call=key in module._forward_hooks_always_called)
+    return frozen
 
 
 _QUANT_DTYPES = {torch.qint8: "int8", torch.bfloat16: "bf16", "int8": "int8", "bf16": "bf16"}
@@ -994,16 +997,12 @@ def quantize_dynamic(model, qconfig_spec=None, dtype=torch.qint8, inplace=False)
     if len(types) + len(names) != len(qconfig_spec):
         raise TypeError("quantize_dynamic: qconfig_spec must hold module types or submodule names")
 
-    drop_ins = {LSTM: nn.LSTM, GRU: nn.GRU, RNN: nn.RNN, LSTMCell: nn.LSTMCell, GRUCell: nn.GRUCell,
-                RNNCell: nn.RNNCell}
-
     def wanted(name, m):
-        return _freezable(m) and (name in names or type(m) in types or drop_ins.get(type(m)) in types)
+        return (isinstance(m, _RECURRENT + _CELLS) and type(m).forward in _LAYER_FORWARDS
+                and (name in names or type(m) in types or _DROP_INS.get(type(m)) in types))
 
     if wanted("", model):
-        frozen = freeze(model, precision)
-        _copy_hooks(model, frozen)
-        return frozen
+        return _freeze_with_hooks(model, precision)
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()  # as torch's: the result is for inference (a frozen copy cannot train)
@@ -1013,8 +1012,7 @@ def quantize_dynamic(model, qconfig_spec=None, dtype=torch.qint8, inplace=False)
             full = f"{name}.{child_name}" if name else child_name
             if child is not None and (id(child) in done or wanted(full, child)):
                 if id(child) not in done:
-                    done[id(child)] = freeze(child, precision)
-                    _copy_hooks(child, done[id(child)])
+                    done[id(child)] = _freeze_with_hooks(child, precision)
                 setattr(m, child_name, done[id(child)])
     return model
 
