@@ -44,6 +44,7 @@ curve of the figure::
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 
@@ -259,7 +260,14 @@ def plot(x, test, args, esn_pred, lstm_pred, esn_curve, lstm_curve, path):
 
 
 def _floats(text):
-    return [float(v) for v in text.split(",") if v.strip()]
+    """Comma-separated ridge values: finite numbers >= 0."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or not all(math.isfinite(v) and v >= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected one or more finite numbers >= 0, got {text!r}")
+    return values
 
 
 def parse_args(argv):
@@ -307,12 +315,11 @@ def parse_args(argv):
                  "lstm_batch", "lstm_window"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be positive")
-    if not 0 <= args.washout < args.train - 1:
-        p.error("--washout must be in [0, train - 1)")
+    # (the one-step sweep needs a training and a validation step after the washout of the train - 1 inputs)
+    if not 0 <= args.washout < args.train - 2:
+        p.error("--washout must be in [0, train - 2)")
     if args.lstm_window + 2 > args.train or not 0 <= args.lstm_burn < args.lstm_window:
         p.error("need lstm-burn < lstm-window < train - 1")
-    if not args.ridges or min(args.ridges) < 0:
-        p.error("--ridges: one or more numbers >= 0")
     return args
 
 

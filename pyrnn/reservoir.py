@@ -23,6 +23,12 @@ W_in and b are uniform. The readout is
 
 fitted by ridge regression in closed form. Shapes use T steps, B sequences,
 I inputs, H reservoir units, O outputs and F = 1 + I + H (or 1 + H) features.
+
+Determinism: the states come from pyrnn's kernels and are bitwise equal at
+any thread count; the readout is solved in float64 by NumPy's BLAS and LAPACK,
+whose last bits can change with their thread count (``OPENBLAS_NUM_THREADS``;
+measured: 4.6e-8 in W_out between one and two threads). Fix that count to
+reproduce a fit bitwise.
 """
 
 from __future__ import annotations
@@ -67,13 +73,21 @@ def _positive_int(name: str, value: Any, allow_zero: bool = False) -> int:
 
 def _real_array(name: str, a: Any, dtype: np.dtype) -> NDArray:
     """``a`` as an array of ``dtype``: any real (integer or floating) finite data is accepted and cast."""
-    arr = np.asarray(a)
+    try:
+        arr = np.asarray(a)
+    except (TypeError, ValueError) as e:  # ragged nested lists
+        raise ValueError(f"{name} must be an array of numbers with one length per axis, got "
+                         f"{type(a).__name__} ({e})") from None
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{name} must hold real numbers (integer or floating point), got dtype {arr.dtype}")
-    arr = arr.astype(dtype, copy=False)
-    if not np.isfinite(arr).all():
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise ValueError(f"{name} must be finite, got NaN or infinity")
-    return arr
+    with np.errstate(over="ignore"):
+        out = arr.astype(dtype, copy=False)
+    if out.dtype.kind == "f" and not np.isfinite(out).all():
+        raise ValueError(f"{name} has values beyond the range of {np.dtype(dtype).name} "
+                         f"(largest magnitude {float(np.abs(arr).max()):.3g})")
+    return out
 
 
 def spectral_radius(W: ArrayLike) -> float:
@@ -83,11 +97,9 @@ def spectral_radius(W: ArrayLike) -> float:
     time and O(H^2) memory. On a 2-core AMD EPYC with one BLAS thread: about
     0.2 s for H = 500, 0.8 s for 1000, 4 s for 2000 and 30-40 s for 4000.
     """
-    A = np.asarray(W)
+    A = _real_array("W", W, np.float64)
     if A.ndim != 2 or A.shape[0] != A.shape[1]:
         raise ValueError(f"W must be a square matrix [H, H], got shape {A.shape}")
-    if A.dtype.kind not in "fiu":
-        raise TypeError(f"W must hold real numbers, got dtype {A.dtype}")
     if A.size == 0:
         return 0.0
     return float(np.max(np.abs(np.linalg.eigvals(A.astype(np.float64)))))
@@ -137,23 +149,41 @@ def _gram(x2: Optional[NDArray], h2: NDArray, y2: NDArray, n_features: int) -> T
     for a, b in _chunks(h2.shape[0], n_features):
         phi = np.empty((b - a, n_features))
         _fill_features(phi, None if x2 is None else x2[a:b], h2[a:b])
-        G += phi.T @ phi
-        C += phi.T @ y2[a:b].astype(np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            G += phi.T @ phi
+            C += phi.T @ y2[a:b].astype(np.float64)
+    if not (np.isfinite(G).all() and np.isfinite(C).all()):
+        raise ValueError("the readout's normal equations overflow float64: the inputs, states or targets are "
+                         "too large (scale u and y down)")
     return G, C
 
 
 def _solve(G: NDArray, C: NDArray, ridge: float) -> NDArray:
     """argmin_W |Φ W - Y|^2 + ridge |W[1:]|^2 from G = Φ^T Φ and C = Φ^T Y: the normal
     equations (G + ridge P) W = C, P the identity but for the unpenalised bias (row 0).
-    Returns W [F, O] (float64). A singular system (e.g. ridge 0 with collinear features)
-    takes the minimum-norm least-squares solution instead."""
+    Returns W [F, O] (float64). Ridge 0 takes the minimum-norm least-squares solution
+    (directions of Φ^T Φ with singular values below float64 rounding count as zero), as
+    ``np.linalg.lstsq`` on Φ would."""
+    if ridge == 0:
+        # (np.linalg.solve rarely fails on a matrix singular up to rounding: it returns one exact fit
+        # among many, made of rounding noise. pinv(Φ^T Φ) Φ^T Y = pinv(Φ) Y: the minimum-norm one.)
+        return np.linalg.lstsq(G, C, rcond=None)[0]
     A = G.copy()
     diag = np.arange(1, A.shape[0])
-    A[diag, diag] += ridge
+    A[diag, diag] += ridge  # positive definite (the bias column is all ones)
     try:
         return np.linalg.solve(A, C)
     except np.linalg.LinAlgError:
         return np.linalg.lstsq(A, C, rcond=None)[0]
+
+
+def _score_value(value: Any) -> float:
+    """A score callable's result as a float (NaN: infinity, it ranks last)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.ndarray)) or (
+            isinstance(value, np.ndarray) and (value.ndim or value.dtype.kind not in "fiu")):
+        raise TypeError(f"score must return a real number, got {type(value).__name__} {value!r}"[:200])
+    e = float(value)
+    return math.inf if math.isnan(e) else e
 
 
 def _ridge_values(ridge: Any) -> Tuple[List[float], bool]:
@@ -262,6 +292,18 @@ class ESN:
         return self._use_raw_inputs
 
     @property
+    def leak(self) -> float:
+        """The leaking rate a in (0, 1], read at every call (assign a new value to change it)."""
+        return self._leak
+
+    @leak.setter
+    def leak(self, value: float) -> None:
+        a = _number("leak", value)
+        if not 0 < a <= 1:
+            raise ValueError(f"leak must be in (0, 1], got {a!r}")
+        self._leak = a
+
+    @property
     def dtype(self) -> np.dtype:
         """The reservoir's dtype (fixed at construction)."""
         return self._dtype
@@ -277,9 +319,7 @@ class ESN:
         radius = _number("spectral_radius", spectral_radius)
         if radius < 0:
             raise ValueError(f"spectral_radius must be >= 0, got {radius!r}")
-        a = _number("leak", leak)
-        if not 0 < a <= 1:
-            raise ValueError(f"leak must be in (0, 1], got {a!r}")
+        self.leak = leak
         d = _number("density", density)
         if not 0 < d <= 1:
             raise ValueError(f"density must be in (0, 1], got {d!r}")
@@ -303,11 +343,17 @@ class ESN:
             raise ValueError("give either seed or rng, not both")
         if rng is not None and not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-        gen = rng if rng is not None else np.random.default_rng(seed)
+        if rng is None:
+            try:
+                gen = np.random.default_rng(seed)
+            except (TypeError, ValueError) as e:
+                raise (TypeError if isinstance(e, TypeError) else ValueError)(
+                    f"seed must be None, a non-negative int or a sequence of them, got {seed!r}") from None
+        else:
+            gen = rng
 
         self.input_size, self.reservoir_size, self.output_size = I, H, O
         self.spectral_radius = radius
-        self.leak = a
         self.density = d
         self.input_scaling: Union[float, NDArray] = float(scale) if scale.ndim == 0 else scale
         self.bias_scaling = bias
@@ -394,7 +440,7 @@ class ESN:
         return {**self.__dict__, "_packed": None}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
-        for name in ("use_raw_inputs", "dtype"):  # (plain attributes in ESNs pickled before they were read-only)
+        for name in ("use_raw_inputs", "dtype", "leak"):  # (plain attributes in ESNs pickled before they were properties)
             if name in state:
                 state["_" + name] = state.pop(name)
         self.__dict__.update(state)
@@ -535,8 +581,8 @@ class ESN:
         w = self._washout(washout, T)
         ridges, sweep = _ridge_values(ridge)
         frac = _number("validation", validation)
-        if sweep and score is None and not 0 < frac < 1:
-            raise ValueError(f"validation must be in (0, 1) for a ridge sweep, got {frac!r}")
+        if not 0 < frac < 1:  # (checked even where unused, as scikit-learn's parameters)
+            raise ValueError(f"validation must be in (0, 1), got {frac!r}")
         if score is not None and not callable(score):
             raise TypeError(f"score must be a callable taking the ESN, got {type(score).__name__}")
         X = self._run(x, self._h0(h0, B, unbatched))
@@ -551,8 +597,8 @@ class ESN:
                     if r not in candidates:
                         candidates[r] = _solve(G, C, r)
                         self.W_out, self.ridge = candidates[r].T.copy(), r
-                        e = float(score(self))
-                        errors[r] = math.inf if math.isnan(e) else e
+                        e = _score_value(score(self))
+                        errors[r] = e
             except BaseException:
                 self.W_out, self.ridge = before  # a failed fit leaves the readout as it was
                 raise
@@ -613,7 +659,7 @@ class ESN:
         mse = sq / (yv.shape[0] * O)
         errors: Dict[float, float] = {}
         for r, e in zip(ridges, mse):
-            errors.setdefault(r, float(e))
+            errors.setdefault(r, math.inf if math.isnan(e) else float(e))  # (NaN ranks last, as with score=)
         return errors, G_tr + G_va, C_tr + C_va
 
     # ---------------------------------------------------------- prediction

@@ -500,3 +500,79 @@ def test_readout_shaping_attributes_are_read_only():
             setattr(esn, name, value)
     clone = pickle.loads(pickle.dumps(esn))
     assert clone.use_raw_inputs and clone.dtype == np.float32
+
+
+@pytest.mark.parametrize("T", [1, 5, 20])
+def test_ridge_zero_with_fewer_rows_than_features_is_the_minimum_norm_fit(rng, T):
+    """ridge=0 with rank-deficient features: the minimum-norm least-squares readout, as np.linalg.lstsq
+    on Φ (np.linalg.solve on the normal equations returned one of many exact fits, made of rounding noise:
+    |W_out| 145 against 1.85 at H=200, T=20, and 30x too large predictions on new data)."""
+    esn = ESN(2, 200, 1, seed=0, dtype=np.float64)
+    u, y = rng.normal(size=(T, 2)), rng.normal(size=(T, 1))
+    esn.fit(u, y, ridge=0.0)
+    W = np.linalg.lstsq(features(esn, u, esn.states(u)), y, rcond=None)[0].T
+    np.testing.assert_allclose(esn.W_out, W, rtol=1e-6, atol=1e-9)
+    u2 = rng.normal(size=(30, 2))
+    np.testing.assert_allclose(esn.predict(u2), features(esn, u2, esn.states(u2)) @ W.T, rtol=1e-6, atol=1e-9)
+
+
+def test_unclear_or_silent_bad_inputs_get_named_errors(rng):
+    esn = ESN(2, 10, 1, seed=0)
+    u, y = rng.normal(size=(30, 2)), rng.normal(size=(30, 1))
+    with pytest.raises(ValueError, match="u must be an array of numbers with one length per axis"):
+        esn.states([[1.0, 2.0], [3.0]])
+    with pytest.raises(ValueError, match="u has values beyond the range of float32"):
+        esn.states(np.full((3, 2), 1e39))  # finite in float64 (was reported as NaN or infinity)
+    for seed, error in ((-1, ValueError), (1.5, TypeError), ("a", TypeError)):
+        with pytest.raises(error, match="seed must be None, a non-negative int or a sequence of them"):
+            ESN(2, 10, seed=seed)
+    with pytest.raises(ValueError, match="W must be finite"):
+        spectral_radius(np.full((3, 3), np.nan))
+    with pytest.raises(TypeError, match="W must hold real numbers"):
+        spectral_radius(None)
+    for bad in ("x", None, np.ones(2), True):
+        with pytest.raises(TypeError, match="score must return a real number"):
+            esn.fit(u, y, ridge=[1e-3, 1.0], score=lambda e, bad=bad: bad)
+    assert esn.W_out is None  # a failed fit leaves no readout
+    esn.fit(u, y, ridge=[1e-3, 1.0], score=lambda e: np.float32(np.nan) if e.ridge == 1e-3 else np.array(2.0))
+    assert esn.ridge == 1.0 and esn.validation_errors == {1e-3: math.inf, 1.0: 2.0}
+    for kwargs in ({"ridge": 1.0}, {"ridge": [1.0, 2.0], "score": lambda e: 1.0}):
+        with pytest.raises(ValueError, match=r"validation must be in \(0, 1\), got 5.0"):
+            esn.fit(u, y, validation=5, **kwargs)  # (accepted where unused before)
+    with pytest.raises(ValueError, match="the readout's normal equations overflow float64"):
+        ESN(2, 10, 1, seed=0, dtype=np.float64).fit(u * 1e160, y)  # (a NaN readout before)
+    with pytest.raises(ValueError, match="the readout's normal equations overflow float64"):
+        ESN(2, 10, 1, seed=0, dtype=np.float64).fit(u * 1e160, y, ridge=[1e-3, 1.0])
+
+
+def test_leak_is_checked_when_assigned(rng):
+    """leak is read at every call: assigning None ran the reservoir as non-leaky, then repr failed."""
+    import pickle
+
+    esn = ESN(2, 10, 1, leak=0.5, seed=0)
+    for bad, error in ((None, TypeError), (0.0, ValueError), (1.5, ValueError), ("0.5", TypeError)):
+        with pytest.raises(error, match="leak must be"):
+            esn.leak = bad
+    assert esn.leak == 0.5
+    u = rng.normal(size=(20, 2))
+    before = esn.states(u)
+    esn.leak = 1
+    assert esn.leak == 1.0 and not np.array_equal(esn.states(u), before)
+    # an ESN pickled when leak was a plain attribute
+    state = pickle.loads(pickle.dumps(esn)).__getstate__()
+    state["leak"] = state.pop("_leak")
+    old = ESN.__new__(ESN)
+    old.__setstate__(state)
+    assert old.leak == 1.0 and "leak=" not in repr(old)
+    np.testing.assert_array_equal(old.states(u), esn.states(u))
+
+
+@pytest.mark.parametrize("argv", [["--ridges", "nan"], ["--ridges", "1e-6,inf"], ["--ridges", "x"],
+                                  ["--ridges", "-1"], ["--train", "300", "--washout", "298", "--lstm-window", "50"]])
+def test_example_refuses_arguments_that_would_fail_later(argv, capsys):
+    ex = load_example()
+    with pytest.raises(SystemExit) as e:
+        ex.parse_args(["--fast", *argv])
+    assert e.value.code == 2
+    assert "error:" in capsys.readouterr().err
+    ex.parse_args(["--fast", "--train", "300", "--washout", "297", "--lstm-window", "50"])
