@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 import sys
 
@@ -16,8 +17,10 @@ def _warn_bad_environment() -> None:
     value = os.environ.get("PYRNN_CACHE_MB")
     if value is None:
         return
-    try:
-        ok = float(value) >= 0
+    text = value.strip()
+    try:  # as the C++ reads it (strtod): hexadecimal too (0x10 is 16), no digit separators (1_000)
+        hexa = text.lstrip("+-").lower().startswith("0x")
+        ok = "_" not in text and (float.fromhex(text) if hexa else float(text)) >= 0
     except ValueError:
         ok = False
     if not ok:
@@ -125,6 +128,13 @@ def _probe_threads(threads) -> int:
     return int(threads)
 
 
+def _probe_seconds(seconds) -> float:
+    """A probe's time: a finite positive number of seconds (inf never returned; a bool is no time)."""
+    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not 0 < seconds < math.inf:
+        raise ValueError(f"seconds must be a finite positive number, got {seconds!r}")
+    return float(seconds)
+
+
 def fma_peak_gflops(threads: int | None = None, seconds: float = 0.2) -> float:
     """Measured fp32 FMA peak (GFLOP/s) of this machine for the selected ISA.
 
@@ -132,7 +142,7 @@ def fma_peak_gflops(threads: int | None = None, seconds: float = 0.2) -> float:
     pyrnn's thread count); this is the roofline benchmarks report against.
     """
     threads = _probe_threads(get_num_threads() if threads is None else threads)
-    return _core.fma_peak_gflops(threads, float(seconds))
+    return _core.fma_peak_gflops(threads, _probe_seconds(seconds))
 
 
 def cache_sizes() -> dict:
@@ -172,8 +182,7 @@ def memory_bandwidth(size: int | None = None, threads: int | None = None, second
     ``threads`` defaults to pyrnn's thread count.
     """
     threads = _probe_threads(get_num_threads() if threads is None else threads)
-    if not isinstance(seconds, numbers.Real) or not seconds > 0:
-        raise ValueError(f"seconds must be a positive number, got {seconds!r}")
+    seconds = _probe_seconds(seconds)
     if size is not None:
         if isinstance(size, bool) or not isinstance(size, numbers.Integral) or not 1 <= size < 2**62:
             raise ValueError(f"size must be a positive number of bytes below 2**62, got {size!r}")
@@ -231,8 +240,11 @@ def config() -> dict:
 
 def show_config(file=None) -> None:
     """Print version, compiler and flags, ISA levels and threads."""
+    out = sys.stdout if file is None else file
+    if not callable(getattr(out, "write", None)):
+        raise TypeError(f"file must be a writable text stream (with a write method) or None, got "
+                        f"{type(file).__name__}")
     c = config()
-    out = file or sys.stdout
     print(f"pyrnn {c['version']}", file=out)
     print(f"  compiler:       {c['compiler']}", file=out)
     print(f"  flags:          {c['flags']}", file=out)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
+from typing import List, NamedTuple
 
 import numpy as np
 
@@ -10,6 +12,13 @@ from ._validation import check_dtype, to_numpy
 
 # pyrnn.functional's argument names -> PyTorch's parameter names (before the _l0 / _l0_reverse suffix)
 PARAM_NAMES = {"W_ih": "weight_ih", "W_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh", "W_hr": "weight_hr"}
+
+
+class IncompatibleKeys(NamedTuple):
+    """What ``load_state_dict`` returns, as torch's: the parameters the state_dict lacked and its
+    names that are not parameters (both empty after a strict load)."""
+    missing_keys: List[str]
+    unexpected_keys: List[str]
 
 
 class ParameterIterator:
@@ -104,8 +113,12 @@ class Module:
         """Copies NumPy arrays or torch tensors into the parameters (in place).
 
         Shapes must match exactly; values are converted to the layer's dtype.
-        With strict=True the keys must match too. Returns (missing, unexpected).
+        With strict=True the keys must match too. Returns ``IncompatibleKeys(missing_keys,
+        unexpected_keys)``, a named tuple as torch's.
         """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"{type(self).__name__}.load_state_dict: expected a mapping of names to arrays (a "
+                            f"state_dict), got {type(state_dict).__name__}")
         missing = [k for k in self._params if k not in state_dict]
         unexpected = [k for k in state_dict if k not in self._params]
         if strict and (missing or unexpected):
@@ -124,4 +137,4 @@ class Module:
             arrays[k] = a
         for k, a in arrays.items():  # all checked before any is copied
             np.copyto(self._params[k], a, casting="unsafe")
-        return missing, unexpected
+        return IncompatibleKeys(missing, unexpected)

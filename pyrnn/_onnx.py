@@ -32,7 +32,9 @@ exports too with the TorchScript exporter: a PackedSequence input goes to
 torch.nn's own forward (the same parameters), whose packing that exporter
 turns into ``sequence_lens`` (torch.nn's GRU only: not ``reset_after=False``).
 
-Not exportable (a clear error): LSTM ``proj_size`` (the ONNX LSTM has no
+Not exportable (a clear error): LayerNormLSTM / LayerNormGRU, frozen and
+quantized modules (:func:`pyrnn.torch.freeze`, :func:`pyrnn.torch.quantize_dynamic`:
+export the float module), LSTM ``proj_size`` (the ONNX LSTM has no
 projection), dropout, recurrent_dropout or zoneout in training mode (export in
 ``eval()``, torch's default, where zoneout is the identity), a PackedSequence with the dynamo exporter or for
 ``GRU(reset_after=False)`` (use :class:`WithLengths`).
@@ -80,6 +82,12 @@ def _check_exportable(module, name):
             f"{module.dropout} / recurrent_dropout {getattr(module, 'recurrent_dropout', 0.0)}: call model.eval() "
             "(or export with the default training=torch.onnx.TrainingMode.EVAL)")
     _check_no_zoneout(module, name)
+
+
+def refuse_export(name, reason):
+    """The error of a module that has no ONNX form, raised during torch.onnx.export."""
+    raise NotImplementedError(f"{name}: cannot export to ONNX: {reason}. Run this module outside the exported "
+                              "graph, or export a model built from pyrnn.torch.LSTM / GRU / RNN and their cells.")
 
 
 def _check_no_zoneout(module, name):
@@ -279,9 +287,15 @@ def export_forward(module, input, hx=None, lengths=None):
     unbatched = input.dim() == 2
     x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if module.batch_first else input)
     if mode == "LSTM":
+        if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+            raise TypeError(f"{name}: hx must be a tuple (h_0, c_0) of tensors, got {type(hx).__name__}")
         h0_all, c0_all = (None, None) if hx is None else hx
     else:
         h0_all, c0_all = hx, None
+    LD = module.num_layers * (2 if module.bidirectional else 1)
+    _check_export_shapes(name, x.shape[-1], module.input_size, x.shape[1], unbatched, [
+        ("hx[0]" if mode == "LSTM" else "hx", h0_all, (LD, module.proj_size or module.hidden_size)),
+        ("hx[1]", c0_all, (LD, module.hidden_size))])
     if unbatched:
         h0_all = None if h0_all is None else h0_all.unsqueeze(1)
         c0_all = None if c0_all is None else c0_all.unsqueeze(1)
@@ -312,6 +326,29 @@ def export_forward(module, input, hx=None, lengths=None):
     return (out, (h_n, c_n)) if mode == "LSTM" else (out, h_n)
 
 
+def _check_export_shapes(name, features, input_size, B, unbatched, states):
+    """The checks of the module's forward that an export would otherwise skip (a model ignoring extra
+    state rows, or one that fails only in ONNX Runtime): the input's ``features`` equal input_size;
+    each state (label, tensor or None, its size without the batch) has the input's rank and that
+    size with the input's batch B."""
+    if features != input_size:
+        raise ValueError(f"{name}: input.size(-1) must be equal to input_size. Expected {input_size}, got "
+                         f"{int(features)}")
+    for label, h, size in states:
+        if h is None:
+            continue
+        if not isinstance(h, torch.Tensor):
+            raise TypeError(f"{name}: {label} must be a tensor, got {type(h).__name__}")
+        want = len(size) + (0 if unbatched else 1)
+        if h.dim() != want:
+            raise ValueError(f"{name}: {label} must be {want}-D for {'unbatched' if unbatched else 'batched'} "
+                             f"input, got {h.dim()}-D")
+        expected = size if unbatched else (*size[:-1], B, size[-1])
+        if tuple(h.shape) != tuple(expected):
+            raise ValueError(f"{name}: Expected {label} size {tuple(int(v) for v in expected)}, got "
+                             f"{[int(v) for v in h.shape]}")
+
+
 def _cell_mode(cell):
     if isinstance(cell, nn.LSTMCell):
         return "LSTM"
@@ -336,6 +373,9 @@ def export_cell_step(cell, input, states):
     unbatched = input.dim() == 1
     x = input.unsqueeze(0) if unbatched else input
     h0, c0 = (list(states) + [None])[:2]
+    _check_export_shapes(type(cell).__name__, x.shape[-1], cell.input_size, x.shape[0], unbatched,
+                         [("hx[0]" if mode == "LSTM" else "hx", h0, (cell.hidden_size,)),
+                          ("hx[1]", c0, (cell.hidden_size,))])
     h0, c0 = (None if h is None else (h.unsqueeze(0) if unbatched else h).unsqueeze(0) for h in (h0, c0))
     H = cell.hidden_size
     W, R, B = _onnx_weights(cell, [""], _OPS[mode][2], H)

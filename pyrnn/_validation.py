@@ -10,6 +10,7 @@ does); the C++ extension re-checks only what protects memory.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Mapping
 from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -246,8 +247,24 @@ def check_probability(name, p):
 def to_numpy(value):
     """NumPy view of a NumPy array or a (CPU) torch tensor, without importing torch."""
     if hasattr(value, "detach") and hasattr(value, "cpu"):
-        return value.detach().cpu().numpy()
+        t = value.detach().cpu()
+        if str(getattr(t, "dtype", "")) in ("torch.bfloat16", "torch.float8_e4m3fn", "torch.float8_e5m2"):
+            t = t.float()  # (no NumPy dtype: bf16 checkpoints load as float32, then the layer's dtype)
+        return t.numpy()
     return np.asarray(value)
+
+
+def named_arrays(owner, weights, names, dtype):
+    """``weights`` (a mapping with exactly ``names``; arrays or torch tensors) as {name: new array of
+    ``dtype``} in the order of ``names``."""
+    if not isinstance(weights, Mapping):
+        raise TypeError(f"{owner}: weights must be a mapping of names to arrays, got {type(weights).__name__}")
+    missing = [k for k in names if k not in weights]
+    unexpected = [k for k in weights if k not in names]
+    if missing or unexpected:
+        raise ValueError(f"{owner}: weights must have the names {list(names)}; missing {missing}, "
+                         f"unexpected {unexpected}")
+    return {k: np.array(to_numpy(weights[k]), dtype=dtype) for k in names}
 
 
 def array_like(name, a, dtype, shape):
@@ -282,8 +299,13 @@ def layer_input(layer, x):
     x = np.asarray(x)
     if x.dtype != layer.dtype:
         if x.dtype.kind == "f":
+            # (the advice names what the layer can be built with: float32 or float64, native byte order)
+            advice = (f"cast it (x.astype(np.{layer.dtype.name})), or build the layer with dtype={x.dtype.name}"
+                      if x.dtype.name in ("float32", "float64") and x.dtype.isnative and x.dtype.name != layer.dtype.name
+                      else f"cast it: x.astype(np.{layer.dtype.name}); layers are float32 or float64 in native byte "
+                           f"order")
             raise TypeError(f"{_layer_label(layer)}: input must have the layer's dtype {layer.dtype}, got floating "
-                            f"{x.dtype} (cast it, or build the layer with dtype={x.dtype.name})")
+                            f"{x.dtype} ({advice})")
         raise TypeError(f"{_layer_label(layer)}: input must have dtype {layer.dtype}, got {x.dtype}")
     if x.ndim not in (2, 3):
         raise ValueError(f"{_layer_label(layer)}: Expected input to be 2D or 3D, got {x.ndim}D input")
@@ -333,6 +355,17 @@ def check_zoneout(name, p):
         raise ValueError(f"{name} should be a number in range [0, 1] representing the probability that a unit "
                          f"keeps its previous value at a step, got {p!r}")
     return float(p)
+
+
+def check_training_rates(module):
+    """Checks a module's ``recurrent_dropout``, ``zoneout`` and ``zoneout_c`` (public attributes a
+    user may change, e.g. on a schedule) before a training-mode call draws masks with them:
+    out-of-range values were used silently (above 1 as 1, below 0 as no masks)."""
+    if getattr(module, "recurrent_dropout", 0.0):
+        check_probability("recurrent_dropout", module.recurrent_dropout)
+    for name in ("zoneout", "zoneout_c"):
+        if getattr(module, name, 0.0):
+            check_zoneout(name, getattr(module, name))
 
 
 def zoneout_rates(mode, zoneout, zoneout_c):

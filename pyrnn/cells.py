@@ -24,7 +24,7 @@ from . import _core
 from . import functional as F
 from ._cells import cell_spec
 from ._module import Module
-from ._validation import array_like, cell_array, check_positive_int, check_precision, make_rng
+from ._validation import array_like, cell_array, check_positive_int, check_precision, make_rng, named_arrays
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "FrozenCell"]
 
@@ -252,7 +252,7 @@ class FrozenCell(_StepInputs):
     def with_weights(self, weights):
         """This frozen cell with other weights of the same names and shapes, packed in the same precision."""
         mine = dict(self.named_parameters())
-        new = {k: np.array(weights[k], dtype=self.dtype) for k in mine}
+        new = named_arrays("FrozenCell.with_weights", weights, list(mine), self.dtype)
         for k, v in new.items():
             if v.shape != mine[k].shape:
                 raise ValueError(f"{k} must have shape {mine[k].shape}, got {v.shape}")

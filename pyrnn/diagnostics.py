@@ -104,7 +104,10 @@ def step_norms(dh, reduce="mean"):
     ``reduce="mean"`` (the mean of the per-sequence norms, [..., T]), ``"norm"`` (the
     norm over batch and units together, [..., T]) or ``"none"`` ([..., T, B]).
     """
-    n = np.linalg.norm(np.asarray(dh, dtype=np.float64), axis=-1)
+    a = np.asarray(dh, dtype=np.float64)
+    if a.ndim < 3:
+        raise ValueError(f"dh must have shape [..., T, B, H] (at least 3-D), got shape {a.shape}")
+    n = np.linalg.norm(a, axis=-1)
     if reduce == "none":
         return n
     if reduce == "mean":

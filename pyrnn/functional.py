@@ -118,6 +118,9 @@ def _forward(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training
         T, B = a.x.shape[:2]
         strides = _core.residual_strides(*args, bool(reverse), _c(a.W_hr), _c(a.h_mask), **opts)
         _check_residual(residual, _residual_total(strides, T, B))
+        inputs = [v for v in (*args[1:], _c(a.W_hr), _c(a.h_mask), *opts.values()) if isinstance(v, np.ndarray)]
+        if any(np.may_share_memory(residual, v) for v in inputs):  # (the forward overwrote them as it went)
+            raise ValueError("residual must not overlap the call's inputs (x, states, weights, masks, lengths)")
     return _core.sequence_forward(*args, bool(reverse), bool(training), _c(a.W_hr), _c(a.h_mask), packed, residual,
                                   **opts)
 
@@ -192,7 +195,8 @@ def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, lengths=None, r
     P wide, W_hh is [4H, P] and y, h0, h_n are P wide. h_mask ([B, P or H],
     optional): recurrent (variational) dropout on h_{t-1}. packed: see :func:`pack_weights`.
     zoneout_c ([T, B, H]) and zoneout_h ([T, B, P or H]), optional: zoneout,
-    c_t = m c_{t-1} + (1 - m) c~_t with h~_t = o * tanh(c_t) from the zoned c_t,
+    c_t = m c_{t-1} + (1 - m) c~_t with h~_t = o * tanh(c~_t) from the un-zoned c~_t
+    (Krueger et al. 2016),
     then h_t = m' h_{t-1} + (1 - m') h~_t (masks of the step that consumes x[t]).
     """
     return _forward(cell_spec("lstm"), x, {"h0": h0, "c0": c0}, W_ih, W_hh, b_ih, b_hh, lengths,
@@ -437,7 +441,7 @@ def layernorm_lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c
     :func:`pyrnn.reference.layernorm_lstm_forward` (same arguments and equations).
     h_mask ([B, P or H]): recurrent dropout, as :func:`lstm_forward`'s; zoneout_h
     ([T, B, P or H]), zoneout_c ([T, B, H]): zoneout masks, as :func:`lstm_forward`'s
-    (c's before its layer norm). W_hr ([P, H], optional): the output projection
+    (h~ reads LN(c~), the un-zoned c~). W_hr ([P, H], optional): the output projection
     (PyTorch's proj_size), h_t = W_hr (o * tanh(LN(c_t))); W_hh is then [4H, P]
     and h0, y, h_n are P wide."""
     y, h_n, c_n, ws = _layernorm_forward("lstm", x, {"h0": h0, "c0": c0}, W_ih, W_hh, b_ih, b_hh,

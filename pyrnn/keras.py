@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._cells import GATES, check_family
+from ._validation import to_numpy
 
 __all__ = ["from_keras", "to_keras"]
 
@@ -24,7 +25,7 @@ def _gru_swap(a, U):
 
 def _check(cell, kernel, recurrent_kernel):
     G = GATES[check_family(cell)]
-    kernel, recurrent_kernel = np.asarray(kernel), np.asarray(recurrent_kernel)
+    kernel, recurrent_kernel = to_numpy(kernel), to_numpy(recurrent_kernel)
     if recurrent_kernel.ndim != 2 or recurrent_kernel.shape[1] != G * recurrent_kernel.shape[0]:
         raise ValueError(f"recurrent_kernel must have shape (U, {G}*U) for {cell}, got {recurrent_kernel.shape}")
     U = recurrent_kernel.shape[0]
@@ -33,15 +34,21 @@ def _check(cell, kernel, recurrent_kernel):
     return kernel, recurrent_kernel, U
 
 
+def _check_reset_after(reset_after):
+    if not isinstance(reset_after, (bool, np.bool_)):  # ("no" counted as True)
+        raise TypeError(f"reset_after must be a bool, got {type(reset_after).__name__} {reset_after!r}")
+
+
 def from_keras(cell, kernel, recurrent_kernel, bias=None, *, reset_after=True):
     """Keras weights -> dict with W_ih, W_hh, b_ih, b_hh (biases None when bias is None)."""
+    _check_reset_after(reset_after)
     kernel, recurrent_kernel, U = _check(cell, kernel, recurrent_kernel)
     G = GATES[cell]
     order = (lambda a: _gru_swap(a, U)) if cell == "gru" else (lambda a: a)
     out = {"W_ih": np.ascontiguousarray(order(kernel).T), "W_hh": np.ascontiguousarray(order(recurrent_kernel).T),
            "b_ih": None, "b_hh": None}
     if bias is not None:
-        bias = np.asarray(bias)
+        bias = to_numpy(bias)
         two = cell == "gru" and reset_after
         want = (2, G * U) if two else (G * U,)
         if bias.shape != want:
@@ -54,7 +61,8 @@ def from_keras(cell, kernel, recurrent_kernel, bias=None, *, reset_after=True):
 
 def to_keras(cell, W_ih, W_hh, b_ih=None, b_hh=None, *, reset_after=True):
     """PyTorch-layout weights -> (kernel, recurrent_kernel, bias) as Keras stores them."""
-    W_ih, W_hh = np.asarray(W_ih), np.asarray(W_hh)
+    _check_reset_after(reset_after)
+    W_ih, W_hh = to_numpy(W_ih), to_numpy(W_hh)
     G = GATES[check_family(cell)]
     if W_hh.ndim != 2 or W_hh.shape[0] != G * W_hh.shape[1]:
         raise ValueError(f"W_hh must have shape ({G}*H, H) for {cell}, got {W_hh.shape}")
@@ -68,7 +76,7 @@ def to_keras(cell, W_ih, W_hh, b_ih=None, b_hh=None, *, reset_after=True):
     if b_ih is None or b_hh is None:
         raise ValueError(f"b_ih and b_hh must be given together (or neither), got only "
                          f"{'b_hh' if b_ih is None else 'b_ih'}")
-    b_ih, b_hh = np.asarray(b_ih), np.asarray(b_hh)
+    b_ih, b_hh = to_numpy(b_ih), to_numpy(b_hh)
     for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
         if b.shape != (G * U,):
             raise ValueError(f"{name} must have shape ({G * U},), got {b.shape}")

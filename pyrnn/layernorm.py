@@ -41,8 +41,8 @@ masks drawn per call, layer and direction from the layer's RNG in training
 mode; eval mode uses none): ``recurrent_dropout`` (one mask per sequence on
 h where it enters W_hh h; the GRU's z * h keeps the unmasked h) and
 ``zoneout`` (h' = m h + (1 - m) h' with m ~ Bernoulli(zoneout) per unit and
-step), for the LSTM also ``zoneout_c`` (the same on c' before its layer norm;
-None: the rate of h).
+step), for the LSTM also ``zoneout_c`` (the same on the state c', while h~
+reads LN(c~) of the un-zoned c~, as Krueger et al. 2016; None: the rate of h).
 Each layer and direction runs in C++ (:func:`pyrnn.functional.layernorm_lstm_forward`).
 """
 

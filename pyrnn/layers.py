@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections import OrderedDict
 
 import numpy as np
@@ -28,7 +29,8 @@ from . import functional as F
 from ._cells import cell_spec
 from ._module import PARAM_NAMES, Module
 from ._validation import (array_like, check_lengths, check_positive_int, check_precision, check_probability,
-                          layer_input, layer_states, make_rng, zoneout_rates)
+                          check_training_rates, layer_input, layer_states, make_rng, named_arrays,
+                          zoneout_rates)
 
 __all__ = ["RNN", "LSTM", "GRU", "Linear"]
 
@@ -84,6 +86,7 @@ class _StackedLayer(Module):
         drawn in training mode where the rates are above 0, else None."""
         if not training:
             return None, None, None
+        check_training_rates(self)
         H_out = self.proj_size or self.hidden_size
         rec_mask = self._dropout_mask((B, H_out), self.recurrent_dropout) if self.recurrent_dropout > 0 else None
         zh, zc = (self._zoneout_masks(layer, d, T, B) if self.zoneout > 0 or self.zoneout_c > 0 else (None, None))
@@ -109,6 +112,8 @@ class _StackedLayer(Module):
         training = self.training
         if training and isinstance(given, np.ndarray) and np.may_share_memory(x, given):
             x = x.copy()  # backward reads x: its result must not change if the caller reuses the buffer
+        if training:  # and h0, c0 (truncated BPTT writes h_n into the buffer it passed as h0)
+            h0_all, c0_all = (None if s is None else s.copy() for s in (h0_all, c0_all))
         masks = []
 
         def run(layer, d, layer_x):
@@ -272,8 +277,12 @@ class _RNNBase(_StackedLayer):
 
         if self.proj_size:
             raise ValueError("Keras LSTMs have no projection: cannot load into a layer with proj_size > 0")
+        for name, value in (("layer", layer), ("direction", direction)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # (0.5 loaded nothing)
+                raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
         if not 0 <= layer < self.num_layers or direction not in range(self.num_directions):
             raise ValueError(f"no layer {layer} direction {direction} in {self!r}")
+        layer, direction = int(layer), int(direction)
         w = from_keras(self.mode.lower(), kernel, recurrent_kernel, bias, reset_after=self.reset_after)
         if (w["b_ih"] is None) == self.bias:
             raise ValueError(f"the layer has bias={self.bias} but the Keras weights "
@@ -340,7 +349,8 @@ class _RNNBase(_StackedLayer):
             raise RuntimeError("with_weights is for frozen layers (freeze()); load_state_dict updates a layer")
         clone = object.__new__(type(self))
         clone.__dict__.update(self.__dict__)
-        clone._params = OrderedDict((k, np.array(weights[k], dtype=self.dtype)) for k in self._params)
+        clone._params = OrderedDict(named_arrays(f"{type(self).__name__}.with_weights", weights, list(self._params),
+                                                 self.dtype))
         for k, v in clone._params.items():
             if v.shape != self._params[k].shape:
                 raise ValueError(f"{k} must have shape {self._params[k].shape}, got {v.shape}")

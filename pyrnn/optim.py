@@ -122,11 +122,14 @@ def _grads(params):
     return out
 
 
-def _check_hyper(name, value, low=0.0, high=None, low_open=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"Invalid {name}: {value!r}")
+def _check_hyper(name, value, low=0.0, high=None, low_open=False, allow_inf=False):
+    expected = (f"a {'' if allow_inf else 'finite '}number {'>' if low_open else '>='} {low:g}"
+                + (f" and < {high:g}" if high is not None else ""))
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value) or (
+            math.isinf(value) and not (allow_inf and value > 0)):
+        raise ValueError(f"Invalid {name}: {value!r} (expected {expected})")
     if value < low or (low_open and value == low) or (high is not None and value >= high):
-        raise ValueError(f"Invalid {name}: {value}")
+        raise ValueError(f"Invalid {name}: {value} (expected {expected})")
     return float(value)
 
 
@@ -331,7 +334,7 @@ def clip_grad_norm(params, max_norm, norm_type=2.0, error_if_nonfinite=False):
     modules, ``(param, grad)`` pairs and gradient arrays. Returns the total norm
     *before* clipping, as a float. ``norm_type`` may be ``float('inf')``.
     """
-    max_norm = _check_hyper("max_norm", max_norm)
+    max_norm = _check_hyper("max_norm", max_norm, allow_inf=True)  # (inf: measure the norm only, as torch)
     norm_type = float(norm_type)
     if not norm_type > 0:
         raise ValueError(f"norm_type must be positive, got {norm_type}")
@@ -339,7 +342,8 @@ def clip_grad_norm(params, max_norm, norm_type=2.0, error_if_nonfinite=False):
     if not grads:
         return 0.0
     if math.isinf(norm_type):
-        total = max(float(np.max(np.abs(g))) if g.size else 0.0 for g in grads)
+        # (np.max over the maxima: Python's max() kept a finite value over a NaN that came later)
+        total = float(np.max([np.max(np.abs(g)) if g.size else 0.0 for g in grads]))
     else:
         total = sum(float(np.sum(np.abs(g.astype(np.float64)) ** norm_type)) for g in grads) ** (1.0 / norm_type)
     if error_if_nonfinite and not math.isfinite(total):
@@ -354,7 +358,7 @@ def clip_grad_norm(params, max_norm, norm_type=2.0, error_if_nonfinite=False):
 
 def clip_grad_value(params, clip_value):
     """Clips every gradient element to [-clip_value, clip_value] in place."""
-    clip_value = _check_hyper("clip_value", clip_value)
+    clip_value = _check_hyper("clip_value", clip_value, allow_inf=True)
     for g in _grads(params):
         np.clip(g, -clip_value, clip_value, out=g)
 

@@ -42,7 +42,8 @@ enter at each sequence's own last valid step.
 Zoneout (``zoneout_h`` [T, B, H], and for the LSTM ``zoneout_c`` [T, B, H]):
 the step that consumes x[t] mixes each state with its previous value,
 h' = m h + (1 - m) h~ with m = zoneout_h[t] and h~ the update above; for the
-LSTM c' = m_c c + (1 - m_c) c~ first, and h~ = o * tanh(c') uses the zoned c'.
+LSTM also c' = m_c c + (1 - m_c) c~, while h~ = o * tanh(c~) reads the un-zoned
+c~ = f * c + i * g (Krueger et al. 2016, eq. for the LSTM).
 
 ``reverse=True`` processes each sequence backwards in time: sequence b
 consumes x[L_b - 1], x[L_b - 2], ..., x[0] (as the reverse direction of a
@@ -225,7 +226,7 @@ def _run_forward(step, x, states, lengths, reverse, training, cache, zoneout=())
     and activations is a dict of [B, H] arrays for backward.  ``zoneout``
     holds a zoneout mask [T, B, H] (or None) per state; ``masks`` are this
     step's ([B, H] or None).  The hidden state's zoneout is applied here, the
-    cell state's by the step (its h uses the zoned c).  Padded steps keep
+    cell state's by the step (its h uses the un-zoned c~).  Padded steps keep
     the previous state and produce a zero output.  ``cache`` holds the common
     entries; it is completed and returned when training, else None is.
     """
@@ -372,7 +373,8 @@ def rnn_backward(cache, dy=None, dh_n=None):
     def step_backward(s, x_s, dstates):
         (dh,) = dstates
         a, h = cache["a"][s], cache["h"][s]
-        dpre = rate * dh * (1.0 - a * a) if tanh else dh * (a > 0)  # relu'(0) = 0
+        # relu'(0) = 0; as torch, where(a <= 0, 0, dh): a NaN a passes dh, an inf dh stays out where a <= 0
+        dpre = rate * dh * (1.0 - a * a) if tanh else np.where(a <= 0, 0.0, dh).astype(dh.dtype, copy=False)
         dh_prev = dpre @ W_hh + (1 - rate) * dh if rate != 1.0 else dpre @ W_hh
         return dpre, dpre, dpre.T @ h, (dh_prev,)
 
@@ -398,10 +400,9 @@ def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, lengths=None,
         pre = _affine(x_s, W_ih, b_ih) + _affine(h, W_hh, b_hh)
         pre_i, pre_f, pre_g, pre_o = np.split(pre, 4, axis=1)
         i, f, g, o = _sigmoid(pre_i), _sigmoid(pre_f), np.tanh(pre_g), _sigmoid(pre_o)
-        c_new = f * c + i * g
-        if masks[1] is not None:
-            c_new = masks[1] * c + (1 - masks[1]) * c_new
-        tanh_c = np.tanh(c_new)
+        c_tilde = f * c + i * g
+        c_new = c_tilde if masks[1] is None else masks[1] * c + (1 - masks[1]) * c_tilde
+        tanh_c = np.tanh(c_tilde)  # h~ reads c~, not the zoned c_new
         return (o * tanh_c, c_new), {"i": i, "f": f, "g": g, "o": o, "tanh_c": tanh_c}
 
     cache = _common_cache("lstm", x, W_ih, W_hh, b_ih, b_hh, lengths, bool(reverse))
@@ -420,11 +421,11 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
         i, f, g, o = (cache[k][s] for k in ("i", "f", "g", "o"))
         tanh_c, h_prev, c_prev = cache["tanh_c"][s], cache["h"][s], cache["c"][s]
         do = dh * tanh_c
-        dc = dc + dh * o * (1.0 - tanh_c * tanh_c)
         m_c = cache["zoneout"][1]
-        dc_direct = 0.0 if m_c is None else m_c[s] * dc  # c = m c_prev + (1 - m) c~
+        dc_direct = 0.0 if m_c is None else m_c[s] * dc  # c = m c_prev + (1 - m) c~: dL/dc splits
         if m_c is not None:
             dc = (1 - m_c[s]) * dc
+        dc = dc + dh * o * (1.0 - tanh_c * tanh_c)  # dL/dc~ (h~ = o tanh(c~))
         dpre = np.concatenate([
             dc * g * i * (1.0 - i),       # input gate
             dc * c_prev * f * (1.0 - f),  # forget gate
@@ -530,7 +531,8 @@ def gru_backward(cache, dy=None, dh_n=None):
 # dropout: W_hh (h * h_mask) in place of W_hh h, the same mask at every step;
 # the GRU's z * h keeps the unmasked h) and zoneout, ``zoneout_h`` [T, B, H]
 # and for the LSTM ``zoneout_c`` [T, B, H], time-aligned with x:
-#     LSTM: c' = m_c c + (1 - m_c) (f * c + i * g) before LN_1(c');
+#     LSTM: c' = m_c c + (1 - m_c) c~ with c~ = f * c + i * g, while h~ reads
+#           LN_1(c~), the un-zoned c~ (Krueger et al. 2016);
 #     both: h' = m_h h + (1 - m_h) h~ with h~ the update above.
 #
 # LSTM projection (PyTorch's proj_size; ``W_hr`` [P, H], 0 < P < H): the
@@ -723,10 +725,9 @@ def layernorm_lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c
         _, c = states
         pre_i, pre_f, pre_g, pre_o = np.split(gi + gh, 4, axis=1)
         i, f, g, o = _sigmoid(pre_i), _sigmoid(pre_f), np.tanh(pre_g), _sigmoid(pre_o)
-        c_new = f * c + i * g
-        if masks[1] is not None:
-            c_new = masks[1] * c + (1 - masks[1]) * c_new
-        cn, xhat_c, rstd_c = _ln_forward(c_new, ln["ln_c_weight"], ln["ln_c_bias"], 1)
+        c_tilde = f * c + i * g
+        c_new = c_tilde if masks[1] is None else masks[1] * c + (1 - masks[1]) * c_tilde
+        cn, xhat_c, rstd_c = _ln_forward(c_tilde, ln["ln_c_weight"], ln["ln_c_bias"], 1)  # h~ reads c~
         tanh_c = np.tanh(cn)
         return (o * tanh_c, c_new), {"i": i, "f": f, "g": g, "o": o, "tanh_c": tanh_c,
                                      "xhat_c": xhat_c, "rstd_c": rstd_c}
@@ -748,12 +749,12 @@ def layernorm_lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
         i, f, g, o = (cache[k][s] for k in ("i", "f", "g", "o"))
         tanh_c, xhat_c, c_prev = cache["tanh_c"][s], cache["xhat_c"][s], cache["c"][s]
         do = dh * tanh_c
-        dcn = dh * o * (1.0 - tanh_c * tanh_c)  # dL/d LN_1(c')
-        dc = dc + _ln_backward(dcn, xhat_c, cache["rstd_c"][s], cache["ln_c_weight"], 1)
+        dcn = dh * o * (1.0 - tanh_c * tanh_c)  # dL/d LN_1(c~)
         m_c = cache["zoneout"][1]
-        dc_direct = 0.0 if m_c is None else m_c[s] * dc  # c' = m c + (1 - m) c~
+        dc_direct = 0.0 if m_c is None else m_c[s] * dc  # c' = m c + (1 - m) c~: dL/dc' splits
         if m_c is not None:
             dc = (1 - m_c[s]) * dc
+        dc = dc + _ln_backward(dcn, xhat_c, cache["rstd_c"][s], cache["ln_c_weight"], 1)  # dL/dc~
         da = np.concatenate([
             dc * g * i * (1.0 - i),       # input gate
             dc * c_prev * f * (1.0 - f),  # forget gate

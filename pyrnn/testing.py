@@ -34,9 +34,13 @@ TOLERANCES = {
 def assert_close(actual, expected, dtype, name="", factor=1.0):
     """Asserts ``actual`` matches ``expected`` within the table's tolerance for ``dtype``
     (times ``factor``, for a comparison whose own rounding is measured to need more)."""
-    tol = TOLERANCES[np.dtype(dtype)]
+    tol = TOLERANCES.get(np.dtype(dtype))
+    if tol is None:
+        raise ValueError(f"dtype must be one of {', '.join(d.name for d in TOLERANCES)}, got {np.dtype(dtype).name}")
     expected = np.asarray(expected)
-    scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
+    finite = np.abs(expected[np.isfinite(expected)]) if expected.size else expected
+    # (the scale from finite entries: an inf made atol inf, and then anything passed)
+    scale = max(1.0, float(np.max(finite))) if finite.size else 1.0
     np.testing.assert_allclose(actual, expected, rtol=tol["rtol"] * factor, atol=tol["atol"] * scale * factor,
                                err_msg=f"{name} ({np.dtype(dtype).name})")
 
@@ -101,11 +105,17 @@ def check_directional_derivatives(loss, grads, p, rng, eps=1e-6, rtol=1e-6, atol
 
 
 def assert_bitwise_equal(actual, expected):
-    """Asserts two dicts of arrays (outputs or gradients; None entries skipped) are bitwise equal."""
+    """Asserts two dicts of arrays (outputs or gradients; None entries skipped) are bitwise equal:
+    the same dtype, shape and bytes (signed zeros and NaN payloads included)."""
     assert actual.keys() == expected.keys(), (sorted(actual), sorted(expected))
     for k, v in expected.items():
-        if v is not None:
-            np.testing.assert_array_equal(actual[k], v, err_msg=k)
+        if v is None:
+            continue
+        a, e = np.asarray(actual[k]), np.asarray(v)
+        assert a.dtype == e.dtype and a.shape == e.shape, f"{k}: {a.dtype} {a.shape} against {e.dtype} {e.shape}"
+        if a.tobytes() != e.tobytes():
+            np.testing.assert_array_equal(a, e, err_msg=k)  # (where values differ, with numpy's report)
+            raise AssertionError(f"{k}: equal values, other bits (signed zeros or NaN payloads)")
 
 
 def make_masks(rng, cell, T, B, H, *, h_mask=True, zoneout=True, binary=False, dtype=np.float64, proj_size=0):

@@ -108,7 +108,7 @@ from ._onnx import WithLengths
 from . import functional as F
 from ._cells import cell_spec
 from ._validation import check_probability
-from ._validation import zoneout_rates
+from ._validation import check_training_rates, zoneout_rates
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "InputError", "FrozenRNN", "FrozenRNNCell",
            "freeze", "quantize_dynamic", "WithLengths", "LayerNormLSTM", "LayerNormGRU"]
@@ -207,7 +207,9 @@ class _Recurrence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grad_outputs):
-        ctx.saved_tensors  # raises if an input that backward reads was modified in place since forward
+        # Read once: raises if an input that backward reads was modified in place since forward (a second
+        # read fails under torch.utils.checkpoint(use_reentrant=False), which unpacks each saved tensor once).
+        saved = ctx.saved_tensors
         _refuse_batched(grad_outputs)
         spec = ctx.spec
         dy, dh_n = (_np(g) for g in grad_outputs[:2])
@@ -215,7 +217,7 @@ class _Recurrence(torch.autograd.Function):
         grads = tuple(g[k] for k in ("x", "h0", "c0", "W_ih", "W_hh", "b_ih", "b_hh", "W_hr"))
         out = [None if g is None or not need else torch.from_numpy(g)
                for g, need in zip(grads, ctx.needs_input_grad[1:])]
-        return (None, *_guard_create_graph(out, (*ctx.saved_tensors, *ctx.biases), grad_outputs))
+        return (None, *_guard_create_graph(out, (*saved, *ctx.biases), grad_outputs))
 
 
 class InputError(ValueError, RuntimeError):
@@ -451,6 +453,8 @@ class _PyrnnRNNMixin:
 
         D = 2 if self.bidirectional else 1
         H_out = self.proj_size or self.hidden_size
+        if self.training:
+            check_training_rates(self)
         rec_p = self.recurrent_dropout if self.training else 0.0
         zoned = self.training and (self.zoneout > 0 or self.zoneout_c > 0)
 
@@ -683,6 +687,8 @@ class _PyrnnCellMixin:
             checked.append(h)
         h0, c0 = (checked + [None])[:2]
         weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        if self.training:
+            check_training_rates(self)
         zh, zc = (self._zoneout_masks(x.size(0), dtype) if self.training and (self.zoneout > 0 or self.zoneout_c > 0)
                   else (None, None))
         if _traced(x):
@@ -846,11 +852,26 @@ class _Frozen(nn.Module):
                                f"of the module it was made from; freeze a converted module instead")
         return super()._apply(fn, recurse)
 
+    def _refuse_traced(self, x):
+        """A frozen copy runs pyrnn's NumPy kernels on the tensors' memory: no graph can record it
+        (torch.jit.trace kept the traced call's output as a constant; ONNX export failed inside torch)."""
+        if _onnx.exporting():
+            _onnx.refuse_export(f"{self.source} (frozen, {self.precision})",
+                                "a frozen or quantized module runs pyrnn's packed kernels outside torch's graph; "
+                                "export the float module it was made from")
+        if _traced(x):
+            raise RuntimeError(f"{self.source} (frozen): a frozen or quantized module cannot be traced (torch.jit.trace, "
+                               f"torch.export, torch.func, fake tensors): it runs pyrnn's NumPy kernels on real tensors. "
+                               f"Trace the float module it was made from (pyrnn.torch's layers trace through the "
+                               f"pyrnn::rnn_layer operator); under torch.compile a frozen module is a graph break.")
+
     # Its weights travel in state_dict() as extra state (float tensors, safe for
     # torch.load(weights_only=True)): a quantized model saved and loaded into a
     # freshly quantized one runs the saved weights, as torch's quantized modules do.
     def get_extra_state(self):
         """The frozen copy's precision and float weights, for ``state_dict()``."""
+        if _onnx.exporting():  # (the TorchScript exporter reads the state before forward)
+            self._refuse_traced(None)
         return {"precision": self.precision,
                 "weights": {k: torch.from_numpy(np.array(v)) for k, v in self.frozen.named_parameters()}}
 
@@ -885,12 +906,14 @@ class FrozenRNN(_Frozen):
     def extra_repr(self):
         return f"{self.frozen!r}".replace(".freeze(", " frozen(")
 
+    @torch.compiler.disable  # (a graph break under torch.compile: Dynamo cannot follow the NumPy kernels)
     def forward(self, input, hx=None):
         """As the module it was made from: padded or PackedSequence ``input``, ``hx`` or None.
         Returns (output, h_n) or, for an LSTM, (output, (h_n, c_n)), without gradients."""
         owner = self.source
         layer = self.frozen
         packed = isinstance(input, PackedSequence)
+        self._refuse_traced(input.data if packed else input)
         if packed:
             _check_tensor(owner, "input", input.data, self.torch_dtype)
             x, lengths = pad_packed_sequence(input, batch_first=layer.batch_first)
@@ -916,10 +939,12 @@ class FrozenRNNCell(_Frozen):
     def extra_repr(self):
         return repr(self.frozen)
 
+    @torch.compiler.disable  # (a graph break under torch.compile, as FrozenRNN's)
     def forward(self, input, hx=None):
         """As the cell it was made from: ``input`` [B, I] or [I], ``hx`` (LSTM: a tuple (h, c)) or
         None. Returns h' (LSTM: (h', c')), without gradients."""
         owner = self.source
+        self._refuse_traced(input)
         _check_tensor(owner, "input", input, self.torch_dtype)
         lstm = self.frozen.cell.has_cell_state
         out = self.frozen(_np(input), _state_arrays(owner, hx, self.torch_dtype, lstm))
@@ -991,6 +1016,9 @@ def quantize_dynamic(model, qconfig_spec=None, dtype=torch.qint8, inplace=False)
         raise TypeError(f"quantize_dynamic needs a torch.nn.Module, got {type(model).__name__}")
     if qconfig_spec is None:
         qconfig_spec = set(_RECURRENT + _CELLS)  # (and so pyrnn.torch's drop-ins of them)
+    if isinstance(qconfig_spec, (str, type)) or not hasattr(qconfig_spec, "__iter__"):  # ("rnn" split into letters)
+        raise TypeError(f"quantize_dynamic: qconfig_spec must be a set (or dict) of module types or submodule "
+                        f"names, e.g. {{torch.nn.LSTM}}, got {type(qconfig_spec).__name__} {qconfig_spec!r}")
     qconfig_spec = set(qconfig_spec)
     types = tuple(t for t in qconfig_spec if isinstance(t, type))
     names = {n for n in qconfig_spec if isinstance(n, str)}
@@ -1083,7 +1111,7 @@ class _LayerNormRecurrence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grad_outputs):
-        ctx.saved_tensors  # raises if an input was modified in place since forward
+        saved = ctx.saved_tensors  # raises if an input was modified in place since forward (read once, as above)
         _refuse_batched(grad_outputs)
         dy, dh_n = (_np(g) for g in grad_outputs[:2])
         if ctx.cell == "lstm":
@@ -1094,7 +1122,7 @@ class _LayerNormRecurrence(torch.autograd.Function):
             grads = (dx, dh0, None, *rest, None, None, None)
         out = [None if g is None or not need else torch.from_numpy(g)
                for g, need in zip(grads, ctx.needs_input_grad[4:])]
-        out = _guard_create_graph(out, ctx.saved_tensors[:len(_LN_ORDER)], grad_outputs)
+        out = _guard_create_graph(out, saved[:len(_LN_ORDER)], grad_outputs)
         return (None, None, None, None, *out)
 
 
@@ -1231,6 +1259,9 @@ class _LayerNormRNN(nn.Module):
         semantics on a padded batch (outputs zero past each length, h_n at each
         sequence's own last step). Returns (output, h_n) or (output, (h_n, c_n))."""
         name = type(self).__name__
+        if _onnx.exporting():
+            _onnx.refuse_export(name, "layer-normalised layers have no standard ONNX node (the ONNX LSTM and GRU "
+                                      "operators normalise nothing)")
         dtype = _weights_dtype(self)
         input, hx = _autocast_inputs(dtype, input, hx)
         packed = isinstance(input, PackedSequence)
@@ -1266,6 +1297,8 @@ class _LayerNormRNN(nn.Module):
         if not traced:
             grad = _needs_grad([x, h0_all, c0_all] + list(self.parameters()))
         D = 2 if self.bidirectional else 1
+        if self.training:
+            check_training_rates(self)
         rec_p = self.recurrent_dropout if self.training else 0.0
         zoned = self.training and (self.zoneout > 0 or self.zoneout_c > 0)
 
@@ -1307,7 +1340,7 @@ class LayerNormLSTM(_LayerNormRNN):
     Extra keywords, as :class:`LSTM`'s: recurrent_dropout (variational dropout on
     h_{t-1} where it enters W_hh h, training only); zoneout (the probability that
     a unit of h keeps its previous value at a step, training only) and zoneout_c
-    (the same for the cell state c, before its layer norm; None: zoneout). Masks
+    (the same for the cell state c; h~ reads the LN of the un-zoned c~; None: zoneout). Masks
     are drawn with torch's RNG per call, layer and direction.
 
     torch.compile (fullgraph, training steps included), torch.export and torch.func

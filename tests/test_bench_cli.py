@@ -427,7 +427,7 @@ def test_scaling_plot_png(tmp_path):
     (["--suite", "huge"], "invalid choice: 'huge'"),
     (["--reps", "0"], "must be >= 1, got 0"),
     (["--reps", "x"], "'x' is not an integer"),
-    (["--threads", "0"], "thread counts must be >= 1"),
+    (["--threads", "0"], "thread counts must be in 1..4096"),
     (["--threads", "two"], "'two' is not an integer"),
     (["--cells", "foo"], "'foo' is not one of lstm, gru, rnn"),
     (["--modes", "bwd"], "'bwd' is not one of fwd, fwdbwd"),

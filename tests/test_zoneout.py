@@ -248,10 +248,9 @@ def _oracle_direction(cell, p, x, h0, c0, lengths, reverse, h_mask, m_h, m_c, no
         gh = hr @ p["W_hh"].T + p["b_hh"]
         if cell == "lstm":
             i, f, g, o = (gi + gh).chunk(4, 1)
-            c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            if m_c is not None:
-                c_new = m_c[t] * c + (1 - m_c[t]) * c_new
-            h_new = torch.sigmoid(o) * torch.tanh(c_new)
+            c_tilde = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            c_new = c_tilde if m_c is None else m_c[t] * c + (1 - m_c[t]) * c_tilde
+            h_new = torch.sigmoid(o) * torch.tanh(c_tilde)  # Krueger et al. 2016: h~ reads the un-zoned c~
             if p.get("W_hr") is not None:
                 h_new = h_new @ p["W_hr"].T
             c = torch.where(valid, c_new, c)
@@ -349,7 +348,7 @@ def test_numpy_lstm_cell_rate_one_keeps_c0():
     x, h0, c0 = _inputs(layer, np.random.default_rng(6))
     y, (h_n, c_n) = layer(x, (h0, c0))
     np.testing.assert_array_equal(c_n, c0)
-    assert not np.allclose(y[0], y[-1])  # h = o * tanh(c0) still moves with the output gate
+    assert not np.allclose(y[0], y[-1])  # h = o * tanh(f c0 + i g) still moves with the gates
 
 
 @pytest.mark.parametrize("mode", ["lstm_zc", "gru", "rnn_tanh"])

@@ -40,15 +40,16 @@ struct LstmCell {
         T* cs = f.state.data() + i * Hp + u;
         const Vec<T> cprev = loadu(cs);
         Vec<T> c = fg * cprev + ig * gg;
+        const Vec<T> hc = og * tanh_approx(c);  // from c~ (Krueger et al. 2016: h~ reads the un-zoned c~)
         if (f.a.zoneout_c) {
           const Vec<T> mc = load_h(time_major_row(f.a.zoneout_c, f.sc, row, f.H), u, f.H);
           c = mc * cprev + (T(1) - mc) * c;
         }
         storeu(cs, c);
         if (f.a.P)
-          storeu(f.m_row(row) + u, og * tanh_approx(c));  // projected after the step's barrier
+          storeu(f.m_row(row) + u, hc);  // projected after the step's barrier
         else
-          f.emit_h(row, u, og * tanh_approx(c));
+          f.emit_h(row, u, hc);
         if (TRAIN) {
           T* g = f.ws->gates_row(row) + u;
           storeu(g, ig), storeu(g + Hp, fg), storeu(g + 2 * Hp, gg), storeu(g + 3 * Hp, og);
@@ -64,16 +65,19 @@ struct LstmCell {
     const int64_t Hp = b.Hp;
     const T* g = b.ws.gates_row(row) + u;
     Vec<T> ig = loadu(g), fg = loadu(g + Hp), gg = loadu(g + 2 * Hp), og = loadu(g + 3 * Hp);
-    Vec<T> c = loadu(b.ws.extra_row(row) + u);
+    Vec<T> c = loadu(b.ws.extra_row(row) + u);  // c_t
     Vec<T> cprev = s > 0 ? loadu(b.ws.extra_row(b.sc.offset[s - 1] + i) + u) : load_h(b.c0row(i), u, b.H);
-    Vec<T> tc = tanh_approx(c);
     T* carry = b.carry.data() + i * Hp + u;
-    Vec<T> dc = loadu(carry) + dh * og * (T(1) - tc * tc);
-    Vec<T> dc_direct{};  // zoneout: c_t = m c_{t-1} + (1 - m) c~, so c_{t-1} gets m dc directly
+    Vec<T> dct = loadu(carry);  // dL/dc_t from step t+1
+    Vec<T> dc_direct{};
     if (b.a.zoneout_c) {
-      dc_direct = load_h(time_major_row(b.a.zoneout_c, b.sc, row, b.H), u, b.H) * dc;
-      dc -= dc_direct;
+      // c_t = m c_{t-1} + (1 - m) c~_t: c_{t-1} gets m dL/dc_t directly, c~_t the rest; h~_t read c~_t
+      c = fg * cprev + ig * gg;
+      dc_direct = load_h(time_major_row(b.a.zoneout_c, b.sc, row, b.H), u, b.H) * dct;
+      dct -= dc_direct;
     }
+    Vec<T> tc = tanh_approx(c);
+    Vec<T> dc = dct + dh * og * (T(1) - tc * tc);  // dL/dc~_t
     T* d = b.dG_row(row) + u;
     storeu(d, dc * gg * ig * (T(1) - ig));
     storeu(d + Hp, dc * cprev * fg * (T(1) - fg));

@@ -50,7 +50,7 @@ struct RnnCell {
       Vec<T> h = load_h(b.yrows[row], u, b.H);
       Vec<T> d;
       if constexpr (RELU)
-        d = h > Vec<T>{} ? dh : Vec<T>{};
+        d = h <= Vec<T>{} ? Vec<T>{} : dh;  // as torch: a NaN h passes the gradient (NaN included) through
       else
         d = dh * (T(1) - h * h);
       storeu(b.dG_row(row) + u, d);

@@ -282,7 +282,8 @@ void ln_forward_run(const LayerNormArgs<T>& a, LnWorkspace<T>& w, bool training,
   const T *zo_h = MASKS ? a.zoneout_h : nullptr, *zo_c = MASKS && f.lstm ? a.zoneout_c : nullptr;
   const bool hmask = MASKS && a.h_mask;
   std::vector<AlignedBuffer<T>> acc_buffers = per_thread_buffers<T>(nth, size_t(((B + C::MR - 1) / C::MR) * C::MR * C::NR));
-  std::vector<AlignedBuffer<T>> row_buffers = per_thread_buffers<T>(nth, size_t(NG + Hp));
+  // (gates NG, the LN of c Hp, and with zoneout of c, c~ Hp)
+  std::vector<AlignedBuffer<T>> row_buffers = per_thread_buffers<T>(nth, size_t(NG + 2 * Hp));
 
 #pragma omp parallel num_threads(nth)
   {
@@ -352,20 +353,23 @@ void ln_forward_run(const LayerNormArgs<T>& a, LnWorkspace<T>& w, bool training,
         };
         if (f.lstm) {
           T* c = cstate.data() + i * Hp;
+          // c~ = f c_{t-1} + i g, which h~ reads through its LN (Krueger et al. 2016); with zoneout of c
+          // the state c_t = m c_{t-1} + (1 - m) c~ differs from it, and c~ waits in the scratch row
+          T* ct = zo_c ? scratch_row.data() + NG + Hp : c;
           for (int64_t u = 0; u < Hp; u += L) {
             Vec<T> ig = sigmoid(gi(0, u) + ghn(0, u)), fg = sigmoid(gi(1, u) + ghn(1, u));
             Vec<T> gg = tanh_approx(gi(2, u) + ghn(2, u)), og = sigmoid(gi(3, u) + ghn(3, u));
             storeu(gates + u, ig), storeu(gates + Hp + u, fg), storeu(gates + 2 * Hp + u, gg);
             storeu(gates + 3 * Hp + u, og);
-            Vec<T> cn = fg * loadu(c + u) + ig * gg;
-            if (zo_c) {  // zoneout of c: c_t = m c_{t-1} + (1 - m) c~
+            const Vec<T> cn = fg * loadu(c + u) + ig * gg;
+            if (zo_c) {
               const Vec<T> mc = load_h(time_major_row(zo_c, sc, r, H), u, H);
-              cn = mc * loadu(c + u) + (T(1) - mc) * cn;
+              storeu(c + u, keep_first<T>(mc * loadu(c + u) + (T(1) - mc) * cn, H - u));
             }
-            storeu(c + u, keep_first<T>(cn, H - u));
+            storeu(ct + u, keep_first<T>(cn, H - u));
           }
           T* xc = training ? w.xhat_c.data() + r * Hp : scratch_row.data() + NG;
-          const T rc = ln_block_forward(c, H, Hp, xc);
+          const T rc = ln_block_forward(ct, H, Hp, xc);
           if (training) {
             w.rstd_c.data()[r] = rc;
             std::memcpy(w.c.data() + r * Hp, c, sizeof(T) * size_t(Hp));
@@ -634,12 +638,13 @@ void ln_backward_run(const LnWorkspace<T>& w, const LayerNormArgs<T>& a, const L
           const T* cp = c_prev[r];
           T* cc = carry_c.data() + i * Hp;
           for (int64_t u = 0; u < Hp; u += L) {
-            Vec<T> dc = loadu(dcl + u) + (last ? load_opt(g.dc_n ? g.dc_n + b * H : nullptr, u, H) : loadu(cc + u));
-            Vec<T> dc_direct{};  // zoneout of c: c_{t-1} gets m dc directly
+            Vec<T> dct = last ? load_opt(g.dc_n ? g.dc_n + b * H : nullptr, u, H) : loadu(cc + u);  // dL/dc_t
+            Vec<T> dc_direct{};  // zoneout of c: c_{t-1} gets m dL/dc_t directly, c~_t the rest
             if (zo_c) {
-              dc_direct = load_h(time_major_row(zo_c, sc, r, H), u, H) * dc;
-              dc -= dc_direct;
+              dc_direct = load_h(time_major_row(zo_c, sc, r, H), u, H) * dct;
+              dct -= dc_direct;
             }
+            Vec<T> dc = loadu(dcl + u) + dct;  // dL/dc~_t
             Vec<T> ig = loadu(gates + u), fg = loadu(gates + Hp + u), gg = loadu(gates + 2 * Hp + u);
             storeu(da + u, dc * gg * ig * (T(1) - ig));
             storeu(da + Hp + u, dc * loadu(cp + u) * fg * (T(1) - fg));

@@ -64,8 +64,8 @@ def _list_of(choices: Optional[Sequence[str]] = None, kind: Callable[[str], Any]
                 raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
             if choices is not None and v not in choices:
                 raise argparse.ArgumentTypeError(f"{s!r} is not one of {', '.join(choices)}")
-            if kind is int and v < 1:
-                raise argparse.ArgumentTypeError(f"thread counts must be >= 1, got {v}")
+            if kind is int and not 1 <= v <= 4096:  # (the FMA-peak probe starts that many threads)
+                raise argparse.ArgumentTypeError(f"thread counts must be in 1..4096, got {v}")
             if v not in out:
                 out.append(v)
         return out
@@ -202,6 +202,13 @@ def failed_row(row: dict[str, Any]) -> bool:
             or any(n.startswith("error") for n in notes))
 
 
+def with_reps(profile: Profile, reps: int) -> Profile:
+    """``profile`` with at least ``reps`` timed repetitions (``--reps``), its description saying so."""
+    max_reps = max(profile.max_reps, reps)
+    return dataclasses.replace(profile, min_reps=reps, max_reps=max_reps, description=profile.description.replace(
+        f"at most {profile.max_reps} repetitions", f"at most {max_reps} repetitions"))
+
+
 def main(argv: Optional[Sequence[Any]] = None) -> int:
     """``python -m pyrnn.bench``: parses ``argv`` (default ``sys.argv[1:]``), runs the suite, prints the
     table and writes the files asked for (with ``--from-json``, only redraws a recorded run's plot).
@@ -227,6 +234,11 @@ def main(argv: Optional[Sequence[Any]] = None) -> int:
         return 2
     if args.from_json:
         return from_json(args)
+    try:
+        pyrnn.isa()
+    except ValueError as e:  # a bad PYRNN_ISA: a message, not a traceback from the first probe
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     in_suite = {c.cell for c in SUITES[args.suite]}
     if not in_suite & set(args.cells):
         print(f"error: the {args.suite} suite has no case of --cells {','.join(args.cells)} (it has "
@@ -240,7 +252,7 @@ def main(argv: Optional[Sequence[Any]] = None) -> int:
               f"threads then share cores and the times say little about the kernels", file=sys.stderr)
     profile = PROFILES["tiny" if args.tiny else "quick" if args.quick else "full"]
     if args.reps is not None:
-        profile = dataclasses.replace(profile, min_reps=args.reps, max_reps=max(profile.max_reps, args.reps))
+        profile = with_reps(profile, args.reps)
     meta = machine_info(args, argv, profile)  # first: the load average before we add to it
     peaks = meta["peak_gflops"] = measure_peaks(args.threads, profile)
     bandwidth = meta["bandwidth_gbs"] = measure_bandwidth(args.threads, profile)

@@ -173,7 +173,9 @@ def peer_lines(meta: dict) -> list[str]:
     """The peers' versions, then one line per peer that could not be imported."""
     versions, unavailable = meta.get("versions", {}), meta.get("unavailable", {})
     ran = [f"{PEER_TITLES[p]} {versions[p]}" for p in meta["peers"] if versions.get(p)]
-    lines = [", ".join(ran) + " (same inputs, weights and thread count)"] if ran else []
+    numpy_own = "reference" in meta["peers"] and versions.get("reference")  # (NumPy's BLAS keeps its own threads)
+    lines = [", ".join(ran) + " (same inputs and weights; the same thread count"
+             + (", but for the NumPy reference, on NumPy's own threads)" if numpy_own else ")")] if ran else []
     for peer in meta["peers"]:
         why = unavailable.get(peer)
         if why is None:

@@ -551,9 +551,14 @@ def spawn_worker(job: dict, tmpdir: str, progress: Callable[[str], None]) -> dic
     with open(err_path, "wb") as err, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env,
                                                         cwd=tmpdir) as proc:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            progress(line.rstrip("\n"))
-        rc = proc.wait()
+        try:
+            for line in proc.stdout:
+                progress(line.rstrip("\n"))
+            rc = proc.wait()
+        except BaseException:  # (Ctrl-C, SIGTERM: the pinned worker must not live on, timing on its own)
+            proc.kill()
+            proc.wait()
+            raise
     if rc == 0 and os.path.exists(result_path):
         with open(result_path, "rb") as f:
             result: dict = pickle.load(f)
@@ -571,12 +576,12 @@ def run_frameworks(cases: Sequence[Case], threads: Sequence[int], modes: Sequenc
     """Every framework at every thread count, one after another: a worker process each
     (``isolate``; the NumPy reference stays in this process), else all in this process.
     ``precisions`` (int8, bf16): pyrnn's worker also times its inference in those.
-    Returns ({(framework, threads): worker result}, {case index: check errors}); outputs are
+    Returns ({(framework, threads): worker result}, {(case index, mode): check errors}); outputs are
     kept at the last thread count only, compared with pyrnn's as each worker ends, then dropped."""
     from .worker import run_job
 
     results: dict[Tuple[str, int], dict] = {}
-    errors: dict[int, dict[str, dict[str, float]]] = {}
+    errors: dict[Tuple[int, str], dict[str, dict[str, float]]] = {}
     mine: dict[Tuple[int, str], Tuple[Any, Any]] = {}
     total, done = len(cases) * len(modes) * len(threads) * len(frameworks), [0]
     all_cores = available_cores()
@@ -606,7 +611,7 @@ def run_frameworks(cases: Sequence[Case], threads: Sequence[int], modes: Sequenc
                     if fw == "pyrnn":
                         mine[(i, mode)] = out
                     elif (i, mode) in mine:
-                        compare_outputs(errors.setdefault(i, {}), fw, mine[(i, mode)], out)
+                        compare_outputs(errors.setdefault((i, mode), {}), fw, mine[(i, mode)], out)
                 results[(fw, t)] = result
     return results, errors
 
@@ -636,9 +641,9 @@ def run_suite(cases: Sequence[Case], threads: Sequence[int], modes: Sequence[str
         if failed is not None:  # pyrnn cannot run this case: one row for the case
             rows.append(dict(_base_row(case, inputs, "-", None, low), status=failed))
             continue
-        case_errors = errors.get(i, {})
         for t in threads:
             for mode in modes:
+                case_errors = errors.get((i, mode), {})  # (each mode its own: a fwd row has no dx)
                 row = dict(_base_row(case, inputs, mode, t, low), check=check_summary(case_errors),
                            check_errors=case_errors)
                 entries = {fw: results[(fw, t)]["entries"][(i, mode)] for fw in frameworks}
