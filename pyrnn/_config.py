@@ -130,9 +130,10 @@ def _probe_threads(threads) -> int:
 
 def _probe_seconds(seconds) -> float:
     """A probe's time: a finite positive number of seconds (inf never returned; a bool is no time)."""
-    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not 0 < seconds < math.inf:
+    value = float(seconds) if isinstance(seconds, numbers.Real) and not isinstance(seconds, bool) else math.nan
+    if not 0 < value < math.inf:
         raise ValueError(f"seconds must be a finite positive number, got {seconds!r}")
-    return float(seconds)
+    return value
 
 
 def fma_peak_gflops(threads: int | None = None, seconds: float = 0.2) -> float:

@@ -97,7 +97,7 @@ def spectral_radius(W: ArrayLike) -> float:
     time and O(H^2) memory. On a 2-core AMD EPYC with one BLAS thread: about
     0.2 s for H = 500, 0.8 s for 1000, 4 s for 2000 and 30-40 s for 4000.
     """
-    A = _real_array("W", W, np.float64)
+    A = _real_array("W", W, np.dtype(np.float64))
     if A.ndim != 2 or A.shape[0] != A.shape[1]:
         raise ValueError(f"W must be a square matrix [H, H], got shape {A.shape}")
     if A.size == 0:

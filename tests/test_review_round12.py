@@ -167,6 +167,8 @@ def test_layer_backward_unchanged_when_the_state_buffer_is_reused(cls):
 
     (dx1, ds1, g1), (dx2, ds2, g2) = run(False), run(True)
     np.testing.assert_array_equal(dx1, dx2)
+    for a, b in zip(ds1 if isinstance(ds1, tuple) else (ds1,), ds2 if isinstance(ds2, tuple) else (ds2,)):
+        np.testing.assert_array_equal(a, b)
     for k in g1:
         np.testing.assert_array_equal(g1[k], g2[k])
 
