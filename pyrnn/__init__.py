@@ -27,7 +27,7 @@ def _short_openmp_wait():
     NumPy, that spinning takes a core from NumPy's BLAS after every pyrnn
     call (LSTM B=48 H=96 training loop: 10.2 ms/step at the default, 6.5 at
     10000 spins, the same as one thread; pyrnn's own per-step barriers were
-    not slowed, see README "Threads"). Left alone when the user set
+    not slowed, see docs/guide/threads.md). Left alone when the user set
     GOMP_SPINCOUNT or OMP_WAIT_POLICY, and without effect when libgomp was
     loaded before pyrnn (e.g. by torch): then its setting stands.
     Returns a function that restores the environment (child processes must

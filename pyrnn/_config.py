@@ -17,10 +17,11 @@ def _warn_bad_environment() -> None:
     value = os.environ.get("PYRNN_CACHE_MB")
     if value is None:
         return
-    text = value.strip()
+    text = value.lstrip().rstrip(" \t")  # (the C++ skips leading white space, trailing blanks and tabs only)
     try:  # as the C++ reads it (strtod): hexadecimal too (0x10 is 16), no digit separators (1_000)
         hexa = text.lstrip("+-").lower().startswith("0x")
-        ok = "_" not in text and (float.fromhex(text) if hexa else float(text)) >= 0
+        ok = ("_" not in text and not text[-1:].isspace()  # (float() would drop a trailing newline)
+              and (float.fromhex(text) if hexa else float(text)) >= 0)
     except ValueError:
         ok = False
     if not ok:

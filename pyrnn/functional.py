@@ -1,9 +1,12 @@
 """Stateless calls into pyrnn's C++ kernels: one layer, one direction.
 
-Each function mirrors :mod:`pyrnn.reference` name for name and argument for
-argument, so code (and tests) can switch between the NumPy oracle and the
-kernels by swapping the module. The differences: the training forward returns
-a :class:`pyrnn._core.Workspace` instead of a dict, and backward accepts
+Each per-cell function mirrors :mod:`pyrnn.reference`'s of the same name in
+its core arguments, so code (and tests) can switch between the NumPy oracle
+and the kernels by swapping the module. The differences: the training forward
+returns a :class:`pyrnn._core.Workspace` instead of a dict; the kernels take
+``packed=`` (the reference ``precision=``), and ``h_mask=`` / ``W_hr=`` for the
+plain cells, which the reference lacks; ``forward``, ``backward``,
+``pack_weights`` and the ``residual_*`` helpers are the kernels' only; backward accepts
 ``return_dh_seq=True`` to also return dL/dh_t for every step ([T, B, H], the
 total gradient reaching each hidden state; see :mod:`pyrnn.diagnostics`).
 
@@ -191,7 +194,7 @@ def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, lengths=None, r
                  h_mask=None, W_hr=None, packed=None, zoneout_h=None, zoneout_c=None):
     """LSTM forward (gates i, f, g, o). Returns (y, h_n, c_n, workspace).
 
-    W_hr ([P, H], optional): PyTorch's proj_size; h_t = W_hr (o * tanh(c_t)) is
+    W_hr ([P, H], optional): PyTorch's proj_size; h_t = W_hr (o * tanh(c~_t)) is
     P wide, W_hh is [4H, P] and y, h0, h_n are P wide. h_mask ([B, P or H],
     optional): recurrent (variational) dropout on h_{t-1}. packed: see :func:`pack_weights`.
     zoneout_c ([T, B, H]) and zoneout_h ([T, B, P or H]), optional: zoneout,
@@ -442,7 +445,7 @@ def layernorm_lstm_forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c
     h_mask ([B, P or H]): recurrent dropout, as :func:`lstm_forward`'s; zoneout_h
     ([T, B, P or H]), zoneout_c ([T, B, H]): zoneout masks, as :func:`lstm_forward`'s
     (h~ reads LN(c~), the un-zoned c~). W_hr ([P, H], optional): the output projection
-    (PyTorch's proj_size), h_t = W_hr (o * tanh(LN(c_t))); W_hh is then [4H, P]
+    (PyTorch's proj_size), h_t = W_hr (o * tanh(LN(c~_t))); W_hh is then [4H, P]
     and h0, y, h_n are P wide."""
     y, h_n, c_n, ws = _layernorm_forward("lstm", x, {"h0": h0, "c0": c0}, W_ih, W_hh, b_ih, b_hh,
                                          {"ln_ih": ln_ih, "ln_hh": ln_hh, "ln_c_weight": ln_c_weight,

@@ -70,7 +70,7 @@ the cache is None.  Cache entries::
     "c"          (LSTM) [T+1, B, H], the cell state, indexed like "h"
     activations, each [T, B, H] and indexed by processing step:
         RNN:  "a"  (the new hidden state before length masking)
-        LSTM: "i", "f", "g", "o" (activated gates), "tanh_c" (tanh of the new c)
+        LSTM: "i", "f", "g", "o" (activated gates), "tanh_c" (tanh of the new, un-zoned c~)
         GRU:  "r", "z", "n" (activated gates) and "hn", the hidden-side
               pre-activation of n: W_hn h + b_hn (reset_after=True) or
               W_hn (r * h) + b_hn (reset_after=False)
@@ -548,7 +548,7 @@ def gru_backward(cache, dy=None, dh_n=None):
 # ones included: their gradient is zero); by processing step, "xhat_hh" /
 # "rstd_hh" likewise for the hidden projection, the activated gates ("i", "f",
 # "g", "o" or "r", "z", "n"), for the LSTM "xhat_c" / "rstd_c" [T, B, H] / [T, B, 1]
-# (the new cell state normalised) and "tanh_c" (tanh of LN_1(c')), for the GRU
+# (the new, un-zoned c~ normalised) and "tanh_c" (tanh of LN_1(c~)), for the GRU
 # "ghn" (gh_n, the normalised hidden-side n block); "h_mask" and "zoneout" (per
 # state, the masks in processing order, or None); "W_hr" (None without a
 # projection) and with one "m" (the unprojected outputs, by processing step).

@@ -161,9 +161,10 @@ def _gram(x2: Optional[NDArray], h2: NDArray, y2: NDArray, n_features: int) -> T
 def _solve(G: NDArray, C: NDArray, ridge: float) -> NDArray:
     """argmin_W |Φ W - Y|^2 + ridge |W[1:]|^2 from G = Φ^T Φ and C = Φ^T Y: the normal
     equations (G + ridge P) W = C, P the identity but for the unpenalised bias (row 0).
-    Returns W [F, O] (float64). Ridge 0 takes the minimum-norm least-squares solution
-    (directions of Φ^T Φ with singular values below float64 rounding count as zero), as
-    ``np.linalg.lstsq`` on Φ would."""
+    Returns W [F, O] (float64). Ridge 0 takes the minimum-norm least-squares solution of the
+    normal equations (``np.linalg.lstsq`` on Φ^T Φ: directions of Φ with singular values below
+    about sqrt(eps) of the largest count as zero, so a badly conditioned Φ fits less closely
+    than ``lstsq`` on Φ itself would, without that solution's rounding-noise weights)."""
     if ridge == 0:
         # (np.linalg.solve rarely fails on a matrix singular up to rounding: it returns one exact fit
         # among many, made of rounding noise. pinv(Φ^T Φ) Φ^T Y = pinv(Φ) Y: the minimum-norm one.)
@@ -179,8 +180,10 @@ def _solve(G: NDArray, C: NDArray, ridge: float) -> NDArray:
 
 def _score_value(value: Any) -> float:
     """A score callable's result as a float (NaN: infinity, it ranks last)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.ndarray)) or (
-            isinstance(value, np.ndarray) and (value.ndim or value.dtype.kind not in "fiu")):
+    # (a Python or NumPy number, or any 0-d array with __float__: a torch or JAX scalar)
+    dtype = getattr(value, "dtype", None)
+    if (isinstance(value, (bool, np.bool_)) or not hasattr(value, "__float__") or getattr(value, "ndim", 0) != 0
+            or "bool" in str(dtype) or "complex" in str(dtype)):
         raise TypeError(f"score must return a real number, got {type(value).__name__} {value!r}"[:200])
     e = float(value)
     return math.inf if math.isnan(e) else e
@@ -556,7 +559,8 @@ class ESN:
             (Φ^T Φ + ridge P) W_out^T = Φ^T Y
 
         (P: the identity except for the bias, which is not penalised) with
-        ``np.linalg.solve``; Φ^T Φ is accumulated in float64 over chunks of the
+        ``np.linalg.solve`` (ridge 0: the minimum-norm solution, ``np.linalg.lstsq``);
+        Φ^T Φ is accumulated in float64 over chunks of the
         states. Cost: O(N F^2) for N rows, plus O(F^3) per ridge value.
 
         ridge: a number >= 0, or a sequence of them: a sweep. A sweep fits on

@@ -1,7 +1,7 @@
 """Helpers for checking kernels against the reference (used by tests and benchmarks).
 
 ``module`` arguments are :mod:`pyrnn.reference` or :mod:`pyrnn.functional`,
-which share names and signatures, so one call runs either.
+which share the per-cell functions' names and core arguments, so one call runs either.
 """
 
 from __future__ import annotations

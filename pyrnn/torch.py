@@ -183,6 +183,17 @@ def _training_outputs(y, h_n, c_n):
     return (torch.from_numpy(y.copy()),) + tuple(torch.from_numpy(a) for a in (h_n, c_n) if a is not None)
 
 
+def _saved_tensor_hooks_active():
+    """Whether torch.autograd.graph.saved_tensors_hooks are in force (they may hand backward copies
+    of the saved tensors instead of the tensors, e.g. to offload or compress them)."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    return top is None or top(False) is not None  # (unknown in another torch: assume they may be)
+
+
+def _addresses(tensors):
+    return tuple(None if t is None else t.data_ptr() for t in tensors)
+
+
 class _Recurrence(torch.autograd.Function):
     """One layer, one direction: forward and backward in C++.
 
@@ -203,6 +214,12 @@ class _Recurrence(torch.autograd.Function):
         # read there (torch.nn also lets them change between forward and backward).
         ctx.save_for_backward(x, h0, c0, W_ih, W_hh, None, None, W_hr)
         ctx.biases = (b_ih, b_hh)  # (for the create_graph guard below)
+        # Under saved_tensors_hooks backward may get copies made now, while the workspace reads the
+        # tensors' memory, which the caller may then change without autograd's error: backward runs the
+        # forward again on the copies if so, with the biases as they are now.
+        ctx.addresses = _addresses((x, h0, c0, W_ih, W_hh, W_hr))
+        ctx.biases_now = (tuple(None if b is None else b.detach().clone() for b in (b_ih, b_hh))
+                          if _saved_tensor_hooks_active() else None)
         return outs
 
     @staticmethod
@@ -211,9 +228,13 @@ class _Recurrence(torch.autograd.Function):
         # read fails under torch.utils.checkpoint(use_reentrant=False), which unpacks each saved tensor once).
         saved = ctx.saved_tensors
         _refuse_batched(grad_outputs)
-        spec = ctx.spec
+        spec, ws = ctx.spec, ctx.ws
+        x, h0, c0, W_ih, W_hh, _, _, W_hr = saved
+        if ctx.biases_now is not None and _addresses((x, h0, c0, W_ih, W_hh, W_hr)) != ctx.addresses:
+            ws = _kernel_forward(spec, [_np(t) for t in (x, h0, c0, W_ih, W_hh, *ctx.biases_now, W_hr)],
+                                 training=True)[3]
         dy, dh_n = (_np(g) for g in grad_outputs[:2])
-        g = F.backward(ctx.ws, dy, dh_n, _np(grad_outputs[2]) if spec.cell == "lstm" else None)
+        g = F.backward(ws, dy, dh_n, _np(grad_outputs[2]) if spec.cell == "lstm" else None)
         grads = tuple(g[k] for k in ("x", "h0", "c0", "W_ih", "W_hh", "b_ih", "b_hh", "W_hr"))
         out = [None if g is None or not need else torch.from_numpy(g)
                for g, need in zip(grads, ctx.needs_input_grad[1:])]
@@ -859,11 +880,22 @@ class _Frozen(nn.Module):
             _onnx.refuse_export(f"{self.source} (frozen, {self.precision})",
                                 "a frozen or quantized module runs pyrnn's packed kernels outside torch's graph; "
                                 "export the float module it was made from")
-        if _traced(x):
+        # (only what records instead of running: a dispatch mode such as FlopCounterMode, or a tensor
+        # subclass with real memory, runs the kernels as before)
+        if torch.jit.is_tracing() or torch._C._are_functorch_transforms_active() or (
+                isinstance(x, torch.Tensor) and (x.is_meta or type(x).__name__ in ("FakeTensor", "FunctionalTensor"))):
             raise RuntimeError(f"{self.source} (frozen): a frozen or quantized module cannot be traced (torch.jit.trace, "
                                f"torch.export, torch.func, fake tensors): it runs pyrnn's NumPy kernels on real tensors. "
                                f"Trace the float module it was made from (pyrnn.torch's layers trace through the "
                                f"pyrnn::rnn_layer operator); under torch.compile a frozen module is a graph break.")
+
+    def _dispatch(self, run, input, hx):
+        """``run(input, hx)`` eagerly; under torch.compile as a graph break (Dynamo cannot follow the
+        NumPy kernels; a decorator would cost every eager call ~5 us)."""
+        if torch.compiler.is_compiling():
+            return torch.compiler.disable(run)(input, hx)
+        self._refuse_traced(input.data if isinstance(input, PackedSequence) else input)
+        return run(input, hx)
 
     # Its weights travel in state_dict() as extra state (float tensors, safe for
     # torch.load(weights_only=True)): a quantized model saved and loaded into a
@@ -906,14 +938,15 @@ class FrozenRNN(_Frozen):
     def extra_repr(self):
         return f"{self.frozen!r}".replace(".freeze(", " frozen(")
 
-    @torch.compiler.disable  # (a graph break under torch.compile: Dynamo cannot follow the NumPy kernels)
     def forward(self, input, hx=None):
         """As the module it was made from: padded or PackedSequence ``input``, ``hx`` or None.
         Returns (output, h_n) or, for an LSTM, (output, (h_n, c_n)), without gradients."""
+        return self._dispatch(self._run, input, hx)
+
+    def _run(self, input, hx):
         owner = self.source
         layer = self.frozen
         packed = isinstance(input, PackedSequence)
-        self._refuse_traced(input.data if packed else input)
         if packed:
             _check_tensor(owner, "input", input.data, self.torch_dtype)
             x, lengths = pad_packed_sequence(input, batch_first=layer.batch_first)
@@ -939,12 +972,13 @@ class FrozenRNNCell(_Frozen):
     def extra_repr(self):
         return repr(self.frozen)
 
-    @torch.compiler.disable  # (a graph break under torch.compile, as FrozenRNN's)
     def forward(self, input, hx=None):
         """As the cell it was made from: ``input`` [B, I] or [I], ``hx`` (LSTM: a tuple (h, c)) or
         None. Returns h' (LSTM: (h', c')), without gradients."""
+        return self._dispatch(self._run, input, hx)
+
+    def _run(self, input, hx):
         owner = self.source
-        self._refuse_traced(input)
         _check_tensor(owner, "input", input, self.torch_dtype)
         lstm = self.frozen.cell.has_cell_state
         out = self.frozen(_np(input), _state_arrays(owner, hx, self.torch_dtype, lstm))
@@ -1107,18 +1141,24 @@ class _LayerNormRecurrence(torch.autograd.Function):
         ctx.cell, ctx.ws = cell, ws
         ctx.set_materialize_grads(False)  # unused outputs give None: zeros for the kernel
         ctx.save_for_backward(*tensors)  # the workspace reads their memory in backward
+        # (copies from saved_tensors_hooks: backward runs the forward again on them, as _Recurrence's)
+        ctx.addresses = _addresses(tensors)
+        ctx.rerun = (lengths, reverse, masks) if _saved_tensor_hooks_active() else None
         return outs
 
     @staticmethod
     def backward(ctx, *grad_outputs):
         saved = ctx.saved_tensors  # raises if an input was modified in place since forward (read once, as above)
         _refuse_batched(grad_outputs)
+        ws = ctx.ws
+        if ctx.rerun is not None and _addresses(saved) != ctx.addresses:
+            ws = _layernorm_kernel_forward(ctx.cell, *ctx.rerun, [_np(t) for t in saved], True)[3]
         dy, dh_n = (_np(g) for g in grad_outputs[:2])
         if ctx.cell == "lstm":
-            grads = F.layernorm_lstm_backward(ctx.ws, dy, dh_n, _np(grad_outputs[2]))
+            grads = F.layernorm_lstm_backward(ws, dy, dh_n, _np(grad_outputs[2]))
             grads = (*grads, None) if len(grads) < len(_LN_ORDER) else grads  # dW_hr: with a projection only
         else:
-            dx, dh0, *rest = F.layernorm_gru_backward(ctx.ws, dy, dh_n)
+            dx, dh0, *rest = F.layernorm_gru_backward(ws, dy, dh_n)
             grads = (dx, dh0, None, *rest, None, None, None)
         out = [None if g is None or not need else torch.from_numpy(g)
                for g, need in zip(grads, ctx.needs_input_grad[4:])]

@@ -483,3 +483,104 @@ def test_onnx_export_checks_the_inputs_as_forward_does(tmp_path):
         with pytest.raises((ValueError, TypeError), match=match), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(m.eval(), args, str(tmp_path / "m.onnx"), dynamo=False)
+
+
+def test_float32_sigmoid_saturates_to_zero():
+    """Below -88.72 e^-x is beyond float and the float32 sigmoid is 0 (libm, torch); the clamped exp
+    left ~4.5e-39 there, so a saturated gate times a huge input gave O(1) gradients where torch's are 0."""
+    lstm = pyrnn.LSTM(1, 1).eval()
+    sd = {k: np.zeros_like(v) for k, v in lstm.state_dict().items()}
+    sd["bias_ih_l0"] = np.array([-200, -200, 200, 200], np.float32)  # i, f saturated shut; g, o open
+    lstm.load_state_dict(sd)
+    _, (_, c) = lstm(np.zeros((1, 1, 1), np.float32))
+    assert c.item() == 0.0  # c_1 = sigmoid(-200) * tanh(200) + sigmoid(-200) * 0
+    x = np.array([-1e3, -89.0, -88.0, -50.0, 0.0, 50.0, np.nan], np.float32)
+    # a one-unit LSTM whose input gate's pre-activation is x (one batch entry per value) and whose g is 1:
+    # c_1 = sigmoid(x)
+    W_ih = np.array([[1.0], [0.0], [0.0], [0.0]], np.float32)
+    b_ih = np.array([0.0, 0.0, 50.0, 0.0], np.float32)
+    _, _, c_n, _ = F.lstm_forward(x.reshape(1, 7, 1), None, None, W_ih, np.zeros((4, 1), np.float32), b_ih,
+                                  np.zeros(4, np.float32), training=False)
+    c_n = c_n[:, 0]
+    with np.errstate(over="ignore"):
+        expected = 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+    assert c_n[0] == 0.0 and c_n[1] == 0.0  # below -88.72: exactly 0
+    np.testing.assert_allclose(c_n[2:6], expected[2:6], rtol=1e-6, atol=1e-37)  # (-88: a denormal)
+    assert np.isnan(c_n[6])
+
+
+@needs_torch
+def test_saturated_gates_give_torchs_zero_gradients_for_huge_inputs():
+    torch.manual_seed(0)
+    ref = nn.LSTM(4, 9)
+    mine = pt.LSTM(4, 9)
+    mine.load_state_dict(ref.state_dict())
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 3, 4, generator=g) * 1e38
+    dy = torch.randn(5, 3, 9, generator=g)
+    grads = []
+    for m in (ref, mine):
+        m.zero_grad()
+        (m(x)[0] * dy).sum().backward()
+        grads.append(m.weight_ih_l0.grad)
+    assert float(grads[0].abs().max()) == 0.0 and float(grads[1].abs().max()) == 0.0  # (4.59 before)
+
+
+@needs_torch
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "LayerNormLSTM"])
+def test_saved_tensor_hooks_that_copy_give_the_saved_values(cls):
+    """Under saved_tensors_hooks that copy (offloading, compression), editing the input or a weight in
+    place after forward is legal and backward must use the saved values; the workspace read the live
+    memory (a 0.99 relative error in dW_ih)."""
+    torch.manual_seed(0)
+    m = getattr(pt, cls)(3, 4).double()
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+
+    def grads(edit):
+        m.zero_grad()
+        xx = x.clone().requires_grad_(True)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
+            y = m(xx)[0]
+        if edit:
+            with torch.no_grad():
+                xx.mul_(100)
+                m.weight_hh_l0.mul_(3)
+        y.square().sum().backward()
+        if edit:
+            with torch.no_grad():
+                m.weight_hh_l0.div_(3)
+        return [p.grad.clone() for p in m.parameters()]
+
+    for a, b in zip(grads(False), grads(True)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@needs_torch
+def test_frozen_modules_run_under_dispatch_modes_and_for_subclasses():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    frozen = pt.freeze(nn.GRU(3, 4))
+    x = torch.randn(5, 2, 3)
+    want = frozen(x)[0]
+    with FlopCounterMode(display=False):
+        torch.testing.assert_close(frozen(x)[0], want)
+    torch.testing.assert_close(frozen(nn.Parameter(x, requires_grad=False))[0], want)
+
+
+def test_esn_score_may_return_a_framework_scalar():
+    from pyrnn.reservoir import ESN
+
+    rng = np.random.default_rng(0)
+    u, y = rng.normal(size=(40, 1)), rng.normal(size=(40, 1))
+    esn = ESN(1, 10, seed=0).fit(u, y, ridge=[1e-6, 1.0], score=lambda e: np.array(float(e.ridge)))
+    assert esn.ridge == 1e-6
+    if torch is not None:
+        esn.fit(u, y, ridge=[1e-6, 1.0], score=lambda e: torch.tensor(1.0 / e.ridge))
+        assert esn.ridge == 1.0
+
+
+def test_cache_variable_with_a_trailing_newline_warns():
+    out = subprocess.run([sys.executable, "-W", "always", "-c", "import pyrnn; print(pyrnn.cache_info()['limit_bytes'] >> 20)"],
+                         capture_output=True, text=True, env={**__import__("os").environ, "PYRNN_CACHE_MB": "16\n"},
+                         check=True)
+    assert int(out.stdout.strip()) == 1024 and "RuntimeWarning" in out.stderr  # (the C++ refuses it)

@@ -28,9 +28,10 @@
 // rows kept in `hm` (forward: written with h_t; backward: rebuilt from y),
 // which dW_hh uses too; dL/dh_{t-1}'s part through W_hh is masked likewise.
 // Zoneout (zoneout_h, zoneout_c [T, B, H], time-aligned with x): after the
-// cell's update, h_t = m h_{t-1} + (1 - m) h~_t (and c_t likewise before its
-// LN); backward gives the cell (1 - m) of dL/dh_t and passes m dL/dh_t to
-// step s-1 through carry_h (carry_c for c).
+// cell's update, h_t = m h_{t-1} + (1 - m) h~_t (and the state c_t likewise,
+// while h~_t reads the LN of the un-zoned c~_t); backward gives the cell
+// (1 - m) of dL/dh_t and passes m dL/dh_t to step s-1 through carry_h
+// (carry_c for c).
 //
 // LSTM projection (P > 0, PyTorch proj_size; a compile-time branch, so the
 // unprojected path is the code without it): h is P wide. Forward step (b)

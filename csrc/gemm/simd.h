@@ -168,7 +168,13 @@ PYRNN_INLINE Vec<float> exp_approx(Vec<float> x) {
 #endif
 }
 
-PYRNN_INLINE Vec<float> sigmoid(Vec<float> x) { return div_ge1(bcast(1.0f), 1.0f + exp_approx(-x)); }
+// Below -88.72, e^-x is beyond float and the sigmoid rounds to 0 (libm's and torch's float32 do):
+// exactly 0 here too, where the clamped exp would leave ~4.5e-39, whose derivative times a huge
+// input gave O(1) gradients where torch's are 0 (NaN passes the compare).
+PYRNN_INLINE Vec<float> sigmoid(Vec<float> x) {
+  const Vec<float> y = div_ge1(bcast(1.0f), 1.0f + exp_approx(-x));
+  return x < bcast(-88.7228f) ? Vec<float>{} : y;
+}
 
 // tanh(x) = x P(x^2) / Q(x^2) on |x| <= 9 (beyond, tanh is 1 in float to
 // within 3e-8), P and Q of degree 4, fitted for relative error by

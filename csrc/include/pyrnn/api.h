@@ -47,7 +47,8 @@ struct ForwardArgs {
   const Real* h_mask = nullptr;
   // Zoneout: the step that consumes x[t] keeps zoneout_h[t, b] of h_{t-1}:
   // h_t = m h_{t-1} + (1 - m) h~_t ([T, B, Hout]); the LSTM's zoneout_c
-  // ([T, B, H]) does the same to c_t before h~_t = o tanh(c_t). Null: none.
+  // ([T, B, H]) does the same to the state c_t, while h~_t = o tanh(c~_t)
+  // reads the un-zoned c~_t = f c_{t-1} + i g (Krueger et al. 2016). Null: none.
   const Real* zoneout_h = nullptr;
   const Real* zoneout_c = nullptr;
   // rnn_leaky's integration rate a in (0, 1]: h_t = (1 - a) h_{t-1} + a tanh(...).
@@ -214,8 +215,9 @@ double measure_read_bandwidth_gbs(int64_t bytes, int nthreads, double seconds);
 // b_ih/b_hh (the betas) are both given or both null; ln_c_bias may be null.
 // Lengths and reverse as ForwardArgs; h_mask (recurrent dropout: W_hh h
 // reads h_{t-1} * h_mask[b]; the GRU's z h_{t-1} keeps the unmasked state),
-// zoneout_h and (LSTM) zoneout_c as ForwardArgs too: c' above is then
-// m_c c + (1 - m_c) c' before its LN, and h' = m_h h + (1 - m_h) h'.
+// zoneout_h and (LSTM) zoneout_c as ForwardArgs too: the state c' above is then
+// m_c c + (1 - m_c) c' while h' reads LN_1 of the un-zoned c', and
+// h' = m_h h + (1 - m_h) h'.
 // LSTM projection (PyTorch proj_size): P > 0 makes h P wide, h' = W_hr m with
 // m = o * tanh(LN_1(c')) [H] and W_hr [P, H] (0 < P < H); W_hh is then
 // [4H, P]; h0, h_n, y, h_mask, zoneout_h, dy, dh_n, dh0 are P wide (c0, c_n,
