@@ -182,8 +182,10 @@ def _score_value(value: Any) -> float:
     """A score callable's result as a float (NaN: infinity, it ranks last)."""
     # (a Python or NumPy number, or any 0-d array with __float__: a torch or JAX scalar)
     dtype = getattr(value, "dtype", None)
-    if (isinstance(value, (bool, np.bool_)) or not hasattr(value, "__float__") or getattr(value, "ndim", 0) != 0
-            or "bool" in str(dtype) or "complex" in str(dtype)):
+    kind_ok = dtype.kind in "fiu" if isinstance(dtype, np.dtype) else not any(
+        k in str(dtype) for k in ("bool", "complex"))  # (a torch or JAX dtype)
+    if (isinstance(value, (bool, np.bool_, str)) or not hasattr(value, "__float__") or getattr(value, "ndim", 0) != 0
+            or not kind_ok):
         raise TypeError(f"score must return a real number, got {type(value).__name__} {value!r}"[:200])
     e = float(value)
     return math.inf if math.isnan(e) else e

@@ -190,8 +190,31 @@ def _saved_tensor_hooks_active():
     return top is None or top(False) is not None  # (unknown in another torch: assume they may be)
 
 
-def _addresses(tensors):
-    return tuple(None if t is None else t.data_ptr() for t in tensors)
+def _versions(tensors):
+    """The tensors' version counters (None for None, or where a tensor keeps none)."""
+    out = []
+    for t in tensors:
+        try:
+            out.append(None if t is None else t._version)
+        except RuntimeError:  # (an inference tensor)
+            out.append(None)
+    return tuple(out)
+
+
+class _Rerun:
+    """What backward needs to run a layer's forward again, kept only under saved_tensors_hooks: the
+    inputs the workspace reads (their memory and version counters at forward) and ``args``, what
+    else the forward took (the biases as they were, lengths, masks). Under such hooks the unpacked
+    saved tensors may be copies, and an input edited in place after forward raises no error there
+    (torch.nn then uses the copies): if one was, backward runs the forward again on the copies.
+    torch.utils.checkpoint(use_reentrant=False) hands back recomputed tensors too, but edits nothing,
+    so its calls keep their workspace."""
+
+    def __init__(self, tensors, args):
+        self.tensors, self.versions, self.args = tensors, _versions(tensors), args
+
+    def needed(self):
+        return _versions(self.tensors) != self.versions
 
 
 class _Recurrence(torch.autograd.Function):
@@ -214,12 +237,9 @@ class _Recurrence(torch.autograd.Function):
         # read there (torch.nn also lets them change between forward and backward).
         ctx.save_for_backward(x, h0, c0, W_ih, W_hh, None, None, W_hr)
         ctx.biases = (b_ih, b_hh)  # (for the create_graph guard below)
-        # Under saved_tensors_hooks backward may get copies made now, while the workspace reads the
-        # tensors' memory, which the caller may then change without autograd's error: backward runs the
-        # forward again on the copies if so, with the biases as they are now.
-        ctx.addresses = _addresses((x, h0, c0, W_ih, W_hh, W_hr))
-        ctx.biases_now = (tuple(None if b is None else b.detach().clone() for b in (b_ih, b_hh))
-                          if _saved_tensor_hooks_active() else None)
+        ctx.rerun = (_Rerun((x, h0, c0, W_ih, W_hh, W_hr),
+                            tuple(None if b is None else b.detach().clone() for b in (b_ih, b_hh)))
+                     if _saved_tensor_hooks_active() else None)
         return outs
 
     @staticmethod
@@ -228,13 +248,14 @@ class _Recurrence(torch.autograd.Function):
         # read fails under torch.utils.checkpoint(use_reentrant=False), which unpacks each saved tensor once).
         saved = ctx.saved_tensors
         _refuse_batched(grad_outputs)
-        spec, ws = ctx.spec, ctx.ws
-        x, h0, c0, W_ih, W_hh, _, _, W_hr = saved
-        if ctx.biases_now is not None and _addresses((x, h0, c0, W_ih, W_hh, W_hr)) != ctx.addresses:
-            ws = _kernel_forward(spec, [_np(t) for t in (x, h0, c0, W_ih, W_hh, *ctx.biases_now, W_hr)],
-                                 training=True)[3]
+        spec = ctx.spec
+        if ctx.rerun is not None and ctx.rerun.needed():
+            x, h0, c0, W_ih, W_hh, _, _, W_hr = saved
+            ctx.ws = None  # (not two workspaces at once)
+            ctx.ws = _kernel_forward(spec, [_np(t) for t in (x, h0, c0, W_ih, W_hh, *ctx.rerun.args, W_hr)],
+                                     training=True)[3]
         dy, dh_n = (_np(g) for g in grad_outputs[:2])
-        g = F.backward(ws, dy, dh_n, _np(grad_outputs[2]) if spec.cell == "lstm" else None)
+        g = F.backward(ctx.ws, dy, dh_n, _np(grad_outputs[2]) if spec.cell == "lstm" else None)
         grads = tuple(g[k] for k in ("x", "h0", "c0", "W_ih", "W_hh", "b_ih", "b_hh", "W_hr"))
         out = [None if g is None or not need else torch.from_numpy(g)
                for g, need in zip(grads, ctx.needs_input_grad[1:])]
@@ -882,7 +903,7 @@ class _Frozen(nn.Module):
                                 "export the float module it was made from")
         # (only what records instead of running: a dispatch mode such as FlopCounterMode, or a tensor
         # subclass with real memory, runs the kernels as before)
-        if torch.jit.is_tracing() or torch._C._are_functorch_transforms_active() or (
+        if torch.jit.is_tracing() or torch._C._are_functorch_transforms_active() or _proxy_mode_active() or (
                 isinstance(x, torch.Tensor) and (x.is_meta or type(x).__name__ in ("FakeTensor", "FunctionalTensor"))):
             raise RuntimeError(f"{self.source} (frozen): a frozen or quantized module cannot be traced (torch.jit.trace, "
                                f"torch.export, torch.func, fake tensors): it runs pyrnn's NumPy kernels on real tensors. "
@@ -891,11 +912,9 @@ class _Frozen(nn.Module):
 
     def _dispatch(self, run, input, hx):
         """``run(input, hx)`` eagerly; under torch.compile as a graph break (Dynamo cannot follow the
-        NumPy kernels; a decorator would cost every eager call ~5 us)."""
-        if torch.compiler.is_compiling():
-            return torch.compiler.disable(run)(input, hx)
-        self._refuse_traced(input.data if isinstance(input, PackedSequence) else input)
-        return run(input, hx)
+        NumPy kernels; a decorator would cost every eager call ~5 us). torch.export (non-strict) runs
+        the break with fake tensors, which the check then refuses."""
+        return (_frozen_call_eagerly if torch.compiler.is_compiling() else _frozen_call)(self, run, input, hx)
 
     # Its weights travel in state_dict() as extra state (float tensors, safe for
     # torch.load(weights_only=True)): a quantized model saved and loaded into a
@@ -921,6 +940,28 @@ class _Frozen(nn.Module):
             self.frozen = self.frozen.with_weights({k: v.detach().cpu().numpy() for k, v in weights.items()})
         except ValueError as e:  # (with_weights checks the shapes)
             raise RuntimeError(f"{self.source}: the frozen weights to load have other names or shapes: {e}") from None
+
+
+def _frozen_call(module, run, input, hx):
+    """A frozen module's call on real tensors (refused where it would be recorded instead of run)."""
+    module._refuse_traced(input.data if isinstance(input, PackedSequence) else input)
+    return run(input, hx)
+
+
+# (a named function, so that Dynamo's fullgraph error says what it skipped)
+_frozen_call_eagerly = torch.compiler.disable(_frozen_call)
+
+
+def _proxy_mode_active():
+    """Whether make_fx (a proxy dispatch mode) is recording: it would keep a frozen call's result as a
+    constant. Other dispatch modes (FlopCounterMode, ...) run the call."""
+    if torch._C._len_torch_dispatch_stack() == 0:
+        return False
+    try:
+        from torch.fx.experimental.proxy_tensor import get_proxy_mode
+    except ImportError:  # another torch layout: any mode counts
+        return True
+    return get_proxy_mode() is not None
 
 
 class FrozenRNN(_Frozen):
@@ -1141,24 +1182,23 @@ class _LayerNormRecurrence(torch.autograd.Function):
         ctx.cell, ctx.ws = cell, ws
         ctx.set_materialize_grads(False)  # unused outputs give None: zeros for the kernel
         ctx.save_for_backward(*tensors)  # the workspace reads their memory in backward
-        # (copies from saved_tensors_hooks: backward runs the forward again on them, as _Recurrence's)
-        ctx.addresses = _addresses(tensors)
-        ctx.rerun = (lengths, reverse, masks) if _saved_tensor_hooks_active() else None
+        # (copies from saved_tensors_hooks: backward may run the forward again on them, as _Recurrence's)
+        ctx.rerun = _Rerun(tensors, (lengths, reverse, masks)) if _saved_tensor_hooks_active() else None
         return outs
 
     @staticmethod
     def backward(ctx, *grad_outputs):
         saved = ctx.saved_tensors  # raises if an input was modified in place since forward (read once, as above)
         _refuse_batched(grad_outputs)
-        ws = ctx.ws
-        if ctx.rerun is not None and _addresses(saved) != ctx.addresses:
-            ws = _layernorm_kernel_forward(ctx.cell, *ctx.rerun, [_np(t) for t in saved], True)[3]
+        if ctx.rerun is not None and ctx.rerun.needed():
+            ctx.ws = None  # (not two workspaces at once)
+            ctx.ws = _layernorm_kernel_forward(ctx.cell, *ctx.rerun.args, [_np(t) for t in saved], True)[3]
         dy, dh_n = (_np(g) for g in grad_outputs[:2])
         if ctx.cell == "lstm":
-            grads = F.layernorm_lstm_backward(ws, dy, dh_n, _np(grad_outputs[2]))
+            grads = F.layernorm_lstm_backward(ctx.ws, dy, dh_n, _np(grad_outputs[2]))
             grads = (*grads, None) if len(grads) < len(_LN_ORDER) else grads  # dW_hr: with a projection only
         else:
-            dx, dh0, *rest = F.layernorm_gru_backward(ws, dy, dh_n)
+            dx, dh0, *rest = F.layernorm_gru_backward(ctx.ws, dy, dh_n)
             grads = (dx, dh0, None, *rest, None, None, None)
         out = [None if g is None or not need else torch.from_numpy(g)
                for g, need in zip(grads, ctx.needs_input_grad[4:])]

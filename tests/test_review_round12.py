@@ -584,3 +584,35 @@ def test_cache_variable_with_a_trailing_newline_warns():
                          capture_output=True, text=True, env={**__import__("os").environ, "PYRNN_CACHE_MB": "16\n"},
                          check=True)
     assert int(out.stdout.strip()) == 1024 and "RuntimeWarning" in out.stderr  # (the C++ refuses it)
+
+
+@needs_torch
+def test_frozen_modules_refuse_make_fx_and_non_strict_export():
+    """make_fx in real mode kept the frozen call's result as a constant; non-strict torch.export ran
+    the graph break with fake tensors (a .numpy() error from inside torch)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    frozen = pt.freeze(nn.GRU(3, 4))
+    x = torch.randn(5, 2, 3)
+    with pytest.raises(RuntimeError, match="cannot be traced"):
+        make_fx(lambda t: frozen(t)[0])(x)
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = frozen
+
+        def forward(self, t):
+            return self.rnn(t)[0]
+
+    with pytest.raises(RuntimeError, match="cannot be traced"):
+        torch.export.export(M(), (x,), strict=False)
+
+
+def test_esn_score_refuses_strings_and_object_arrays():
+    from pyrnn.reservoir import _score_value
+
+    for bad in (np.array("0.5"), np.array(0.5, dtype=object), np.timedelta64(1), "0.5", np.array(1 + 2j)):
+        with pytest.raises(TypeError, match="score must return a real number"):
+            _score_value(bad)
+    assert _score_value(np.array(np.nan)) == math.inf
