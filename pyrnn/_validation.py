@@ -358,9 +358,11 @@ def check_zoneout(name, p):
 
 
 def check_training_rates(module):
-    """Checks a module's ``recurrent_dropout``, ``zoneout`` and ``zoneout_c`` (public attributes a
-    user may change, e.g. on a schedule) before a training-mode call draws masks with them:
+    """In training mode, checks a module's ``recurrent_dropout``, ``zoneout`` and ``zoneout_c``
+    (public attributes a user may change, e.g. on a schedule) before a call draws masks with them:
     out-of-range values were used silently (above 1 as 1, below 0 as no masks)."""
+    if not module.training:
+        return
     if getattr(module, "recurrent_dropout", 0.0):
         check_probability("recurrent_dropout", module.recurrent_dropout)
     for name in ("zoneout", "zoneout_c"):

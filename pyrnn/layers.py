@@ -86,7 +86,6 @@ class _StackedLayer(Module):
         drawn in training mode where the rates are above 0, else None."""
         if not training:
             return None, None, None
-        check_training_rates(self)
         H_out = self.proj_size or self.hidden_size
         rec_mask = self._dropout_mask((B, H_out), self.recurrent_dropout) if self.recurrent_dropout > 0 else None
         zh, zc = (self._zoneout_masks(layer, d, T, B) if self.zoneout > 0 or self.zoneout_c > 0 else (None, None))
@@ -110,6 +109,7 @@ class _StackedLayer(Module):
         h0_all, c0_all = layer_states(self, hx, B, unbatched)
         D = self.num_directions
         training = self.training
+        check_training_rates(self)
         if training and isinstance(given, np.ndarray) and np.may_share_memory(x, given):
             x = x.copy()  # backward reads x: its result must not change if the caller reuses the buffer
         if training:  # and h0, c0 (truncated BPTT writes h_n into the buffer it passed as h0)

@@ -495,8 +495,7 @@ class _PyrnnRNNMixin:
 
         D = 2 if self.bidirectional else 1
         H_out = self.proj_size or self.hidden_size
-        if self.training:
-            check_training_rates(self)
+        check_training_rates(self)
         rec_p = self.recurrent_dropout if self.training else 0.0
         zoned = self.training and (self.zoneout > 0 or self.zoneout_c > 0)
 
@@ -729,8 +728,7 @@ class _PyrnnCellMixin:
             checked.append(h)
         h0, c0 = (checked + [None])[:2]
         weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-        if self.training:
-            check_training_rates(self)
+        check_training_rates(self)
         zh, zc = (self._zoneout_masks(x.size(0), dtype) if self.training and (self.zoneout > 0 or self.zoneout_c > 0)
                   else (None, None))
         if _traced(x):
@@ -1377,8 +1375,7 @@ class _LayerNormRNN(nn.Module):
         if not traced:
             grad = _needs_grad([x, h0_all, c0_all] + list(self.parameters()))
         D = 2 if self.bidirectional else 1
-        if self.training:
-            check_training_rates(self)
+        check_training_rates(self)
         rec_p = self.recurrent_dropout if self.training else 0.0
         zoned = self.training and (self.zoneout > 0 or self.zoneout_c > 0)
 
