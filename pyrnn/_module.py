@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import List, NamedTuple
+from typing import Dict, List, NamedTuple
 
 import numpy as np
 
@@ -19,6 +20,32 @@ class IncompatibleKeys(NamedTuple):
     names that are not parameters (both empty after a strict load)."""
     missing_keys: List[str]
     unexpected_keys: List[str]
+
+
+# Every parameter array a user has been handed (named_parameters(), parameters(), module.weight_ih_l0),
+# by id, so that pyrnn.optim's clipping recognises a weight passed where a gradient belongs
+# (list(model.parameters()) + list(head.parameters()), torch's habit) instead of scaling the weights.
+_HANDED_OUT: Dict[int, "weakref.ref[np.ndarray]"] = {}
+
+
+def _forget(key, ref):
+    if _HANDED_OUT.get(key) is ref:
+        del _HANDED_OUT[key]
+
+
+def _handed_out(a):
+    """Records parameter array ``a`` (see is_parameter); returns it."""
+    key = id(a)
+    ref = _HANDED_OUT.get(key)
+    if ref is None or ref() is not a:
+        _HANDED_OUT[key] = weakref.ref(a, lambda r, key=key: _forget(key, r))
+    return a
+
+
+def is_parameter(a):
+    """Whether ``a`` is a pyrnn module's parameter array (one handed out by a module)."""
+    ref = _HANDED_OUT.get(id(a))
+    return ref is not None and ref() is a
 
 
 class ParameterIterator:
@@ -55,16 +82,17 @@ class Module:
 
     def named_parameters(self):
         """Yields (name, array): the live arrays, so in-place updates take effect."""
-        yield from self._params.items()
+        for name, a in self._params.items():
+            yield name, _handed_out(a)
 
     def parameters(self):
         """Yields the parameter arrays (live, as :meth:`named_parameters`)."""
-        return ParameterIterator(self._params.values())
+        return ParameterIterator(_handed_out(a) for a in self._params.values())
 
     def __getattr__(self, name):
         params = self.__dict__.get("_params")
         if params is not None and name in params:
-            return params[name]
+            return _handed_out(params[name])
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __setattr__(self, name, value):

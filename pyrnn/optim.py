@@ -24,7 +24,10 @@ clipping take a module, or a list of modules and ``(param, grad)`` array
 pairs. Updates are in place, so the layers see them at their next call.
 
 This is deliberately not a framework: no autograd, no parameter groups, no
-schedulers (set ``opt.lr`` yourself).
+schedulers (set ``opt.lr`` yourself). Gradients are arrays, never None:
+``zero_grad()`` zero-fills them (torch's ``zero_grad(set_to_none=False)``), so
+a parameter that gets no gradient in a step still takes its momentum and weight
+decay, where torch's default skips it.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import numbers
 
 import numpy as np
 
-from ._module import ParameterIterator
+from ._module import ParameterIterator, is_parameter
 from .layers import Linear
 
 __all__ = [
@@ -73,6 +76,17 @@ def _entries(params, lone=lambda p: False):
         yield item
 
 
+def _check_pair(item):
+    """A (param, grad) pair as given: not named_parameters()'s (name, weight), nor a weight as the gradient."""
+    if isinstance(item[0], str):
+        raise TypeError(f"got ({item[0]!r}, array), an entry of module.named_parameters(): (name, weight) is not "
+                        f"a (param, grad) pair; pass the module, which holds its gradients in module.grads")
+    if is_parameter(item[1]):
+        raise TypeError("the second array of a (param, grad) pair is a module's parameter (a weight), not a "
+                        "gradient: pass the module, or (param, module.grads[name]) pairs")
+    return item[0], item[1]
+
+
 def _pairs(params):
     """[(param, grad)] from a module, or an iterable of modules and (param, grad) pairs."""
     out = []
@@ -81,7 +95,7 @@ def _pairs(params):
             for name, p in item.named_parameters():
                 out.append((p, item.grads[name]))
         elif isinstance(item, (tuple, list)) and len(item) == 2:
-            out.append((item[0], item[1]))
+            out.append(_check_pair(item))
         else:
             raise TypeError(f"expected a module (named_parameters() and grads) or a (param, grad) pair, "
                             f"got {type(item).__name__}")
@@ -97,6 +111,13 @@ def _pairs(params):
             raise ValueError("parameters must be writeable arrays (they are updated in place)")
     if not out:
         raise ValueError("optimizer got an empty parameter list")
+    seen = set()
+    for p, g in out:
+        if (id(p), id(g)) in seen:
+            # (torch warns of duplicate parameters; here each step would update it twice)
+            raise ValueError("the same parameter (with the same gradient) is given twice (a module listed twice?): "
+                             "each step would update it twice")
+        seen.add((id(p), id(g)))
     return out
 
 
@@ -109,11 +130,15 @@ def _grads(params):
     out = []
     for item in _entries(params, lone=lambda p: isinstance(p, np.ndarray)):
         if isinstance(item, np.ndarray):
+            if is_parameter(item):
+                raise TypeError("got a module's parameter array (a weight, as list(module.parameters()) holds) "
+                                "where a gradient was expected: NumPy arrays carry no .grad; pass the module, "
+                                "which holds its gradients in module.grads, or the gradient arrays")
             out.append(item)
         elif _is_module(item):
             out.extend(item.grads[name] for name, _ in item.named_parameters())
         elif isinstance(item, (tuple, list)) and len(item) == 2:
-            out.append(item[1])
+            out.append(_check_pair(item)[1])
         else:
             raise TypeError(f"expected a module, a (param, grad) pair or a gradient array, got {type(item).__name__}")
     for g in out:
@@ -154,7 +179,7 @@ class Optimizer:
         return [p for p, _ in self._pairs]
 
     def zero_grad(self):
-        """Sets every gradient to zero (in place)."""
+        """Sets every gradient to zero (in place): torch's ``zero_grad(set_to_none=False)``."""
         for _, g in self._pairs:
             g[...] = 0
 

@@ -554,3 +554,43 @@ def test_diagnostic_errors(rng):
                                   hidden_state_grads(rnn, x, dh_n=np.ones((1, 1, 3), np.float32)))
     with pytest.raises(ValueError, match="step_norms|reduce"):
         step_norms(np.ones((2, 1, 3)), "max")
+
+
+def test_clipping_refuses_weights_where_gradients_belong():
+    # review 13: named_parameters() entries and list(module.parameters()) were clipped as gradients
+    lstm = pyrnn.LSTM(3, 5, dtype=np.float64, seed=0)
+    fc = pyrnn.Linear(5, 2, dtype=np.float64, seed=1)
+    x = np.random.default_rng(0).standard_normal((4, 2, 3))
+    y, _ = lstm(x)
+    lstm.backward(np.ones_like(y))
+    w0 = lstm.state_dict()
+    g0 = {k: v.copy() for k, v in lstm.grads.items()}
+    for call in (lambda p: optim.clip_grad_norm(p, 0.1), lambda p: optim.clip_grad_value(p, 0.01)):
+        with pytest.raises(TypeError, match="named_parameters"):
+            call(lstm.named_parameters())
+        with pytest.raises(TypeError, match="parameter array"):
+            call(list(lstm.parameters()) + list(fc.parameters()))
+        with pytest.raises(TypeError, match="parameter array"):
+            call([lstm.weight_hh_l0])
+        with pytest.raises(TypeError, match="not a gradient"):
+            call([(lstm.weight_hh_l0, lstm.weight_hh_l0)])
+    for k in w0:
+        np.testing.assert_array_equal(lstm.state_dict()[k], w0[k])
+        np.testing.assert_array_equal(lstm.grads[k], g0[k])
+    with pytest.raises(TypeError, match="named_parameters"):
+        optim.Adam(list(lstm.named_parameters()), lr=0.1)
+    # the gradient arrays themselves, pairs and modules still work
+    norm = optim.clip_grad_norm([lstm.grads[k] for k in lstm.grads] + [fc], 1e9)
+    assert norm == pytest.approx(np.sqrt(sum((g ** 2).sum() for g in g0.values())))
+    optim.clip_grad_value([(lstm.weight_hh_l0, lstm.grads["weight_hh_l0"])], 1e9)
+    # a copy of a weight is an ordinary array (not a parameter)
+    optim.clip_grad_norm([lstm.weight_hh_l0.copy()], 1e9)
+
+
+def test_optimizer_refuses_duplicates():
+    fc = pyrnn.Linear(4, 2, dtype=np.float64, seed=1)
+    with pytest.raises(ValueError, match="twice"):
+        optim.SGD([fc, fc], lr=0.1)
+    # tied weights with two gradients are two entries, not a duplicate
+    g1, g2 = np.zeros_like(fc.weight), np.zeros_like(fc.weight)
+    optim.SGD([(fc.weight, g1), (fc.weight, g2)], lr=0.1)
