@@ -106,6 +106,12 @@ def _residual_nbytes(x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask, c
     kernel sizes it with these too, so the real and fake residuals always agree)."""
     if x.dtype not in _NP_DTYPES:
         raise TypeError(f"pyrnn::rnn_layer: x must be float32 or float64, got {x.dtype}")
+    # (Sizes below come from these shapes: a weight of another rank, say one substituted through
+    # torch.func.functional_call, must fail here as the kernel's own checks word it.)
+    for name, t, dims in (("x", x, 3), ("h0", h0, 2), ("c0", c0, 2), ("W_ih", W_ih, 2), ("W_hh", W_hh, 2),
+                          ("b_ih", b_ih, 1), ("b_hh", b_hh, 1), ("W_hr", W_hr, 2)):
+        if t is not None and t.dim() != dims:
+            raise ValueError(f"pyrnn::rnn_layer: {name} must be {dims}-D, got {t.dim()}-D of shape {tuple(t.shape)}")
     return F.residual_nbytes_for(
         cell, x.shape[0], x.shape[1], W_ih.shape[1], W_hh.shape[0] // GATES[cell],
         proj_size=0 if W_hr is None else W_hr.shape[0], dtype=_NP_DTYPES[x.dtype],

@@ -299,10 +299,13 @@ def _autocast_inputs(dtype, *args):
         return args
 
     def up(t):
+        low = (torch.bfloat16, torch.float16)
+        if isinstance(t, PackedSequence):  # (a NamedTuple: before the tuple case)
+            return t.to(dtype) if t.data.dtype in low else t
         if isinstance(t, (tuple, list)):
-            return type(t)(up(u) for u in t)
-        if isinstance(t, (torch.Tensor, PackedSequence)) and \
-                (t.data if isinstance(t, PackedSequence) else t).dtype in (torch.bfloat16, torch.float16):
+            ups = [up(u) for u in t]
+            return type(t)(*ups) if hasattr(t, "_fields") else type(t)(ups)
+        if isinstance(t, torch.Tensor) and t.dtype in low:
             return t.to(dtype)
         return t
     return tuple(up(a) for a in args)

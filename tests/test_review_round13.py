@@ -1,0 +1,57 @@
+"""Regression tests for what the thirteenth session's reviews found."""
+
+from collections import namedtuple
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn as nn  # noqa: E402
+from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
+
+import pyrnn.torch as pt  # noqa: E402
+
+
+@pytest.mark.parametrize("cls", ["GRU", "LSTM", "RNN", "LayerNormLSTM", "LayerNormGRU"])
+@pytest.mark.parametrize("data_dtype", [torch.float32, torch.bfloat16])
+def test_packed_sequence_under_autocast(cls, data_dtype):
+    # a PackedSequence (a NamedTuple) was rebuilt as a plain tuple: AssertionError inside torch
+    torch.manual_seed(0)
+    m = getattr(pt, cls)(3, 4)
+    x = torch.randn(5, 2, 3)
+    packed = pack_padded_sequence(x.to(data_dtype), torch.tensor([5, 3]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, _ = m(packed)
+    assert y.data.dtype == torch.float32
+    y_ref, _ = m(pack_padded_sequence(x.to(data_dtype).float(), torch.tensor([5, 3])))
+    torch.testing.assert_close(y.data, y_ref.data, rtol=0, atol=0)
+    if cls in ("GRU", "LSTM", "RNN"):
+        ref = getattr(nn, cls)(3, 4)
+        ref.load_state_dict(m.state_dict())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y_nn, _ = ref(packed)
+        # (torch.nn runs the cell in bfloat16 under autocast: its rounding)
+        torch.testing.assert_close(y.data, y_nn.data.float(), rtol=0, atol=5e-2)
+
+
+def test_namedtuple_state_under_autocast():
+    State = namedtuple("State", "h c")
+    torch.manual_seed(0)
+    m = pt.LSTM(3, 4)
+    x = torch.randn(5, 2, 3)
+    hx = State(torch.randn(1, 2, 4, dtype=torch.bfloat16), torch.randn(1, 2, 4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, (h, c) = m(x.bfloat16(), hx)
+    y_ref, _ = m(x.bfloat16().float(), (hx.h.float(), hx.c))
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+
+
+def test_func_grad_with_a_weight_of_another_rank():
+    # under torch.func.grad the operator sized its residual from a 3-D W_hh: "T, I and H must be at least 1"
+    from torch.func import functional_call, grad
+    m = pt.LSTM(3, 4, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    params = {k: v.detach() for k, v in m.named_parameters()}
+    params["weight_hh_l0"] = params["weight_hh_l0"][None]
+    with pytest.raises(ValueError, match="W_hh must be 2-D, got 3-D"):
+        grad(lambda p: functional_call(m, p, (x,))[0].sum())(params)
