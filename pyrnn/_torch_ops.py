@@ -320,6 +320,10 @@ def _func_function(name, op, op_backward, save, backward_args):
             args, inputs = backward_args(ctx, grad_y, grad_h_n, grad_c_n)
             return _input_grads(ctx, Backward.apply(*args), inputs)
 
+        @staticmethod
+        def jvp(ctx, *tangents):
+            raise NotImplementedError(FORWARD_AD)
+
     Forward.__name__ = Forward.__qualname__ = name
     Backward.__name__ = Backward.__qualname__ = f"_{name}Backward"
     Forward.__doc__ = f"{op._name} with its backward, usable under torch.func transforms (grad, vjp, vmap and nestings)."

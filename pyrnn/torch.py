@@ -261,6 +261,10 @@ class _Recurrence(torch.autograd.Function):
                for g, need in zip(grads, ctx.needs_input_grad[1:])]
         return (None, *_guard_create_graph(out, (*saved, *ctx.biases), grad_outputs))
 
+    @staticmethod
+    def jvp(ctx, *tangents):  # (torch's own message would ask the caller to implement it)
+        raise NotImplementedError(_torch_ops.FORWARD_AD)
+
 
 class InputError(ValueError, RuntimeError):
     """A bad input (shape, device): a ValueError, and also the RuntimeError that
@@ -1205,6 +1209,10 @@ class _LayerNormRecurrence(torch.autograd.Function):
                for g, need in zip(grads, ctx.needs_input_grad[4:])]
         out = _guard_create_graph(out, saved[:len(_LN_ORDER)], grad_outputs)
         return (None, None, None, None, *out)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise NotImplementedError(_torch_ops.FORWARD_AD)
 
 
 class _LayerNormRNN(nn.Module):

@@ -55,3 +55,17 @@ def test_func_grad_with_a_weight_of_another_rank():
     params["weight_hh_l0"] = params["weight_hh_l0"][None]
     with pytest.raises(ValueError, match="W_hh must be 2-D, got 3-D"):
         grad(lambda p: functional_call(m, p, (x,))[0].sum())(params)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # (inside torch.func.jvp)
+@pytest.mark.parametrize("make", [lambda: pt.LSTM(3, 4), lambda: pt.GRUCell(3, 4), lambda: pt.LayerNormGRU(3, 4)])
+def test_forward_mode_ad_names_pyrnn(make):
+    # with gradients on, torch's generic "You must implement the jvp function" came out
+    import torch.autograd.forward_ad as fwAD
+    from torch.func import functional_call, jvp
+    m = make()
+    x = torch.randn(5, 2, 3) if not isinstance(m, pt.GRUCell) else torch.randn(2, 3)
+    with pytest.raises(NotImplementedError, match="pyrnn: forward-mode AD"):
+        jvp(lambda x: functional_call(m, dict(m.named_parameters()), (x,))[0], (x,), (torch.ones_like(x),))
+    with fwAD.dual_level(), pytest.raises(NotImplementedError, match="pyrnn: forward-mode AD"):
+        m(fwAD.make_dual(x, torch.ones_like(x)))
