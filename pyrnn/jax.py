@@ -44,9 +44,14 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
+
+try:
+    import jax
+except ImportError as e:  # (name the extra, not only the module)
+    raise ModuleNotFoundError(f"pyrnn.jax needs JAX, which is not importable ({e}): pip install jax "
+                              f"(pyrnn's extra: pyrnn[jax])", name="jax") from e
+import jax.numpy as jnp
 
 from . import _core
 from . import functional as F

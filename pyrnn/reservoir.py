@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -63,6 +64,10 @@ def _number(name: str, value: Any) -> float:
     return out
 
 
+_RaggedWarning = getattr(getattr(np, "exceptions", None), "VisibleDeprecationWarning", None) or getattr(
+    np, "VisibleDeprecationWarning", DeprecationWarning)
+
+
 def _positive_int(name: str, value: Any, allow_zero: bool = False) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
@@ -74,8 +79,10 @@ def _positive_int(name: str, value: Any, allow_zero: bool = False) -> int:
 def _real_array(name: str, a: Any, dtype: np.dtype) -> NDArray:
     """``a`` as an array of ``dtype``: any real (integer or floating) finite data is accepted and cast."""
     try:
-        arr = np.asarray(a)
-    except (TypeError, ValueError) as e:  # ragged nested lists
+        with warnings.catch_warnings():  # (NumPy < 1.24 makes a ragged list an object array, with this warning)
+            warnings.simplefilter("error", _RaggedWarning)
+            arr = np.asarray(a)
+    except (TypeError, ValueError, _RaggedWarning) as e:  # ragged nested lists
         raise ValueError(f"{name} must be an array of numbers with one length per axis, got "
                          f"{type(a).__name__} ({e})") from None
     if arr.dtype.kind not in "fiu":

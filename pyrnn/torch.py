@@ -99,7 +99,13 @@ import sys
 from typing import NamedTuple
 
 import numpy as np
-import torch
+
+try:
+    import torch
+except ImportError as e:  # (name the extra, not only the module)
+    raise ModuleNotFoundError(f"pyrnn.torch needs PyTorch, which is not importable ({e}): "
+                              f"pip install torch (version 2.1 or later; pyrnn's extra: pyrnn[torch])",
+                              name="torch") from e
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 

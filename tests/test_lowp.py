@@ -129,10 +129,10 @@ def test_quantisation_helpers():
     a = np.array([[0.5, -1.0, 0.25], [0, 0, 0], [1, np.nan, 2], [3, np.inf, 1]], np.float32)
     q, s = R.quantize_rows_int8(a)
     np.testing.assert_array_equal(q[0], [64, -127, 32])  # 63.5 rounds to even
-    assert s[0] == np.float32(1.0) / 127 and s[1] == 0 and not q[1].any()
+    assert s[0] == np.float32(1.0) / np.float32(127) and s[1] == 0 and not q[1].any()
     q7, s7 = R.quantize_rows_int8(a, levels=63)  # the activations' 7 bits
     np.testing.assert_array_equal(q7[0], [32, -63, 16])  # 31.5 rounds to even
-    assert s7[0] == np.float32(1.0) / 63
+    assert s7[0] == np.float32(1.0) / np.float32(63)
     assert np.isnan(s[2]) and np.isnan(s[3]) and not q[2:].any()
     b = R.round_bf16(np.array([1.0, 1 + 2 ** -8, 1 + 3 * 2 ** -8, -2.5, np.nan], np.float32))
     np.testing.assert_array_equal(b[:4], [1.0, 1.0, 1 + 2 ** -6, -2.5])  # ties to even

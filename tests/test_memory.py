@@ -162,3 +162,48 @@ print("OK")
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "OK", r.stderr[-500:]
+
+
+CACHE_RSS_SCRIPT = """
+import os, sys
+import numpy as np
+import pyrnn
+from pyrnn import functional as F
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+pyrnn.set_num_threads(int(sys.argv[1]))
+pyrnn.set_cache_limit(128)
+rng = np.random.default_rng(0)
+I, H = 8, 64
+W_ih = (rng.standard_normal((4 * H, I)) * 0.1).astype(np.float32)
+W_hh = (rng.standard_normal((4 * H, H)) * 0.1).astype(np.float32)
+np.ones(1 << 22).sum()  # (a large NumPy free first: glibc then raises its mmap threshold)
+base, peak = rss(), 0.0
+for B in range(400, 1600):  # a new batch size, so new block sizes, every call
+    F.forward("lstm", np.zeros((1, B, I), np.float32), None, None, W_ih, W_hh, training=False)
+    peak = max(peak, rss() - base)
+cached = pyrnn.cache_info()["cached_bytes"] / 2**20
+pyrnn.empty_cache()
+print(peak, cached, rss() - base)
+"""
+
+
+@pytest.mark.skipif(bool(os.environ.get("PYRNN_SANITIZED")),
+                    reason="AddressSanitizer's quarantine holds freed memory on purpose")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cache_limit_bounds_rss_and_empty_cache_returns_it(threads):
+    # The cached blocks lay in glibc's heap, which kept what the cache dropped: with a 1 GiB
+    # limit RSS grew 1.3-2.2 GiB, and empty_cache() returned under half of it.
+    import subprocess
+    import sys
+    _rss_bytes()  # (skips without /proc)
+    out = subprocess.run([sys.executable, "-c", CACHE_RSS_SCRIPT, str(threads)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    peak, cached, after = map(float, out.stdout.split())
+    assert 64 < cached <= 128
+    assert peak < 128 + 64, (peak, cached)
+    assert after < 32, (peak, cached, after)

@@ -44,3 +44,5 @@ def test_numpy_api_without_torch_and_jax():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("ok")
     assert "pyrnn.torch ImportError" in out.stdout and "pyrnn.jax ImportError" in out.stdout
+    # the message names what to install
+    assert "pyrnn[torch]" in out.stdout and "pyrnn[jax]" in out.stdout

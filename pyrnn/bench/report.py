@@ -182,7 +182,8 @@ def peer_lines(meta: dict) -> list[str]:
             continue
         if why.endswith(" not importable"):
             why = why[:-len(" not importable")]
-            lines.append(f"{PEER_TITLES[peer]} not importable ({why}): its columns show '-'")
+            lines.append(f"{PEER_TITLES[peer]} not importable ({why}): its columns show '-' "
+                         f"(pip install \"pyrnn[bench]\" installs the peers)")
         else:
             lines.append(f"{PEER_TITLES[peer]} not run ({why}): its columns show '-'")
     return lines
