@@ -39,13 +39,13 @@ def _family_list() -> str:
 
 
 def check_family(family) -> str:
-    if family not in FAMILIES:
+    if not isinstance(family, str) or family not in FAMILIES:
         raise ValueError(f"cell must be {_family_list()}, got {family!r}")
     return family
 
 
 def check_nonlinearity(nonlinearity) -> str:
-    if nonlinearity not in ("tanh", "relu"):
+    if not isinstance(nonlinearity, str) or nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     return nonlinearity
 
@@ -62,12 +62,24 @@ def check_leak(leak) -> "float | None":
 
 
 def cell_spec(family: str, *, nonlinearity: str = "tanh", reset_after: bool = True, leak=None) -> Cell:
-    """The cell a family and its options select (the options of other families are ignored).
+    """The cell a family and its options select (another family's options must keep their defaults:
+    ``F.forward("lstm", ..., nonlinearity="relu")`` is an error, not ignored).
 
     ``leak`` (RNN, tanh only): a leaky-integrator rate a selects "rnn_leaky",
     h' = (1 - a) h + a tanh(W_ih x + b_ih + W_hh h + b_hh); None: the plain RNN.
     """
     check_family(family)
+    if not isinstance(reset_after, (bool, np.bool_)) and not (isinstance(reset_after, (int, np.integer))
+                                                               and reset_after in (0, 1)):
+        raise TypeError(f"reset_after must be True or False, got {type(reset_after).__name__} {reset_after!r}")
+    if family != "rnn":
+        if nonlinearity != "tanh":
+            raise ValueError(f"nonlinearity is the RNN's option (tanh or relu); a {family} takes none, got "
+                             f"{nonlinearity!r}")
+        if leak is not None:
+            raise ValueError(f"leak is the tanh RNN's option (a leaky-integrator reservoir); a {family} takes none")
+    if family != "gru" and not reset_after:
+        raise ValueError(f"reset_after=False is the GRU's option; a {family} takes none")
     if family == "rnn":
         check_nonlinearity(nonlinearity)
         if check_leak(leak) is not None:

@@ -129,11 +129,16 @@ def _probe_threads(threads) -> int:
     return int(threads)
 
 
+_PROBE_MAX_SECONDS = 3600.0
+
+
 def _probe_seconds(seconds) -> float:
-    """A probe's time: a finite positive number of seconds (inf never returned; a bool is no time)."""
+    """A probe's time: a positive number of seconds, at most an hour (1e30 ran for ever; inf never
+    returned; a bool is no time)."""
     value = float(seconds) if isinstance(seconds, numbers.Real) and not isinstance(seconds, bool) else math.nan
-    if not 0 < value < math.inf:
-        raise ValueError(f"seconds must be a finite positive number, got {seconds!r}")
+    if not 0 < value <= _PROBE_MAX_SECONDS:
+        raise ValueError(f"seconds must be a positive number of at most {_PROBE_MAX_SECONDS:g} (an hour), "
+                         f"got {seconds!r}")
     return value
 
 

@@ -48,6 +48,13 @@ def is_parameter(a):
     return ref is not None and ref() is a
 
 
+def check_mode(mode):
+    """train()'s argument: a bool (as torch.nn.Module.train checks; bool('False') is True)."""
+    if not isinstance(mode, (bool, np.bool_)):
+        raise ValueError(f"training mode is expected to be boolean, got {type(mode).__name__} {mode!r}")
+    return bool(mode)
+
+
 class ParameterIterator:
     """What ``Module.parameters()`` returns: an iterator over the live parameter arrays, recognisable to
     pyrnn.optim, where torch's habit ``clip_grad_norm_(model.parameters(), ...)`` would clip the weights
@@ -115,7 +122,7 @@ class Module:
 
     def train(self, mode=True):
         """Sets training mode (``mode=True``) or inference mode; returns the module."""
-        self.training = bool(mode)
+        self.training = check_mode(mode)
         return self
 
     def eval(self):

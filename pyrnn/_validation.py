@@ -10,6 +10,7 @@ does); the C++ extension re-checks only what protects memory.
 from __future__ import annotations
 
 import numbers
+import os
 from collections.abc import Mapping
 from typing import NamedTuple, Optional, Tuple
 
@@ -26,8 +27,16 @@ def _kind(a):
     return "None" if a is None else "an array"
 
 
+def refuse_masked(name, a):
+    """A NumPy masked array's mask would be ignored (the kernels read its data): refused."""
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a masked array (numpy.ma), whose mask pyrnn would ignore: pass "
+                        f"{name}.filled(value) (and lengths= for padded sequences)")
+    return a
+
+
 def as_float_array(name, a):
-    a = np.asarray(a)
+    a = np.asarray(refuse_masked(name, a))
     if a.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
     return a
@@ -218,6 +227,8 @@ def check_precision(precision, dtype):
 def make_rng(seed, rng):
     if rng is not None and seed is not None:
         raise ValueError("give either seed or rng, not both")
+    if isinstance(seed, (bool, np.bool_)):  # (NumPy takes True as the seed 1)
+        raise TypeError(f"seed must be an int (or None), got {seed!r}")
     if rng is not None:
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
@@ -234,6 +245,43 @@ def check_positive_int(name, value, allow_zero=False):
     return int(value)
 
 
+def check_bool(name, value):
+    """A boolean option: True/False (a NumPy bool, 0 or 1 too). bool() would read 'False' as True
+    and None as False."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Integral) and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+
+
+def _physical_memory():
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+PHYSICAL_MEMORY = _physical_memory()
+
+
+def check_parameter_memory(owner, count, dtype, what="its parameters and their gradients", copies=2):
+    """MemoryError, before anything is allocated, when ``copies`` times ``count`` elements of ``dtype``
+    (parameters and as many gradients) exceed this machine's memory: a huge size (num_layers=2**40)
+    otherwise looped allocating, or failed deep inside NumPy."""
+    need = copies * int(count) * np.dtype(dtype).itemsize
+    have = PHYSICAL_MEMORY if PHYSICAL_MEMORY is not None else 1 << 50
+    if need > have:
+        raise MemoryError(f"{owner}: {what} would need {need / 2**30:.3g} GiB, more than this machine's "
+                          f"{have / 2**30:.1f} GiB")
+
+
+def check_stack_memory(owner, G, I, H, P, num_layers, num_directions, dtype):
+    """check_parameter_memory for a stack of ``num_layers`` recurrent layers (G gate blocks, input I,
+    hidden H, projection P or 0), before its parameters are allocated."""
+    Ho = P or H
+    per_direction = G * H * (max(I, num_directions * Ho) + Ho + 4) + P * H + 4 * H
+    check_parameter_memory(owner, num_layers * num_directions * per_direction, dtype)
+
+
 def check_probability(name, p):
     if isinstance(p, bool) or not isinstance(p, numbers.Real):
         raise TypeError(f"{name} should be a number in range [0, 1] representing the probability of an "
@@ -247,6 +295,8 @@ def check_probability(name, p):
 def to_numpy(value):
     """NumPy view of a NumPy array or a (CPU) torch tensor, without importing torch."""
     if hasattr(value, "detach") and hasattr(value, "cpu"):
+        if getattr(getattr(value, "device", None), "type", None) == "meta":
+            raise TypeError("got a tensor on the meta device, which holds no values")
         t = value.detach().cpu()
         if str(getattr(t, "dtype", "")) in ("torch.bfloat16", "torch.float8_e4m3fn", "torch.float8_e5m2"):
             t = t.float()  # (no NumPy dtype: bf16 checkpoints load as float32, then the layer's dtype)
@@ -264,12 +314,18 @@ def named_arrays(owner, weights, names, dtype):
     if missing or unexpected:
         raise ValueError(f"{owner}: weights must have the names {list(names)}; missing {missing}, "
                          f"unexpected {unexpected}")
-    return {k: np.array(to_numpy(weights[k]), dtype=dtype) for k in names}
+    out = {}
+    for k in names:
+        a = np.asarray(refuse_masked(k, to_numpy(weights[k])))
+        if a.dtype.kind != "f":  # (as load_state_dict: strings were parsed, complex lost its imaginary part)
+            raise TypeError(f"{owner}: {k} must be a floating-point array, got dtype {a.dtype}")
+        out[k] = np.array(a, dtype=dtype)
+    return out
 
 
 def array_like(name, a, dtype, shape):
     """``a`` as an array of exactly ``dtype`` and ``shape`` (gradients given to a layer)."""
-    a = np.asarray(a)
+    a = np.asarray(refuse_masked(name, a))
     if a.dtype != dtype:
         raise TypeError(f"{name} must have the layer's dtype {dtype}, got {a.dtype}")
     if a.shape != shape:
@@ -280,7 +336,7 @@ def array_like(name, a, dtype, shape):
 def cell_array(cell, name, a, size):
     """A cell's [B, size] input or state as a C-contiguous array of the cell's dtype."""
     if type(a) is not np.ndarray or a.dtype != cell.dtype:
-        a = np.asarray(a)
+        a = np.asarray(refuse_masked(name, a))
         if a.dtype != cell.dtype:
             raise TypeError(f"{type(cell).__name__}: {name} must have the cell's dtype {cell.dtype}, got {a.dtype}")
     if a.ndim != 2 or a.shape[-1] != size:
@@ -296,7 +352,7 @@ def _layer_label(layer):
 
 def layer_input(layer, x):
     """A layer's input as a contiguous time-major [T, B, I] array, and whether it was unbatched."""
-    x = np.asarray(x)
+    x = np.asarray(refuse_masked("input", x))
     if x.dtype != layer.dtype:
         if x.dtype.kind == "f":
             # (the advice names what the layer can be built with: float32 or float64, native byte order)
@@ -327,7 +383,7 @@ def _layer_state(layer, name, h, B, size, unbatched):
     expected = (LD, size) if unbatched else (LD, B, size)
     if h is None:  # in an LSTM's (h0, c0): torch.nn takes both or neither
         raise TypeError(f"{_layer_label(layer)}: {name} must be an array of shape {expected}, got None")
-    h = np.asarray(h)
+    h = np.asarray(refuse_masked(name, h))
     if h.dtype != layer.dtype:
         raise TypeError(f"{name} must have the layer's dtype {layer.dtype}, got {h.dtype}")
     if h.shape != expected:
@@ -358,11 +414,13 @@ def check_zoneout(name, p):
 
 
 def check_training_rates(module):
-    """In training mode, checks a module's ``recurrent_dropout``, ``zoneout`` and ``zoneout_c``
+    """In training mode, checks a module's ``dropout``, ``recurrent_dropout``, ``zoneout`` and ``zoneout_c``
     (public attributes a user may change, e.g. on a schedule) before a call draws masks with them:
     out-of-range values were used silently (above 1 as 1, below 0 as no masks)."""
     if not module.training:
         return
+    if getattr(module, "dropout", 0.0):
+        check_probability("dropout", module.dropout)
     if getattr(module, "recurrent_dropout", 0.0):
         check_probability("recurrent_dropout", module.recurrent_dropout)
     for name in ("zoneout", "zoneout_c"):

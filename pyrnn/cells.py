@@ -23,8 +23,9 @@ import numpy as np
 from . import _core
 from . import functional as F
 from ._cells import cell_spec
-from ._module import Module
-from ._validation import array_like, cell_array, check_positive_int, check_precision, make_rng, named_arrays
+from ._module import Module, check_mode
+from ._validation import (array_like, cell_array, check_bool, check_positive_int, check_precision, check_stack_memory,
+                          make_rng, named_arrays, refuse_masked)
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "FrozenCell"]
 
@@ -51,7 +52,7 @@ class _StepInputs:
                 arrays.append(s)
             else:
                 return x, arrays, False
-        x = np.asarray(x) if type(x) is not np.ndarray else x
+        x = np.asarray(refuse_masked("input", x)) if type(x) is not np.ndarray else x
         if x.ndim not in (1, 2):
             raise ValueError(f"{type(self).__name__}: Expected input to be 1D or 2D, got {x.ndim}D instead")
         unbatched = x.ndim == 1
@@ -59,7 +60,7 @@ class _StepInputs:
         out = []
         for name, s in states:
             if s is not None:
-                s = np.asarray(s)  # lists too
+                s = np.asarray(refuse_masked(name, s))  # lists too
                 if s.ndim != (1 if unbatched else 2):  # as torch.nn's cells
                     raise ValueError(f"{type(self).__name__}: Expected {name} to be {1 if unbatched else 2}D like "
                                      f"the input, got {s.ndim}D instead")
@@ -93,9 +94,10 @@ class _CellBase(_StepInputs, Module):
         self.cell = cell_spec(family, nonlinearity=nonlinearity, reset_after=reset_after)
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
-        self.bias = bool(bias)
+        self.bias = check_bool("bias", bias)
         self._saved = None
         G, H = self.cell.gates, self.hidden_size
+        check_stack_memory(type(self).__name__, G, self.input_size, H, 0, 1, 1, self.dtype)
         r = make_rng(seed, rng)
         bound = 1.0 / math.sqrt(H)
         self._add_param("weight_ih", (G * H, self.input_size), r, bound)
@@ -184,7 +186,7 @@ class GRUCell(_CellBase):
 
     def __init__(self, input_size, hidden_size, bias=True, *, reset_after=True, dtype=np.float32, seed=None,
                  rng=None):
-        self.reset_after = bool(reset_after)
+        self.reset_after = check_bool("reset_after", reset_after)
         super().__init__("gru", input_size, hidden_size, bias, dtype, seed, rng, reset_after=self.reset_after)
 
     def _options(self):
@@ -235,7 +237,7 @@ class FrozenCell(_StepInputs):
 
     def train(self, mode=True):
         """``train(False)`` returns the frozen cell; training mode raises (freeze the cell you train)."""
-        if mode:
+        if check_mode(mode):
             raise RuntimeError(f"{self._name}: a frozen cell is for inference only; freeze() the cell you train")
         return self
 

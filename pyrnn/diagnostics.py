@@ -104,7 +104,10 @@ def step_norms(dh, reduce="mean"):
     ``reduce="mean"`` (the mean of the per-sequence norms, [..., T]), ``"norm"`` (the
     norm over batch and units together, [..., T]) or ``"none"`` ([..., T, B]).
     """
-    a = np.asarray(dh, dtype=np.float64)
+    a = np.asarray(dh)
+    if a.dtype.kind not in "fiu":  # (complex lost its imaginary part, strings were parsed)
+        raise TypeError(f"dh must be a real-valued array, got dtype {a.dtype}")
+    a = a.astype(np.float64, copy=False)
     if a.ndim < 3:
         raise ValueError(f"dh must have shape [..., T, B, H] (at least 3-D), got shape {a.shape}")
     n = np.linalg.norm(a, axis=-1)

@@ -21,13 +21,15 @@ threads; results are bitwise identical for any thread count.
 from __future__ import annotations
 
 import functools
-import os
+import numbers
+import operator
 
 import numpy as np
 
 from . import _core
 from ._cells import BY_KIND, GATES, cell_spec
-from ._validation import check_forward, check_grads, check_layernorm_params, check_precision
+from ._validation import (PHYSICAL_MEMORY, check_bool, check_dtype, check_forward, check_grads, check_layernorm_params,
+                          check_precision)
 
 __all__ = [
     "forward",
@@ -52,14 +54,6 @@ def _c(a):
     return None if a is None else np.ascontiguousarray(a)
 
 
-def _physical_memory():
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-_PHYSICAL_MEMORY = _physical_memory()
 
 
 def _check_memory(cell, x, W_hh, W_hr, lengths, training):
@@ -78,7 +72,7 @@ def _check_memory(cell, x, W_hh, W_hr, lengths, training):
     if W_hr is not None:
         elements += rows * Hp
     need = elements * x.dtype.itemsize
-    have = _PHYSICAL_MEMORY
+    have = PHYSICAL_MEMORY
     if have is not None and need > have:
         raise MemoryError(f"this call needs about {need / 2**30:.1f} GiB for its outputs and workspace "
                           f"(T={T}, B={B}, H={H}), more than this machine's {have / 2**30:.1f} GiB; "
@@ -119,12 +113,13 @@ def _forward(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training
         if not training or packed is not None:
             raise ValueError("residual holds a training workspace: pass training=True and no packed weights")
         T, B = a.x.shape[:2]
-        strides = _core.residual_strides(*args, bool(reverse), _c(a.W_hr), _c(a.h_mask), **opts)
+        strides = _core.residual_strides(*args, check_bool("reverse", reverse), _c(a.W_hr), _c(a.h_mask), **opts)
         _check_residual(residual, _residual_total(strides, T, B))
         inputs = [v for v in (*args[1:], _c(a.W_hr), _c(a.h_mask), *opts.values()) if isinstance(v, np.ndarray)]
         if any(np.may_share_memory(residual, v) for v in inputs):  # (the forward overwrote them as it went)
             raise ValueError("residual must not overlap the call's inputs (x, states, weights, masks, lengths)")
-    return _core.sequence_forward(*args, bool(reverse), bool(training), _c(a.W_hr), _c(a.h_mask), packed, residual,
+    return _core.sequence_forward(*args, check_bool("reverse", reverse), check_bool("training", training),
+                                  _c(a.W_hr), _c(a.h_mask), packed, residual,
                                   **opts)
 
 
@@ -163,7 +158,8 @@ def _backward(cell, ws, grads, return_dh_seq):
     expected = {"dy": ((T, B, Ho), f"(T, B, {h_layout})"), "dh_n": ((B, Ho), f"(B, {h_layout})"),
                 "dc_n": ((B, H), "(B, H)")}
     dy, dh_n, *dc_n = (_c(g) for g in check_grads(ws.dtype, expected, grads))
-    return _core.sequence_backward(ws, dy, dh_n, dc_n[0] if dc_n else None, bool(return_dh_seq))
+    return _core.sequence_backward(ws, dy, dh_n, dc_n[0] if dc_n else None,
+                                   check_bool("return_dh_seq", return_dh_seq))
 
 
 def rnn_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", lengths=None, reverse=False,
@@ -303,7 +299,7 @@ def _residual_call(cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, nonlinearity, reset_
     spec = _spec_of_call(cell, nonlinearity, reset_after, leak, c0, W_hr)
     states = {"h0": h0, "c0": c0} if spec.has_cell_state else {"h0": h0}
     a, args = _call_arrays(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask, W_hr, zoneout)
-    return a, (*args, bool(reverse), _c(a.W_hr), _c(a.h_mask)), _options(spec, a, leak)
+    return a, (*args, check_bool("reverse", reverse), _c(a.W_hr), _c(a.h_mask)), _options(spec, a, leak)
 
 
 def residual_nbytes(cell, x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", reset_after=True,
@@ -338,8 +334,21 @@ def residual_nbytes_for(cell, T, B, I, H, *, proj_size=0, dtype=np.float32, bias
     support ``*``, ``+`` and ``//``), for frameworks that size the block while tracing. (Zoneout
     masks do not change the size.)"""
     spec = cell_spec(cell, nonlinearity=nonlinearity, reset_after=reset_after, leak=leak)
-    strides = _residual_strides(spec, int(H), int(proj_size), np.dtype(dtype), bool(bias), bool(h0), bool(c0),
-                                bool(h_mask), bool(lengths), _core.isa_selected())
+    for name, n, least in (("T", T, 1), ("B", B, 0), ("I", I, 1), ("H", H, 1), ("proj_size", proj_size, 0)):
+        # (ints or symbolic sizes: T and B pass as they are, the others are read as ints)
+        try:
+            ok = not isinstance(n, (bool, np.bool_, float, np.floating, str)) and (
+                not isinstance(n, numbers.Integral) or n >= least)
+            if ok and name in ("I", "H", "proj_size"):
+                ok = operator.index(n) >= least
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{name} must be an int >= {least}, got {type(n).__name__} {n!r}")
+    flags = [check_bool(name, v) for name, v in (("bias", bias), ("h0", h0), ("c0", c0), ("h_mask", h_mask),
+                                                 ("lengths", lengths))]
+    strides = _residual_strides(spec, int(H), int(proj_size), np.dtype(check_dtype(dtype)), *flags,
+                                _core.isa_selected())
     return _residual_total(strides, T, B)
 
 
@@ -414,7 +423,8 @@ def _layernorm_forward(cell, x, states, W_ih, W_hh, b_ih, b_hh, ln, lengths, rev
     lengths64 = None if lengths is None else np.ascontiguousarray(a.lengths, dtype=np.int64)
     return _core.layernorm_forward(
         cell_spec(cell).kind, _c(a.x), _c(h0), _c(c0), _c(a.W_ih), _c(a.W_hh), _c(a.b_ih), _c(a.b_hh), _c(ln_ih),
-        _c(ln_hh), _c(ln_c_weight), _c(ln_c_bias), lengths64, bool(reverse), bool(training), h_mask=_c(a.h_mask),
+        _c(ln_hh), _c(ln_c_weight), _c(ln_c_bias), lengths64, check_bool("reverse", reverse),
+        check_bool("training", training), h_mask=_c(a.h_mask),
         zoneout_h=_c(a.zoneout_h), zoneout_c=_c(a.zoneout_c), W_hr=_c(a.W_hr))
 
 

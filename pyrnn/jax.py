@@ -56,7 +56,7 @@ import jax.numpy as jnp
 from . import _core
 from . import functional as F
 from ._cells import GATES, cell_spec
-from ._validation import check_forward
+from ._validation import check_bool, check_forward
 
 __all__ = ["lstm", "gru", "rnn", "backend"]
 
@@ -398,8 +398,8 @@ def lstm(x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=F
     h is then P wide (W_hh [4H, P], y, h0 and h_n [.., P]).
     """
     a, lengths = _prepare("lstm", x, {"h0": h0, "c0": c0}, W_ih, W_hh, b_ih, b_hh, W_hr, lengths)
-    return _sequence(_Spec("lstm", bool(reverse)), a["x"], a["h0"], a["c0"], a["W_ih"], a["W_hh"], a["b_ih"],
-                     a["b_hh"], a["W_hr"], lengths)
+    spec = _Spec("lstm", check_bool("reverse", reverse))
+    return _sequence(spec, a["x"], a["h0"], a["c0"], a["W_ih"], a["W_hh"], a["b_ih"], a["b_hh"], a["W_hr"], lengths)
 
 
 def gru(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, reset_after=True, lengths=None, reverse=False):
@@ -409,14 +409,14 @@ def gru(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, reset_after=True, lengths=No
     reset_after=False): n = tanh(W_in x + b_in + W_hn (r * h) + b_hn).
     """
     a, lengths = _prepare("gru", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, None, lengths)
-    return _sequence(_Spec("gru", bool(reverse), reset_after=bool(reset_after)), a["x"], a["h0"], None, a["W_ih"],
-                     a["W_hh"], a["b_ih"], a["b_hh"], None, lengths)
+    spec = _Spec("gru", check_bool("reverse", reverse), reset_after=check_bool("reset_after", reset_after))
+    return _sequence(spec, a["x"], a["h0"], None, a["W_ih"], a["W_hh"], a["b_ih"], a["b_hh"], None, lengths)
 
 
 def rnn(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", lengths=None, reverse=False):
     """Elman RNN over a sequence: h' = tanh|relu(W_ih x + b_ih + W_hh h + b_hh). Returns (y, h_n)."""
-    if nonlinearity not in ("tanh", "relu"):
+    if not isinstance(nonlinearity, str) or nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     a, lengths = _prepare("rnn", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, None, lengths)
-    return _sequence(_Spec("rnn", bool(reverse), nonlinearity=nonlinearity), a["x"], a["h0"], None, a["W_ih"],
-                     a["W_hh"], a["b_ih"], a["b_hh"], None, lengths)
+    spec = _Spec("rnn", check_bool("reverse", reverse), nonlinearity=nonlinearity)
+    return _sequence(spec, a["x"], a["h0"], None, a["W_ih"], a["W_hh"], a["b_ih"], a["b_hh"], None, lengths)

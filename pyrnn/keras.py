@@ -23,14 +23,25 @@ def _gru_swap(a, U):
     return np.concatenate([a[..., U:2 * U], a[..., :U], a[..., 2 * U:]], axis=-1)
 
 
+def _weights(name, a):
+    """A weight array (NumPy or torch) as NumPy, floating point as the layers' load_state_dict takes
+    it: other dtypes came back unchanged (strings, bools, complex, objects)."""
+    a = to_numpy(a)
+    if a.dtype.kind != "f":
+        raise TypeError(f"{name} must be a floating-point array, got dtype {a.dtype}")
+    return a
+
+
 def _check(cell, kernel, recurrent_kernel):
     G = GATES[check_family(cell)]
-    kernel, recurrent_kernel = to_numpy(kernel), to_numpy(recurrent_kernel)
-    if recurrent_kernel.ndim != 2 or recurrent_kernel.shape[1] != G * recurrent_kernel.shape[0]:
-        raise ValueError(f"recurrent_kernel must have shape (U, {G}*U) for {cell}, got {recurrent_kernel.shape}")
+    kernel, recurrent_kernel = _weights("kernel", kernel), _weights("recurrent_kernel", recurrent_kernel)
+    if (recurrent_kernel.ndim != 2 or recurrent_kernel.shape[1] != G * recurrent_kernel.shape[0]
+            or recurrent_kernel.shape[0] < 1):
+        raise ValueError(f"recurrent_kernel must have shape (U, {G}*U) with U >= 1 for {cell}, got "
+                         f"{recurrent_kernel.shape}")
     U = recurrent_kernel.shape[0]
-    if kernel.ndim != 2 or kernel.shape[1] != G * U:
-        raise ValueError(f"kernel must have shape (I, {G}*U) = (I, {G * U}), got {kernel.shape}")
+    if kernel.ndim != 2 or kernel.shape[1] != G * U or kernel.shape[0] < 1:
+        raise ValueError(f"kernel must have shape (I, {G}*U) = (I, {G * U}) with I >= 1, got {kernel.shape}")
     return kernel, recurrent_kernel, U
 
 
@@ -48,7 +59,7 @@ def from_keras(cell, kernel, recurrent_kernel, bias=None, *, reset_after=True):
     out = {"W_ih": np.ascontiguousarray(order(kernel).T), "W_hh": np.ascontiguousarray(order(recurrent_kernel).T),
            "b_ih": None, "b_hh": None}
     if bias is not None:
-        bias = to_numpy(bias)
+        bias = _weights("bias", bias)
         two = cell == "gru" and reset_after
         want = (2, G * U) if two else (G * U,)
         if bias.shape != want:
@@ -62,13 +73,13 @@ def from_keras(cell, kernel, recurrent_kernel, bias=None, *, reset_after=True):
 def to_keras(cell, W_ih, W_hh, b_ih=None, b_hh=None, *, reset_after=True):
     """PyTorch-layout weights -> (kernel, recurrent_kernel, bias) as Keras stores them."""
     _check_reset_after(reset_after)
-    W_ih, W_hh = to_numpy(W_ih), to_numpy(W_hh)
     G = GATES[check_family(cell)]
-    if W_hh.ndim != 2 or W_hh.shape[0] != G * W_hh.shape[1]:
-        raise ValueError(f"W_hh must have shape ({G}*H, H) for {cell}, got {W_hh.shape}")
+    W_ih, W_hh = _weights("W_ih", W_ih), _weights("W_hh", W_hh)
+    if W_hh.ndim != 2 or W_hh.shape[0] != G * W_hh.shape[1] or W_hh.shape[1] < 1:
+        raise ValueError(f"W_hh must have shape ({G}*H, H) with H >= 1 for {cell}, got {W_hh.shape}")
     U = W_hh.shape[1]
-    if W_ih.ndim != 2 or W_ih.shape[0] != G * U:
-        raise ValueError(f"W_ih must have shape ({G * U}, I), got {W_ih.shape}")
+    if W_ih.ndim != 2 or W_ih.shape[0] != G * U or W_ih.shape[1] < 1:
+        raise ValueError(f"W_ih must have shape ({G * U}, I) with I >= 1, got {W_ih.shape}")
     order = (lambda a: _gru_swap(a, U)) if cell == "gru" else (lambda a: a)
     kernel, recurrent = order(W_ih.T), order(W_hh.T)
     if b_ih is None and b_hh is None:
@@ -76,7 +87,7 @@ def to_keras(cell, W_ih, W_hh, b_ih=None, b_hh=None, *, reset_after=True):
     if b_ih is None or b_hh is None:
         raise ValueError(f"b_ih and b_hh must be given together (or neither), got only "
                          f"{'b_hh' if b_ih is None else 'b_ih'}")
-    b_ih, b_hh = to_numpy(b_ih), to_numpy(b_hh)
+    b_ih, b_hh = _weights("b_ih", b_ih), _weights("b_hh", b_hh)
     for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
         if b.shape != (G * U,):
             raise ValueError(f"{name} must have shape ({G * U},), got {b.shape}")

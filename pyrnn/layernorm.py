@@ -54,7 +54,7 @@ import numpy as np
 
 from . import _stack
 from . import functional as F
-from ._validation import check_positive_int, check_probability, make_rng, zoneout_rates
+from ._validation import check_bool, check_positive_int, check_probability, check_stack_memory, make_rng, zoneout_rates
 from .layers import _StackedLayer
 
 __all__ = ["LayerNormLSTM", "LayerNormGRU"]
@@ -83,15 +83,17 @@ class _LayerNormRNNBase(_StackedLayer):
         check_probability("dropout", dropout)
         check_probability("recurrent_dropout", recurrent_dropout)
         zoneout, zoneout_c = zoneout_rates(mode, zoneout, zoneout_c)
+        check_stack_memory(f"LayerNorm{mode}", 4 if mode == "LSTM" else 3, input_size, hidden_size, proj_size,
+                           num_layers, 2 if check_bool("bidirectional", bidirectional) else 1, self.dtype)
         self.mode = mode  # "LSTM" or "GRU": the states and messages of pyrnn.LSTM / GRU
         self.family = mode.lower()
         self.input_size = int(input_size)
         self.hidden_size = int(hidden_size)
         self.num_layers = int(num_layers)
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
+        self.bias = check_bool("bias", bias)
+        self.batch_first = check_bool("batch_first", batch_first)
         self.dropout = float(dropout)
-        self.bidirectional = bool(bidirectional)
+        self.bidirectional = check_bool("bidirectional", bidirectional)
         self.proj_size = int(proj_size)
         self.recurrent_dropout = float(recurrent_dropout)
         self.zoneout = zoneout  # probability that a unit of h keeps its previous value at a step (training)

@@ -27,10 +27,10 @@ import numpy as np
 from . import _stack
 from . import functional as F
 from ._cells import cell_spec
-from ._module import PARAM_NAMES, Module
-from ._validation import (array_like, check_lengths, check_positive_int, check_precision, check_probability,
-                          check_training_rates, layer_input, layer_states, make_rng, named_arrays,
-                          zoneout_rates)
+from ._module import PARAM_NAMES, Module, check_mode
+from ._validation import (array_like, check_bool, check_lengths, check_parameter_memory, check_positive_int,
+                          check_precision, check_probability, check_stack_memory, check_training_rates, layer_input,
+                          layer_states, make_rng, named_arrays, refuse_masked, zoneout_rates)
 
 __all__ = ["RNN", "LSTM", "GRU", "Linear"]
 
@@ -209,19 +209,21 @@ class _RNNBase(_StackedLayer):
         if proj_size >= hidden_size:
             raise ValueError(f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} and "
                              f"hidden_size={hidden_size}")
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+        if not isinstance(nonlinearity, str) or nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or 'relu'.")
+        check_stack_memory(mode, {"LSTM": 4, "GRU": 3}.get(mode, 1), input_size, hidden_size, proj_size, num_layers,
+                           2 if check_bool("bidirectional", bidirectional) else 1, self.dtype)
         self.mode = mode
         self.input_size = int(input_size)
         self.hidden_size = int(hidden_size)
         self.num_layers = int(num_layers)
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
+        self.bias = check_bool("bias", bias)
+        self.batch_first = check_bool("batch_first", batch_first)
         self.dropout = float(dropout)
-        self.bidirectional = bool(bidirectional)
+        self.bidirectional = check_bool("bidirectional", bidirectional)
         self.proj_size = int(proj_size)
         self.nonlinearity = nonlinearity
-        self.reset_after = bool(reset_after)
+        self.reset_after = check_bool("reset_after", reset_after)
         self.recurrent_dropout = float(recurrent_dropout)
         self.zoneout = zoneout  # probability that a unit of h keeps its previous value at a step (training)
         self.zoneout_c = zoneout_c  # the same for the LSTM's c (0.0 for the GRU and RNN)
@@ -380,7 +382,7 @@ class _RNNBase(_StackedLayer):
         return bool(self._packed)
 
     def train(self, mode=True):
-        if mode and self._packed:
+        if check_mode(mode) and self._packed:
             raise RuntimeError(f"{self.mode}: a frozen layer is for inference only; freeze() the layer you train")
         return super().train(mode)
 
@@ -451,10 +453,11 @@ class Linear(Module):
         super().__init__(dtype)
         self.in_features = check_positive_int("in_features", in_features)
         self.out_features = check_positive_int("out_features", out_features)
+        check_parameter_memory("Linear", self.out_features * (self.in_features + 1), self.dtype)
         rng = make_rng(seed, rng)
         bound = 1.0 / math.sqrt(self.in_features)
         self._add_param("weight", (self.out_features, self.in_features), rng, bound)
-        if bias:
+        if check_bool("bias", bias):
             self._add_param("bias", (self.out_features,), rng, bound)
         self._x = None
 
@@ -469,10 +472,10 @@ class Linear(Module):
     def forward(self, x):
         """y = x W^T + b for x [..., in_features] of the layer's dtype; in training mode keeps x for
         :meth:`backward`."""
-        x = np.asarray(x)
+        x = np.asarray(refuse_masked("input", x))
         if x.dtype != self.dtype:
             raise TypeError(f"Linear: input must have dtype {self.dtype}, got {x.dtype}")
-        if x.shape[-1] != self.in_features:
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear: expected last dimension {self.in_features}, got shape {x.shape}")
         # A copy: backward's result must not change if the caller reuses x's buffer in between.
         # (An eval-mode call leaves a pending backward alone.)
@@ -489,7 +492,10 @@ class Linear(Module):
             raise RuntimeError("Linear.backward needs a call in training mode first (or backward was already "
                                "called for it)")
         x = self._x
-        dy = np.asarray(dy, dtype=self.dtype)
+        dy = np.asarray(refuse_masked("dy", dy))
+        if dy.dtype.kind != "f":  # (strings were parsed, complex lost its imaginary part)
+            raise TypeError(f"Linear.backward: dy must be a floating-point array, got dtype {dy.dtype}")
+        dy = dy.astype(self.dtype, copy=False)
         if dy.shape != x.shape[:-1] + (self.out_features,):
             raise ValueError(f"Linear.backward: dy must have the output's shape {x.shape[:-1] + (self.out_features,)}, "
                              f"got {dy.shape}")

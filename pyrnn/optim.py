@@ -34,10 +34,12 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
 from ._module import ParameterIterator, is_parameter
+from ._validation import check_bool
 from .layers import Linear
 
 __all__ = [
@@ -63,13 +65,17 @@ def _frozen(obj):
     return getattr(obj, "frozen", False) is True
 
 
-def _entries(params, lone=lambda p: False):
+def _entries(params, expected, lone=lambda p: False):
     """The entries of ``params``: a module or frozen copy (or what ``lone`` accepts) is one entry, else
-    ``params`` is iterated. ``module.parameters()`` and frozen copies are refused."""
+    ``params`` is iterated. ``module.parameters()`` and frozen copies are refused; ``expected`` says
+    what ``params`` may be, for the message."""
     if isinstance(params, ParameterIterator):
         raise TypeError("got module.parameters(), the weight arrays themselves (NumPy arrays carry no .grad): "
                         "pass the module, which holds its gradients in module.grads, or (param, grad) pairs")
-    for item in [params] if _is_module(params) or _frozen(params) or lone(params) else params:
+    one = _is_module(params) or _frozen(params) or lone(params)
+    if not one and (not isinstance(params, Iterable) or isinstance(params, (str, bytes))):
+        raise TypeError(f"expected {expected}, got {type(params).__name__} {params!r:.80}")
+    for item in [params] if one else params:
         if _frozen(item):
             raise TypeError(f"{type(item).__name__} is a frozen copy (freeze()), for inference: its weights cannot "
                             f"be trained; train the layer or cell it was frozen from, then freeze() again")
@@ -90,7 +96,7 @@ def _check_pair(item):
 def _pairs(params):
     """[(param, grad)] from a module, or an iterable of modules and (param, grad) pairs."""
     out = []
-    for item in _entries(params):
+    for item in _entries(params, "a module, or a list of modules and (param, grad) pairs"):
         if _is_module(item):
             for name, p in item.named_parameters():
                 out.append((p, item.grads[name]))
@@ -128,7 +134,8 @@ def _grads(params):
         raise TypeError("got a tuple of two arrays: pass a (param, grad) pair inside a list, [(param, grad)], "
                         "or the gradient arrays as a list, [g1, g2]")
     out = []
-    for item in _entries(params, lone=lambda p: isinstance(p, np.ndarray)):
+    for item in _entries(params, "a module, or a list of modules, (param, grad) pairs and gradient arrays",
+                         lone=lambda p: isinstance(p, np.ndarray)):
         if isinstance(item, np.ndarray):
             if is_parameter(item):
                 raise TypeError("got a module's parameter array (a weight, as list(module.parameters()) holds) "
@@ -167,11 +174,18 @@ class Optimizer:
 
     _state_keys: tuple = ()
 
-    def __init__(self, params, lr):
-        self.lr = _check_hyper("learning rate", lr)
+    def __init__(self, params, lr, **hyper):
+        checked = self._checked_hyper(lr=lr, **hyper)
         self._pairs = _pairs(params)
+        self.__dict__.update(checked)
         self.step_count = 0
         self.state = [{k: np.zeros_like(p) for k in self._state_keys} for p, _ in self._pairs]
+
+    @staticmethod
+    def _checked_hyper(lr):
+        """The hyperparameters as attributes, checked: the one check of the constructor and of
+        :meth:`load_state_dict` (subclasses take theirs by keyword)."""
+        return {"lr": _check_hyper("learning rate", lr)}
 
     @property
     def params(self):
@@ -201,23 +215,53 @@ class Optimizer:
                 "state": [{k: v.copy() for k, v in st.items()} for st in self.state]}
 
     def load_state_dict(self, state):
-        """Restores a :meth:`state_dict` (the step count, the moments, and the hyperparameters)."""
-        if state.get("type") != type(self).__name__:
-            raise ValueError(f"state_dict is for {state.get('type')}, not {type(self).__name__}")
-        if len(state["state"]) != len(self.state):
-            raise ValueError(f"state_dict has {len(state['state'])} parameters, the optimizer {len(self.state)}")
-        for mine, theirs in zip(self.state, state["state"]):
+        """Restores a :meth:`state_dict` (the step count, the moments, and the hyperparameters).
+
+        Everything is checked (hyperparameters as the constructor checks them) before anything is set."""
+        name = type(self).__name__
+        if not isinstance(state, Mapping):
+            raise TypeError(f"{name}.load_state_dict: expected a mapping (a state_dict()), got {type(state).__name__}")
+        missing = [k for k in ("type", "step_count", "hyper", "state") if k not in state]
+        if missing:
+            raise ValueError(f"{name}.load_state_dict: the state_dict lacks the keys {missing}")
+        if state["type"] != name:
+            raise ValueError(f"state_dict is for {state['type']}, not {name}")
+        step_count = state["step_count"]
+        if isinstance(step_count, (bool, np.bool_)) or not isinstance(step_count, numbers.Integral):
+            raise TypeError(f"step_count must be an int, got {type(step_count).__name__} {step_count!r}")
+        if step_count < 0:
+            raise ValueError(f"step_count must be >= 0, got {step_count}")
+        hyper = state["hyper"]
+        if not isinstance(hyper, Mapping):
+            raise TypeError(f"state_dict['hyper'] must be a mapping of hyperparameters, got {type(hyper).__name__}")
+        if set(hyper) != set(self._hyper()):
+            raise ValueError(f"state_dict['hyper'] must have the keys {sorted(self._hyper())} of {name}, got "
+                             f"{sorted(map(str, hyper))}")
+        checked = self._checked_hyper(**hyper)
+        states = state["state"]
+        if not isinstance(states, (list, tuple)):
+            raise TypeError(f"state_dict['state'] must be a list (a dict of arrays per parameter), got "
+                            f"{type(states).__name__}")
+        if len(states) != len(self.state):
+            raise ValueError(f"state_dict has {len(states)} parameters, the optimizer {len(self.state)}")
+        arrays = []
+        for mine, theirs in zip(self.state, states):
+            if not isinstance(theirs, Mapping):
+                raise TypeError(f"each entry of state_dict['state'] must be a dict of arrays, got "
+                                f"{type(theirs).__name__}")
             if set(mine) != set(theirs):
-                raise ValueError(f"state_dict has keys {sorted(theirs)}, expected {sorted(mine)}")
+                raise ValueError(f"state_dict has keys {sorted(map(str, theirs))}, expected {sorted(mine)}")
             for k, v in theirs.items():
-                if np.shape(v) != mine[k].shape:
-                    raise ValueError(f"state '{k}' has shape {np.shape(v)}, expected {mine[k].shape}")
-        for mine, theirs in zip(self.state, state["state"]):
-            for k, v in theirs.items():
-                np.copyto(mine[k], v, casting="unsafe")
-        self.step_count = int(state["step_count"])
-        for k, v in state.get("hyper", {}).items():
-            setattr(self, k, tuple(v) if isinstance(v, (list, tuple)) else v)
+                a = np.asarray(v)
+                if a.dtype.kind not in "fiu":  # (copyto's unsafe casting dropped imaginary parts, parsed strings)
+                    raise TypeError(f"state '{k}' must be a real numeric array, got dtype {a.dtype}")
+                if a.shape != mine[k].shape:
+                    raise ValueError(f"state '{k}' has shape {a.shape}, expected {mine[k].shape}")
+                arrays.append((mine[k], a))
+        for dst, a in arrays:
+            np.copyto(dst, a, casting="same_kind")
+        self.step_count = int(step_count)
+        self.__dict__.update(checked)
 
     def __repr__(self):
         hyper = ", ".join(f"{k}={v}" for k, v in self._hyper().items())
@@ -234,13 +278,17 @@ class SGD(Optimizer):
     _state_keys = ("momentum_buffer",)
 
     def __init__(self, params, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0):
-        super().__init__(params, lr)
-        self.momentum = _check_hyper("momentum value", momentum)
-        self.dampening = _check_hyper("dampening", dampening)
-        self.weight_decay = _check_hyper("weight_decay value", weight_decay)
-        self.nesterov = bool(nesterov)
-        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+        super().__init__(params, lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                         weight_decay=weight_decay)
+
+    @staticmethod
+    def _checked_hyper(lr, momentum, dampening, nesterov, weight_decay):
+        h = {"lr": _check_hyper("learning rate", lr), "momentum": _check_hyper("momentum value", momentum),
+             "dampening": _check_hyper("dampening", dampening), "nesterov": check_bool("nesterov", nesterov),
+             "weight_decay": _check_hyper("weight_decay value", weight_decay)}
+        if h["nesterov"] and (h["momentum"] <= 0 or h["dampening"] != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        return h
 
     def _hyper(self):
         return {"lr": self.lr, "momentum": self.momentum, "dampening": self.dampening,
@@ -271,12 +319,16 @@ class RMSprop(Optimizer):
     _state_keys = ("square_avg", "grad_avg", "momentum_buffer")
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False):
-        super().__init__(params, lr)
-        self.alpha = _check_hyper("alpha value", alpha, high=1.0 + 1e-12)
-        self.eps = _check_hyper("epsilon value", eps)
-        self.weight_decay = _check_hyper("weight_decay value", weight_decay)
-        self.momentum = _check_hyper("momentum value", momentum)
-        self.centered = bool(centered)
+        super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                         centered=centered)
+
+    @staticmethod
+    def _checked_hyper(lr, alpha, eps, weight_decay, momentum, centered):
+        return {"lr": _check_hyper("learning rate", lr),
+                "alpha": _check_hyper("alpha value", alpha, high=1.0 + 1e-12),
+                "eps": _check_hyper("epsilon value", eps),
+                "weight_decay": _check_hyper("weight_decay value", weight_decay),
+                "momentum": _check_hyper("momentum value", momentum), "centered": check_bool("centered", centered)}
 
     def _hyper(self):
         return {"lr": self.lr, "alpha": self.alpha, "eps": self.eps, "weight_decay": self.weight_decay,
@@ -317,14 +369,19 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  decoupled_weight_decay=False):
-        super().__init__(params, lr)
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         decoupled_weight_decay=decoupled_weight_decay)
+
+    @staticmethod
+    def _checked_hyper(lr, betas, eps, weight_decay, decoupled_weight_decay):
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas must be a pair, got {betas!r}")
-        self.betas = (_check_hyper("beta parameter at index 0", betas[0], high=1.0),
-                      _check_hyper("beta parameter at index 1", betas[1], high=1.0))
-        self.eps = _check_hyper("epsilon value", eps)
-        self.weight_decay = _check_hyper("weight_decay value", weight_decay)
-        self.decoupled_weight_decay = bool(decoupled_weight_decay)
+        return {"lr": _check_hyper("learning rate", lr),
+                "betas": (_check_hyper("beta parameter at index 0", betas[0], high=1.0),
+                          _check_hyper("beta parameter at index 1", betas[1], high=1.0)),
+                "eps": _check_hyper("epsilon value", eps),
+                "weight_decay": _check_hyper("weight_decay value", weight_decay),
+                "decoupled_weight_decay": check_bool("decoupled_weight_decay", decoupled_weight_decay)}
 
     def _hyper(self):
         return {"lr": self.lr, "betas": self.betas, "eps": self.eps, "weight_decay": self.weight_decay,
@@ -357,12 +414,13 @@ def clip_grad_norm(params, max_norm, norm_type=2.0, error_if_nonfinite=False):
     The norm is taken over all gradients together, as one vector (Pascanu et al.
     2013; ``torch.nn.utils.clip_grad_norm_``). ``params``: a module, or a list of
     modules, ``(param, grad)`` pairs and gradient arrays. Returns the total norm
-    *before* clipping, as a float. ``norm_type`` may be ``float('inf')``.
+    *before* clipping, as a float. ``norm_type`` may be ``float('inf')`` (or ``'inf'``, as torch).
     """
     max_norm = _check_hyper("max_norm", max_norm, allow_inf=True)  # (inf: measure the norm only, as torch)
-    norm_type = float(norm_type)
-    if not norm_type > 0:
-        raise ValueError(f"norm_type must be positive, got {norm_type}")
+    # (float() read True as the 1-norm and parsed '2')
+    norm_type = math.inf if isinstance(norm_type, str) and norm_type == "inf" else _check_hyper(
+        "norm_type", norm_type, low_open=True, allow_inf=True)
+    error_if_nonfinite = check_bool("error_if_nonfinite", error_if_nonfinite)
     grads = _grads(params)
     if not grads:
         return 0.0
@@ -391,14 +449,39 @@ def clip_grad_value(params, clip_value):
 # ----------------------------------------------------------------------- losses
 
 
+def _real_array(name, a, kinds, expected):
+    """``a`` as an array whose dtype kind is one of ``kinds`` (complex, string and object arrays were
+    cast, parsed or failed inside a ufunc)."""
+    a = np.asarray(a)
+    if a.dtype.kind not in kinds:
+        raise TypeError(f"{name} must be {expected}, got dtype {a.dtype}")
+    return a
+
+
+def _logits_along(logits, axis):
+    """Real ``logits`` (integers as float64) and ``axis``, checked: an int naming a non-empty axis."""
+    logits = _real_array("logits", logits, "fiu", "a real-valued array")
+    if logits.dtype.kind != "f":
+        logits = logits.astype(np.float64)
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"axis must be an int, got {type(axis).__name__} {axis!r}")
+    if not -logits.ndim <= axis < logits.ndim:
+        raise ValueError(f"axis {axis} is out of range for logits of shape {logits.shape}")
+    if logits.shape[axis] == 0:
+        raise ValueError(f"logits must have at least one entry along axis {axis}, got shape {logits.shape}")
+    return logits, int(axis)
+
+
 def log_softmax(logits, axis=-1):
     """log(softmax(logits)) along ``axis``, computed stably (the maximum subtracted first)."""
+    logits, axis = _logits_along(logits, axis)
     z = logits - np.max(logits, axis=axis, keepdims=True)
     return z - np.log(np.sum(np.exp(z), axis=axis, keepdims=True))
 
 
 def softmax(logits, axis=-1):
     """exp(logits) normalised to sum to 1 along ``axis``, computed stably."""
+    logits, axis = _logits_along(logits, axis)
     z = np.exp(logits - np.max(logits, axis=axis, keepdims=True))
     return z / np.sum(z, axis=axis, keepdims=True)
 
@@ -406,10 +489,14 @@ def softmax(logits, axis=-1):
 def softmax_cross_entropy(logits, targets, mask=None):
     """Mean cross-entropy (nats) of integer ``targets`` [...] under ``softmax(logits)`` [..., C].
 
-    ``mask`` [...] (optional, 0/1 or weights): the mean is over the masked-in
-    positions. Returns ``(loss, dlogits)``, ``dlogits`` the gradient of the loss.
+    ``logits``: floating point (``dlogits`` has their dtype). ``mask`` [...]
+    (optional, 0/1 or finite weights >= 0, the targets' shape): the mean is over
+    the masked-in positions; with none (or no targets) the loss is 0.0, its
+    gradient zero. Returns ``(loss, dlogits)``, ``dlogits`` the gradient of the loss.
     """
-    logits = np.asarray(logits)
+    logits = _real_array("logits", logits, "f", "a floating-point array (dlogits has its dtype)")
+    if logits.ndim < 1 or logits.shape[-1] < 1:
+        raise ValueError(f"logits must have shape [..., C] with C >= 1 classes, got shape {logits.shape}")
     targets = np.asarray(targets)
     if logits.shape[:-1] != targets.shape:
         raise ValueError(f"logits {logits.shape} and targets {targets.shape} do not match")
@@ -425,9 +512,13 @@ def softmax_cross_entropy(logits, targets, mask=None):
     if mask is None:
         w = np.ones(t.size, dtype=logits.dtype)
     else:
-        w = np.asarray(mask, dtype=logits.dtype).reshape(-1)
-        if w.size != t.size:
-            raise ValueError(f"mask of shape {np.shape(mask)} does not match targets {targets.shape}")
+        mask = _real_array("mask", mask, "biuf", "a real array (0/1 or weights)")
+        if mask.shape != targets.shape:
+            raise ValueError(f"mask of shape {mask.shape} does not match targets {targets.shape}")
+        if not (np.all(np.isfinite(mask)) and np.all(mask >= 0)):  # (negative weights cancelled the loss)
+            raise ValueError("mask must hold finite weights >= 0, got "
+                             + ("NaN or inf" if not np.all(np.isfinite(mask)) else f"{mask.min()}"))
+        w = mask.astype(logits.dtype).reshape(-1)
     total = float(w.sum())
     if total <= 0:
         return 0.0, np.zeros_like(logits)
@@ -439,10 +530,13 @@ def softmax_cross_entropy(logits, targets, mask=None):
 
 
 def mse_loss(pred, target):
-    """mean((pred - target)**2); returns ``(loss, dpred)``."""
-    pred = np.asarray(pred)
-    target = np.asarray(target, dtype=pred.dtype)
+    """mean((pred - target)**2); returns ``(loss, dpred)``. ``pred``: floating point (``dpred`` has
+    its dtype), not empty; ``target``: real numbers of the same shape."""
+    pred = _real_array("pred", pred, "f", "a floating-point array (dpred has its dtype)")
+    target = _real_array("target", target, "fiu", "a real-valued array")
     if target.shape != pred.shape:  # broadcasting [B, 1] against [B] would average B*B pairs
         raise ValueError(f"mse_loss: pred {pred.shape} and target {target.shape} must have the same shape")
-    diff = pred - target
+    if pred.size == 0:
+        raise ValueError(f"mse_loss: pred and target are empty (shape {pred.shape}): no mean to take")
+    diff = pred - target.astype(pred.dtype, copy=False)
     return float(np.mean(np.square(diff, dtype=np.float64))), (2.0 / diff.size) * diff

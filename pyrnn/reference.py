@@ -154,7 +154,16 @@ def quantize_rows_int8(a, levels=127):
     (its products come out NaN) and a zero row scale 0. The kernels use 127
     levels for weights and 63 (7 bits) for activations.
     """
-    a = np.asarray(a, np.float32)
+    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)):
+        raise TypeError(f"levels must be an int in [1, 127], got {type(levels).__name__} {levels!r}")
+    if not 1 <= levels <= 127:  # (0 gave scale inf; int8 holds +-127)
+        raise ValueError(f"levels must be an int in [1, 127], got {levels}")
+    a = np.asarray(a)
+    if a.dtype.kind != "f":  # (strings were parsed)
+        raise TypeError(f"quantize_rows_int8 needs a floating-point array, got dtype {a.dtype}")
+    if a.ndim != 2:
+        raise ValueError(f"quantize_rows_int8 needs a 2-D array [n, K], got shape {a.shape}")
+    a = a.astype(np.float32, copy=False)
     with np.errstate(invalid="ignore"):
         amax = np.max(np.abs(a), axis=1) if a.shape[1] else np.zeros(a.shape[0], np.float32)
     finite = np.isfinite(amax)

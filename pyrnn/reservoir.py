@@ -36,13 +36,13 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
 import numpy.typing as npt
 
 from . import functional as F
-from ._validation import check_dtype
+from ._validation import check_dtype, check_parameter_memory
 
 __all__ = ["ESN", "spectral_radius"]
 
@@ -64,8 +64,8 @@ def _number(name: str, value: Any) -> float:
     return out
 
 
-_RaggedWarning = getattr(getattr(np, "exceptions", None), "VisibleDeprecationWarning", None) or getattr(
-    np, "VisibleDeprecationWarning", DeprecationWarning)
+# (numpy.exceptions from NumPy 1.25; the main namespace before 2.0)
+_RaggedWarning: Type[Warning] = getattr(getattr(np, "exceptions", np), "VisibleDeprecationWarning", DeprecationWarning)
 
 
 def _positive_int(name: str, value: Any, allow_zero: bool = False) -> int:
@@ -351,6 +351,10 @@ class ESN:
         if not isinstance(use_raw_inputs, (bool, np.bool_)):
             raise TypeError(f"use_raw_inputs must be a bool, got {type(use_raw_inputs).__name__}")
         dt = check_dtype(dtype)  # (None: float32, the default)
+        # W is built in float64, then the reservoir's arrays; the readout is fitted on [1, x, h] features
+        check_parameter_memory("ESN", H * H * 2 + H * (I + 2) + O * (1 + I + H), np.float64, "its weights", 1)
+        if isinstance(seed, (bool, np.bool_)):  # (NumPy takes True as the seed 1)
+            raise TypeError(f"seed must be None, a non-negative int or a sequence of them, got {seed!r}")
         if rng is not None and seed is not None:
             raise ValueError("give either seed or rng, not both")
         if rng is not None and not isinstance(rng, np.random.Generator):

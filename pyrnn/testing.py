@@ -6,9 +6,14 @@ which share the per-cell functions' names and core arguments, so one call runs e
 
 from __future__ import annotations
 
+import math
+import numbers
+from collections.abc import Mapping
+
 import numpy as np
 
 from ._cells import CELLS, GATES, cell_options
+from ._validation import check_positive_int
 
 # variant (cell) name -> (family, the keyword options that select it):
 # "rnn_tanh", "rnn_relu", "rnn_leaky", "lstm", "gru", "gru_reset_before"
@@ -31,13 +36,45 @@ TOLERANCES = {
 }
 
 
+def _choice(name, value, choices):
+    """``value`` if it is one of ``choices`` (their keys), else ValueError naming them (not a KeyError)."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def _check_inputs(rng, dtype, sizes):
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), got "
+                        f"{type(rng).__name__}")
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in TOLERANCES:
+        raise TypeError(f"dtype must be one of {', '.join(d.name for d in TOLERANCES)}, got {dtype!r}")
+    for name, n in sizes.items():
+        check_positive_int(name, n, allow_zero=True)
+
+
+def _check_tolerance(name, value, positive=False):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+        raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {value!r}")
+
+
 def assert_close(actual, expected, dtype, name="", factor=1.0):
     """Asserts ``actual`` matches ``expected`` within the table's tolerance for ``dtype``
     (times ``factor``, for a comparison whose own rounding is measured to need more)."""
     tol = TOLERANCES.get(np.dtype(dtype))
     if tol is None:
         raise ValueError(f"dtype must be one of {', '.join(d.name for d in TOLERANCES)}, got {np.dtype(dtype).name}")
+    _check_tolerance("factor", factor, positive=True)  # (a negative factor failed every comparison)
     expected = np.asarray(expected)
+    if expected.dtype.kind not in "fiu":
+        raise TypeError(f"{name + ': ' if name else ''}expected must be a real-valued array, got dtype "
+                        f"{expected.dtype}")
     finite = np.abs(expected[np.isfinite(expected)]) if expected.size else expected
     # (the scale from finite entries: an inf made atol inf, and then anything passed)
     scale = max(1.0, float(np.max(finite))) if finite.size else 1.0
@@ -46,8 +83,10 @@ def assert_close(actual, expected, dtype, name="", factor=1.0):
 
 
 def make_params(rng, cell, T=4, B=3, I=5, H=7, bias=True, dtype=np.float64):
-    """Random inputs for ``cell``: x, h0 (c0), W_ih, W_hh (b_ih, b_hh)."""
-    G = GATES[cell]
+    """Random inputs for ``cell`` ("rnn", "lstm" or "gru"): x, h0 (c0), W_ih, W_hh (b_ih, b_hh), drawn
+    from the numpy.random.Generator ``rng``, of ``dtype`` float32 or float64."""
+    G = GATES[_choice("cell", cell, GATES)]
+    _check_inputs(rng, dtype, {"T": T, "B": B, "I": I, "H": H})
     p = {"x": rng.standard_normal((T, B, I)), "h0": 0.5 * rng.standard_normal((B, H))}
     if cell == "lstm":
         p["c0"] = 0.5 * rng.standard_normal((B, H))
@@ -61,7 +100,7 @@ def make_params(rng, cell, T=4, B=3, I=5, H=7, bias=True, dtype=np.float64):
 
 def run_forward(module, variant, p, **kw):
     """Forward of ``variant`` on the inputs ``p``; returns (outputs dict, cache)."""
-    cell, opts = VARIANTS[variant]
+    cell, opts = VARIANTS[_choice("variant", variant, VARIANTS)]
     biases = (p.get("b_ih"), p.get("b_hh"))
     if cell == "lstm":
         y, h_n, c_n, cache = module.lstm_forward(
@@ -74,7 +113,7 @@ def run_forward(module, variant, p, **kw):
 
 def run_backward(module, variant, cache, cot):
     """Backward of ``variant`` for the output cotangents ``cot``; returns a dict of gradients."""
-    cell = VARIANTS[variant][0]
+    cell = VARIANTS[_choice("variant", variant, VARIANTS)][0]
     if cell == "lstm":
         grads = module.lstm_backward(cache, cot.get("y"), cot.get("h_n"), cot.get("c_n"))
     else:
@@ -94,6 +133,14 @@ def check_directional_derivatives(loss, grads, p, rng, eps=1e-6, rtol=1e-6, atol
     finite differences along one random direction: first every input at once, then one input at a time
     (to name a wrong gradient). Raises AssertionError naming the inputs whose derivatives disagree
     (``abs(analytic - numeric) > max(rtol * abs(numeric), atol)``). Meant for float64 inputs."""
+    _check_tolerance("eps", eps, positive=True)
+    _check_tolerance("rtol", rtol)
+    _check_tolerance("atol", atol)
+    if not isinstance(p, Mapping) or not isinstance(grads, Mapping):
+        raise TypeError(f"p and grads must be dicts of arrays by input name, got {type(p).__name__} and "
+                        f"{type(grads).__name__}")
+    if missing := [k for k in p if k not in grads]:
+        raise ValueError(f"grads lacks the gradients of the inputs {missing}")
     direction = {k: rng.standard_normal(v.shape) for k, v in p.items()}
     for names in [tuple(p)] + [(k,) for k in p]:
         analytic = sum(np.sum(grads[k] * direction[k]) for k in names)
@@ -107,6 +154,9 @@ def check_directional_derivatives(loss, grads, p, rng, eps=1e-6, rtol=1e-6, atol
 def assert_bitwise_equal(actual, expected):
     """Asserts two dicts of arrays (outputs or gradients; None entries skipped) are bitwise equal:
     the same dtype, shape and bytes (signed zeros and NaN payloads included)."""
+    if not isinstance(actual, Mapping) or not isinstance(expected, Mapping):
+        raise TypeError(f"assert_bitwise_equal compares two dicts of arrays (by name), got "
+                        f"{type(actual).__name__} and {type(expected).__name__}")
     assert actual.keys() == expected.keys(), (sorted(actual), sorted(expected))
     for k, v in expected.items():
         if v is None:
@@ -150,6 +200,10 @@ def make_layernorm_params(rng, cell, T=4, B=3, I=5, H=7, bias=True, dtype=np.flo
     :func:`make_params` plus gains near 1 ("ln_ih", "ln_hh", and for the LSTM
     "ln_c_weight") and, with ``bias``, "ln_c_bias" (LSTM). ``proj_size`` P > 0
     (LSTM): a projection "W_hr" [P, H], with h0 [B, P] and W_hh [4H, P]."""
+    _choice("cell", cell, LN_GRAD_NAMES)
+    _check_inputs(rng, dtype, {"proj_size": proj_size})
+    if proj_size and cell != "lstm":
+        raise ValueError(f"proj_size (a projection) is only for the LSTM, got proj_size={proj_size} for {cell}")
     p = make_params(rng, cell, T=T, B=B, I=I, H=H, bias=bias, dtype=np.float64)
     G = GATES[cell]
     if proj_size:
@@ -168,6 +222,7 @@ def make_layernorm_params(rng, cell, T=4, B=3, I=5, H=7, bias=True, dtype=np.flo
 
 def run_layernorm_forward(module, cell, p, **kw):
     """Layer-normalised forward of ``cell`` on ``p``; returns (outputs dict, cache)."""
+    _choice("cell", cell, LN_GRAD_NAMES)
     biases = (p.get("b_ih"), p.get("b_hh"))
     if cell == "lstm":
         if "W_hr" in p:
@@ -183,6 +238,7 @@ def run_layernorm_forward(module, cell, p, **kw):
 
 def run_layernorm_backward(module, cell, cache, cot):
     """Layer-normalised backward of ``cell``; returns a dict of gradients by input name."""
+    _choice("cell", cell, LN_GRAD_NAMES)
     if cell == "lstm":
         grads = module.layernorm_lstm_backward(cache, cot.get("y"), cot.get("h_n"), cot.get("c_n"))
     else:

@@ -113,8 +113,7 @@ from . import _core, _onnx, _stack, _torch_ops
 from ._onnx import WithLengths
 from . import functional as F
 from ._cells import cell_spec
-from ._validation import check_probability
-from ._validation import check_training_rates, zoneout_rates
+from ._validation import check_bool, check_probability, check_stack_memory, check_training_rates, zoneout_rates
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "InputError", "FrozenRNN", "FrozenRNNCell",
            "freeze", "quantize_dynamic", "WithLengths", "LayerNormLSTM", "LayerNormGRU"]
@@ -407,7 +406,15 @@ class _PyrnnRNNMixin:
 
     def __init__(self, *args, recurrent_dropout=0.0, zoneout=0.0, zoneout_c=None, **kwargs):
         rates = zoneout_rates("LSTM" if self._cell == "lstm" else type(self).__name__, zoneout, zoneout_c)
+        sizes = [args[i] if len(args) > i else kwargs.get(k, 1) for i, k in
+                 enumerate(("input_size", "hidden_size", "num_layers"))]
+        if all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in sizes):
+            # (before torch.nn allocates: num_layers=2**40 looped adding parameters)
+            check_stack_memory(type(self).__name__, {"lstm": 4, "gru": 3}.get(self._cell, 1), *sizes[:2],
+                               0, sizes[2], 2, np.float32)
         super().__init__(*args, **kwargs)
+        for name in ("bias", "batch_first", "bidirectional"):  # (torch.nn keeps them as given: 'False' ran as True)
+            setattr(self, name, check_bool(name, getattr(self, name)))
         self.recurrent_dropout = check_probability("recurrent_dropout", recurrent_dropout)
         self.zoneout, self.zoneout_c = rates  # of h and (LSTM) c; the GRU's and RNN's zoneout_c is 0.0
 
@@ -674,8 +681,9 @@ class GRU(_PyrnnRNNMixin, nn.GRU):
     _cell = "gru"
 
     def __init__(self, *args, reset_after=True, **kwargs):
+        reset_after = check_bool("reset_after", reset_after)
         super().__init__(*args, **kwargs)
-        self.reset_after = bool(reset_after)
+        self.reset_after = reset_after
 
 
 # ------------------------------------------------------------------- cells --
@@ -1095,7 +1103,7 @@ def quantize_dynamic(model, qconfig_spec=None, dtype=torch.qint8, inplace=False)
     the converted model (a copy unless ``inplace``); a recurrent module given
     as ``model`` is returned converted.
     """
-    if dtype not in _QUANT_DTYPES:
+    if not isinstance(dtype, (torch.dtype, str)) or dtype not in _QUANT_DTYPES:  # (a list: unhashable)
         raise ValueError(f"quantize_dynamic: dtype must be torch.qint8 or torch.bfloat16, got {dtype!r}")
     precision = _QUANT_DTYPES[dtype]
     if not isinstance(model, nn.Module):
@@ -1236,7 +1244,7 @@ class _LayerNormRNN(nn.Module):
         super().__init__()
         for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers),
                         ("proj_size", proj_size)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral if name == "proj_size" else int):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
                 raise TypeError(f"{name} should be of type int, got: {type(v).__name__}")
             if v < 0 or (v == 0 and name != "proj_size"):
                 raise ValueError(f"{name} must be greater than zero" if name != "proj_size"
@@ -1247,10 +1255,14 @@ class _LayerNormRNN(nn.Module):
             raise ValueError(f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} and "
                              f"hidden_size={hidden_size}")
         check_probability("dropout", dropout)
+        input_size, hidden_size, num_layers = int(input_size), int(hidden_size), int(num_layers)
+        check_stack_memory(type(self).__name__, 4 if mode == "LSTM" else 3, input_size, hidden_size, int(proj_size),
+                           num_layers, 2 if check_bool("bidirectional", bidirectional) else 1, np.float32)
         self.mode, self._cell = mode, mode.lower()
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.bias, self.batch_first, self.dropout = bool(bias), bool(batch_first), float(dropout)
-        self.bidirectional = bool(bidirectional)
+        self.bias, self.batch_first = check_bool("bias", bias), check_bool("batch_first", batch_first)
+        self.dropout = float(dropout)
+        self.bidirectional = check_bool("bidirectional", bidirectional)
         self.proj_size = proj_size = int(proj_size)
         self.recurrent_dropout = rec_p
         self.zoneout, self.zoneout_c = rates  # of h and (LSTM) c; the GRU's zoneout_c is 0.0
@@ -1386,6 +1398,8 @@ class _LayerNormRNN(nn.Module):
             lengths_t = lengths_t.to(torch.int64)
         elif lengths is not None:
             from ._validation import check_lengths
+            if isinstance(lengths, torch.Tensor) and lengths.device.type == "meta":
+                raise TypeError(f"{name}: lengths is a tensor on the meta device, which holds no values")
             given = np.asarray(lengths.detach().cpu().numpy() if isinstance(lengths, torch.Tensor) else lengths)
             lengths_np = np.ascontiguousarray(check_lengths(given, T, B), dtype=np.int64)  # dtype checked first
         h0_all, c0_all = self._states(hx, B, unbatched, dtype)

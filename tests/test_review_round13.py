@@ -69,3 +69,33 @@ def test_forward_mode_ad_names_pyrnn(make):
         jvp(lambda x: functional_call(m, dict(m.named_parameters()), (x,))[0], (x,), (torch.ones_like(x),))
     with fwAD.dual_level(), pytest.raises(NotImplementedError, match="pyrnn: forward-mode AD"):
         m(fwAD.make_dual(x, torch.ones_like(x)))
+
+
+@pytest.mark.parametrize("make", [lambda v: pt.LSTM(3, 4, bidirectional=v), lambda v: pt.GRU(3, 4, bias=v),
+                                  lambda v: pt.GRU(3, 4, reset_after=v),
+                                  lambda v: pt.LayerNormLSTM(3, 4, batch_first=v)])
+def test_torch_boolean_options(make):
+    # pyrnn.torch.LSTM(bidirectional='False') ran bidirectional
+    for bad in ("False", None):
+        with pytest.raises(TypeError, match="must be True or False|should be of type bool"):  # (pyrnn's or torch's)
+            make(bad)
+    make(False)
+
+
+def test_torch_sizes():
+    with pytest.raises(MemoryError, match="would need"):
+        pt.LSTM(3, 4, num_layers=2**40)  # (torch.nn loops allocating)
+    with pytest.raises(MemoryError, match="would need"):
+        pt.LayerNormGRU(3, 4, num_layers=2**40)
+    m = pt.LayerNormLSTM(np.int64(3), np.int64(4), num_layers=np.int64(2))  # (refused before; torch takes them)
+    assert (m.input_size, m.hidden_size, m.num_layers) == (3, 4, 2)
+    assert m(torch.randn(5, 2, 3))[0].shape == (5, 2, 4)
+    y, _ = pt.RNN(3, 4, 2, "relu", False)(torch.randn(5, 2, 3))  # (torch.nn.RNN's positional nonlinearity)
+    assert y.shape == (5, 2, 4)
+
+
+def test_torch_quantize_dtype_and_meta_lengths():
+    with pytest.raises(ValueError, match="dtype must be"):
+        pt.quantize_dynamic(nn.Sequential(pt.LSTM(3, 4)), dtype=[torch.qint8])
+    with pytest.raises(TypeError, match="meta"):
+        pt.LayerNormGRU(3, 4)(torch.randn(5, 2, 3), lengths=torch.tensor([5, 3], device="meta"))
