@@ -274,12 +274,17 @@ def check_parameter_memory(owner, count, dtype, what="its parameters and their g
                           f"{have / 2**30:.1f} GiB")
 
 
-def check_stack_memory(owner, G, I, H, P, num_layers, num_directions, dtype):
+def check_stack_memory(owner, G, I, H, P, num_layers, num_directions, dtype, copies=2):
     """check_parameter_memory for a stack of ``num_layers`` recurrent layers (G gate blocks, input I,
-    hidden H, projection P or 0), before its parameters are allocated."""
+    hidden H, projection P or 0), before its parameters are allocated (``copies``: 2 with gradients
+    allocated beside them, 1 where they come later, as torch's)."""
     Ho = P or H
-    per_direction = G * H * (max(I, num_directions * Ho) + Ho + 4) + P * H + 4 * H
-    check_parameter_memory(owner, num_layers * num_directions * per_direction, dtype)
+
+    def per_direction(inputs):  # W_ih, W_hh, biases, W_hr (and layer-norm gains)
+        return G * H * (inputs + Ho + 4) + P * H + 4 * H
+
+    count = num_directions * (per_direction(I) + (num_layers - 1) * per_direction(num_directions * Ho))
+    check_parameter_memory(owner, count, dtype, copies=copies)
 
 
 def check_probability(name, p):

@@ -409,9 +409,10 @@ class _PyrnnRNNMixin:
         sizes = [args[i] if len(args) > i else kwargs.get(k, 1) for i, k in
                  enumerate(("input_size", "hidden_size", "num_layers"))]
         if all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in sizes):
-            # (before torch.nn allocates: num_layers=2**40 looped adding parameters)
+            # (before torch.nn allocates: num_layers=2**40 looped adding parameters; a lower bound:
+            # one direction, no projection, float32, gradients allocated later)
             check_stack_memory(type(self).__name__, {"lstm": 4, "gru": 3}.get(self._cell, 1), *sizes[:2],
-                               0, sizes[2], 2, np.float32)
+                               0, sizes[2], 1, np.float32, copies=1)
         super().__init__(*args, **kwargs)
         for name in ("bias", "batch_first", "bidirectional"):  # (torch.nn keeps them as given: 'False' ran as True)
             setattr(self, name, check_bool(name, getattr(self, name)))
@@ -1257,7 +1258,7 @@ class _LayerNormRNN(nn.Module):
         check_probability("dropout", dropout)
         input_size, hidden_size, num_layers = int(input_size), int(hidden_size), int(num_layers)
         check_stack_memory(type(self).__name__, 4 if mode == "LSTM" else 3, input_size, hidden_size, int(proj_size),
-                           num_layers, 2 if check_bool("bidirectional", bidirectional) else 1, np.float32)
+                           num_layers, 2 if check_bool("bidirectional", bidirectional) else 1, np.float32, copies=1)
         self.mode, self._cell = mode, mode.lower()
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first = check_bool("bias", bias), check_bool("batch_first", batch_first)

@@ -99,3 +99,11 @@ def test_torch_quantize_dtype_and_meta_lengths():
         pt.quantize_dynamic(nn.Sequential(pt.LSTM(3, 4)), dtype=[torch.qint8])
     with pytest.raises(TypeError, match="meta"):
         pt.LayerNormGRU(3, 4)(torch.randn(5, 2, 3), lengths=torch.tensor([5, 3], device="meta"))
+
+
+def test_big_models_that_fit_still_construct():
+    # the first version of the size check charged pyrnn.torch modules as bidirectional float32 with
+    # gradients (6-11x): an LSTM(8192, 8192, num_layers=2) of 4 GiB was refused on a 24 GiB machine
+    m = pt.LSTM(8192, 8192, num_layers=2, device="meta")
+    assert m.weight_hh_l1.shape == (4 * 8192, 8192)
+    pt.LayerNormLSTM(4096, 4096, num_layers=2, device="meta")
