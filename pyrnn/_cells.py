@@ -68,10 +68,10 @@ def cell_spec(family: str, *, nonlinearity: str = "tanh", reset_after: bool = Tr
     ``leak`` (RNN, tanh only): a leaky-integrator rate a selects "rnn_leaky",
     h' = (1 - a) h + a tanh(W_ih x + b_ih + W_hh h + b_hh); None: the plain RNN.
     """
+    from ._validation import check_bool  # (here: _validation imports this module)
+
     check_family(family)
-    if not isinstance(reset_after, (bool, np.bool_)) and not (isinstance(reset_after, (int, np.integer))
-                                                               and reset_after in (0, 1)):
-        raise TypeError(f"reset_after must be True or False, got {type(reset_after).__name__} {reset_after!r}")
+    reset_after = check_bool("reset_after", reset_after)
     if family != "rnn":
         if nonlinearity != "tanh":
             raise ValueError(f"nonlinearity is the RNN's option (tanh or relu); a {family} takes none, got "

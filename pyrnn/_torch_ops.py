@@ -74,6 +74,15 @@ DOUBLE_BACKWARD = (
 FORWARD_AD = ("pyrnn: forward-mode AD (torch.autograd.forward_ad, torch.func.jvp, jacfwd) is not implemented by "
               "pyrnn's kernels; use reverse mode (backward, torch.func.vjp, jacrev)")
 
+
+class NoForwardAD:
+    """Base of pyrnn's autograd Functions: forward-mode AD raises FORWARD_AD (torch's own message, with
+    gradients on, would ask the caller to implement jvp)."""
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise NotImplementedError(FORWARD_AD)
+
 _TENSORS = ("Tensor x, Tensor? h0, Tensor? c0, Tensor W_ih, Tensor W_hh, Tensor? b_ih, Tensor? b_hh, "
             "Tensor? W_hr, Tensor? lengths, Tensor? h_mask")
 _OPTIONS = "str cell, str nonlinearity, bool reset_after, bool reverse"
@@ -303,7 +312,7 @@ def _func_function(name, op, op_backward, save, backward_args):
         def backward(ctx, *grads):
             raise RuntimeError(DOUBLE_BACKWARD)
 
-    class Forward(torch.autograd.Function):
+    class Forward(NoForwardAD, torch.autograd.Function):
         generate_vmap_rule = True
 
         @staticmethod
@@ -319,10 +328,6 @@ def _func_function(name, op, op_backward, save, backward_args):
         def backward(ctx, grad_y, grad_h_n, grad_c_n, grad_residual):
             args, inputs = backward_args(ctx, grad_y, grad_h_n, grad_c_n)
             return _input_grads(ctx, Backward.apply(*args), inputs)
-
-        @staticmethod
-        def jvp(ctx, *tangents):
-            raise NotImplementedError(FORWARD_AD)
 
     Forward.__name__ = Forward.__qualname__ = name
     Backward.__name__ = Backward.__qualname__ = f"_{name}Backward"

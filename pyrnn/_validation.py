@@ -225,15 +225,20 @@ def check_precision(precision, dtype):
 
 
 def make_rng(seed, rng):
+    """The Generator of a ``seed=`` / ``rng=`` pair of arguments (at most one given)."""
     if rng is not None and seed is not None:
         raise ValueError("give either seed or rng, not both")
-    if isinstance(seed, (bool, np.bool_)):  # (NumPy takes True as the seed 1)
-        raise TypeError(f"seed must be an int (or None), got {seed!r}")
     if rng is not None:
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
         return rng
-    return np.random.default_rng(seed)
+    expected = f"seed must be None, a non-negative int or a sequence of them, got {seed!r}"
+    if isinstance(seed, (bool, np.bool_)):  # (NumPy takes True as the seed 1)
+        raise TypeError(expected)
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as e:
+        raise type(e)(expected) from None
 
 
 def check_positive_int(name, value, allow_zero=False):

@@ -55,7 +55,7 @@ import jax.numpy as jnp
 
 from . import _core
 from . import functional as F
-from ._cells import GATES, cell_spec
+from ._cells import GATES, cell_spec, check_nonlinearity
 from ._validation import check_bool, check_forward
 
 __all__ = ["lstm", "gru", "rnn", "backend"]
@@ -415,8 +415,7 @@ def gru(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, reset_after=True, lengths=No
 
 def rnn(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", lengths=None, reverse=False):
     """Elman RNN over a sequence: h' = tanh|relu(W_ih x + b_ih + W_hh h + b_hh). Returns (y, h_n)."""
-    if not isinstance(nonlinearity, str) or nonlinearity not in ("tanh", "relu"):
-        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    check_nonlinearity(nonlinearity)
     a, lengths = _prepare("rnn", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, None, lengths)
     spec = _Spec("rnn", check_bool("reverse", reverse), nonlinearity=nonlinearity)
     return _sequence(spec, a["x"], a["h0"], None, a["W_ih"], a["W_hh"], a["b_ih"], a["b_hh"], None, lengths)

@@ -54,6 +54,7 @@ import numpy as np
 
 from . import _stack
 from . import functional as F
+from ._cells import GATES
 from ._validation import check_bool, check_positive_int, check_probability, check_stack_memory, make_rng, zoneout_rates
 from .layers import _StackedLayer
 
@@ -83,8 +84,6 @@ class _LayerNormRNNBase(_StackedLayer):
         check_probability("dropout", dropout)
         check_probability("recurrent_dropout", recurrent_dropout)
         zoneout, zoneout_c = zoneout_rates(mode, zoneout, zoneout_c)
-        check_stack_memory(f"LayerNorm{mode}", 4 if mode == "LSTM" else 3, input_size, hidden_size, proj_size,
-                           num_layers, 2 if check_bool("bidirectional", bidirectional) else 1, self.dtype)
         self.mode = mode  # "LSTM" or "GRU": the states and messages of pyrnn.LSTM / GRU
         self.family = mode.lower()
         self.input_size = int(input_size)
@@ -95,6 +94,8 @@ class _LayerNormRNNBase(_StackedLayer):
         self.dropout = float(dropout)
         self.bidirectional = check_bool("bidirectional", bidirectional)
         self.proj_size = int(proj_size)
+        check_stack_memory(f"LayerNorm{mode}", GATES[self.family], self.input_size, self.hidden_size, self.proj_size,
+                           self.num_layers, self.num_directions, self.dtype)  # (before the parameters below)
         self.recurrent_dropout = float(recurrent_dropout)
         self.zoneout = zoneout  # probability that a unit of h keeps its previous value at a step (training)
         self.zoneout_c = zoneout_c  # the same for the LSTM's c (0.0 for the GRU)

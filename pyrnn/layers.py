@@ -26,7 +26,7 @@ import numpy as np
 
 from . import _stack
 from . import functional as F
-from ._cells import cell_spec
+from ._cells import GATES, cell_spec
 from ._module import PARAM_NAMES, Module, check_mode
 from ._validation import (array_like, check_bool, check_lengths, check_parameter_memory, check_positive_int,
                           check_precision, check_probability, check_stack_memory, check_training_rates, layer_input,
@@ -211,8 +211,6 @@ class _RNNBase(_StackedLayer):
                              f"hidden_size={hidden_size}")
         if not isinstance(nonlinearity, str) or nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or 'relu'.")
-        check_stack_memory(mode, {"LSTM": 4, "GRU": 3}.get(mode, 1), input_size, hidden_size, proj_size, num_layers,
-                           2 if check_bool("bidirectional", bidirectional) else 1, self.dtype)
         self.mode = mode
         self.input_size = int(input_size)
         self.hidden_size = int(hidden_size)
@@ -224,6 +222,8 @@ class _RNNBase(_StackedLayer):
         self.proj_size = int(proj_size)
         self.nonlinearity = nonlinearity
         self.reset_after = check_bool("reset_after", reset_after)
+        check_stack_memory(mode, GATES[mode.lower()], self.input_size, self.hidden_size, self.proj_size,
+                           self.num_layers, self.num_directions, self.dtype)  # (before the parameters below)
         self.recurrent_dropout = float(recurrent_dropout)
         self.zoneout = zoneout  # probability that a unit of h keeps its previous value at a step (training)
         self.zoneout_c = zoneout_c  # the same for the LSTM's c (0.0 for the GRU and RNN)

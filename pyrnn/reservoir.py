@@ -42,7 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import functional as F
-from ._validation import check_dtype, check_parameter_memory
+from ._validation import check_dtype, check_parameter_memory, make_rng
 
 __all__ = ["ESN", "spectral_radius"]
 
@@ -353,20 +353,7 @@ class ESN:
         dt = check_dtype(dtype)  # (None: float32, the default)
         # W is built in float64, then the reservoir's arrays; the readout is fitted on [1, x, h] features
         check_parameter_memory("ESN", H * H * 2 + H * (I + 2) + O * (1 + I + H), np.float64, "its weights", 1)
-        if isinstance(seed, (bool, np.bool_)):  # (NumPy takes True as the seed 1)
-            raise TypeError(f"seed must be None, a non-negative int or a sequence of them, got {seed!r}")
-        if rng is not None and seed is not None:
-            raise ValueError("give either seed or rng, not both")
-        if rng is not None and not isinstance(rng, np.random.Generator):
-            raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-        if rng is None:
-            try:
-                gen = np.random.default_rng(seed)
-            except (TypeError, ValueError) as e:
-                raise (TypeError if isinstance(e, TypeError) else ValueError)(
-                    f"seed must be None, a non-negative int or a sequence of them, got {seed!r}") from None
-        else:
-            gen = rng
+        gen = make_rng(seed, rng)
 
         self.input_size, self.reservoir_size, self.output_size = I, H, O
         self.spectral_radius = radius

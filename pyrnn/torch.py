@@ -112,8 +112,8 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from . import _core, _onnx, _stack, _torch_ops
 from ._onnx import WithLengths
 from . import functional as F
-from ._cells import cell_spec
-from ._validation import check_bool, check_probability, check_stack_memory, check_training_rates, zoneout_rates
+from ._cells import GATES, cell_spec
+from ._validation import check_bool, check_probability, check_stack_memory, check_training_rates, to_numpy, zoneout_rates
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "InputError", "FrozenRNN", "FrozenRNNCell",
            "freeze", "quantize_dynamic", "WithLengths", "LayerNormLSTM", "LayerNormGRU"]
@@ -222,7 +222,7 @@ class _Rerun:
         return _versions(self.tensors) != self.versions
 
 
-class _Recurrence(torch.autograd.Function):
+class _Recurrence(_torch_ops.NoForwardAD, torch.autograd.Function):
     """One layer, one direction: forward and backward in C++.
 
     Inputs: spec, x [T, B, I], h0, c0 (LSTM) or None, W_ih, W_hh, b_ih, b_hh, W_hr
@@ -265,10 +265,6 @@ class _Recurrence(torch.autograd.Function):
         out = [None if g is None or not need else torch.from_numpy(g)
                for g, need in zip(grads, ctx.needs_input_grad[1:])]
         return (None, *_guard_create_graph(out, (*saved, *ctx.biases), grad_outputs))
-
-    @staticmethod
-    def jvp(ctx, *tangents):  # (torch's own message would ask the caller to implement it)
-        raise NotImplementedError(_torch_ops.FORWARD_AD)
 
 
 class InputError(ValueError, RuntimeError):
@@ -411,7 +407,7 @@ class _PyrnnRNNMixin:
         if all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in sizes):
             # (before torch.nn allocates: num_layers=2**40 looped adding parameters; a lower bound:
             # one direction, no projection, float32, gradients allocated later)
-            check_stack_memory(type(self).__name__, {"lstm": 4, "gru": 3}.get(self._cell, 1), *sizes[:2],
+            check_stack_memory(type(self).__name__, GATES[self._cell], *sizes[:2],
                                0, sizes[2], 1, np.float32, copies=1)
         super().__init__(*args, **kwargs)
         for name in ("bias", "batch_first", "bidirectional"):  # (torch.nn keeps them as given: 'False' ran as True)
@@ -1188,7 +1184,7 @@ def _layernorm_op(cell, reverse, tensors, lengths, h_mask, zoneout_h, zoneout_c)
     return y, h_n, (c_n if cell == "lstm" else None)
 
 
-class _LayerNormRecurrence(torch.autograd.Function):
+class _LayerNormRecurrence(_torch_ops.NoForwardAD, torch.autograd.Function):
     """One layer and direction of a layer-normalised cell. Inputs: cell, lengths
     (int64 array or None), reverse, masks ((h_mask, zoneout_h, zoneout_c),
     NumPy arrays or None: constants), then the tensors of _LN_ORDER (None
@@ -1225,10 +1221,6 @@ class _LayerNormRecurrence(torch.autograd.Function):
         out = _guard_create_graph(out, saved[:len(_LN_ORDER)], grad_outputs)
         return (None, None, None, None, *out)
 
-    @staticmethod
-    def jvp(ctx, *tangents):
-        raise NotImplementedError(_torch_ops.FORWARD_AD)
-
 
 class _LayerNormRNN(nn.Module):
     recurrent_dropout = 0.0  # (class defaults: modules pickled before these options existed have none)
@@ -1257,13 +1249,13 @@ class _LayerNormRNN(nn.Module):
                              f"hidden_size={hidden_size}")
         check_probability("dropout", dropout)
         input_size, hidden_size, num_layers = int(input_size), int(hidden_size), int(num_layers)
-        check_stack_memory(type(self).__name__, 4 if mode == "LSTM" else 3, input_size, hidden_size, int(proj_size),
-                           num_layers, 2 if check_bool("bidirectional", bidirectional) else 1, np.float32, copies=1)
         self.mode, self._cell = mode, mode.lower()
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first = check_bool("bias", bias), check_bool("batch_first", batch_first)
         self.dropout = float(dropout)
         self.bidirectional = check_bool("bidirectional", bidirectional)
+        check_stack_memory(type(self).__name__, GATES[self._cell], input_size, hidden_size, int(proj_size),
+                           num_layers, 2 if self.bidirectional else 1, np.float32, copies=1)
         self.proj_size = proj_size = int(proj_size)
         self.recurrent_dropout = rec_p
         self.zoneout, self.zoneout_c = rates  # of h and (LSTM) c; the GRU's zoneout_c is 0.0
@@ -1399,9 +1391,7 @@ class _LayerNormRNN(nn.Module):
             lengths_t = lengths_t.to(torch.int64)
         elif lengths is not None:
             from ._validation import check_lengths
-            if isinstance(lengths, torch.Tensor) and lengths.device.type == "meta":
-                raise TypeError(f"{name}: lengths is a tensor on the meta device, which holds no values")
-            given = np.asarray(lengths.detach().cpu().numpy() if isinstance(lengths, torch.Tensor) else lengths)
+            given = np.asarray(to_numpy(lengths))
             lengths_np = np.ascontiguousarray(check_lengths(given, T, B), dtype=np.int64)  # dtype checked first
         h0_all, c0_all = self._states(hx, B, unbatched, dtype)
         if not traced:

@@ -35,25 +35,21 @@ size_t round_up(size_t bytes) { return (bytes + 63) / 64 * 64; }
 // RSS 1.3-2.2 GiB above the start after calls of many shapes, and empty_cache()
 // returned under half of it.
 void* aligned_block(size_t bytes) {
-#if defined(_WIN32)
-  return _aligned_malloc(bytes, 64);
-#else
 #if defined(__unix__) || defined(__APPLE__)
   if (bytes >= kMinPooled) {
     void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     return p == MAP_FAILED ? nullptr : p;
   }
 #endif
+#if defined(_WIN32)
+  return _aligned_malloc(bytes, 64);
+#else
   return std::aligned_alloc(64, bytes);
 #endif
 }
 
 // `bytes`: the size the block was allocated with.
 void free_block(void* ptr, size_t bytes) {
-#if defined(_WIN32)
-  (void)bytes;
-  _aligned_free(ptr);
-#else
 #if defined(__unix__) || defined(__APPLE__)
   if (bytes >= kMinPooled) {
     munmap(ptr, bytes);
@@ -61,6 +57,9 @@ void free_block(void* ptr, size_t bytes) {
   }
 #endif
   (void)bytes;
+#if defined(_WIN32)
+  _aligned_free(ptr);
+#else
   std::free(ptr);
 #endif
 }
