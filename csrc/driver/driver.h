@@ -176,29 +176,44 @@ inline void step_tiles(int64_t n, int64_t K, const T* panel, ARow arow, Epi epi,
   }
   // The chunk kPrefetchChunks ahead (past the panel's end: the next block's
   // panel, which follows it in memory) is requested while the row tiles pass
-  // over this one, each tile its share of its lines, so that a panel that
-  // streams from L3 or DRAM (W_hh beyond L2: H=1024) arrives during the
-  // compute instead of on demand. Measured, LSTM B=16 T=20 H=1024 inference
-  // on Zen 3: 7-11% faster at 1 thread, 12% at 2; neutral where the panels
-  // sit in L2. (Only a hint: results are unchanged.)
+  // over this one, so that a panel that streams from L3 or DRAM (W_hh beyond
+  // L2: H=1024) arrives during the compute instead of on demand. (Only a
+  // hint: results are unchanged.) Measured on Zen 3, LSTM T=25 H=1024
+  // inference, alternating builds:
+  // - with three tiles or more, each tile requests its share of the chunk's
+  //   lines before it runs: B=16 7-11% faster at 1 thread, 12% at 2;
+  // - with one or two (B=4..6 here) those bursts stall on the misses in
+  //   flight, so the first tile's kernel requests one panel row per k row
+  //   instead, between its FMAs: B=4 1.10-1.13x at 1 thread, 1.17x at 2,
+  //   B=5 1.03-1.10x, B=6 1.06-1.08x (with three or more it measured 0.93x).
   constexpr int64_t kPrefetchChunks = 4, kLine = 64;
-  const int64_t ntiles = (n + MR - 1) / MR, lines = KC * NR * int64_t(sizeof(T)) / kLine;
+  const int64_t ahead_elems = kPrefetchChunks * KC * NR, ntiles = (n + MR - 1) / MR,
+                lines = KC * NR * int64_t(sizeof(T)) / kLine;
+  const bool in_kernel = ntiles <= 2;
   for (int64_t k0 = 0; k0 < K; k0 += KC) {
     const int64_t kc = std::min(KC, K - k0);
     // (As an integer: the address may lie past the buffer's end, where no pointer may point.)
-    const uintptr_t ahead =
-        reinterpret_cast<uintptr_t>(panel) + uintptr_t((k0 + kPrefetchChunks * KC) * NR) * sizeof(T);
+    const uintptr_t ahead = reinterpret_cast<uintptr_t>(panel) + uintptr_t(k0 * NR + ahead_elems) * sizeof(T);
     for (int64_t r0 = 0; r0 < n; r0 += MR) {
       int m = int(std::min<int64_t>(MR, n - r0));
       const int64_t t = r0 / MR;
-      for (int64_t l = lines * t / ntiles; l < lines * (t + 1) / ntiles; ++l)
-        __builtin_prefetch(reinterpret_cast<const void*>(ahead + uintptr_t(l * kLine)), 0, 1);
       rows_at(r0, m, k0);
       T* tile = acc + r0 * NR;
+      const T* b = panel + k0 * NR;
+      if (in_kernel && t == 0) {
+        if (k0 == 0)
+          ukernel_rows<T, MR, NV, false, false, MR, true>(m, kc, nullptr, arows, b, tile, ahead_elems);
+        else
+          ukernel_rows<T, MR, NV, false, true, MR, true>(m, kc, nullptr, arows, b, tile, ahead_elems);
+        continue;
+      }
+      if (!in_kernel)
+        for (int64_t l = lines * t / ntiles; l < lines * (t + 1) / ntiles; ++l)
+          __builtin_prefetch(reinterpret_cast<const void*>(ahead + uintptr_t(l * kLine)), 0, 1);
       if (k0 == 0)
-        ukernel_rows<T, MR, NV, false>(m, kc, nullptr, arows, panel, tile);
+        ukernel_rows<T, MR, NV, false>(m, kc, nullptr, arows, b, tile);
       else
-        ukernel_rows<T, MR, NV, false, true>(m, kc, nullptr, arows, panel + k0 * NR, tile);
+        ukernel_rows<T, MR, NV, false, true>(m, kc, nullptr, arows, b, tile);
     }
   }
   for (int64_t r0 = 0; r0 < n; r0 += MR) epi(r0, int(std::min<int64_t>(MR, n - r0)), acc + r0 * NR);

@@ -55,6 +55,20 @@ struct CRows {
   T* row(int r) const { return rows[r]; }
 };
 
+// Requests (into L2) the NV*lanes-wide panel row `pf` elements past b: a
+// kernel streaming its panel from L3 or DRAM spreads the requests over its
+// FMAs instead of waiting on each line. An integer address: it may lie past
+// the panel's end (the next panel follows in memory), where no pointer may
+// point; a hint never faults.
+template <class T, int NV>
+inline void prefetch_row(const T* b, int64_t pf) {
+  constexpr int64_t kLine = 64, bytes = NV * kLanes<T> * int64_t(sizeof(T));
+  const uintptr_t at = reinterpret_cast<uintptr_t>(b) + uintptr_t(pf) * sizeof(T);
+#pragma GCC unroll 8
+  for (int64_t l = 0; l < (bytes + kLine - 1) / kLine; ++l)
+    __builtin_prefetch(reinterpret_cast<const void*>(at + uintptr_t(l * kLine)), 0, 1);
+}
+
 // out[MR][NV*lanes] = sum_k A(r,k) * Bp[k][:]
 // PACKED_A: a[k*MR + r]; otherwise arows[r][k].
 // ACC: start from out's current values instead of zero. Splitting K into
@@ -66,9 +80,9 @@ struct CRows {
 // across this loop and spills accumulators to the stack (measured: the
 // AVX2 GRU and RNN backward loops at 41-51% of the FMA peak, 6 of 12
 // accumulators on the stack). A call costs nothing beside K iterations.
-template <class T, int MR, int NV, bool PACKED_A, bool ACC, class Out>
+template <class T, int MR, int NV, bool PACKED_A, bool ACC, class Out, bool PF = false>
 [[gnu::noinline]] void ukernel_out(int64_t K, const T* __restrict a, const T* const* arows, const T* __restrict b,
-                                   Out out) {
+                                   Out out, int64_t pf = 0) {
   constexpr int L = kLanes<T>;
   Vec<T> acc[MR][NV];
 #pragma GCC unroll 16
@@ -81,6 +95,7 @@ template <class T, int MR, int NV, bool PACKED_A, bool ACC, class Out>
     for (int r = 0; r < MR; ++r) ap[r] = arows[r];
   }
   for (int64_t k = 0; k < K; ++k) {
+    if constexpr (PF) prefetch_row<T, NV>(b, pf);
     if constexpr (b_stationary(MR, NV)) {
       Vec<T> bv[NV];
 #pragma GCC unroll 8
@@ -112,9 +127,10 @@ template <class T, int MR, int NV, bool PACKED_A, bool ACC, class Out>
 }
 
 // The tile kernel into a contiguous tile[MR][NV*lanes].
-template <class T, int MR, int NV, bool PACKED_A, bool ACC = false>
-inline void ukernel(int64_t K, const T* a, const T* const* arows, const T* b, T* tile) {
-  ukernel_out<T, MR, NV, PACKED_A, ACC>(K, a, arows, b, TileRows<T, NV * kLanes<T>>{tile});
+template <class T, int MR, int NV, bool PACKED_A, bool ACC = false, bool PF = false>
+inline void ukernel(int64_t K, const T* a, const T* const* arows, const T* b, T* tile, int64_t pf = 0) {
+  ukernel_out<T, MR, NV, PACKED_A, ACC, TileRows<T, NV * kLanes<T>>, PF>(K, a, arows, b,
+                                                                        TileRows<T, NV * kLanes<T>>{tile}, pf);
 }
 
 // The packed-A tile kernel added to C in place (rows crow[r], columns
@@ -133,8 +149,9 @@ inline void ukernel_into(int64_t K, const T* a, const T* b, T* const* crow, bool
 // in a fixed order, so results do not depend on threads. (With 4 vectors and
 // 16 registers GCC keeps some of the 16 accumulators on the stack; three sets
 // that fit measured no faster at B=1, where reading the weights bounds it.)
-template <class T, int NV, bool ACC>
-[[gnu::noinline]] void ukernel_row(int64_t K, const T* __restrict a, const T* __restrict b, T* __restrict tile) {
+template <class T, int NV, bool ACC, bool PF = false>
+[[gnu::noinline]] void ukernel_row(int64_t K, const T* __restrict a, const T* __restrict b, T* __restrict tile,
+                                   int64_t pf = 0) {
   constexpr int L = kLanes<T>, U = 4;
   Vec<T> acc[U][NV];
 #pragma GCC unroll 4
@@ -145,6 +162,7 @@ template <class T, int NV, bool ACC>
   for (; k + U <= K; k += U) {
 #pragma GCC unroll 4
     for (int u = 0; u < U; ++u) {
+      if constexpr (PF) prefetch_row<T, NV>(b + (k + u) * NV * L, pf);
       Vec<T> av = bcast(a[k + u]);
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) acc[u][v] += av * loadu(b + ((k + u) * NV + v) * L);
@@ -161,17 +179,18 @@ template <class T, int NV, bool ACC>
 
 // Runs the MR-row kernel with only m rows (1 <= m <= MR): a small batch must
 // not pay for MR rows of FMAs. For packed A the panel keeps its MR stride.
-template <class T, int MR, int NV, bool PACKED_A, bool ACC = false, int M = MR>
-inline void ukernel_rows(int m, int64_t K, const T* a, const T* const* arows, const T* b, T* tile) {
+// PF: prefetch pf elements ahead of the panel row being read (prefetch_row).
+template <class T, int MR, int NV, bool PACKED_A, bool ACC = false, int M = MR, bool PF = false>
+inline void ukernel_rows(int m, int64_t K, const T* a, const T* const* arows, const T* b, T* tile, int64_t pf = 0) {
   if constexpr (PACKED_A) {
     ukernel<T, MR, NV, true, ACC>(K, a, arows, b, tile);
   } else if constexpr (M == 1) {
-    ukernel_row<T, NV, ACC>(K, arows[0], b, tile);
+    ukernel_row<T, NV, ACC, PF>(K, arows[0], b, tile, pf);
   } else {
     if (m == M)
-      ukernel<T, M, NV, false, ACC>(K, a, arows, b, tile);
+      ukernel<T, M, NV, false, ACC, PF>(K, a, arows, b, tile, pf);
     else
-      ukernel_rows<T, MR, NV, false, ACC, M - 1>(m, K, a, arows, b, tile);
+      ukernel_rows<T, MR, NV, false, ACC, M - 1, PF>(m, K, a, arows, b, tile, pf);
   }
 }
 
