@@ -27,6 +27,15 @@ class Cell(NamedTuple):
         """Whether it has a cell state c (c0, c_n): the LSTM."""
         return self.family == "lstm"
 
+    def __reduce__(self):
+        # Pickled (and copied) by name, so that it comes back as the table's own entry (every layer and
+        # cell holds one).
+        return (_cell_named, (self.name,))
+
+
+def _cell_named(name: str) -> Cell:
+    return CELLS[name]
+
 
 CELLS = {name: Cell(kind, name, family, gates) for kind, name, family, gates in _core.cells()}
 BY_KIND = {c.kind: c for c in CELLS.values()}

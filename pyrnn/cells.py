@@ -230,6 +230,7 @@ class FrozenCell(_StepInputs):
     def __setstate__(self, state):
         self.__dict__.update(state)
         self.precision = state.get("precision", "same")  # (absent in cells pickled before it existed)
+        self.dtype = np.dtype(self.dtype.name)  # the canonical instance, for _prepare's fast path (`is`)
         self._pack()
 
     training = False  # inference only, as a frozen layer

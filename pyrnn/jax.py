@@ -280,27 +280,58 @@ def _sequence(spec, x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths):
     return _infer(spec, (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths))
 
 
-def _sequence_fwd(spec, *arrays):
+def _first_order_only(fn):
+    """``fn(spec, ...)`` as a jax.custom_jvp function whose JVP rule raises. The kernels have one
+    derivative, the custom_vjp rule below; differentiating its forward or backward pass again (jax.hessian,
+    grad of grad, jvp of grad) would otherwise fail inside JAX with ffi_call's or pure_callback's
+    "cannot be differentiated ... use jax.custom_jvp", which names neither pyrnn nor the cause. (With
+    every tangent zero JAX skips the rule: what differentiated before still does.)"""
+    wrapped = jax.custom_jvp(fn, nondiff_argnums=(0,))
+
+    def refuse(spec, primals, tangents):
+        raise NotImplementedError(
+            f"pyrnn.jax.{spec.cell} has first derivatives in reverse mode only (jax.grad, jax.vjp, jax.jacrev, "
+            f"jax.value_and_grad): a second derivative (jax.hessian, a grad of a grad, a jvp of a grad) needs "
+            f"the derivative of pyrnn's backward kernel, which it does not have; use a lax.scan implementation "
+            f"for those")
+
+    wrapped.defjvp(refuse)
+    return wrapped
+
+
+@_first_order_only
+def _training_forward(spec, *arrays):
+    """The forward under differentiation: (outputs, the residual holding the workspace)."""
     if _ffi_registered():
-        outs, residual = _ffi_forward(spec, arrays, training=True)
-        return outs, (residual, outs[0], arrays)
+        return _ffi_forward(spec, arrays, training=True)
     x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths = arrays
     nbytes = _residual_nbytes(spec, arrays)
     shapes = _out_shapes(spec, x, h0, W_hh, W_hr) + (jax.ShapeDtypeStruct((nbytes,), jnp.uint8),)
     *outs, residual = _pure_callback(functools.partial(_training_callback, spec, nbytes), shapes, *arrays)
-    return tuple(outs), (residual, outs[0], arrays)
+    return tuple(outs), residual
 
 
-def _sequence_bwd(spec, saved, cts):
-    residual, y, arrays = saved
+@_first_order_only
+def _backward(spec, residual, y, arrays, cts):
+    """The gradients of x, the states and the weights (None where the input was None)."""
     if _ffi_registered():
-        return _ffi_backward(spec, residual, y, arrays, cts) + (None,)  # lengths: no gradient
+        return _ffi_backward(spec, residual, y, arrays, cts)
     present = tuple(name for name, a in zip(_NAMES[:-1], arrays) if a is not None)
     shapes = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays[:-1] if a is not None)
     grads = iter(_pure_callback(functools.partial(_backward_callback, spec, present), shapes, residual, y,
                                 *arrays, *cts))
     grads = tuple(None if a is None else next(grads) for a in arrays[:-1])
-    return _invariant_like(grads, arrays[:-1]) + (None,)  # lengths: no gradient
+    return _invariant_like(grads, arrays[:-1])
+
+
+def _sequence_fwd(spec, *arrays):
+    outs, residual = _training_forward(spec, *arrays)
+    return outs, (residual, outs[0], arrays)
+
+
+def _sequence_bwd(spec, saved, cts):
+    residual, y, arrays = saved
+    return _backward(spec, residual, y, arrays, tuple(cts)) + (None,)  # lengths: no gradient
 
 
 _sequence.defvjp(_sequence_fwd, _sequence_bwd)
@@ -362,6 +393,14 @@ def _invariant_like(grads, arrays):
     return tuple(out)
 
 
+def _check_static_shape(name, a):
+    """The workspace's size and the custom calls' result shapes are computed from the sizes at trace
+    time: symbolic dimensions (jax.export's shape polymorphism) are refused here, in words."""
+    if a is not None and not all(isinstance(d, (int, np.integer)) for d in a.shape):
+        raise ValueError(f"{name} must have a static shape (pyrnn.jax sizes its workspace at trace time; "
+                         f"jax.export's symbolic dimensions are not supported), got shape {tuple(a.shape)}")
+
+
 def _prepare(cell, x, states, W_ih, W_hh, b_ih, b_hh, W_hr, lengths):
     """Checks shapes and dtypes at trace time (values of lengths too when they are concrete)."""
     arrays = {"x": x, **states, "W_ih": W_ih, "W_hh": W_hh, "b_ih": b_ih, "b_hh": b_hh, "W_hr": W_hr}
@@ -369,6 +408,7 @@ def _prepare(cell, x, states, W_ih, W_hh, b_ih, b_hh, W_hr, lengths):
     for name, a in arrays.items():
         if a is not None and a.dtype not in (jnp.float32, jnp.float64):
             raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
+        _check_static_shape(name, a)
     # zero-strided stand-ins: the NumPy checks see shapes and dtypes without copying any data
     stand_ins = {k: None if v is None else np.broadcast_to(np.zeros((), v.dtype), v.shape) for k, v in arrays.items()}
     _refuse_varying_manual_axes(arrays.values())
@@ -381,8 +421,11 @@ def _prepare(cell, x, states, W_ih, W_hh, b_ih, b_hh, W_hr, lengths):
         lengths = jnp.asarray(lengths)
         if not jnp.issubdtype(lengths.dtype, jnp.integer):
             raise TypeError(f"lengths must be an integer array, got dtype {lengths.dtype}")
+        _check_static_shape("lengths", lengths)
         if lengths.dtype not in (jnp.int32, jnp.int64):  # the kernels read int32 or int64
-            lengths = lengths.astype(jnp.int32)
+            # uint64 (jax_enable_x64) to int64: traced values past the range then turn negative and are
+            # refused by the kernel, whereas int32 2**32 + 3 would wrap to a valid 3
+            lengths = lengths.astype(jnp.int64 if lengths.dtype.itemsize == 8 else jnp.int32)
         if lengths_check is None:
             x_shape = arrays["x"].shape
             lengths_check = np.full(lengths.shape, x_shape[0] if len(x_shape) == 3 else 1)

@@ -364,7 +364,7 @@ class _RNNBase(_StackedLayer):
         return {**super().__getstate__(), "_packed": bool(self._packed)}
 
     def __setstate__(self, state):
-        self.__dict__.update(state)
+        super().__setstate__(state)
         if state.get("_packed"):  # (absent in layers pickled before freeze() existed)
             self._pack()
         else:

@@ -447,6 +447,9 @@ class ESN:
             if name in state:
                 state["_" + name] = state.pop(name)
         self.__dict__.update(state)
+        for name in ("_W_in", "_W", "_b"):  # read-only again (pickles and deep copies make writeable arrays):
+            if getattr(self, name, None) is not None:  # an in-place edit would not reach the packed weights
+                getattr(self, name).flags.writeable = False
 
     def __repr__(self) -> str:
         extra = "".join([

@@ -16,6 +16,21 @@ inline bool has_dtype(const pybind11::array& a, const pybind11::dtype& dt) {
   return pybind11::detail::npy_api::get().PyArray_EquivTypes_(a.dtype().ptr(), dt.ptr());
 }
 
+// Refuses pickling (and copy/deepcopy) with a TypeError at every protocol.
+// These objects hold raw buffers; without this, protocols 0 and 1 (copyreg)
+// called pybind11's base constructor, which aborted the process.
+inline void refuse_pickle(const pybind11::object& cls) {
+  pybind11::setattr(cls, "__reduce_ex__",
+                    pybind11::cpp_function(
+                        [](pybind11::handle self, pybind11::handle) -> pybind11::object {
+                          const pybind11::handle type = pybind11::type::of(self);
+                          throw pybind11::type_error("cannot pickle '" + std::string(pybind11::str(type.attr("__module__"))) +
+                                                     "." + std::string(pybind11::str(type.attr("__qualname__"))) +
+                                                     "' object");
+                        },
+                        pybind11::is_method(cls)));
+}
+
 // A failed argument check: ValueError.
 inline void require(bool ok, const std::string& what) {
   if (!ok) throw pybind11::value_error(what);

@@ -188,4 +188,5 @@ void register_cells(py::module_& m) {
         throw py::type_error("cell_step: x must have dtype float32 or float64");
       },
       "One cell step: returns (h1, c1 or None). Arrays must be C-contiguous and of one dtype.");
+  pyrnn_bindings::refuse_pickle(m.attr("PackedCell"));
 }

@@ -230,4 +230,5 @@ void register_layernorm(py::module_& m) {
       py::arg("workspace"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
       "Returns (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dln_ih, dln_hh, dln_c_weight, dln_c_bias, dW_hr); "
       "absent entries are None.");
+  pyrnn_bindings::refuse_pickle(m.attr("LayerNormWorkspace"));
 }

@@ -289,6 +289,11 @@ py::tuple backward_typed(SequenceState& st, std::optional<py::array> dy, std::op
 void register_sequence(py::module_& m) {
   py::enum_<CellKind> kinds(m, "CellKind");
   for (const pyrnn::CellInfo& c : pyrnn::kCells) kinds.value(c.python_enum, c.kind);
+  // Pickled by value at every protocol (0 and 1 aborted the process: copyreg called pybind11's base
+  // constructor); layers and cells hold one.
+  kinds.def("__reduce_ex__", [](py::handle self, py::handle) {
+    return py::make_tuple(py::type::of(self), py::make_tuple(py::int_(self.attr("value"))));
+  });
   m.def(
       "cells",
       [] {
@@ -444,4 +449,6 @@ void register_sequence(py::module_& m) {
       },
       py::arg("workspace"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("want_dh_seq") = false,
       "Returns (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dh_seq, dW_hr); absent entries are None.");
+  pyrnn_bindings::refuse_pickle(m.attr("Workspace"));
+  pyrnn_bindings::refuse_pickle(m.attr("PackedRecurrence"));
 }
