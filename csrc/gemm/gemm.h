@@ -170,9 +170,8 @@ inline void ukernel_into(int64_t K, const T* a, const T* b, T* const* crow, bool
 // in a fixed order, so results do not depend on threads. (With 4 vectors and
 // 16 registers GCC keeps some of the 16 accumulators on the stack; three sets
 // that fit measured no faster at B=1, where reading the weights bounds it.)
-template <class T, int NV, bool ACC, bool PF = false>
-[[gnu::noinline]] void ukernel_row(int64_t K, const T* __restrict a, const T* __restrict b, T* __restrict tile,
-                                   int64_t pf = 0) {
+template <class T, int NV, bool ACC>
+[[gnu::noinline]] void ukernel_row(int64_t K, const T* __restrict a, const T* __restrict b, T* __restrict tile) {
   constexpr int L = kLanes<T>, U = 4;
   Vec<T> acc[U][NV];
 #pragma GCC unroll 4
@@ -183,7 +182,6 @@ template <class T, int NV, bool ACC, bool PF = false>
   for (; k + U <= K; k += U) {
 #pragma GCC unroll 4
     for (int u = 0; u < U; ++u) {
-      if constexpr (PF) prefetch_row<T, NV>(b + (k + u) * NV * L, pf);
       Vec<T> av = bcast(a[k + u]);
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) acc[u][v] += av * loadu(b + ((k + u) * NV + v) * L);
@@ -200,18 +198,20 @@ template <class T, int NV, bool ACC, bool PF = false>
 
 // Runs the MR-row kernel with only m rows (1 <= m <= MR): a small batch must
 // not pay for MR rows of FMAs. For packed A the panel keeps its MR stride.
-// PF: prefetch pf elements ahead of the panel row being read (prefetch_row).
+// PF: prefetch pf elements ahead of the panel row being read (prefetch_row),
+// in a whole tile only (step_tiles asks for it on first tiles of MR rows), so
+// the kernels for fewer rows are not compiled twice.
 template <class T, int MR, int NV, bool PACKED_A, bool ACC = false, int M = MR, bool PF = false>
 inline void ukernel_rows(int m, int64_t K, const T* a, const T* const* arows, const T* b, T* tile, int64_t pf = 0) {
   if constexpr (PACKED_A) {
     ukernel<T, MR, NV, true, ACC>(K, a, arows, b, tile);
   } else if constexpr (M == 1) {
-    ukernel_row<T, NV, ACC, PF>(K, arows[0], b, tile, pf);
+    ukernel_row<T, NV, ACC>(K, arows[0], b, tile);
   } else {
     if (m == M)
       ukernel<T, M, NV, false, ACC, PF>(K, a, arows, b, tile, pf);
     else
-      ukernel_rows<T, MR, NV, false, ACC, M - 1, PF>(m, K, a, arows, b, tile, pf);
+      ukernel_rows<T, MR, NV, false, ACC, M - 1>(m, K, a, arows, b, tile);
   }
 }
 
