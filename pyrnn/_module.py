@@ -70,6 +70,31 @@ class ParameterIterator:
         return next(self._it)
 
 
+class Gradients(OrderedDict):
+    """A module's ``grads``: its parameters' gradient arrays, by parameter name. Assigning an entry
+    (``grads[name] = np.clip(grads[name], -1, 1)``, torch's ``p.grad = ...``) copies the values into
+    the array that is there, checked for shape, so that :mod:`pyrnn.optim`, which holds those arrays,
+    and the next ``backward``, which adds into them, see it (a new array in their place would be
+    read by neither). New names are plain entries."""
+
+    def __setitem__(self, name, value):
+        if name in self:
+            if value is not self[name]:  # (grads[k] += g assigns the same array back)
+                np.copyto(self[name], gradient_values(self[name], value, name), casting="unsafe")
+        else:
+            super().__setitem__(name, value)
+
+
+def gradient_values(g, value, name):
+    """``value`` (an array or tensor of g's shape, floating point) as an array, to go into gradient array g."""
+    a = to_numpy(value)
+    if a.dtype.kind != "f":
+        raise TypeError(f"grads[{name!r}] must be a floating-point array, got dtype {a.dtype}")
+    if a.shape != g.shape:
+        raise ValueError(f"grads[{name!r}] must have the parameter's shape {g.shape}, got {a.shape}")
+    return a
+
+
 class Module:
     """Named parameters, gradients, train/eval and state dicts (as torch.nn.Module).
 
@@ -80,7 +105,7 @@ class Module:
     def __init__(self, dtype):
         self.dtype = np.dtype(check_dtype(dtype).name)  # the canonical instance: `is` compares dtypes
         self._params = OrderedDict()
-        self.grads = OrderedDict()
+        self.__dict__["grads"] = Gradients()
         self.training = True
 
     def _add_param(self, name, shape, rng, bound):
@@ -110,7 +135,24 @@ class Module:
         if params is not None and name in params:
             self.load_state_dict({name: value}, strict=False)
             return
+        if name == "grads" and "grads" in self.__dict__:
+            self._set_grads(value)
+            return
         object.__setattr__(self, name, value)
+
+    def _set_grads(self, value):
+        # module.grads = {...}: the values go into the gradient arrays in place (Gradients says why)
+        grads = self.__dict__["grads"]
+        if value is grads:
+            return
+        if not isinstance(value, Mapping):
+            raise TypeError(f"{type(self).__name__}.grads: expected a mapping of parameter names to gradient "
+                            f"arrays, got {type(value).__name__}")
+        if set(value) != set(grads):
+            raise ValueError(f"{type(self).__name__}.grads: expected the names {list(grads)}, got {list(value)}")
+        arrays = {name: gradient_values(g, value[name], name) for name, g in grads.items()}  # all checked first
+        for name, a in arrays.items():
+            np.copyto(grads[name], a, casting="unsafe")
 
     def __getstate__(self):
         # What the last training-mode call kept for backward (C++ workspaces) is not
@@ -122,6 +164,8 @@ class Module:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        if not isinstance(self.__dict__.get("grads"), Gradients):  # (pickled before Gradients existed)
+            self.__dict__["grads"] = Gradients(self.__dict__.get("grads", ()))
         # The canonical dtype instance again: an unpickled or copied one is equal but another object,
         # and the cells' fast path compares with `is` (a copied cell stepped 1.5x slower).
         self.__dict__["dtype"] = np.dtype(self.dtype.name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import warnings
 from collections.abc import Mapping
 from typing import NamedTuple, Optional, Tuple
 
@@ -438,16 +439,51 @@ def check_training_rates(module):
             check_zoneout(name, getattr(module, name))
 
 
+def check_layer_dropout(dropout, num_layers):
+    """``dropout`` (between stacked layers) checked as a probability; with one layer it does nothing,
+    which torch.nn says with this warning."""
+    p = check_probability("dropout", dropout)
+    if p > 0 and isinstance(num_layers, numbers.Integral) and num_layers == 1:
+        warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
+                      f"expects num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
+                      stacklevel=3)
+    return p
+
+
 def zoneout_rates(mode, zoneout, zoneout_c):
     """(rate of h, rate of c) of a layer's ``zoneout`` / ``zoneout_c`` arguments; c's is 0.0 but for the
-    LSTM, whose ``zoneout_c=None`` means ``zoneout``."""
+    LSTM, whose ``zoneout_c=None`` stays None: :class:`CellStateZoneout` reads it as ``zoneout``."""
     p_h = check_zoneout("zoneout", zoneout)
     if zoneout_c is not None and mode != "LSTM":
         raise TypeError(f"{mode}: zoneout_c is the LSTM's cell-state zoneout rate, and a {mode} has no cell "
                         f"state: use zoneout")
     if mode != "LSTM":
         return p_h, 0.0
-    return p_h, p_h if zoneout_c is None else check_zoneout("zoneout_c", zoneout_c)
+    return p_h, None if zoneout_c is None else check_zoneout("zoneout_c", zoneout_c)
+
+
+class CellStateZoneout:
+    """``zoneout_c`` of the layers and cells with zoneout (NumPy and torch): the LSTM's rate for the cell
+    state c. Left None (the constructors' default) it reads as the current ``zoneout``, so a rate
+    changed later, on a schedule, applies to c too, as the constructor's None promised (it was fixed
+    at the rate of construction); a number is its own rate. The GRU's and RNN's is 0.0."""
+
+    _zoneout_c = 0.0  # (modules pickled before zoneout existed)
+
+    @property
+    def zoneout_c(self):
+        rate = self._zoneout_c
+        return self.zoneout if rate is None else rate
+
+    @zoneout_c.setter
+    def zoneout_c(self, rate):
+        self._zoneout_c = rate
+
+    def __setstate__(self, state):
+        if "zoneout_c" in state:  # pickled when zoneout_c was a plain attribute: the rate it held
+            state = dict(state)
+            state["_zoneout_c"] = state.pop("zoneout_c")
+        super().__setstate__(state)
 
 
 def check_layernorm_params(cell, H, dtype, params):

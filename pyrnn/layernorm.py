@@ -55,7 +55,8 @@ import numpy as np
 from . import _stack
 from . import functional as F
 from ._cells import GATES
-from ._validation import check_bool, check_positive_int, check_probability, check_stack_memory, make_rng, zoneout_rates
+from ._validation import (check_bool, check_layer_dropout, check_positive_int, check_probability, check_stack_memory,
+                          make_rng, zoneout_rates)
 from .layers import _StackedLayer
 
 __all__ = ["LayerNormLSTM", "LayerNormGRU"]
@@ -81,7 +82,7 @@ class _LayerNormRNNBase(_StackedLayer):
         if proj_size >= hidden_size:
             raise ValueError(f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} and "
                              f"hidden_size={hidden_size}")
-        check_probability("dropout", dropout)
+        check_layer_dropout(dropout, num_layers)
         check_probability("recurrent_dropout", recurrent_dropout)
         zoneout, zoneout_c = zoneout_rates(mode, zoneout, zoneout_c)
         self.mode = mode  # "LSTM" or "GRU": the states and messages of pyrnn.LSTM / GRU
@@ -98,7 +99,7 @@ class _LayerNormRNNBase(_StackedLayer):
                            self.num_layers, self.num_directions, self.dtype)  # (before the parameters below)
         self.recurrent_dropout = float(recurrent_dropout)
         self.zoneout = zoneout  # probability that a unit of h keeps its previous value at a step (training)
-        self.zoneout_c = zoneout_c  # the same for the LSTM's c (0.0 for the GRU)
+        self.zoneout_c = zoneout_c  # the same for the LSTM's c (None: zoneout's; 0.0 for the GRU)
         self._rng = make_rng(seed, rng)
         self._saved = None
         G, H, P = (4 if mode == "LSTM" else 3), self.hidden_size, self.proj_size

@@ -27,15 +27,16 @@ import numpy as np
 from . import _stack
 from . import functional as F
 from ._cells import GATES, cell_spec
-from ._module import PARAM_NAMES, Module, check_mode
-from ._validation import (array_like, check_bool, check_lengths, check_parameter_memory, check_positive_int,
-                          check_precision, check_probability, check_stack_memory, check_training_rates, layer_input,
-                          layer_states, make_rng, named_arrays, refuse_masked, zoneout_rates)
+from ._module import PARAM_NAMES, Gradients, Module, check_mode
+from ._validation import (CellStateZoneout, array_like, check_bool, check_layer_dropout, check_lengths,
+                          check_parameter_memory, check_positive_int, check_precision, check_probability,
+                          check_stack_memory, check_training_rates, layer_input, layer_states, make_rng, named_arrays,
+                          refuse_masked, zoneout_rates)
 
 __all__ = ["RNN", "LSTM", "GRU", "Linear"]
 
 
-class _StackedLayer(Module):
+class _StackedLayer(CellStateZoneout, Module):
     """What a multi-layer, bidirectional NumPy recurrent layer shares (pyrnn.LSTM
     and its kin, pyrnn.LayerNormLSTM and its kin): input and state checks,
     dropout between layers, the stack loop (:mod:`pyrnn._stack`) and backward's
@@ -46,8 +47,7 @@ class _StackedLayer(Module):
 
     proj_size = 0
     recurrent_dropout = 0.0
-    zoneout = 0.0  # (class defaults: layers pickled before zoneout existed have none)
-    zoneout_c = 0.0
+    zoneout = 0.0  # (class defaults: layers pickled before zoneout existed have none; zoneout_c: CellStateZoneout)
 
     def _label(self):
         """The name its messages give it."""
@@ -110,8 +110,10 @@ class _StackedLayer(Module):
         D = self.num_directions
         training = self.training
         check_training_rates(self)
-        if training and isinstance(given, np.ndarray) and np.may_share_memory(x, given):
-            x = x.copy()  # backward reads x: its result must not change if the caller reuses the buffer
+        if training and (np.may_share_memory(x, given) if isinstance(given, np.ndarray) else not x.flags.owndata):
+            # backward reads x: its result must not change if the caller reuses the buffer (an array, or
+            # the memory of a torch tensor or other buffer that x is a view of)
+            x = x.copy()
         if training:  # and h0, c0 (truncated BPTT writes h_n into the buffer it passed as h0)
             h0_all, c0_all = (None if s is None else s.copy() for s in (h0_all, c0_all))
         masks = []
@@ -201,7 +203,7 @@ class _RNNBase(_StackedLayer):
         check_positive_int("hidden_size", hidden_size)
         check_positive_int("num_layers", num_layers)
         check_positive_int("proj_size", proj_size, allow_zero=True)
-        check_probability("dropout", dropout)
+        check_layer_dropout(dropout, num_layers)
         check_probability("recurrent_dropout", recurrent_dropout)
         zoneout, zoneout_c = zoneout_rates(mode, zoneout, zoneout_c)
         if proj_size and mode != "LSTM":
@@ -226,7 +228,7 @@ class _RNNBase(_StackedLayer):
                            self.num_layers, self.num_directions, self.dtype)  # (before the parameters below)
         self.recurrent_dropout = float(recurrent_dropout)
         self.zoneout = zoneout  # probability that a unit of h keeps its previous value at a step (training)
-        self.zoneout_c = zoneout_c  # the same for the LSTM's c (0.0 for the GRU and RNN)
+        self.zoneout_c = zoneout_c  # the same for the LSTM's c (None: zoneout's; 0.0 for the GRU and RNN)
         self._rng = make_rng(seed, rng)
         self._saved = None
         self._packed = {}  # (layer, direction) -> packed recurrent weights, in a freeze() copy
@@ -356,7 +358,7 @@ class _RNNBase(_StackedLayer):
         for k, v in clone._params.items():
             if v.shape != self._params[k].shape:
                 raise ValueError(f"{k} must have shape {self._params[k].shape}, got {v.shape}")
-        clone.grads = OrderedDict()
+        clone.__dict__["grads"] = Gradients()  # (its own, empty: a frozen copy has none)
         clone._pack()
         return clone
 

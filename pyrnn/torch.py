@@ -113,7 +113,8 @@ from . import _core, _onnx, _stack, _torch_ops
 from ._onnx import WithLengths
 from . import functional as F
 from ._cells import GATES, cell_spec
-from ._validation import check_bool, check_probability, check_stack_memory, check_training_rates, to_numpy, zoneout_rates
+from ._validation import (CellStateZoneout, check_bool, check_layer_dropout, check_probability, check_stack_memory,
+                          check_training_rates, to_numpy, zoneout_rates)
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "InputError", "FrozenRNN", "FrozenRNNCell",
            "freeze", "quantize_dynamic", "WithLengths", "LayerNormLSTM", "LayerNormGRU"]
@@ -392,13 +393,12 @@ def _op(cell, options, reverse, x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths
 
 # ------------------------------------------------------- sequence modules --
 
-class _PyrnnRNNMixin:
+class _PyrnnRNNMixin(CellStateZoneout):
     """forward for subclasses of torch.nn.RNNBase, on pyrnn's kernels."""
 
     _cell = "rnn"
     reset_after = True  # GRU's keyword; the others always run PyTorch's equations
-    zoneout = 0.0  # (class defaults: modules pickled before zoneout existed have none)
-    zoneout_c = 0.0
+    zoneout = 0.0  # (class defaults: modules pickled before zoneout existed have none; zoneout_c: CellStateZoneout)
 
     def __init__(self, *args, recurrent_dropout=0.0, zoneout=0.0, zoneout_c=None, **kwargs):
         rates = zoneout_rates("LSTM" if self._cell == "lstm" else type(self).__name__, zoneout, zoneout_c)
@@ -685,13 +685,12 @@ class GRU(_PyrnnRNNMixin, nn.GRU):
 
 # ------------------------------------------------------------------- cells --
 
-class _PyrnnCellMixin:
+class _PyrnnCellMixin(CellStateZoneout):
     """forward for subclasses of torch.nn.RNNCellBase: one C++ step per call."""
 
     _cell = "rnn"
     reset_after = True
     zoneout = 0.0
-    zoneout_c = 0.0
 
     def __init__(self, *args, zoneout=0.0, zoneout_c=None, **kwargs):
         rates = zoneout_rates("LSTM" if self._cell == "lstm" else type(self).__name__, zoneout, zoneout_c)
@@ -1222,10 +1221,9 @@ class _LayerNormRecurrence(_torch_ops.NoForwardAD, torch.autograd.Function):
         return (None, None, None, None, *out)
 
 
-class _LayerNormRNN(nn.Module):
+class _LayerNormRNN(CellStateZoneout, nn.Module):
     recurrent_dropout = 0.0  # (class defaults: modules pickled before these options existed have none)
     zoneout = 0.0
-    zoneout_c = 0.0
 
     proj_size = 0
 
@@ -1247,7 +1245,7 @@ class _LayerNormRNN(nn.Module):
         if proj_size >= hidden_size:
             raise ValueError(f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} and "
                              f"hidden_size={hidden_size}")
-        check_probability("dropout", dropout)
+        check_layer_dropout(dropout, num_layers)
         input_size, hidden_size, num_layers = int(input_size), int(hidden_size), int(num_layers)
         self.mode, self._cell = mode, mode.lower()
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers

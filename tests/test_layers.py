@@ -184,7 +184,8 @@ def test_dropout_between_layers_as_pytorch(p, train):
 
 
 def test_dropout_never_after_last_layer():
-    rnn = pyrnn.RNN(3, 50, 1, dropout=0.9, seed=0)
+    with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):  # (as torch.nn)
+        rnn = pyrnn.RNN(3, 50, 1, dropout=0.9, seed=0)
     x = np.random.default_rng(0).standard_normal((4, 2, 3)).astype(np.float32)
     a, _ = rnn(x)
     b, _ = rnn.eval()(x)

@@ -1,0 +1,178 @@
+"""What the fifteenth session's reviews (learning tasks with the NumPy API and with pyrnn.torch) found,
+each pinned by the behaviour a user of torch would expect."""
+
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+
+import pyrnn
+from pyrnn import optim
+
+# ------------------------------------------------- grads entries assigned (torch's p.grad = ...)
+
+
+def _step_loss(layer, x):
+    y, _ = layer(x)
+    layer.zero_grad()
+    layer.backward(np.ones_like(y))
+
+
+def _clipped_training(assign, steps=3):
+    layer = pyrnn.LSTM(3, 4, dtype=np.float64, seed=0)
+    opt = optim.SGD(layer, lr=0.1, momentum=0.9)
+    x = np.random.default_rng(1).standard_normal((5, 2, 3))
+    for _ in range(steps):
+        _step_loss(layer, x)
+        for k in list(layer.grads):
+            if assign:
+                layer.grads[k] = np.clip(layer.grads[k], -0.01, 0.01)
+            else:
+                np.clip(layer.grads[k], -0.01, 0.01, out=layer.grads[k])
+        opt.step()
+    return layer.state_dict()
+
+
+def test_assigning_a_grads_entry_reaches_the_optimizer():
+    """l.grads[k] = np.clip(l.grads[k], ...) trains as clipping in place: before, the optimizer kept
+    the old arrays (step 1 unclipped) and zero_grad() zeroed those while backward added into the new."""
+    a, b = _clipped_training(True), _clipped_training(False)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_assigning_grads_copies_into_the_live_arrays():
+    layer = pyrnn.GRU(2, 3, seed=0)
+    live = dict(layer.grads)
+    layer.grads["weight_hh_l0"] = np.full((9, 3), 2.0)  # float64 values into the float32 gradient
+    assert layer.grads["weight_hh_l0"] is live["weight_hh_l0"]
+    assert (live["weight_hh_l0"] == 2).all() and live["weight_hh_l0"].dtype == np.float32
+    layer.grads = {k: np.ones_like(v) for k, v in live.items()}  # the whole mapping
+    assert all(layer.grads[k] is v and (v == 1).all() for k, v in live.items())
+    with pytest.raises(ValueError, match=r"shape \(9, 3\), got \(3, 9\)"):
+        layer.grads["weight_hh_l0"] = np.zeros((3, 9))
+    with pytest.raises(TypeError, match="floating-point"):
+        layer.grads["weight_hh_l0"] = np.zeros((9, 3), dtype=np.int64)
+    with pytest.raises(ValueError, match="expected the names"):
+        layer.grads = {"weight_hh_l0": np.zeros((9, 3))}
+    with pytest.raises(TypeError, match="mapping"):
+        layer.grads = [np.zeros((9, 3))]
+    assert (live["weight_hh_l0"] == 1).all()  # a refused assignment changes nothing
+
+
+def test_grads_survive_pickling_and_freezing():
+    layer = pyrnn.LSTM(2, 3, seed=0)
+    back = pickle.loads(pickle.dumps(layer))
+    kept = back.grads["weight_ih_l0"]
+    back.grads["weight_ih_l0"] = np.ones((12, 2))
+    assert back.grads["weight_ih_l0"] is kept and (kept == 1).all()
+    old = pickle.loads(pickle.dumps(layer))  # as pickled before grads was a Gradients: a plain dict
+    state = dict(old.__dict__)
+    state["grads"] = dict(state["grads"])
+    older = object.__new__(type(layer))
+    older.__setstate__(state)
+    kept = older.grads["bias_hh_l0"]
+    older.grads["bias_hh_l0"] = np.ones(12)
+    assert older.grads["bias_hh_l0"] is kept and (kept == 1).all()
+    frozen = layer.freeze()
+    assert len(frozen.grads) == 0
+    clone = frozen.with_weights(layer.state_dict())
+    assert len(clone.grads) == 0
+
+
+# ------------------------------------------------- a torch tensor given to a NumPy layer's training call
+
+
+def test_training_input_tensor_edited_before_backward():
+    """layers.md: the layer keeps its own copy of the input, so editing the caller's buffer before
+    backward changes nothing. It held for arrays; a torch tensor's memory was kept as it was."""
+    torch = pytest.importorskip("torch")
+    layer = pyrnn.LSTM(3, 4, dtype=np.float64, seed=0)
+    x = np.random.default_rng(0).standard_normal((6, 2, 3))
+    for given in (x, x[:, 0]):  # batched, unbatched
+        y, _ = layer(given.copy())
+        layer.zero_grad()
+        layer.backward(np.ones_like(y))
+        want = {k: v.copy() for k, v in layer.grads.items()}
+        t = torch.from_numpy(given.copy())
+        y, _ = layer(t)
+        t.add_(10.0)
+        layer.zero_grad()
+        layer.backward(np.ones_like(y))
+        for k, v in want.items():
+            np.testing.assert_array_equal(layer.grads[k], v)
+
+
+# ------------------------------------------------- zoneout_c=None follows zoneout when it changes
+
+
+def _numpy_lstms():
+    return [pyrnn.LSTM(3, 4, zoneout=0.5, seed=0), pyrnn.LayerNormLSTM(3, 4, zoneout=0.5, seed=0)]
+
+
+def test_numpy_zoneout_c_follows_a_changed_zoneout():
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    for layer in _numpy_lstms():
+        assert layer.zoneout_c == 0.5
+        layer.zoneout = 0.0  # (e.g. annealed on a schedule)
+        assert layer.zoneout_c == 0.0
+        y_train, _ = layer(x)
+        y_eval, _ = layer.eval()(x)
+        np.testing.assert_array_equal(y_train, y_eval)  # no zoneout left in training
+        layer.train()
+        layer.zoneout_c = 0.25  # a rate of its own stays
+        layer.zoneout = 0.1
+        assert layer.zoneout_c == 0.25
+
+
+def test_torch_zoneout_c_follows_a_changed_zoneout():
+    torch = pytest.importorskip("torch")
+    import pyrnn.torch as pt
+
+    x = torch.randn(5, 2, 3)
+    for m in (pt.LSTM(3, 4, zoneout=0.5), pt.LayerNormLSTM(3, 4, zoneout=0.5), pt.LSTMCell(3, 4, zoneout=0.5)):
+        assert m.zoneout_c == 0.5
+        m.zoneout = 0.0
+        assert m.zoneout_c == 0.0
+        inp = x[0] if isinstance(m, pt.LSTMCell) else x
+        with torch.no_grad():
+            a = m(inp)
+            b = m.eval()(inp)
+        a, b = (v[0] if isinstance(v, tuple) else v for v in (a, b))
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert pt.LSTM(3, 4, zoneout=0.5, zoneout_c=0.2).zoneout_c == 0.2
+    assert pt.GRU(3, 4, zoneout=0.5).zoneout_c == 0.0
+
+
+def test_zoneout_c_of_modules_pickled_as_plain_attributes():
+    """Pickles from before zoneout_c read through zoneout keep the rate they held."""
+    layer = pyrnn.LSTM(3, 4, zoneout=0.5, zoneout_c=0.3, seed=0)
+    state = pickle.loads(pickle.dumps(layer)).__dict__.copy()
+    state["zoneout_c"] = state.pop("_zoneout_c")
+    old = object.__new__(type(layer))
+    old.__setstate__(state)
+    assert old.zoneout_c == 0.3 and old.zoneout == 0.5
+
+
+# ------------------------------------------------- dropout with one layer warns, as torch.nn
+
+
+@pytest.mark.parametrize("make", [lambda **kw: pyrnn.LSTM(3, 4, **kw), lambda **kw: pyrnn.GRU(3, 4, **kw),
+                                  lambda **kw: pyrnn.LayerNormLSTM(3, 4, **kw),
+                                  lambda **kw: pyrnn.LayerNormGRU(3, 4, **kw)])
+def test_dropout_with_one_layer_warns(make):
+    with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
+        make(dropout=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make(dropout=0.5, num_layers=2)
+        make(dropout=0.0)
+
+
+def test_torch_layernorm_dropout_with_one_layer_warns():
+    pytest.importorskip("torch")
+    import pyrnn.torch as pt
+
+    with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
+        pt.LayerNormLSTM(3, 4, dropout=0.5)
