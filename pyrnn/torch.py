@@ -505,10 +505,9 @@ class _PyrnnRNNMixin(CellStateZoneout):
         T, B = x.shape[:2]
         h0_all, c0_all = self._states(hx, B, unbatched, dtype)
         traced = _traced(x)  # through the pyrnn::rnn_layer operator (lengths stay a tensor), else NumPy views
-        options, lengths_np, grad = self._spec().options, None, False
+        options, lengths_np = self._spec().options, None
         if not traced:
             lengths_np = None if lengths is None else lengths.numpy().astype(np.int64, copy=False)
-            grad = _needs_grad([x, h0_all, c0_all] + list(self.parameters()))
 
         D = 2 if self.bidirectional else 1
         H_out = self.proj_size or self.hidden_size
@@ -529,7 +528,10 @@ class _PyrnnRNNMixin(CellStateZoneout):
                            zoneout_c=zc)
             spec = self._spec(reverse=d == 1, lengths=lengths_np, h_mask=_np(mask), zoneout_h=_np(zh),
                               zoneout_c=_np(zc))
-            return _run(spec, grad, *tensors)
+            # (whether a gradient may follow from the tensors this call reads, as autograd decides: a
+            # weight may be a tensor that is not the module's parameter, e.g. a hypernetwork's output
+            # or AWD-LSTM's WeightDrop, whose raw parameter lives on a wrapper)
+            return _run(spec, _needs_grad(tensors), *tensors)
 
         return _stacked_call(self, run, x, D, packed, unbatched, lengths, input)
 
@@ -1380,7 +1382,7 @@ class _LayerNormRNN(CellStateZoneout, nn.Module):
                              f"got {x.size(-1)}")
         T, B = x.shape[:2]
         traced = _traced(x)  # through the pyrnn::layernorm_layer operator (lengths a tensor), else NumPy views
-        lengths_np, lengths_t, grad = None, None, False
+        lengths_np, lengths_t = None, None
         if lengths is not None and traced:
             # the values (in [1, T]) are checked by the kernel when it runs
             lengths_t = lengths if isinstance(lengths, torch.Tensor) else torch.as_tensor(np.asarray(lengths))
@@ -1392,8 +1394,6 @@ class _LayerNormRNN(CellStateZoneout, nn.Module):
             given = np.asarray(to_numpy(lengths))
             lengths_np = np.ascontiguousarray(check_lengths(given, T, B), dtype=np.int64)  # dtype checked first
         h0_all, c0_all = self._states(hx, B, unbatched, dtype)
-        if not traced:
-            grad = _needs_grad([x, h0_all, c0_all] + list(self.parameters()))
         D = 2 if self.bidirectional else 1
         check_training_rates(self)
         rec_p = self.recurrent_dropout if self.training else 0.0
@@ -1413,7 +1413,7 @@ class _LayerNormRNN(CellStateZoneout, nn.Module):
             if traced:
                 return _layernorm_op(self._cell, d == 1, tensors, lengths_t, mask, zh, zc)
             masks = (_np(mask), _np(zh), _np(zc))
-            if grad:
+            if _needs_grad(tensors):  # (the tensors this call reads, as in _PyrnnRNNMixin.forward)
                 outs = _LayerNormRecurrence.apply(self._cell, lengths_np, d == 1, masks, *tensors)
                 return outs if len(outs) == 3 else (outs[0], outs[1], None)
             y, h_n, c_n, _ = _layernorm_kernel_forward(self._cell, lengths_np, d == 1, masks,

@@ -176,3 +176,56 @@ def test_torch_layernorm_dropout_with_one_layer_warns():
 
     with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
         pt.LayerNormLSTM(3, 4, dropout=0.5)
+
+
+# ------------------------------------------------- weights that are not the module's parameters (pyrnn.torch)
+
+
+def _replace_weight(m, name, value):
+    delattr(m, name)
+    setattr(m, name, value)
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
+def test_torch_weight_from_outside_the_module_gets_its_gradient(cls):
+    """AWD-LSTM's WeightDrop (the raw weight on a wrapper) or a hypernetwork's output as a weight: with
+    the module's own parameters frozen, pyrnn ran the no-grad kernels (the raw weight got no gradient,
+    or backward raised), where torch.nn follows the tensors it reads."""
+    torch = pytest.importorskip("torch")
+    import pyrnn.torch as pt
+
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, cls)(3, 5, num_layers=2, dtype=torch.float64)
+    ours = getattr(pt, cls)(3, 5, num_layers=2, dtype=torch.float64)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    raw = torch.nn.Parameter(ref.weight_hh_l1.detach().clone())
+    grads = []
+    for m in (ref, ours):
+        for p in m.parameters():
+            p.requires_grad_(False)
+        raw.grad = None
+        _replace_weight(m, "weight_hh_l1", raw * 0.9)  # (a tensor computed from the raw weight)
+        y, _ = m(x)
+        y.square().sum().backward()
+        grads.append(raw.grad.clone())
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-12)
+
+
+def test_torch_layernorm_weight_from_outside_the_module_gets_its_gradient():
+    torch = pytest.importorskip("torch")
+    import pyrnn.torch as pt
+
+    torch.manual_seed(0)
+    m = pt.LayerNormLSTM(3, 5, num_layers=2, dtype=torch.float64)
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    y, _ = m(x)
+    y.square().sum().backward()
+    want = m.weight_ih_l1.grad.clone()
+    raw = torch.nn.Parameter(m.weight_ih_l1.detach().clone())
+    for p in m.parameters():
+        p.requires_grad_(False)
+    _replace_weight(m, "weight_ih_l1", raw * 1.0)
+    y, _ = m(x)
+    y.square().sum().backward()
+    torch.testing.assert_close(raw.grad, want, rtol=1e-12, atol=1e-12)

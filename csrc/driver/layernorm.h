@@ -556,13 +556,14 @@ void ln_backward_run(const LnWorkspace<T>& w, const LayerNormArgs<T>& a, const L
     const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
     int64_t q0, q1;
     split_range(npan, nt, tid, q0, q1);
-    for (int64_t q = q0; q < q1; ++q)  // W_hh by rows, K = the internal G*Hp columns of dGh
-      pack_backward_panel(a.W_hh, H, Ho, Hp, kAll, G, C::NR, q, panels.data() + q * f.NG * C::NR);
+    // W_hh by rows, K = the internal G*Hp columns of dGh
+    pack_backward_panels(a.W_hh, H, Ho, Hp, kAll, G, C::NR, q0, q1,
+                         [&](int64_t q) { return panels.data() + q * f.NG * C::NR; });
     int64_t p0 = 0, p1 = 0;  // this thread's panels of W_hr (by rows, K = the Hop columns of dH)
     if constexpr (PROJ) {
       split_range(npr, nt, tid, p0, p1);
-      for (int64_t q = p0; q < p1; ++q)
-        pack_backward_panel(a.W_hr, Ho, H, Hop, kAll, 1, C::NR, q, rpanels.data() + q * Hop * C::NR);
+      pack_backward_panels(a.W_hr, Ho, H, Hop, kAll, 1, C::NR, p0, p1,
+                           [&](int64_t q) { return rpanels.data() + q * Hop * C::NR; });
     }
     AlignedBuffer<T>& acc = acc_buffers[size_t(tid)];
 #pragma omp barrier
