@@ -252,6 +252,7 @@ def test_fork_pool(threads):
 
 @needs_fork
 @fork_warning
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")  # (on one allowed CPU)
 def test_dataloader_workers_run_pyrnn_torch_modules(threads):
     """torch DataLoader workers (forked) whose dataset calls a pyrnn.torch module."""
     torch = pytest.importorskip("torch")
