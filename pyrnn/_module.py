@@ -77,6 +77,12 @@ class Gradients(OrderedDict):
     and the next ``backward``, which adds into them, see it (a new array in their place would be
     read by neither). New names are plain entries."""
 
+    def copy(self):
+        """A plain OrderedDict of the same arrays (a snapshot's assignments must not write through)."""
+        return OrderedDict(self)
+
+    __copy__ = copy
+
     def __setitem__(self, name, value):
         if name in self:
             if value is not self[name]:  # (grads[k] += g assigns the same array back)
@@ -152,7 +158,7 @@ class Module:
             raise ValueError(f"{type(self).__name__}.grads: expected the names {list(grads)}, got {list(value)}")
         arrays = {name: gradient_values(g, value[name], name) for name, g in grads.items()}  # all checked first
         for name, a in arrays.items():
-            np.copyto(grads[name], a, casting="unsafe")
+            grads[name] = a
 
     def __getstate__(self):
         # What the last training-mode call kept for backward (C++ workspaces) is not

@@ -446,7 +446,7 @@ def check_layer_dropout(dropout, num_layers):
     if p > 0 and isinstance(num_layers, numbers.Integral) and num_layers == 1:
         warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
                       f"expects num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
-                      stacklevel=3)
+                      stacklevel=4)  # (the user's line: the layer's __init__, its base's, this)
     return p
 
 
@@ -469,6 +469,15 @@ class CellStateZoneout:
     at the rate of construction); a number is its own rate. The GRU's and RNN's is 0.0."""
 
     _zoneout_c = 0.0  # (modules pickled before zoneout existed)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        default = cls.__dict__.get("zoneout_c")
+        if default is not None and not isinstance(default, property):
+            # a subclass's class default (zoneout_c = 0.0, as pyrnn's own classes had) would hide the
+            # property, and the rate its constructor stores: it becomes the default of the stored rate
+            cls._zoneout_c = default
+            delattr(cls, "zoneout_c")
 
     @property
     def zoneout_c(self):

@@ -99,7 +99,7 @@ class _LayerNormRNNBase(_StackedLayer):
                            self.num_layers, self.num_directions, self.dtype)  # (before the parameters below)
         self.recurrent_dropout = float(recurrent_dropout)
         self.zoneout = zoneout  # probability that a unit of h keeps its previous value at a step (training)
-        self.zoneout_c = zoneout_c  # the same for the LSTM's c (None: zoneout's; 0.0 for the GRU)
+        self._zoneout_c = zoneout_c  # the same for the LSTM's c (None: zoneout's; 0.0 for the GRU)
         self._rng = make_rng(seed, rng)
         self._saved = None
         G, H, P = (4 if mode == "LSTM" else 3), self.hidden_size, self.proj_size

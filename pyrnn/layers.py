@@ -101,8 +101,8 @@ class _StackedLayer(CellStateZoneout, Module):
         In training mode the call keeps what ``backward`` needs, and draws the masks of dropout,
         recurrent_dropout and zoneout (eval mode: none of them applies).
         """
-        given = x
-        x, unbatched = layer_input(self, x)
+        given = x if isinstance(x, np.ndarray) else np.asarray(refuse_masked("input", x))  # (a tensor's memory)
+        x, unbatched = layer_input(self, given)
         T, B, _ = x.shape
         if lengths is not None:
             lengths = check_lengths(lengths, T, B)
@@ -110,9 +110,9 @@ class _StackedLayer(CellStateZoneout, Module):
         D = self.num_directions
         training = self.training
         check_training_rates(self)
-        if training and (np.may_share_memory(x, given) if isinstance(given, np.ndarray) else not x.flags.owndata):
+        if training and np.may_share_memory(x, given):
             # backward reads x: its result must not change if the caller reuses the buffer (an array, or
-            # the memory of a torch tensor or other buffer that x is a view of)
+            # the memory of a torch tensor or other container that x is a view of)
             x = x.copy()
         if training:  # and h0, c0 (truncated BPTT writes h_n into the buffer it passed as h0)
             h0_all, c0_all = (None if s is None else s.copy() for s in (h0_all, c0_all))
@@ -228,7 +228,7 @@ class _RNNBase(_StackedLayer):
                            self.num_layers, self.num_directions, self.dtype)  # (before the parameters below)
         self.recurrent_dropout = float(recurrent_dropout)
         self.zoneout = zoneout  # probability that a unit of h keeps its previous value at a step (training)
-        self.zoneout_c = zoneout_c  # the same for the LSTM's c (None: zoneout's; 0.0 for the GRU and RNN)
+        self._zoneout_c = zoneout_c  # the same for the LSTM's c (None: zoneout's; 0.0 for the GRU and RNN)
         self._rng = make_rng(seed, rng)
         self._saved = None
         self._packed = {}  # (layer, direction) -> packed recurrent weights, in a freeze() copy

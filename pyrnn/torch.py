@@ -413,7 +413,7 @@ class _PyrnnRNNMixin(CellStateZoneout):
         for name in ("bias", "batch_first", "bidirectional"):  # (torch.nn keeps them as given: 'False' ran as True)
             setattr(self, name, check_bool(name, getattr(self, name)))
         self.recurrent_dropout = check_probability("recurrent_dropout", recurrent_dropout)
-        self.zoneout, self.zoneout_c = rates  # of h and (LSTM) c; the GRU's and RNN's zoneout_c is 0.0
+        self.zoneout, self._zoneout_c = rates  # of h and (LSTM) c; the GRU's and RNN's zoneout_c is 0.0
 
     def extra_repr(self):
         s = super().extra_repr()
@@ -697,7 +697,7 @@ class _PyrnnCellMixin(CellStateZoneout):
     def __init__(self, *args, zoneout=0.0, zoneout_c=None, **kwargs):
         rates = zoneout_rates("LSTM" if self._cell == "lstm" else type(self).__name__, zoneout, zoneout_c)
         super().__init__(*args, **kwargs)
-        self.zoneout, self.zoneout_c = rates
+        self.zoneout, self._zoneout_c = rates
 
     def extra_repr(self):
         return super().extra_repr() + _zoneout_repr(self)
@@ -1258,7 +1258,7 @@ class _LayerNormRNN(CellStateZoneout, nn.Module):
                            num_layers, 2 if self.bidirectional else 1, np.float32, copies=1)
         self.proj_size = proj_size = int(proj_size)
         self.recurrent_dropout = rec_p
-        self.zoneout, self.zoneout_c = rates  # of h and (LSTM) c; the GRU's zoneout_c is 0.0
+        self.zoneout, self._zoneout_c = rates  # of h and (LSTM) c; the GRU's zoneout_c is 0.0
         G, H, P = (4 if mode == "LSTM" else 3), hidden_size, proj_size
         H_out = P or H
         D = 2 if bidirectional else 1

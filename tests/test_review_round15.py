@@ -229,3 +229,67 @@ def test_torch_layernorm_weight_from_outside_the_module_gets_its_gradient():
     y, _ = m(x)
     y.square().sum().backward()
     torch.testing.assert_close(raw.grad, want, rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------- the second reader's findings
+
+
+def test_a_copy_of_grads_does_not_write_through():
+    import copy
+
+    layer = pyrnn.LSTM(2, 3, seed=0)
+    layer.grads["bias_ih_l0"][...] = 1.0
+    for snap in (layer.grads.copy(), copy.copy(layer.grads)):
+        snap["bias_ih_l0"] = snap["bias_ih_l0"] * 0.5 + 1  # a plain dict of the same arrays: rebinds
+        assert (layer.grads["bias_ih_l0"] == 1).all()
+
+
+def test_subclass_with_a_class_default_for_zoneout_c():
+    class MyLSTM(pyrnn.LSTM):
+        zoneout_c = 0.0  # (the class-default pattern pyrnn's own classes used)
+
+    m = MyLSTM(3, 4, zoneout=0.5, zoneout_c=0.2, seed=0)
+    assert m.zoneout_c == 0.2
+    m(np.zeros((2, 1, 3), np.float32))
+    assert MyLSTM(3, 4, zoneout=0.3, seed=0).zoneout_c == 0.3
+    torch = pytest.importorskip("torch")
+    import pyrnn.torch as pt
+
+    class MyTorchLSTM(pt.LSTM):
+        zoneout_c = 0.0
+
+    t = MyTorchLSTM(3, 4, zoneout=0.5, zoneout_c=0.2)
+    assert t.zoneout_c == 0.2
+    t(torch.zeros(2, 1, 3))
+
+
+def test_dropout_warning_names_the_callers_line():
+    for make in (lambda: pyrnn.LSTM(3, 4, dropout=0.5), lambda: pyrnn.LayerNormGRU(3, 4, dropout=0.5)):
+        with pytest.warns(UserWarning) as rec:
+            make()
+        assert rec[0].filename == __file__
+
+
+def test_training_input_container_edited_before_backward():
+    """An object whose __array__ hands out its own live array (xarray-like) is copied too."""
+
+    class Box:
+        def __init__(self, a):
+            self.a = a
+
+        def __array__(self, dtype=None, copy=None):
+            return self.a
+
+    layer = pyrnn.GRU(3, 4, dtype=np.float64, seed=0)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3))
+    y, _ = layer(x.copy())
+    layer.zero_grad()
+    layer.backward(np.ones_like(y))
+    want = {k: v.copy() for k, v in layer.grads.items()}
+    box = Box(x.copy())
+    y, _ = layer(box)
+    box.a += 10.0
+    layer.zero_grad()
+    layer.backward(np.ones_like(y))
+    for k, v in want.items():
+        np.testing.assert_array_equal(layer.grads[k], v)

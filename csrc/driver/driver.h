@@ -723,7 +723,8 @@ struct BackwardPhase {
       // zero tile instead of a product over zero rows (the whole GEMM at the last step: with a
       // training call per step, T = 1, 2.7 of 18 ms at B=64 H=512). The tiles that run are the
       // ones that ran before, so every sum is bitwise the same (a row's sum depends on its tile:
-      // a one-row tile sums k in four interleaved parts).
+      // a one-row tile sums k in four interleaved parts; whether K is split into chunks does not
+      // matter, each accumulator goes on in k order from its stored value).
       const int64_t rows = FIRST ? std::min(n, ceil_div(nn, int64_t(MR)) * MR) : n;
       step_tiles<T, MR, NV>(
           rows, K, panel(q),
@@ -734,10 +735,7 @@ struct BackwardPhase {
               return Phase::a_row(b, s, i);
           },
           epi, acc);
-      if (rows < n) {
-        std::fill(acc, acc + MR * UB, T(0));
-        for (int64_t i0 = rows; i0 < n; i0 += MR) epi(i0, int(std::min<int64_t>(MR, n - i0)), acc);
-      }
+      for (int64_t i0 = rows; i0 < n; i0 += MR) epi(i0, int(std::min<int64_t>(MR, n - i0)), b.zeros.data());
     }
   }
 };
@@ -788,7 +786,9 @@ void backward_cell(const Workspace<T>& w, const ForwardArgs<T>& a, const Backwar
   const int64_t Hp = w.Hp;
   b.Ho = a.P ? a.P : a.H;
   b.mask = a.h_mask;
-  b.zeros.zero(size_t(std::max(Cell::kGrad * Hp, b.Ho) + L));
+  // (zeros: also the zero tile of BackwardPhase::step, MR x UB)
+  constexpr int64_t kZeroTile = tile_rows(kGemmNV) * kGemmNV * L;
+  b.zeros.zero(size_t(std::max({int64_t(Cell::kGrad) * Hp, b.Ho, kZeroTile}) + L));
   fill_row_pointers<T>(b, sc, a.I, a.x, a.h0, a.y, b.zeros.data(), w.hm.data(), w.h0m.data(), w.ld_hm);
   b.ld_dG = good_ld<T>(Cell::kGrad * Hp);
   b.dG.reserve(size_t(sc.rows * b.ld_dG));

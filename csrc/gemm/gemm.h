@@ -199,8 +199,9 @@ template <class T, int NV, bool ACC>
 // Runs the MR-row kernel with only m rows (1 <= m <= MR): a small batch must
 // not pay for MR rows of FMAs. For packed A the panel keeps its MR stride.
 // PF: prefetch pf elements ahead of the panel row being read (prefetch_row),
-// in a whole tile only (step_tiles asks for it on first tiles of MR rows), so
-// the kernels for fewer rows are not compiled twice.
+// in a whole tile only (step_tiles asks for it on first tiles of MR rows): with
+// m < MR the kernel for m rows runs without it, so those kernels are not
+// compiled twice.
 template <class T, int MR, int NV, bool PACKED_A, bool ACC = false, int M = MR, bool PF = false>
 inline void ukernel_rows(int m, int64_t K, const T* a, const T* const* arows, const T* b, T* tile, int64_t pf = 0) {
   if constexpr (PACKED_A) {
