@@ -88,27 +88,42 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
-def test_ddp_matches_single_process(tmp_path):
-    ctx = torch.multiprocessing.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD,
+def _run_workers(out_dir):
+    """Runs the WORLD workers; False if they did not finish within TIMEOUT_S (then killed)."""
+    out_dir.mkdir()
+    ctx = torch.multiprocessing.start_processes(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD,
                                                 join=False, start_method="spawn")
     deadline = time.monotonic() + TIMEOUT_S
     try:
         while not ctx.join(timeout=max(0.0, deadline - time.monotonic())):
             if time.monotonic() >= deadline:
-                pytest.fail(f"DDP workers did not finish within {TIMEOUT_S} s")
+                return False
+        return True
     finally:
         for p in ctx.processes:  # only ours, and only if still running (a failure or the timeout)
             if p.is_alive():
                 p.kill()
                 p.join(5)
 
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
+def test_ddp_matches_single_process(tmp_path):
+    # One more try, on a new port, if the first does not finish: once in a full CI run (2026-12-04)
+    # the two workers did not finish within 90 s, where they take 11-16 s; nine reruns, in CI's
+    # environment and here, passed. A DDP bug (a parameter without a gradient on one rank) would
+    # hang both tries.
+    out = tmp_path / "try1"
+    if not _run_workers(out):
+        out = tmp_path / "try2"
+        if not _run_workers(out):
+            pytest.fail(f"DDP workers did not finish within {TIMEOUT_S} s, twice")
+
     torch.manual_seed(0)
     single = _Model()
     _train(single, *_data())
     want = single.state_dict()
     for rank in range(WORLD):
-        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        got = torch.load(out / f"rank{rank}.pt", weights_only=True)
         assert list(got) == list(want)
         for name in want:
             torch.testing.assert_close(got[name], want[name], rtol=1e-9, atol=1e-9,
