@@ -158,7 +158,7 @@ class Module:
             raise ValueError(f"{type(self).__name__}.grads: expected the names {list(grads)}, got {list(value)}")
         arrays = {name: gradient_values(g, value[name], name) for name, g in grads.items()}  # all checked first
         for name, a in arrays.items():
-            grads[name] = a
+            np.copyto(grads[name], a, casting="unsafe")
 
     def __getstate__(self):
         # What the last training-mode call kept for backward (C++ workspaces) is not

@@ -443,7 +443,7 @@ def check_layer_dropout(dropout, num_layers):
     """``dropout`` (between stacked layers) checked as a probability; with one layer it does nothing,
     which torch.nn says with this warning."""
     p = check_probability("dropout", dropout)
-    if p > 0 and isinstance(num_layers, numbers.Integral) and num_layers == 1:
+    if p > 0 and num_layers == 1:  # (num_layers checked by the caller)
         warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
                       f"expects num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
                       stacklevel=4)  # (the user's line: the layer's __init__, its base's, this)

@@ -786,16 +786,15 @@ void backward_cell(const Workspace<T>& w, const ForwardArgs<T>& a, const Backwar
   const int64_t Hp = w.Hp;
   b.Ho = a.P ? a.P : a.H;
   b.mask = a.h_mask;
-  // (zeros: also the zero tile of BackwardPhase::step, MR x UB)
-  constexpr int64_t kZeroTile = tile_rows(kGemmNV) * kGemmNV * L;
-  b.zeros.zero(size_t(std::max({int64_t(Cell::kGrad) * Hp, b.Ho, kZeroTile}) + L));
+  using First = BackwardPhase<T, std::tuple_element_t<0, typename Cell::Backward>, true>;
+  // (zeros: also the zero tile of the first phase's steps, MR x UB)
+  b.zeros.zero(size_t(std::max({int64_t(Cell::kGrad) * Hp, b.Ho, int64_t(First::MR) * First::UB}) + L));
   fill_row_pointers<T>(b, sc, a.I, a.x, a.h0, a.y, b.zeros.data(), w.hm.data(), w.h0m.data(), w.ld_hm);
   b.ld_dG = good_ld<T>(Cell::kGrad * Hp);
   b.dG.reserve(size_t(sc.rows * b.ld_dG));
   b.carry.zero(size_t(sc.B * Hp));
   if (a.zoneout_h) {
     // The first phase's blocks reach units up to a whole block past Ho.
-    using First = BackwardPhase<T, std::tuple_element_t<0, typename Cell::Backward>, true>;
     b.ld_z = ceil_div(b.Ho, First::UB) * First::UB;
     b.zcarry.zero(size_t(sc.B * b.ld_z));
   }
