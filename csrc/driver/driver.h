@@ -58,17 +58,21 @@ std::string describe_call(const ForwardArgs<T>& a, const Schedule& sc, const cha
 }
 
 // Panel for forward block j: [K][ng*HB], column gi*HB + v holds row
-// (gates[gi], j*HB + v) of W ([G*nunits, K], zero beyond nunits).
+// (gates[gi], j*HB + v) of W ([G*nunits, K], zero beyond nunits), in
+// lanes-wide column groups (transpose_rows).
 template <class T>
 void pack_forward_panel(const T* W, int64_t nunits, int64_t K, const int* gates, int ng, int64_t HB, int64_t j,
                         T* out) {
+  constexpr int L = kLanes<T>;
   const int64_t NR = ng * HB;
   for (int gi = 0; gi < ng; ++gi)
-    for (int64_t v = 0; v < HB; ++v) {
-      int64_t u = j * HB + v;
-      const T* src = u < nunits ? W + (gates[gi] * nunits + u) * K : nullptr;
-      T* o = out + gi * HB + v;
-      for (int64_t k = 0; k < K; ++k) o[k * NR] = src ? src[k] : T(0);
+    for (int64_t v0 = 0; v0 < HB; v0 += L) {
+      const T* rows[L];
+      for (int v = 0; v < L; ++v) {
+        const int64_t u = j * HB + v0 + v;
+        rows[v] = u < nunits ? W + (gates[gi] * nunits + u) * K : nullptr;
+      }
+      transpose_rows(rows, 0, K, out + gi * HB + v0, NR);
     }
 }
 

@@ -100,12 +100,16 @@ void pack_column_panels(const T* W, int64_t K, int64_t ncols, int64_t NR, RowOf 
   const int64_t np = (ncols + NR - 1) / NR;
   out.reserve(size_t(std::max<int64_t>(1, np * K * NR)));
   T* o = out.data();
+  constexpr int L = kLanes<T>;
   for (int64_t q = 0; q < np; ++q)
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t n = 0; n < NR; ++n) {
-        const int64_t c = q * NR + n, row = c < ncols ? row_of(c) : -1;
-        o[(q * K + k) * NR + n] = row >= 0 ? W[row * K + k] : T(0);
+    for (int64_t n = 0; n < NR; n += L) {
+      const T* rows[L];
+      for (int v = 0; v < L; ++v) {
+        const int64_t c = q * NR + n + v, row = c < ncols ? row_of(c) : -1;
+        rows[v] = row >= 0 ? W + row * K : nullptr;
       }
+      transpose_rows(rows, 0, K, o + q * K * NR + n, NR);
+    }
 }
 
 // Rows [n0, n1) of W as column panels.
