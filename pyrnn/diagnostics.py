@@ -114,6 +114,8 @@ def step_norms(dh, reduce="mean"):
     if reduce == "none":
         return n
     if reduce == "mean":
+        if a.shape[-2] == 0:  # (the mean of no norms: NaN and a RuntimeWarning)
+            raise ValueError(f"reduce='mean' needs a batch of at least one sequence, got B = 0 (shape {a.shape})")
         return n.mean(axis=-1)
     if reduce == "norm":
         return np.sqrt(np.sum(n * n, axis=-1))

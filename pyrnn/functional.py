@@ -257,8 +257,10 @@ def pack_weights(cell, W_ih, W_hh, W_hr=None, *, nonlinearity="tanh", reset_afte
     for name, w in (("W_hh", W_hh), ("W_hr", W_hr)):
         if w is not None and np.asarray(w).dtype != W_ih.dtype:
             raise TypeError(f"all weights must have one dtype, got W_ih={W_ih.dtype}, {name}={np.asarray(w).dtype}")
+    if W_ih.ndim != 2 or W_ih.shape[1] < 1:  # (before the stand-in x below takes its input size from it)
+        raise ValueError(f"W_ih must have shape ({spec.gates}*H, I) with I >= 1 for {spec.family}, got {W_ih.shape}")
     # (the checks of a forward, on a stand-in x of W_ih's dtype and input size)
-    stand_in = np.broadcast_to(np.zeros((), W_ih.dtype), (1, 1, W_ih.shape[-1] if W_ih.ndim == 2 else 1))
+    stand_in = np.broadcast_to(np.zeros((), W_ih.dtype), (1, 1, W_ih.shape[1]))
     a = check_forward(spec.family, stand_in, {"h0": None}, W_ih, W_hh, None, None, None, W_hr=W_hr)
     name = check_precision(precision, a.W_ih.dtype)
     return _core.PackedRecurrence(spec.kind, _c(a.W_ih), _c(a.W_hh), _c(a.W_hr), precision=name)
@@ -310,9 +312,17 @@ def residual_nbytes(cell, x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlin
     zeros or ``np.broadcast_to`` stand-ins will do), so a framework can size
     the block before it has the values. Depends on the selected ISA level.
     """
-    a, args, opts = _residual_call(cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, nonlinearity, reset_after, W_hr, h_mask,
-                                   lengths, reverse, leak, (zoneout_h, zoneout_c))
-    return _residual_total(_core.residual_strides(*args, **opts), *a.x.shape[:2])
+    spec = _spec_of_call(cell, nonlinearity, reset_after, leak, c0, W_hr)
+    states = {"h0": h0, "c0": c0} if spec.has_cell_state else {"h0": h0}
+    # (checked but not copied: a stand-in may be a broadcast view of a block larger than memory)
+    a = check_forward(spec.family, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask, W_hr, zoneout_h, zoneout_c)
+    check_bool("reverse", reverse)
+    T, B, _ = a.x.shape
+    H = a.W_hh.shape[0] // spec.gates
+    strides = _residual_strides(spec, H, 0 if a.W_hr is None else a.W_hr.shape[0], a.x.dtype, a.b_ih is not None,
+                                h0 is not None, spec.has_cell_state and c0 is not None, a.h_mask is not None,
+                                lengths is not None, _core.isa_selected())
+    return _residual_total(strides, T, B)
 
 
 def _residual_total(strides, T, B):

@@ -18,6 +18,12 @@ from ._validation import to_numpy
 __all__ = ["from_keras", "to_keras"]
 
 
+def _own(a):
+    """A C-contiguous copy (never a view of the caller's array: ascontiguousarray of a Fortran-ordered
+    kernel's transpose was one)."""
+    return np.array(a, order="C", copy=True)
+
+
 def _gru_swap(a, U):
     """Swaps the first two gate blocks along the last axis: Keras z,r,h <-> PyTorch r,z,n."""
     return np.concatenate([a[..., U:2 * U], a[..., :U], a[..., 2 * U:]], axis=-1)
@@ -56,7 +62,7 @@ def from_keras(cell, kernel, recurrent_kernel, bias=None, *, reset_after=True):
     kernel, recurrent_kernel, U = _check(cell, kernel, recurrent_kernel)
     G = GATES[cell]
     order = (lambda a: _gru_swap(a, U)) if cell == "gru" else (lambda a: a)
-    out = {"W_ih": np.ascontiguousarray(order(kernel).T), "W_hh": np.ascontiguousarray(order(recurrent_kernel).T),
+    out = {"W_ih": _own(order(kernel).T), "W_hh": _own(order(recurrent_kernel).T),
            "b_ih": None, "b_hh": None}
     if bias is not None:
         bias = _weights("bias", bias)
@@ -83,7 +89,7 @@ def to_keras(cell, W_ih, W_hh, b_ih=None, b_hh=None, *, reset_after=True):
     order = (lambda a: _gru_swap(a, U)) if cell == "gru" else (lambda a: a)
     kernel, recurrent = order(W_ih.T), order(W_hh.T)
     if b_ih is None and b_hh is None:
-        return np.ascontiguousarray(kernel), np.ascontiguousarray(recurrent), None
+        return _own(kernel), _own(recurrent), None
     if b_ih is None or b_hh is None:
         raise ValueError(f"b_ih and b_hh must be given together (or neither), got only "
                          f"{'b_hh' if b_ih is None else 'b_ih'}")
@@ -95,4 +101,4 @@ def to_keras(cell, W_ih, W_hh, b_ih=None, b_hh=None, *, reset_after=True):
         bias = np.stack([order(b_ih), order(b_hh)])
     else:
         bias = order(b_ih + b_hh)
-    return np.ascontiguousarray(kernel), np.ascontiguousarray(recurrent), bias
+    return _own(kernel), _own(recurrent), bias

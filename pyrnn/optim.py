@@ -115,20 +115,43 @@ def _pairs(params):
             raise TypeError(f"parameters and gradients must be floating point, got {p.dtype} and {g.dtype}")
         if not p.flags.writeable:
             raise ValueError("parameters must be writeable arrays (they are updated in place)")
+        if not g.flags.writeable:
+            raise ValueError("gradients must be writeable arrays (zero_grad() zeroes them in place)")
     if not out:
         raise ValueError("optimizer got an empty parameter list")
-    seen = set()
-    for p, g in out:
-        if (id(p), id(g)) in seen:
+    return _tied(out)
+
+
+def _memory_key(a):
+    """Arrays with the same key are the same elements (views of one parameter are one parameter)."""
+    return a.__array_interface__["data"][0], a.shape, a.strides, a.dtype.str
+
+
+def _tied(pairs):
+    """[(param, [grads])]: a parameter given in several (param, grad) pairs (a tied weight, e.g. an
+    embedding and a readout sharing one matrix) is one parameter whose gradients are summed, as
+    autograd sums a shared weight's: one update and one optimizer state, its decay applied once."""
+    groups = {}
+    for p, g in pairs:
+        group = groups.setdefault(_memory_key(p), (p, []))[1]
+        if any(_memory_key(h) == _memory_key(g) for h in group):
             # (torch warns of duplicate parameters; here each step would update it twice)
             raise ValueError("the same parameter (with the same gradient) is given twice (a module listed twice?): "
-                             "each step would update it twice")
-        seen.add((id(p), id(g)))
+                             "it would be updated (or counted and clipped) twice")
+        group.append(g)
+    out = list(groups.values())
+    params = [p for p, _ in out]
+    for i, p in enumerate(params):
+        for q in params[i + 1:]:
+            if np.may_share_memory(p, q) and np.shares_memory(p, q):
+                raise ValueError(f"two parameters (shapes {p.shape} and {q.shape}) overlap in memory without being "
+                                 f"the same array: give a shared weight as the same array in every pair")
     return out
 
 
 def _grads(params):
-    """Gradient arrays from a module, or an iterable of modules, (param, grad) pairs and arrays."""
+    """Gradient arrays from a module, or an iterable of modules, (param, grad) pairs and arrays, as
+    groups: the gradients of one parameter (a tied weight's pairs) together, a lone array alone."""
     if isinstance(params, tuple) and len(params) == 2 and all(isinstance(a, np.ndarray) for a in params):
         # (param, grad) or two gradients? Clipping the parameter by mistake would corrupt it.
         raise TypeError("got a tuple of two arrays: pass a (param, grad) pair inside a list, [(param, grad)], "
@@ -141,26 +164,37 @@ def _grads(params):
                 raise TypeError("got a module's parameter array (a weight, as list(module.parameters()) holds) "
                                 "where a gradient was expected: NumPy arrays carry no .grad; pass the module, "
                                 "which holds its gradients in module.grads, or the gradient arrays")
-            out.append(item)
+            out.append((None, item))
         elif _is_module(item):
-            out.extend(item.grads[name] for name, _ in item.named_parameters())
+            out.extend((p, item.grads[name]) for name, p in item.named_parameters())
         elif isinstance(item, (tuple, list)) and len(item) == 2:
-            out.append(_check_pair(item)[1])
+            out.append(_check_pair(item))
         else:
             raise TypeError(f"expected a module, a (param, grad) pair or a gradient array, got {type(item).__name__}")
-    for g in out:
+    for _, g in out:
         if not isinstance(g, np.ndarray) or g.dtype.kind != "f":
             raise TypeError("gradients must be floating-point NumPy arrays")
-    return out
+        if not g.flags.writeable:
+            raise ValueError("gradients must be writeable arrays (clipping scales them in place)")
+    seen = set()
+    for p, g in out:
+        if p is None:
+            if _memory_key(g) in seen:
+                raise ValueError("the same gradient array is given twice (a module listed twice?): its norm would "
+                                 "count twice and it would be scaled twice")
+            seen.add(_memory_key(g))
+    lone = [[g] for p, g in out if p is None]
+    return [gs for _, gs in _tied([(p, g) for p, g in out if p is not None])] + lone
 
 
-def _check_hyper(name, value, low=0.0, high=None, low_open=False, allow_inf=False):
+def _check_hyper(name, value, low=0.0, high=None, low_open=False, allow_inf=False, high_closed=False):
     expected = (f"a {'' if allow_inf else 'finite '}number {'>' if low_open else '>='} {low:g}"
-                + (f" and < {high:g}" if high is not None else ""))
+                + (f" and {'<=' if high_closed else '<'} {high:g}" if high is not None else ""))
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value) or (
             math.isinf(value) and not (allow_inf and value > 0)):
         raise ValueError(f"Invalid {name}: {value!r} (expected {expected})")
-    if value < low or (low_open and value == low) or (high is not None and value >= high):
+    if value < low or (low_open and value == low) or (high is not None and (value > high if high_closed else
+                                                                            value >= high)):
         raise ValueError(f"Invalid {name}: {value} (expected {expected})")
     return float(value)
 
@@ -176,10 +210,15 @@ class Optimizer:
 
     def __init__(self, params, lr, **hyper):
         checked = self._checked_hyper(lr=lr, **hyper)
-        self._pairs = _pairs(params)
+        self._groups = _pairs(params)  # [(param, [grads])]: a tied weight's gradients are summed
         self.__dict__.update(checked)
         self.step_count = 0
-        self.state = [{k: np.zeros_like(p) for k in self._state_keys} for p, _ in self._pairs]
+        self.state = [{k: np.zeros_like(p) for k in self._state_keys} for p, _ in self._groups]
+
+    def __setstate__(self, state):
+        if "_pairs" in state:  # (pickled before a tied weight's pairs were grouped: one group per pair)
+            state["_groups"] = [(p, [g]) for p, g in state.pop("_pairs")]
+        self.__dict__.update(state)
 
     @staticmethod
     def _checked_hyper(lr):
@@ -190,17 +229,19 @@ class Optimizer:
     @property
     def params(self):
         """The parameter arrays it updates, in order."""
-        return [p for p, _ in self._pairs]
+        return [p for p, _ in self._groups]
 
     def zero_grad(self):
         """Sets every gradient to zero (in place): torch's ``zero_grad(set_to_none=False)``."""
-        for _, g in self._pairs:
-            g[...] = 0
+        for _, gs in self._groups:
+            for g in gs:
+                g[...] = 0
 
     def step(self):
-        """Updates every parameter in place from its gradient."""
+        """Updates every parameter in place from its gradient (a tied weight's gradients summed)."""
         self.step_count += 1
-        for (p, g), st in zip(self._pairs, self.state):
+        for (p, gs), st in zip(self._groups, self.state):
+            g = gs[0] if len(gs) == 1 else sum(gs[1:], gs[0].copy())
             self._update(p, g, st)
 
     def _update(self, p, g, st):  # pragma: no cover - abstract
@@ -265,7 +306,7 @@ class Optimizer:
 
     def __repr__(self):
         hyper = ", ".join(f"{k}={v}" for k, v in self._hyper().items())
-        return f"{type(self).__name__}({len(self._pairs)} parameters, {hyper})"
+        return f"{type(self).__name__}({len(self._groups)} parameters, {hyper})"
 
 
 class SGD(Optimizer):
@@ -325,7 +366,7 @@ class RMSprop(Optimizer):
     @staticmethod
     def _checked_hyper(lr, alpha, eps, weight_decay, momentum, centered):
         return {"lr": _check_hyper("learning rate", lr),
-                "alpha": _check_hyper("alpha value", alpha, high=1.0 + 1e-12),
+                "alpha": _check_hyper("alpha value", alpha, high=1.0, high_closed=True),
                 "eps": _check_hyper("epsilon value", eps),
                 "weight_decay": _check_hyper("weight_decay value", weight_decay),
                 "momentum": _check_hyper("momentum value", momentum), "centered": check_bool("centered", centered)}
@@ -421,9 +462,11 @@ def clip_grad_norm(params, max_norm, norm_type=2.0, error_if_nonfinite=False):
     norm_type = math.inf if isinstance(norm_type, str) and norm_type == "inf" else _check_hyper(
         "norm_type", norm_type, low_open=True, allow_inf=True)
     error_if_nonfinite = check_bool("error_if_nonfinite", error_if_nonfinite)
-    grads = _grads(params)
-    if not grads:
+    groups = _grads(params)
+    if not groups:
         return 0.0
+    # (a tied weight's norm is its summed gradient's, as torch sees p.grad)
+    grads = [gs[0] if len(gs) == 1 else sum(gs[1:], gs[0].astype(np.float64)) for gs in groups]
     if math.isinf(norm_type):
         # (np.max over the maxima: Python's max() kept a finite value over a NaN that came later)
         total = float(np.max([np.max(np.abs(g)) if g.size else 0.0 for g in grads]))
@@ -434,16 +477,26 @@ def clip_grad_norm(params, max_norm, norm_type=2.0, error_if_nonfinite=False):
                            f"clipped. To disable this error, set error_if_nonfinite=False")
     coef = max_norm / (total + 1e-6)
     if coef < 1.0 or not math.isfinite(total):
-        for g in grads:
-            g *= coef
+        for gs in groups:
+            for g in gs:
+                g *= coef
     return total
 
 
 def clip_grad_value(params, clip_value):
-    """Clips every gradient element to [-clip_value, clip_value] in place."""
+    """Clips every gradient element to [-clip_value, clip_value] in place.
+
+    A tied weight given in several ``(param, grad)`` pairs is clipped as torch clips its ``p.grad``,
+    the sum: the clipped sum goes to its first gradient array, the others are zeroed (the
+    optimizers sum them)."""
     clip_value = _check_hyper("clip_value", clip_value, allow_inf=True)
-    for g in _grads(params):
-        np.clip(g, -clip_value, clip_value, out=g)
+    for gs in _grads(params):
+        if len(gs) > 1:
+            total = sum(gs[1:], gs[0].copy())
+            for g in gs[1:]:
+                g[...] = 0
+            gs[0][...] = total
+        np.clip(gs[0], -clip_value, clip_value, out=gs[0])
 
 
 # ----------------------------------------------------------------------- losses
@@ -503,14 +556,12 @@ def softmax_cross_entropy(logits, targets, mask=None):
     if targets.dtype.kind not in "iu":
         raise TypeError(f"targets must be integers, got {targets.dtype}")
     C = logits.shape[-1]
-    flat = logits.reshape(-1, C)
+    # (float16 works in float32: its sum of 65504 weights was inf, the loss 0.0 and the gradient zero)
+    work = np.float32 if logits.dtype.itemsize < 4 else logits.dtype
+    flat = logits.reshape(-1, C).astype(work, copy=False)
     t = targets.reshape(-1)
-    if t.size and (t.min() < 0 or t.max() >= C):
-        raise ValueError(f"targets must be in [0, {C})")
-    logp = log_softmax(flat)
-    nll = -logp[np.arange(t.size), t]
     if mask is None:
-        w = np.ones(t.size, dtype=logits.dtype)
+        w = np.ones(t.size)
     else:
         mask = _real_array("mask", mask, "biuf", "a real array (0/1 or weights)")
         if mask.shape != targets.shape:
@@ -518,14 +569,22 @@ def softmax_cross_entropy(logits, targets, mask=None):
         if not (np.all(np.isfinite(mask)) and np.all(mask >= 0)):  # (negative weights cancelled the loss)
             raise ValueError("mask must hold finite weights >= 0, got "
                              + ("NaN or inf" if not np.all(np.isfinite(mask)) else f"{mask.min()}"))
-        w = mask.astype(logits.dtype).reshape(-1)
+        w = mask.astype(np.float64).reshape(-1)
+    # Targets under a zero weight are not read (padding, e.g. torch's ignore_index -100).
+    bad = (w > 0) & ((t < 0) | (t >= C))
+    if bad.any():
+        raise ValueError(f"targets must be in [0, {C}) where the mask is not 0, got {t[bad][0]}"
+                         + ("" if mask is not None else " (padding may hold any value under a zero mask)"))
+    t = np.where(w > 0, t, 0)
     total = float(w.sum())
     if total <= 0:
         return 0.0, np.zeros_like(logits)
+    logp = log_softmax(flat)
+    nll = -logp[np.arange(t.size), t]
     loss = float(np.dot(nll.astype(np.float64), w)) / total
     d = np.exp(logp)
     d[np.arange(t.size), t] -= 1
-    d *= (w / total)[:, None]
+    d *= (w / total).astype(work)[:, None]
     return loss, d.reshape(logits.shape).astype(logits.dtype, copy=False)
 
 

@@ -81,7 +81,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._cells import GATES, cell_spec
-from ._validation import check_forward, check_grads, check_layernorm_params
+from ._validation import check_bool, check_forward, check_grads, check_layernorm_params
 
 __all__ = [
     "rnn_forward",
@@ -201,6 +201,7 @@ def lower_weights(W, precision):
 
 
 def _lowered(precision, training, W_ih, W_hh):
+    training = check_bool("training", training)
     if precision in (None, "same"):
         return W_ih, W_hh
     if training:
@@ -239,6 +240,7 @@ def _run_forward(step, x, states, lengths, reverse, training, cache, zoneout=())
     the previous state and produce a zero output.  ``cache`` holds the common
     entries; it is completed and returned when training, else None is.
     """
+    training = check_bool("training", training)
     T, B, _ = x.shape
     H = states[0].shape[1]
     idx, valid = _time_order(lengths, T, reverse)
@@ -320,8 +322,9 @@ def _check_backward_inputs(cell, cache, dy, dfinal):
     ``dfinal`` maps "dh_n" (and "dc_n") to an array or None. Returns (dy, final-state gradients)."""
     if cache is None:
         raise ValueError(f"{cell}_backward needs the cache of {cell}_forward(..., training=True), got None")
-    if not isinstance(cache, dict) or cache.get("cell") != cell:
-        origin = cache.get("cell") if isinstance(cache, dict) else type(cache).__name__
+    if not isinstance(cache, dict) or cache.get("cell") != cell or cache.get("layernorm"):
+        origin = ((f"layernorm_{cache.get('cell')}" if cache.get("layernorm") else cache.get("cell"))
+                  if isinstance(cache, dict) else type(cache).__name__)
         raise ValueError(f"{cell}_backward needs a cache from {cell}_forward, got one from {origin!r}")
     T, B, _ = cache["x"].shape
     H = cache["W_hh"].shape[1]
@@ -359,6 +362,7 @@ def rnn_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
     x, (h0,), W_ih, W_hh, b_ih, b_hh, lengths, _, _, zoneout_h, _ = check_forward(
         "rnn", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, lengths, zoneout_h=zoneout_h)
     W_ih, W_hh = _lowered(precision, training, W_ih, W_hh)
+    reverse = check_bool("reverse", reverse)
     act = np.tanh if nonlinearity == "tanh" else (lambda v: np.maximum(v, 0.0))
     rate = 1.0 if leak is None else float(leak)
 
@@ -367,9 +371,9 @@ def rnn_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
         a = act(_affine(x_s, W_ih, b_ih) + _affine(h, W_hh, b_hh))
         return ((1 - rate) * h + rate * a if leak is not None else a,), {"a": a}
 
-    cache = _common_cache("rnn", x, W_ih, W_hh, b_ih, b_hh, lengths, bool(reverse),
+    cache = _common_cache("rnn", x, W_ih, W_hh, b_ih, b_hh, lengths, reverse,
                           nonlinearity=nonlinearity, leak=rate)
-    y, (h_n,), cache = _run_forward(step, x, (h0,), lengths, bool(reverse), training, cache, (zoneout_h,))
+    y, (h_n,), cache = _run_forward(step, x, (h0,), lengths, reverse, training, cache, (zoneout_h,))
     return y, h_n, cache
 
 
@@ -403,6 +407,7 @@ def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, lengths=None,
     x, (h0, c0), W_ih, W_hh, b_ih, b_hh, lengths, _, _, zoneout_h, zoneout_c = check_forward(
         "lstm", x, {"h0": h0, "c0": c0}, W_ih, W_hh, b_ih, b_hh, lengths, zoneout_h=zoneout_h, zoneout_c=zoneout_c)
     W_ih, W_hh = _lowered(precision, training, W_ih, W_hh)
+    reverse = check_bool("reverse", reverse)
 
     def step(x_s, states, masks):
         h, c = states
@@ -414,8 +419,8 @@ def lstm_forward(x, h0, c0, W_ih, W_hh, b_ih=None, b_hh=None, *, lengths=None,
         tanh_c = np.tanh(c_tilde)  # h~ reads c~, not the zoned c_new
         return (o * tanh_c, c_new), {"i": i, "f": f, "g": g, "o": o, "tanh_c": tanh_c}
 
-    cache = _common_cache("lstm", x, W_ih, W_hh, b_ih, b_hh, lengths, bool(reverse))
-    y, (h_n, c_n), cache = _run_forward(step, x, (h0, c0), lengths, bool(reverse), training, cache,
+    cache = _common_cache("lstm", x, W_ih, W_hh, b_ih, b_hh, lengths, reverse)
+    y, (h_n, c_n), cache = _run_forward(step, x, (h0, c0), lengths, reverse, training, cache,
                                         (zoneout_h, zoneout_c))
     return y, h_n, c_n, cache
 
@@ -459,7 +464,8 @@ def gru_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, reset_after=True,
     x, (h0,), W_ih, W_hh, b_ih, b_hh, lengths, _, _, zoneout_h, _ = check_forward(
         "gru", x, {"h0": h0}, W_ih, W_hh, b_ih, b_hh, lengths, zoneout_h=zoneout_h)
     W_ih, W_hh = _lowered(precision, training, W_ih, W_hh)
-    reset_after = bool(reset_after)
+    reverse = check_bool("reverse", reverse)
+    reset_after = check_bool("reset_after", reset_after)
     H = W_hh.shape[1]
     W_hrz, W_hn = W_hh[:2 * H], W_hh[2 * H:]
     b_hrz, b_hn = (None, None) if b_hh is None else (b_hh[:2 * H], b_hh[2 * H:])
@@ -477,9 +483,9 @@ def gru_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, reset_after=True,
         h_new = n + z * (h - n)  # = (1 - z) * n + z * h
         return (h_new,), {"r": r, "z": z, "n": n, "hn": hn}
 
-    cache = _common_cache("gru", x, W_ih, W_hh, b_ih, b_hh, lengths, bool(reverse),
+    cache = _common_cache("gru", x, W_ih, W_hh, b_ih, b_hh, lengths, reverse,
                           reset_after=reset_after)
-    y, (h_n,), cache = _run_forward(step, x, (h0,), lengths, bool(reverse), training, cache, (zoneout_h,))
+    y, (h_n,), cache = _run_forward(step, x, (h0,), lengths, reverse, training, cache, (zoneout_h,))
     return y, h_n, cache
 
 
@@ -607,7 +613,7 @@ def _layernorm_forward(cell, step, x, states, W_ih, W_hh, b_ih, b_hh, ln, length
     the hidden state's zoneout."""
     G = GATES[cell]
     T, B, _ = x.shape
-    reverse = bool(reverse)
+    reverse, training = check_bool("reverse", reverse), check_bool("training", training)
     gi_all, xhat_ih, rstd_ih = _ln_forward(x @ W_ih.T, ln["ln_ih"], b_ih, G)  # every position at once
     idx, valid = _time_order(lengths, T, reverse)
     batch = np.arange(B)

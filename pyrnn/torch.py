@@ -816,8 +816,9 @@ class GRUCell(_PyrnnCellMixin, nn.GRUCell):
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, reset_after=True,
                  zoneout=0.0):
+        reset_after = check_bool("reset_after", reset_after)
         super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype, zoneout=zoneout)
-        self.reset_after = bool(reset_after)
+        self.reset_after = reset_after
 
     def extra_repr(self):
         return super().extra_repr() + ("" if self.reset_after else ", reset_after=False")

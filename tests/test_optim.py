@@ -591,6 +591,6 @@ def test_optimizer_refuses_duplicates():
     fc = pyrnn.Linear(4, 2, dtype=np.float64, seed=1)
     with pytest.raises(ValueError, match="twice"):
         optim.SGD([fc, fc], lr=0.1)
-    # tied weights with two gradients are two entries, not a duplicate
+    # a tied weight with two gradients is one parameter (gradients summed), not a duplicate
     g1, g2 = np.zeros_like(fc.weight), np.zeros_like(fc.weight)
     optim.SGD([(fc.weight, g1), (fc.weight, g2)], lr=0.1)

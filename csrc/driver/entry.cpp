@@ -70,7 +70,9 @@ void sequence_backward(const Workspace<T>& ws, const ForwardArgs<T>& fwd, const 
 // the forward never wrote.
 struct ResidualHeader {
   int64_t magic, version, isa, cell, dtype_bytes, T, B, I, H, P, has_mask, lengths, reverse, elems;
-  int64_t zoneout;  // bit 0: zoneout_h, bit 1: zoneout_c
+  // bit 0: zoneout_h, bit 1: zoneout_c, bit 2: h0, bit 3: c0, bit 4: biases (given or null: a
+  // workspace rebuilt without the h0 the forward had ran backward from zeros, silently)
+  int64_t inputs;
   double leak;
 };
 static_assert(sizeof(ResidualHeader) == 128, "the workspace starts 128 bytes in");
@@ -89,7 +91,9 @@ ResidualHeader residual_header(const ForwardArgs<T>& a, Isa isa) {
   const ResidualLayout L = ops_for<T>(isa).residual_layout(a, a.T * a.B);
   return {kResidualMagic, 2, int64_t(isa), int64_t(a.cell), int64_t(sizeof(T)), a.T, a.B, a.I, a.H, a.P,
           a.h_mask != nullptr, a.lengths ? lengths_hash(a.lengths, a.B) : 0, a.reverse, L.elems,
-          int64_t(a.zoneout_h != nullptr) | int64_t(a.zoneout_c != nullptr) << 1, double(a.leak)};
+          int64_t(a.zoneout_h != nullptr) | int64_t(a.zoneout_c != nullptr) << 1 | int64_t(a.h0 != nullptr) << 2 |
+              int64_t(a.c0 != nullptr) << 3 | int64_t(a.b_ih != nullptr) << 4,
+          double(a.leak)};
 }
 
 template <class T>
@@ -142,7 +146,7 @@ WorkspacePtr<T> workspace_from_residual(const ForwardArgs<T>& args, void* residu
   const ResidualHeader want = residual_header(args, Isa(h.isa));
   if (std::memcmp(&h, &want, sizeof h) != 0)
     throw std::invalid_argument("residual: written by a forward with another cell, dtype, shape, lengths or "
-                                "options than these arguments");
+                                "options than these arguments (h0, c0 and the biases given or None count too)");
   if (nbytes < int64_t(sizeof h) + h.elems * int64_t(sizeof(T)))
     throw std::invalid_argument("residual: shorter than the workspace its header describes");
   WorkspacePtr<T> w(new Workspace<T>());
