@@ -290,7 +290,8 @@ def check_stack_memory(owner, G, I, H, P, num_layers, num_directions, dtype, cop
         return G * H * (inputs + Ho + 4) + P * H + 4 * H
 
     count = num_directions * (per_direction(I) + (num_layers - 1) * per_direction(num_directions * Ho))
-    check_parameter_memory(owner, count, dtype, copies=copies)
+    check_parameter_memory(owner, count, dtype, copies=copies,
+                           what="its parameters and their gradients" if copies == 2 else "its parameters")
 
 
 def check_probability(name, p):

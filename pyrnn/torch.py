@@ -96,6 +96,7 @@ import functools
 import numbers
 import importlib.abc
 import sys
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -343,6 +344,16 @@ def _run(spec, grad, x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr):
     return torch.from_numpy(y), torch.from_numpy(h_n), None if c_n is None else torch.from_numpy(c_n)
 
 
+def _allocates(device):
+    """Whether parameters made for ``device`` (None: the default device, a ``with torch.device(...)``
+    block's included) take memory: not on the meta device, where torch.nn builds any size."""
+    try:
+        d = torch.device(device) if device is not None else torch.get_default_device()
+    except (TypeError, ValueError, RuntimeError):
+        return True  # (torch.nn names the bad device)
+    return d.type != "meta"
+
+
 def _dropout_mask(shape, p, dtype):
     """A tensor: kept units scaled by 1/(1-p) (p=1 drops everything); torch's RNG."""
     if p >= 1:
@@ -404,7 +415,8 @@ class _PyrnnRNNMixin(CellStateZoneout):
         rates = zoneout_rates("LSTM" if self._cell == "lstm" else type(self).__name__, zoneout, zoneout_c)
         sizes = [args[i] if len(args) > i else kwargs.get(k, 1) for i, k in
                  enumerate(("input_size", "hidden_size", "num_layers"))]
-        if all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in sizes):
+        if all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in sizes) and \
+                _allocates(kwargs.get("device")):
             # (before torch.nn allocates: num_layers=2**40 looped adding parameters; a lower bound:
             # one direction, no projection, float32, gradients allocated later)
             check_stack_memory(type(self).__name__, GATES[self._cell], *sizes[:2],
@@ -1084,6 +1096,22 @@ def _freeze_with_hooks(module, precision):
 _QUANT_DTYPES = {torch.qint8: "int8", torch.bfloat16: "bf16", "int8": "int8", "bf16": "bf16"}
 
 
+def _qconfig_precision(key, qconfig):
+    """The precision a ``qconfig_spec`` dict entry asks for: None leaves the module in float (torch's
+    meaning), a qconfig its weight observer's dtype (torch.qint8; pyrnn's bf16 for torch.bfloat16)."""
+    if qconfig is None:
+        return None
+    weight = getattr(qconfig, "weight", None)
+    if not callable(weight):
+        raise TypeError(f"quantize_dynamic: qconfig_spec[{key!r}] must be a qconfig (e.g. "
+                        f"torch.ao.quantization.default_dynamic_qconfig) or None, got {type(qconfig).__name__}")
+    wdtype = getattr(weight(), "dtype", None)
+    if wdtype not in _QUANT_DTYPES:
+        raise ValueError(f"quantize_dynamic: qconfig_spec[{key!r}] asks for {wdtype} weights; pyrnn's kernels take "
+                         f"torch.qint8 or torch.bfloat16 (float16_dynamic_qconfig: use dtype=torch.bfloat16)")
+    return _QUANT_DTYPES[wdtype]
+
+
 def quantize_dynamic(model, qconfig_spec=None, dtype=torch.qint8, inplace=False):
     """torch.ao.quantization.quantize_dynamic for recurrent layers, on pyrnn's kernels.
 
@@ -1091,11 +1119,14 @@ def quantize_dynamic(model, qconfig_spec=None, dtype=torch.qint8, inplace=False)
     ``model`` by a :func:`freeze` copy in ``dtype``: ``torch.qint8`` (int8
     weights with a scale per row, activations quantised per row dynamically,
     int32 sums, as torch's dynamic quantisation) or ``torch.bfloat16`` (bf16
-    weights, fp32 sums). ``qconfig_spec``: None (every such module), or a set
-    of module types or of submodule names (as ``model.named_modules()`` gives
-    them) to convert. As torch's, a type matches only modules of exactly that
-    type (torch.nn.LSTM matches pyrnn.torch.LSTM too), and the converted
-    modules keep their forward hooks and pre-hooks. A
+    weights, fp32 sums). ``qconfig_spec``, as torch's: None (every such
+    module), a set of module types or of submodule names (as
+    ``model.named_modules()`` gives them), or a dict from those to qconfigs
+    (a qconfig's weight dtype then replaces ``dtype``; None leaves the module
+    in float). An entry covers the modules under it too (a container's type or
+    name), a name's entry overriding a type's. As torch's, a type matches only
+    modules of exactly that type (torch.nn.LSTM matches pyrnn.torch.LSTM too),
+    and the converted modules keep their forward hooks and pre-hooks. A
     subclass that overrides ``forward`` is left as it is (its computation is not
     the layer's). Other modules (Linear included) are left as they are;
     torch's own ``quantize_dynamic(model, {nn.Linear})`` can follow. Returns
@@ -1112,29 +1143,49 @@ def quantize_dynamic(model, qconfig_spec=None, dtype=torch.qint8, inplace=False)
     if isinstance(qconfig_spec, (str, type)) or not hasattr(qconfig_spec, "__iter__"):  # ("rnn" split into letters)
         raise TypeError(f"quantize_dynamic: qconfig_spec must be a set (or dict) of module types or submodule "
                         f"names, e.g. {{torch.nn.LSTM}}, got {type(qconfig_spec).__name__} {qconfig_spec!r}")
-    qconfig_spec = set(qconfig_spec)
-    types = tuple(t for t in qconfig_spec if isinstance(t, type))
-    names = {n for n in qconfig_spec if isinstance(n, str)}
-    if len(types) + len(names) != len(qconfig_spec):
+    if isinstance(qconfig_spec, Mapping):
+        spec = {k: _qconfig_precision(k, v) for k, v in qconfig_spec.items()}
+    else:
+        spec = dict.fromkeys(set(qconfig_spec), precision)
+    if not all(isinstance(k, (type, str)) for k in spec):
         raise TypeError("quantize_dynamic: qconfig_spec must hold module types or submodule names")
 
-    def wanted(name, m):
-        return (isinstance(m, _RECURRENT + _CELLS) and type(m).forward in _LAYER_FORWARDS
-                and (name in names or type(m) in types or _DROP_INS.get(type(m)) in types))
+    def lookup(name, m, inherited):
+        """The precision for module m at name: its name's entry, else its type's (a pyrnn.torch
+        drop-in's torch.nn type's, then its own), else its parent's."""
+        p = inherited
+        for t in (_DROP_INS.get(type(m)), type(m)):
+            if t is not None and t in spec:
+                p = spec[t]
+        return spec.get(name, p)
 
-    if wanted("", model):
-        return _freeze_with_hooks(model, precision)
+    def convertible(m):
+        return isinstance(m, _RECURRENT + _CELLS) and type(m).forward in _LAYER_FORWARDS
+
+    root = lookup("", model, None)
+    if convertible(model) and root is not None:
+        return _freeze_with_hooks(model, root)
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()  # as torch's: the result is for inference (a frozen copy cannot train)
     done = {}  # id(module) -> its frozen copy: a module held under several names is converted once
-    for name, m in list(model.named_modules(remove_duplicate=False)):
-        for child_name, child in list(m._modules.items()):
-            full = f"{name}.{child_name}" if name else child_name
-            if child is not None and (id(child) in done or wanted(full, child)):
-                if id(child) not in done:
-                    done[id(child)] = _freeze_with_hooks(child, precision)
-                setattr(m, child_name, done[id(child)])
+
+    def walk(module, prefix, inherited):
+        for child_name, child in list(module._modules.items()):
+            if child is None:
+                continue
+            full = prefix + child_name
+            p = lookup(full, child, inherited)
+            if id(child) in done:
+                setattr(module, child_name, done[id(child)])
+            elif convertible(child):
+                if p is not None:
+                    done[id(child)] = _freeze_with_hooks(child, p)
+                    setattr(module, child_name, done[id(child)])
+            else:
+                walk(child, full + ".", p)
+
+    walk(model, "", root)
     return model
 
 
@@ -1255,8 +1306,9 @@ class _LayerNormRNN(CellStateZoneout, nn.Module):
         self.bias, self.batch_first = check_bool("bias", bias), check_bool("batch_first", batch_first)
         self.dropout = float(dropout)
         self.bidirectional = check_bool("bidirectional", bidirectional)
-        check_stack_memory(type(self).__name__, GATES[self._cell], input_size, hidden_size, int(proj_size),
-                           num_layers, 2 if self.bidirectional else 1, np.float32, copies=1)
+        if _allocates(device):
+            check_stack_memory(type(self).__name__, GATES[self._cell], input_size, hidden_size, int(proj_size),
+                               num_layers, 2 if self.bidirectional else 1, np.float32, copies=1)
         self.proj_size = proj_size = int(proj_size)
         self.recurrent_dropout = rec_p
         self.zoneout, self._zoneout_c = rates  # of h and (LSTM) c; the GRU's zoneout_c is 0.0

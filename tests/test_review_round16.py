@@ -266,3 +266,50 @@ def test_reference_boolean_options_checked(option, value):
         with pytest.raises(TypeError, match=option):
             R.lstm_forward(x, None, None, rng.standard_normal((20, 3)), rng.standard_normal((20, 5)),
                            **{option: value})
+
+
+# ------------------------------------------------------------- pyrnn.torch (quantize, meta)
+
+
+def _qmodel():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    enc = torch.nn.Sequential(torch.nn.GRU(4, 6))
+    return torch, torch.nn.Sequential(enc, torch.nn.LSTM(6, 6))
+
+
+def _kinds(model):
+    return [type(m).__name__ for m in (model[0][0], model[1])]
+
+
+def test_quantize_dynamic_dict_spec_as_torch():
+    torch, m = _qmodel()
+    pt = pytest.importorskip("pyrnn.torch")
+    from torch.ao.quantization import default_dynamic_qconfig, float16_dynamic_qconfig
+    # None: leave in float (both used to be converted to int8)
+    assert _kinds(pt.quantize_dynamic(m, {torch.nn.GRU: None})) == ["GRU", "LSTM"]
+    assert _kinds(pt.quantize_dynamic(m, {"0.0": None})) == ["GRU", "LSTM"]
+    q = pt.quantize_dynamic(m, {torch.nn.LSTM: default_dynamic_qconfig, torch.nn.GRU: default_dynamic_qconfig,
+                                "1": None})  # a name's entry overrides its type's
+    assert _kinds(q) == ["FrozenRNN", "LSTM"] and q[0][0].precision == "int8"
+    # a container's name or type covers the modules under it, as torch propagates qconfigs
+    assert _kinds(pt.quantize_dynamic(m, {"0"})) == ["FrozenRNN", "LSTM"]
+    assert _kinds(pt.quantize_dynamic(m, {torch.nn.Sequential: default_dynamic_qconfig})) == ["FrozenRNN",
+                                                                                               "FrozenRNN"]
+    with pytest.raises(ValueError, match="float16"):
+        pt.quantize_dynamic(m, {torch.nn.LSTM: float16_dynamic_qconfig})
+    with pytest.raises(TypeError, match="qconfig"):
+        pt.quantize_dynamic(m, {torch.nn.LSTM: "int8"})
+
+
+def test_torch_layers_on_meta_device_build_any_size():
+    torch = pytest.importorskip("torch")
+    pt = pytest.importorskip("pyrnn.torch")
+    for make in (lambda: pt.LSTM(20000, 20000, num_layers=4, device="meta"),
+                 lambda: pt.LayerNormLSTM(20000, 20000, 4, device="meta")):
+        m = make()
+        assert next(m.parameters()).device.type == "meta"
+    with torch.device("meta"):
+        assert sum(p.numel() for p in pt.GRU(20000, 20000, num_layers=4).parameters()) == 9600480000
+    with pytest.raises(MemoryError, match="its parameters would need"):
+        pt.LSTM(20000, 20000, num_layers=4)
