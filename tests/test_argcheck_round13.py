@@ -97,8 +97,9 @@ def _opt(kind):
 @pytest.mark.parametrize("kind", ["SGD", "RMSprop", "Adam"])
 def test_load_state_dict_checks_everything_first(kind):
     opt = _opt(kind)
-    for g in opt._pairs:
-        g[1][...] = 0.5
+    for _, grads in opt._groups:
+        for g in grads:
+            g[...] = 0.5
     opt.step()
     sd = opt.state_dict()
     before = opt.state_dict()
