@@ -109,7 +109,7 @@ def spectral_radius(W: ArrayLike) -> float:
         raise ValueError(f"W must be a square matrix [H, H], got shape {A.shape}")
     if A.size == 0:
         return 0.0
-    return float(np.max(np.abs(np.linalg.eigvals(A.astype(np.float64)))))
+    return float(np.max(np.abs(np.linalg.eigvals(A))))  # (A is float64 already: no second copy)
 
 
 _radius = spectral_radius  # (ESN.__init__'s parameter of the same name shadows it there)
@@ -535,11 +535,14 @@ class ESN:
         """y [N, O] (dtype) from inputs x2 [N, I] and states h2 [N, H]."""
         W = self._require_fit("predict")
         I = self.input_size if self.use_raw_inputs else 0
-        y = h2 @ W[:, 1 + I:].T
-        if I:
-            y += x2 @ W[:, 1:1 + I].T
-        y += W[:, 0]
-        return y.astype(self.dtype)
+        y = np.empty((h2.shape[0], W.shape[0]), self.dtype)
+        for a, b in _chunks(h2.shape[0], W.shape[1]):  # (float32 states times float64 W_out: a float64
+            part = h2[a:b] @ W[:, 1 + I:].T             # copy of each chunk, not of all the states at once)
+            if I:
+                part += x2[a:b] @ W[:, 1:1 + I].T
+            part += W[:, 0]
+            y[a:b] = part
+        return y
 
     def _require_fit(self, what: str) -> NDArray:
         if self.W_out is None:
