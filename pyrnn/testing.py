@@ -142,13 +142,21 @@ def check_directional_derivatives(loss, grads, p, rng, eps=1e-6, rtol=1e-6, atol
     if missing := [k for k in p if k not in grads]:
         raise ValueError(f"grads lacks the gradients of the inputs {missing}")
     direction = {k: rng.standard_normal(v.shape) for k, v in p.items()}
+    failures = []
     for names in [tuple(p)] + [(k,) for k in p]:
         analytic = sum(np.sum(grads[k] * direction[k]) for k in names)
         plus = {k: v + eps * direction[k] if k in names else v for k, v in p.items()}
         minus = {k: v - eps * direction[k] if k in names else v for k, v in p.items()}
         numeric = (loss(plus) - loss(minus)) / (2 * eps)
         if abs(analytic - numeric) > max(rtol * abs(numeric), atol):
-            raise AssertionError(f"d loss along {names}: analytic {analytic!r}, finite differences {numeric!r}")
+            failures.append((names, analytic, numeric))
+    if failures:
+        # (every check runs: the one along all inputs at once fails first, and names none of them)
+        wrong = [names[0] for names, _, _ in failures if len(names) == 1]
+        raise AssertionError(
+            (f"the derivatives of {wrong} disagree with finite differences" if wrong else
+             "the derivative along all inputs disagrees with finite differences, no single input's does") + ": "
+            + "; ".join(f"d loss along {names}: analytic {a!r}, finite differences {n!r}" for names, a, n in failures))
 
 
 def assert_bitwise_equal(actual, expected):

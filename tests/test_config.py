@@ -202,11 +202,13 @@ def test_cache_limit_from_environment(value, limit):
 
 
 def test_environment_thread_counts_beyond_int_and_probe_limits(tmp_path):
-    """OMP_NUM_THREADS past the int range wrapped (2147483648 gave -2147483648 threads); the machine
-    probes refuse thread counts that libgomp could not start (it ends the process)."""
+    """OMP_NUM_THREADS past the int range wrapped (2147483648 gave -2147483648 threads); a call's
+    threads stop at max(64, 4 x cores); the machine probes refuse thread counts that libgomp could
+    not start (it ends the process)."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     for value in ("2147483648", "4294967298"):
-        assert _threads_in_subprocess({**env, "OMP_NUM_THREADS": value}, tmp_path) == 2**31 - 1
+        cap = max(64, 4 * len(os.sched_getaffinity(0)))
+        assert _threads_in_subprocess({**env, "OMP_NUM_THREADS": value}, tmp_path) == cap
     for probe in (lambda: pyrnn.fma_peak_gflops(10**6), lambda: pyrnn.memory_bandwidth(1024, threads=10**6)):
         with pytest.raises(ValueError, match="at most 4096"):
             probe()

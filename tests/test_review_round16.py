@@ -2,6 +2,7 @@
 blocks, the NumPy reference) found, each pinned by the behaviour a user of torch would expect."""
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -313,3 +314,86 @@ def test_torch_layers_on_meta_device_build_any_size():
         assert sum(p.numel() for p in pt.GRU(20000, 20000, num_layers=4).parameters()) == 9600480000
     with pytest.raises(MemoryError, match="its parameters would need"):
         pt.LSTM(20000, 20000, num_layers=4)
+
+
+# ------------------------------------------------- benchmark outputs, threads, pyrnn.testing
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--json", "{d}/same.json", "--markdown", "{d}/same.json"], "the same file as --json"),
+    (["--json", ""], "an empty path"),
+    (["--json", "{d}/" + "a" * 300 + ".json"], "cannot be written"),
+    (["--markdown", "/proc/pyrnn-review.md"], "cannot be written"),
+])
+def test_bench_output_paths_checked_before_measuring(tmp_path, monkeypatch, capsys, args, says):
+    from pyrnn import bench
+    from pyrnn.bench import cli
+    monkeypatch.setattr(cli, "measure_peaks", lambda *a, **k: pytest.fail("bad usage must not measure"))
+    assert bench.main(["--tiny", "--threads", "1", *[a.format(d=tmp_path) for a in args]]) == 2
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "same.json").exists()
+
+
+def test_bench_write_failure_keeps_the_other_outputs(tmp_path, capsys):
+    import argparse
+
+    from pyrnn.bench import cli
+    args = argparse.Namespace(json=str(tmp_path / "r.json"), markdown=str(tmp_path / "r.md"), plot=None)
+
+    def fail(path):
+        raise OSError(28, "No space left on device")
+
+    ok = cli._write_outputs(args, {"--json": fail, "--markdown": lambda p: Path(p).write_text("x")})
+    assert not ok and (tmp_path / "r.md").read_text() == "x"
+    assert "error: --json" in capsys.readouterr().err
+
+
+def test_bench_worker_peer_import_error_is_unavailable(tmp_path, monkeypatch):
+    # a peer whose import raises something else than ImportError (jax with a mismatched jaxlib)
+    from pyrnn.bench import worker
+    (tmp_path / "brokenpeer").mkdir()
+    (tmp_path / "brokenpeer" / "__init__.py").write_text("raise RuntimeError('jaxlib version mismatch')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(worker.REQUIRES, "jax", ("brokenpeer",))
+    job = {"framework": "jax", "threads": 1, "cores": None, "isolated": False, "cases": [], "modes": [],
+           "seed": 0, "keep_outputs": False}
+    said = []
+    result = worker.run_job(job, said.append)
+    assert "RuntimeError" in result["unavailable"] and "failed to import" in said[0]
+
+
+def test_threadpoolctl_limits_auto_mode_only(tmp_path):
+    pytest.importorskip("threadpoolctl")
+    import subprocess
+    import sys
+    code = ("import threadpoolctl, pyrnn\n"
+            "out = [pyrnn.get_num_threads()]\n"
+            "with threadpoolctl.threadpool_limits(1, user_api='openmp'):\n"
+            "    out.append(pyrnn.get_num_threads())\n"
+            "out.append(pyrnn.get_num_threads())\n"
+            "pyrnn.set_num_threads(2)\n"
+            "with threadpoolctl.threadpool_limits(1, user_api='openmp'):\n"
+            "    out.append(pyrnn.get_num_threads())\n"
+            "pyrnn.set_num_threads(10**6)\n"
+            "out.append(pyrnn.get_num_threads())\n"
+            "print(out)\n")
+    import os
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    cap = max(64, 4 * len(os.sched_getaffinity(0)))
+    assert out.stdout.strip() == str([2, 1, 2, 2, cap])
+
+
+def test_directional_derivatives_name_the_wrong_gradient():
+    from pyrnn import testing
+    rng = np.random.default_rng(0)
+    p = {"a": rng.standard_normal(3), "b": rng.standard_normal(2)}
+
+    def loss(q):
+        return float(np.sum(q["a"] ** 2) + np.sum(np.sin(q["b"])))
+
+    grads = {"a": 2 * p["a"], "b": 1.5 * np.cos(p["b"])}  # b's gradient wrong
+    with pytest.raises(AssertionError, match=r"the derivatives of \['b'\] disagree"):
+        testing.check_directional_derivatives(loss, grads, p, np.random.default_rng(1))
+    testing.check_directional_derivatives(loss, {"a": 2 * p["a"], "b": np.cos(p["b"])}, p, np.random.default_rng(1))

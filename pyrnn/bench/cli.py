@@ -136,19 +136,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def output_problems(args: argparse.Namespace) -> list[str]:
     """What is wrong with the --json / --markdown / --plot paths, checked before anything runs (a
-    full suite takes minutes): a folder that does not exist or cannot be written, a plot format
-    matplotlib cannot write."""
+    full suite takes minutes): an empty path, two options naming one file, a folder that does not
+    exist, a file that cannot be opened for writing (a name too long, a read-only file or file
+    system), a plot format matplotlib cannot write."""
     problems = []
+    seen: dict[str, str] = {}
     for opt, path in (("--json", args.json), ("--markdown", args.markdown), ("--plot", args.plot)):
+        if path is None:
+            continue
         if not path:
+            problems.append(f"{opt}: an empty path")
             continue
         folder = os.path.dirname(os.path.abspath(path))
+        real = os.path.realpath(path)
+        if real in seen:
+            problems.append(f"{opt} {path}: the same file as {seen[real]} (one would overwrite the other)")
+            continue
+        seen[real] = opt
         if os.path.isdir(path):
             problems.append(f"{opt} {path}: is a folder, not a file")
         elif not os.path.isdir(folder):
             problems.append(f"{opt} {path}: the folder {folder} does not exist")
-        elif not os.access(folder, os.W_OK):
-            problems.append(f"{opt} {path}: the folder {folder} is not writable")
+        else:
+            problem = _unwritable(path)
+            if problem:
+                problems.append(f"{opt} {path}: cannot be written ({problem})")
     if args.plot:
         from matplotlib.figure import Figure
 
@@ -157,6 +169,38 @@ def output_problems(args: argparse.Namespace) -> list[str]:
         if ext not in formats:
             problems.append(f"--plot {args.plot}: matplotlib writes {', '.join(sorted(formats))}, not {ext!r}")
     return problems
+
+
+def _unwritable(path: str) -> Optional[str]:
+    """Why ``path`` cannot be opened for writing, or None: opened for appending (an existing file is
+    left as it was) and removed again if this made it."""
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        return e.strerror or str(e)
+    if not existed:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+    return None
+
+
+def _write_outputs(args: argparse.Namespace, write: dict[str, Callable[[str], None]]) -> bool:
+    """Writes each output given (option -> writer of a path); one that fails is reported and the
+    others are still written. Returns whether all were."""
+    ok = True
+    for opt, path in (("--json", args.json), ("--markdown", args.markdown), ("--plot", args.plot)):
+        if not path:
+            continue
+        try:
+            write[opt](path)
+        except OSError as e:
+            print(f"error: {opt} {path}: {e.strerror or e}", file=sys.stderr)
+            ok = False
+    return ok
 
 
 def from_json(args: argparse.Namespace) -> int:
@@ -271,17 +315,20 @@ def main(argv: Optional[Sequence[Any]] = None) -> int:
         meta["memory"] = training_memory(["pyrnn"] + (["torch"] if importlib.util.find_spec("torch") else []))
 
     print(render_text(rows, meta))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
+
+    def write_json(path: str) -> None:
+        with open(path, "w", encoding="utf-8") as f:
             json.dump(dict(meta, peak_gflops={str(t): p for t, p in peaks.items()}, rows=rows,
                            footnotes=footnotes(rows, meta)), f, indent=1, default=str)
-    if args.markdown:
-        with open(args.markdown, "w", encoding="utf-8") as f:
+
+    def write_markdown(path: str) -> None:
+        with open(path, "w", encoding="utf-8") as f:
             f.write(render_markdown(rows, meta))
-    if args.plot:
-        write_plot(args.plot, rows, meta)
+
+    written = _write_outputs(args, {"--json": write_json, "--markdown": write_markdown,
+                                    "--plot": lambda path: write_plot(path, rows, meta)})
     failed = [r for r in rows if failed_row(r)]
     if failed:
         print(f"{len(failed)} row(s) failed a correctness check or errored: see the check column and notes",
               file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if failed or not written else 0

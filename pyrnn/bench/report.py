@@ -414,7 +414,10 @@ def _pyplot() -> Any:
 
 
 def _save(plt: Any, fig: Any, path: str, title: str) -> None:
-    fig.suptitle(title, fontsize=10)
+    import textwrap
+
+    # (wrapped to the figure's width: one thread panel clipped the title at both edges)
+    fig.suptitle("\n".join(textwrap.wrap(title, max(40, int(fig.get_figwidth() * 12)))), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -444,7 +447,8 @@ def write_best_peer_plot(path: str, rows: Sequence[Row], meta: dict) -> None:
         if ax is axes[0][0]:
             ax.set_yticks(ys)
             ax.set_yticklabels([f"{r['case']} {r['mode']}" for r in sub], fontsize=7)
-    peers = ", ".join(PEER_TITLES.get(p, p) for p in meta["peers"] if p in FP32_PEERS)
+    unavailable = meta.get("unavailable", {})
+    peers = ", ".join(PEER_TITLES.get(p, p) for p in meta["peers"] if p in FP32_PEERS and p not in unavailable)
     _save(plt, fig, path, f"pyrnn {meta['pyrnn']['version']} fp32 against {peers}, "
           f"{meta['machine']['cpu']} ({meta['suite']})")
 

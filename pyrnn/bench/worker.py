@@ -165,6 +165,10 @@ def run_job(job: dict, progress: Callable[[str], None]) -> dict:
             result["unavailable"] = f"{module} not importable"
             progress(f"{fw}: {module} not importable ({e})")
             break
+        except Exception as e:  # (jax with a mismatched jaxlib raises RuntimeError: the peer is unavailable)
+            result["unavailable"] = f"{module} failed to import ({type(e).__name__}: {e})"
+            progress(f"{fw}: {result['unavailable']}")
+            break
     if result["unavailable"] is None:
         result["version"] = version(fw)
         set_threads(fw, n)
