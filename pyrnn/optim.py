@@ -38,6 +38,11 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+try:
+    from numpy.lib.array_utils import byte_bounds  # NumPy >= 2.0
+except ImportError:  # pragma: no cover - NumPy 1.x
+    byte_bounds = np.byte_bounds  # type: ignore[attr-defined]
+
 from ._module import ParameterIterator, is_parameter
 from ._validation import check_bool
 from .layers import Linear
@@ -140,12 +145,19 @@ def _tied(pairs):
                              "it would be updated (or counted and clipped) twice")
         group.append(g)
     out = list(groups.values())
+    # Overlapping distinct parameters, by a sweep over their byte ranges (not every pair: a clipping call
+    # runs at every step, and a model may have a thousand parameters).
     params = [p for p, _ in out]
-    for i, p in enumerate(params):
-        for q in params[i + 1:]:
-            if np.may_share_memory(p, q) and np.shares_memory(p, q):
-                raise ValueError(f"two parameters (shapes {p.shape} and {q.shape}) overlap in memory without being "
-                                 f"the same array: give a shared weight as the same array in every pair")
+    bounds = [byte_bounds(p) for p in params]
+    active: list = []
+    for i in sorted(range(len(params)), key=lambda i: bounds[i][0]):
+        active = [j for j in active if bounds[j][1] > bounds[i][0]]
+        for j in active:
+            if np.shares_memory(params[i], params[j]):
+                raise ValueError(f"two parameters (shapes {params[j].shape} and {params[i].shape}) overlap in "
+                                 f"memory without being the same array: give a shared weight as the same array "
+                                 f"in every pair")
+        active.append(i)
     return out
 
 
@@ -176,15 +188,12 @@ def _grads(params):
             raise TypeError("gradients must be floating-point NumPy arrays")
         if not g.flags.writeable:
             raise ValueError("gradients must be writeable arrays (clipping scales them in place)")
-    seen = set()
-    for p, g in out:
-        if p is None:
-            if _memory_key(g) in seen:
-                raise ValueError("the same gradient array is given twice (a module listed twice?): its norm would "
-                                 "count twice and it would be scaled twice")
-            seen.add(_memory_key(g))
-    lone = [[g] for p, g in out if p is None]
-    return [gs for _, gs in _tied([(p, g) for p, g in out if p is not None])] + lone
+    groups = [gs for _, gs in _tied([(p, g) for p, g in out if p is not None])] + [[g] for p, g in out if p is None]
+    keys = [_memory_key(g) for gs in groups for g in gs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("the same gradient array is given twice (a module listed twice, or a module and one of "
+                         "its gradients?): its norm would count twice and it would be scaled twice")
+    return groups
 
 
 def _check_hyper(name, value, low=0.0, high=None, low_open=False, allow_inf=False, high_closed=False):

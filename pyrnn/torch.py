@@ -1124,7 +1124,8 @@ def quantize_dynamic(model, qconfig_spec=None, dtype=torch.qint8, inplace=False)
     ``model.named_modules()`` gives them), or a dict from those to qconfigs
     (a qconfig's weight dtype then replaces ``dtype``; None leaves the module
     in float). An entry covers the modules under it too (a container's type or
-    name), a name's entry overriding a type's. As torch's, a type matches only
+    name), a name's entry overriding a type's; a module held under several
+    names becomes one frozen copy if any of its names selects it. As torch's, a type matches only
     modules of exactly that type (torch.nn.LSTM matches pyrnn.torch.LSTM too),
     and the converted modules keep their forward hooks and pre-hooks. A
     subclass that overrides ``forward`` is left as it is (its computation is not
@@ -1135,7 +1136,6 @@ def quantize_dynamic(model, qconfig_spec=None, dtype=torch.qint8, inplace=False)
     """
     if not isinstance(dtype, (torch.dtype, str)) or dtype not in _QUANT_DTYPES:  # (a list: unhashable)
         raise ValueError(f"quantize_dynamic: dtype must be torch.qint8 or torch.bfloat16, got {dtype!r}")
-    precision = _QUANT_DTYPES[dtype]
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize_dynamic needs a torch.nn.Module, got {type(model).__name__}")
     if qconfig_spec is None:
@@ -1143,49 +1143,60 @@ def quantize_dynamic(model, qconfig_spec=None, dtype=torch.qint8, inplace=False)
     if isinstance(qconfig_spec, (str, type)) or not hasattr(qconfig_spec, "__iter__"):  # ("rnn" split into letters)
         raise TypeError(f"quantize_dynamic: qconfig_spec must be a set (or dict) of module types or submodule "
                         f"names, e.g. {{torch.nn.LSTM}}, got {type(qconfig_spec).__name__} {qconfig_spec!r}")
-    if isinstance(qconfig_spec, Mapping):
-        spec = {k: _qconfig_precision(k, v) for k, v in qconfig_spec.items()}
-    else:
-        spec = dict.fromkeys(set(qconfig_spec), precision)
+    # (a dict's qconfigs are read only where they reach a module pyrnn converts: a spec shared with
+    # torch's own quantize_dynamic may hold float16 entries for its Linear layers)
+    spec = dict(qconfig_spec) if isinstance(qconfig_spec, Mapping) else dict.fromkeys(set(qconfig_spec), dtype)
     if not all(isinstance(k, (type, str)) for k in spec):
         raise TypeError("quantize_dynamic: qconfig_spec must hold module types or submodule names")
 
     def lookup(name, m, inherited):
-        """The precision for module m at name: its name's entry, else its type's (a pyrnn.torch
+        """The spec entry for module m at name: its name's entry, else its type's (a pyrnn.torch
         drop-in's torch.nn type's, then its own), else its parent's."""
-        p = inherited
+        q = inherited
         for t in (_DROP_INS.get(type(m)), type(m)):
             if t is not None and t in spec:
-                p = spec[t]
-        return spec.get(name, p)
+                q = spec[t]
+        return spec.get(name, q)
+
+    def precision_of(key, q):
+        if q is None:
+            return None
+        return _QUANT_DTYPES[q] if not isinstance(qconfig_spec, Mapping) else _qconfig_precision(key, q)
 
     def convertible(m):
         return isinstance(m, _RECURRENT + _CELLS) and type(m).forward in _LAYER_FORWARDS
 
     root = lookup("", model, None)
-    if convertible(model) and root is not None:
-        return _freeze_with_hooks(model, root)
+    if convertible(model) and precision_of("", root) is not None:
+        return _freeze_with_hooks(model, precision_of("", root))
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()  # as torch's: the result is for inference (a frozen copy cannot train)
-    done = {}  # id(module) -> its frozen copy: a module held under several names is converted once
+    # A module held under several names is one frozen copy, made when any of its names selects it
+    # (the first such name's precision): first every location is looked up, then replaced.
+    chosen, places = {}, []
 
     def walk(module, prefix, inherited):
         for child_name, child in list(module._modules.items()):
             if child is None:
                 continue
             full = prefix + child_name
-            p = lookup(full, child, inherited)
-            if id(child) in done:
-                setattr(module, child_name, done[id(child)])
-            elif convertible(child):
+            q = lookup(full, child, inherited)
+            if convertible(child):
+                places.append((module, child_name, child))
+                p = precision_of(full, q)
                 if p is not None:
-                    done[id(child)] = _freeze_with_hooks(child, p)
-                    setattr(module, child_name, done[id(child)])
+                    chosen.setdefault(id(child), p)
             else:
-                walk(child, full + ".", p)
+                walk(child, full + ".", q)
 
     walk(model, "", root)
+    done = {}
+    for module, child_name, child in places:
+        if id(child) in chosen:
+            if id(child) not in done:
+                done[id(child)] = _freeze_with_hooks(child, chosen[id(child)])
+            setattr(module, child_name, done[id(child)])
     return model
 
 

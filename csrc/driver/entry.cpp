@@ -7,6 +7,7 @@
 
 #include "../runtime/workspace.h"
 #include "kernel_table.h"
+#include "pyrnn/cache.h"
 #include "pyrnn/threads.h"
 
 namespace pyrnn {
@@ -171,16 +172,23 @@ int step_threads(const CellStepArgs<T>& args, Isa isa, int entry, int nthreads) 
   return choice.threads();
 }
 
-// From this many rows on, an unpacked cell step packs its weights and runs the packed step (the GEMM
-// micro-kernel): cell_step's dot products load each weight vector for at most two rows and end every
-// output with a horizontal sum (pyrnn.torch.LSTMCell B=64 I=65 H=128 in no_grad: 0.95 ms a step
-// against torch.nn's 0.31; Zen 3, 1 thread). Packing costs about as much as a row or two of the step.
-constexpr int64_t kPackedStepRows = 16;
+// Whether an unpacked cell step should pack its weights and run the packed step (the GEMM
+// micro-kernel): cell_step's dot products load each weight vector for at most two rows (four with 32
+// registers) and end every output with a horizontal sum (pyrnn.torch.LSTMCell B=64 I=65 H=128 in
+// no_grad: 0.95 ms a step against torch.nn's 0.31; Zen 3, 1 thread), but packing reads and writes
+// every weight once per call (I=H=1024: ~5 ms, about ten rows of the step). So: from 16 rows where
+// the weights fit in L2, from 32 otherwise (measured, 1 thread: I=H=256 B=16 0.37 ms packed against
+// 0.50; I=H=1024 B=16 10.9 against 9.1, B=32 14.5 against 17.7; I=H=2048 B=32 53 against 71).
+template <class T>
+bool pack_for_step(const CellStepArgs<T>& a) {
+  const int64_t bytes = int64_t(gates_of(a.cell)) * a.H * (a.I + a.H) * int64_t(sizeof(T));
+  return a.B >= 32 || (a.B >= 16 && bytes <= cache_sizes().l2);
+}
 
 template <class T>
 void cell_step(const CellStepArgs<T>& args, int nthreads) {
   const Isa isa = isa_selected();
-  if (args.B >= kPackedStepRows) {
+  if (pack_for_step(args)) {
     PackedCell<T> p;
     p.isa = isa;
     ops_for<T>(isa).pack_cell(args, WeightPrecision::Same, p);

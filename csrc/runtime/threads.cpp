@@ -96,20 +96,17 @@ const bool fork_handlers_installed = (table(), true);
 
 constexpr size_t kMaxKeys = 4096;  // a table this large is cleared (shapes that never repeat)
 
-// libgomp's limit when pyrnn loaded (before any user code could change it).
-const int initial_omp_limit = omp_get_max_threads();
+// The most threads a call uses (computed once: omp_get_num_procs is a system call).
+const int max_call_threads = std::max(64, 4 * omp_get_num_procs());
 }  // namespace
 
 int get_num_threads() {
   const int n = setting().load();
-  // Auto mode stays within the calling thread's OpenMP limit where something changed it since
-  // (omp_set_num_threads: threadpoolctl's threadpool_limits among its users). Unchanged, libgomp's
-  // value is not read: it wraps OMP_NUM_THREADS past the int range (4294967298 gives 2).
-  const int omp = omp_get_max_threads();
-  const int want = n > 0 ? n : (omp != initial_omp_limit && omp >= 1 ? std::min(-n, omp) : -n);
   // At most max(64, 4 x cores): libgomp ends the process when it cannot create a region's threads
   // (set_num_threads(1000) under a memory limit), and more threads than cores only wait at barriers.
-  return std::max(1, std::min(want, std::max(64, 4 * omp_get_num_procs())));
+  // (Not omp_get_max_threads(): torch may share this libgomp, and torch.set_num_threads must not
+  // change pyrnn's count.)
+  return std::max(1, std::min(n > 0 ? n : -n, max_call_threads));
 }
 
 void set_num_threads(int n) {

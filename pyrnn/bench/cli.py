@@ -174,15 +174,16 @@ def output_problems(args: argparse.Namespace) -> list[str]:
 def _unwritable(path: str) -> Optional[str]:
     """Why ``path`` cannot be opened for writing, or None: opened for appending (an existing file is
     left as it was) and removed again if this made it."""
-    existed = os.path.exists(path)
+    real = os.path.realpath(path)  # (a symbolic link's target: the file that would be written)
+    existed = os.path.exists(real)
     try:
-        with open(path, "a", encoding="utf-8"):
+        with open(real, "a", encoding="utf-8"):
             pass
     except OSError as e:
         return e.strerror or str(e)
     if not existed:
         try:
-            os.remove(path)
+            os.remove(real)
         except OSError:
             pass
     return None

@@ -19,8 +19,7 @@
 
 namespace pyrnn {
 
-// Most threads a call uses: the fixed count, or the adaptive limit within the calling thread's
-// omp_get_max_threads() (threadpoolctl's limits apply); at most max(64, 4 x the cores).
+// Most threads a call uses: the fixed count, or the adaptive limit; at most max(64, 4 x the cores).
 int get_num_threads();
 // Fixed mode with n >= 1 threads; throws std::invalid_argument otherwise.
 void set_num_threads(int n);
