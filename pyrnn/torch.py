@@ -1167,8 +1167,10 @@ def quantize_dynamic(model, qconfig_spec=None, dtype=torch.qint8, inplace=False)
         return isinstance(m, _RECURRENT + _CELLS) and type(m).forward in _LAYER_FORWARDS
 
     root = lookup("", model, None)
-    if convertible(model) and precision_of("", root) is not None:
-        return _freeze_with_hooks(model, precision_of("", root))
+    if convertible(model):
+        p = precision_of("", root)
+        if p is not None:
+            return _freeze_with_hooks(model, p)
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()  # as torch's: the result is for inference (a frozen copy cannot train)

@@ -134,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _output_paths(args: argparse.Namespace) -> list[tuple[str, Optional[str]]]:
+    """(option, path or None) of the files a run writes."""
+    return [("--json", args.json), ("--markdown", args.markdown), ("--plot", args.plot)]
+
+
 def output_problems(args: argparse.Namespace) -> list[str]:
     """What is wrong with the --json / --markdown / --plot paths, checked before anything runs (a
     full suite takes minutes): an empty path, two options naming one file, a folder that does not
@@ -141,7 +146,7 @@ def output_problems(args: argparse.Namespace) -> list[str]:
     system), a plot format matplotlib cannot write."""
     problems = []
     seen: dict[str, str] = {}
-    for opt, path in (("--json", args.json), ("--markdown", args.markdown), ("--plot", args.plot)):
+    for opt, path in _output_paths(args):
         if path is None:
             continue
         if not path:
@@ -193,7 +198,7 @@ def _write_outputs(args: argparse.Namespace, write: dict[str, Callable[[str], No
     """Writes each output given (option -> writer of a path); one that fails is reported and the
     others are still written. Returns whether all were."""
     ok = True
-    for opt, path in (("--json", args.json), ("--markdown", args.markdown), ("--plot", args.plot)):
+    for opt, path in _output_paths(args):
         if not path:
             continue
         try:

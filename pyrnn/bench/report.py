@@ -414,8 +414,6 @@ def _pyplot() -> Any:
 
 
 def _save(plt: Any, fig: Any, path: str, title: str) -> None:
-    import textwrap
-
     # (wrapped to the figure's width: one thread panel clipped the title at both edges)
     fig.suptitle("\n".join(textwrap.wrap(title, max(40, int(fig.get_figwidth() * 12)))), fontsize=10)
     fig.tight_layout()
