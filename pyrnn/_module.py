@@ -93,7 +93,7 @@ class Gradients(OrderedDict):
 
 def gradient_values(g, value, name):
     """``value`` (an array or tensor of g's shape, floating point) as an array, to go into gradient array g."""
-    a = to_numpy(value)
+    a = to_numpy(value, f"grads[{name!r}]")
     if a.dtype.kind != "f":
         raise TypeError(f"grads[{name!r}] must be a floating-point array, got dtype {a.dtype}")
     if a.shape != g.shape:
@@ -133,7 +133,20 @@ class Module:
             return _handed_out(params[name])
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
+    # Attributes fixed once set in the constructor: the parameters' shapes follow them (a layer's
+    # hidden_size set to another value ran with the old one, then refused the gradient of its own output).
+    _fixed = ()
+
     def __setattr__(self, name, value):
+        if name in self._fixed and name in self.__dict__:
+            old = self.__dict__[name]
+            try:
+                same = bool(value == old)
+            except (TypeError, ValueError):
+                same = False
+            if not same:
+                raise ValueError(f"{type(self).__name__}: {name} is fixed at construction ({old!r}; the parameters' "
+                                 f"shapes follow it), got {value!r}: make a new {type(self).__name__}")
         # A parameter is a live array that the kernels, optimizers and state_dict share:
         # assigning one (lstm.weight_hh_l0 = new) copies the values into it, checked as
         # load_state_dict checks them, instead of hiding it behind an instance attribute.
@@ -219,7 +232,7 @@ class Module:
         for k, v in state_dict.items():
             if k not in self._params:
                 continue
-            a = to_numpy(v)
+            a = to_numpy(v, k)
             if a.dtype.kind != "f":
                 raise TypeError(f"{k} must be a floating-point array, got dtype {a.dtype}")
             if a.shape != self._params[k].shape:

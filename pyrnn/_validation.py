@@ -31,8 +31,9 @@ def _kind(a):
 def refuse_masked(name, a):
     """A NumPy masked array's mask would be ignored (the kernels read its data): refused."""
     if isinstance(a, np.ma.MaskedArray):
+        hint = " (and lengths= for padded sequences)" if name in ("input", "x") else ""
         raise TypeError(f"{name} is a masked array (numpy.ma), whose mask pyrnn would ignore: pass "
-                        f"{name}.filled(value) (and lengths= for padded sequences)")
+                        f"{name}.filled(value){hint}")
     return a
 
 
@@ -59,7 +60,7 @@ def check_lengths(lengths, T, B):
     """Return lengths as an intp array [B] (all T when lengths is None)."""
     if lengths is None:
         return np.full(B, T, dtype=np.intp)
-    lengths = np.asarray(lengths)
+    lengths = np.asarray(refuse_masked("lengths", lengths))
     if lengths.size and (lengths.dtype == np.bool_ or not np.issubdtype(lengths.dtype, np.integer)):
         raise TypeError(f"lengths must be an integer array, got dtype {lengths.dtype}")
     if lengths.shape != (B,):
@@ -225,6 +226,26 @@ def check_precision(precision, dtype):
     return name
 
 
+_BF16_MAX = 3.3895313892515355e38  # the largest finite bfloat16
+
+
+def check_reduced_weights(precision, weights):
+    """``weights`` ({name: array or None}) fit a reduced ``precision`` ("int8", "bf16"): finite (an inf
+    weight made its row's int8 scale inf, NaN for every output of the row) and, for bf16, within its
+    range (a float32 weight above ~3.39e38 rounds to inf). ValueError naming the weight otherwise."""
+    if precision not in ("int8", "bf16"):
+        return
+    for name, w in weights.items():
+        if w is None:
+            continue
+        if not np.isfinite(w).all():
+            raise ValueError(f"{name} holds NaN or infinite values, which {precision} weights cannot represent; "
+                             f"keep such a layer in float32 (precision=None)")
+        if precision == "bf16" and w.size and float(np.max(np.abs(w))) > _BF16_MAX:
+            raise ValueError(f"{name} holds values beyond bfloat16's range (|w| > {_BF16_MAX:.4g}), which would "
+                             f"become infinite; keep such a layer in float32 (precision=None)")
+
+
 def make_rng(seed, rng):
     """The Generator of a ``seed=`` / ``rng=`` pair of arguments (at most one given)."""
     if rng is not None and seed is not None:
@@ -304,8 +325,10 @@ def check_probability(name, p):
     return float(p)
 
 
-def to_numpy(value):
-    """NumPy view of a NumPy array or a (CPU) torch tensor, without importing torch."""
+def to_numpy(value, name="the array"):
+    """NumPy view of a NumPy array or a (CPU) torch tensor, without importing torch. A masked
+    array is refused (TypeError naming ``name``): its mask would be dropped here."""
+    refuse_masked(name, value)
     if hasattr(value, "detach") and hasattr(value, "cpu"):
         if getattr(getattr(value, "device", None), "type", None) == "meta":
             raise TypeError("got a tensor on the meta device, which holds no values")
@@ -328,7 +351,7 @@ def named_arrays(owner, weights, names, dtype):
                          f"unexpected {unexpected}")
     out = {}
     for k in names:
-        a = np.asarray(refuse_masked(k, to_numpy(weights[k])))
+        a = np.asarray(to_numpy(weights[k], k))
         if a.dtype.kind != "f":  # (as load_state_dict: strings were parsed, complex lost its imaginary part)
             raise TypeError(f"{owner}: {k} must be a floating-point array, got dtype {a.dtype}")
         out[k] = np.array(a, dtype=dtype)

@@ -27,7 +27,7 @@ from . import functional as F
 from ._cells import cell_spec
 from ._module import Module, check_mode
 from ._validation import (array_like, cell_array, check_bool, check_positive_int, check_precision, check_stack_memory,
-                          make_rng, named_arrays, refuse_masked)
+                          check_reduced_weights, make_rng, named_arrays, refuse_masked)
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "FrozenCell"]
 
@@ -90,6 +90,8 @@ class _StepInputs:
 
 
 class _CellBase(_StepInputs, Module):
+    _fixed = ("input_size", "hidden_size", "bias")
+
     def __init__(self, family, input_size, hidden_size, bias, dtype, seed, rng, nonlinearity="tanh",
                  reset_after=True):
         super().__init__(dtype)
@@ -224,6 +226,7 @@ class FrozenCell(_StepInputs):
         for w in self._snapshot:  # read-only, as a frozen layer's: an edit would not reach the packed weights
             if w is not None:
                 w.flags.writeable = False
+        check_reduced_weights(self.precision, {"weight_ih": self._snapshot[0], "weight_hh": self._snapshot[1]})
         self._packed = _core.PackedCell(self.cell.kind, *self._snapshot, precision=self.precision)
 
     def __getstate__(self):

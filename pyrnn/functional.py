@@ -29,7 +29,7 @@ import numpy as np
 from . import _core
 from ._cells import BY_KIND, GATES, cell_spec
 from ._validation import (PHYSICAL_MEMORY, check_bool, check_dtype, check_forward, check_grads, check_layernorm_params,
-                          check_precision)
+                          check_precision, check_reduced_weights)
 
 __all__ = [
     "forward",
@@ -263,6 +263,7 @@ def pack_weights(cell, W_ih, W_hh, W_hr=None, *, nonlinearity="tanh", reset_afte
     stand_in = np.broadcast_to(np.zeros((), W_ih.dtype), (1, 1, W_ih.shape[1]))
     a = check_forward(spec.family, stand_in, {"h0": None}, W_ih, W_hh, None, None, None, W_hr=W_hr)
     name = check_precision(precision, a.W_ih.dtype)
+    check_reduced_weights(name, {"W_ih": a.W_ih, "W_hh": a.W_hh, "W_hr": a.W_hr})
     return _core.PackedRecurrence(spec.kind, _c(a.W_ih), _c(a.W_hh), _c(a.W_hr), precision=name)
 
 

@@ -32,7 +32,7 @@ def _gru_swap(a, U):
 def _weights(name, a):
     """A weight array (NumPy or torch) as NumPy, floating point as the layers' load_state_dict takes
     it: other dtypes came back unchanged (strings, bools, complex, objects)."""
-    a = to_numpy(a)
+    a = to_numpy(a, name)
     if a.dtype.kind != "f":
         raise TypeError(f"{name} must be a floating-point array, got dtype {a.dtype}")
     return a

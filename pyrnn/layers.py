@@ -46,6 +46,7 @@ class _StackedLayer(CellStateZoneout, Module):
     adding its parameter gradients to ``self.grads``."""
 
     proj_size = 0
+    _fixed = ("mode", "input_size", "hidden_size", "num_layers", "bias", "bidirectional", "proj_size")
     recurrent_dropout = 0.0
     zoneout = 0.0  # (class defaults: layers pickled before zoneout existed have none; zoneout_c: CellStateZoneout)
 
@@ -109,6 +110,9 @@ class _StackedLayer(CellStateZoneout, Module):
         h0_all, c0_all = layer_states(self, hx, B, unbatched)
         D = self.num_directions
         training = self.training
+        if training and getattr(self, "_packed", None):  # (train() refuses it; `.training = True` bypasses that)
+            raise RuntimeError(f"{self.mode}: a frozen layer is for inference only (training is True); freeze() "
+                               f"the layer you train")
         check_training_rates(self)
         if training and np.may_share_memory(x, given):
             # backward reads x: its result must not change if the caller reuses the buffer (an array, or

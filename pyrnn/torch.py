@@ -136,14 +136,28 @@ class _Spec(NamedTuple):
     h_mask: np.ndarray | None = None  # recurrent dropout mask [B, H_out], or None
     zoneout_h: np.ndarray | None = None  # zoneout mask of h [T, B, H_out] (1: keep the previous value), or None
     zoneout_c: np.ndarray | None = None  # zoneout mask of the LSTM's c [T, B, H], or None
+    # A cell's training step (T = 1, no lengths, masks or projection; inputs checked by the cell):
+    # the kernels are called directly and only (h_n, c_n) come out (no y).
+    step: bool = False
 
 
 _np = _torch_ops._np  # NumPy view (no copy) of a CPU tensor; None stays None
 
 
+def _contiguous(a):
+    return None if a is None else np.ascontiguousarray(a)
+
+
 def _kernel_forward(spec, arrays, training):
     """Runs one layer and direction: arrays = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr)."""
     x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr = arrays
+    if spec.step:
+        # The cell checked its input and states; the kernel checks every array's dtype and shape
+        # (ValueError/TypeError naming it). The functional API's checks in Python cost a cell
+        # step in a training loop about as much as the kernels at small sizes.
+        kind = cell_spec(spec.cell, **spec.options).kind
+        return _core.sequence_forward(kind, *(_contiguous(a) for a in (x, h0, c0, W_ih, W_hh, b_ih, b_hh)), None,
+                                      False, training)
     return F.forward(spec.cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, **spec.options, W_hr=W_hr, h_mask=spec.h_mask,
                      lengths=spec.lengths, reverse=spec.reverse, training=training, zoneout_h=spec.zoneout_h,
                      zoneout_c=spec.zoneout_c)
@@ -229,14 +243,16 @@ class _Recurrence(_torch_ops.NoForwardAD, torch.autograd.Function):
 
     Inputs: spec, x [T, B, I], h0, c0 (LSTM) or None, W_ih, W_hh, b_ih, b_hh, W_hr
     (each a tensor or None). Outputs: y [T, B, H_out], h_n [B, H_out] and, for
-    the LSTM, c_n [B, H].
+    the LSTM, c_n [B, H]; for a cell's step (spec.step) only h_n (and c_n).
     """
 
     @staticmethod
     def forward(ctx, spec, x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr):
         tensors = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr)
         y, h_n, c_n, ws = _kernel_forward(spec, [_np(t) for t in tensors], training=True)
-        outs = _training_outputs(y, h_n, c_n)
+        # (h_n and c_n are arrays of their own; y is the workspace's, so it goes out as a copy)
+        outs = (tuple(torch.from_numpy(a) for a in (h_n, c_n) if a is not None) if spec.step
+                else _training_outputs(y, h_n, c_n))
         ctx.spec, ctx.ws = spec, ws
         ctx.set_materialize_grads(False)  # unused outputs give None, which the kernel reads as zeros
         # The workspace reads these tensors' memory in backward: saving them makes
@@ -261,9 +277,14 @@ class _Recurrence(_torch_ops.NoForwardAD, torch.autograd.Function):
             ctx.ws = None  # (not two workspaces at once)
             ctx.ws = _kernel_forward(spec, [_np(t) for t in (x, h0, c0, W_ih, W_hh, *ctx.rerun.args, W_hr)],
                                      training=True)[3]
-        dy, dh_n = (_np(g) for g in grad_outputs[:2])
-        g = F.backward(ctx.ws, dy, dh_n, _np(grad_outputs[2]) if spec.cell == "lstm" else None)
-        grads = tuple(g[k] for k in ("x", "h0", "c0", "W_ih", "W_hh", "b_ih", "b_hh", "W_hr"))
+        if spec.step:  # (autograd gives gradients of the outputs' dtypes and shapes; the kernel checks them)
+            dh_n, dc_n = (_contiguous(_np(g)) for g in (*grad_outputs, None)[:2])
+            g = _core.sequence_backward(ctx.ws, None, dh_n, dc_n if spec.cell == "lstm" else None, False)
+            grads = (*g[:7], None)
+        else:
+            dy, dh_n = (_np(g) for g in grad_outputs[:2])
+            g = F.backward(ctx.ws, dy, dh_n, _np(grad_outputs[2]) if spec.cell == "lstm" else None)
+            grads = tuple(g[k] for k in ("x", "h0", "c0", "W_ih", "W_hh", "b_ih", "b_hh", "W_hr"))
         out = [None if g is None or not need else torch.from_numpy(g)
                for g, need in zip(grads, ctx.needs_input_grad[1:])]
         return (None, *_guard_create_graph(out, (*saved, *ctx.biases), grad_outputs))
@@ -762,12 +783,17 @@ class _PyrnnCellMixin(CellStateZoneout):
         check_training_rates(self)
         zh, zc = (self._zoneout_masks(x.size(0), dtype) if self.training and (self.zoneout > 0 or self.zoneout_c > 0)
                   else (None, None))
+        grad = _needs_grad([x, h0, c0, *weights])
         if _traced(x):
             _, h1, c1 = _op(self._cell, self._options(), False, x.unsqueeze(0), h0, c0, *weights, None,
                             zoneout_h=zh, zoneout_c=zc)
-        elif zh is not None or zc is not None or _needs_grad([x, h0, c0, *weights]):  # a one-step sequence
+        elif grad and zh is None and zc is None:  # a training step: the kernels' one-step sequence, lean
+            h1, *c1 = _Recurrence.apply(_Spec(self._cell, self._options(), step=True), x.unsqueeze(0), h0, c0,
+                                        *weights, None)
+            c1 = c1[0] if c1 else None
+        elif zh is not None or zc is not None or grad:  # a one-step sequence
             spec = _Spec(self._cell, self._options(), zoneout_h=_np(zh), zoneout_c=_np(zc))
-            _, h1, c1 = _run(spec, _needs_grad([x, h0, c0, *weights]), x.unsqueeze(0), h0, c0, *weights, None)
+            _, h1, c1 = _run(spec, grad, x.unsqueeze(0), h0, c0, *weights, None)
         else:
             arrays = [None if t is None else np.ascontiguousarray(_np(t)) for t in (x, h0, c0, *weights)]
             kind = cell_spec(self._cell, **self._options()).kind
@@ -975,7 +1001,51 @@ class _Frozen(nn.Module):
 def _frozen_call(module, run, input, hx):
     """A frozen module's call on real tensors (refused where it would be recorded instead of run)."""
     module._refuse_traced(input.data if isinstance(input, PackedSequence) else input)
-    return run(input, hx)
+    out = run(input, hx)
+    if torch.is_grad_enabled():
+        given = [t for t in _tensors_in((input, hx)) if t.requires_grad]
+        if given:
+            return _map_tensors(out, lambda t: _FrozenNoGradient.apply(module.source, t, *given))
+    return out
+
+
+def _tensors_in(obj):
+    """The tensors in a nest of tuples, lists and PackedSequences (a frozen module's inputs or outputs)."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, PackedSequence):
+        return [obj.data]
+    if isinstance(obj, (tuple, list)):
+        return [t for o in obj for t in _tensors_in(o)]
+    return []
+
+
+def _map_tensors(obj, fn):
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, PackedSequence):
+        return PackedSequence(fn(obj.data), obj.batch_sizes, obj.sorted_indices, obj.unsorted_indices)
+    if isinstance(obj, tuple):
+        return tuple(_map_tensors(o, fn) for o in obj)
+    return obj
+
+
+class _FrozenNoGradient(torch.autograd.Function):
+    """A frozen module's output where its input (or hx) requires grad: the same values, and a backward
+    through it raises. Plain outputs (no gradient) left such a path out of the input's gradient without
+    a word (a loss f(x) + g(x) gave x.grad of g alone)."""
+
+    @staticmethod
+    def forward(ctx, source, out, *given):
+        ctx.source = source
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError(f"{ctx.source} (frozen): a frozen or quantized module is for inference only and has no "
+                           f"backward; its output cannot pass a gradient to the input or hx. Call it under "
+                           f"torch.no_grad() (or detach its inputs), or train through the float module it was made "
+                           f"from")
 
 
 # (a named function, so that Dynamo's fullgraph error says what it skipped)
@@ -1003,7 +1073,8 @@ class FrozenRNN(_Frozen):
     ``batch_first``, unbatched input, hx), returning the same structure. It
     holds a copy of the weights taken when it was made (no parameters: later
     changes to the original do not reach it; freeze again to use them).
-    Outputs carry no gradient.
+    Outputs carry no gradient: where the input or hx requires grad (in grad mode), a
+    backward through them raises.
     """
 
     def extra_repr(self):
@@ -1457,7 +1528,7 @@ class _LayerNormRNN(CellStateZoneout, nn.Module):
             lengths_t = lengths_t.to(torch.int64)
         elif lengths is not None:
             from ._validation import check_lengths
-            given = np.asarray(to_numpy(lengths))
+            given = np.asarray(to_numpy(lengths, "lengths"))
             lengths_np = np.ascontiguousarray(check_lengths(given, T, B), dtype=np.int64)  # dtype checked first
         h0_all, c0_all = self._states(hx, B, unbatched, dtype)
         D = 2 if self.bidirectional else 1

@@ -31,6 +31,14 @@ inline void refuse_pickle(const pybind11::object& cls) {
                         pybind11::is_method(cls)));
 }
 
+// Releases the GIL for a kernel call, having read the environment the kernels
+// consult while it was still held (pyrnn::EnvSnapshot: getenv without the GIL
+// races os.environ's updates in other threads). Members are built in order.
+struct KernelCall {
+  pyrnn::EnvSnapshot env;
+  pybind11::gil_scoped_release nogil;
+};
+
 // A failed argument check: ValueError.
 inline void require(bool ok, const std::string& what) {
   if (!ok) throw pybind11::value_error(what);

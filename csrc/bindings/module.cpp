@@ -1,6 +1,8 @@
 // pyrnn._core: wires the areas together; each registers itself.
 #include <pybind11/pybind11.h>
 
+#include "pyrnn/isa.h"
+
 namespace py = pybind11;
 
 void register_config(py::module_& m);
@@ -13,6 +15,7 @@ void register_xla_ffi(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pyrnn's C++ kernels (use pyrnn.functional and the layers instead of calling these directly)";
+  pyrnn::EnvSnapshot read_at_import;  // (publishes PYRNN_ISA for XLA's custom calls, which hold no GIL)
   register_config(m);
   register_sequence(m);
   register_layernorm(m);

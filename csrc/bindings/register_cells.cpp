@@ -63,7 +63,7 @@ py::tuple step(CellKind cell, py::array x, py::object h, py::object c, py::array
   }
   const int nth = pyrnn::get_num_threads();
   {
-    py::gil_scoped_release nogil;
+    pyrnn_bindings::KernelCall nogil;
     pyrnn::cell_step<Real>(a, nth);
   }
   return py::make_tuple(h_out, c_out);
@@ -106,7 +106,7 @@ void pack(PackedCellHolder& p, CellKind cell, py::array W_ih, py::array W_hh, py
   a.W_ih = static_cast<const Real*>(W_ih.data()), a.W_hh = static_cast<const Real*>(W_hh.data());
   a.b_ih = data_or_null<Real>(b_ih), a.b_hh = data_or_null<Real>(b_hh);
   p.cell = cell, p.I = I, p.H = H;
-  py::gil_scoped_release nogil;
+  pyrnn_bindings::KernelCall nogil;
   if constexpr (std::is_same_v<Real, float>)
     p.pf = pyrnn::pack_cell<float>(a, p.precision);
   else
@@ -136,7 +136,7 @@ py::tuple packed_step(const PackedCellHolder& p, py::array x, py::object h, py::
   }
   const int nth = pyrnn::get_num_threads();
   {
-    py::gil_scoped_release nogil;
+    pyrnn_bindings::KernelCall nogil;
     if constexpr (std::is_same_v<Real, float>)
       pyrnn::packed_cell_step<float>(*p.pf, a, nth);
     else

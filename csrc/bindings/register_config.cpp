@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "arrays.h"
 #include "build_info.h"
 #include "pyrnn/isa.h"
 #include "pyrnn/api.h"
@@ -72,7 +73,7 @@ void register_config(py::module_& m) {
   m.def(
       "fma_peak_gflops",
       [](int nthreads, double seconds) {
-        py::gil_scoped_release nogil;
+        pyrnn_bindings::KernelCall nogil;
         return pyrnn::measure_fma_peak_gflops(nthreads, seconds);
       },
       py::arg("nthreads"), py::arg("seconds") = 0.2);
@@ -80,7 +81,7 @@ void register_config(py::module_& m) {
       "read_bandwidth_gbs",
       [](int64_t bytes, int nthreads, double seconds) {
         if (bytes < 1 || nthreads < 1 || !(seconds > 0)) throw py::value_error("bytes, nthreads and seconds must be positive");
-        py::gil_scoped_release nogil;
+        pyrnn_bindings::KernelCall nogil;
         return pyrnn::measure_read_bandwidth_gbs(bytes, nthreads, seconds);
       },
       py::arg("bytes"), py::arg("nthreads"), py::arg("seconds") = 0.1);

@@ -108,7 +108,7 @@ py::tuple forward_typed(CellKind cell, py::array x, std::optional<py::array> h0,
   const int nth = pyrnn::get_num_threads();
   pyrnn::LnWorkspacePtr<Real> ws;
   if (B > 0) {
-    py::gil_scoped_release nogil;  // only raw buffers are touched below
+    pyrnn_bindings::KernelCall nogil;  // only raw buffers are touched below
     ws = pyrnn::layernorm_forward<Real>(a, training, nth);
   }
   py::object state = py::none();
@@ -172,7 +172,7 @@ py::tuple backward_typed(LnState& st, std::optional<py::array> dy, std::optional
   }
   const int nth = pyrnn::get_num_threads();
   if (B > 0) {
-    py::gil_scoped_release nogil;
+    pyrnn_bindings::KernelCall nogil;
     if constexpr (std::is_same_v<Real, float>)
       pyrnn::layernorm_backward<float>(*st.wf, st.af, g, nth);
     else

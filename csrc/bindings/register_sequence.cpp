@@ -219,7 +219,7 @@ py::tuple forward_typed(SequenceCall<Real> c, bool training, const PackedRecurre
   const int nth = pyrnn::get_num_threads();
   pyrnn::WorkspacePtr<Real> ws;
   {
-    py::gil_scoped_release nogil;  // only raw buffers are touched below
+    pyrnn_bindings::KernelCall nogil;  // only raw buffers are touched below
     ws = block ? pyrnn::sequence_forward_residual<Real>(a, block, nth) : pyrnn::sequence_forward<Real>(a, training, nth);
   }
   py::object state = py::none();
@@ -275,7 +275,7 @@ py::tuple backward_typed(SequenceState& st, std::optional<py::array> dy, std::op
   }
   const int nth = pyrnn::get_num_threads();
   {
-    py::gil_scoped_release nogil;
+    pyrnn_bindings::KernelCall nogil;
     if constexpr (std::is_same_v<Real, float>)
       pyrnn::sequence_backward<float>(*st.wf, st.af, g, nth);
     else
@@ -340,7 +340,7 @@ void register_sequence(py::module_& m) {
                a.cell = cell, a.I = I, a.H = H, a.P = P;
                a.W_ih = ptr<Real>(std::optional<py::array>(W_ih)), a.W_hh = ptr<Real>(std::optional<py::array>(W_hh));
                a.W_hr = ptr<Real>(W_hr);
-               py::gil_scoped_release nogil;
+               pyrnn_bindings::KernelCall nogil;
                if constexpr (std::is_same_v<Real, float>)
                  h->pf = pyrnn::pack_recurrence<float>(a, h->precision);
                else

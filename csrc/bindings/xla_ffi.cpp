@@ -101,6 +101,7 @@ ffi::Error forward_typed(int64_t cell, int64_t present, bool reverse, bool train
   a.y = data_of<Real>(y), a.h_n = data_of<Real>(h_n);
   a.c_n = a.cell == pyrnn::CellKind::Lstm ? data_of<Real>(c_n) : nullptr;
   if (a.lengths) std::memset(a.y, 0, y.size_bytes());  // zero past each length
+  const pyrnn::EnvSnapshot env(pyrnn::EnvSnapshot::kLastRead);  // (no getenv here: no GIL guards it)
   try {
     if (training) {
       if (int64_t(residual.size_bytes()) < pyrnn::residual_bytes(a))
@@ -163,6 +164,7 @@ ffi::Error backward_typed(int64_t cell, int64_t present, bool reverse, const ffi
   if (!(present & kBias)) g.db_ih = g.db_hh = nullptr;
   if (!(present & kWhr)) g.dW_hr = nullptr;
   if (!lstm) g.dc0 = nullptr;
+  const pyrnn::EnvSnapshot env(pyrnn::EnvSnapshot::kLastRead);
   try {
     pyrnn::WorkspacePtr<Real> ws =
         pyrnn::workspace_from_residual<Real>(a, residual.untyped_data(), int64_t(residual.size_bytes()));

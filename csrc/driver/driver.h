@@ -82,9 +82,11 @@ void pack_forward_panel(const T* W, int64_t nunits, int64_t K, const int* gates,
 // the dG rows that multiply it. Each W row is read once, whole, its UB-wide
 // pieces copied into the panels: the LSTM's W_hh at H=512 (4 MiB) took 3.7 ms
 // per call packed block by block, element by element with a test per element,
-// now 1.1 ms (1 thread, Zen 3).
-template <class T, class PanelOf>
-void pack_backward_panels(const T* W, int64_t nrows, int64_t ncols, int64_t Kp, const int* gates, int ng, int64_t UB,
+// now 1.1 ms (1 thread, Zen 3). A whole piece is a copy of constant size
+// (inline moves): through memcpy and fill calls of a run-time size, the LSTM's
+// B=32 I=H=256 training step spent 0.22 of its 1.15 ms backward packing.
+template <class T, int64_t UB, class PanelOf>
+void pack_backward_panels(const T* W, int64_t nrows, int64_t ncols, int64_t Kp, const int* gates, int ng,
                           int64_t q0, int64_t q1, PanelOf panel_of) {
   for (int gi = 0; gi < ng; ++gi)
     for (int64_t up = 0; up < Kp; ++up) {
@@ -92,6 +94,10 @@ void pack_backward_panels(const T* W, int64_t nrows, int64_t ncols, int64_t Kp, 
       for (int64_t q = q0; q < q1; ++q) {
         T* o = panel_of(q) + (gi * Kp + up) * UB;
         const int64_t c0 = q * UB, n = src ? std::max<int64_t>(0, std::min(UB, ncols - c0)) : 0;
+        if (n == UB) {
+          std::memcpy(o, src + c0, sizeof(T) * size_t(UB));
+          continue;
+        }
         if (n) std::memcpy(o, src + c0, sizeof(T) * size_t(n));
         std::fill(o + n, o + UB, T(0));
       }
@@ -703,7 +709,7 @@ struct BackwardPhase {
   }
   T* panel(int64_t q) const { return panels + q * K * UB; }
   void pack(std::pair<int64_t, int64_t> blocks) const {
-    pack_backward_panels(W, nrows, ncols, Kp, Phase::kGates, NG, UB, blocks.first, blocks.second,
+    pack_backward_panels<T, UB>(W, nrows, ncols, Kp, Phase::kGates, NG, blocks.first, blocks.second,
                          [this](int64_t q) { return panel(q); });
   }
 

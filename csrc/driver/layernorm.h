@@ -557,12 +557,12 @@ void ln_backward_run(const LnWorkspace<T>& w, const LayerNormArgs<T>& a, const L
     int64_t q0, q1;
     split_range(npan, nt, tid, q0, q1);
     // W_hh by rows, K = the internal G*Hp columns of dGh
-    pack_backward_panels(a.W_hh, H, Ho, Hp, kAll, G, C::NR, q0, q1,
+    pack_backward_panels<T, C::NR>(a.W_hh, H, Ho, Hp, kAll, G, q0, q1,
                          [&](int64_t q) { return panels.data() + q * f.NG * C::NR; });
     int64_t p0 = 0, p1 = 0;  // this thread's panels of W_hr (by rows, K = the Hop columns of dH)
     if constexpr (PROJ) {
       split_range(npr, nt, tid, p0, p1);
-      pack_backward_panels(a.W_hr, Ho, H, Hop, kAll, 1, C::NR, p0, p1,
+      pack_backward_panels<T, C::NR>(a.W_hr, Ho, H, Hop, kAll, 1, p0, p1,
                            [&](int64_t q) { return rpanels.data() + q * Hop * C::NR; });
     }
     AlignedBuffer<T>& acc = acc_buffers[size_t(tid)];

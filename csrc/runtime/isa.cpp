@@ -1,9 +1,15 @@
 // Run-time ISA detection with CPUID/XGETBV, and the PYRNN_ISA override.
 #include "pyrnn/isa.h"
 
+#include <cctype>
 #include <cstdint>
 #include <cstdlib>
+#include <mutex>
 #include <stdexcept>
+
+#include "pyrnn/cache.h"
+#include "pyrnn/pool.h"
+#include "pyrnn/threads.h"
 
 #if defined(PYRNN_HAVE_X86)
 #include <cpuid.h>
@@ -65,9 +71,68 @@ Isa isa_from_name(const std::string& name) {
   throw std::invalid_argument("PYRNN_ISA must be one of 'avx512', 'avx2', 'baseline', got '" + name + "'");
 }
 
-Isa isa_selected() {
+namespace {
+thread_local bool t_snapshot = false;  // an EnvSnapshot is alive on this thread
+thread_local std::string t_isa_env;    // PYRNN_ISA when it was taken ("" if unset)
+}  // namespace
+
+bool profile_requested() {
+  static const bool on = [] {
+    const char* e = std::getenv("PYRNN_PROFILE");
+    if (!e || !*e) return false;
+    std::string v(e);
+    for (char& ch : v) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+    return v != "0" && v != "false" && v != "off" && v != "no";
+  }();
+  return on;
+}
+
+static std::mutex& last_mutex() {
+  static std::mutex m;
+  return m;
+}
+static std::string& last_isa_env() {  // (guarded by last_mutex)
+  static std::string s;
+  return s;
+}
+
+EnvSnapshot::EnvSnapshot(LastRead) : outer_(!t_snapshot) {
+  if (!outer_) return;
+  {
+    std::lock_guard<std::mutex> lock(last_mutex());
+    t_isa_env = last_isa_env();
+  }
+  t_snapshot = true;
+}
+
+EnvSnapshot::EnvSnapshot() : outer_(!t_snapshot) {
+  if (!outer_) return;
   const char* env = std::getenv("PYRNN_ISA");
-  if (!env || !*env) return isa_best_supported();
+  t_isa_env = env ? env : "";
+  {
+    std::lock_guard<std::mutex> lock(last_mutex());
+    last_isa_env() = t_isa_env;
+  }
+  t_snapshot = true;
+  // The settings read once at first use: read them now, under the caller's GIL.
+  (void)profile_requested();
+  (void)get_num_threads();
+  (void)pool_stats();
+  (void)cache_sizes();
+}
+
+EnvSnapshot::~EnvSnapshot() {
+  if (outer_) t_snapshot = false;
+}
+
+Isa isa_selected() {
+  std::string env;
+  if (t_snapshot) {
+    env = t_isa_env;
+  } else if (const char* e = std::getenv("PYRNN_ISA")) {
+    env = e;
+  }
+  if (env.empty()) return isa_best_supported();
   Isa want = isa_from_name(env);
   if (int(want) > int(isa_best_supported()))
     throw std::invalid_argument(std::string("PYRNN_ISA=") + env + " is not supported by this CPU/build; supported: " +

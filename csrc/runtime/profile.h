@@ -13,21 +13,14 @@
 #include <string>
 #include <vector>
 
+#include "pyrnn/isa.h"
+
 namespace pyrnn {
 // Inside the ISA namespace like everything the kernel files compile, so the
 // linker never picks one level's copy for another.
 namespace PYRNN_ISA_NS {
 
-inline bool profile_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("PYRNN_PROFILE");
-    if (!e || !*e) return false;
-    std::string v(e);
-    for (char& ch : v) ch = char(std::tolower(static_cast<unsigned char>(ch)));
-    return v != "0" && v != "false" && v != "off" && v != "no";
-  }();
-  return on;
-}
+inline bool profile_enabled() { return profile_requested(); }
 
 class PhaseProfile {
  public:

@@ -19,8 +19,36 @@ std::vector<Isa> isa_supported();
 
 // The level kernels use: PYRNN_ISA if set (validated, throws std::invalid_argument
 // naming the request and what is supported), otherwise the best supported.
-// Read from the environment on every call so tests can switch levels.
+// Read from the environment on every call so tests can switch levels (inside an
+// EnvSnapshot on this thread: the value it read).
 Isa isa_selected();
+
+// The environment a kernel call from Python reads, read while the caller still
+// holds the GIL. The kernels run with the GIL released, and getenv there races
+// os.environ's updates in other Python threads (putenv may move the environment
+// array: a layer's call segfaulted within a second while another thread set
+// variables). The bindings construct one before releasing the GIL: PYRNN_ISA is
+// read then (isa_selected() on this thread uses that value until the outermost
+// snapshot ends), and the settings read once (PYRNN_PROFILE, PYRNN_CACHE_MB,
+// OMP_NUM_THREADS, the cache sizes) are read by then.
+// Calls that run without any GIL (XLA's custom calls for pyrnn.jax) take the
+// snapshot with kLastRead: PYRNN_ISA as the last snapshot on any thread read it
+// (the module takes one when it is imported), with no getenv.
+class EnvSnapshot {
+ public:
+  enum LastRead { kLastRead };
+  EnvSnapshot();
+  explicit EnvSnapshot(LastRead);
+  ~EnvSnapshot();
+  EnvSnapshot(const EnvSnapshot&) = delete;
+  EnvSnapshot& operator=(const EnvSnapshot&) = delete;
+
+ private:
+  bool outer_;
+};
+
+// PYRNN_PROFILE set to something other than "", 0, false, off or no (read once).
+bool profile_requested();
 
 // Parses "avx512" | "avx2" | "baseline" (former names "scalar", "portable");
 // throws std::invalid_argument.
