@@ -309,3 +309,66 @@ def test_sizes_fixed_at_construction_refuse_another_value(make, attr, value):
         setattr(m, attr, value)
     setattr(m, attr, getattr(m, attr))  # the same value is fine
     m.batch_first = True if hasattr(m, "batch_first") else None  # (a layout, not a size: free to change)
+
+
+# ------------------------------------------- review: pyrnn.torch configurations (helper)
+
+def _held_nodes(t):
+    """The autograd nodes under t that hold a pyrnn workspace."""
+    out, seen, todo = [], set(), [t.grad_fn]
+    while todo:
+        n = todo.pop()
+        if n is None or n in seen:
+            continue
+        seen.add(n)
+        if hasattr(n, "held"):
+            out.append(n)
+        todo.extend(f for f, _ in n.next_functions)
+    return out
+
+
+@pytest.mark.parametrize("make, x", [
+    (lambda: pt.LSTM(I, H, num_layers=2, bidirectional=True), torch.randn(6, B, I)),
+    (lambda: pt.GRU(I, H), torch.randn(6, B, I)),
+    (lambda: pt.LayerNormLSTM(I, H, num_layers=2), torch.randn(6, B, I)),
+    (lambda: pt.LSTMCell(I, H), torch.randn(B, I)),
+    (lambda: pt.RNNCell(I, H, nonlinearity="relu"), torch.randn(B, I))])
+def test_workspace_is_freed_by_backward_while_outputs_live(make, x):
+    """The C++ workspace (the activations) stayed until the graph node died, so outputs kept after
+    backward (logits gathered for epoch metrics) kept every layer's: 1725 MiB against torch.nn's 89
+    in the reviewer's 20 steps."""
+    m = make()
+    out = m(x)
+    y = out[0] if isinstance(out, tuple) else out
+    nodes = _held_nodes(y)
+    assert nodes and all(n.held.ws is not None for n in nodes)
+    y.square().sum().backward(retain_graph=True)  # a retained graph keeps them for the next backward
+    first = [p.grad.clone() for p in m.parameters()]
+    assert all(n.held.ws is not None for n in nodes)
+    y.square().sum().backward()
+    for p, g in zip(m.parameters(), first):
+        torch.testing.assert_close(p.grad, 2 * g)
+    assert all(n.held.ws is None for n in nodes)  # freed with the saved tensors, y still alive
+    with pytest.raises(RuntimeError, match="second time|freed"):
+        y.sum().backward()
+
+
+def test_workspace_under_saved_tensor_hooks_stays_for_backward():
+    m = pt.LSTM(I, H, dtype=torch.float64)
+    x = torch.randn(5, B, I, dtype=torch.float64)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
+        y, _ = m(x)
+    y.sum().backward()
+    ref = nn.LSTM(I, H, dtype=torch.float64)
+    ref.load_state_dict(m.state_dict())
+    ref(x)[0].sum().backward()
+    for a, b in zip(m.parameters(), ref.parameters()):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_skip_init_builds_the_cells(name):
+    c = nn.utils.skip_init(getattr(pt, name), I, H)
+    assert isinstance(c, getattr(pt, name)) and c.weight_hh.shape[1] == H
+    c = nn.utils.skip_init(pt.LSTMCell, I, H, bias=False, dtype=torch.float64, zoneout=0.2)
+    assert c.bias_ih is None and c.weight_ih.dtype == torch.float64 and c.zoneout == 0.2 and c.zoneout_c == 0.2
