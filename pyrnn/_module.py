@@ -135,7 +135,7 @@ class Module:
 
     # Attributes fixed once set in the constructor: the parameters' shapes follow them (a layer's
     # hidden_size set to another value ran with the old one, then refused the gradient of its own output).
-    _fixed = ()
+    _fixed: tuple[str, ...] = ()
 
     def __setattr__(self, name, value):
         if name in self._fixed and name in self.__dict__:
