@@ -372,3 +372,17 @@ def test_skip_init_builds_the_cells(name):
     assert isinstance(c, getattr(pt, name)) and c.weight_hh.shape[1] == H
     c = nn.utils.skip_init(pt.LSTMCell, I, H, bias=False, dtype=torch.float64, zoneout=0.2)
     assert c.bias_ih is None and c.weight_ih.dtype == torch.float64 and c.zoneout == 0.2 and c.zoneout_c == 0.2
+
+
+def test_jax_calls_read_pyrnn_isa_when_traced(monkeypatch):
+    jax = pytest.importorskip("jax")
+    import pyrnn.jax as pj
+    jnp = jax.numpy
+    x = jnp.zeros((3, 2, 4), jnp.float32)
+    W_ih, W_hh = jnp.zeros((9, 4), jnp.float32), jnp.zeros((9, 3), jnp.float32)
+    monkeypatch.setenv("PYRNN_ISA", "no-such-level")
+    with pytest.raises(ValueError, match="PYRNN_ISA"):
+        pj.gru(x, None, W_ih, W_hh)
+    monkeypatch.setenv("PYRNN_ISA", "baseline")
+    y, h = jax.jit(lambda x: pj.gru(x, None, W_ih, W_hh))(x)
+    assert y.shape == (3, 2, 3) and not np.asarray(y).any()

@@ -129,8 +129,10 @@ Isa isa_selected() {
   std::string env;
   if (t_snapshot) {
     env = t_isa_env;
-  } else if (const char* e = std::getenv("PYRNN_ISA")) {
-    env = e;
+  } else {  // (a caller holding the GIL, or no Python at all): read, and publish for kLastRead
+    if (const char* e = std::getenv("PYRNN_ISA")) env = e;
+    std::lock_guard<std::mutex> lock(last_mutex());
+    last_isa_env() = env;
   }
   if (env.empty()) return isa_best_supported();
   Isa want = isa_from_name(env);

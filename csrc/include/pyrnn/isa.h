@@ -32,8 +32,9 @@ Isa isa_selected();
 // snapshot ends), and the settings read once (PYRNN_PROFILE, PYRNN_CACHE_MB,
 // OMP_NUM_THREADS, the cache sizes) are read by then.
 // Calls that run without any GIL (XLA's custom calls for pyrnn.jax) take the
-// snapshot with kLastRead: PYRNN_ISA as the last snapshot on any thread read it
-// (the module takes one when it is imported), with no getenv.
+// snapshot with kLastRead: PYRNN_ISA as it was last read on any thread (the
+// module reads it when imported; pyrnn.jax's trace reads it when it sizes the
+// residual), with no getenv.
 class EnvSnapshot {
  public:
   enum LastRead { kLastRead };
