@@ -147,6 +147,7 @@ class Module:
             if not same:
                 raise ValueError(f"{type(self).__name__}: {name} is fixed at construction ({old!r}; the parameters' "
                                  f"shapes follow it), got {value!r}: make a new {type(self).__name__}")
+            return  # (an equal value of another type, 4.0 for 4, keeps the value as it is)
         # A parameter is a live array that the kernels, optimizers and state_dict share:
         # assigning one (lstm.weight_hh_l0 = new) copies the values into it, checked as
         # load_state_dict checks them, instead of hiding it behind an instance attribute.

@@ -227,6 +227,7 @@ def check_precision(precision, dtype):
 
 
 _BF16_MAX = 3.3895313892515355e38  # the largest finite bfloat16
+_BF16_INF_FROM = 3.3961775292304235e38  # halfway to 2**128: from here float32 rounds to inf (nearest even)
 
 
 def check_reduced_weights(precision, weights):
@@ -241,7 +242,7 @@ def check_reduced_weights(precision, weights):
         if not np.isfinite(w).all():
             raise ValueError(f"{name} holds NaN or infinite values, which {precision} weights cannot represent; "
                              f"keep such a layer in float32 (precision=None)")
-        if precision == "bf16" and w.size and float(np.max(np.abs(w))) > _BF16_MAX:
+        if precision == "bf16" and w.size and float(np.max(np.abs(w))) >= _BF16_INF_FROM:
             raise ValueError(f"{name} holds values beyond bfloat16's range (|w| > {_BF16_MAX:.4g}), which would "
                              f"become infinite; keep such a layer in float32 (precision=None)")
 

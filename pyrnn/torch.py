@@ -262,17 +262,18 @@ def _hold_workspace(ctx, ws, hooks):
     ctx.held = _HeldWorkspace(ws)
     if hooks:
         return None
-    token = torch.empty(0)
+    token = torch.empty(0, device="cpu")  # (not the default device: set_default_device("cuda") allocated there)
     weakref.finalize(token, ctx.held.release).atexit = False
     return token
 
 
-def _held_workspace(ctx):
-    ws = ctx.held.ws
-    if ws is None:  # (autograd raises before this: the saved tensors are read first)
-        raise RuntimeError("pyrnn: this forward's workspace was freed by a backward without retain_graph=True; "
-                           "pass retain_graph=True to the first backward to run another")
-    return ws
+def _held_workspace(ctx, rerun):
+    """The workspace for this backward. Where it was released though autograd still holds the saved
+    tensors (hooks registered on them after forward, grad_fn._raw_saved_tensors[i].register_hooks,
+    packed the token into a copy), ``rerun()`` runs the forward again on the saved tensors."""
+    if ctx.held.ws is None:
+        ctx.held.ws = rerun()
+    return ctx.held.ws
 
 
 class _Recurrence(_torch_ops.NoForwardAD, torch.autograd.Function):
@@ -298,7 +299,8 @@ class _Recurrence(_torch_ops.NoForwardAD, torch.autograd.Function):
         # autograd raise if any is modified in place in between. The biases are not
         # read there (torch.nn also lets them change between forward and backward).
         ctx.save_for_backward(x, h0, c0, W_ih, W_hh, None, None, W_hr, token)
-        ctx.biases = (b_ih, b_hh)  # (for the create_graph guard below)
+        ctx.biases = (b_ih, b_hh)  # (for the create_graph guard below, and a rerun)
+        ctx.bias_versions = _versions(ctx.biases)
         ctx.rerun = (_Rerun((x, h0, c0, W_ih, W_hh, W_hr),
                             tuple(None if b is None else b.detach().clone() for b in (b_ih, b_hh)))
                      if hooks else None)
@@ -316,7 +318,14 @@ class _Recurrence(_torch_ops.NoForwardAD, torch.autograd.Function):
             ctx.held.ws = None  # (not two workspaces at once)
             ctx.held.ws = _kernel_forward(spec, [_np(t) for t in (x, h0, c0, W_ih, W_hh, *ctx.rerun.args, W_hr)],
                                           training=True)[3]
-        ws = _held_workspace(ctx)
+        def rerun():
+            if _versions(ctx.biases) != ctx.bias_versions:
+                raise RuntimeError("pyrnn: this backward runs its forward again (hooks on the saved tensors "
+                                   "released its workspace), but a bias was modified in place since forward")
+            x, h0, c0, W_ih, W_hh, _, _, W_hr = saved
+            return _kernel_forward(spec, [_np(t) for t in (x, h0, c0, W_ih, W_hh, *ctx.biases, W_hr)], True)[3]
+
+        ws = _held_workspace(ctx, rerun)
         if spec.step:  # (autograd gives gradients of the outputs' dtypes and shapes; the kernel checks them)
             dh_n, dc_n = (_contiguous(_np(g)) for g in (*grad_outputs, None)[:2])
             g = _core.sequence_backward(ws, None, dh_n, dc_n if spec.cell == "lstm" else None, False)
@@ -820,6 +829,12 @@ class _PyrnnCellMixin(CellStateZoneout):
             checked.append(h)
         h0, c0 = (checked + [None])[:2]
         weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        GH = GATES[self._cell] * self.hidden_size
+        for label, w, shape in (("weight_ih", weights[0], (GH, self.input_size)),
+                                ("weight_hh", weights[1], (GH, self.hidden_size)), ("bias_ih", weights[2], (GH,)),
+                                ("bias_hh", weights[3], (GH,))):
+            if w is not None and tuple(w.shape) != shape:
+                raise InputError(f"{name}: {label} has shape {list(w.shape)}, expected {list(shape)}")
         check_training_rates(self)
         zh, zc = (self._zoneout_masks(x.size(0), dtype) if self.training and (self.zoneout > 0 or self.zoneout_c > 0)
                   else (None, None))
@@ -1083,7 +1098,8 @@ class _FrozenNoGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx, source, out, *given):
         ctx.source = source
-        return out.view_as(out)
+        ctx.mark_dirty(out)  # (the output itself, not a view: in-place ops on it stay allowed)
+        return out
 
     @staticmethod
     def backward(ctx, *_):
@@ -1377,7 +1393,7 @@ class _LayerNormRecurrence(_torch_ops.NoForwardAD, torch.autograd.Function):
     def forward(ctx, cell, lengths, reverse, masks, *tensors):
         y, h_n, c_n, ws = _layernorm_kernel_forward(cell, lengths, reverse, masks, [_np(t) for t in tensors], True)
         outs = _training_outputs(y, h_n, c_n)
-        ctx.cell = cell
+        ctx.cell, ctx.call = cell, (lengths, reverse, masks)
         hooks = _saved_tensor_hooks_active()
         token = _hold_workspace(ctx, ws, hooks)
         ctx.set_materialize_grads(False)  # unused outputs give None: zeros for the kernel
@@ -1394,7 +1410,8 @@ class _LayerNormRecurrence(_torch_ops.NoForwardAD, torch.autograd.Function):
         if ctx.rerun is not None and ctx.rerun.needed():
             ctx.held.ws = None  # (not two workspaces at once)
             ctx.held.ws = _layernorm_kernel_forward(ctx.cell, *ctx.rerun.args, [_np(t) for t in saved], True)[3]
-        ws = _held_workspace(ctx)
+        ws = _held_workspace(ctx, lambda: _layernorm_kernel_forward(ctx.cell, *ctx.call, [_np(t) for t in saved],
+                                                                     True)[3])
         dy, dh_n = (_np(g) for g in grad_outputs[:2])
         if ctx.cell == "lstm":
             grads = F.layernorm_lstm_backward(ws, dy, dh_n, _np(grad_outputs[2]))

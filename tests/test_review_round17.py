@@ -386,3 +386,77 @@ def test_jax_calls_read_pyrnn_isa_when_traced(monkeypatch):
     monkeypatch.setenv("PYRNN_ISA", "baseline")
     y, h = jax.jit(lambda x: pj.gru(x, None, W_ih, W_hh))(x)
     assert y.shape == (3, 2, 3) and not np.asarray(y).any()
+
+
+# ------------------------------------------- the second reader's findings
+
+def test_hooks_registered_on_saved_tensors_after_forward_rerun_the_forward():
+    """grad_fn._raw_saved_tensors[i].register_hooks with a pack hook that copies dropped the token that
+    holds the workspace: backward must run the forward again, not fail."""
+    for make, x in ((lambda: pt.LSTMCell(I, H, dtype=torch.float64), torch.randn(B, I, dtype=torch.float64)),
+                    (lambda: pt.GRU(I, H, dtype=torch.float64), torch.randn(4, B, I, dtype=torch.float64)),
+                    (lambda: pt.LayerNormLSTM(I, H, dtype=torch.float64), torch.randn(4, B, I, dtype=torch.float64))):
+        m = make()
+        grads = []
+        for hooked in (False, True):
+            m.zero_grad()
+            out = m(x)
+            y = out[0] if isinstance(out, tuple) else out
+            if hooked:
+                for node in _held_nodes(y):
+                    for s in node._raw_saved_tensors:
+                        try:
+                            s.register_hooks(lambda t: t.clone(), lambda t: t)
+                        except RuntimeError:  # (None slots)
+                            pass
+                import gc
+                gc.collect()
+            y.square().sum().backward()
+            grads.append([p.grad.clone() for p in m.parameters()])
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_training_calls_allocate_nothing_on_the_default_device():
+    m = pt.LSTMCell(I, H)
+    x = torch.randn(B, I)
+    with torch.device("meta"):  # (the default device of new tensors; the module and inputs stay on the CPU)
+        h, c = m(x)
+    (h.sum() + c.sum()).backward()
+    assert m.weight_hh.grad is not None and m.weight_hh.grad.device.type == "cpu"
+
+
+def test_in_place_ops_on_frozen_outputs_stay_allowed():
+    f = pt.GRU(I, H).freeze()
+    x = torch.randn(4, B, I, requires_grad=True)
+    y, h = f(x)
+    y.add_(1.0)
+    y[0] = 0
+    nn.ReLU(inplace=True)(h)  # (no error here: the output is not a view made inside a Function)
+    assert y.requires_grad and not y._is_view()
+    with pytest.raises(RuntimeError, match="no backward"):
+        y.sum().backward()
+
+
+def test_a_cells_misshapen_weight_is_named_in_every_mode():
+    for grad in (True, False):
+        c = pt.LSTMCell(I, H)
+        c.weight_hh = nn.Parameter(torch.zeros(4 * H, H + 1))
+        with torch.set_grad_enabled(grad), pytest.raises(ValueError, match="weight_hh has shape"):
+            c(torch.randn(B, I))
+
+
+def test_a_fixed_size_set_to_an_equal_value_keeps_its_type():
+    m = pyrnn.LSTM(3, 4)
+    m.hidden_size = 4.0
+    m.num_layers = np.int64(1)
+    assert type(m.hidden_size) is int and type(m.num_layers) is int and repr(m).startswith("LSTM(3, 4")
+
+
+def test_bf16_refuses_only_weights_that_would_round_to_infinity():
+    layer = pyrnn.GRU(3, 4)
+    layer.weight_hh_l0[0, 0] = 3.39e38  # above bf16's largest finite value, rounds down to it
+    layer.freeze("bf16")
+    layer.weight_hh_l0[0, 0] = 3.3962e38  # rounds to inf
+    with pytest.raises(ValueError, match="beyond bfloat16"):
+        layer.freeze("bf16")

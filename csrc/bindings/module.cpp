@@ -15,7 +15,13 @@ void register_xla_ffi(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pyrnn's C++ kernels (use pyrnn.functional and the layers instead of calling these directly)";
-  pyrnn::EnvSnapshot read_at_import;  // (publishes PYRNN_ISA for XLA's custom calls, which hold no GIL)
+  // PYRNN_ISA read once now (isa_selected publishes it for XLA's custom calls, which hold no GIL);
+  // an invalid value is reported by the first call that uses it. (Not an EnvSnapshot: the settings
+  // read once, OMP_NUM_THREADS and PYRNN_CACHE_MB among them, stay read at first use.)
+  try {
+    (void)pyrnn::isa_selected();
+  } catch (const std::exception&) {
+  }
   register_config(m);
   register_sequence(m);
   register_layernorm(m);

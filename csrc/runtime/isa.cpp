@@ -87,13 +87,14 @@ bool profile_requested() {
   return on;
 }
 
+// (Never destroyed: an XLA thread may take a snapshot while the process exits.)
 static std::mutex& last_mutex() {
-  static std::mutex m;
-  return m;
+  static std::mutex* m = new std::mutex;
+  return *m;
 }
 static std::string& last_isa_env() {  // (guarded by last_mutex)
-  static std::string s;
-  return s;
+  static std::string* s = new std::string;
+  return *s;
 }
 
 EnvSnapshot::EnvSnapshot(LastRead) : outer_(!t_snapshot) {
