@@ -1,0 +1,71 @@
+"""A cell in a training loop: one forward and backward per step, torch.nn.LSTMCell against
+pyrnn.torch.LSTMCell, each in its own process pinned to the same core, rounds alternating.
+
+    python bench/cell_train_step.py                 # 1 thread, core 0, 3 rounds
+    python bench/cell_train_step.py --cpu 1 --rounds 5
+
+For each shape (B, I, H) it prints the median ms per step (7 repetitions of 50 steps) of each
+round: the machine is shared and noisy, so compare within a round.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+SHAPES = [(16, 32, 64), (64, 65, 128), (32, 256, 256), (128, 512, 512)]
+
+
+def worker(which, B, I, H):
+    import torch
+
+    torch.set_num_threads(1)
+    if which == "pyrnn":
+        import pyrnn.torch as pt
+
+        cls = pt.LSTMCell
+    else:
+        cls = torch.nn.LSTMCell
+    torch.manual_seed(0)
+    cell = cls(I, H)
+    x, h, c = torch.randn(B, I), torch.zeros(B, H), torch.zeros(B, H)
+
+    def steps(n):
+        for _ in range(n):
+            h1, c1 = cell(x, (h, c))
+            (h1.sum() + c1.sum()).backward()
+
+    steps(20)
+    times = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        steps(50)
+        times.append((time.perf_counter() - t0) / 50)
+    times.sort()
+    print(f"{times[3] * 1e3:.3f}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cpu", default="0", help="core to pin every process to (taskset -c)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        which, *shape = args.worker
+        worker(which, *map(int, shape))
+        return
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for B, I, H in SHAPES:
+        for r in range(args.rounds):
+            got = {}
+            for which in ("torch", "pyrnn"):
+                cmd = ["taskset", "-c", args.cpu, sys.executable, __file__, "--worker", which, str(B), str(I), str(H)]
+                got[which] = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout.strip()
+            print(f"B={B} I={I} H={H} round {r + 1}: torch.nn {got['torch']} ms, pyrnn.torch {got['pyrnn']} ms",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
