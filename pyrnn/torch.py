@@ -145,10 +145,6 @@ class _Spec(NamedTuple):
 _np = _torch_ops._np  # NumPy view (no copy) of a CPU tensor; None stays None
 
 
-def _contiguous(a):
-    return None if a is None else np.ascontiguousarray(a)
-
-
 def _kernel_forward(spec, arrays, training):
     """Runs one layer and direction: arrays = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr)."""
     x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr = arrays
@@ -157,7 +153,7 @@ def _kernel_forward(spec, arrays, training):
         # (ValueError/TypeError naming it). The functional API's checks in Python cost a cell
         # step in a training loop about as much as the kernels at small sizes.
         kind = cell_spec(spec.cell, **spec.options).kind
-        return _core.sequence_forward(kind, *(_contiguous(a) for a in (x, h0, c0, W_ih, W_hh, b_ih, b_hh)), None,
+        return _core.sequence_forward(kind, *(F._c(a) for a in (x, h0, c0, W_ih, W_hh, b_ih, b_hh)), None,
                                       False, training)
     return F.forward(spec.cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, **spec.options, W_hr=W_hr, h_mask=spec.h_mask,
                      lengths=spec.lengths, reverse=spec.reverse, training=training, zoneout_h=spec.zoneout_h,
@@ -327,7 +323,7 @@ class _Recurrence(_torch_ops.NoForwardAD, torch.autograd.Function):
 
         ws = _held_workspace(ctx, rerun)
         if spec.step:  # (autograd gives gradients of the outputs' dtypes and shapes; the kernel checks them)
-            dh_n, dc_n = (_contiguous(_np(g)) for g in (*grad_outputs, None)[:2])
+            dh_n, dc_n = (F._c(_np(g)) for g in (*grad_outputs, None)[:2])
             g = _core.sequence_backward(ws, None, dh_n, dc_n if spec.cell == "lstm" else None, False)
             grads = (*g[:7], None)
         else:

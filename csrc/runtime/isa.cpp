@@ -115,11 +115,10 @@ EnvSnapshot::EnvSnapshot() : outer_(!t_snapshot) {
     last_isa_env() = t_isa_env;
   }
   t_snapshot = true;
-  // The settings read once at first use: read them now, under the caller's GIL.
-  (void)profile_requested();
-  (void)get_num_threads();
-  (void)pool_stats();
-  (void)cache_sizes();
+  // The settings read once at first use: read them now, under the caller's GIL (once per process).
+  static const bool read_once = (profile_requested(), (void)get_num_threads(), (void)pool_stats(),
+                                 (void)cache_sizes(), true);
+  (void)read_once;
 }
 
 EnvSnapshot::~EnvSnapshot() {
