@@ -145,6 +145,16 @@ class _Spec(NamedTuple):
 _np = _torch_ops._np  # NumPy view (no copy) of a CPU tensor; None stays None
 
 
+@functools.lru_cache(maxsize=None)
+def _kind_of(cell, nonlinearity, reset_after):
+    return cell_spec(cell, nonlinearity=nonlinearity, reset_after=reset_after).kind
+
+
+def _kind(cell, options):
+    """The kernels' CellKind of a cell family and its options (checked by the module's constructor)."""
+    return _kind_of(cell, options["nonlinearity"], options["reset_after"])
+
+
 def _kernel_forward(spec, arrays, training):
     """Runs one layer and direction: arrays = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr)."""
     x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr = arrays
@@ -152,8 +162,7 @@ def _kernel_forward(spec, arrays, training):
         # The cell checked its input and states; the kernel checks every array's dtype and shape
         # (ValueError/TypeError naming it). The functional API's checks in Python cost a cell
         # step in a training loop about as much as the kernels at small sizes.
-        kind = cell_spec(spec.cell, **spec.options).kind
-        return _core.sequence_forward(kind, *(F._c(a) for a in (x, h0, c0, W_ih, W_hh, b_ih, b_hh)), None,
+        return _core.sequence_forward(_kind(spec.cell, spec.options), *(F._c(a) for a in (x, h0, c0, W_ih, W_hh, b_ih, b_hh)), None,
                                       False, training)
     return F.forward(spec.cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, **spec.options, W_hr=W_hr, h_mask=spec.h_mask,
                      lengths=spec.lengths, reverse=spec.reverse, training=training, zoneout_h=spec.zoneout_h,
@@ -343,7 +352,7 @@ class InputError(ValueError, RuntimeError):
 def _check_tensor(owner, name, t, dtype=None):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{owner}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.device.type != "cpu":
+    if not t.is_cpu:
         raise InputError(f"{owner}: pyrnn's kernels run on the CPU only, but {name} is on {t.device}; move the "
                            f"module and inputs to the CPU (.cpu()) or use torch.nn.{owner} on {t.device.type}")
     if dtype is None:
@@ -385,8 +394,13 @@ def _autocast_inputs(dtype, *args):
 
 
 def _weights_dtype(module):
+    d = module.__dict__
+    # (A module without submodules: its own parameters, as named_parameters() gives them, without its
+    # generator's cost: 8 of a cell step's 40 us at B=1.)
+    params = (((name, p) for name, p in d["_parameters"].items() if p is not None)
+              if "_parameters" in d and not d.get("_modules") else module.named_parameters())
     dtype = None
-    for name, p in module.named_parameters():
+    for name, p in params:
         _check_tensor(type(module).__name__, f"parameter {name}", p)
         if dtype is None:
             dtype = p.dtype
@@ -791,7 +805,9 @@ class _PyrnnCellMixin(CellStateZoneout):
         return m_h, m_c
 
     def _options(self):
-        return {"nonlinearity": getattr(self, "nonlinearity", "tanh"), "reset_after": self.reset_after}
+        # (Only the RNN has a nonlinearity: a failed attribute lookup costs an LSTM or GRU step ~2 us.)
+        return {"nonlinearity": getattr(self, "nonlinearity", "tanh") if self._cell == "rnn" else "tanh",
+                "reset_after": self.reset_after}
 
     def freeze(self, precision=None):
         """An inference-only copy with the weights packed once (optionally int8 or bf16): :func:`freeze`."""
@@ -824,16 +840,17 @@ class _PyrnnCellMixin(CellStateZoneout):
                                        f"{[x.size(0), self.hidden_size]} (batch, hidden_size)")
             checked.append(h)
         h0, c0 = (checked + [None])[:2]
-        weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        weights = _cell_weights(self)
         GH = GATES[self._cell] * self.hidden_size
         for label, w, shape in (("weight_ih", weights[0], (GH, self.input_size)),
                                 ("weight_hh", weights[1], (GH, self.hidden_size)), ("bias_ih", weights[2], (GH,)),
                                 ("bias_hh", weights[3], (GH,))):
             if w is not None and tuple(w.shape) != shape:
                 raise InputError(f"{name}: {label} has shape {list(w.shape)}, expected {list(shape)}")
-        check_training_rates(self)
-        zh, zc = (self._zoneout_masks(x.size(0), dtype) if self.training and (self.zoneout > 0 or self.zoneout_c > 0)
-                  else (None, None))
+        zoned = self.training and (self.zoneout != 0 or self.zoneout_c != 0)
+        if zoned:  # (a cell's only rates: check_training_rates checks nothing else that a cell uses)
+            check_training_rates(self)
+        zh, zc = self._zoneout_masks(x.size(0), dtype) if zoned else (None, None)
         grad = _needs_grad([x, h0, c0, *weights])
         if _traced(x):
             _, h1, c1 = _op(self._cell, self._options(), False, x.unsqueeze(0), h0, c0, *weights, None,
@@ -847,12 +864,26 @@ class _PyrnnCellMixin(CellStateZoneout):
             _, h1, c1 = _run(spec, grad, x.unsqueeze(0), h0, c0, *weights, None)
         else:
             arrays = [None if t is None else np.ascontiguousarray(_np(t)) for t in (x, h0, c0, *weights)]
-            kind = cell_spec(self._cell, **self._options()).kind
-            h1, c1 = (None if a is None else torch.from_numpy(a) for a in _core.cell_step(kind, *arrays))
+            h1, c1 = (None if a is None else torch.from_numpy(a)
+                      for a in _core.cell_step(_kind(self._cell, self._options()), *arrays))
         if unbatched:
             h1 = h1.squeeze(0)
             c1 = None if c1 is None else c1.squeeze(0)
         return h1, c1
+
+
+_CELL_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+def _cell_weights(cell):
+    """(weight_ih, weight_hh, bias_ih, bias_hh) of a cell, as attribute access gives them. For
+    pyrnn's own cell classes a registered parameter is read from ``_parameters`` directly
+    (Module.__getattr__ costs ~1.7 us per name); a subclass (torch.nn.utils.parametrize's
+    included) or a weight held otherwise (weight_norm's plain attribute) goes through getattr."""
+    if type(cell) in _CELL_TYPES:
+        p = cell._parameters
+        return tuple(p[n] if n in p else getattr(cell, n) for n in _CELL_WEIGHTS)
+    return tuple(getattr(cell, n) for n in _CELL_WEIGHTS)
 
 
 class RNNCell(_PyrnnCellMixin, nn.RNNCell):
@@ -920,6 +951,9 @@ class GRUCell(_PyrnnCellMixin, nn.GRUCell):
     def forward(self, input, hx=None):
         """One step: ``input`` [B, I] (or unbatched [I]), ``hx`` h [B, H] or None (zeros). Returns h'."""
         return self._step(input, [("hx", hx)])[0]
+
+
+_CELL_TYPES = frozenset((RNNCell, LSTMCell, GRUCell))
 
 
 # ------------------------------------------------- frozen / quantised inference --

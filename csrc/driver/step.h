@@ -22,51 +22,81 @@ inline T hsum(Vec<T> v) {
   return s;
 }
 
+// The kLanes sums of the vectors v[0..kLanes) (clobbered): lane e of the result is
+// 0 + v[e][0] + v[e][1] + ... in lane order, hsum's order, so the same bits; one
+// in-register transpose and kLanes vector adds instead of kLanes scalar chains.
+template <class T>
+inline Vec<T> hsum_lanes(Vec<T>* v) {
+  transpose_block<T>(v);
+  Vec<T> s = Vec<T>{};
+  for (int l = 0; l < kLanes<T>; ++l) s += v[l];
+  return s;
+}
+
 // out[(b0+r)*ldo + j+q] = A[b0+r] . W[j+q] (+ bias) for BB batch rows and the JB weight rows w[q]
 // (jb of them real): BB x JB accumulators, so that each weight vector loaded serves BB rows.
+// BB*JB is a multiple of kLanes: the sums are taken kLanes at a time (hsum_lanes).
 template <class T, int BB, int JB>
 inline void dot_block(const T* A, int64_t b0, const T* const* w, int jb, int64_t K, int64_t j, const T* bias,
                       T* out, int64_t ldo) {
-  constexpr int L = kLanes<T>;
+  constexpr int L = kLanes<T>, NA = BB * JB;
+  static_assert(NA % L == 0, "whole groups of kLanes sums");
   const int64_t kv = K / L * L;
   const T* a[BB];
   for (int r = 0; r < BB; ++r) a[r] = A + (b0 + r) * K;
-  Vec<T> acc[BB][JB] = {};
+  Vec<T> acc[NA] = {};
   for (int64_t k = 0; k < kv; k += L) {
     Vec<T> wv[JB];
     for (int q = 0; q < JB; ++q) wv[q] = loadu(w[q] + k);
     for (int r = 0; r < BB; ++r) {
       const Vec<T> av = loadu(a[r] + k);
-      for (int q = 0; q < JB; ++q) acc[r][q] += av * wv[q];
+      for (int q = 0; q < JB; ++q) acc[r * JB + q] += av * wv[q];
     }
   }
   if (kv < K) {
     const int n = int(K - kv);
     for (int r = 0; r < BB; ++r) {
       const Vec<T> av = load_first(a[r] + kv, n);
-      for (int q = 0; q < JB; ++q) acc[r][q] += av * load_first(w[q] + kv, n);
+      for (int q = 0; q < JB; ++q) acc[r * JB + q] += av * load_first(w[q] + kv, n);
     }
   }
-  for (int r = 0; r < BB; ++r)
-    for (int q = 0; q < jb; ++q) out[(b0 + r) * ldo + j + q] = hsum<T>(acc[r][q]) + (bias ? bias[j + q] : T(0));
+  for (int g = 0; g < NA; g += L) {
+    const Vec<T> s = hsum_lanes<T>(acc + g);
+    for (int e = 0; e < L; ++e) {
+      const int r = (g + e) / JB, q = (g + e) % JB;
+      if (q < jb) out[(b0 + r) * ldo + j + q] = s[e] + (bias ? bias[j + q] : T(0));
+    }
+  }
 }
 
 // out[b*ldo + j] = A[b] . W[j] (+ bias[j]) for rows j in [j0, j1); A [B, K], W [*, K]. Batch rows
 // go in pairs (four with 32 registers) against four weight rows: one row at a time, each weight
-// vector fed one FMA per load (LSTMCell B=64 I=65 H=128: a step 3x torch.nn's). Each output is
-// the same sum in the same order either way (bitwise unchanged).
+// vector fed one FMA per load (LSTMCell B=64 I=65 H=128: a step 3x torch.nn's). The rows left
+// over (all of them at B=1, a generation loop) go one at a time against JB1 weight rows: JB1
+// independent FMA chains, where four waited on the FMA's latency (and their sums went through
+// one scalar chain each). Each output is the same sum in the same order either way (bitwise).
 template <class T>
 void rows_dot(const T* A, int64_t B, const T* W, int64_t K, int64_t j0, int64_t j1, const T* bias, T* out,
               int64_t ldo) {
-  constexpr int JB = 4, BB = PYRNN_NREGS >= 32 ? 4 : 2;
-  for (int64_t j = j0; j < j1; j += JB) {
-    const int jb = int(std::min<int64_t>(JB, j1 - j));
-    const T* w[JB];
-    for (int q = 0; q < JB; ++q) w[q] = W + (j + std::min(q, jb - 1)) * K;
-    int64_t b = 0;
-    for (; b + BB <= B; b += BB) dot_block<T, BB, JB>(A, b, w, jb, K, j, bias, out, ldo);
-    for (; b < B; ++b) dot_block<T, 1, JB>(A, b, w, jb, K, j, bias, out, ldo);
-  }
+  constexpr int JB = 4, BB = PYRNN_NREGS >= 32 ? 4 : 2, JB1 = std::max(kLanes<T>, 8);
+  const int64_t paired = B / BB * BB;
+  auto blocks = [&](auto jb_tag, auto body) {
+    constexpr int N = decltype(jb_tag)::value;
+    for (int64_t j = j0; j < j1; j += N) {
+      const int jb = int(std::min<int64_t>(N, j1 - j));
+      const T* w[N];
+      for (int q = 0; q < N; ++q) w[q] = W + (j + std::min(q, jb - 1)) * K;
+      body(w, jb, j);
+    }
+  };
+  if (paired)
+    blocks(std::integral_constant<int, JB>{}, [&](const T* const* w, int jb, int64_t j) {
+      for (int64_t b = 0; b < paired; b += BB) dot_block<T, BB, JB>(A, b, w, jb, K, j, bias, out, ldo);
+    });
+  if (paired < B)
+    blocks(std::integral_constant<int, JB1>{}, [&](const T* const* w, int jb, int64_t j) {
+      for (int64_t b = paired; b < B; ++b) dot_block<T, 1, JB1>(A, b, w, jb, K, j, bias, out, ldo);
+    });
 }
 
 template <class T, class Cell>

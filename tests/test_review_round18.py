@@ -1,0 +1,204 @@
+"""The eighteenth session: the unfrozen cell step's dot products (sums taken a vector of outputs at a
+time) and pyrnn.torch cells' lean Python around each call, each pinned by what a user expects."""
+
+import numpy as np
+import pytest
+
+import pyrnn
+
+CELLS = [("LSTMCell", {}), ("GRUCell", {}), ("GRUCell", {"reset_after": False}), ("RNNCell", {}),
+         ("RNNCell", {"nonlinearity": "relu"})]
+
+
+def _outs(out):
+    return list(out) if isinstance(out, tuple) else [out]
+
+
+@pytest.mark.parametrize("name, kw", CELLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("I, H", [(5, 7), (33, 64), (65, 24), (16, 130)])
+def test_unfrozen_step_rows_do_not_depend_on_the_batch(name, kw, dtype, I, H):
+    # Below the packed step (B < 16) every output is one dot product summed in one order, whether its
+    # batch row went with another (pairs) or alone (the rows left over, a generation loop's B=1):
+    # a row's bits are the same at every batch size.
+    rng = np.random.default_rng(1)
+    c = getattr(pyrnn, name)(I, H, dtype=dtype, seed=2, **kw)
+    B = 11
+    x = rng.standard_normal((B, I)).astype(dtype)
+    st = tuple(rng.standard_normal((B, H)).astype(dtype) for _ in range(2 if name == "LSTMCell" else 1))
+    full = _outs(c(x, st if name == "LSTMCell" else st[0]))
+    for b0, b1 in [(0, 1), (3, 4), (0, 3), (2, 7), (10, 11)]:
+        part = _outs(c(x[b0:b1], tuple(s[b0:b1] for s in st) if name == "LSTMCell" else st[0][b0:b1]))
+        for p, f in zip(part, full):
+            np.testing.assert_array_equal(p, f[b0:b1])
+
+
+@pytest.mark.parametrize("name, kw", CELLS)
+@pytest.mark.parametrize("B", [1, 2, 3, 5])
+def test_unfrozen_step_matches_float64_reference(name, kw, B):
+    # the float32 step against the same cell in float64 (every output's sum checked, not only its bits)
+    rng = np.random.default_rng(3)
+    I, H = 37, 50
+    c64 = getattr(pyrnn, name)(I, H, dtype=np.float64, seed=4, **kw)
+    c32 = getattr(pyrnn, name)(I, H, dtype=np.float32, seed=4, **kw)
+    c32.load_state_dict({k: v.astype(np.float32) for k, v in c64.state_dict().items()})
+    x = rng.standard_normal((B, I))
+    st = tuple(rng.standard_normal((B, H)) for _ in range(2 if name == "LSTMCell" else 1))
+    arg = (lambda s: s) if name == "LSTMCell" else (lambda s: s[0])
+    want = _outs(c64(x, arg(st)))
+    got = _outs(c32(x.astype(np.float32), arg(tuple(s.astype(np.float32) for s in st))))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-5)
+
+
+# ------------------------------------------------------------------- pyrnn.torch cells' Python --
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+from torch.nn.utils import parametrize  # noqa: E402
+
+import pyrnn.torch as pt  # noqa: E402
+
+TORCH_CELLS = [("LSTMCell", {}), ("GRUCell", {}), ("RNNCell", {"nonlinearity": "tanh"}),
+               ("RNNCell", {"nonlinearity": "relu"})]
+
+
+def _pair(name, kw, bias=True, I=5, H=7):
+    torch.manual_seed(0)
+    ref = getattr(nn, name)(I, H, bias=bias, **kw)
+    ours = getattr(pt, name)(I, H, bias=bias, **kw)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def _state(name, B=3, H=7):
+    g = torch.Generator().manual_seed(5)
+    if name == "LSTMCell":
+        return (torch.randn(B, H, generator=g), torch.randn(B, H, generator=g))
+    return torch.randn(B, H, generator=g)
+
+
+def _loss(out):
+    return sum((o * torch.linspace(-1, 2, o.numel()).view_as(o)).sum() for o in _outs(out))
+
+
+@pytest.mark.parametrize("name, kw", TORCH_CELLS)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("grad", [False, True])
+def test_cells_match_torch_with_and_without_bias(name, kw, bias, grad):
+    ref, ours = _pair(name, kw, bias)
+    x = torch.randn(3, 5, generator=torch.Generator().manual_seed(1))
+    with torch.set_grad_enabled(grad):
+        a, b = ref(x, _state(name)), ours(x, _state(name))
+    for p, q in zip(_outs(a), _outs(b)):
+        torch.testing.assert_close(q, p)
+    if grad:
+        _loss(a).backward()
+        _loss(b).backward()
+        for (n, p), q in zip(ref.named_parameters(), ours.parameters()):
+            torch.testing.assert_close(q.grad, p.grad, msg=n)
+
+
+@pytest.mark.parametrize("name, kw", TORCH_CELLS)
+def test_parametrized_weight_is_used_and_trained(name, kw):
+    # torch.nn.utils.parametrize replaces the class by a subclass whose weight_hh is a property
+    class Half(nn.Module):
+        def forward(self, w):
+            return 0.5 * w
+
+    ref, ours = _pair(name, kw)
+    for m in (ref, ours):
+        parametrize.register_parametrization(m, "weight_hh", Half())
+    x = torch.randn(3, 5, generator=torch.Generator().manual_seed(2))
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            a, b = ref(x, _state(name)), ours(x, _state(name))
+        for p, q in zip(_outs(a), _outs(b)):
+            torch.testing.assert_close(q, p)
+    _loss(ref(x, _state(name))).backward()
+    _loss(ours(x, _state(name))).backward()
+    torch.testing.assert_close(ours.parametrizations.weight_hh.original.grad,
+                               ref.parametrizations.weight_hh.original.grad)
+
+
+def test_weight_norm_weight_is_used():
+    # the old weight_norm API keeps weight_hh as a plain attribute recomputed by a forward pre-hook
+    ref, ours = _pair("GRUCell", {})
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        ref = torch.nn.utils.weight_norm(ref, "weight_hh")
+        ours = torch.nn.utils.weight_norm(ours, "weight_hh")
+    with torch.no_grad():
+        ours.weight_hh_g.mul_(1.5)
+        ref.weight_hh_g.mul_(1.5)
+    x = torch.randn(3, 5, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x, _state("GRUCell")), ref(x, _state("GRUCell")))
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_lazily_negated_and_conjugated_inputs(grad):
+    # a tensor with its negative bit set (torch._neg_view) reads as its values
+    ref, ours = _pair("RNNCell", {})
+    x = torch._neg_view(torch.randn(3, 5, generator=torch.Generator().manual_seed(4)))
+    h = torch._neg_view(_state("RNNCell"))
+    assert x.is_neg()
+    with torch.set_grad_enabled(grad):
+        torch.testing.assert_close(ours(x, h), ref(x.resolve_neg(), h.resolve_neg()))
+
+
+def test_parameters_of_two_dtypes_refused_on_a_cell():
+    _, ours = _pair("LSTMCell", {})
+    ours.register_parameter("extra", nn.Parameter(torch.zeros(2, dtype=torch.float64)))
+    with pytest.raises(TypeError, match="one dtype.*extra"):
+        ours(torch.randn(3, 5))
+
+
+def test_parameters_of_a_submodule_checked_too():
+    # a cell with a submodule: every parameter named_parameters() lists is checked, as before
+    _, ours = _pair("GRUCell", {})
+    ours.extra = nn.Linear(2, 2).double()
+    with pytest.raises(TypeError, match="one dtype"):
+        ours(torch.randn(3, 5))
+
+
+def test_weights_moved_off_the_cpu_named():
+    _, ours = _pair("LSTMCell", {})
+    ours.weight_hh = nn.Parameter(ours.weight_hh.detach().to("meta"))
+    with pytest.raises(ValueError, match="CPU only.*weight_hh.*meta"):
+        ours(torch.randn(3, 5))
+
+
+def test_replaced_parameter_is_read_at_each_call():
+    ref, ours = _pair("LSTMCell", {})
+    x = torch.randn(3, 5, generator=torch.Generator().manual_seed(6))
+    ours(x)  # (a first call)
+    new = torch.randn_like(ref.weight_ih)
+    ref.weight_ih = nn.Parameter(new.clone())
+    ours.weight_ih = nn.Parameter(new.clone())
+    with torch.no_grad():
+        for p, q in zip(ref(x), ours(x)):
+            torch.testing.assert_close(q, p)
+        ours.weight_hh.mul_(0.5)  # in place
+        ref.weight_hh.mul_(0.5)
+        for p, q in zip(ref(x), ours(x)):
+            torch.testing.assert_close(q, p)
+
+
+def test_lstm_cell_ignores_a_nonlinearity_attribute_as_torch_does():
+    ref, ours = _pair("LSTMCell", {})
+    ref.nonlinearity = ours.nonlinearity = "relu"
+    x = torch.randn(3, 5, generator=torch.Generator().manual_seed(7))
+    for p, q in zip(ref(x), ours(x)):
+        torch.testing.assert_close(q, p)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, float("nan")])
+def test_cell_zoneout_changed_after_construction_checked(value):
+    _, ours = _pair("GRUCell", {})
+    ours.zoneout = value
+    with pytest.raises(ValueError, match="zoneout"):
+        ours(torch.randn(3, 5))
+    ours.eval()  # the identity at eval: not read
+    ours(torch.randn(3, 5))
