@@ -84,9 +84,10 @@ def set_num_threads(n: int | str) -> None:
 
 
 def thread_stats() -> dict:
-    """What the adaptive thread choice has done: shapes (keys) seen, and calls
-    run on one thread and on all threads (calls below the split threshold and
-    calls in fixed mode are not counted)."""
+    """What the adaptive thread choice has done: shapes (keys) seen, calls run
+    on one thread and on all threads, and ``timed_seconds``, the time it
+    measured over those calls (calls below the split threshold and calls in
+    fixed mode are not counted)."""
     return dict(_core.thread_stats())
 
 

@@ -129,6 +129,30 @@ def test_adaptive_mode_times_both_choices_and_keeps_results(threads, rng):
     assert stats["calls_one_thread"] + stats["calls_all_threads"] == 12
 
 
+@pytest.mark.parametrize("B, frozen", [(1, False), (20, False), (1, True)])
+def test_adaptive_mode_times_the_cell_step_itself(threads, rng, B, frozen):
+    """A cell step's thread choice is timed over the step: the choice once ended before the step ran,
+    so both arms recorded ~0 s and the choice was noise. (B=1: the dot products; B=20: packed for
+    the call; frozen: packed once.)"""
+    threads("auto")
+    if pyrnn.get_num_threads() < 2:
+        pytest.skip("adaptive mode's limit is one thread here: nothing is timed")
+    cell = pyrnn.LSTMCell(512, 512, seed=0)
+    step = cell.freeze() if frozen else cell
+    x = rng.standard_normal((B, 512)).astype(np.float32)
+    state = (np.zeros((B, 512), np.float32),) * 2
+    step(x, state)
+    _core.reset_thread_stats()
+    t0 = time.perf_counter()
+    for _ in range(20):
+        step(x, state)
+    wall = time.perf_counter() - t0
+    stats = pyrnn.thread_stats()
+    assert stats["calls_one_thread"] + stats["calls_all_threads"] == 20
+    # (the Python around each call is a small part of a step over 8 MiB of weights)
+    assert stats["timed_seconds"] > 0.3 * wall, (stats, wall)
+
+
 def test_tiny_steps_are_not_split_and_fixed_mode_is_not_timed(threads, rng):
     threads("auto")
     _core.reset_thread_stats()

@@ -54,6 +54,7 @@ void register_config(py::module_& m) {
     d["keys"] = st.keys;
     d["calls_one_thread"] = st.calls_one;
     d["calls_all_threads"] = st.calls_limit;
+    d["timed_seconds"] = st.timed_seconds;
     return d;
   });
   m.def("reset_thread_stats", &pyrnn::reset_thread_stats);

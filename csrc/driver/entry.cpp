@@ -161,15 +161,17 @@ int64_t workspace_bytes(const Workspace<T>& ws) {
   return int64_t((ws.gates.size() + ws.extra.size() + ws.hm.size() + ws.h0m.size() + ws.m.size()) * sizeof(T));
 }
 
-// One step splits only once its weights no longer fit one core's caches.
-template <class T>
-int step_threads(const CellStepArgs<T>& args, Isa isa, int entry, int nthreads) {
+// One step splits only once its weights no longer fit one core's caches. run(threads) runs the step
+// while the choice is alive, so that the adaptive mode times the step (a choice destroyed before the
+// step, as it once was, timed nothing: both arms recorded ~0 and the choice was noise).
+template <class T, class Run>
+void with_step_threads(const CellStepArgs<T>& args, Isa isa, int entry, int nthreads, Run run) {
   const double flops = 2.0 * double(args.B) * gates_of(args.cell) * double(args.H) * double(args.I + args.H);
   const int limit = flops < double(1 << 18) ? 1 : nthreads;
-  if (limit == 1) return 1;
+  if (limit == 1) return run(1);
   ThreadChoice choice(call_key({entry, int64_t(args.cell), int64_t(sizeof(T)), int64_t(isa), args.B, args.I, args.H}),
                       limit, flops, 1.0);
-  return choice.threads();
+  run(choice.threads());
 }
 
 // Whether an unpacked cell step should pack its weights and run the packed step (the GEMM
@@ -192,10 +194,10 @@ void cell_step(const CellStepArgs<T>& args, int nthreads) {
     PackedCell<T> p;
     p.isa = isa;
     ops_for<T>(isa).pack_cell(args, WeightPrecision::Same, p);
-    ops_for<T>(isa).packed_step(p, args, step_threads(args, isa, 5, nthreads));
+    with_step_threads(args, isa, 5, nthreads, [&](int nt) { ops_for<T>(isa).packed_step(p, args, nt); });
     return;
   }
-  ops_for<T>(isa).cell_step(args, step_threads(args, isa, 4, nthreads));
+  with_step_threads(args, isa, 4, nthreads, [&](int nt) { ops_for<T>(isa).cell_step(args, nt); });
 }
 template void cell_step(const CellStepArgs<float>&, int);
 template void cell_step(const CellStepArgs<double>&, int);
@@ -213,7 +215,7 @@ void packed_cell_step(const PackedCell<T>& p, const CellStepArgs<T>& args, int n
   // The level that packed the weights runs the step: the layout depends on it.
   CellStepArgs<T> a = args;
   a.cell = p.cell, a.I = p.I, a.H = p.H;
-  ops_for<T>(p.isa).packed_step(p, a, step_threads(a, p.isa, 5, nthreads));
+  with_step_threads(a, p.isa, 5, nthreads, [&](int nt) { ops_for<T>(p.isa).packed_step(p, a, nt); });
 }
 
 template <class T>

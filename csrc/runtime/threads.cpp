@@ -57,6 +57,7 @@ struct Table {
   std::mutex mu;
   std::unordered_map<uint64_t, KeyStats> keys;
   int64_t calls_one = 0, calls_limit = 0;
+  double timed_seconds = 0;  // the calls' measured time, warm-up calls included
 };
 
 Table* the_table = nullptr;
@@ -150,9 +151,11 @@ ThreadChoice::ThreadChoice(uint64_t key, int limit, double per_step_flops, doubl
 
 ThreadChoice::~ThreadChoice() {
   if (arm_ < 0 || std::uncaught_exceptions() != exceptions_) return;  // a failed call says nothing of speed
-  const double per_unit = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count() / units_;
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  const double per_unit = seconds / units_;
   Table& t = table();
   std::lock_guard<std::mutex> lock(t.mu);
+  t.timed_seconds += seconds;
   auto it = t.keys.find(key_);
   if (it == t.keys.end()) return;  // the table was cleared meanwhile
   KeyStats& s = it->second;
@@ -194,7 +197,7 @@ ThreadChoice::~ThreadChoice() {
 ThreadStats thread_stats() {
   Table& t = table();
   std::lock_guard<std::mutex> lock(t.mu);
-  return ThreadStats{int64_t(t.keys.size()), t.calls_one, t.calls_limit};
+  return ThreadStats{int64_t(t.keys.size()), t.calls_one, t.calls_limit, t.timed_seconds};
 }
 
 void reset_thread_stats() {
@@ -202,6 +205,7 @@ void reset_thread_stats() {
   std::lock_guard<std::mutex> lock(t.mu);
   t.keys.clear();
   t.calls_one = t.calls_limit = 0;
+  t.timed_seconds = 0;
 }
 
 }  // namespace pyrnn

@@ -63,9 +63,11 @@ inline uint64_t call_key(std::initializer_list<int64_t> fields) {
 }
 
 // What the adaptive mode has learned, for tests and diagnostics: number of
-// keys, and how many calls ran at one thread and at the limit.
+// keys, how many calls ran at one thread and at the limit, and the time it
+// measured over those calls.
 struct ThreadStats {
   int64_t keys = 0, calls_one = 0, calls_limit = 0;
+  double timed_seconds = 0;
 };
 ThreadStats thread_stats();
 void reset_thread_stats();
