@@ -3,9 +3,10 @@ pyrnn.torch.LSTMCell, each in its own process pinned to the same core, rounds al
 
     python bench/cell_train_step.py                 # 1 thread, core 0, 3 rounds
     python bench/cell_train_step.py --cpu 1 --rounds 5
+    python bench/cell_train_step.py --no-grad       # steps under torch.no_grad() (generation)
 
-For each shape (B, I, H) it prints the median ms per step (7 repetitions of 50 steps) of each
-round: the machine is shared and noisy, so compare within a round.
+For each shape (B, I, H) it prints the median ms per step (7 repetitions of 50 steps; 200 steps
+with --no-grad) of each round: the machine is shared and noisy, so compare within a round.
 """
 
 import argparse
@@ -15,9 +16,10 @@ import sys
 import time
 
 SHAPES = [(16, 32, 64), (64, 65, 128), (32, 256, 256), (128, 512, 512)]
+NO_GRAD_SHAPES = [(1, 64, 256), (1, 256, 512), (4, 128, 256), (64, 65, 128)]
 
 
-def worker(which, B, I, H):
+def worker(which, B, I, H, no_grad=False):
     import torch
 
     torch.set_num_threads(1)
@@ -36,12 +38,18 @@ def worker(which, B, I, H):
             h1, c1 = cell(x, (h, c))
             (h1.sum() + c1.sum()).backward()
 
-    steps(20)
+    def inference_steps(n):
+        with torch.no_grad():
+            for _ in range(n):
+                cell(x, (h, c))
+
+    run, n = (inference_steps, 200) if no_grad else (steps, 50)
+    run(20)
     times = []
     for _ in range(7):
         t0 = time.perf_counter()
-        steps(50)
-        times.append((time.perf_counter() - t0) / 50)
+        run(n)
+        times.append((time.perf_counter() - t0) / n)
     times.sort()
     print(f"{times[3] * 1e3:.3f}")
 
@@ -50,18 +58,20 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cpu", default="0", help="core to pin every process to (taskset -c)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-grad", action="store_true", help="time steps under torch.no_grad() (generation)")
     ap.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         which, *shape = args.worker
-        worker(which, *map(int, shape))
+        worker(which, *map(int, shape), no_grad=args.no_grad)
         return
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    for B, I, H in SHAPES:
+    for B, I, H in NO_GRAD_SHAPES if args.no_grad else SHAPES:
         for r in range(args.rounds):
             got = {}
             for which in ("torch", "pyrnn"):
                 cmd = ["taskset", "-c", args.cpu, sys.executable, __file__, "--worker", which, str(B), str(I), str(H)]
+                cmd += ["--no-grad"] if args.no_grad else []
                 got[which] = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout.strip()
             print(f"B={B} I={I} H={H} round {r + 1}: torch.nn {got['torch']} ms, pyrnn.torch {got['pyrnn']} ms",
                   flush=True)

@@ -6,6 +6,9 @@
 #include <cstdlib>
 #include <mutex>
 #include <stdexcept>
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#endif
 
 #include "pyrnn/cache.h"
 #include "pyrnn/pool.h"
@@ -96,6 +99,18 @@ static std::string& last_isa_env() {  // (guarded by last_mutex)
   static std::string* s = new std::string;
   return *s;
 }
+
+#if defined(__unix__) || defined(__APPLE__)
+// pyrnn.jax's custom calls take last_mutex without the GIL, so another thread may hold it at the
+// instant of a fork: the child inherited it locked and its first pyrnn call waited forever (16 of
+// 10,000 forks while three threads ran jitted calls). The forking thread takes it first, as the
+// buffer cache's and the thread table's locks (installed when the module loads).
+[[maybe_unused]] static const bool last_mutex_fork_handlers = [] {
+  last_mutex();
+  pthread_atfork([] { last_mutex().lock(); }, [] { last_mutex().unlock(); }, [] { last_mutex().unlock(); });
+  return true;
+}();
+#endif
 
 EnvSnapshot::EnvSnapshot(LastRead) : outer_(!t_snapshot) {
   if (!outer_) return;
