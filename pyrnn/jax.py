@@ -175,8 +175,9 @@ def _ffi_operands(spec, arrays):
 def _ffi_forward(spec, arrays, training):
     x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths = arrays
     # The custom call runs outside Python, where reading the environment could race os.environ's
-    # updates: it uses PYRNN_ISA as last read from Python, which this read (at trace time) sets.
-    _core.isa_selected()
+    # updates: it uses PYRNN_ISA as last read from Python, which this read (at trace time) sets, and
+    # the settings read once per process (OMP_NUM_THREADS, ...), which it reads now if not yet read.
+    _core.read_settings()
     outs = list(_out_shapes(spec, x, h0, W_hh, W_hr))
     if spec.cell != "lstm":
         outs.append(jax.ShapeDtypeStruct((0,), x.dtype))  # c_n

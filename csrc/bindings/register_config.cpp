@@ -44,6 +44,15 @@ void register_config(py::module_& m) {
   });
   m.def("isa_selected", [] { return std::string(pyrnn::isa_name(pyrnn::isa_selected())); },
         "The level kernels use now (PYRNN_ISA if set); ValueError if PYRNN_ISA is invalid or unsupported.");
+  m.def(
+      "read_settings",
+      [] {
+        const pyrnn::EnvSnapshot env;  // reads PYRNN_ISA (published for XLA) and the settings read once
+        return std::string(pyrnn::isa_name(pyrnn::isa_selected()));
+      },
+      "isa_selected(), having read every setting the kernels consult (PYRNN_ISA, and once per process "
+      "OMP_NUM_THREADS, PYRNN_CACHE_MB, PYRNN_PROFILE, the cache sizes) here, under the GIL: for callers "
+      "whose kernels then run without it (pyrnn.jax's custom calls).");
   m.def("get_num_threads", &pyrnn::get_num_threads);
   m.def("set_num_threads", &pyrnn::set_num_threads, py::arg("n"));
   m.def("set_adaptive_threads", &pyrnn::set_adaptive_threads);
