@@ -230,15 +230,25 @@ _BF16_MAX = 3.3895313892515355e38  # the largest finite bfloat16
 _BF16_INF_FROM = 3.3961775292304235e38  # halfway to 2**128: from here float32 rounds to inf (nearest even)
 
 
+# int8 products: activations in [-63, 63] times weights in [-127, 127], summed in 32-bit integers
+# (csrc/gemm/lowp.h): exact up to this many per sum, 63 * 127 * K <= 2**31 - 1.
+INT8_MAX_SUM = (2**31 - 1) // (63 * 127)
+
+
 def check_reduced_weights(precision, weights):
     """``weights`` ({name: array or None}) fit a reduced ``precision`` ("int8", "bf16"): finite (an inf
     weight made its row's int8 scale inf, NaN for every output of the row) and, for bf16, within its
-    range (a float32 weight above ~3.39e38 rounds to inf). ValueError naming the weight otherwise."""
+    range (a float32 weight above ~3.39e38 rounds to inf); for int8, rows of at most INT8_MAX_SUM
+    (268401) columns, whose sums fit the kernels' 32-bit integers (beyond, a sum could wrap around: a
+    flipped sign, no error). ValueError naming the weight otherwise."""
     if precision not in ("int8", "bf16"):
         return
     for name, w in weights.items():
         if w is None:
             continue
+        if precision == "int8" and w.ndim == 2 and w.shape[1] > INT8_MAX_SUM:
+            raise ValueError(f"{name} has {w.shape[1]} columns: int8 sums of more than {INT8_MAX_SUM} products "
+                             f"can overflow the kernels' 32-bit integer sums; use precision='bf16' or None")
         if not np.isfinite(w).all():
             raise ValueError(f"{name} holds NaN or infinite values, which {precision} weights cannot represent; "
                              f"keep such a layer in float32 (precision=None)")

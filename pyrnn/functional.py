@@ -79,9 +79,14 @@ def _check_memory(cell, x, W_hh, W_hr, lengths, training):
                           f"got x of shape {x.shape}")
 
 
-def _call_arrays(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask, W_hr, zoneout=(None, None)):
-    """The checked, contiguous arrays of a sequence call, in _core's order (cell kind first)."""
+def _call_arrays(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask, W_hr, zoneout=(None, None),
+                 training=None):
+    """The checked, contiguous arrays of a sequence call, in _core's order (cell kind first). With
+    ``training`` given (a call to run, not a size to compute), the memory check runs before the copies:
+    a non-contiguous view (np.broadcast_to of a huge shape) was copied whole before being refused."""
     a = check_forward(spec.family, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask, W_hr, *zoneout)
+    if training is not None:
+        _check_memory(spec.family, a.x, a.W_hh, a.W_hr, None if lengths is None else a.lengths, training)
     # Omitted states are zeros inside the kernel; no need to pass arrays of them.
     h0 = a.states[0] if states["h0"] is not None else None
     c0 = a.states[1] if spec.has_cell_state and states["c0"] is not None else None
@@ -97,12 +102,10 @@ def _options(spec, a, leak):
 
 def _forward(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training, h_mask=None, W_hr=None,
              packed=None, residual=None, leak=None, zoneout=(None, None)):
-    cell = spec.family
-    a, args = _call_arrays(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask, W_hr, zoneout)
+    a, args = _call_arrays(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask, W_hr, zoneout, training)
     opts = _options(spec, a, leak)
     if training and a.zoneout_h is not None and spec.name in ("rnn_tanh", "rnn_relu"):
         _check_binary_zoneout(a.zoneout_h)
-    _check_memory(cell, a.x, a.W_hh, a.W_hr, None if lengths is None else a.lengths, training)
     if packed is not None and not isinstance(packed, _core.PackedRecurrence):
         raise TypeError(f"packed must be the result of pyrnn.functional.pack_weights, got {type(packed).__name__}")
     if packed is not None and packed.cell != spec.kind:
@@ -112,9 +115,9 @@ def _forward(spec, x, states, W_ih, W_hh, b_ih, b_hh, lengths, reverse, training
     if residual is not None:
         if not training or packed is not None:
             raise ValueError("residual holds a training workspace: pass training=True and no packed weights")
-        T, B = a.x.shape[:2]
-        strides = _core.residual_strides(*args, check_bool("reverse", reverse), _c(a.W_hr), _c(a.h_mask), **opts)
-        _check_residual(residual, _residual_total(strides, T, B))
+        # (its size is checked by the kernel: a block sized at a lower ISA level, where a graph was
+        # traced, runs at the highest level it fits; smaller than every level's: ValueError)
+        _check_residual(residual, 0)
         inputs = [v for v in (*args[1:], _c(a.W_hr), _c(a.h_mask), *opts.values()) if isinstance(v, np.ndarray)]
         if any(np.may_share_memory(residual, v) for v in inputs):  # (the forward overwrote them as it went)
             raise ValueError("residual must not overlap the call's inputs (x, states, weights, masks, lengths)")

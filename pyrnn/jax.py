@@ -257,6 +257,10 @@ def _folding_infer(spec, present):
         if any(batched[3:8]):  # a weight differs per element: one call each
             def one(i):
                 return fn(*(a[i] if b else a for a, b in zip(args, in_batched)))
+            if axis_size == 0:  # (lax.map's body would index an element that does not exist)
+                element = [jax.ShapeDtypeStruct(a.shape[1:], a.dtype) if b else a for a, b in zip(args, in_batched)]
+                return tuple(jnp.zeros((0,) + o.shape, o.dtype) for o in jax.eval_shape(fn, *element)), \
+                    (True,) * outs_n
             return jax.lax.map(one, jnp.arange(axis_size)), (True,) * outs_n
         x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths = arrays
         V = axis_size
@@ -279,9 +283,21 @@ def _folding_infer(spec, present):
     return fn
 
 
+def _outputs_typed_like(outs, x):
+    """(y, h_n[, c_n]) sharded as x is over explicit mesh axes: y over its T and B axes, the states over
+    B (the custom calls' results are typed as replicated; jax's own ops would shard them so)."""
+    spec = _explicit_spec(x)
+    if spec is None:
+        return outs
+    t_axis, b_axis = (tuple(spec) + (None, None))[:2]
+    P = jax.sharding.PartitionSpec
+    return (jax.sharding.reshard(outs[0], P(t_axis, b_axis, None)),) + tuple(
+        jax.sharding.reshard(o, P(b_axis, None)) for o in outs[1:])
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _sequence(spec, x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths):
-    return _infer(spec, (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths))
+    return _outputs_typed_like(_infer(spec, (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths)), x)
 
 
 def _first_order_only(fn):
@@ -330,12 +346,37 @@ def _backward(spec, residual, y, arrays, cts):
 
 def _sequence_fwd(spec, *arrays):
     outs, residual = _training_forward(spec, *arrays)
-    return outs, (residual, outs[0], arrays)
+    return _outputs_typed_like(outs, arrays[0]), (residual, outs[0], arrays)
+
+
+def _explicit_spec(a):
+    """The PartitionSpec of ``a``'s type where it is sharded over mesh axes of the Explicit type (JAX
+    0.10's jax.make_mesh default, under jax.set_mesh), else None."""
+    sharding = getattr(jax.typeof(a), "sharding", None) if hasattr(jax, "typeof") else None
+    spec, mesh = getattr(sharding, "spec", None), getattr(sharding, "mesh", None)
+    types = dict(zip(getattr(mesh, "axis_names", ()), getattr(mesh, "axis_types", ())))
+    explicit = getattr(getattr(jax.sharding, "AxisType", None), "Explicit", None)
+    if spec is None or explicit is None:
+        return None
+    names = [n for p in spec if p is not None for n in (p if isinstance(p, tuple) else (p,))]
+    return spec if names and all(types.get(n) == explicit for n in names) else None
+
+
+def _typed_like(grads, arrays):
+    """Each gradient given its primal's explicit sharding: the custom calls' results are typed as
+    replicated, and a custom_vjp's gradient must have its primal's type (under explicit sharding JAX
+    otherwise raised a type error naming neither pyrnn nor the cause)."""
+    out = []
+    for g, a in zip(grads, arrays):
+        spec = None if g is None else _explicit_spec(a)
+        out.append(g if spec is None else jax.sharding.reshard(g, spec))
+    return tuple(out)
 
 
 def _sequence_bwd(spec, saved, cts):
     residual, y, arrays = saved
-    return _backward(spec, residual, y, arrays, tuple(cts)) + (None,)  # lengths: no gradient
+    grads = _backward(spec, residual, y, arrays, tuple(cts))
+    return _typed_like(grads, arrays[:-1]) + (None,)  # lengths: no gradient
 
 
 _sequence.defvjp(_sequence_fwd, _sequence_bwd)

@@ -698,12 +698,13 @@ def _layernorm_backward(cell, step_backward, cache, dy, dfinal):
         for k, v in ex.items():
             extra[k] = extra.get(k, 0) + v
     # The input side over all positions at once (zero rows at padded positions).
-    flat = dgi_all.reshape(T * B, -1)
-    xhat_ih = cache["xhat_ih"].reshape(T * B, -1)
+    # (explicit widths: reshape(T * B, -1) fails on an empty batch, B = 0)
+    flat = dgi_all.reshape(T * B, dgi_all.shape[-1])
+    xhat_ih = cache["xhat_ih"].reshape(T * B, cache["xhat_ih"].shape[-1])
     dln_ih = np.sum(flat * xhat_ih, axis=0)
     db_ih = flat.sum(axis=0)
     dgi_raw = _ln_backward(flat, xhat_ih, cache["rstd_ih"].reshape(T * B, G), cache["ln_ih"], G)
-    dW_ih = dgi_raw.T @ x.reshape(T * B, -1)
+    dW_ih = dgi_raw.T @ x.reshape(T * B, x.shape[-1])
     dx = (dgi_raw @ W_ih).reshape(x.shape)
     if cache["b_ih"] is None:
         db_ih = db_hh = None

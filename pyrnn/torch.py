@@ -151,8 +151,13 @@ def _kind_of(cell, nonlinearity, reset_after):
 
 
 def _kind(cell, options):
-    """The kernels' CellKind of a cell family and its options (checked by the module's constructor)."""
-    return _kind_of(cell, options["nonlinearity"], options["reset_after"])
+    """The kernels' CellKind of a cell family and its options, checked as cell_spec checks them (a
+    reset_after of another type than bool, set after construction, is refused at every call: not
+    served from the cache because 1.0 == True)."""
+    nonlinearity, reset_after = options["nonlinearity"], options["reset_after"]
+    if type(nonlinearity) is str and type(reset_after) is bool:
+        return _kind_of(cell, nonlinearity, reset_after)
+    return cell_spec(cell, nonlinearity=nonlinearity, reset_after=reset_after).kind
 
 
 def _kernel_forward(spec, arrays, training):
@@ -953,7 +958,7 @@ class GRUCell(_PyrnnCellMixin, nn.GRUCell):
         return self._step(input, [("hx", hx)])[0]
 
 
-_CELL_TYPES = frozenset((RNNCell, LSTMCell, GRUCell))
+_CELL_TYPES: frozenset[type] = frozenset((RNNCell, LSTMCell, GRUCell))
 
 
 # ------------------------------------------------- frozen / quantised inference --

@@ -293,3 +293,139 @@ def test_cell_zoneout_changed_after_construction_checked(value):
         ours(torch.randn(3, 5))
     ours.eval()  # the identity at eval: not read
     ours(torch.randn(3, 5))
+
+
+# ------------------------------------------------------------------- edge sizes and pyrnn.jax --
+
+def test_int8_refuses_rows_whose_sums_could_overflow():
+    """int8 products summed in 32-bit integers: from 268402 columns a sum could wrap around (a flipped
+    sign: -0.262 where the reference gives 0.262, no error)."""
+    from pyrnn import functional as F, reference as R
+    from pyrnn._validation import INT8_MAX_SUM
+    assert INT8_MAX_SUM == 268401
+    W_hh = np.zeros((1, 1), np.float32)
+    with pytest.raises(ValueError, match="W_ih has 268402 columns.*bf16"):
+        F.pack_weights("rnn", np.full((1, INT8_MAX_SUM + 1), 1e-6, np.float32), W_hh, precision="int8")
+    with pytest.raises(ValueError, match="weight_ih has 268402 columns"):
+        pyrnn.RNNCell(INT8_MAX_SUM + 1, 1).freeze(precision="int8")
+    F.pack_weights("rnn", np.full((1, INT8_MAX_SUM + 1), 1e-6, np.float32), W_hh, precision="bf16")  # (bf16: fp32 sums)
+    # at the bound: the kernels' sum is exact (equal to the reference's int8 arithmetic)
+    x = np.ones((1, 1, INT8_MAX_SUM), np.float32)
+    W_ih = np.full((1, INT8_MAX_SUM), 1e-6, np.float32)
+    packed = F.pack_weights("rnn", W_ih, W_hh, precision="int8")
+    y = F.forward("rnn", x, None, None, W_ih, W_hh, training=False, packed=packed)[0]
+    want = R.rnn_forward(x, None, W_ih, W_hh, training=False, precision="int8")[0]
+    np.testing.assert_allclose(y, want, rtol=1e-6)
+    assert y.item() > 0.26
+
+
+def test_int8_bound_in_quantize_dynamic():
+    torch = pytest.importorskip("torch")
+    import pyrnn.torch as pt
+    with pytest.raises(ValueError, match="268402 columns"):
+        pt.quantize_dynamic(pt.RNN(268402, 2))
+    del torch
+
+
+@pytest.mark.parametrize("family", ["gru", "lstm"])
+def test_reference_layernorm_backward_of_an_empty_batch(family):
+    from pyrnn import reference as R
+    T, B, I, H = 2, 0, 2, 3
+    G = 3 if family == "gru" else 4
+    x = np.zeros((T, B, I), np.float32)
+    W_ih, W_hh = np.ones((G * H, I), np.float32), np.ones((G * H, H), np.float32)
+    b, g = np.zeros(G * H, np.float32), np.ones(G * H, np.float32)
+    if family == "gru":
+        cache = R.layernorm_gru_forward(x, None, W_ih, W_hh, b, b, g, g, training=True)[-1]
+        out = R.layernorm_gru_backward(cache, np.zeros((T, B, H), np.float32))
+    else:
+        cache = R.layernorm_lstm_forward(x, None, None, W_ih, W_hh, b, b, g, g, np.ones(H, np.float32),
+                                         np.zeros(H, np.float32), training=True)[-1]
+        out = R.layernorm_lstm_backward(cache, np.zeros((T, B, H), np.float32))
+    assert out[0].shape == (T, B, I) and out[2 if family == "gru" else 3].shape == (G * H, I)
+    assert not out[2 if family == "gru" else 3].any()
+
+
+def test_residual_sized_at_a_lower_isa_level_runs_there(monkeypatch):
+    """A block sized where the graph was traced (jax.export, torch.export) at a lower level: the forward
+    runs at the highest level it fits (it was refused: "residual too small"), and backward reads it."""
+    from pyrnn import functional as F
+    from pyrnn import _core
+    if len(_core.isa_supported()) < 2:
+        pytest.skip("one ISA level here")
+    rng = np.random.default_rng(0)
+    T, B, I, H = 3, 2, 4, 17  # (H=17: lanes pad it differently at each level)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    W_ih = rng.standard_normal((4 * H, I)).astype(np.float32)
+    W_hh = rng.standard_normal((4 * H, H)).astype(np.float32)
+    dy = rng.standard_normal((T, B, H)).astype(np.float32)
+    args = (x, None, None, W_ih, W_hh)
+    monkeypatch.setenv("PYRNN_ISA", "baseline")
+    small = F.residual_nbytes("lstm", *args)
+    y0, _, _, ws0 = F.forward("lstm", *args, training=True)
+    g0 = F.backward(ws0, dy, None, None)
+    monkeypatch.delenv("PYRNN_ISA")
+    assert F.residual_nbytes("lstm", *args) > small
+    block = np.zeros(small, np.uint8)
+    y, _, _, ws = F.forward("lstm", *args, training=True, residual=block)
+    g = F.backward(ws, dy, None, None)
+    np.testing.assert_array_equal(y, y0)  # (it ran at baseline)
+    for k in ("x", "W_ih", "W_hh"):
+        np.testing.assert_array_equal(g[k], g0[k])
+    with pytest.raises(ValueError, match="residual: too small"):
+        F.forward("lstm", *args, training=True, residual=np.zeros(small - 64, np.uint8))
+
+
+def test_cell_option_of_another_type_refused_at_every_call():
+    torch = pytest.importorskip("torch")
+    import pyrnn.torch as pt
+    ok, bad = pt.GRUCell(3, 4), pt.GRUCell(3, 4)
+    ok(torch.randn(2, 3))  # (a call with reset_after=True first)
+    bad.reset_after = 1.0
+    for _ in range(2):
+        with pytest.raises(TypeError, match="reset_after must be True or False"):
+            bad(torch.randn(2, 3))
+
+
+jax = pytest.importorskip("jax")
+
+
+@pytest.mark.parametrize("family", ["lstm", "gru"])
+def test_jax_vmap_over_zero_elements_with_batched_weights(family):
+    import jax.numpy as jnp
+    import pyrnn.jax as rj
+    V, T, B, I, H = 0, 4, 3, 2, 5
+    G = 4 if family == "lstm" else 3
+    fn = getattr(rj, family)
+    call = (lambda x, a, b: fn(x, None, None, a, b)) if family == "lstm" else (lambda x, a, b: fn(x, None, a, b))
+    for f in (jax.vmap(call), jax.jit(jax.vmap(call))):
+        out = f(jnp.zeros((V, T, B, I)), jnp.zeros((V, G * H, I)), jnp.zeros((V, G * H, H)))
+        assert [o.shape for o in out] == [(0, T, B, H)] + [(0, B, H)] * (len(out) - 1)
+
+
+def test_jax_gradient_under_explicit_sharding():
+    """jax.make_mesh's Explicit axes (JAX 0.10): a custom_vjp's gradient must carry its primal's sharding
+    (it raised JAX's type error naming neither pyrnn nor the cause), and outputs are sharded as x is."""
+    if not hasattr(jax, "set_mesh") or not hasattr(jax.sharding, "reshard"):
+        pytest.skip("this JAX has no explicit sharding")
+    code = """
+        import os; os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+        import jax, jax.numpy as jnp, numpy as np, pyrnn.jax as rj
+        from jax.sharding import PartitionSpec as P
+        T, B, I, H = 4, 4, 3, 5
+        x = jnp.asarray(np.random.default_rng(0).standard_normal((T, B, I)), jnp.float32)
+        W_ih, W_hh = jnp.full((4 * H, I), .1), jnp.full((4 * H, H), .1)
+        loss = lambda W, x: jnp.sum(rj.lstm(x, None, None, W, W_hh)[0] ** 2)
+        want = jax.grad(loss, argnums=(0, 1))(W_ih, x)
+        with jax.set_mesh(jax.make_mesh((2,), ("d",))):
+            xs = jax.device_put(x, P(None, "d"))
+            y = jax.jit(lambda x: rj.lstm(x, None, None, W_ih, W_hh)[0])(xs)
+            assert str(jax.typeof(y)) == "float32[4,4@d,5]", jax.typeof(y)
+            got = jax.jit(jax.grad(loss, argnums=(0, 1)))(W_ih, xs)
+            assert str(jax.typeof(got[1])) == "float32[4,4@d,3]", jax.typeof(got[1])
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-6)
+        print("ok")
+    """
+    r = _run_script(code, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), (r.returncode, r.stderr[-3000:])

@@ -2,8 +2,13 @@
 #pragma once
 #include <pybind11/numpy.h>
 
+#include <chrono>
 #include <optional>
 #include <string>
+#include <thread>
+#if defined(__GLIBCXX__)
+#include <cxxabi.h>
+#endif
 
 #include "pyrnn/api.h"
 
@@ -31,16 +36,31 @@ inline void refuse_pickle(const pybind11::object& cls) {
                         pybind11::is_method(cls)));
 }
 
-// The GIL released for a scope, as pybind11::gil_scoped_release, but taken back
-// by a destructor that lets a forced unwind through. During interpreter
-// shutdown CPython ends a daemon thread that asks for the GIL (pthread_exit,
-// which unwinds the thread's stack); through gil_scoped_release's destructor,
-// implicitly noexcept, that unwind called std::terminate: a daemon thread inside
-// a kernel when the program ended aborted the process (16 of 20 runs).
+// The GIL released for a scope, as pybind11::gil_scoped_release, but a thread
+// that cannot take it back is parked. During interpreter shutdown CPython ends
+// a daemon thread that asks for the GIL (pthread_exit, which unwinds the
+// thread's stack): through gil_scoped_release's destructor, implicitly
+// noexcept, that unwind called std::terminate (a daemon thread inside a kernel
+// when the program ended aborted the process, 16 of 20 runs), and letting it
+// through would run the callers' destructors (their NumPy arrays' Py_DECREF)
+// without the GIL while the interpreter finalizes. So the thread sleeps until
+// the process exits, never touching Python again, as CPython 3.14 parks such
+// threads itself; an unwind already under way (a kernel that threw) is no
+// exception.
 class GilRelease {
  public:
   GilRelease() : state_(PyEval_SaveThread()) {}
-  ~GilRelease() noexcept(false) { PyEval_RestoreThread(state_); }
+  ~GilRelease() {
+#if defined(__GLIBCXX__)
+    try {
+      PyEval_RestoreThread(state_);
+    } catch (abi::__forced_unwind&) {
+      for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+    }
+#else
+    PyEval_RestoreThread(state_);
+#endif
+  }
   GilRelease(const GilRelease&) = delete;
   GilRelease& operator=(const GilRelease&) = delete;
 

@@ -198,7 +198,8 @@ py::tuple forward_typed(SequenceCall<Real> c, bool training, const PackedRecurre
   require(!packed || !training || packed->precision == pyrnn::WeightPrecision::Same,
           "packed: weights in a reduced precision are for inference (training=False)");
   require(!residual || (training && !packed), "residual: for training forwards without packed weights");
-  void* block = residual ? residual_memory(*residual, pyrnn::residual_bytes<Real>(a)) : nullptr;
+  // (a block sized at a lower ISA level passes: the forward then runs at the highest level it fits)
+  void* block = residual ? residual_memory(*residual, 0) : nullptr;
   // y is zero at padded steps, so it starts zeroed when lengths are given.
   py::array_t<Real> y = out_array<Real>({T, B, Ho});
   if (c.lengths) std::memset(y.mutable_data(), 0, sizeof(Real) * size_t(T * B * Ho));
@@ -220,7 +221,8 @@ py::tuple forward_typed(SequenceCall<Real> c, bool training, const PackedRecurre
   pyrnn::WorkspacePtr<Real> ws;
   {
     pyrnn_bindings::KernelCall nogil;  // only raw buffers are touched below
-    ws = block ? pyrnn::sequence_forward_residual<Real>(a, block, nth) : pyrnn::sequence_forward<Real>(a, training, nth);
+    ws = block ? pyrnn::sequence_forward_residual<Real>(a, block, int64_t(residual->nbytes()), nth)
+               : pyrnn::sequence_forward<Real>(a, training, nth);
   }
   py::object state = py::none();
   if (training) state = sequence_state(c, y, std::move(ws), residual ? py::object(*residual) : py::none());

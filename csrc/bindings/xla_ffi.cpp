@@ -104,9 +104,8 @@ ffi::Error forward_typed(int64_t cell, int64_t present, bool reverse, bool train
   const pyrnn::EnvSnapshot env(pyrnn::EnvSnapshot::kLastRead);  // (no getenv here: no GIL guards it)
   try {
     if (training) {
-      if (int64_t(residual.size_bytes()) < pyrnn::residual_bytes(a))
-        return ffi::Error::InvalidArgument("pyrnn_sequence_fwd: residual too small");
-      pyrnn::sequence_forward_residual<Real>(a, residual.untyped_data(), pyrnn::get_num_threads());
+      pyrnn::sequence_forward_residual<Real>(a, residual.untyped_data(), int64_t(residual.size_bytes()),
+                                             pyrnn::get_num_threads());
     } else {
       pyrnn::sequence_forward<Real>(a, false, pyrnn::get_num_threads());
     }

@@ -123,9 +123,22 @@ void borrow_residual(const ForwardArgs<T>& a, Workspace<T>& w, void* residual) {
 }
 
 template <class T>
-WorkspacePtr<T> sequence_forward_residual(const ForwardArgs<T>& args, void* residual, int nthreads) {
+WorkspacePtr<T> sequence_forward_residual(const ForwardArgs<T>& args, void* residual, int64_t nbytes, int nthreads) {
   WorkspacePtr<T> w(new Workspace<T>());
+  // The block's size was fixed where the graph was traced, perhaps at a lower level (lanes pad H
+  // differently): a jax.export'ed gradient traced at avx2 was refused on an AVX-512 machine.
+  // (Backward reads the level from the header.)
   w->isa = isa_selected();
+  auto bytes_at = [&](Isa isa) {
+    return int64_t(sizeof(ResidualHeader)) + residual_header(args, isa).elems * int64_t(sizeof(T));
+  };
+  const int64_t need = bytes_at(w->isa);
+  while (bytes_at(w->isa) > nbytes) {
+    if (w->isa == Isa::Baseline)
+      throw std::invalid_argument("residual: too small for this call: it needs at least " + std::to_string(need) +
+                                  " bytes (functional.residual_nbytes), got " + std::to_string(nbytes));
+    w->isa = Isa(int(w->isa) - 1);
+  }
   const ResidualHeader h = residual_header(args, w->isa);
   std::memcpy(residual, &h, sizeof h);
   borrow_residual(args, *w, residual);
@@ -272,8 +285,8 @@ template int64_t residual_bytes(const ForwardArgs<float>&);
 template void residual_strides(const ForwardArgs<float>&, int64_t&, std::vector<int64_t>&, int64_t&);
 template void residual_strides(const ForwardArgs<double>&, int64_t&, std::vector<int64_t>&, int64_t&);
 template int64_t residual_bytes(const ForwardArgs<double>&);
-template WorkspacePtr<float> sequence_forward_residual(const ForwardArgs<float>&, void*, int);
-template WorkspacePtr<double> sequence_forward_residual(const ForwardArgs<double>&, void*, int);
+template WorkspacePtr<float> sequence_forward_residual(const ForwardArgs<float>&, void*, int64_t, int);
+template WorkspacePtr<double> sequence_forward_residual(const ForwardArgs<double>&, void*, int64_t, int);
 template WorkspacePtr<float> workspace_from_residual(const ForwardArgs<float>&, void*, int64_t);
 template WorkspacePtr<double> workspace_from_residual(const ForwardArgs<double>&, void*, int64_t);
 template int64_t workspace_bytes(const Workspace<double>&);

@@ -35,12 +35,12 @@ inline Vec<T> hsum_lanes(Vec<T>* v) {
 
 // out[(b0+r)*ldo + j+q] = A[b0+r] . W[j+q] (+ bias) for BB batch rows and the JB weight rows w[q]
 // (jb of them real): BB x JB accumulators, so that each weight vector loaded serves BB rows.
-// BB*JB is a multiple of kLanes: the sums are taken kLanes at a time (hsum_lanes).
+// Where BB*JB is a multiple of kLanes the sums are taken kLanes at a time (hsum_lanes); else
+// one by one (hsum): the same bits.
 template <class T, int BB, int JB>
 inline void dot_block(const T* A, int64_t b0, const T* const* w, int jb, int64_t K, int64_t j, const T* bias,
                       T* out, int64_t ldo) {
   constexpr int L = kLanes<T>, NA = BB * JB;
-  static_assert(NA % L == 0, "whole groups of kLanes sums");
   const int64_t kv = K / L * L;
   const T* a[BB];
   for (int r = 0; r < BB; ++r) a[r] = A + (b0 + r) * K;
@@ -60,21 +60,26 @@ inline void dot_block(const T* A, int64_t b0, const T* const* w, int jb, int64_t
       for (int q = 0; q < JB; ++q) acc[r * JB + q] += av * load_first(w[q] + kv, n);
     }
   }
-  for (int g = 0; g < NA; g += L) {
-    const Vec<T> s = hsum_lanes<T>(acc + g);
-    for (int e = 0; e < L; ++e) {
-      const int r = (g + e) / JB, q = (g + e) % JB;
-      if (q < jb) out[(b0 + r) * ldo + j + q] = s[e] + (bias ? bias[j + q] : T(0));
+  if constexpr (NA % L == 0) {
+    for (int g = 0; g < NA; g += L) {
+      const Vec<T> s = hsum_lanes<T>(acc + g);
+      for (int e = 0; e < L; ++e) {
+        const int r = (g + e) / JB, q = (g + e) % JB;
+        if (q < jb) out[(b0 + r) * ldo + j + q] = s[e] + (bias ? bias[j + q] : T(0));
+      }
     }
+  } else {
+    for (int r = 0; r < BB; ++r)
+      for (int q = 0; q < jb; ++q) out[(b0 + r) * ldo + j + q] = hsum<T>(acc[r * JB + q]) + (bias ? bias[j + q] : T(0));
   }
 }
 
 // out[b*ldo + j] = A[b] . W[j] (+ bias[j]) for rows j in [j0, j1); A [B, K], W [*, K]. Batch rows
 // go in pairs (four with 32 registers) against four weight rows: one row at a time, each weight
-// vector fed one FMA per load (LSTMCell B=64 I=65 H=128: a step 3x torch.nn's). The rows left
-// over (all of them at B=1, a generation loop) go one at a time against JB1 weight rows: JB1
-// independent FMA chains, where four waited on the FMA's latency (and their sums went through
-// one scalar chain each). Each output is the same sum in the same order either way (bitwise).
+// vector fed one FMA per load (LSTMCell B=64 I=65 H=128: a step 3x torch.nn's); a row left over
+// takes the same four weight rows while they are in L1. With fewer rows than a pair (B=1, a
+// generation loop) each row goes against JB1 weight rows: JB1 independent FMA chains, where four
+// waited on the FMA's latency. Each output is the same sum in the same order either way (bitwise).
 template <class T>
 void rows_dot(const T* A, int64_t B, const T* W, int64_t K, int64_t j0, int64_t j1, const T* bias, T* out,
               int64_t ldo) {
@@ -89,14 +94,17 @@ void rows_dot(const T* A, int64_t B, const T* W, int64_t K, int64_t j0, int64_t 
       body(w, jb, j);
     }
   };
-  if (paired)
-    blocks(std::integral_constant<int, JB>{}, [&](const T* const* w, int jb, int64_t j) {
-      for (int64_t b = 0; b < paired; b += BB) dot_block<T, BB, JB>(A, b, w, jb, K, j, bias, out, ldo);
-    });
-  if (paired < B)
+  if (paired == 0) {
     blocks(std::integral_constant<int, JB1>{}, [&](const T* const* w, int jb, int64_t j) {
-      for (int64_t b = paired; b < B; ++b) dot_block<T, 1, JB1>(A, b, w, jb, K, j, bias, out, ldo);
+      for (int64_t b = 0; b < B; ++b) dot_block<T, 1, JB1>(A, b, w, jb, K, j, bias, out, ldo);
     });
+    return;
+  }
+  blocks(std::integral_constant<int, JB>{}, [&](const T* const* w, int jb, int64_t j) {
+    int64_t b = 0;
+    for (; b < paired; b += BB) dot_block<T, BB, JB>(A, b, w, jb, K, j, bias, out, ldo);
+    for (; b < B; ++b) dot_block<T, 1, JB>(A, b, w, jb, K, j, bias, out, ldo);
+  });
 }
 
 template <class T, class Cell>

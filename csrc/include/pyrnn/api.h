@@ -116,8 +116,11 @@ int64_t workspace_bytes(const Workspace<T>& ws);
 // for these shapes (T*B rows whatever the lengths, the selected ISA level; the
 // pointers in `args` are not read, only which of h_mask/W_hr are present).
 // sequence_forward_residual runs a training forward with its workspace in
-// `residual` (at least residual_bytes, 16-byte aligned or better), headed by
-// what backward checks. workspace_from_residual: that workspace again, for
+// `residual` (`nbytes`, 16-byte aligned or better), headed by what backward
+// checks, at the selected level; where `nbytes` is less than that level's
+// residual_bytes (a block sized at a lower level: a graph exported on another
+// machine or under PYRNN_ISA), at the highest lower level whose layout fits
+// (std::invalid_argument if none does). workspace_from_residual: that workspace again, for
 // sequence_backward with the same `args` (inputs, weights, y), from the block
 // of `nbytes`; throws std::invalid_argument when the block was not written by
 // such a forward.
@@ -131,7 +134,7 @@ template <class T>
 void residual_strides(const ForwardArgs<T>& args, int64_t& header_bytes, std::vector<int64_t>& per_row,
                       int64_t& per_entry);
 template <class T>
-WorkspacePtr<T> sequence_forward_residual(const ForwardArgs<T>& args, void* residual, int nthreads);
+WorkspacePtr<T> sequence_forward_residual(const ForwardArgs<T>& args, void* residual, int64_t nbytes, int nthreads);
 template <class T>
 WorkspacePtr<T> workspace_from_residual(const ForwardArgs<T>& args, void* residual, int64_t nbytes);
 
