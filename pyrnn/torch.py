@@ -167,8 +167,8 @@ def _kernel_forward(spec, arrays, training):
         # The cell checked its input and states; the kernel checks every array's dtype and shape
         # (ValueError/TypeError naming it). The functional API's checks in Python cost a cell
         # step in a training loop about as much as the kernels at small sizes.
-        return _core.sequence_forward(_kind(spec.cell, spec.options), *(F._c(a) for a in (x, h0, c0, W_ih, W_hh, b_ih, b_hh)), None,
-                                      False, training)
+        arrays = (F._c(a) for a in (x, h0, c0, W_ih, W_hh, b_ih, b_hh))
+        return _core.sequence_forward(_kind(spec.cell, spec.options), *arrays, None, False, training)
     return F.forward(spec.cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, **spec.options, W_hr=W_hr, h_mask=spec.h_mask,
                      lengths=spec.lengths, reverse=spec.reverse, training=training, zoneout_h=spec.zoneout_h,
                      zoneout_c=spec.zoneout_c)

@@ -97,9 +97,15 @@ ResidualHeader residual_header(const ForwardArgs<T>& a, Isa isa) {
           double(a.leak)};
 }
 
+// The block's bytes for a forward at `isa`.
+template <class T>
+int64_t residual_bytes_at(const ForwardArgs<T>& a, Isa isa) {
+  return int64_t(sizeof(ResidualHeader)) + residual_header(a, isa).elems * int64_t(sizeof(T));
+}
+
 template <class T>
 int64_t residual_bytes(const ForwardArgs<T>& a) {
-  return int64_t(sizeof(ResidualHeader)) + residual_header(a, isa_selected()).elems * int64_t(sizeof(T));
+  return residual_bytes_at(a, isa_selected());
 }
 
 template <class T>
@@ -129,11 +135,8 @@ WorkspacePtr<T> sequence_forward_residual(const ForwardArgs<T>& args, void* resi
   // differently): a jax.export'ed gradient traced at avx2 was refused on an AVX-512 machine.
   // (Backward reads the level from the header.)
   w->isa = isa_selected();
-  auto bytes_at = [&](Isa isa) {
-    return int64_t(sizeof(ResidualHeader)) + residual_header(args, isa).elems * int64_t(sizeof(T));
-  };
-  const int64_t need = bytes_at(w->isa);
-  while (bytes_at(w->isa) > nbytes) {
+  const int64_t need = residual_bytes_at(args, w->isa);
+  while (residual_bytes_at(args, w->isa) > nbytes) {
     if (w->isa == Isa::Baseline)
       throw std::invalid_argument("residual: too small for this call: it needs at least " + std::to_string(need) +
                                   " bytes (functional.residual_nbytes), got " + std::to_string(nbytes));
