@@ -312,6 +312,10 @@ def export_forward(module, input, hx=None, lengths=None):
     _check_export_shapes(name, x.shape[-1], module.input_size, x.shape[1], unbatched, [
         ("hx[0]" if mode == "LSTM" else "hx", h0_all, (LD, module.proj_size or module.hidden_size)),
         ("hx[1]", c0_all, (LD, module.hidden_size))])
+    _check_export_dtypes(name, module, [("input", x), ("hx[0]" if mode == "LSTM" else "hx", h0_all),
+                                        ("hx[1]", c0_all)])
+    if isinstance(x.shape[0], int) and x.shape[0] == 0:  # (a symbolic T is at least 2 while exporting)
+        raise ValueError(f"{name}: Expected sequence length to be larger than 0")
     if unbatched:
         h0_all = None if h0_all is None else h0_all.unsqueeze(1)
         c0_all = None if c0_all is None else c0_all.unsqueeze(1)
@@ -365,6 +369,19 @@ def _check_export_shapes(name, features, input_size, B, unbatched, states):
                              f"{[int(v) for v in h.shape]}")
 
 
+def _check_export_dtypes(name, module, tensors):
+    """The dtype checks of the module's forward, which the dynamo exporter would skip (it runs no
+    kernel, and ONNX Runtime then refuses the model): each of ``tensors`` (label, tensor or None)
+    has the weights' dtype."""
+    weight = next(iter(module.parameters()), None)
+    if weight is None:
+        return
+    for label, t in tensors:
+        if t is not None and t.dtype != weight.dtype:
+            raise ValueError(f"{name}: {label} dtype ({t.dtype}) does not match weight dtype ({weight.dtype}). "
+                             f"Convert it: .to({weight.dtype})")
+
+
 def _cell_mode(cell):
     if isinstance(cell, nn.LSTMCell):
         return "LSTM"
@@ -392,6 +409,8 @@ def export_cell_step(cell, input, states):
     _check_export_shapes(type(cell).__name__, x.shape[-1], cell.input_size, x.shape[0], unbatched,
                          [("hx[0]" if mode == "LSTM" else "hx", h0, (cell.hidden_size,)),
                           ("hx[1]", c0, (cell.hidden_size,))])
+    _check_export_dtypes(type(cell).__name__, cell, [("input", x), ("hx[0]" if mode == "LSTM" else "hx", h0),
+                                                     ("hx[1]", c0)])
     h0, c0 = (None if h is None else (h.unsqueeze(0) if unbatched else h).unsqueeze(0) for h in (h0, c0))
     H = cell.hidden_size
     W, R, B = _onnx_weights(cell, [""], _OPS[mode][2], H)
@@ -431,14 +450,17 @@ class WithLengths(nn.Module):
                                 f"{type(lengths).__name__}") from e
         if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
             raise TypeError(f"WithLengths: lengths must be integers, got dtype {lengths.dtype}")
-        if exporting():
-            return export_forward(self.rnn, x, hx, lengths=lengths)
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"WithLengths: x must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 3:
             raise ValueError(f"WithLengths: expected padded 3-D input, got {x.dim()}-D")
         bf = self.rnn.batch_first
         T, B = (x.shape[1], x.shape[0]) if bf else (x.shape[0], x.shape[1])
-        if lengths.shape != (B,):
+        if lengths.dim() != 1 or lengths.shape[0] != B:
             raise ValueError(f"WithLengths: lengths must have shape ({B},) (one per sequence), got {tuple(lengths.shape)}")
+        if exporting():
+            # (The lengths' values are not known while exporting: ONNX Runtime checks them against T.)
+            return export_forward(self.rnn, x, hx, lengths=lengths)
         if B and not bool(((lengths >= 1) & (lengths <= T)).all()):
             raise ValueError(f"WithLengths: lengths must lie in [1, T] = [1, {T}], got min {int(lengths.min())} and "
                              f"max {int(lengths.max())}")

@@ -60,3 +60,76 @@ def test_framework_imported_after_pyrnn(framework):
                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ok (2, 1, 4)" in r.stdout and "3.0" in r.stdout
+
+
+# ONNX export (second reader's review): the checks of eager forward also run while exporting, where the
+# dynamo exporter runs no kernel and a bad example input otherwise gave a model that fails (or, at T=0,
+# aborts the process) only in ONNX Runtime.
+
+def _refused(dynamo):
+    """The exception an export raises for a bad example: ours, or under dynamo=True torch.export's
+    wrapper of it (TorchExportError, whose message holds ours)."""
+    return Exception if dynamo else ValueError
+
+
+def _onnx_export(model, args, dynamo):
+    import io
+    import warnings
+
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            return torch.onnx.export(model.eval(), args, dynamo=True)
+        torch.onnx.export(model.eval(), args, io.BytesIO(), dynamo=False)
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_with_lengths_export_checks_shapes(dynamo):
+    torch = pytest.importorskip("torch")
+    import pyrnn.torch as pt
+
+    model = pt.WithLengths(pt.GRU(3, 4))
+    with pytest.raises(_refused(dynamo), match="3-D input"):
+        _onnx_export(model, (torch.randn(5, 3), torch.tensor([3])), dynamo)
+    with pytest.raises(_refused(dynamo), match=r"shape \(2,\)"):
+        _onnx_export(model, (torch.randn(5, 2, 3), torch.tensor([5, 3, 2])), dynamo)
+    with pytest.raises(_refused(dynamo), match=r"shape \(2,\)"):
+        _onnx_export(model, (torch.randn(5, 2, 3), torch.tensor([[5, 3]])), dynamo)
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+@pytest.mark.parametrize("cls", ["GRU", "LSTM"])
+def test_export_checks_dtypes_and_empty_sequences(dynamo, cls):
+    torch = pytest.importorskip("torch")
+    import pyrnn.torch as pt
+
+    model = getattr(pt, cls)(3, 4)
+    x = torch.randn(5, 2, 3)
+    h = torch.zeros(1, 2, 4)
+    hx = (lambda a, b: (a, b)) if cls == "LSTM" else (lambda a, b: a)
+    for args, label in (((x.double(),), "input dtype"), ((x.long(),), "input dtype"),
+                        ((x, hx(h.double(), h)), "hx.* dtype"),
+                        ((torch.randn(0, 2, 3),), "larger than 0|at least one time step")):
+        with pytest.raises(_refused(dynamo), match=label):
+            _onnx_export(model, args, dynamo)
+    if cls == "LSTM":
+        with pytest.raises(_refused(dynamo), match=r"hx\[1\] dtype"):
+            _onnx_export(model, (x, (h, h.double())), dynamo)
+    # a good example still exports
+    _onnx_export(model, (x, hx(h, h)), dynamo)
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_cell_export_checks_dtypes(dynamo):
+    torch = pytest.importorskip("torch")
+    import pyrnn.torch as pt
+
+    cell = pt.GRUCell(3, 4)
+    with pytest.raises(_refused(dynamo), match="hx dtype"):
+        _onnx_export(cell, (torch.randn(2, 3), torch.zeros(2, 4, dtype=torch.float64)), dynamo)
+    with pytest.raises(_refused(dynamo), match="input dtype"):
+        _onnx_export(cell, (torch.randn(2, 3).double(),), dynamo)
