@@ -23,26 +23,25 @@ from pyrnn import _core
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ELF symbol tables: Linux builds")
 
 
+def _binutils(tool, *args):
+    """The output of a binutils tool run on the extension (skips where the tool is missing)."""
+    path = shutil.which(tool)
+    if path is None:
+        pytest.skip(f"{tool} (binutils) is not installed")
+    return subprocess.run([path, *args, _core.__file__], capture_output=True, text=True, check=True).stdout
+
+
 @linux_only
 def test_extension_exports_only_its_init_function():
-    nm = shutil.which("nm")
-    if nm is None:
-        pytest.skip("nm (binutils) is not installed")
-    out = subprocess.run([nm, "-D", "--defined-only", _core.__file__], capture_output=True, text=True,
-                         check=True).stdout
+    out = _binutils("nm", "-D", "--defined-only")
     names = sorted(line.split()[-1] for line in out.splitlines() if line.strip())
     assert names == ["PyInit__core"], f"_core exports {len(names)} symbols: {names[:10]}"
 
 
 @linux_only
 def test_no_gnu_unique_symbols():
-    readelf = shutil.which("readelf")
-    if readelf is None:
-        pytest.skip("readelf (binutils) is not installed")
-    out = subprocess.run([readelf, "-sW", "--dyn-syms", _core.__file__], capture_output=True, text=True,
-                         check=True).stdout
-    unique = [line for line in out.splitlines() if " UNIQUE " in line]
-    assert unique == []
+    out = _binutils("readelf", "-sW", "--dyn-syms")
+    assert [line for line in out.splitlines() if " UNIQUE " in line] == []
 
 
 @pytest.mark.parametrize("framework", ["torch", "jax"])
