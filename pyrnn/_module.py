@@ -90,6 +90,14 @@ class Gradients(OrderedDict):
         else:
             super().__setitem__(name, value)
 
+    # Entries stay: backward adds into them and optimizers hold them (a removed one made the next
+    # backward fail with a bare KeyError); torch's `p.grad = None` is zero_grad() here.
+    def _refuse_removal(self, *args, **kwargs):
+        raise TypeError("a module's grads keep their entries (backward adds into those arrays, and optimizers "
+                        "hold them): zero them with module.zero_grad(), or copy with grads.copy()")
+
+    __delitem__ = pop = popitem = clear = _refuse_removal  # type: ignore[assignment]
+
 
 def gradient_values(g, value, name):
     """``value`` (an array or tensor of g's shape, floating point) as an array, to go into gradient array g."""

@@ -453,7 +453,10 @@ def layer_states(layer, hx, B, unbatched):
 
 def check_zoneout(name, p):
     """A zoneout rate: a real number in [0, 1] (the probability that a unit keeps its previous value)."""
-    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"{name} should be a number in range [0, 1] representing the probability that a unit "
+                        f"keeps its previous value at a step, got {type(p).__name__} {p!r}")
+    if not 0 <= p <= 1:
         raise ValueError(f"{name} should be a number in range [0, 1] representing the probability that a unit "
                          f"keeps its previous value at a step, got {p!r}")
     return float(p)

@@ -111,7 +111,8 @@ class _CellBase(_StepInputs, Module):
             self._add_param("bias_hh", (G * H,), r, bound)
 
     def __repr__(self):
-        return f"{type(self).__name__}({self.input_size}, {self.hidden_size}{'' if self.bias else ', bias=False'})"
+        extra = {"rnn_relu": ", nonlinearity='relu'", "gru_reset_before": ", reset_after=False"}.get(self.cell.name, "")
+        return f"{type(self).__name__}({self.input_size}, {self.hidden_size}{'' if self.bias else ', bias=False'}{extra})"
 
     def __call__(self, x, hx=None):
         return self.forward(x, hx)
@@ -122,9 +123,10 @@ class _CellBase(_StepInputs, Module):
         return p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh")
 
     def _step(self, x, h, c, unbatched):
+        cell = self.cell
         if self.training:  # copies: the caller may reuse these buffers before backward
-            self._saved = tuple(None if a is None else a.copy() for a in (x, h, c)) + (unbatched,)
-        return _core.cell_step(self.cell.kind, x, h, c, *self._weights())
+            self._saved = tuple(None if a is None else a.copy() for a in (x, h, c)) + (unbatched, cell)
+        return _core.cell_step(cell.kind, x, h, c, *self._weights())
 
     def forward(self, x, hx=None):
         """x [B, I] or [I]; hx: h [B, H] or [H] (LSTMCell: a tuple (h, c) of those), or None.
@@ -141,7 +143,7 @@ class _CellBase(_StepInputs, Module):
         LSTM, (dx, (dh, dc)); parameter gradients are added to ``grads``."""
         if self._saved is None:
             raise RuntimeError(f"{type(self).__name__}.backward needs a call in training mode first")
-        x, h, c, unbatched = self._saved
+        x, h, c, unbatched, cell = self._saved  # (backward differentiates the cell that forward ran)
         weights = self._weights()
         if dc1 is not None and not self.cell.has_cell_state:
             raise ValueError(f"dc1 is only used by LSTMCell, got dc1 for a {type(self).__name__}")
@@ -151,7 +153,8 @@ class _CellBase(_StepInputs, Module):
             array_like(f"{label}: {name}", g, self.dtype, shape).reshape(x.shape[0], self.hidden_size))
             for name, g in (("dh1", dh1), ("dc1", dc1)))
         self._saved = None  # (after the checks: a bad gradient leaves the step to retry)
-        _, _, _, ws = F.forward(self.cell.family, x[None], h, c, *weights, **self._options())
+        options = {"rnn_relu": {"nonlinearity": "relu"}, "gru_reset_before": {"reset_after": False}}.get(cell.name, {})
+        _, _, _, ws = F.forward(cell.family, x[None], h, c, *weights, **options)
         g = F.backward(ws, None, dh1, dc1)
         self._accumulate(g)
         dx, dh, dc = g["x"][0], g["h0"], g["c0"]
@@ -160,8 +163,11 @@ class _CellBase(_StepInputs, Module):
             dc = None if dc is None else dc[0]
         return (dx, (dh, dc)) if self.cell.has_cell_state else (dx, dh)
 
-    def _options(self):
-        return {}
+
+def _check_nonlinearity(value):
+    if not isinstance(value, str) or value not in ("tanh", "relu"):
+        raise ValueError(f"Unknown nonlinearity: {value}")
+    return value
 
 
 class RNNCell(_CellBase):
@@ -169,13 +175,18 @@ class RNNCell(_CellBase):
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *, dtype=np.float32, seed=None,
                  rng=None):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"Unknown nonlinearity: {nonlinearity}")
-        self.nonlinearity = nonlinearity
-        super().__init__("rnn", input_size, hidden_size, bias, dtype, seed, rng, nonlinearity=nonlinearity)
+        super().__init__("rnn", input_size, hidden_size, bias, dtype, seed, rng,
+                         nonlinearity=_check_nonlinearity(nonlinearity))
 
-    def _options(self):
-        return {"nonlinearity": self.nonlinearity}
+    # The cell kind is the one source: a nonlinearity set after construction is what the next
+    # forward, backward and freeze() run (as torch.nn.RNNCell reads it each call).
+    @property
+    def nonlinearity(self):
+        return "relu" if self.cell.name == "rnn_relu" else "tanh"
+
+    @nonlinearity.setter
+    def nonlinearity(self, value):
+        self.cell = cell_spec("rnn", nonlinearity=_check_nonlinearity(value))
 
 
 class LSTMCell(_CellBase):
@@ -190,11 +201,17 @@ class GRUCell(_CellBase):
 
     def __init__(self, input_size, hidden_size, bias=True, *, reset_after=True, dtype=np.float32, seed=None,
                  rng=None):
-        self.reset_after = check_bool("reset_after", reset_after)
-        super().__init__("gru", input_size, hidden_size, bias, dtype, seed, rng, reset_after=self.reset_after)
+        super().__init__("gru", input_size, hidden_size, bias, dtype, seed, rng,
+                         reset_after=check_bool("reset_after", reset_after))
 
-    def _options(self):
-        return {"reset_after": self.reset_after}
+    # As RNNCell.nonlinearity: the next forward, backward and freeze() run a reset_after set later.
+    @property
+    def reset_after(self):
+        return self.cell.name != "gru_reset_before"
+
+    @reset_after.setter
+    def reset_after(self, value):
+        self.cell = cell_spec("gru", reset_after=check_bool("reset_after", value))
 
 
 class FrozenCell(_StepInputs):

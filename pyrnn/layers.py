@@ -329,7 +329,7 @@ class _RNNBase(_StackedLayer):
         name = check_precision(precision, self.dtype)
         frozen = copy.deepcopy(self)
         frozen.training, frozen._saved = False, None
-        frozen.grads.clear()
+        OrderedDict.clear(frozen.grads)  # (Gradients refuses removals: a frozen layer has no gradients)
         frozen._precision = name
         frozen._pack()
         return frozen

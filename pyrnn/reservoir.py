@@ -381,6 +381,13 @@ class ESN:
             W[:] = 0.0
         W_in = gen.uniform(-1.0, 1.0, (H, I)) * scale
         b = gen.uniform(-bias, bias, H) if bias > 0 else None
+        # (The setters below would name W, W_in or b, which the caller never passed.)
+        for arg, value, arr in (("spectral_radius", radius, W), ("input_scaling", input_scaling, W_in),
+                                ("bias_scaling", bias, b)):
+            big = 0.0 if arr is None or arr.size == 0 else float(np.abs(arr).max())
+            if not np.isfinite(big) or big > float(np.finfo(dt).max):
+                raise ValueError(f"{arg}={value!r} scales the reservoir's random weights beyond the range of "
+                                 f"{np.dtype(dt).name} (largest magnitude {big:.3g}): use a smaller {arg}")
 
         self._packed: Any = None
         self.W_in = W_in

@@ -132,3 +132,65 @@ def test_cell_export_checks_dtypes(dynamo):
         _onnx_export(cell, (torch.randn(2, 3), torch.zeros(2, 4, dtype=torch.float64)), dynamo)
     with pytest.raises(_refused(dynamo), match="input dtype"):
         _onnx_export(cell, (torch.randn(2, 3).double(),), dynamo)
+
+
+# NumPy cells (review): RNNCell.nonlinearity and GRUCell.reset_after set after construction were ignored by
+# forward and freeze() but used by backward, whose gradients then belonged to another function (O(1) off).
+
+@pytest.mark.parametrize("make, change, fresh", [
+    (lambda: __import__("pyrnn").RNNCell(3, 4, dtype="float64", seed=0), ("nonlinearity", "relu"),
+     lambda: __import__("pyrnn").RNNCell(3, 4, dtype="float64", seed=0, nonlinearity="relu")),
+    (lambda: __import__("pyrnn").GRUCell(3, 4, dtype="float64", seed=0), ("reset_after", False),
+     lambda: __import__("pyrnn").GRUCell(3, 4, dtype="float64", seed=0, reset_after=False)),
+])
+def test_cell_option_set_after_construction(make, change, fresh):
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    x, h = rng.standard_normal((2, 3)) * 2, rng.standard_normal((2, 4))
+    cell, ref = make(), fresh()
+    setattr(cell, *change)
+    assert getattr(cell, change[0]) == change[1] and repr(cell) == repr(ref)
+    np.testing.assert_array_equal(cell(x, h), ref(x, h))
+    np.testing.assert_allclose(cell.freeze()(x, h), ref.freeze()(x, h), rtol=0, atol=0)
+    got, want = cell.backward(np.ones((2, 4))), ref.backward(np.ones((2, 4)))
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    # a change between forward and backward: backward differentiates what forward ran
+    ref(x, h)
+    cell(x, h)
+    setattr(cell, change[0], not change[1] if isinstance(change[1], bool) else "tanh")
+    for g, w in zip(cell.backward(np.ones((2, 4))), ref.backward(np.ones((2, 4)))):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_cell_option_checked_when_set():
+    import pyrnn
+
+    cell, gru = pyrnn.RNNCell(3, 4), pyrnn.GRUCell(3, 4)
+    for bad in ("sigmoid", None, 1):
+        with pytest.raises(ValueError, match="Unknown nonlinearity"):
+            cell.nonlinearity = bad
+    with pytest.raises(TypeError, match="reset_after"):
+        gru.reset_after = "no"
+    assert cell.nonlinearity == "tanh" and gru.reset_after is True
+
+
+def test_grads_entries_cannot_be_removed():
+    """`layer.grads.clear()` left the next backward to fail with a bare KeyError; removals are refused,
+    zero_grad() zeroes, and a frozen copy still has no gradients."""
+    import numpy as np
+    import pyrnn
+
+    m = pyrnn.LSTM(3, 4)
+    for remove in (lambda g: g.clear(), lambda g: g.pop("weight_ih_l0"), lambda g: g.popitem(),
+                   lambda g: g.__delitem__("bias_hh_l0")):
+        with pytest.raises(TypeError, match="zero_grad"):
+            remove(m.grads)
+    assert list(m.grads) == [name for name, _ in m.named_parameters()]
+    y, _ = m(np.ones((2, 1, 3), np.float32))
+    m.backward(np.ones_like(y))
+    assert np.abs(m.grads["weight_ih_l0"]).sum() > 0
+    m.zero_grad()
+    assert all(not g.any() for g in m.grads.values())
+    assert len(m.eval().freeze().grads) == 0

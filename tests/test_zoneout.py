@@ -412,8 +412,8 @@ def test_numpy_repr_and_unbatched():
 @pytest.mark.parametrize("make, error, match", [
     (lambda: pyrnn.LSTM(I, H, zoneout=1.5), ValueError, r"zoneout should be a number in range \[0, 1\]"),
     (lambda: pyrnn.GRU(I, H, zoneout=-0.1), ValueError, "zoneout should be a number"),
-    (lambda: pyrnn.RNN(I, H, zoneout="0.1"), ValueError, "zoneout should be a number"),
-    (lambda: pyrnn.RNN(I, H, zoneout=True), ValueError, "zoneout should be a number"),
+    (lambda: pyrnn.RNN(I, H, zoneout="0.1"), TypeError, "zoneout should be a number"),
+    (lambda: pyrnn.RNN(I, H, zoneout=True), TypeError, "zoneout should be a number"),
     (lambda: pyrnn.LSTM(I, H, zoneout_c=2), ValueError, "zoneout_c should be a number"),
     (lambda: pyrnn.LSTM(I, H, zoneout_c=float("nan")), ValueError, "zoneout_c should be a number"),
     (lambda: pyrnn.GRU(I, H, zoneout_c=0.1), TypeError, "zoneout_c"),
@@ -684,7 +684,7 @@ def test_torch_repr_state_dict_and_bad_arguments():
     for make, error, match in [
         (lambda: pt.LSTM(I, H, zoneout=1.5), ValueError, r"zoneout should be a number in range \[0, 1\]"),
         (lambda: pt.GRU(I, H, zoneout=-1), ValueError, "zoneout should be a number"),
-        (lambda: pt.LSTM(I, H, zoneout_c="a"), ValueError, "zoneout_c should be a number"),
+        (lambda: pt.LSTM(I, H, zoneout_c="a"), TypeError, "zoneout_c should be a number"),
         (lambda: pt.GRU(I, H, zoneout_c=0.1), TypeError, "GRU: zoneout_c is the LSTM's cell-state zoneout rate"),
         (lambda: pt.RNN(I, H, zoneout_c=0.1), TypeError, "RNN: zoneout_c"),
         (lambda: pt.GRUCell(I, H, zoneout_c=0.1), TypeError, "zoneout_c"),
