@@ -309,11 +309,9 @@ def export_forward(module, input, hx=None, lengths=None):
     else:
         h0_all, c0_all = hx, None
     LD = module.num_layers * (2 if module.bidirectional else 1)
-    _check_export_shapes(name, x.shape[-1], module.input_size, x.shape[1], unbatched, [
+    _check_export_inputs(name, module, x, x.shape[1], unbatched, [
         ("hx[0]" if mode == "LSTM" else "hx", h0_all, (LD, module.proj_size or module.hidden_size)),
         ("hx[1]", c0_all, (LD, module.hidden_size))])
-    _check_export_dtypes(name, module, [("input", x), ("hx[0]" if mode == "LSTM" else "hx", h0_all),
-                                        ("hx[1]", c0_all)])
     if isinstance(x.shape[0], int) and x.shape[0] == 0:  # (a symbolic T is at least 2 while exporting)
         raise ValueError(f"{name}: Expected sequence length to be larger than 0")
     if unbatched:
@@ -346,11 +344,13 @@ def export_forward(module, input, hx=None, lengths=None):
     return (out, (h_n, c_n)) if mode == "LSTM" else (out, h_n)
 
 
-def _check_export_shapes(name, features, input_size, B, unbatched, states):
+def _check_export_inputs(name, module, x, B, unbatched, states):
     """The checks of the module's forward that an export would otherwise skip (a model ignoring extra
-    state rows, or one that fails only in ONNX Runtime): the input's ``features`` equal input_size;
-    each state (label, tensor or None, its size without the batch) has the input's rank and that
-    size with the input's batch B."""
+    state rows, or one that fails only in ONNX Runtime; the dynamo exporter runs no kernel): the input
+    ``x``'s features equal the module's input_size; each state (label, tensor or None, its size
+    without the batch) has the input's rank and that size with the input's batch B; the input and
+    the states have the weights' dtype."""
+    features, input_size = x.shape[-1], module.input_size
     if features != input_size:
         raise ValueError(f"{name}: input.size(-1) must be equal to input_size. Expected {input_size}, got "
                          f"{int(features)}")
@@ -367,16 +367,10 @@ def _check_export_shapes(name, features, input_size, B, unbatched, states):
         if tuple(h.shape) != tuple(expected):
             raise ValueError(f"{name}: Expected {label} size {tuple(int(v) for v in expected)}, got "
                              f"{[int(v) for v in h.shape]}")
-
-
-def _check_export_dtypes(name, module, tensors):
-    """The dtype checks of the module's forward, which the dynamo exporter would skip (it runs no
-    kernel, and ONNX Runtime then refuses the model): each of ``tensors`` (label, tensor or None)
-    has the weights' dtype."""
     weight = next(iter(module.parameters()), None)
     if weight is None:
         return
-    for label, t in tensors:
+    for label, t in [("input", x)] + [(label, h) for label, h, _ in states]:
         if t is not None and t.dtype != weight.dtype:
             raise ValueError(f"{name}: {label} dtype ({t.dtype}) does not match weight dtype ({weight.dtype}). "
                              f"Convert it: .to({weight.dtype})")
@@ -406,11 +400,9 @@ def export_cell_step(cell, input, states):
     unbatched = input.dim() == 1
     x = input.unsqueeze(0) if unbatched else input
     h0, c0 = (list(states) + [None])[:2]
-    _check_export_shapes(type(cell).__name__, x.shape[-1], cell.input_size, x.shape[0], unbatched,
+    _check_export_inputs(type(cell).__name__, cell, x, x.shape[0], unbatched,
                          [("hx[0]" if mode == "LSTM" else "hx", h0, (cell.hidden_size,)),
                           ("hx[1]", c0, (cell.hidden_size,))])
-    _check_export_dtypes(type(cell).__name__, cell, [("input", x), ("hx[0]" if mode == "LSTM" else "hx", h0),
-                                                     ("hx[1]", c0)])
     h0, c0 = (None if h is None else (h.unsqueeze(0) if unbatched else h).unsqueeze(0) for h in (h0, c0))
     H = cell.hidden_size
     W, R, B = _onnx_weights(cell, [""], _OPS[mode][2], H)

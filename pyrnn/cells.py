@@ -24,7 +24,7 @@ import numpy as np
 
 from . import _core
 from . import functional as F
-from ._cells import cell_spec
+from ._cells import cell_options, cell_spec
 from ._module import Module, check_mode
 from ._validation import (array_like, cell_array, check_bool, check_positive_int, check_precision, check_stack_memory,
                           check_reduced_weights, make_rng, named_arrays, refuse_masked)
@@ -111,7 +111,8 @@ class _CellBase(_StepInputs, Module):
             self._add_param("bias_hh", (G * H,), r, bound)
 
     def __repr__(self):
-        extra = {"rnn_relu": ", nonlinearity='relu'", "gru_reset_before": ", reset_after=False"}.get(self.cell.name, "")
+        defaults = {"nonlinearity": "tanh", "reset_after": True}
+        extra = "".join(f", {k}={v!r}" for k, v in cell_options(self.cell).items() if v != defaults[k])
         return f"{type(self).__name__}({self.input_size}, {self.hidden_size}{'' if self.bias else ', bias=False'}{extra})"
 
     def __call__(self, x, hx=None):
@@ -153,8 +154,7 @@ class _CellBase(_StepInputs, Module):
             array_like(f"{label}: {name}", g, self.dtype, shape).reshape(x.shape[0], self.hidden_size))
             for name, g in (("dh1", dh1), ("dc1", dc1)))
         self._saved = None  # (after the checks: a bad gradient leaves the step to retry)
-        options = {"rnn_relu": {"nonlinearity": "relu"}, "gru_reset_before": {"reset_after": False}}.get(cell.name, {})
-        _, _, _, ws = F.forward(cell.family, x[None], h, c, *weights, **options)
+        _, _, _, ws = F.forward(cell.family, x[None], h, c, *weights, **cell_options(cell))
         g = F.backward(ws, None, dh1, dc1)
         self._accumulate(g)
         dx, dh, dc = g["x"][0], g["h0"], g["c0"]
@@ -182,7 +182,7 @@ class RNNCell(_CellBase):
     # forward, backward and freeze() run (as torch.nn.RNNCell reads it each call).
     @property
     def nonlinearity(self):
-        return "relu" if self.cell.name == "rnn_relu" else "tanh"
+        return cell_options(self.cell)["nonlinearity"]
 
     @nonlinearity.setter
     def nonlinearity(self, value):
@@ -207,7 +207,7 @@ class GRUCell(_CellBase):
     # As RNNCell.nonlinearity: the next forward, backward and freeze() run a reset_after set later.
     @property
     def reset_after(self):
-        return self.cell.name != "gru_reset_before"
+        return cell_options(self.cell)["reset_after"]
 
     @reset_after.setter
     def reset_after(self, value):

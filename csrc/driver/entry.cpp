@@ -136,7 +136,7 @@ WorkspacePtr<T> sequence_forward_residual(const ForwardArgs<T>& args, void* resi
   // (Backward reads the level from the header.)
   w->isa = isa_selected();
   const int64_t need = residual_bytes_at(args, w->isa);
-  while (residual_bytes_at(args, w->isa) > nbytes) {
+  for (int64_t bytes = need; bytes > nbytes; bytes = residual_bytes_at(args, w->isa)) {
     if (w->isa == Isa::Baseline)
       throw std::invalid_argument("residual: too small for this call: it needs at least " + std::to_string(need) +
                                   " bytes (functional.residual_nbytes), got " + std::to_string(nbytes));
