@@ -24,7 +24,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import _stack
+from . import _core, _stack
 from . import functional as F
 from ._cells import GATES, cell_spec
 from ._module import PARAM_NAMES, Gradients, Module, check_mode
@@ -34,6 +34,11 @@ from ._validation import (CellStateZoneout, array_like, check_bool, check_layer_
                           refuse_masked, zoneout_rates)
 
 __all__ = ["RNN", "LSTM", "GRU", "Linear"]
+
+
+def _plain(a, dtype, shape):
+    """Whether ``a`` is a NumPy array (not a subclass) of exactly this dtype and shape, C-contiguous."""
+    return type(a) is np.ndarray and a.dtype is dtype and a.shape == shape and a.flags.c_contiguous
 
 
 class _StackedLayer(CellStateZoneout, Module):
@@ -343,12 +348,65 @@ class _RNNBase(_StackedLayer):
         for a in self._params.values():
             a.flags.writeable = False
         self._packed = {}
+        calls = []
         for layer in range(self.num_layers):
             for d in range(self.num_directions):
                 p = self.direction_params(layer, d)
                 self._packed[layer, d] = F.pack_weights(self.cell.family, p["W_ih"], p["W_hh"], p["W_hr"],
                                                         precision=self.precision,
                                                         nonlinearity=self.nonlinearity, reset_after=self.reset_after)
+                calls.append((p, self._packed[layer, d]))
+        # (the weights of each direction, checked once here: read-only from now on)
+        self._fast_calls = tuple(calls)
+
+    def forward(self, x, hx=None, lengths=None):
+        calls = self.__dict__.get("_fast_calls")
+        if calls and lengths is None and type(x) is np.ndarray and not self.training:
+            out = self._frozen_forward(calls, x, hx)
+            if out is not None:
+                return out
+        return super().forward(x, hx, lengths)
+
+    forward.__doc__ = _StackedLayer.forward.__doc__
+
+    def _frozen_forward(self, calls, x, hx):
+        """A frozen layer's call on arrays that go to the kernels as they are (time-major, the layer's
+        dtype, C-contiguous; hx absent or such arrays of the full shape): its read-only weights were
+        checked when packed, so only x and hx are. None where the inputs need the general path (which
+        converts them, or raises)."""
+        dt, lstm = self.dtype, self.mode == "LSTM"
+        if x.dtype is not dt or x.ndim != 3 or self.batch_first or not x.flags.c_contiguous:
+            return None
+        T, B, I = x.shape
+        if T == 0 or B == 0 or I != self.input_size:
+            return None
+        h0_all = c0_all = None
+        if hx is not None:
+            if lstm:
+                if type(hx) is not tuple or len(hx) != 2:
+                    return None
+                h0_all, c0_all = hx
+            else:
+                h0_all = hx
+            n = len(calls)
+            if not (_plain(h0_all, dt, (n, B, self.proj_size or self.hidden_size))
+                    and (not lstm or _plain(c0_all, dt, (n, B, self.hidden_size)))):
+                return None
+        D, family = self.num_directions, self.cell.family
+
+        def run(layer, d, layer_x):
+            k = layer * D + d
+            p, packed = calls[k]
+            F._check_memory(family, layer_x, p["W_hh"], p["W_hr"], None, False)
+            return _core.sequence_forward(
+                packed.cell, layer_x, None if h0_all is None else h0_all[k], None if c0_all is None else c0_all[k],
+                p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"], None, d == 1, False, p["W_hr"], None, packed, None,
+                leak=1.0, zoneout_h=None, zoneout_c=None)
+
+        out, results = _stack.forward(run, x, self.num_layers, D)
+        # (one direction: a view of its fresh h_n with the leading axis, not np.stack's copy)
+        stack = (lambda i: results[0][i][None]) if len(results) == 1 else (lambda i: np.stack([r[i] for r in results]))
+        return (out, (stack(1), stack(2))) if lstm else (out, stack(1))
 
     def with_weights(self, weights):
         """A frozen copy (of a frozen layer) with other weights of the same names and shapes,
@@ -367,14 +425,16 @@ class _RNNBase(_StackedLayer):
         return clone
 
     def __getstate__(self):  # copies and pickles of a frozen layer pack again
-        return {**super().__getstate__(), "_packed": bool(self._packed)}
+        state = {**super().__getstate__(), "_packed": bool(self._packed)}
+        state.pop("_fast_calls", None)
+        return state
 
     def __setstate__(self, state):
         super().__setstate__(state)
         if state.get("_packed"):  # (absent in layers pickled before freeze() existed)
             self._pack()
         else:
-            self._packed = {}
+            self._packed, self._fast_calls = {}, ()
 
     def load_state_dict(self, state_dict, strict=True):
         if self._packed:

@@ -120,6 +120,47 @@ void project_inputs(FwdCtx<T>& f, int G, int64_t ua, int64_t ub, GemmScratch<T>&
   }
 }
 
+// Whether a call's products read W_ih and W_hh where they are (direct_tile)
+// instead of packing them: a call of one or two steps over a few rows (a
+// decoder's or a generation loop's), where packing (a read and a write of
+// the weights) costs more than the products. Measured, functional forward,
+// inference, 1 thread, Zen 5 (AVX-512), us packed -> direct: T=1 B=1 I=H=256
+// LSTM 99 -> 61, GRU 74 -> 47, RNN 32 -> 21; H=512 LSTM 581 -> 255; T=1 B=4
+// H=512 LSTM 459 -> 276; T=2 B=1 H=256 GRU 79 -> 63. Not beyond: T=1 B=8
+// H=512 LSTM 601 -> 711, T=2 B=6 H=256 GRU 98 -> 110, T=3 B=1 even.
+inline bool direct_products(const Schedule& sc) { return sc.S <= 2 && sc.S * sc.B <= 4; }
+
+// project_inputs on the unpacked W_ih (direct_tile): gemm()'s K blocks, row
+// tiles and writes, so the same bits.
+template <class T>
+void project_direct(FwdCtx<T>& f, int G, int64_t ua, int64_t ub) {
+  constexpr int NV = kGemmNV, MR = kGemmMR, NR = NV * kLanes<T>;
+  const int64_t M = f.sc.rows, K = f.I, KC = gemm_kc<T>(K, NR, false), N = ub - ua;
+  alignas(64) T tile[MR * NR];
+  const T* arows[MR];
+  const T* wrows[NR];
+  for (int g = 0; g < G && N > 0; ++g) {
+    const int64_t c0 = g * f.Hp + ua;
+    const CView<T> C{nullptr, f.xp.data() + c0, f.ld_xp};
+    for (int64_t jr = 0; jr < N; jr += NR) {
+      const int nw = int(std::min<int64_t>(NR, N - jr));
+      for (int64_t pc = 0; pc < K; pc += KC) {
+        const int64_t kc = std::min(KC, K - pc);
+        for (int c = 0; c < NR; ++c) {
+          const T* w = c < nw ? f.wih_cols[size_t(c0 + jr + c)] : nullptr;
+          wrows[c] = w ? w + pc : nullptr;
+        }
+        for (int64_t ir = 0; ir < M; ir += MR) {
+          const int m = int(std::min<int64_t>(MR, M - ir));
+          for (int r = 0; r < MR; ++r) arows[r] = f.xrows[ir + std::min(r, m - 1)] + pc;
+          direct_tile<T, MR, NV, false>(m, kc, arows, wrows, tile);
+          write_tile<T>(tile, NR, m, nw, C, ir, jr, f.bias.data() + c0, pc == 0);
+        }
+      }
+    }
+  }
+}
+
 // The input projection from W_ih packed once (PackedRecurrence::wih): this
 // thread's share of the column panels over every row. Used when the rows are
 // few (their x fits in L2 with room to spare), where packing W_ih in the call
@@ -173,10 +214,16 @@ void write_final_c(FwdCtx<T>& f, int64_t ua, int64_t ub) {
 // (half this CPU's L1) stays in L1 while every row tile passes over it; the tiles wait
 // in `acc` (ceil(n/MR)*MR*NR) between chunks. Otherwise each row tile would
 // stream the whole panel, and its A rows, from L2.
+template <class T, int64_t NR>
+inline int64_t step_kc() {
+  static const int64_t KC = std::max<int64_t>(16, (cache_sizes().l1 / 2 / int64_t(NR * sizeof(T))) / 8 * 8);
+  return KC;
+}
+
 template <class T, int MR, int NV, class ARow, class Epi>
 inline void step_tiles(int64_t n, int64_t K, const T* panel, ARow arow, Epi epi, T* acc) {
   constexpr int64_t NR = NV * kLanes<T>;
-  static const int64_t KC = std::max<int64_t>(16, (cache_sizes().l1 / 2 / int64_t(NR * sizeof(T))) / 8 * 8);
+  const int64_t KC = step_kc<T, NR>();
   const T* arows[MR];
   auto rows_at = [&](int64_t r0, int m, int64_t k0) {
     for (int r = 0; r < MR; ++r) arows[r] = arow(r0 + std::min(r, m - 1)) + k0;
@@ -235,6 +282,42 @@ inline void step_tiles(int64_t n, int64_t K, const T* panel, ARow arow, Epi epi,
   for (int64_t r0 = 0; r0 < n; r0 += MR) epi(r0, int(std::min<int64_t>(MR, n - r0)), acc + r0 * NR);
 }
 
+// step_tiles on the unpacked W (direct_tile): the rows `wrows` (NR per
+// block, null: a padding column) instead of a packed panel, in the same
+// tiles and K chunks, so the same bits.
+template <class T, int MR, int NV, class ARow, class Epi>
+inline void step_tiles_direct(int64_t n, int64_t K, const T* const* wrows, ARow arow, Epi epi, T* acc) {
+  constexpr int64_t NR = NV * kLanes<T>;
+  const int64_t KC = step_kc<T, NR>();
+  const T* arows[MR];
+  const T* wk[NR];
+  auto rows_at = [&](int64_t r0, int m, int64_t k0) {
+    for (int r = 0; r < MR; ++r) arows[r] = arow(r0 + std::min(r, m - 1)) + k0;
+    for (int64_t c = 0; c < NR; ++c) wk[c] = wrows[c] ? wrows[c] + k0 : nullptr;
+  };
+  if (n <= MR || K <= KC) {
+    for (int64_t r0 = 0; r0 < n; r0 += MR) {
+      int m = int(std::min<int64_t>(MR, n - r0));
+      rows_at(r0, m, 0);
+      direct_tile<T, MR, NV, false>(m, K, arows, wk, acc);
+      epi(r0, m, acc);
+    }
+    return;
+  }
+  for (int64_t k0 = 0; k0 < K; k0 += KC) {
+    const int64_t kc = std::min(KC, K - k0);
+    for (int64_t r0 = 0; r0 < n; r0 += MR) {
+      int m = int(std::min<int64_t>(MR, n - r0));
+      rows_at(r0, m, k0);
+      if (k0 == 0)
+        direct_tile<T, MR, NV, false>(m, kc, arows, wk, acc + r0 * NR);
+      else
+        direct_tile<T, MR, NV, true>(m, kc, arows, wk, acc + r0 * NR);
+    }
+  }
+  for (int64_t r0 = 0; r0 < n; r0 += MR) epi(r0, int(std::min<int64_t>(MR, n - r0)), acc + r0 * NR);
+}
+
 template <class Tuple>
 struct AnyProjection;
 template <class... P>
@@ -274,14 +357,25 @@ struct ForwardPhase {
   T* panels;
   bool prepacked;
   const LowPanels* low;  // panels in a reduced precision (pack_recurrence), or null
+  std::vector<const T*> wrows;  // direct: W's row of each block's panel column (null: padding), no panels
 
   // Panels in `buf`, packed by pack(); or, given `packed` or `low`
-  // (pack_recurrence), those.
+  // (pack_recurrence), those; or with `direct` none, W read where it is.
   ForwardPhase(FwdCtx<T>& f, AlignedBuffer<T>& buf, const AlignedBuffer<T>* packed = nullptr,
-               const LowPanels* lowered = nullptr)
+               const LowPanels* lowered = nullptr, bool direct = false)
       : W(kProj ? f.a.W_hr : f.a.W_hh), nunits(kProj ? f.Ho : f.H), K(kProj ? f.H : f.Ho),
         nblk(ceil_div(kProj ? f.Ho : f.Hp, HB)), prepacked(packed != nullptr || lowered != nullptr), low(lowered) {
-    if (!prepacked) buf.reserve(size_t(nblk * K * NR));
+    if (direct && !prepacked) {
+      // column gi*HB + v of block j: row (gates[gi], j*HB + v), as pack_forward_panel lays it out
+      wrows.assign(size_t(nblk * NR), nullptr);
+      for (int64_t j = 0; j < nblk; ++j)
+        for (int gi = 0; gi < NG; ++gi)
+          for (int64_t v = 0; v < HB && j * HB + v < nunits; ++v)
+            wrows[size_t(j * NR + gi * HB + v)] = W + (Phase::kGates[gi] * nunits + j * HB + v) * K;
+      prepacked = true;  // (nothing to pack)
+    } else if (!prepacked) {
+      buf.reserve(size_t(nblk * K * NR));
+    }
     panels = packed ? const_cast<T*>(packed->data()) : buf.data();
   }
   T* panel(int64_t j) const { return panels + j * K * NR; }
@@ -314,10 +408,13 @@ struct ForwardPhase {
         return;
       }
     }
-    for (int64_t j = blocks.first; j < blocks.second; ++j)
-      step_tiles<T, MR, NV>(
-          n, K, panel(j), arow,
-          [&](int64_t i0, int m, const T* tile) { Phase::template tile<T, TRAIN>(f, s, i0, m, j * HB, tile); }, acc);
+    for (int64_t j = blocks.first; j < blocks.second; ++j) {
+      auto epi = [&](int64_t i0, int m, const T* tile) { Phase::template tile<T, TRAIN>(f, s, i0, m, j * HB, tile); };
+      if (!wrows.empty())
+        step_tiles_direct<T, MR, NV>(n, K, wrows.data() + j * NR, arow, epi, acc);
+      else
+        step_tiles<T, MR, NV>(n, K, panel(j), arow, epi, acc);
+    }
   }
 };
 
@@ -328,9 +425,11 @@ void forward_loop(FwdCtx<T>& f, int nthreads, std::index_sequence<P...>) {
   std::array<AlignedBuffer<T>, sizeof...(P)> buffers;
   const PackedRecurrence<T>* packed = f.a.packed;
   const bool low = packed && packed->precision != WeightPrecision::Same;
-  std::tuple<ForwardPhase<T, std::tuple_element_t<P, Phases>, P == 0>...> phases{
-      {f, buffers[P], packed && !low ? &packed->phases[P] : nullptr, low ? &packed->low_phases[P] : nullptr}...};
   const Schedule& sc = f.sc;
+  const bool direct = !packed && direct_products(sc);
+  std::tuple<ForwardPhase<T, std::tuple_element_t<P, Phases>, P == 0>...> phases{
+      {f, buffers[P], packed && !low ? &packed->phases[P] : nullptr, low ? &packed->low_phases[P] : nullptr,
+       direct}...};
   const int nth = int(std::min<int64_t>(nthreads, std::max({std::get<P>(phases).nblk...})));
   const size_t tile_elems = std::max({std::get<P>(phases).tile_elems(sc.B)...});
   const auto& first = std::get<0>(phases);
@@ -347,6 +446,8 @@ void forward_loop(FwdCtx<T>& f, int nthreads, std::index_sequence<P...>) {
     if (project_packed_fits(f)) {
       project_packed(f, Cell::G, tid, nt);
 #pragma omp barrier
+    } else if (direct) {
+      project_direct(f, Cell::G, blocks[0].first * first.HB, std::min(blocks[0].second * first.HB, f.Hp));
     } else {
       GemmScratch<T> scratch;
       project_inputs(f, Cell::G, blocks[0].first * first.HB, std::min(blocks[0].second * first.HB, f.Hp), scratch);

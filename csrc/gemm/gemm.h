@@ -314,6 +314,84 @@ inline void transpose_rows(const T* const* rows, int64_t k0, int64_t kc, T* out,
   }
 }
 
+// ukernel_rows<T, MR, NV, false, ACC>(m, kc, ...) on the panel that packing
+// the NV*lanes rows wrows[c] (W's row of column c, from the block's first k;
+// null: a zero column) would give, without packing it: each lanes x lanes
+// block of the rows is transposed in registers where the kernel reads it.
+// For calls of one or two steps, where packing W_hh and W_ih cost more than
+// their products (GRU B=1 T=1 I=H=256: 70 of the call's 80 us). The same
+// products in the same order as the packed kernel (one row: ukernel_row's
+// four sets over k mod 4, the last K mod 4 in set 0; more rows: one chain
+// per element), so the same bits: a layer's call equals its frozen copy's.
+template <class T, int NV, int M, bool ACC>
+[[gnu::noinline]] void direct_tile_m(int64_t kc, const T* const* arows, const T* const* wrows, T* tile) {
+  constexpr int L = kLanes<T>, NR = NV * L, NA = M == 1 ? 4 : M;
+  const int64_t k4 = M == 1 ? kc / 4 * 4 : 0;
+  for (int v = 0; v < NV; ++v) {
+    const T* const* wr = wrows + v * L;
+    Vec<T> acc[NA];
+#pragma GCC unroll 16
+    for (int r = 0; r < NA; ++r)
+      acc[r] = ACC && (M > 1 || r == 0) ? loadu(tile + (M == 1 ? 0 : r * NR) + v * L) : Vec<T>{};
+    for (int64_t k0 = 0; k0 < kc; k0 += L) {
+      const int n = int(std::min<int64_t>(L, kc - k0));
+      Vec<T> w[L];
+#pragma GCC unroll 16
+      for (int l = 0; l < L; ++l) w[l] = !wr[l] ? Vec<T>{} : n == L ? loadu(wr[l] + k0) : load_first(wr[l] + k0, n);
+      transpose_block<T>(w);  // w[i]: the columns' values at k0 + i
+      // (Each product feeds one accumulator of constant index in its own statement, as in the
+      // kernel, so that GCC fuses each multiply-add as it does there: with the accumulator
+      // chosen at run time, or the product shared by two branches, it did not always.)
+      if constexpr (M == 1) {
+        if (n == L && k0 + L <= k4 && L % 4 == 0) {  // k0 is a multiple of L: k0 + i is in set i % 4
+#pragma GCC unroll 16
+          for (int i = 0; i < L; ++i) acc[i % 4] += bcast(arows[0][k0 + i]) * w[i];
+        } else if constexpr (L % 4 == 0) {
+          // below k4 whole groups of four (k0 and k4 are multiples of 4), then set 0
+          const int in_sets = int(std::max<int64_t>(0, std::min<int64_t>(n, k4 - k0)));
+          const T* a = arows[0] + k0;
+          int i = 0;
+          for (; i < in_sets; i += 4) {
+            acc[0] += bcast(a[i]) * w[i];
+            acc[1] += bcast(a[i + 1]) * w[i + 1];
+            acc[2] += bcast(a[i + 2]) * w[i + 2];
+            acc[3] += bcast(a[i + 3]) * w[i + 3];
+          }
+          for (; i < n; ++i) acc[0] += bcast(a[i]) * w[i];
+        } else {  // (fewer than 4 lanes: the portable level, which has no fused multiply-add)
+          for (int i = 0; i < n; ++i) acc[k0 + i < k4 ? (k0 + i) % 4 : 0] += bcast(arows[0][k0 + i]) * w[i];
+        }
+      } else if (n == L) {
+#pragma GCC unroll 16
+        for (int r = 0; r < M; ++r)
+#pragma GCC unroll 16
+          for (int i = 0; i < L; ++i) acc[r] += bcast(arows[r][k0 + i]) * w[i];
+      } else {
+#pragma GCC unroll 16
+        for (int r = 0; r < M; ++r)
+          for (int i = 0; i < n; ++i) acc[r] += bcast(arows[r][k0 + i]) * w[i];
+      }
+    }
+    if constexpr (M == 1) {
+      storeu(tile + v * L, (acc[0] + acc[1]) + (acc[2] + acc[3]));
+    } else {
+#pragma GCC unroll 16
+      for (int r = 0; r < M; ++r) storeu(tile + r * NR + v * L, acc[r]);
+    }
+  }
+}
+
+// direct_tile_m for m rows (1 <= m <= MR), as ukernel_rows picks its kernel.
+template <class T, int MR, int NV, bool ACC, int M = MR>
+inline void direct_tile(int m, int64_t kc, const T* const* arows, const T* const* wrows, T* tile) {
+  if constexpr (M == 1)
+    direct_tile_m<T, NV, 1, ACC>(kc, arows, wrows, tile);
+  else if (m == M)
+    direct_tile_m<T, NV, M, ACC>(kc, arows, wrows, tile);
+  else
+    direct_tile<T, MR, NV, ACC, M - 1>(m, kc, arows, wrows, tile);
+}
+
 template <class T, int NR>
 constexpr int64_t panel_width(int64_t nw) {
   return std::min<int64_t>(NR, (nw + kLanes<T> - 1) / kLanes<T> * kLanes<T>);
