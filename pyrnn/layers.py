@@ -356,13 +356,18 @@ class _RNNBase(_StackedLayer):
                                                         precision=self.precision,
                                                         nonlinearity=self.nonlinearity, reset_after=self.reset_after)
                 calls.append((p, self._packed[layer, d]))
-        # (the weights of each direction, checked once here: read-only from now on)
-        self._fast_calls = tuple(calls)
+        # (the weights of each direction, checked once here: read-only from now on; and the options they
+        # were packed for, which the general path checks against the attributes on each call)
+        self._fast_calls = ((self.nonlinearity, self.reset_after), tuple(calls))
 
     def forward(self, x, hx=None, lengths=None):
-        calls = self.__dict__.get("_fast_calls")
-        if calls and lengths is None and type(x) is np.ndarray and not self.training:
-            out = self._frozen_forward(calls, x, hx)
+        fast = self.__dict__.get("_fast_calls")
+        cls = type(self)
+        if (fast and lengths is None and type(x) is np.ndarray and not self.training
+                and fast[0] == (self.nonlinearity, self.reset_after)
+                # (a subclass that runs its directions its own way keeps its way)
+                and cls.run_direction is _RNNBase.run_direction and cls._direction_call is _RNNBase._direction_call):
+            out = self._frozen_forward(fast[1], x, hx)
             if out is not None:
                 return out
         return super().forward(x, hx, lengths)

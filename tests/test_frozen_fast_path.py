@@ -42,7 +42,7 @@ def test_direct_call_equals_the_general_path(mode, kw, num_layers, bidirectional
         layer = getattr(pyrnn, mode)(5, 7, num_layers=num_layers, bidirectional=bidirectional, dtype=dtype, seed=2,
                                      **kw)
         frozen = layer.freeze()
-        assert frozen._fast_calls and not layer.__dict__.get("_fast_calls")
+        assert frozen._fast_calls[1] and not layer.__dict__.get("_fast_calls")
         n = num_layers * (2 if bidirectional else 1)
         for T, B in [(1, 1), (6, 4), (3, 9)]:
             x = rng.standard_normal((T, B, 5)).astype(dtype)
@@ -108,6 +108,33 @@ def test_empty_batch_and_training_flag_take_the_general_path():
         frozen(np.zeros((2, 1, 3), np.float32))
 
 
+def test_options_changed_after_freezing_and_subclasses_take_the_general_path():
+    """nonlinearity / reset_after set on a frozen copy: the general path's error (the packed weights are
+    for the other cell), never the old cell's results; a subclass's run_direction still runs."""
+    x = np.ones((2, 1, 3), np.float32)
+    f = pyrnn.RNN(3, 5, seed=1).freeze()
+    f.nonlinearity = "relu"
+    with pytest.raises(ValueError, match="packed holds weights of a rnn_tanh cell, not rnn_relu"):
+        f(x)
+    g = pyrnn.GRU(3, 5, seed=1).freeze()
+    g.reset_after = False
+    with pytest.raises(ValueError, match="packed holds weights of a gru cell, not gru_reset_before"):
+        g(x)
+    g.reset_after = True
+    assert_same(g(x), general(g, x))
+
+    calls = []
+
+    class Logged(pyrnn.LSTM):
+        def run_direction(self, layer, direction, x, *args, **kwargs):
+            calls.append((layer, direction))
+            return super().run_direction(layer, direction, x, *args, **kwargs)
+
+    m = Logged(3, 4, num_layers=2, seed=0).freeze()
+    m(x)
+    assert calls == [(0, 0), (1, 0)]
+
+
 def test_outputs_are_fresh_arrays():
     """h_n of a one-direction layer is a view of the kernel's fresh array: writing into it (or y) must not
     reach a later call, the weights or the caller's states."""
@@ -131,7 +158,7 @@ def test_copies_and_new_weights_get_their_own_direct_calls():
     x = rng.standard_normal((4, 2, 3)).astype(np.float32)
     y0 = frozen(x)[0]
     for clone in (copy.deepcopy(frozen), pickle.loads(pickle.dumps(frozen)), copy.copy(frozen)):
-        assert clone._fast_calls
+        assert clone._fast_calls[1]
         np.testing.assert_array_equal(clone(x)[0], y0)
     other = {k: v * 0.5 for k, v in layer.state_dict().items()}
     swapped = frozen.with_weights(other)
