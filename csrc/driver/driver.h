@@ -107,8 +107,9 @@ void pack_backward_panels(const T* W, int64_t nrows, int64_t ncols, int64_t Kp, 
 // x W_ih^T + bias for this thread's units [ua, ub) of every gate. With W_ih
 // packed once (PackedRecurrence::wih, fp32), the GEMM reads its panels where
 // this thread's columns start on a panel, instead of packing W_ih again.
+// With `direct` (direct_products) W_ih is not packed at all (gemm's direct).
 template <class T>
-void project_inputs(FwdCtx<T>& f, int G, int64_t ua, int64_t ub, GemmScratch<T>& scratch) {
+void project_inputs(FwdCtx<T>& f, int G, int64_t ua, int64_t ub, GemmScratch<T>& scratch, bool direct) {
   if (ua >= ub) return;
   const PackedRecurrence<T>* p = f.a.packed;
   const bool pre = p && p->precision == WeightPrecision::Same && p->wih.size() && p->NR == kGemmNV * kLanes<T>;
@@ -116,7 +117,7 @@ void project_inputs(FwdCtx<T>& f, int G, int64_t ua, int64_t ub, GemmScratch<T>&
     int64_t c0 = g * f.Hp + ua;
     const T* panels = pre && c0 % p->NR == 0 ? p->wih.data() + c0 / p->NR * f.I * p->NR : nullptr;
     gemm<T>(f.sc.rows, ub - ua, f.I, AView<T>{f.xrows.data()}, BView<T>{f.wih_cols.data() + c0, false},
-            CView<T>{nullptr, f.xp.data() + c0, f.ld_xp}, f.bias.data() + c0, false, scratch, panels);
+            CView<T>{nullptr, f.xp.data() + c0, f.ld_xp}, f.bias.data() + c0, false, scratch, panels, direct);
   }
 }
 
@@ -129,37 +130,6 @@ void project_inputs(FwdCtx<T>& f, int G, int64_t ua, int64_t ub, GemmScratch<T>&
 // H=512 LSTM 459 -> 276; T=2 B=1 H=256 GRU 79 -> 63. Not beyond: T=1 B=8
 // H=512 LSTM 601 -> 711, T=2 B=6 H=256 GRU 98 -> 110, T=3 B=1 even.
 inline bool direct_products(const Schedule& sc) { return sc.S <= 2 && sc.S * sc.B <= 4; }
-
-// project_inputs on the unpacked W_ih (direct_tile): gemm()'s K blocks, row
-// tiles and writes, so the same bits.
-template <class T>
-void project_direct(FwdCtx<T>& f, int G, int64_t ua, int64_t ub) {
-  constexpr int NV = kGemmNV, MR = kGemmMR, NR = NV * kLanes<T>;
-  const int64_t M = f.sc.rows, K = f.I, KC = gemm_kc<T>(K, NR, false), N = ub - ua;
-  alignas(64) T tile[MR * NR];
-  const T* arows[MR];
-  const T* wrows[NR];
-  for (int g = 0; g < G && N > 0; ++g) {
-    const int64_t c0 = g * f.Hp + ua;
-    const CView<T> C{nullptr, f.xp.data() + c0, f.ld_xp};
-    for (int64_t jr = 0; jr < N; jr += NR) {
-      const int nw = int(std::min<int64_t>(NR, N - jr));
-      for (int64_t pc = 0; pc < K; pc += KC) {
-        const int64_t kc = std::min(KC, K - pc);
-        for (int c = 0; c < NR; ++c) {
-          const T* w = c < nw ? f.wih_cols[size_t(c0 + jr + c)] : nullptr;
-          wrows[c] = w ? w + pc : nullptr;
-        }
-        for (int64_t ir = 0; ir < M; ir += MR) {
-          const int m = int(std::min<int64_t>(MR, M - ir));
-          for (int r = 0; r < MR; ++r) arows[r] = f.xrows[ir + std::min(r, m - 1)] + pc;
-          direct_tile<T, MR, NV, false>(m, kc, arows, wrows, tile);
-          write_tile<T>(tile, NR, m, nw, C, ir, jr, f.bias.data() + c0, pc == 0);
-        }
-      }
-    }
-  }
-}
 
 // The input projection from W_ih packed once (PackedRecurrence::wih): this
 // thread's share of the column panels over every row. Used when the rows are
@@ -214,25 +184,30 @@ void write_final_c(FwdCtx<T>& f, int64_t ua, int64_t ub) {
 // (half this CPU's L1) stays in L1 while every row tile passes over it; the tiles wait
 // in `acc` (ceil(n/MR)*MR*NR) between chunks. Otherwise each row tile would
 // stream the whole panel, and its A rows, from L2.
-template <class T, int64_t NR>
-inline int64_t step_kc() {
-  static const int64_t KC = std::max<int64_t>(16, (cache_sizes().l1 / 2 / int64_t(NR * sizeof(T))) / 8 * 8);
-  return KC;
-}
-
+//
+// With `wrows` (the block's NR W rows, null: a padding column; direct_products)
+// there is no panel: the tiles read W where it is (direct_tile), in the same
+// tiles and K chunks, so the same bits.
 template <class T, int MR, int NV, class ARow, class Epi>
-inline void step_tiles(int64_t n, int64_t K, const T* panel, ARow arow, Epi epi, T* acc) {
+inline void step_tiles(int64_t n, int64_t K, const T* panel, ARow arow, Epi epi, T* acc,
+                       const T* const* wrows = nullptr) {
   constexpr int64_t NR = NV * kLanes<T>;
-  const int64_t KC = step_kc<T, NR>();
+  static const int64_t KC = std::max<int64_t>(16, (cache_sizes().l1 / 2 / int64_t(NR * sizeof(T))) / 8 * 8);
   const T* arows[MR];
+  const T* wk[NR];
   auto rows_at = [&](int64_t r0, int m, int64_t k0) {
     for (int r = 0; r < MR; ++r) arows[r] = arow(r0 + std::min(r, m - 1)) + k0;
+    if (wrows)
+      for (int64_t c = 0; c < NR; ++c) wk[c] = wrows[c] ? wrows[c] + k0 : nullptr;
   };
   if (n <= MR || K <= KC) {
     for (int64_t r0 = 0; r0 < n; r0 += MR) {
       int m = int(std::min<int64_t>(MR, n - r0));
       rows_at(r0, m, 0);
-      ukernel_rows<T, MR, NV, false>(m, K, nullptr, arows, panel, acc);
+      if (wrows)
+        direct_tile<T, MR, NV, false>(m, K, arows, wk, acc);
+      else
+        ukernel_rows<T, MR, NV, false>(m, K, nullptr, arows, panel, acc);
       epi(r0, m, acc);
     }
     return;
@@ -262,6 +237,13 @@ inline void step_tiles(int64_t n, int64_t K, const T* panel, ARow arow, Epi epi,
       const int64_t t = r0 / MR;
       rows_at(r0, m, k0);
       T* tile = acc + r0 * NR;
+      if (wrows) {
+        if (k0 == 0)
+          direct_tile<T, MR, NV, false>(m, kc, arows, wk, tile);
+        else
+          direct_tile<T, MR, NV, true>(m, kc, arows, wk, tile);
+        continue;
+      }
       const T* b = panel + k0 * NR;
       if (in_kernel && t == 0) {
         if (k0 == 0)
@@ -277,42 +259,6 @@ inline void step_tiles(int64_t n, int64_t K, const T* panel, ARow arow, Epi epi,
         ukernel_rows<T, MR, NV, false>(m, kc, nullptr, arows, b, tile);
       else
         ukernel_rows<T, MR, NV, false, true>(m, kc, nullptr, arows, b, tile);
-    }
-  }
-  for (int64_t r0 = 0; r0 < n; r0 += MR) epi(r0, int(std::min<int64_t>(MR, n - r0)), acc + r0 * NR);
-}
-
-// step_tiles on the unpacked W (direct_tile): the rows `wrows` (NR per
-// block, null: a padding column) instead of a packed panel, in the same
-// tiles and K chunks, so the same bits.
-template <class T, int MR, int NV, class ARow, class Epi>
-inline void step_tiles_direct(int64_t n, int64_t K, const T* const* wrows, ARow arow, Epi epi, T* acc) {
-  constexpr int64_t NR = NV * kLanes<T>;
-  const int64_t KC = step_kc<T, NR>();
-  const T* arows[MR];
-  const T* wk[NR];
-  auto rows_at = [&](int64_t r0, int m, int64_t k0) {
-    for (int r = 0; r < MR; ++r) arows[r] = arow(r0 + std::min(r, m - 1)) + k0;
-    for (int64_t c = 0; c < NR; ++c) wk[c] = wrows[c] ? wrows[c] + k0 : nullptr;
-  };
-  if (n <= MR || K <= KC) {
-    for (int64_t r0 = 0; r0 < n; r0 += MR) {
-      int m = int(std::min<int64_t>(MR, n - r0));
-      rows_at(r0, m, 0);
-      direct_tile<T, MR, NV, false>(m, K, arows, wk, acc);
-      epi(r0, m, acc);
-    }
-    return;
-  }
-  for (int64_t k0 = 0; k0 < K; k0 += KC) {
-    const int64_t kc = std::min(KC, K - k0);
-    for (int64_t r0 = 0; r0 < n; r0 += MR) {
-      int m = int(std::min<int64_t>(MR, n - r0));
-      rows_at(r0, m, k0);
-      if (k0 == 0)
-        direct_tile<T, MR, NV, false>(m, kc, arows, wk, acc + r0 * NR);
-      else
-        direct_tile<T, MR, NV, true>(m, kc, arows, wk, acc + r0 * NR);
     }
   }
   for (int64_t r0 = 0; r0 < n; r0 += MR) epi(r0, int(std::min<int64_t>(MR, n - r0)), acc + r0 * NR);
@@ -410,10 +356,7 @@ struct ForwardPhase {
     }
     for (int64_t j = blocks.first; j < blocks.second; ++j) {
       auto epi = [&](int64_t i0, int m, const T* tile) { Phase::template tile<T, TRAIN>(f, s, i0, m, j * HB, tile); };
-      if (!wrows.empty())
-        step_tiles_direct<T, MR, NV>(n, K, wrows.data() + j * NR, arow, epi, acc);
-      else
-        step_tiles<T, MR, NV>(n, K, panel(j), arow, epi, acc);
+      step_tiles<T, MR, NV>(n, K, panel(j), arow, epi, acc, wrows.empty() ? nullptr : wrows.data() + j * NR);
     }
   }
 };
@@ -446,11 +389,10 @@ void forward_loop(FwdCtx<T>& f, int nthreads, std::index_sequence<P...>) {
     if (project_packed_fits(f)) {
       project_packed(f, Cell::G, tid, nt);
 #pragma omp barrier
-    } else if (direct) {
-      project_direct(f, Cell::G, blocks[0].first * first.HB, std::min(blocks[0].second * first.HB, f.Hp));
     } else {
       GemmScratch<T> scratch;
-      project_inputs(f, Cell::G, blocks[0].first * first.HB, std::min(blocks[0].second * first.HB, f.Hp), scratch);
+      project_inputs(f, Cell::G, blocks[0].first * first.HB, std::min(blocks[0].second * first.HB, f.Hp), scratch,
+                     direct);
     }
     prof.phase("input-proj");
     T* tiles = tile_buffers[size_t(tid)].data();

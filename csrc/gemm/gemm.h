@@ -489,11 +489,13 @@ struct GemmScratch {
 // `prepacked`, when given, holds B already packed as whole NR-wide column
 // panels over all of K (panel j at prepacked + j*K*NR, as pack_column_panels
 // writes them: frozen weights), so no packing happens here; the last panel
-// is then computed whole and only its first columns written. The sums are
-// the same either way.
+// is then computed whole and only its first columns written. `direct`
+// (A read in place, B by columns, ptr[n][k]): B is not packed at all, its
+// rows read where they are (direct_tile), for products over so few rows of A
+// that packing B would cost more. The sums are the same every way.
 template <class T>
 void gemm(int64_t M, int64_t N, int64_t K, const AView<T>& A, const BView<T>& B, const CView<T>& C,
-          const T* bias, bool accumulate, GemmScratch<T>& s, const T* prepacked = nullptr) {
+          const T* bias, bool accumulate, GemmScratch<T>& s, const T* prepacked = nullptr, bool direct = false) {
   constexpr int NV = kGemmNV, MR = kGemmMR, NR = NV * kLanes<T>;
   // Blocking: a kc x NR micro-panel of B stays in L1 (or L2, gemm_kc) while
   // the micro-kernel passes over all MC rows of A; the kc x nc block of B
@@ -513,30 +515,40 @@ void gemm(int64_t M, int64_t N, int64_t K, const AView<T>& A, const BView<T>& B,
     return;
   }
   const bool packed_a = A.rows == nullptr;
+  direct = direct && !packed_a && !prepacked && !B.by_rows;
   const int64_t KC = gemm_kc<T>(K, NR, packed_a);
   const int64_t NC = std::max<int64_t>(NR, (cache_sizes().l2 / 2 / int64_t(KC * sizeof(T))) / NR * NR);
-  if (!prepacked) s.b.reserve(size_t(KC * NC));
+  if (!prepacked && !direct) s.b.reserve(size_t(KC * NC));
   if (packed_a) s.a.reserve(size_t(KC * MC));
   alignas(64) T tile[MR * NR];
   const T* arows[MR];
+  const T* wrows[NR];
   for (int64_t jc = 0; jc < N; jc += NC) {
     int64_t nc = std::min(NC, N - jc);
     for (int64_t pc = 0; pc < K; pc += KC) {
       int64_t kc = std::min(KC, K - pc);
       bool first = pc == 0;
-      if (!prepacked) pack_b<T, NR>(B, pc, kc, jc, nc, s.b.data());
+      if (!prepacked && !direct) pack_b<T, NR>(B, pc, kc, jc, nc, s.b.data());
       for (int64_t ic = 0; ic < M; ic += MC) {
         int64_t mc = std::min(MC, M - ic);
         if (packed_a) pack_a<T, MR>(A, ic, mc, pc, kc, s.a.data());
         for (int64_t jr = 0; jr < nc; jr += NR) {
           const int nw = int(std::min<int64_t>(NR, nc - jr));
-          const int64_t w = prepacked ? NR : panel_width<T, NR>(nw);
+          const int64_t w = prepacked || direct ? NR : panel_width<T, NR>(nw);
           const int nv = int(w / kLanes<T>);
           const T* bp = prepacked ? prepacked + ((jc + jr) / NR * K + pc) * NR : s.b.data() + (jr / NR) * kc * NR;
+          if (direct)
+            for (int c = 0; c < NR; ++c) {
+              const T* row = c < nw ? B.ptr[jc + jr + c] : nullptr;
+              wrows[c] = row ? row + pc : nullptr;
+            }
           for (int64_t ir = 0; ir < mc; ir += MR) {
             int m = int(std::min<int64_t>(MR, mc - ir));
             if (packed_a) {
               ukernel_nv<T, MR, NV, true>(nv, m, kc, s.a.data() + (ir / MR) * kc * MR, nullptr, bp, tile);
+            } else if (direct) {
+              for (int r = 0; r < MR; ++r) arows[r] = A.rows[ic + ir + std::min(r, m - 1)] + pc;
+              direct_tile<T, MR, NV, false>(m, kc, arows, wrows, tile);
             } else {
               for (int r = 0; r < MR; ++r) arows[r] = A.rows[ic + ir + std::min(r, m - 1)] + pc;
               // A whole tile that overwrites C goes to C's rows directly, bias added in
