@@ -140,6 +140,9 @@ class _Spec(NamedTuple):
     # A cell's training step (T = 1, no lengths, masks or projection; inputs checked by the cell):
     # the kernels are called directly and only (h_n, c_n) come out (no y).
     step: bool = False
+    # A sequence module's call, whose input, states and weights the module checked (dtypes, shapes):
+    # without lengths or masks the kernels are called directly, as for a step.
+    checked: bool = False
 
 
 _np = _torch_ops._np  # NumPy view (no copy) of a CPU tensor; None stays None
@@ -163,12 +166,16 @@ def _kind(cell, options):
 def _kernel_forward(spec, arrays, training):
     """Runs one layer and direction: arrays = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr)."""
     x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr = arrays
-    if spec.step:
-        # The cell checked its input and states; the kernel checks every array's dtype and shape
-        # (ValueError/TypeError naming it). The functional API's checks in Python cost a cell
-        # step in a training loop about as much as the kernels at small sizes.
+    if spec.step or (spec.checked and spec.lengths is None and spec.h_mask is None and spec.zoneout_h is None
+                     and spec.zoneout_c is None):
+        # The cell or module checked its input and states (and a module its weights); the kernel
+        # checks every array's dtype and shape again (ValueError/TypeError naming it). The
+        # functional API's checks in Python cost a small call about as much as the kernels.
+        if not spec.step:
+            F._check_memory(spec.cell, x, W_hh, W_hr, None, training)
         arrays = (F._c(a) for a in (x, h0, c0, W_ih, W_hh, b_ih, b_hh))
-        return _core.sequence_forward(_kind(spec.cell, spec.options), *arrays, None, False, training)
+        return _core.sequence_forward(_kind(spec.cell, spec.options), *arrays, None, spec.reverse, training,
+                                      F._c(W_hr))
     return F.forward(spec.cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, **spec.options, W_hr=W_hr, h_mask=spec.h_mask,
                      lengths=spec.lengths, reverse=spec.reverse, training=training, zoneout_h=spec.zoneout_h,
                      zoneout_c=spec.zoneout_c)
@@ -336,14 +343,11 @@ class _Recurrence(_torch_ops.NoForwardAD, torch.autograd.Function):
             return _kernel_forward(spec, [_np(t) for t in (x, h0, c0, W_ih, W_hh, *ctx.biases, W_hr)], True)[3]
 
         ws = _held_workspace(ctx, rerun)
-        if spec.step:  # (autograd gives gradients of the outputs' dtypes and shapes; the kernel checks them)
-            dh_n, dc_n = (F._c(_np(g)) for g in (*grad_outputs, None)[:2])
-            g = _core.sequence_backward(ws, None, dh_n, dc_n if spec.cell == "lstm" else None, False)
-            grads = (*g[:7], None)
-        else:
-            dy, dh_n = (_np(g) for g in grad_outputs[:2])
-            g = F.backward(ws, dy, dh_n, _np(grad_outputs[2]) if spec.cell == "lstm" else None)
-            grads = tuple(g[k] for k in ("x", "h0", "c0", "W_ih", "W_hh", "b_ih", "b_hh", "W_hr"))
+        # (autograd gives gradients of the outputs' dtypes and shapes, or None; the kernel checks them)
+        dy, dh_n, dc_n = (None, *grad_outputs, None)[:3] if spec.step else (*grad_outputs, None)[:3]
+        g = _core.sequence_backward(ws, F._c(_np(dy)), F._c(_np(dh_n)),
+                                    F._c(_np(dc_n)) if spec.cell == "lstm" else None, False)
+        grads = (*g[:7], g[8])  # (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh; dh_seq not asked for; dW_hr)
         out = [None if g is None or not need else torch.from_numpy(g)
                for g, need in zip(grads, ctx.needs_input_grad[1:])]
         return (None, *_guard_create_graph(out, (*saved, *ctx.biases), grad_outputs))
@@ -614,23 +618,53 @@ class _PyrnnRNNMixin(CellStateZoneout):
 
         def run(layer, d, layer_x):
             k = layer * D + d
-            sfx = _stack.param_suffix(layer, d)
             mask = _dropout_mask((B, H_out), rec_p, dtype) if rec_p > 0 else None
             zh, zc = self._zoneout_masks(layer, d, T, B, dtype) if zoned else (None, None)
-            W_ih, W_hh, W_hr = (getattr(self, n + sfx, None) for n in ("weight_ih", "weight_hh", "weight_hr"))
+            W_ih, W_hh, b_ih, b_hh, W_hr = _layer_weights(self, layer, d, None if traced else layer_x.size(-1))
             tensors = (layer_x, None if h0_all is None else h0_all[k], None if c0_all is None else c0_all[k],
-                       W_ih, W_hh, getattr(self, "bias_ih" + sfx, None), getattr(self, "bias_hh" + sfx, None), W_hr)
+                       W_ih, W_hh, b_ih, b_hh, W_hr)
             if traced:
                 return _op(self._cell, options, d == 1, *tensors, lengths=lengths, h_mask=mask, zoneout_h=zh,
                            zoneout_c=zc)
-            spec = self._spec(reverse=d == 1, lengths=lengths_np, h_mask=_np(mask), zoneout_h=_np(zh),
-                              zoneout_c=_np(zc))
+            spec = _Spec(self._cell, options, d == 1, lengths_np, _np(mask), _np(zh), _np(zc), checked=True)
             # (whether a gradient may follow from the tensors this call reads, as autograd decides: a
             # weight may be a tensor that is not the module's parameter, e.g. a hypernetwork's output
             # or AWD-LSTM's WeightDrop, whose raw parameter lives on a wrapper)
             return _run(spec, _needs_grad(tensors), *tensors)
 
         return _stacked_call(self, run, x, D, packed, unbatched, lengths, input)
+
+
+_LAYER_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+
+
+def _layer_weights(module, layer, d, width):
+    """(W_ih, W_hh, b_ih, b_hh, W_hr) of a layer and direction (None where absent), as attribute
+    access gives them, their shapes checked against the module's sizes (``width``: the layer's
+    input width; None: not checked here, where the pyrnn::rnn_layer operator checks them). For pyrnn's own module classes a registered parameter is read from
+    ``_parameters`` directly (Module.__getattr__ costs ~2-5 us per name); a subclass
+    (torch.nn.utils.parametrize's included) or a weight held otherwise (AWD-LSTM's WeightDrop, a
+    hypernetwork's tensor) goes through getattr."""
+    sfx = _stack.param_suffix(layer, d)
+    names = tuple(n + sfx for n in _LAYER_WEIGHTS)
+    if type(module) in _MODULE_TYPES:
+        p = module._parameters
+        weights = tuple(p[n] if n in p else getattr(module, n, None) for n in names)
+    else:
+        weights = tuple(getattr(module, n, None) for n in names)
+    if width is None:
+        return weights
+    GH, H = GATES[module._cell] * module.hidden_size, module.hidden_size
+    H_out = module.proj_size or H
+    for name, w, shape in zip(names, weights, ((GH, width), (GH, H_out), (GH,), (GH,), (H_out, H))):
+        if w is not None and w.shape != shape:
+            raise InputError(f"{type(module).__name__}: {name} has shape {list(w.shape)}, expected {list(shape)}")
+    if weights[0] is None or weights[1] is None:
+        missing = names[0] if weights[0] is None else names[1]
+        raise InputError(f"{type(module).__name__}: {missing} is missing (None)")
+    if (weights[2] is None) != (weights[3] is None):
+        raise InputError(f"{type(module).__name__}: {names[2]} and {names[3]} must both be set or both be None")
+    return weights
 
 
 def _stacked_call(module, run, x, D, packed, unbatched, lengths, input):
@@ -959,6 +993,7 @@ class GRUCell(_PyrnnCellMixin, nn.GRUCell):
 
 
 _CELL_TYPES: frozenset[type] = frozenset((RNNCell, LSTMCell, GRUCell))
+_MODULE_TYPES: frozenset[type] = frozenset((RNN, LSTM, GRU))
 
 
 # ------------------------------------------------- frozen / quantised inference --
