@@ -641,10 +641,11 @@ _LAYER_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 def _layer_weights(module, layer, d, width):
     """(W_ih, W_hh, b_ih, b_hh, W_hr) of a layer and direction (None where absent), as attribute
     access gives them, their shapes checked against the module's sizes (``width``: the layer's
-    input width; None: not checked here, where the pyrnn::rnn_layer operator checks them). For pyrnn's own module classes a registered parameter is read from
-    ``_parameters`` directly (Module.__getattr__ costs ~2-5 us per name); a subclass
-    (torch.nn.utils.parametrize's included) or a weight held otherwise (AWD-LSTM's WeightDrop, a
-    hypernetwork's tensor) goes through getattr."""
+    input width; None: not checked here, where the pyrnn::rnn_layer operator checks them). For
+    pyrnn's own module classes a registered parameter is read from ``_parameters`` directly
+    (Module.__getattr__ costs ~2-5 us per name); a subclass (torch.nn.utils.parametrize's
+    included) or a weight held otherwise (AWD-LSTM's WeightDrop, a hypernetwork's tensor) goes
+    through getattr."""
     sfx = _stack.param_suffix(layer, d)
     names = tuple(n + sfx for n in _LAYER_WEIGHTS)
     if type(module) in _MODULE_TYPES:
