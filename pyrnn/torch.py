@@ -638,6 +638,13 @@ class _PyrnnRNNMixin(CellStateZoneout):
 _LAYER_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
 
+def _check_weight_shapes(owner, names, weights, shapes):
+    """InputError naming the first weight (not None) whose shape is not the expected one."""
+    for name, w, shape in zip(names, weights, shapes):
+        if w is not None and tuple(w.shape) != shape:
+            raise InputError(f"{owner}: {name} has shape {list(w.shape)}, expected {list(shape)}")
+
+
 def _layer_weights(module, layer, d, width):
     """(W_ih, W_hh, b_ih, b_hh, W_hr) of a layer and direction (None where absent), as attribute
     access gives them, their shapes checked against the module's sizes (``width``: the layer's
@@ -657,9 +664,7 @@ def _layer_weights(module, layer, d, width):
         return weights
     GH, H = GATES[module._cell] * module.hidden_size, module.hidden_size
     H_out = module.proj_size or H
-    for name, w, shape in zip(names, weights, ((GH, width), (GH, H_out), (GH,), (GH,), (H_out, H))):
-        if w is not None and w.shape != shape:
-            raise InputError(f"{type(module).__name__}: {name} has shape {list(w.shape)}, expected {list(shape)}")
+    _check_weight_shapes(type(module).__name__, names, weights, ((GH, width), (GH, H_out), (GH,), (GH,), (H_out, H)))
     if weights[0] is None or weights[1] is None:
         missing = names[0] if weights[0] is None else names[1]
         raise InputError(f"{type(module).__name__}: {missing} is missing (None)")
@@ -882,11 +887,8 @@ class _PyrnnCellMixin(CellStateZoneout):
         h0, c0 = (checked + [None])[:2]
         weights = _cell_weights(self)
         GH = GATES[self._cell] * self.hidden_size
-        for label, w, shape in (("weight_ih", weights[0], (GH, self.input_size)),
-                                ("weight_hh", weights[1], (GH, self.hidden_size)), ("bias_ih", weights[2], (GH,)),
-                                ("bias_hh", weights[3], (GH,))):
-            if w is not None and tuple(w.shape) != shape:
-                raise InputError(f"{name}: {label} has shape {list(w.shape)}, expected {list(shape)}")
+        _check_weight_shapes(name, _CELL_WEIGHTS, weights,
+                             ((GH, self.input_size), (GH, self.hidden_size), (GH,), (GH,)))
         zoned = self.training and (self.zoneout != 0 or self.zoneout_c != 0)
         if zoned:  # (a cell's only rates: check_training_rates checks nothing else that a cell uses)
             check_training_rates(self)

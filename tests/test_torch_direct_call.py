@@ -139,3 +139,10 @@ def test_a_weight_held_as_a_plain_tensor_is_used():
             p.copy_(w if n == "weight_hh_l0" else getattr(m, n))
         y_ref, _ = ref(x)
     np.testing.assert_allclose(y.detach().numpy(), y_ref.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_cell_weight_of_the_wrong_shape_is_named():
+    c = pt.GRUCell(4, 6)
+    c.weight_hh = torch.nn.Parameter(torch.randn(18, 5))
+    with pytest.raises(ValueError, match=r"GRUCell: weight_hh has shape \[18, 5\], expected \[18, 6\]"):
+        c(torch.randn(2, 4))
