@@ -894,7 +894,10 @@ class _PyrnnCellMixin(CellStateZoneout):
             check_training_rates(self)
         zh, zc = self._zoneout_masks(x.size(0), dtype) if zoned else (None, None)
         grad = _needs_grad([x, h0, c0, *weights])
-        if _traced(x):
+        if (self.input_size == 0 or self.hidden_size == 0) and (grad or zoned or _traced(x)):
+            # (torch.nn's cells take these sizes; the sequence kernels, which give gradients, do not)
+            h1, c1 = _empty_size_step(self._cell, self._options(), x, h0, c0, *weights, zh, zc)
+        elif _traced(x):
             _, h1, c1 = _op(self._cell, self._options(), False, x.unsqueeze(0), h0, c0, *weights, None,
                             zoneout_h=zh, zoneout_c=zc)
         elif grad and zh is None and zc is None:  # a training step: the kernels' one-step sequence, lean
@@ -915,6 +918,36 @@ class _PyrnnCellMixin(CellStateZoneout):
 
 
 _CELL_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+def _empty_size_step(cell, options, x, h0, c0, W_ih, W_hh, b_ih, b_hh, zh, zc):
+    """One step of a cell with input_size or hidden_size 0, in torch operations (with their gradients):
+    (h', c' or None). torch.nn's cells take these sizes and pyrnn's sequence kernels do not; the
+    one-step kernel (no gradients) does."""
+    B, H = x.size(0), W_hh.size(1)
+    h = x.new_zeros(B, H) if h0 is None else h0
+    gi = x @ W_ih.t() + (0 if b_ih is None else b_ih)
+    gh = h @ W_hh.t() + (0 if b_hh is None else b_hh)
+    c1 = None
+    if cell == "rnn":
+        h1 = torch.relu(gi + gh) if options["nonlinearity"] == "relu" else torch.tanh(gi + gh)
+    elif cell == "lstm":
+        c = x.new_zeros(B, H) if c0 is None else c0
+        i, f, g, o = (gi + gh).chunk(4, 1)
+        c1 = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h1 = torch.sigmoid(o) * torch.tanh(c1)
+        if zc is not None:
+            c1 = zc[0] * c + (1 - zc[0]) * c1
+    else:
+        r, z = torch.sigmoid(gi[:, :2 * H] + gh[:, :2 * H]).chunk(2, 1)
+        if options["reset_after"]:
+            n = torch.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
+        else:
+            n = torch.tanh(gi[:, 2 * H:] + (r * h) @ W_hh[2 * H:].t() + (0 if b_hh is None else b_hh[2 * H:]))
+        h1 = (1 - z) * n + z * h
+    if zh is not None:
+        h1 = zh[0] * h + (1 - zh[0]) * h1
+    return h1, c1
 
 
 def _cell_weights(cell):

@@ -146,3 +146,57 @@ def test_a_cell_weight_of_the_wrong_shape_is_named():
     c.weight_hh = torch.nn.Parameter(torch.randn(18, 5))
     with pytest.raises(ValueError, match=r"GRUCell: weight_hh has shape \[18, 5\], expected \[18, 6\]"):
         c(torch.randn(2, 4))
+
+
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
+@pytest.mark.parametrize("I,H", [(0, 5), (3, 0), (0, 0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cells_of_size_zero_step_with_gradients_as_torch_nn(name, I, H, dtype):
+    # torch.nn's cells take input_size or hidden_size 0; a training step used to raise the sequence
+    # kernels' "T, I and H must be at least 1"
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, name)(I, H).to(dtype)
+    mine = getattr(pt, name)(I, H).to(dtype)
+    mine.load_state_dict(ref.state_dict())
+    x = torch.randn(2, I, dtype=dtype)
+    h = torch.randn(2, H, dtype=dtype)
+    for hx in (None, (h, 2 * h) if name == "LSTMCell" else h):
+        outs = []
+        for m in (ref, mine):
+            m.zero_grad()
+            out = m(x, hx)
+            out = out if isinstance(out, tuple) else (out,)
+            sum(t.square().sum() for t in out).backward()
+            outs.append((out, [p.grad.clone() for p in m.parameters()]))
+        (a, ga), (b, gb) = outs
+        for p, q in zip(a + tuple(ga), b + tuple(gb)):
+            assert p.shape == q.shape and p.dtype == q.dtype
+            torch.testing.assert_close(p, q)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_gru_cell_of_input_size_zero_trains_as_it_infers(reset_after):
+    torch.manual_seed(1)
+    cell = pt.GRUCell(0, 4, reset_after=reset_after)
+    x, h = torch.zeros(3, 0), torch.randn(3, 4)
+    with torch.no_grad():
+        expected = cell(x, h)  # the one-step kernel
+    got = cell(x, h.requires_grad_())
+    torch.testing.assert_close(got, expected)
+    got.sum().backward()
+    assert h.grad is not None and cell.weight_hh.grad.abs().sum() > 0
+
+
+def test_lstm_cell_of_input_size_zero_applies_zoneout_masks():
+    torch.manual_seed(2)
+    cell = pt.LSTMCell(0, 4, zoneout=0.5, zoneout_c=0.5)
+    m_h = torch.tensor([[1.0, 0, 1, 0]] * 2)
+    m_c = torch.tensor([[0.0, 1, 1, 0]] * 2)
+    cell._zoneout_masks = lambda B, dtype: (m_h[None], m_c[None])
+    x, h, c = torch.zeros(2, 0), torch.randn(2, 4), torch.randn(2, 4)
+    h1, c1 = cell(x, (h, c))
+    cell.eval()
+    with torch.no_grad():
+        h_new, c_new = cell(x, (h, c))
+    torch.testing.assert_close(h1, m_h * h + (1 - m_h) * h_new)
+    torch.testing.assert_close(c1, m_c * c + (1 - m_c) * c_new)
