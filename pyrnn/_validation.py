@@ -138,6 +138,10 @@ def check_forward(cell, x, states, W_ih, W_hh, b_ih, b_hh, lengths, h_mask=None,
     h_layout = "(B, P)" if W_hr is not None else "(B, H)"
 
     W_ih = as_float_array("W_ih", W_ih)
+    if W_ih.ndim == 2 and W_ih.shape[0] == G * H and W_ih.shape[1] != I:
+        # (x or W_ih may be the wrong one: name both)
+        raise ValueError(f"x has I = {I} input features (its last dimension) but W_ih has {W_ih.shape[1]} columns: "
+                         f"W_ih must have shape ({G}*H, I) = {(G * H, I)}, got {W_ih.shape}")
     check_shape("W_ih", W_ih, (G * H, I), f"({G}*H, I)")
 
     if (b_ih is None) != (b_hh is None):
@@ -396,18 +400,22 @@ def _layer_label(layer):
     return label() if callable(label) else layer.mode
 
 
-def layer_input(layer, x):
-    """A layer's input as a contiguous time-major [T, B, I] array, and whether it was unbatched."""
+def layer_input(layer, x, source=None):
+    """A layer's input as a contiguous time-major [T, B, I] array, and whether it was unbatched.
+    ``source``: what the caller was given, where ``x`` is already its array (named in a dtype error)."""
+    raw = x if source is None else source
     x = np.asarray(refuse_masked("input", x))
     if x.dtype != layer.dtype:
         if x.dtype.kind == "f":
             # (the advice names what the layer can be built with: float32 or float64, native byte order)
-            advice = (f"cast it (x.astype(np.{layer.dtype.name})), or build the layer with dtype={x.dtype.name}"
+            array = isinstance(raw, np.ndarray)
+            cast = f"x.astype(np.{layer.dtype.name})" if array else f"np.asarray(x, dtype=np.{layer.dtype.name})"
+            advice = (f"cast it ({cast}), or build the layer with dtype={x.dtype.name}"
                       if x.dtype.name in ("float32", "float64") and x.dtype.isnative and x.dtype.name != layer.dtype.name
-                      else f"cast it: x.astype(np.{layer.dtype.name}); layers are float32 or float64 in native byte "
-                           f"order")
-            raise TypeError(f"{_layer_label(layer)}: input must have the layer's dtype {layer.dtype}, got floating "
-                            f"{x.dtype} ({advice})")
+                      else f"cast it: {cast}; layers are float32 or float64 in native byte order")
+            given = x.dtype if array else f"a {type(raw).__name__}, which NumPy reads as {x.dtype}"
+            raise TypeError(f"{_layer_label(layer)}: input must have the layer's dtype {layer.dtype}, got {given} "
+                            f"({advice})")
         raise TypeError(f"{_layer_label(layer)}: input must have dtype {layer.dtype}, got {x.dtype}")
     if x.ndim not in (2, 3):
         raise ValueError(f"{_layer_label(layer)}: Expected input to be 2D or 3D, got {x.ndim}D input")

@@ -108,7 +108,7 @@ class _StackedLayer(CellStateZoneout, Module):
         recurrent_dropout and zoneout (eval mode: none of them applies).
         """
         given = x if isinstance(x, np.ndarray) else np.asarray(refuse_masked("input", x))  # (a tensor's memory)
-        x, unbatched = layer_input(self, given)
+        x, unbatched = layer_input(self, given, source=x)
         T, B, _ = x.shape
         if lengths is not None:
             lengths = check_lengths(lengths, T, B)

@@ -150,3 +150,17 @@ def test_with_weights_refuses_non_float():
     cell = pyrnn.GRUCell(3, 4)
     with pytest.raises(TypeError, match="floating-point"):
         cell.freeze().with_weights({k: v.astype(str) for k, v in cell.state_dict().items()})
+
+
+def test_x_with_another_input_size_than_W_ih_names_both():
+    W_ih, W_hh = _lstm_weights()
+    with pytest.raises(ValueError, match=r"x has I = 5 input features \(its last dimension\) but W_ih has 3 columns: "
+                                         r"W_ih must have shape \(4\*H, I\) = \(16, 5\), got \(16, 3\)"):
+        F.lstm_forward(np.zeros((2, 1, 5), np.float32), None, None, W_ih, W_hh)
+
+
+def test_a_list_input_of_another_dtype_is_named_as_a_list():
+    layer = pyrnn.LSTM(3, 4)
+    with pytest.raises(TypeError, match=r"got a list, which NumPy reads as float64 \(cast it \(np\.asarray\(x, "
+                                        r"dtype=np\.float32\)\), or build the layer with dtype=float64\)"):
+        layer(np.zeros((2, 1, 3)).tolist())

@@ -429,7 +429,7 @@ def test_constructor_errors(make, message):
     (lambda m: m(np.zeros((T, B, 3), np.float32)), ValueError, "input.size(-1) must be equal to input_size. Expected 5, got 3"),
     (lambda m: m(np.zeros((T, B, I, 1), np.float32)), ValueError, "Expected input to be 2D or 3D, got 4D input"),
     (lambda m: m(np.zeros((0, B, I), np.float32)), ValueError, "sequence length to be larger than 0"),
-    (lambda m: m(np.zeros((T, B, I))), TypeError, "input must have the layer's dtype float32, got floating float64"),
+    (lambda m: m(np.zeros((T, B, I))), TypeError, "input must have the layer's dtype float32, got float64"),
     (lambda m: m(np.zeros((T, B, I), np.float32), (np.zeros((2, B, H), np.float32), np.zeros((4, B, H), np.float32))),
      ValueError, "Expected hidden[0] size (4, 6, 4), got [2, 6, 4]"),
     (lambda m: m(np.zeros((T, B, I), np.float32), (np.zeros((4, B, H), np.float32), np.zeros((4, 1, H), np.float32))),
