@@ -894,8 +894,7 @@ class _PyrnnCellMixin(CellStateZoneout):
             check_training_rates(self)
         zh, zc = self._zoneout_masks(x.size(0), dtype) if zoned else (None, None)
         grad = _needs_grad([x, h0, c0, *weights])
-        if (self.input_size == 0 or self.hidden_size == 0) and (grad or zoned or _traced(x)):
-            # (torch.nn's cells take these sizes; the sequence kernels, which give gradients, do not)
+        if self.input_size == 0 or self.hidden_size == 0:  # (torch.nn's cells take these sizes; the kernels not)
             h1, c1 = _empty_size_step(self._cell, self._options(), x, h0, c0, *weights, zh, zc)
         elif _traced(x):
             _, h1, c1 = _op(self._cell, self._options(), False, x.unsqueeze(0), h0, c0, *weights, None,
@@ -922,8 +921,7 @@ _CELL_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 def _empty_size_step(cell, options, x, h0, c0, W_ih, W_hh, b_ih, b_hh, zh, zc):
     """One step of a cell with input_size or hidden_size 0, in torch operations (with their gradients):
-    (h', c' or None). torch.nn's cells take these sizes and pyrnn's sequence kernels do not; the
-    one-step kernel (no gradients) does."""
+    (h', c' or None). torch.nn's cells take these sizes; pyrnn's sequence kernels do not."""
     B, H = x.size(0), W_hh.size(1)
     h = x.new_zeros(B, H) if h0 is None else h0
     gi = x @ W_ih.t() + (0 if b_ih is None else b_ih)

@@ -94,9 +94,8 @@ void pack_backward_panels(const T* W, int64_t nrows, int64_t ncols, int64_t Kp, 
       for (int64_t q = q0; q < q1; ++q) {
         T* o = panel_of(q) + (gi * Kp + up) * UB;
         const int64_t c0 = q * UB, n = src ? std::max<int64_t>(0, std::min(UB, ncols - c0)) : 0;
-        if (n == UB) {  // (vector moves: GCC's inline memcpy of 64 bytes used four 16-byte ones)
-#pragma GCC unroll 8
-          for (int64_t v = 0; v < UB; v += kLanes<T>) storeu(o + v, loadu(src + c0 + v));
+        if (n == UB) {
+          copy_vectors<T, UB>(o, src + c0);
           continue;
         }
         if (n) std::memcpy(o, src + c0, sizeof(T) * size_t(n));

@@ -440,9 +440,8 @@ void pack_b(const BView<T>& B, int64_t k0, int64_t kc, int64_t n0, int64_t nc, T
       for (int64_t k = 0; k < kc; ++k) {
         T* o = panel + k * w;
         const T* src = B.ptr[k0 + k];
-        if (src && nw == NR) {  // a whole panel row: vector moves, and no call to fill nothing
-#pragma GCC unroll 8
-          for (int64_t v = 0; v < NR; v += kLanes<T>) storeu(o + v, loadu(src + n0 + j + v));
+        if (src && nw == NR) {  // a whole panel row (and no call to fill nothing after it)
+          copy_vectors<T, NR>(o, src + n0 + j);
           continue;
         }
         if (src)

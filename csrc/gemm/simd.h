@@ -74,6 +74,14 @@ inline void store_first(T* p, Vec<T> v, int n) {
   storeu(buf, v);
   std::memcpy(p, buf, sizeof(T) * size_t(n));
 }
+// Copies N elements (whole vectors) by vector moves: a packed panel's row. GCC's inline
+// memcpy of 64 bytes used four 16-byte moves.
+template <class T, int64_t N>
+inline void copy_vectors(T* dst, const T* src) {
+  static_assert(N % kLanes<T> == 0, "whole vectors");
+#pragma GCC unroll 8
+  for (int64_t v = 0; v < N; v += kLanes<T>) storeu(dst + v, loadu(src + v));
+}
 // NaN-propagating clamp: comparisons with NaN are false, so NaN passes through.
 // On x86 one max and one min: (v)maxps a, b gives b where either is NaN, so x
 // goes second. (Two instructions instead of two compares and two blends; the
