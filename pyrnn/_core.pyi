@@ -94,12 +94,20 @@ def workspace_from_residual(
     zoneout_h: Optional[_Array] = None,  # [T, B, H or P]
     zoneout_c: Optional[_Array] = None,  # [T, B, H] (LSTM)
 ) -> Workspace: ...
+class PackedBackward:
+    """A training forward's weights packed for sequence_backward (pack_backward)."""
+
+    @property
+    def nbytes(self) -> int: ...
+
+def pack_backward(workspace: Workspace) -> PackedBackward: ...
 def sequence_backward(
     workspace: Workspace,
     dy: Optional[_Array],
     dh_n: Optional[_Array],
     dc_n: Optional[_Array],
     want_dh_seq: bool = False,
+    packed: Optional[PackedBackward] = None,  # pack_backward of a forward with the same weights
 ) -> tuple[
     _Array,  # dx
     _Array,  # dh0

@@ -92,6 +92,15 @@ struct PackedRecurrenceHolder {
   int64_t nbytes() const { return f64 ? pyrnn::packed_recurrence_bytes(*pd) : pyrnn::packed_recurrence_bytes(*pf); }
 };
 
+// A training forward's weights packed for its backward (pyrnn/api.h pack_backward),
+// for other workspaces of the same weights (a cell's steps in one graph).
+struct PackedBackwardHolder {
+  bool f64 = false;
+  pyrnn::PackedBackwardPtr<float> pf;
+  pyrnn::PackedBackwardPtr<double> pd;
+  int64_t nbytes() const { return f64 ? pyrnn::packed_backward_bytes(*pd) : pyrnn::packed_backward_bytes(*pf); }
+};
+
 // A sequence call's arrays, checked, and its ForwardArgs (outputs not set).
 template <class Real>
 struct SequenceCall {
@@ -231,7 +240,7 @@ py::tuple forward_typed(SequenceCall<Real> c, bool training, const PackedRecurre
 
 template <class Real>
 py::tuple backward_typed(SequenceState& st, std::optional<py::array> dy, std::optional<py::array> dh_n,
-                         std::optional<py::array> dc_n, bool want_dh_seq) {
+                         std::optional<py::array> dc_n, bool want_dh_seq, const PackedBackwardHolder* packed) {
   const py::dtype dt = py::dtype::of<Real>();
   const int64_t T_ = st.T, B = st.B, I = st.I, H = st.H, G = pyrnn::gates_of(st.cell), P = st.P;
   const int64_t Ho = P ? P : H;
@@ -252,6 +261,13 @@ py::tuple backward_typed(SequenceState& st, std::optional<py::array> dy, std::op
   py::array_t<Real> dW_hh = B == 0 ? zeros({G * H, Ho}) : out_array<Real>({G * H, Ho});
   py::object dc0 = py::none(), db_ih = py::none(), db_hh = py::none(), dh_seq = py::none(), dW_hr = py::none();
   pyrnn::BackwardArgs<Real> g;
+  require(!packed || packed->f64 == std::is_same_v<Real, double>, "packed: weights packed for another dtype");
+  if (packed) {
+    if constexpr (std::is_same_v<Real, float>)
+      g.packed = packed->pf.get();
+    else
+      g.packed = packed->pd.get();
+  }
   g.dy = ptr<Real>(dy), g.dh_n = ptr<Real>(dh_n), g.dc_n = ptr<Real>(dc_n);
   g.dx = dx.mutable_data(), g.dh0 = dh0.mutable_data();
   g.dW_ih = dW_ih.mutable_data(), g.dW_hh = dW_hh.mutable_data();
@@ -443,14 +459,39 @@ void register_sequence(py::module_& m) {
       "The Workspace of a training sequence_forward(..., residual=) again, from its residual block and the same "
       "arguments and output y, for sequence_backward. Raises ValueError when the block does not match.");
 
+  py::class_<PackedBackwardHolder>(m, "PackedBackward",
+                                   "A training forward's weights (W_ih, W_hh, W_hr) packed for sequence_backward, "
+                                   "for the backward of other calls with the same weights (a copy).")
+      .def_property_readonly("nbytes", &PackedBackwardHolder::nbytes);
+
+  m.def(
+      "pack_backward",
+      [](const SequenceState& st) {
+        auto h = std::make_unique<PackedBackwardHolder>();
+        pyrnn_bindings::KernelCall nogil;
+        if (st.f64)
+          h->f64 = true, h->pd = pyrnn::pack_backward<double>(*st.wd, st.ad);
+        else
+          h->pf = pyrnn::pack_backward<float>(*st.wf, st.af);
+        return h;
+      },
+      py::arg("workspace"),
+      "The weights of this workspace's forward packed for sequence_backward(packed=): calls whose forwards had the "
+      "same weights (values) then skip their packing. Packs of another ISA level or shape are not used.");
+
   m.def(
       "sequence_backward",
-      [](SequenceState& st, py::object dy, py::object dh_n, py::object dc_n, bool want_dh_seq) {
-        if (st.f64) return backward_typed<double>(st, opt_array(dy), opt_array(dh_n), opt_array(dc_n), want_dh_seq);
-        return backward_typed<float>(st, opt_array(dy), opt_array(dh_n), opt_array(dc_n), want_dh_seq);
+      [](SequenceState& st, py::object dy, py::object dh_n, py::object dc_n, bool want_dh_seq,
+         const PackedBackwardHolder* packed) {
+        if (st.f64)
+          return backward_typed<double>(st, opt_array(dy), opt_array(dh_n), opt_array(dc_n), want_dh_seq, packed);
+        return backward_typed<float>(st, opt_array(dy), opt_array(dh_n), opt_array(dc_n), want_dh_seq, packed);
       },
       py::arg("workspace"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("want_dh_seq") = false,
-      "Returns (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dh_seq, dW_hr); absent entries are None.");
+      py::arg("packed") = nullptr,
+      "Returns (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dh_seq, dW_hr); absent entries are None. `packed`: "
+      "pack_backward of a workspace whose forward had the same weights, or None (packed in this call).");
   pyrnn_bindings::refuse_pickle(m.attr("Workspace"));
   pyrnn_bindings::refuse_pickle(m.attr("PackedRecurrence"));
+  pyrnn_bindings::refuse_pickle(m.attr("PackedBackward"));
 }

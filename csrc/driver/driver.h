@@ -548,7 +548,7 @@ void weight_grad(BwdCtx<T>& b, const WeightGradJob<T>& job, int tid, int nt, Gem
           false, s);
 }
 
-// dx for this thread's rows: dG_ih W_ih.
+// dx for this thread's rows: dG_ih W_ih (W_ih's panels from b.g.packed where given).
 template <class T>
 void input_grad(BwdCtx<T>& b, int64_t col0, int ng, const int* order, int tid, int nt, GemmScratch<T>& s) {
   const int64_t Hp = b.Hp, H = b.H, rows = b.sc.rows;
@@ -565,10 +565,24 @@ void input_grad(BwdCtx<T>& b, int64_t col0, int ng, const int* order, int tid, i
     arows[r - r0] = b.dG.data() + r * b.ld_dG + col0;
     crows[r - r0] = b.g.dx + (b.sc.row_t[r] * b.sc.B + b.sc.row_b[r]) * b.I;
   }
-  for (int64_t k = 0; k < ng * Hp; ++k)
-    wrows[k] = k % Hp < H ? b.a.W_ih + (order[k / Hp] * H + k % Hp) * b.I : nullptr;
+  const T* prepacked = b.g.packed ? b.g.packed->wih.data() : nullptr;
+  if (!prepacked)
+    for (int64_t k = 0; k < ng * Hp; ++k)
+      wrows[k] = k % Hp < H ? b.a.W_ih + (order[k / Hp] * H + k % Hp) * b.I : nullptr;
   gemm<T>(r1 - r0, b.I, ng * Hp, AView<T>{arows.data()}, BView<T>{wrows.data(), true}, CView<T>{crows.data()},
-          nullptr, false, s);
+          nullptr, false, s, prepacked);
+}
+
+// W_ih as input_grad's B (K = ng*Hp rows of dG's input columns, in gate order
+// `order`; N = I) in whole NR-wide column panels over all of K, zero-padded,
+// as gemm() reads prepacked panels: the same values its own packing gives.
+template <class T>
+void pack_input_grad_panels(const T* W_ih, int64_t H, int64_t I, int64_t Hp, const int* order, int ng,
+                            AlignedBuffer<T>& out) {
+  constexpr int64_t NR = kGemmNV * kLanes<T>;
+  const int64_t K = ng * Hp, np = ceil_div(I, NR);
+  out.reserve(size_t(np * K * NR));
+  pack_backward_panels<T, NR>(W_ih, H, I, Hp, order, ng, 0, np, [&](int64_t q) { return out.data() + q * K * NR; });
 }
 
 // dL/dh_t for units u..u+L (Ho wide): the recurrent part (masked as h was),
@@ -743,15 +757,19 @@ struct BackwardPhase {
   int64_t nrows, ncols, Kp, K, limit, nblk;
   T* panels;
 
-  BackwardPhase(BwdCtx<T>& b, AlignedBuffer<T>& buf)
+  bool prepacked;
+
+  // Panels in `buf`, packed by pack(); or those of `packed` (pack_backward).
+  BackwardPhase(BwdCtx<T>& b, AlignedBuffer<T>& buf, const AlignedBuffer<T>* packed = nullptr)
       : W(kProj ? b.a.W_hr : b.a.W_hh), nrows(kProj ? b.Ho : b.H), ncols(kProj ? b.H : b.Ho),
         Kp(kProj ? b.Ho : b.Hp), K(NG * Kp), limit(ceil_div(ncols, kLanes<T>) * kLanes<T>),
-        nblk(ceil_div(limit, UB)) {
-    buf.reserve(size_t(nblk * K * UB));
-    panels = buf.data();
+        nblk(ceil_div(limit, UB)), prepacked(packed != nullptr) {
+    if (!prepacked) buf.reserve(size_t(nblk * K * UB));
+    panels = prepacked ? const_cast<T*>(packed->data()) : buf.data();
   }
   T* panel(int64_t q) const { return panels + q * K * UB; }
   void pack(std::pair<int64_t, int64_t> blocks) const {
+    if (prepacked) return;
     pack_backward_panels<T, UB>(W, nrows, ncols, Kp, Phase::kGates, NG, blocks.first, blocks.second,
                          [this](int64_t q) { return panel(q); });
   }
@@ -798,7 +816,8 @@ void backward_loop(BwdCtx<T>& b, int nthreads, std::index_sequence<P...>) {
   using Phases = typename Cell::Backward;
   constexpr size_t kLast = sizeof...(P) - 1;
   std::array<AlignedBuffer<T>, sizeof...(P)> buffers;
-  std::tuple<BackwardPhase<T, std::tuple_element_t<P, Phases>, P == 0>...> phases{{b, buffers[P]}...};
+  std::tuple<BackwardPhase<T, std::tuple_element_t<P, Phases>, P == 0>...> phases{
+      {b, buffers[P], b.g.packed ? &b.g.packed->phases[P] : nullptr}...};
   const Schedule& sc = b.sc;
   const int nth = int(std::min<int64_t>(nthreads, std::max({std::get<P>(phases).nblk...})));
   const auto& first = std::get<0>(phases);
@@ -870,6 +889,29 @@ void backward_impl(const Workspace<T>& w, const ForwardArgs<T>& a, const Backwar
   with_cell(a.cell, a.P > 0, [&](auto cell) { backward_cell<T, decltype(cell)>(w, a, g, nthreads); });
 }
 
+// Packs what every backward call packs from the weights (pack_backward): the
+// phases' panels as backward_loop packs them, and W_ih for dx.
+template <class T, class Cell, size_t... P>
+void pack_backward_phases(BwdCtx<T>& b, PackedBackward<T>& out, std::index_sequence<P...>) {
+  using Phases = typename Cell::Backward;
+  out.phases.resize(sizeof...(P));
+  auto one = [&](auto phase) { phase.pack({0, phase.nblk}); };
+  (one(BackwardPhase<T, std::tuple_element_t<P, Phases>, P == 0>(b, out.phases[P])), ...);
+}
+
+template <class T>
+void pack_backward_impl(const Workspace<T>& w, const ForwardArgs<T>& a, PackedBackward<T>& out) {
+  const BackwardArgs<T> none;
+  BwdCtx<T> b(a, none, w);
+  b.Ho = a.P ? a.P : a.H;
+  out.cell = a.cell, out.I = a.I, out.H = a.H, out.P = a.P, out.Hp = w.Hp;
+  with_cell(a.cell, a.P > 0, [&](auto cell) {
+    using Cell = decltype(cell);
+    pack_backward_phases<T, Cell>(b, out, std::make_index_sequence<std::tuple_size_v<typename Cell::Backward>>{});
+    pack_input_grad_panels<T>(a.W_ih, a.H, a.I, w.Hp, Cell::kIhOrder, Cell::G, out.wih);
+  });
+}
+
 // forward_cell's workspace buffers (and strides), laid out one after another.
 template <class T, class Cell>
 ResidualLayout residual_layout_cell(const ForwardArgs<T>& a, int64_t rows) {
@@ -912,7 +954,7 @@ namespace PYRNN_ISA_NS {
 template <class T>
 constexpr KernelOps<T> make_ops() {
   return {&forward_impl<T>,   &backward_impl<T>,    &cell_step_impl<T>,
-          &pack_cell_impl<T>, &packed_step_impl<T>, &pack_recurrence_impl<T>,
+          &pack_cell_impl<T>, &packed_step_impl<T>, &pack_recurrence_impl<T>, &pack_backward_impl<T>,
           &residual_layout<T>, &ln_forward_impl<T>, &ln_backward_impl<T>};
 }
 

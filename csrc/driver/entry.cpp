@@ -61,7 +61,29 @@ template <class T>
 void sequence_backward(const Workspace<T>& ws, const ForwardArgs<T>& fwd, const BackwardArgs<T>& args, int nthreads) {
   ThreadChoice choice(sequence_key(3, fwd, ws.isa), nthreads, 2 * recurrent_flops_per_step(fwd), double(ws.sched.rows));
   // Backward runs on the level that ran forward: the saved layout depends on it.
+  if (args.packed && (args.packed->isa != ws.isa || args.packed->cell != fwd.cell || args.packed->I != fwd.I ||
+                      args.packed->H != fwd.H || args.packed->P != fwd.P || args.packed->Hp != ws.Hp)) {
+    BackwardArgs<T> own = args;  // packed for another level or shape: this call packs its own
+    own.packed = nullptr;
+    ops_for<T>(ws.isa).backward(ws, fwd, own, choice.threads());
+    return;
+  }
   ops_for<T>(ws.isa).backward(ws, fwd, args, choice.threads());
+}
+
+template <class T>
+PackedBackwardPtr<T> pack_backward(const Workspace<T>& ws, const ForwardArgs<T>& fwd) {
+  PackedBackwardPtr<T> p(new PackedBackward<T>());
+  p->isa = ws.isa;
+  ops_for<T>(ws.isa).pack_backward(ws, fwd, *p);
+  return p;
+}
+
+template <class T>
+int64_t packed_backward_bytes(const PackedBackward<T>& p) {
+  size_t n = p.wih.size();
+  for (const auto& b : p.phases) n += b.size();
+  return int64_t(n * sizeof(T));
 }
 
 // A residual block: this header (128 bytes), then the workspace laid out by the
@@ -258,6 +280,10 @@ int64_t packed_recurrence_bytes(const PackedRecurrence<T>& p) {
   return int64_t(n * sizeof(T) + low);
 }
 
+template PackedBackwardPtr<float> pack_backward(const Workspace<float>&, const ForwardArgs<float>&);
+template PackedBackwardPtr<double> pack_backward(const Workspace<double>&, const ForwardArgs<double>&);
+template int64_t packed_backward_bytes(const PackedBackward<float>&);
+template int64_t packed_backward_bytes(const PackedBackward<double>&);
 template PackedRecurrencePtr<float> pack_recurrence(const ForwardArgs<float>&, WeightPrecision);
 template PackedRecurrencePtr<double> pack_recurrence(const ForwardArgs<double>&, WeightPrecision);
 template int64_t packed_recurrence_bytes(const PackedRecurrence<float>&);
@@ -299,6 +325,8 @@ template struct OpaqueDeleter<PackedCell<float>>;
 template struct OpaqueDeleter<PackedCell<double>>;
 template struct OpaqueDeleter<PackedRecurrence<float>>;
 template struct OpaqueDeleter<PackedRecurrence<double>>;
+template struct OpaqueDeleter<PackedBackward<float>>;
+template struct OpaqueDeleter<PackedBackward<double>>;
 
 // ---- layer-normalised LSTM / GRU (layernorm.h) ----
 

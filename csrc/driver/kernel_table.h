@@ -16,6 +16,7 @@ struct KernelOps {
   void (*pack_cell)(const CellStepArgs<T>&, WeightPrecision, PackedCell<T>&);
   void (*packed_step)(const PackedCell<T>&, const CellStepArgs<T>&, int nthreads);
   void (*pack_recurrence)(const ForwardArgs<T>&, WeightPrecision, PackedRecurrence<T>&);
+  void (*pack_backward)(const Workspace<T>&, const ForwardArgs<T>&, PackedBackward<T>&);
   // The training workspace's layout in one block for `rows` packed rows.
   ResidualLayout (*residual_layout)(const ForwardArgs<T>&, int64_t rows);
   // Layer-normalised LSTM/GRU (layernorm.h).

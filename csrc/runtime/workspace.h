@@ -122,6 +122,20 @@ struct PackedRecurrence {
   LowPanels low_wih;
 };
 
+// One training graph's weights packed once for the backward of its calls
+// (pyrnn/api.h pack_backward): a cell's steps in one graph each run a T = 1
+// backward with the same W_ih and W_hh. `phases`: each backward phase's
+// panels (BackwardPhase: W_hh, W_hr); `wih`: W_ih for dx, in the gate order of
+// dG's input columns, as NR-wide column panels over all of K = G*Hp.
+template <class T>
+struct PackedBackward {
+  CellKind cell = CellKind::Lstm;
+  Isa isa = Isa::Baseline;
+  int64_t I = 0, H = 0, P = 0, Hp = 0;
+  std::vector<AlignedBuffer<T>> phases;
+  AlignedBuffer<T> wih;
+};
+
 // Row stride for n elements: strides that are multiples of 1 KiB put the rows
 // a micro-kernel reads together into the same L1 sets (4K aliasing), so such
 // strides get one extra cache line (as oneDNN's get_good_ld does).

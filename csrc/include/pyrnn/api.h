@@ -18,6 +18,8 @@ namespace pyrnn {
 
 template <class T>
 struct PackedRecurrence;
+template <class T>
+struct PackedBackward;
 
 // Precision of weights packed for inference (pack_recurrence, pack_cell).
 // Same: the call's dtype. Int8: per-row scaled int8 weights, activations
@@ -95,6 +97,10 @@ struct BackwardArgs {
   // Optional [T,B,H]: ||dL/dh_t|| diagnostics; receives dL/dh_t for each step
   // (the total gradient reaching h_t, recurrent and from dy). Null: not stored.
   Real* dh_seq = nullptr;
+  // The forward's W_ih, W_hh (W_hr) packed once for many backward calls
+  // (pack_backward), or null: packed in every call. Packs of another ISA
+  // level than the workspace's are not used.
+  const PackedBackward<Real>* packed = nullptr;
 };
 
 // Entry points; every call picks the kernel for isa_selected() once.
@@ -105,6 +111,17 @@ WorkspacePtr<T> sequence_forward(const ForwardArgs<T>& args, bool training, int 
 template <class T>
 void sequence_backward(const Workspace<T>& ws, const ForwardArgs<T>& fwd, const BackwardArgs<T>& args,
                        int nthreads);
+
+// The weights of a training forward (fwd's cell, I, H, P, W_ih, W_hh, W_hr)
+// packed for sequence_backward (BackwardArgs::packed), at the level that ran
+// it (ws): for the T = 1 calls of a cell's steps in one graph, which then
+// pack once instead of once per step. A copy.
+template <class T>
+using PackedBackwardPtr = OpaquePtr<PackedBackward<T>>;
+template <class T>
+PackedBackwardPtr<T> pack_backward(const Workspace<T>& ws, const ForwardArgs<T>& fwd);
+template <class T>
+int64_t packed_backward_bytes(const PackedBackward<T>& packed);
 
 // Bytes a training workspace holds for these arguments (for reporting memory use).
 template <class T>

@@ -1,0 +1,238 @@
+"""A cell's training steps in one graph pack their weights once (pyrnn.torch._StepChain): the same
+bits as packing in every step, forward and backward, and never a stale packing after the weights
+change between steps."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import pyrnn.torch as pt  # noqa: E402
+
+CELLS = [
+    ("LSTMCell", {}),
+    ("GRUCell", {}),
+    ("GRUCell", {"reset_after": False}),
+    ("RNNCell", {}),
+    ("RNNCell", {"nonlinearity": "relu"}),
+]
+
+
+def _unchained(monkeypatch):
+    """Every step packs for itself, as before chains (the reference)."""
+    monkeypatch.setattr(pt._StepChain, "join", classmethod(lambda cls, *a: None))
+
+
+def _state(name, B, H, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(B, H, generator=g, dtype=dtype)
+    return (h, torch.randn(B, H, generator=g, dtype=dtype)) if name == "LSTMCell" else h
+
+
+def _loop(cell, xs, hx):
+    """Steps the cell over xs from hx; returns the outputs of every step (h, or h and c)."""
+    outs = []
+    for x in xs:
+        hx = cell(x, hx)
+        outs.extend(hx if isinstance(hx, tuple) else (hx,))
+    return outs
+
+
+def _run(name, kw, B, I, H, T, dtype, chained, monkeypatch):
+    torch.manual_seed(0)
+    cell = getattr(pt, name)(I, H, dtype=dtype, **kw)
+    xs = torch.randn(T, B, I, dtype=dtype, requires_grad=True)
+    hx = _state(name, B, H, dtype, 1)
+    hx = tuple(h.requires_grad_() for h in hx) if isinstance(hx, tuple) else hx.requires_grad_()
+    with monkeypatch.context() as m:
+        if not chained:
+            _unchained(m)
+        outs = _loop(cell, xs, hx)
+        loss = sum((o * torch.linspace(-1, 1, o.numel(), dtype=dtype).view_as(o)).sum() for o in outs)
+        loss.backward()
+    leaves = [xs, *(hx if isinstance(hx, tuple) else (hx,)), *cell.parameters()]
+    return [o.detach() for o in outs], [t.grad for t in leaves], outs[-1]
+
+
+@pytest.mark.parametrize("name,kw", CELLS)
+@pytest.mark.parametrize("B,I,H", [(1, 5, 7), (3, 16, 33), (37, 20, 64)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_chained_steps_equal_unchained_bitwise(name, kw, B, I, H, dtype, monkeypatch):
+    T = 5
+    outs, grads, last = _run(name, kw, B, I, H, T, dtype, True, monkeypatch)
+    ref_outs, ref_grads, _ = _run(name, kw, B, I, H, T, dtype, False, monkeypatch)
+    for a, b in zip(outs, ref_outs):
+        assert torch.equal(a, b)
+    for a, b in zip(grads, ref_grads):
+        assert torch.equal(a, b)
+    chain = last.grad_fn.chain
+    assert chain.steps == T
+    # released after the last backward call (and the forward packing when backward began)
+    assert chain.forward is None and chain.backward is None and chain.pending == 0
+
+
+@pytest.mark.parametrize("name,kw", [("LSTMCell", {}), ("GRUCell", {})])
+def test_chained_steps_match_torch_nn(name, kw):
+    torch.manual_seed(0)
+    ours = getattr(pt, name)(12, 24, **kw)
+    ref = getattr(torch.nn, name)(12, 24)
+    ref.load_state_dict(ours.state_dict())
+    xs = torch.randn(8, 6, 12)
+    results = []
+    for cell in (ours, ref):
+        x = xs.clone().requires_grad_()
+        outs = _loop(cell, x, None)
+        sum(o.square().sum() for o in outs).backward()
+        results.append((outs, x.grad, [p.grad for p in cell.parameters()]))
+    (o1, dx1, g1), (o2, dx2, g2) = results
+    for a, b in zip(o1, o2):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dx1, dx2, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _two_steps_with_update(cls, update):
+    """Two steps with `update(cell)` between them (no backward): the second step's h."""
+    torch.manual_seed(0)
+    cell = cls(6, 10)
+    x = torch.randn(4, 6)
+    h = cell(x)
+    h = cell(x, h)  # the chain's second step: packs now
+    update(cell)
+    h = cell(x, h)
+    return cell, h
+
+
+@pytest.mark.parametrize("how", ["in_place", "data", "new_parameter", "data_copy_then_bump"])
+def test_weights_changed_between_steps_are_not_stale(how):
+    """A chain is joined only with the same weight tensors at the same version and address: a weight
+    changed in place, replaced through .data, or replaced by a new Parameter is read anew."""
+
+    def update(cell):
+        with torch.no_grad():
+            if how == "in_place":
+                cell.weight_hh.mul_(0.5)
+            elif how == "data":
+                cell.weight_hh.data = cell.weight_hh.data * 0.5
+            elif how == "new_parameter":
+                cell.weight_hh = torch.nn.Parameter(cell.weight_hh * 0.5)
+            else:
+                cell.weight_ih.data.mul_(0.5)  # (no version bump through .data) ...
+                cell.weight_ih.add_(0.0)  # ... then one that bumps it
+
+    ours_cell, ours = _two_steps_with_update(pt.RNNCell, update)
+    ref_cell, ref = _two_steps_with_update(torch.nn.RNNCell, update)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_backward_after_in_place_update_between_steps_raises():
+    """autograd's check of the saved weights still refuses such a backward, as torch.nn's does."""
+    cell = pt.LSTMCell(4, 5)
+    x = torch.randn(2, 4)
+    hx = cell(x)
+    hx = cell(x, hx)
+    with torch.no_grad():
+        cell.weight_hh.add_(1.0)
+    hx = cell(x, hx)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        hx[0].sum().backward()
+
+
+def test_retain_graph_then_more_steps():
+    """Steps after a backward with retain_graph pack again; a second backward through all of them
+    gives torch.nn's gradients."""
+    torch.manual_seed(0)
+    ours = pt.GRUCell(5, 9)
+    ref = torch.nn.GRUCell(5, 9)
+    ref.load_state_dict(ours.state_dict())
+    xs = torch.randn(6, 3, 5)
+    grads = []
+    for cell in (ours, ref):
+        h = None
+        for x in xs[:3]:
+            h = cell(x, h)
+        h.sum().backward(retain_graph=True)
+        for x in xs[3:]:
+            h = cell(x, h)
+        h.square().sum().backward()
+        grads.append([p.grad.clone() for p in cell.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_stacked_cells_each_chain_their_own_weights():
+    """Two cells in one loop (layer 2 reads layer 1's h): each step joins its own cell's chain."""
+    torch.manual_seed(0)
+    c1, c2 = pt.LSTMCell(4, 8), pt.LSTMCell(8, 8)
+    r1, r2 = torch.nn.LSTMCell(4, 8), torch.nn.LSTMCell(8, 8)
+    r1.load_state_dict(c1.state_dict())
+    r2.load_state_dict(c2.state_dict())
+    xs = torch.randn(7, 3, 4)
+    grads = []
+    for a, b in ((c1, c2), (r1, r2)):
+        s1 = s2 = None
+        for x in xs:
+            s1 = a(x, s1)
+            s2 = b(s1[0], s2)
+        if a is c1:
+            chains = (s1[0].grad_fn.chain, s2[0].grad_fn.chain)
+            assert chains[0] is not chains[1] and [c.steps for c in chains] == [7, 7]
+        s2[0].sum().backward()
+        grads.append([p.grad.clone() for p in (*a.parameters(), *b.parameters())])
+    for g, r in zip(*grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+
+
+def test_chain_steps_and_packing_lifetime():
+    cell = pt.LSTMCell(3, 4)
+    x = torch.randn(2, 3)
+    hx = cell(x)
+    chain = hx[0].grad_fn.chain
+    assert chain.steps == 1 and chain.forward is None  # one step packs nothing ahead
+    hx = cell(x, hx)
+    assert hx[1].grad_fn.chain is chain and chain.steps == 2 and chain.forward is not None
+    hx = cell(x, (hx[0].detach(), hx[1].detach()))  # detached: a new chain
+    assert hx[0].grad_fn.chain is not chain and hx[0].grad_fn.chain.steps == 1
+
+
+def test_saved_tensor_hooks_do_not_chain():
+    cell = pt.GRUCell(3, 4)
+    x = torch.randn(2, 3)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
+        h = cell(x)
+        h = cell(x, h)
+    assert h.grad_fn.chain is None
+    h.sum().backward()
+    assert np.isfinite(cell.weight_hh.grad.numpy()).all()
+
+
+def test_core_backward_packing_of_another_shape_or_dtype():
+    """sequence_backward(packed=) uses a packing only for the shape it was made for (another is
+    ignored: the call packs its own) and refuses one of another dtype."""
+    from pyrnn import _core
+    from pyrnn.functional import cell_spec
+
+    kind = cell_spec("lstm").kind
+    rng = np.random.default_rng(0)
+
+    def call(H, dtype=np.float32):
+        x = rng.standard_normal((1, 3, 4)).astype(dtype)
+        W_ih = rng.standard_normal((4 * H, 4)).astype(dtype)
+        W_hh = rng.standard_normal((4 * H, H)).astype(dtype)
+        return _core.sequence_forward(kind, x, None, None, W_ih, W_hh, None, None, None, False, True)
+
+    _, h_a, _, ws_a = call(8)
+    _, h_b, _, ws_b = call(16)
+    dh = np.ones_like(h_b)
+    other = _core.pack_backward(ws_a)
+    assert other.nbytes > 0
+    got = _core.sequence_backward(ws_b, None, dh, None, False, other)
+    want = _core.sequence_backward(ws_b, None, dh, None, False)
+    for a, b in zip(got, want):
+        assert (a is None and b is None) or np.array_equal(a, b)
+    same = _core.pack_backward(ws_b)
+    for a, b in zip(_core.sequence_backward(ws_b, None, dh, None, False, same), want):
+        assert (a is None and b is None) or np.array_equal(a, b)
+    _, h_d, _, ws_d = call(16, np.float64)
+    with pytest.raises(ValueError, match="another dtype"):
+        _core.sequence_backward(ws_d, None, np.ones_like(h_d), None, False, same)
