@@ -91,6 +91,7 @@ compute at the same time and at most max(pyrnn's, torch's) threads are busy.
 
 from __future__ import annotations
 
+import collections
 import copy
 import functools
 import numbers
@@ -98,7 +99,7 @@ import importlib.abc
 import sys
 import weakref
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
@@ -305,15 +306,33 @@ class _StepChain:
     first of them. The weights must be unchanged in between: the same tensors, at the same
     version counter and address (what autograd checks of the saved weights, and it refuses the
     backward after an in-place update it sees). The forward packing is dropped when backward
-    starts (a step after that packs again), the backward one after the chain's last backward
-    call, or with the graph. Not under saved_tensors_hooks, where backward may see copies."""
+    starts (a step after that packs again), and only the last ``_HELD`` chains to pack keep
+    theirs (graphs kept without a backward would each hold a copy of the weights); the
+    backward packing lasts one backward pass (the next reads the weights again: a fused
+    optimizer's step between two passes through one graph moves no version counter). Not
+    under saved_tensors_hooks, where backward may see copies."""
 
-    __slots__ = ("kind", "weights", "stamp", "forward", "backward", "steps", "pending")
+    __slots__ = ("kind", "weights", "stamp", "forward", "backward", "steps", "__weakref__")
+    _HELD = 8
+    _holding: ClassVar[collections.deque[weakref.ref[_StepChain]]] = collections.deque()  # chains with a forward packing
 
     def __init__(self, kind, weights, stamp):
         self.kind, self.weights, self.stamp = kind, weights, stamp
         self.forward = self.backward = None
-        self.steps = self.pending = 1
+        self.steps = 1
+
+    def _pack_forward(self):
+        held = _StepChain._holding
+        live = [ref for ref in held if (chain := ref()) is not None and chain.forward is not None]
+        held.clear()
+        held.extend(live)
+        while len(held) >= _StepChain._HELD:
+            old = held.popleft()()
+            if old is not None:
+                old.forward = None
+        W_ih, W_hh = self.weights
+        self.forward = _core.PackedRecurrence(self.kind, F._c(_np(W_ih)), F._c(_np(W_hh)))
+        held.append(weakref.ref(self))
 
     @classmethod
     def join(cls, spec, h0, c0, W_ih, W_hh):
@@ -330,26 +349,27 @@ class _StepChain:
             if (chain is not None and chain.kind == kind and chain.weights[0] is W_ih and chain.weights[1] is W_hh
                     and chain.stamp == stamp):
                 if chain.forward is None:
-                    chain.forward = _core.PackedRecurrence(kind, F._c(_np(W_ih)), F._c(_np(W_hh)))
+                    chain._pack_forward()
                 chain.steps += 1
-                chain.pending += 1
                 return chain
         return cls(kind, (W_ih, W_hh), stamp)
 
     def backward_packing(self, ws):
-        """The packing for a backward call of this chain (made from its workspace ``ws`` at the first),
-        or None for a chain of one step."""
+        """The packing for a backward call of this chain (made from its workspace ``ws`` at the
+        pass's first, dropped when the pass ends), or None for a chain of one step."""
         self.forward = None
         if self.steps < 2:
             return None
         if self.backward is None:
+            try:
+                torch.autograd.Variable._execution_engine.queue_callback(self._end_of_pass)
+            except RuntimeError:  # (not inside autograd's engine)
+                return None
             self.backward = _core.pack_backward(ws)
         return self.backward
 
-    def backward_done(self):
-        self.pending -= 1
-        if self.pending <= 0:
-            self.backward = None
+    def _end_of_pass(self):
+        self.backward = None
 
 
 class _Recurrence(_torch_ops.NoForwardAD, torch.autograd.Function):
@@ -411,8 +431,6 @@ class _Recurrence(_torch_ops.NoForwardAD, torch.autograd.Function):
         g = _core.sequence_backward(ws, F._c(_np(dy)), F._c(_np(dh_n)),
                                     F._c(_np(dc_n)) if spec.cell == "lstm" else None, False,
                                     None if chain is None else chain.backward_packing(ws))
-        if chain is not None:
-            chain.backward_done()
         grads = (*g[:7], g[8])  # (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh; dh_seq not asked for; dW_hr)
         out = [None if g is None or not need else torch.from_numpy(g)
                for g, need in zip(grads, ctx.needs_input_grad[1:])]

@@ -66,8 +66,8 @@ def test_chained_steps_equal_unchained_bitwise(name, kw, B, I, H, dtype, monkeyp
         assert torch.equal(a, b)
     chain = last.grad_fn.chain
     assert chain.steps == T
-    # released after the last backward call (and the forward packing when backward began)
-    assert chain.forward is None and chain.backward is None and chain.pending == 0
+    # the forward packing released when backward began, the backward one when the pass ended
+    assert chain.forward is None and chain.backward is None
 
 
 @pytest.mark.parametrize("name,kw", [("LSTMCell", {}), ("GRUCell", {})])
@@ -236,3 +236,70 @@ def test_core_backward_packing_of_another_shape_or_dtype():
     _, h_d, _, ws_d = call(16, np.float64)
     with pytest.raises(ValueError, match="another dtype"):
         _core.sequence_backward(ws_d, None, np.ones_like(h_d), None, False, same)
+
+
+@pytest.mark.parametrize("update", ["fused_adam", "data"])
+def test_update_unseen_by_version_counter_between_backward_passes(update):
+    """Two backward passes through one graph (a midpoint loss with retain_graph, then the last
+    step's) with an update between them that moves no version counter (a fused optimizer, .data):
+    the second pass reads the weights again, as torch.nn's does."""
+    torch.manual_seed(0)
+    ours = pt.LSTMCell(8, 16)
+    ref = torch.nn.LSTMCell(8, 16)
+    ref.load_state_dict(ours.state_dict())
+    xs = torch.randn(6, 4, 8)
+    grads = []
+    for cell in (ours, ref):
+        opt = torch.optim.Adam(cell.parameters(), lr=0.1, fused=True) if update == "fused_adam" else None
+        hx, outs = None, []
+        for x in xs:
+            hx = cell(x, hx)
+            outs.append(hx[0])
+        outs[2].sum().backward(retain_graph=True)
+        if opt is not None:
+            opt.step()
+        else:
+            for p in cell.parameters():
+                p.data.add_(p.grad, alpha=-0.5)
+        cell.zero_grad()
+        outs[-1].sum().backward()
+        grads.append([p.grad.clone() for p in cell.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_backward_packing_released_when_the_pass_ends():
+    """A loss that reaches only some steps (a readout taken before the last step) leaves steps
+    whose backward never runs: the packing still goes when the pass ends."""
+    torch.manual_seed(0)
+    cell = pt.GRUCell(6, 12)
+    fc = torch.nn.Linear(12, 1)
+    h, loss = torch.zeros(3, 12), 0
+    for x in torch.randn(5, 3, 6):
+        loss = loss + fc(h).sum()
+        h = cell(x, h)
+    chain = h.grad_fn.chain
+    assert chain.steps == 5 and chain.forward is not None
+    loss.backward()
+    assert chain.forward is None and chain.backward is None
+
+
+def test_forward_packings_held_by_at_most_a_few_chains():
+    """Graphs kept without a backward (outputs gathered under grad mode) hold at most _HELD forward
+    packings between them; a chain whose packing went packs again if it goes on, with the same bits."""
+    torch.manual_seed(0)
+    cell = pt.RNNCell(5, 7)
+    x = torch.randn(2, 5)
+    kept = []
+    for _ in range(pt._StepChain._HELD + 4):
+        h = cell(x)
+        h = cell(x, h)
+        kept.append(h)
+    chains = [h.grad_fn.chain for h in kept]
+    assert sum(c.forward is not None for c in chains) == pt._StepChain._HELD
+    assert chains[0].forward is None and chains[-1].forward is not None
+    h3 = cell(x, kept[0])  # packs again
+    assert chains[0].forward is not None and h3.grad_fn.chain is chains[0]
+    with torch.no_grad():
+        want = torch.tanh(x @ cell.weight_ih.T + cell.bias_ih + kept[0] @ cell.weight_hh.T + cell.bias_hh)
+    torch.testing.assert_close(h3.detach(), want, rtol=1e-5, atol=1e-6)
