@@ -37,6 +37,20 @@ def _loop(cell, xs, hx):
     return outs
 
 
+def _pair(name, I, H, **kw):
+    """A pyrnn.torch cell and the torch.nn cell with its weights."""
+    torch.manual_seed(0)
+    ours = getattr(pt, name)(I, H, **kw)
+    ref = getattr(torch.nn, name)(I, H)
+    ref.load_state_dict(ours.state_dict())
+    return ours, ref
+
+
+def _assert_all_close(got, want, rtol=1e-4, atol=1e-5):
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+
+
 def _run(name, kw, B, I, H, T, dtype, chained, monkeypatch):
     torch.manual_seed(0)
     cell = getattr(pt, name)(I, H, dtype=dtype, **kw)
@@ -72,10 +86,7 @@ def test_chained_steps_equal_unchained_bitwise(name, kw, B, I, H, dtype, monkeyp
 
 @pytest.mark.parametrize("name,kw", [("LSTMCell", {}), ("GRUCell", {})])
 def test_chained_steps_match_torch_nn(name, kw):
-    torch.manual_seed(0)
-    ours = getattr(pt, name)(12, 24, **kw)
-    ref = getattr(torch.nn, name)(12, 24)
-    ref.load_state_dict(ours.state_dict())
+    ours, ref = _pair(name, 12, 24, **kw)
     xs = torch.randn(8, 6, 12)
     results = []
     for cell in (ours, ref):
@@ -141,10 +152,7 @@ def test_backward_after_in_place_update_between_steps_raises():
 def test_retain_graph_then_more_steps():
     """Steps after a backward with retain_graph pack again; a second backward through all of them
     gives torch.nn's gradients."""
-    torch.manual_seed(0)
-    ours = pt.GRUCell(5, 9)
-    ref = torch.nn.GRUCell(5, 9)
-    ref.load_state_dict(ours.state_dict())
+    ours, ref = _pair("GRUCell", 5, 9)
     xs = torch.randn(6, 3, 5)
     grads = []
     for cell in (ours, ref):
@@ -156,17 +164,12 @@ def test_retain_graph_then_more_steps():
             h = cell(x, h)
         h.square().sum().backward()
         grads.append([p.grad.clone() for p in cell.parameters()])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    _assert_all_close(*grads)
 
 
 def test_stacked_cells_each_chain_their_own_weights():
     """Two cells in one loop (layer 2 reads layer 1's h): each step joins its own cell's chain."""
-    torch.manual_seed(0)
-    c1, c2 = pt.LSTMCell(4, 8), pt.LSTMCell(8, 8)
-    r1, r2 = torch.nn.LSTMCell(4, 8), torch.nn.LSTMCell(8, 8)
-    r1.load_state_dict(c1.state_dict())
-    r2.load_state_dict(c2.state_dict())
+    (c1, r1), (c2, r2) = _pair("LSTMCell", 4, 8), _pair("LSTMCell", 8, 8)
     xs = torch.randn(7, 3, 4)
     grads = []
     for a, b in ((c1, c2), (r1, r2)):
@@ -179,8 +182,7 @@ def test_stacked_cells_each_chain_their_own_weights():
             assert chains[0] is not chains[1] and [c.steps for c in chains] == [7, 7]
         s2[0].sum().backward()
         grads.append([p.grad.clone() for p in (*a.parameters(), *b.parameters())])
-    for g, r in zip(*grads):
-        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+    _assert_all_close(*grads)
 
 
 def test_chain_steps_and_packing_lifetime():
@@ -243,10 +245,7 @@ def test_update_unseen_by_version_counter_between_backward_passes(update):
     """Two backward passes through one graph (a midpoint loss with retain_graph, then the last
     step's) with an update between them that moves no version counter (a fused optimizer, .data):
     the second pass reads the weights again, as torch.nn's does."""
-    torch.manual_seed(0)
-    ours = pt.LSTMCell(8, 16)
-    ref = torch.nn.LSTMCell(8, 16)
-    ref.load_state_dict(ours.state_dict())
+    ours, ref = _pair("LSTMCell", 8, 16)
     xs = torch.randn(6, 4, 8)
     grads = []
     for cell in (ours, ref):
@@ -264,8 +263,7 @@ def test_update_unseen_by_version_counter_between_backward_passes(update):
         cell.zero_grad()
         outs[-1].sum().backward()
         grads.append([p.grad.clone() for p in cell.parameters()])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    _assert_all_close(*grads)
 
 
 def test_backward_packing_released_when_the_pass_ends():
