@@ -144,6 +144,9 @@ class _Spec(NamedTuple):
     # A sequence module's call, whose input, states and weights the module checked (dtypes, shapes):
     # without lengths or masks the kernels are called directly, as for a step.
     checked: bool = False
+    # A module's call of one step: the _StepChain of the call before it for this layer and direction
+    # (the h_n it returned came back as hx), or None.
+    follows: object = None
 
 
 _np = _torch_ops._np  # NumPy view (no copy) of a CPU tensor; None stays None
@@ -334,6 +337,13 @@ class _StepChain:
         self.forward = _core.PackedRecurrence(self.kind, F._c(_np(W_ih)), F._c(_np(W_hh)))
         held.append(weakref.ref(self))
 
+    @staticmethod
+    def chainable(spec, x, W_hr):
+        """Whether a training call may join a chain: a cell's step, or a module's call of one step
+        that goes to the kernels directly (no lengths, masks or projection)."""
+        return spec.step or (spec.checked and x.shape[0] == 1 and W_hr is None and spec.lengths is None
+                             and spec.h_mask is None and spec.zoneout_h is None and spec.zoneout_c is None)
+
     @classmethod
     def join(cls, spec, h0, c0, W_ih, W_hh):
         """The chain this training step belongs to: its previous step's, or a new one (None where
@@ -343,9 +353,10 @@ class _StepChain:
         except RuntimeError:  # (an inference tensor)
             return None
         kind = _kind(spec.cell, spec.options)
-        for state in (h0, c0):
-            node = None if state is None else state.grad_fn
-            chain = getattr(node, "chain", None) if type(node) is _RecurrenceBackward else None
+        for state in (spec.follows, h0, c0):
+            node = None if state is None or isinstance(state, _StepChain) else state.grad_fn
+            chain = state if isinstance(state, _StepChain) else (
+                getattr(node, "chain", None) if type(node) is _RecurrenceBackward else None)
             if (chain is not None and chain.kind == kind and chain.weights[0] is W_ih and chain.weights[1] is W_hh
                     and chain.stamp == stamp):
                 if chain.forward is None:
@@ -384,7 +395,8 @@ class _Recurrence(_torch_ops.NoForwardAD, torch.autograd.Function):
     def forward(ctx, spec, x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr):
         tensors = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr)
         hooks = _saved_tensor_hooks_active()
-        chain = _StepChain.join(spec, h0, c0, W_ih, W_hh) if spec.step and not hooks else None
+        chain = (_StepChain.join(spec, h0, c0, W_ih, W_hh) if not hooks and _StepChain.chainable(spec, x, W_hr)
+                 else None)
         y, h_n, c_n, ws = _kernel_forward(spec, [_np(t) for t in tensors], training=True,
                                           packed=None if chain is None else chain.forward)
         # (h_n and c_n are arrays of their own; y is the workspace's, so it goes out as a copy)
@@ -438,6 +450,33 @@ class _Recurrence(_torch_ops.NoForwardAD, torch.autograd.Function):
 
 
 _RecurrenceBackward = _Recurrence._backward_cls
+
+
+def _chain_of(t):
+    """The _StepChain of the call that returned ``t``, or None."""
+    node = t.grad_fn
+    return node.chain if type(node) is _RecurrenceBackward else None
+
+
+# A module's calls of one step with gradients (a decoder called step by step, as in torch's seq2seq
+# tutorial) chain through the h_n they return, which comes back as the next call's hx: id(h_n) ->
+# (a weak reference to it, the chains of its layers and directions). Not an attribute on the
+# tensor: pickling or copying h_n would then carry the chains' packed weights along.
+_MODULE_CHAINS: dict = {}
+
+
+def _remember_chains(t, chains):
+    key = id(t)
+
+    def forget(ref):
+        if _MODULE_CHAINS.get(key, (None,))[0] is ref:
+            del _MODULE_CHAINS[key]
+    _MODULE_CHAINS[key] = (weakref.ref(t, forget), chains)
+
+
+def _chains_given(t):
+    entry = _MODULE_CHAINS.get(id(t)) if isinstance(t, torch.Tensor) else None
+    return entry[1] if entry is not None and entry[0]() is t else None
 
 
 class InputError(ValueError, RuntimeError):
@@ -703,6 +742,10 @@ class _PyrnnRNNMixin(CellStateZoneout):
         rec_p = self.recurrent_dropout if self.training else 0.0
         zoned = self.training and (self.zoneout > 0 or self.zoneout_c > 0)
 
+        # A call of one step chains with the call whose h_n came back as hx (_StepChain).
+        given = None if traced or T != 1 else _chains_given(hx[0] if isinstance(hx, (tuple, list)) else hx)
+        chains = []
+
         def run(layer, d, layer_x):
             k = layer * D + d
             mask = _dropout_mask((B, H_out), rec_p, dtype) if rec_p > 0 else None
@@ -713,13 +756,20 @@ class _PyrnnRNNMixin(CellStateZoneout):
             if traced:
                 return _op(self._cell, options, d == 1, *tensors, lengths=lengths, h_mask=mask, zoneout_h=zh,
                            zoneout_c=zc)
-            spec = _Spec(self._cell, options, d == 1, lengths_np, _np(mask), _np(zh), _np(zc), checked=True)
+            spec = _Spec(self._cell, options, d == 1, lengths_np, _np(mask), _np(zh), _np(zc), checked=True,
+                         follows=given[k] if given is not None and k < len(given) else None)
             # (whether a gradient may follow from the tensors this call reads, as autograd decides: a
             # weight may be a tensor that is not the module's parameter, e.g. a hypernetwork's output
             # or AWD-LSTM's WeightDrop, whose raw parameter lives on a wrapper)
-            return _run(spec, _needs_grad(tensors), *tensors)
+            out = _run(spec, _needs_grad(tensors), *tensors)
+            if T == 1:
+                chains.append(_chain_of(out[1]))
+            return out
 
-        return _stacked_call(self, run, x, D, packed, unbatched, lengths, input)
+        result = _stacked_call(self, run, x, D, packed, unbatched, lengths, input)
+        if any(c is not None for c in chains):
+            _remember_chains(result[1][0] if self._cell == "lstm" else result[1], tuple(chains))
+        return result
 
 
 _LAYER_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")

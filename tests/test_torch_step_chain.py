@@ -301,3 +301,82 @@ def test_forward_packings_held_by_at_most_a_few_chains():
     with torch.no_grad():
         want = torch.tanh(x @ cell.weight_ih.T + cell.bias_ih + kept[0] @ cell.weight_hh.T + cell.bias_hh)
     torch.testing.assert_close(h3.detach(), want, rtol=1e-5, atol=1e-6)
+
+
+MODULES = [
+    ("GRU", {}),
+    ("LSTM", {}),
+    ("RNN", {"num_layers": 2, "bidirectional": True}),
+    ("LSTM", {"num_layers": 2, "batch_first": True}),
+]
+
+
+def _decode(module, xs, unbatched=False):
+    """A decoder's loop: the module called one step at a time, its h_n passed back as hx."""
+    hx, outs = None, []
+    for x in xs:
+        step = x[None] if unbatched else (x[:, None] if module.batch_first else x[None])
+        y, hx = module(step, hx)
+        outs.append(y)
+    return outs, hx
+
+
+@pytest.mark.parametrize("name,kw", MODULES)
+@pytest.mark.parametrize("unbatched", [False, True])
+def test_module_called_step_by_step_chains(name, kw, unbatched, monkeypatch):
+    """A module called one step at a time with its h_n passed back (torch's seq2seq tutorial's
+    decoder) packs once per graph: the same bits as packing per call, torch.nn's gradients."""
+    results = []
+    for chained in (True, False):
+        torch.manual_seed(0)
+        module = getattr(pt, name)(6, 10, **kw)
+        xs = torch.randn(5, 6) if unbatched else torch.randn(5, 3, 6)
+        xs.requires_grad_()
+        with monkeypatch.context() as m:
+            if not chained:
+                _unchained(m)
+            outs, hx = _decode(module, xs, unbatched)
+            h_n = hx[0] if name == "LSTM" else hx
+            if chained:
+                chains = pt._chains_given(h_n)
+                assert chains is not None and all(c.steps == 5 for c in chains)
+                assert len({id(c) for c in chains}) == len(chains)  # one per layer and direction
+            sum(o.square().sum() for o in outs).backward()
+        results.append((outs, xs.grad, [p.grad for p in module.parameters()]))
+    (o1, dx1, g1), (o2, dx2, g2) = results
+    for a, b in zip([*o1, dx1, *g1], [*o2, dx2, *g2]):
+        assert torch.equal(a, b)
+    ref = getattr(torch.nn, name)(6, 10, **kw)
+    torch.manual_seed(0)
+    ours = getattr(pt, name)(6, 10, **kw)
+    ref.load_state_dict(ours.state_dict())
+    x = xs.detach().clone().requires_grad_()
+    outs, _ = _decode(ref, x, unbatched)
+    sum(o.square().sum() for o in outs).backward()
+    _assert_all_close([dx1, *g1], [x.grad, *(p.grad for p in ref.parameters())])
+
+
+def test_module_chain_state_pickles_and_detach_starts_anew():
+    """The h_n a step returns pickles and copies as a plain tensor; a detached hx starts a new chain."""
+    import copy
+    import io
+
+    gru = pt.GRU(4, 6)
+    x = torch.randn(1, 2, 4)
+    _, h = gru(x)
+    _, h = gru(x, h)
+    chain = pt._chains_given(h)[0]
+    assert chain.steps == 2
+    buf = io.BytesIO()
+    torch.save(h, buf)
+    buf.seek(0)
+    torch.testing.assert_close(torch.load(buf), h.detach())
+    torch.testing.assert_close(copy.deepcopy(h.detach()), h.detach())
+    _, h2 = gru(x, h.detach())
+    assert pt._chains_given(h2)[0] is not chain
+    with torch.no_grad():
+        _, h3 = gru(x, h)
+    assert pt._chains_given(h3) is None
+    key = id(h2)
+    del h2
+    assert key not in pt._MODULE_CHAINS
