@@ -111,6 +111,7 @@ except ImportError as e:  # (name the extra, not only the module)
                               name="torch") from e
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.optim.optimizer import register_optimizer_step_pre_hook as _register_optimizer_step_pre_hook
 
 from . import _core, _onnx, _stack, _torch_ops
 from ._onnx import WithLengths
@@ -308,15 +309,16 @@ class _StepChain:
     step on the forwards read one packing, and the backward calls share another, made by the
     first of them. The weights must be unchanged in between: the same tensors, at the same
     version counter and address (what autograd checks of the saved weights, and it refuses the
-    backward after an in-place update it sees). The forward packing is dropped when backward
-    starts (a step after that packs again), and only the last ``_HELD`` chains to pack keep
-    theirs (graphs kept without a backward would each hold a copy of the weights); the
-    backward packing lasts one backward pass (the next reads the weights again: a fused
-    optimizer's step between two passes through one graph moves no version counter). Not
-    under saved_tensors_hooks, where backward may see copies."""
+    backward after an in-place update it sees). Every chain's forward packing is dropped when
+    a backward call of any chain starts and before any optimizer's step (a fused optimizer's
+    update, like an edit through ``.data``, moves no version counter; a step after that packs
+    again), and only the last ``_HELD`` chains to pack keep theirs (graphs kept without a
+    backward would each hold a copy of the weights); the backward packing lasts one backward
+    pass (the next reads the weights again). Not under saved_tensors_hooks, where backward may
+    see copies."""
 
     __slots__ = ("kind", "weights", "stamp", "forward", "backward", "steps", "__weakref__")
-    _HELD = 8
+    _HELD = 32
     _holding: ClassVar[collections.deque[weakref.ref[_StepChain]]] = collections.deque()  # chains with a forward packing
 
     def __init__(self, kind, weights, stamp):
@@ -365,10 +367,20 @@ class _StepChain:
                 return chain
         return cls(kind, (W_ih, W_hh), stamp)
 
+    @staticmethod
+    def drop_forward_packings(*_):
+        """Drops every chain's forward packing (an optimizer's step pre-hook, for all optimizers)."""
+        held = _StepChain._holding
+        while held:
+            chain = held.popleft()()
+            if chain is not None:
+                chain.forward = None
+
     def backward_packing(self, ws):
         """The packing for a backward call of this chain (made from its workspace ``ws`` at the
         pass's first, dropped when the pass ends), or None for a chain of one step."""
         self.forward = None
+        _StepChain.drop_forward_packings()
         if self.steps < 2:
             return None
         if self.backward is None:
@@ -450,6 +462,9 @@ class _Recurrence(_torch_ops.NoForwardAD, torch.autograd.Function):
 
 
 _RecurrenceBackward = _Recurrence._backward_cls
+# (not traced by a compiled optimizer step: it only drops references)
+_register_optimizer_step_pre_hook(getattr(getattr(torch, "compiler", None), "disable", lambda f: f)(
+    _StepChain.drop_forward_packings))
 
 
 def _chain_of(t):

@@ -380,3 +380,68 @@ def test_module_chain_state_pickles_and_detach_starts_anew():
     key = id(h2)
     del h2
     assert key not in pt._MODULE_CHAINS
+
+
+@pytest.mark.parametrize("update", ["fused_adam", "data"])
+def test_interleaved_decoders_see_an_update_between_their_steps(update):
+    """Two decoders on one module, stepped in turn; A's loss goes backward, the weights change in a
+    way no version counter sees (a fused optimizer, .data), and B goes on: B's next steps read the
+    new weights, as torch.nn's do (any backward call and any optimizer's step drop the forward
+    packings of every chain)."""
+    got = []
+    for mod in (pt, torch.nn):
+        torch.manual_seed(0)
+        gru = mod.GRU(5, 7, dtype=torch.float64)
+        opt = torch.optim.Adam(gru.parameters(), lr=0.1, fused=True)
+        torch.manual_seed(1)
+        xa, xb = torch.randn(4, 3, 5, dtype=torch.float64), torch.randn(4, 3, 5, dtype=torch.float64)
+        ha = hb = None
+        ya, yb = [], []
+        for t in range(2):
+            y, ha = gru(xa[t:t + 1], ha)
+            ya.append(y)
+            y, hb = gru(xb[t:t + 1], hb)
+            yb.append(y)
+        sum(y.sum() for y in ya).backward()
+        if update == "fused_adam":
+            opt.step()
+        else:
+            for p in gru.parameters():
+                p.data.add_(p.grad, alpha=-0.1)
+        for t in range(2, 4):
+            y, hb = gru(xb[t:t + 1], hb)
+            yb.append(y)
+        got.append(torch.cat([y.detach() for y in yb]))
+    torch.testing.assert_close(got[0], got[1], rtol=1e-12, atol=1e-12)
+
+
+def test_optimizer_step_drops_forward_packings():
+    cell = pt.LSTMCell(3, 4)
+    opt = torch.optim.SGD(cell.parameters(), lr=0.1)
+    x = torch.randn(2, 3)
+    hx = cell(x, cell(x))
+    chain = hx[0].grad_fn.chain
+    assert chain.forward is not None
+    for p in cell.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    assert chain.forward is None
+
+
+def test_a_deep_bidirectional_decoder_keeps_every_chain_packed():
+    """A 5-layer bidirectional module (10 chains) stepped in a loop packs once per chain."""
+    gru = pt.GRU(4, 6, num_layers=5, bidirectional=True)
+    calls = []
+    real = pt._StepChain._pack_forward
+
+    def counting(self):
+        calls.append(self)
+        real(self)
+    x, h = torch.randn(1, 2, 4), None
+    try:
+        pt._StepChain._pack_forward = counting
+        for _ in range(6):
+            _, h = gru(x, h)
+    finally:
+        pt._StepChain._pack_forward = real
+    assert len(calls) == 10 and len({id(c) for c in calls}) == 10
