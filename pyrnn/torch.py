@@ -168,12 +168,18 @@ def _kind(cell, options):
     return cell_spec(cell, nonlinearity=nonlinearity, reset_after=reset_after).kind
 
 
+def _direct(spec):
+    """Whether a call goes to the kernels directly: a cell's step, or a module's call without lengths
+    or masks (its input, states and weights checked by the module)."""
+    return spec.step or (spec.checked and spec.lengths is None and spec.h_mask is None and spec.zoneout_h is None
+                         and spec.zoneout_c is None)
+
+
 def _kernel_forward(spec, arrays, training, packed=None):
     """Runs one layer and direction: arrays = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr); ``packed``:
-    W_ih and W_hh packed once (a cell's step, _StepChain), or None."""
+    W_ih and W_hh packed once (a direct call of one step, _StepChain), or None."""
     x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr = arrays
-    if spec.step or (spec.checked and spec.lengths is None and spec.h_mask is None and spec.zoneout_h is None
-                     and spec.zoneout_c is None):
+    if _direct(spec):
         # The cell or module checked its input and states (and a module its weights); the kernel
         # checks every array's dtype and shape again (ValueError/TypeError naming it). The
         # functional API's checks in Python cost a small call about as much as the kernels.
@@ -341,10 +347,8 @@ class _StepChain:
 
     @staticmethod
     def chainable(spec, x, W_hr):
-        """Whether a training call may join a chain: a cell's step, or a module's call of one step
-        that goes to the kernels directly (no lengths, masks or projection)."""
-        return spec.step or (spec.checked and x.shape[0] == 1 and W_hr is None and spec.lengths is None
-                             and spec.h_mask is None and spec.zoneout_h is None and spec.zoneout_c is None)
+        """Whether a training call may join a chain: a direct kernel call of one step, no projection."""
+        return _direct(spec) and x.shape[0] == 1 and W_hr is None
 
     @classmethod
     def join(cls, spec, h0, c0, W_ih, W_hh):
@@ -355,10 +359,7 @@ class _StepChain:
         except RuntimeError:  # (an inference tensor)
             return None
         kind = _kind(spec.cell, spec.options)
-        for state in (spec.follows, h0, c0):
-            node = None if state is None or isinstance(state, _StepChain) else state.grad_fn
-            chain = state if isinstance(state, _StepChain) else (
-                getattr(node, "chain", None) if type(node) is _RecurrenceBackward else None)
+        for chain in (spec.follows, *(_chain_of(s) for s in (h0, c0) if s is not None)):
             if (chain is not None and chain.kind == kind and chain.weights[0] is W_ih and chain.weights[1] is W_hh
                     and chain.stamp == stamp):
                 if chain.forward is None:
@@ -379,8 +380,7 @@ class _StepChain:
     def backward_packing(self, ws):
         """The packing for a backward call of this chain (made from its workspace ``ws`` at the
         pass's first, dropped when the pass ends), or None for a chain of one step."""
-        self.forward = None
-        _StepChain.drop_forward_packings()
+        _StepChain.drop_forward_packings()  # (this chain's among them)
         if self.steps < 2:
             return None
         if self.backward is None:
