@@ -6,6 +6,7 @@ pyrnn.torch.LSTMCell, each in its own process pinned to the same core, rounds al
     python bench/cell_train_step.py --no-grad       # steps under torch.no_grad() (generation)
     python bench/cell_train_step.py --unroll 20     # 20 steps in one graph, then one backward
     python bench/cell_train_step.py --unroll 20 --unchained   # also pyrnn with every step packing for itself
+    python bench/cell_train_step.py --input-grad    # the input needs a gradient (an embedding's output)
 
 For each shape (B, I, H) it prints the median ms per step (7 repetitions of 50 steps; 200 steps
 with --no-grad) of each round: the machine is shared and noisy, so compare within a round.
@@ -21,7 +22,7 @@ SHAPES = [(16, 32, 64), (64, 65, 128), (32, 256, 256), (128, 512, 512)]
 NO_GRAD_SHAPES = [(1, 64, 256), (1, 256, 512), (4, 128, 256), (64, 65, 128)]
 
 
-def worker(which, B, I, H, no_grad=False, unroll=1):
+def worker(which, B, I, H, no_grad=False, unroll=1, input_grad=False):
     import torch
 
     torch.set_num_threads(1)
@@ -35,7 +36,7 @@ def worker(which, B, I, H, no_grad=False, unroll=1):
         cls = torch.nn.LSTMCell
     torch.manual_seed(0)
     cell = cls(I, H)
-    x, h, c = torch.randn(B, I), torch.zeros(B, H), torch.zeros(B, H)
+    x, h, c = torch.randn(B, I, requires_grad=input_grad), torch.zeros(B, H), torch.zeros(B, H)
 
     def steps(n):
         for _ in range(n // unroll):
@@ -68,11 +69,13 @@ def main(argv=None):
     ap.add_argument("--unroll", type=int, default=1, help="steps per graph before each backward (default 1)")
     ap.add_argument("--unchained", action="store_true",
                     help="also time pyrnn with each step packing its weights for itself (as before 2026-12-05)")
+    ap.add_argument("--input-grad", action="store_true",
+                    help="the input needs a gradient (an embedding's output) rather than being data")
     ap.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         which, *shape = args.worker
-        worker(which, *map(int, shape), no_grad=args.no_grad, unroll=args.unroll)
+        worker(which, *map(int, shape), no_grad=args.no_grad, unroll=args.unroll, input_grad=args.input_grad)
         return
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for B, I, H in NO_GRAD_SHAPES if args.no_grad else SHAPES:
@@ -81,6 +84,7 @@ def main(argv=None):
             for which in ("torch", "pyrnn") + (("pyrnn-unchained",) if args.unchained else ()):
                 cmd = ["taskset", "-c", args.cpu, sys.executable, __file__, "--worker", which, str(B), str(I), str(H)]
                 cmd += (["--no-grad"] if args.no_grad else []) + ["--unroll", str(args.unroll)]
+                cmd += ["--input-grad"] if args.input_grad else []
                 got[which] = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout.strip()
             also = f", unchained {got['pyrnn-unchained']} ms" if args.unchained else ""
             print(f"B={B} I={I} H={H} round {r + 1}: torch.nn {got['torch']} ms, pyrnn.torch {got['pyrnn']} ms{also}",

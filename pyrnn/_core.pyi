@@ -108,8 +108,9 @@ def sequence_backward(
     dc_n: Optional[_Array],
     want_dh_seq: bool = False,
     packed: Optional[PackedBackward] = None,  # pack_backward of a forward with the same weights
+    want_dx: bool = True,  # False: dx is not computed (None)
 ) -> tuple[
-    _Array,  # dx
+    Optional[_Array],  # dx
     _Array,  # dh0
     Optional[_Array],  # dc0
     _Array,  # dW_ih

@@ -148,6 +148,11 @@ class _Spec(NamedTuple):
     # A module's call of one step: the _StepChain of the call before it for this layer and direction
     # (the h_n it returned came back as hx), or None.
     follows: object = None
+    kind: object = None  # the kernels' CellKind where the caller has it (a cell's step), or None
+
+
+def _spec_kind(spec):
+    return spec.kind if spec.kind is not None else _kind(spec.cell, spec.options)
 
 
 _np = _torch_ops._np  # NumPy view (no copy) of a CPU tensor; None stays None
@@ -186,11 +191,49 @@ def _kernel_forward(spec, arrays, training, packed=None):
         if not spec.step:
             F._check_memory(spec.cell, x, W_hh, W_hr, None, training)
         arrays = (F._c(a) for a in (x, h0, c0, W_ih, W_hh, b_ih, b_hh))
-        return _core.sequence_forward(_kind(spec.cell, spec.options), *arrays, None, spec.reverse, training,
+        return _core.sequence_forward(_spec_kind(spec), *arrays, None, spec.reverse, training,
                                       F._c(W_hr), None, packed)
     return F.forward(spec.cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, **spec.options, W_hr=W_hr, h_mask=spec.h_mask,
                      lengths=spec.lengths, reverse=spec.reverse, training=training, zoneout_h=spec.zoneout_h,
                      zoneout_c=spec.zoneout_c)
+
+
+# id(weight) -> (a weak reference to it, its memory as (data_ptr, dtype, shape, strides), its NumPy view).
+_VIEWS: dict = {}
+
+
+def _weight_np(t):
+    """_np(t) for a weight: the NumPy view made at an earlier call while the tensor's memory is the same
+    (address, dtype, shape and strides: an assignment to ``.data`` or ``set_`` makes a new
+    one; in-place updates show through the view, which reads the tensor's memory). A view costs 2.5-6 us
+    and a cell's training step makes four (measured: 8 us of an RNNCell step's 350 at B=16 H=64, Zen 1).
+    Dropped with the tensor."""
+    if t is None:
+        return None
+    key = id(t)
+    entry = _VIEWS.get(key)
+    if (entry is not None and entry[0]() is t and entry[1] == (t.data_ptr(), t.dtype, t.shape, t.stride())
+            and not t.is_neg() and _forward_ad_level() < 0):
+        return entry[2]
+    a = _np(t)
+    try:
+        ref = weakref.ref(t, lambda r: _VIEWS.get(key, (None,))[0] is r and _VIEWS.pop(key, None))
+    except TypeError:  # (no weak references: not kept)
+        return a
+    _VIEWS[key] = (ref, (t.data_ptr(), t.dtype, t.shape, t.stride()), a)
+    return a
+
+
+def _forward_ad_level():
+    return torch.autograd.forward_ad._current_level
+
+
+def _arrays(spec, tensors):
+    """NumPy views of _Recurrence's tensors (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr) for _kernel_forward:
+    a cell's step (spec.step) takes x as [B, I], and the kernels see the sequence of one step."""
+    x, h0, c0, *weights = tensors
+    arrays = [_np(x)[None] if spec.step else _np(x), _np(h0), _np(c0), *(_weight_np(w) for w in weights)]
+    return arrays
 
 
 class _NotTwiceDifferentiable(torch.autograd.Function):
@@ -218,10 +261,18 @@ def _guard_create_graph(out, inputs, grad_outputs):
     return [None if g is None else next(guarded) for g in out]
 
 
+def _batched(t):
+    """Whether ``t`` is a vmap-batched tensor (functorch's, or the legacy vmap's of is_grads_batched)."""
+    fz = getattr(torch._C, "_functorch", None)
+    if fz is not None and hasattr(fz, "is_legacy_batchedtensor"):
+        return fz.is_legacy_batchedtensor(t) or fz.is_batchedtensor(t)
+    return "Batched" in str(torch._C._dispatch_keys(t))  # (3 us; the checks above cost 0.6)
+
+
 def _refuse_batched(grad_outputs):
     """autograd.grad(is_grads_batched=True) and jacobian(vectorize=True) vmap the eager backward,
     whose gradients go to C++ as NumPy arrays: a clear error instead of a batching rule's."""
-    if any(g is not None and "Batched" in str(torch._C._dispatch_keys(g)) for g in grad_outputs):
+    if any(g is not None and _batched(g) for g in grad_outputs):
         raise RuntimeError("pyrnn: batched gradients (autograd.grad(is_grads_batched=True), "
                            "autograd.functional.jacobian(vectorize=True)) are not supported by the eager "
                            "kernels; use torch.func.jacrev / vmap over torch.func.vjp, or vectorize=False")
@@ -271,13 +322,16 @@ class _Rerun:
 class _HeldWorkspace:
     """A training forward's C++ workspace (gates, states: the activations), held for its backward."""
 
-    __slots__ = ("ws",)
+    __slots__ = ("ws", "token_ref")
 
     def __init__(self, ws):
-        self.ws = ws
+        self.ws, self.token_ref = ws, None
 
-    def release(self):
+    def release(self, _ref=None):
         self.ws = None
+
+
+_TOKEN = torch.empty(0, device="cpu")  # (not the default device: set_default_device("cuda") allocated there)
 
 
 def _hold_workspace(ctx, ws, hooks):
@@ -288,11 +342,13 @@ def _hold_workspace(ctx, ws, hooks):
     T=200 B=32 grew by 1725 MiB over 20 steps where torch.nn grew by 89. Under saved_tensors_hooks
     (``hooks``) a token could be packed into a copy and freed at once: there the workspace stays until
     the node dies, and None is returned."""
-    ctx.held = _HeldWorkspace(ws)
+    held = ctx.held = _HeldWorkspace(ws)
     if hooks:
         return None
-    token = torch.empty(0, device="cpu")  # (not the default device: set_default_device("cuda") allocated there)
-    weakref.finalize(token, ctx.held.release).atexit = False
+    # A tensor of its own (a detached alias: 1.4 us where torch.empty and weakref.finalize took 7.5,
+    # a tenth of a small cell's step), and a weak reference whose callback releases the workspace.
+    token = _TOKEN.detach()
+    held.token_ref = weakref.ref(token, held.release)
     return token
 
 
@@ -348,7 +404,7 @@ class _StepChain:
     @staticmethod
     def chainable(spec, x, W_hr):
         """Whether a training call may join a chain: a direct kernel call of one step, no projection."""
-        return _direct(spec) and x.shape[0] == 1 and W_hr is None
+        return _direct(spec) and (spec.step or x.shape[0] == 1) and W_hr is None  # (a step's x: [B, I])
 
     @classmethod
     def join(cls, spec, h0, c0, W_ih, W_hh):
@@ -358,10 +414,12 @@ class _StepChain:
             stamp = (W_ih._version, W_hh._version, W_ih.data_ptr(), W_hh.data_ptr())
         except RuntimeError:  # (an inference tensor)
             return None
-        kind = _kind(spec.cell, spec.options)
-        for chain in (spec.follows, *(_chain_of(s) for s in (h0, c0) if s is not None)):
-            if (chain is not None and chain.kind == kind and chain.weights[0] is W_ih and chain.weights[1] is W_hh
-                    and chain.stamp == stamp):
+        kind = _spec_kind(spec)
+        for chain in (spec.follows, h0, c0):
+            if chain is not None and type(chain) is not _StepChain:
+                chain = _chain_of(chain)
+            if (chain is not None and chain.stamp == stamp and chain.weights[0] is W_ih and chain.weights[1] is W_hh
+                    and chain.kind == kind):
                 if chain.forward is None:
                     chain._pack_forward()
                 chain.steps += 1
@@ -400,7 +458,8 @@ class _Recurrence(_torch_ops.NoForwardAD, torch.autograd.Function):
 
     Inputs: spec, x [T, B, I], h0, c0 (LSTM) or None, W_ih, W_hh, b_ih, b_hh, W_hr
     (each a tensor or None). Outputs: y [T, B, H_out], h_n [B, H_out] and, for
-    the LSTM, c_n [B, H]; for a cell's step (spec.step) only h_n (and c_n).
+    the LSTM, c_n [B, H]; for a cell's step (spec.step) x is [B, I] and only
+    h_n (and c_n) come out.
     """
 
     @staticmethod
@@ -409,11 +468,11 @@ class _Recurrence(_torch_ops.NoForwardAD, torch.autograd.Function):
         hooks = _saved_tensor_hooks_active()
         chain = (_StepChain.join(spec, h0, c0, W_ih, W_hh) if not hooks and _StepChain.chainable(spec, x, W_hr)
                  else None)
-        y, h_n, c_n, ws = _kernel_forward(spec, [_np(t) for t in tensors], training=True,
+        y, h_n, c_n, ws = _kernel_forward(spec, _arrays(spec, tensors), training=True,
                                           packed=None if chain is None else chain.forward)
         # (h_n and c_n are arrays of their own; y is the workspace's, so it goes out as a copy)
-        outs = (tuple(torch.from_numpy(a) for a in (h_n, c_n) if a is not None) if spec.step
-                else _training_outputs(y, h_n, c_n))
+        outs = (((torch.from_numpy(h_n),) if c_n is None else (torch.from_numpy(h_n), torch.from_numpy(c_n)))
+                if spec.step else _training_outputs(y, h_n, c_n))
         ctx.spec = spec
         ctx.chain = chain
         token = _hold_workspace(ctx, ws, hooks)
@@ -439,25 +498,28 @@ class _Recurrence(_torch_ops.NoForwardAD, torch.autograd.Function):
         if ctx.rerun is not None and ctx.rerun.needed():
             x, h0, c0, W_ih, W_hh, _, _, W_hr = saved
             ctx.held.ws = None  # (not two workspaces at once)
-            ctx.held.ws = _kernel_forward(spec, [_np(t) for t in (x, h0, c0, W_ih, W_hh, *ctx.rerun.args, W_hr)],
+            ctx.held.ws = _kernel_forward(spec, _arrays(spec, (x, h0, c0, W_ih, W_hh, *ctx.rerun.args, W_hr)),
                                           training=True)[3]
         def rerun():
             if _versions(ctx.biases) != ctx.bias_versions:
                 raise RuntimeError("pyrnn: this backward runs its forward again (hooks on the saved tensors "
                                    "released its workspace), but a bias was modified in place since forward")
             x, h0, c0, W_ih, W_hh, _, _, W_hr = saved
-            return _kernel_forward(spec, [_np(t) for t in (x, h0, c0, W_ih, W_hh, *ctx.biases, W_hr)], True)[3]
+            return _kernel_forward(spec, _arrays(spec, (x, h0, c0, W_ih, W_hh, *ctx.biases, W_hr)), True)[3]
 
         ws = _held_workspace(ctx, rerun)
         # (autograd gives gradients of the outputs' dtypes and shapes, or None; the kernel checks them)
         dy, dh_n, dc_n = (None, *grad_outputs, None)[:3] if spec.step else (*grad_outputs, None)[:3]
         chain = ctx.chain
+        need = ctx.needs_input_grad[1:]  # (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr)
+        # dx only where x needs a gradient (not for data fed to a first layer or a cell: a quarter of the
+        # backward's FLOPs at I = H)
         g = _core.sequence_backward(ws, F._c(_np(dy)), F._c(_np(dh_n)),
                                     F._c(_np(dc_n)) if spec.cell == "lstm" else None, False,
-                                    None if chain is None else chain.backward_packing(ws))
-        grads = (*g[:7], g[8])  # (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh; dh_seq not asked for; dW_hr)
-        out = [None if g is None or not need else torch.from_numpy(g)
-               for g, need in zip(grads, ctx.needs_input_grad[1:])]
+                                    None if chain is None else chain.backward_packing(ws), need[0])
+        # (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh; dh_seq not asked for; dW_hr; a step's dx as its x, [B, I])
+        grads = (g[0][0] if spec.step and g[0] is not None else g[0], *g[1:7], g[8])
+        out = [None if g is None or not n else torch.from_numpy(g) for g, n in zip(grads, need)]
         return (None, *_guard_create_graph(out, (*saved, *ctx.biases), grad_outputs))
 
 
@@ -547,6 +609,18 @@ def _weights_dtype(module):
     d = module.__dict__
     # (A module without submodules: its own parameters, as named_parameters() gives them, without its
     # generator's cost: 8 of a cell step's 40 us at B=1.)
+    if "_parameters" in d and not d.get("_modules"):
+        # (The common case first, in a plain loop: CPU tensors of one supported dtype. 12-15 us of a
+        # small cell's training step went here in the general loop below, which names the offender.)
+        dtype = None
+        for p in d["_parameters"].values():
+            if p is None:
+                continue
+            if not (isinstance(p, torch.Tensor) and p.is_cpu and (p.dtype == dtype if dtype else p.dtype in _DTYPES)):
+                break
+            dtype = p.dtype
+        else:
+            return dtype
     params = (((name, p) for name, p in d["_parameters"].items() if p is not None)
               if "_parameters" in d and not d.get("_modules") else module.named_parameters())
     dtype = None
@@ -561,7 +635,11 @@ def _weights_dtype(module):
 
 
 def _needs_grad(tensors):
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if torch.is_grad_enabled():
+        for t in tensors:
+            if t is not None and t.requires_grad:
+                return True
+    return False
 
 
 def _run(spec, grad, x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr):
@@ -570,7 +648,7 @@ def _run(spec, grad, x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr):
     if grad:
         outs = _Recurrence.apply(spec, *tensors)
         return outs if len(outs) == 3 else (outs[0], outs[1], None)
-    y, h_n, c_n, _ = _kernel_forward(spec, [_np(t) for t in tensors], training=False)
+    y, h_n, c_n, _ = _kernel_forward(spec, _arrays(spec, tensors), training=False)
     return torch.from_numpy(y), torch.from_numpy(h_n), None if c_n is None else torch.from_numpy(c_n)
 
 
@@ -793,7 +871,7 @@ _LAYER_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 def _check_weight_shapes(owner, names, weights, shapes):
     """InputError naming the first weight (not None) whose shape is not the expected one."""
     for name, w, shape in zip(names, weights, shapes):
-        if w is not None and tuple(w.shape) != shape:
+        if w is not None and w.shape != shape:  # (torch.Size is a tuple)
             raise InputError(f"{owner}: {name} has shape {list(w.shape)}, expected {list(shape)}")
 
 
@@ -1052,14 +1130,15 @@ class _PyrnnCellMixin(CellStateZoneout):
             _, h1, c1 = _op(self._cell, self._options(), False, x.unsqueeze(0), h0, c0, *weights, None,
                             zoneout_h=zh, zoneout_c=zc)
         elif grad and zh is None and zc is None:  # a training step: the kernels' one-step sequence, lean
-            h1, *c1 = _Recurrence.apply(_Spec(self._cell, self._options(), step=True), x.unsqueeze(0), h0, c0,
-                                        *weights, None)
+            options = self._options()
+            h1, *c1 = _Recurrence.apply(_Spec(self._cell, options, step=True, kind=_kind(self._cell, options)), x, h0,
+                                        c0, *weights, None)
             c1 = c1[0] if c1 else None
         elif zh is not None or zc is not None or grad:  # a one-step sequence
             spec = _Spec(self._cell, self._options(), zoneout_h=_np(zh), zoneout_c=_np(zc))
             _, h1, c1 = _run(spec, grad, x.unsqueeze(0), h0, c0, *weights, None)
         else:
-            arrays = [None if t is None else np.ascontiguousarray(_np(t)) for t in (x, h0, c0, *weights)]
+            arrays = [F._c(_np(x)), F._c(_np(h0)), F._c(_np(c0)), *(F._c(_weight_np(w)) for w in weights)]
             h1, c1 = (None if a is None else torch.from_numpy(a)
                       for a in _core.cell_step(_kind(self._cell, self._options()), *arrays))
         if unbatched:

@@ -240,7 +240,8 @@ py::tuple forward_typed(SequenceCall<Real> c, bool training, const PackedRecurre
 
 template <class Real>
 py::tuple backward_typed(SequenceState& st, std::optional<py::array> dy, std::optional<py::array> dh_n,
-                         std::optional<py::array> dc_n, bool want_dh_seq, const PackedBackwardHolder* packed) {
+                         std::optional<py::array> dc_n, bool want_dh_seq, const PackedBackwardHolder* packed,
+                         bool want_dx) {
   const py::dtype dt = py::dtype::of<Real>();
   const int64_t T_ = st.T, B = st.B, I = st.I, H = st.H, G = pyrnn::gates_of(st.cell), P = st.P;
   const int64_t Ho = P ? P : H;
@@ -255,7 +256,8 @@ py::tuple backward_typed(SequenceState& st, std::optional<py::array> dy, std::op
   };
   // dx rows of padded steps are never written; with an empty batch nothing is.
   const bool sparse = !st.lengths.is_none() || B == 0;
-  py::array_t<Real> dx = sparse ? zeros({T_, B, I}) : out_array<Real>({T_, B, I});
+  py::object dx = py::none();  // (not computed unless wanted: the product over W_ih, a quarter of the FLOPs at I = H)
+  if (want_dx) dx = sparse ? zeros({T_, B, I}) : out_array<Real>({T_, B, I});
   py::array_t<Real> dh0 = zeros({B, Ho});
   py::array_t<Real> dW_ih = B == 0 ? zeros({G * H, I}) : out_array<Real>({G * H, I});
   py::array_t<Real> dW_hh = B == 0 ? zeros({G * H, Ho}) : out_array<Real>({G * H, Ho});
@@ -269,7 +271,7 @@ py::tuple backward_typed(SequenceState& st, std::optional<py::array> dy, std::op
       g.packed = packed->pd.get();
   }
   g.dy = ptr<Real>(dy), g.dh_n = ptr<Real>(dh_n), g.dc_n = ptr<Real>(dc_n);
-  g.dx = dx.mutable_data(), g.dh0 = dh0.mutable_data();
+  g.dx = want_dx ? py::cast<py::array_t<Real>>(dx).mutable_data() : nullptr, g.dh0 = dh0.mutable_data();
   g.dW_ih = dW_ih.mutable_data(), g.dW_hh = dW_hh.mutable_data();
   if (st.cell == CellKind::Lstm) {
     auto a = zeros({B, H});
@@ -482,15 +484,18 @@ void register_sequence(py::module_& m) {
   m.def(
       "sequence_backward",
       [](SequenceState& st, py::object dy, py::object dh_n, py::object dc_n, bool want_dh_seq,
-         const PackedBackwardHolder* packed) {
+         const PackedBackwardHolder* packed, bool want_dx) {
         if (st.f64)
-          return backward_typed<double>(st, opt_array(dy), opt_array(dh_n), opt_array(dc_n), want_dh_seq, packed);
-        return backward_typed<float>(st, opt_array(dy), opt_array(dh_n), opt_array(dc_n), want_dh_seq, packed);
+          return backward_typed<double>(st, opt_array(dy), opt_array(dh_n), opt_array(dc_n), want_dh_seq, packed,
+                                        want_dx);
+        return backward_typed<float>(st, opt_array(dy), opt_array(dh_n), opt_array(dc_n), want_dh_seq, packed,
+                                     want_dx);
       },
       py::arg("workspace"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("want_dh_seq") = false,
-      py::arg("packed") = nullptr,
+      py::arg("packed") = nullptr, py::arg("want_dx") = true,
       "Returns (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dh_seq, dW_hr); absent entries are None. `packed`: "
-      "pack_backward of a workspace whose forward had the same weights, or None (packed in this call).");
+      "pack_backward of a workspace whose forward had the same weights, or None (packed in this call). "
+      "want_dx=False: dx is not computed (None), for an input that needs no gradient.");
   pyrnn_bindings::refuse_pickle(m.attr("Workspace"));
   pyrnn_bindings::refuse_pickle(m.attr("PackedRecurrence"));
   pyrnn_bindings::refuse_pickle(m.attr("PackedBackward"));

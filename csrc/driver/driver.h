@@ -694,8 +694,10 @@ template <class T, class Cell>
 void parameter_grads(BwdCtx<T>& b, int tid, int nt, PhaseProfile& prof) {
   GemmScratch<T> scratch;
   const int64_t Hp = b.Hp, ih0 = Cell::kIhOff * Hp;
-  input_grad(b, ih0, Cell::G, Cell::kIhOrder, tid, nt, scratch);
-  prof.phase("dx");
+  if (b.g.dx) {  // (null: the input needs no gradient)
+    input_grad(b, ih0, Cell::G, Cell::kIhOrder, tid, nt, scratch);
+    prof.phase("dx");
+  }
   // dW_ih, dW_hh's parts and the biases, grouped by the dG columns they read.
   std::vector<SharedDgGrads<T>> groups;
   auto group = [&](DgColumns c) -> SharedDgGrads<T>& {

@@ -86,7 +86,7 @@ struct BackwardArgs {
   const Real* dy = nullptr;     // [T,B,H]; null: zeros
   const Real* dh_n = nullptr;   // [B,H]; null: zeros
   const Real* dc_n = nullptr;   // LSTM; null: zeros
-  Real* dx = nullptr;           // [T,B,I] (overwritten)
+  Real* dx = nullptr;           // [T,B,I] (overwritten); null: not computed
   Real* dh0 = nullptr;          // [B,H] (overwritten)
   Real* dc0 = nullptr;          // LSTM [B,H] (overwritten)
   Real* dW_ih = nullptr;        // overwritten
