@@ -198,41 +198,12 @@ def _kernel_forward(spec, arrays, training, packed=None):
                      zoneout_c=spec.zoneout_c)
 
 
-# id(weight) -> (a weak reference to it, its memory as (data_ptr, dtype, shape, strides), its NumPy view).
-_VIEWS: dict = {}
-
-
-def _weight_np(t):
-    """_np(t) for a weight: the NumPy view made at an earlier call while the tensor's memory is the same
-    (address, dtype, shape and strides: an assignment to ``.data`` or ``set_`` makes a new
-    one; in-place updates show through the view, which reads the tensor's memory). A view costs 2.5-6 us
-    and a cell's training step makes four (measured: 8 us of an RNNCell step's 350 at B=16 H=64, Zen 1).
-    Dropped with the tensor."""
-    if t is None:
-        return None
-    key = id(t)
-    entry = _VIEWS.get(key)
-    if (entry is not None and entry[0]() is t and entry[1] == (t.data_ptr(), t.dtype, t.shape, t.stride())
-            and not t.is_neg() and _forward_ad_level() < 0):
-        return entry[2]
-    a = _np(t)
-    try:
-        ref = weakref.ref(t, lambda r: _VIEWS.get(key, (None,))[0] is r and _VIEWS.pop(key, None))
-    except TypeError:  # (no weak references: not kept)
-        return a
-    _VIEWS[key] = (ref, (t.data_ptr(), t.dtype, t.shape, t.stride()), a)
-    return a
-
-
-def _forward_ad_level():
-    return torch.autograd.forward_ad._current_level
-
-
 def _arrays(spec, tensors):
     """NumPy views of _Recurrence's tensors (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr) for _kernel_forward:
     a cell's step (spec.step) takes x as [B, I], and the kernels see the sequence of one step."""
-    x, h0, c0, *weights = tensors
-    arrays = [_np(x)[None] if spec.step else _np(x), _np(h0), _np(c0), *(_weight_np(w) for w in weights)]
+    arrays = [_np(t) for t in tensors]
+    if spec.step:
+        arrays[0] = arrays[0][None]
     return arrays
 
 
@@ -331,7 +302,11 @@ class _HeldWorkspace:
         self.ws = None
 
 
-_TOKEN = torch.empty(0, device="cpu")  # (not the default device: set_default_device("cuda") allocated there)
+# The prototype of the workspace tokens: on the CPU (set_default_device("cuda") allocated there), and
+# not an inference tensor (autograd refuses to save those) though pyrnn.torch may be imported under
+# torch.inference_mode() (a torch.load there unpickles a pyrnn module).
+with torch.inference_mode(False):
+    _TOKEN = torch.empty(0, device="cpu")
 
 
 def _hold_workspace(ctx, ws, hooks):
@@ -345,9 +320,10 @@ def _hold_workspace(ctx, ws, hooks):
     held = ctx.held = _HeldWorkspace(ws)
     if hooks:
         return None
-    # A tensor of its own (a detached alias: 1.4 us where torch.empty and weakref.finalize took 7.5,
-    # a tenth of a small cell's step), and a weak reference whose callback releases the workspace.
-    token = _TOKEN.detach()
+    # A tensor of its own, with its own version counter (not a detached alias, whose counter all tokens
+    # would share), and a weak reference whose callback releases the workspace: 2.7 us where
+    # torch.empty and weakref.finalize took 7.5.
+    token = _TOKEN.new_empty(0)
     held.token_ref = weakref.ref(token, held.release)
     return token
 
@@ -1138,7 +1114,7 @@ class _PyrnnCellMixin(CellStateZoneout):
             spec = _Spec(self._cell, self._options(), zoneout_h=_np(zh), zoneout_c=_np(zc))
             _, h1, c1 = _run(spec, grad, x.unsqueeze(0), h0, c0, *weights, None)
         else:
-            arrays = [F._c(_np(x)), F._c(_np(h0)), F._c(_np(c0)), *(F._c(_weight_np(w)) for w in weights)]
+            arrays = [None if t is None else np.ascontiguousarray(_np(t)) for t in (x, h0, c0, *weights)]
             h1, c1 = (None if a is None else torch.from_numpy(a)
                       for a in _core.cell_step(_kind(self._cell, self._options()), *arrays))
         if unbatched:
