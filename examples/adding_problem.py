@@ -90,7 +90,7 @@ def train_model(model, T, *, hidden, batch, steps, lr, clip, eval_every, test, s
         dh_top = fc.backward(dpred)
         dh_n = np.zeros((net.num_layers, batch, hidden), np.float32)
         dh_n[-1] = dh_top
-        net.backward(dh_n=dh_n)
+        net.backward(dh_n=dh_n, input_grad=False)  # (the input is data: no dx)
         clip_grad_norm([net, fc], clip)
         opt.step()
         if step % eval_every == 0 or step == steps:

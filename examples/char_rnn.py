@@ -162,7 +162,8 @@ class NumpyModel:
         logits, state = self._forward(x_ids, state)
         loss, dlogits = softmax_cross_entropy(logits, y_ids)
         self.opt.zero_grad()
-        self.rnn.backward(self.fc.backward(dlogits))  # truncated BPTT: no gradient from the next chunk
+        # truncated BPTT: no gradient from the next chunk; the one-hot input needs none (no dx)
+        self.rnn.backward(self.fc.backward(dlogits), input_grad=False)
         norm = clip_grad_norm([self.rnn, self.fc], clip)
         self.opt.step()
         return loss, norm, state

@@ -176,7 +176,7 @@ class LSTMModel:
         dfull = np.zeros_like(pred)
         dfull[burn:] = dpred
         self.opt.zero_grad()
-        self.lstm.backward(self.fc.backward(dfull))
+        self.lstm.backward(self.fc.backward(dfull), input_grad=False)  # (the input is data: no dx)
         clip_grad_norm([self.lstm, self.fc], clip)
         self.opt.step()
         return loss

@@ -98,11 +98,13 @@ class Seq2Seq:
         loss, dlogits = softmax_cross_entropy(logits, targets, mask)
         opt.zero_grad()
         dy = self.readout.backward(dlogits)
-        _, d_state = self.decoder.backward(dy)  # gradient reaching the decoder's initial state ...
+        # the gradient reaching the decoder's initial state ... (the one-hot inputs need none: no dx)
+        _, d_state = self.decoder.backward(dy, input_grad=False)
         if self.cell == "lstm":
-            self.encoder.backward(dh_n=d_state[0], dc_n=d_state[1])  # ... is the encoder's final state's
+            # ... is the encoder's final state's
+            self.encoder.backward(dh_n=d_state[0], dc_n=d_state[1], input_grad=False)
         else:
-            self.encoder.backward(dh_n=d_state)
+            self.encoder.backward(dh_n=d_state, input_grad=False)
         norm = clip_grad_norm(self.modules, clip)
         opt.step()
         return loss, norm

@@ -172,7 +172,7 @@ class _LayerNormRNNBase(_StackedLayer):
         return self.run_direction(layer, d, layer_x, h0, c0, lengths=lengths, training=training, h_mask=rec_mask,
                                   zoneout_h=zh, zoneout_c=zc)
 
-    def _direction_backward(self, ws, layer, d, dy, dh_n, dc_n):
+    def _direction_backward(self, ws, layer, d, dy, dh_n, dc_n, input_grad=True):
         if self.mode == "LSTM":
             dx, dh0, dc0, *pg = F.layernorm_lstm_backward(ws, dy, dh_n, dc_n)
             names = ("W_ih", "W_hh", "b_ih", "b_hh", "ln_ih", "ln_hh", "ln_c_weight", "ln_c_bias", "W_hr")
@@ -183,7 +183,7 @@ class _LayerNormRNNBase(_StackedLayer):
         for short, grad in zip(names, pg):
             if grad is not None:
                 self.grads[LN_PARAM_NAMES[short] + sfx] += grad
-        return dx, dh0, dc0
+        return dx if input_grad else None, dh0, dc0  # (the layer-normalised kernels compute dx always)
 
 
 class LayerNormLSTM(_LayerNormRNNBase):

@@ -47,7 +47,7 @@ class _StackedLayer(CellStateZoneout, Module):
     dropout between layers, the stack loop (:mod:`pyrnn._stack`) and backward's
     bookkeeping. A subclass runs one layer and direction:
     ``_direction_call(layer, d, x, h0, c0, lengths, training, T, B)`` -> (y, h_n, c_n, workspace)
-    and ``_direction_backward(workspace, layer, d, dy, dh_n, dc_n)`` -> (dx, dh0, dc0),
+    and ``_direction_backward(workspace, layer, d, dy, dh_n, dc_n, input_grad)`` -> (dx or None, dh0, dc0),
     adding its parameter gradients to ``self.grads``."""
 
     proj_size = 0
@@ -153,13 +153,16 @@ class _StackedLayer(CellStateZoneout, Module):
             out = out.transpose(1, 0, 2)
         return (out, (h_n, c_n)) if self.mode == "LSTM" else (out, h_n)
 
-    def backward(self, dy=None, dh_n=None, dc_n=None):
+    def backward(self, dy=None, dh_n=None, dc_n=None, *, input_grad=True):
         """Backpropagates through the last training-mode call.
 
         dy has the output's shape; dh_n (and dc_n) the final states' shapes; any
         may be None (zeros). Parameter gradients are added to ``self.grads``.
-        Returns (dx, dh0) or, for the LSTM, (dx, (dh0, dc0)).
+        Returns (dx, dh0) or, for the LSTM, (dx, (dh0, dc0)). input_grad=False:
+        dx is None, not computed (the input is data that needs no gradient: the
+        first layer skips its product over W_ih; the other gradients are the same).
         """
+        input_grad = check_bool("input_grad", input_grad)
         s = self._saved
         if s is None:
             raise RuntimeError(f"{self._label()}.backward needs a forward call in training mode first "
@@ -187,7 +190,7 @@ class _StackedLayer(CellStateZoneout, Module):
             k = layer * D + d
             dx, dh0[k], dc0[k] = self._direction_backward(s["ws"][k], layer, d, dy_d,
                                                           None if dh_n is None else dh_n[k],
-                                                          None if dc_n is None else dc_n[k])
+                                                          None if dc_n is None else dc_n[k], input_grad or layer > 0)
             return dx
 
         dx = _stack.backward(run, dy, L, D, H_out, between=lambda layer, g: g * s["dropout"][layer]
@@ -196,9 +199,9 @@ class _StackedLayer(CellStateZoneout, Module):
         dh0 = np.stack(dh0)
         dc0 = np.stack(dc0) if self.mode == "LSTM" else None
         if unbatched:
-            dx, dh0 = dx[:, 0], dh0[:, 0]
+            dx, dh0 = None if dx is None else dx[:, 0], dh0[:, 0]
             dc0 = None if dc0 is None else dc0[:, 0]
-        elif self.batch_first:
+        elif self.batch_first and dx is not None:
             dx = dx.transpose(1, 0, 2)
         return (dx, (dh0, dc0)) if self.mode == "LSTM" else (dx, dh0)
 
@@ -462,8 +465,8 @@ class _RNNBase(_StackedLayer):
         return self.run_direction(layer, d, layer_x, h0, c0, lengths=lengths, h_mask=rec_mask, training=training,
                                   zoneout_h=zh, zoneout_c=zc)
 
-    def _direction_backward(self, ws, layer, d, dy, dh_n, dc_n):
-        g = F.backward(ws, dy, dh_n, dc_n)
+    def _direction_backward(self, ws, layer, d, dy, dh_n, dc_n, input_grad=True):
+        g = F.backward(ws, dy, dh_n, dc_n, input_grad=input_grad)
         self._accumulate(g, _stack.param_suffix(layer, d))
         return g["x"], g["h0"], g["c0"]
 

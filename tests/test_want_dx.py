@@ -140,3 +140,54 @@ def test_cell_loop_input_without_grad(name):
     want, _ = run(ref, False)
     for n in want:
         torch.testing.assert_close(without[n], want[n])
+
+
+# ---- the NumPy API: functional backward(input_grad=False), layers' backward(input_grad=False) ----
+
+import pyrnn  # noqa: E402
+import pyrnn.functional as F  # noqa: E402
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_functional_input_grad_false(cell):
+    (_, _, _, ws), dy, dh_n, dc_n = _forward(cell, {}, np.float64, np.array([5, 3, 4]), False)
+    fn = getattr(F, f"{cell}_backward")
+    args = (dy, dh_n, dc_n) if cell == "lstm" else (dy, dh_n)
+    full, part = fn(ws, *args, return_dh_seq=True), fn(ws, *args, return_dh_seq=True, input_grad=False)
+    assert full[0] is not None and part[0] is None
+    for a, b in zip(full[1:], part[1:]):
+        assert (a is None and b is None) or np.array_equal(a, b)
+    g = F.backward(ws, *args, input_grad=False)
+    assert g["x"] is None and np.array_equal(g["W_ih"], full[3 if cell == "lstm" else 2])
+    with pytest.raises(TypeError, match="input_grad"):
+        fn(ws, *args, input_grad="no")
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LayerNormLSTM", "LayerNormGRU"])
+@pytest.mark.parametrize("layout", ["time_major", "batch_first", "unbatched"])
+def test_layer_backward_input_grad_false(name, layout):
+    """layer.backward(..., input_grad=False): dx None, every parameter gradient and dh0 the same
+    (2 layers, bidirectional: only the first layer skips its dx)."""
+    def run(input_grad):
+        layer = getattr(pyrnn, name)(4, 6, num_layers=2, bidirectional=True, batch_first=layout == "batch_first",
+                                     dtype=np.float64, seed=3)
+        x = np.random.default_rng(4).standard_normal((5, 4) if layout == "unbatched" else (5, 3, 4))
+        y, _ = layer(x)
+        dy = np.cos(np.arange(y.size)).reshape(y.shape)
+        dx, dstate = layer.backward(dy, input_grad=input_grad)
+        return dx, dstate, {k: v.copy() for k, v in layer.grads.items()}, x.shape
+    dx, dstate, grads, shape = run(True)
+    none, dstate2, grads2, _ = run(False)
+    assert dx.shape == shape and none is None
+    for k in grads:
+        assert np.array_equal(grads[k], grads2[k]), k
+    for a, b in zip(np.atleast_1d(dstate) if not isinstance(dstate, tuple) else dstate,
+                    np.atleast_1d(dstate2) if not isinstance(dstate2, tuple) else dstate2):
+        assert np.array_equal(a, b)
+
+
+def test_layer_backward_input_grad_checked():
+    layer = pyrnn.GRU(3, 4)
+    y, _ = layer(np.zeros((2, 1, 3), np.float32))
+    with pytest.raises(TypeError, match="input_grad"):
+        layer.backward(np.ones_like(y), input_grad=None)
