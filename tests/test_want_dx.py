@@ -51,8 +51,12 @@ def test_core_want_dx_keyword():
     assert _core.sequence_backward(ws, dy, dh_n, None)[0].shape == (5, 3, 4)
 
 
-torch = pytest.importorskip("torch")
-import pyrnn.torch as pt  # noqa: E402
+try:
+    import torch
+    import pyrnn.torch as pt
+except ImportError:  # (the core and NumPy tests above and below run without PyTorch)
+    torch = pt = None
+needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
 
 
 def _grads(module, x, hx, x_grad):
@@ -65,6 +69,7 @@ def _grads(module, x, hx, x_grad):
             None if hx is None else [h.grad for h in hx])
 
 
+@needs_torch
 @pytest.mark.parametrize("name,kwargs", [("LSTM", {}), ("LSTM", {"proj_size": 3}), ("GRU", {}),
                                          ("GRU", {"reset_after": False}), ("RNN", {"nonlinearity": "relu"})])
 @pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, True)])
@@ -95,6 +100,7 @@ def test_module_input_without_grad(name, kwargs, layers, bidirectional):
         torch.testing.assert_close(without[n], want[n])
 
 
+@needs_torch
 def test_packed_sequence_input_without_grad():
     torch.manual_seed(1)
     m = pt.LSTM(4, 6)
@@ -110,6 +116,7 @@ def test_packed_sequence_input_without_grad():
         torch.testing.assert_close(p.grad, q.grad, msg=n)
 
 
+@needs_torch
 @pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
 def test_cell_loop_input_without_grad(name):
     """A cell in a training loop fed data (no gradient): the weights' gradients are bitwise those of
