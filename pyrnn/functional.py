@@ -193,7 +193,8 @@ def rnn_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
 def rnn_backward(ws, dy=None, dh_n=None, *, return_dh_seq=False, input_grad=True):
     """Returns (dx, dh0, dW_ih, dW_hh, db_ih, db_hh) [+ dh_seq]; dx is None with
     input_grad=False (not computed: an input that needs no gradient); db_* are None without bias."""
-    dx, dh0, _, dW_ih, dW_hh, db_ih, db_hh, dh_seq, _ = _backward("rnn", ws, {"dy": dy, "dh_n": dh_n}, return_dh_seq, input_grad)
+    dx, dh0, _, dW_ih, dW_hh, db_ih, db_hh, dh_seq, _ = _backward("rnn", ws, {"dy": dy, "dh_n": dh_n}, return_dh_seq,
+                                                                input_grad)
     out = (dx, dh0, dW_ih, dW_hh, db_ih, db_hh)
     return out + (dh_seq,) if return_dh_seq else out
 
@@ -239,7 +240,8 @@ def gru_forward(x, h0, W_ih, W_hh, b_ih=None, b_hh=None, *, reset_after=True, le
 def gru_backward(ws, dy=None, dh_n=None, *, return_dh_seq=False, input_grad=True):
     """Returns (dx, dh0, dW_ih, dW_hh, db_ih, db_hh) [+ dh_seq]; dx is None with
     input_grad=False (not computed: an input that needs no gradient)."""
-    dx, dh0, _, dW_ih, dW_hh, db_ih, db_hh, dh_seq, _ = _backward("gru", ws, {"dy": dy, "dh_n": dh_n}, return_dh_seq, input_grad)
+    dx, dh0, _, dW_ih, dW_hh, db_ih, db_hh, dh_seq, _ = _backward("gru", ws, {"dy": dy, "dh_n": dh_n}, return_dh_seq,
+                                                                input_grad)
     out = (dx, dh0, dW_ih, dW_hh, db_ih, db_hh)
     return out + (dh_seq,) if return_dh_seq else out
 

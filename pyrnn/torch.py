@@ -232,12 +232,14 @@ def _guard_create_graph(out, inputs, grad_outputs):
     return [None if g is None else next(guarded) for g in out]
 
 
-def _batched(t):
-    """Whether ``t`` is a vmap-batched tensor (functorch's, or the legacy vmap's of is_grads_batched)."""
-    fz = getattr(torch._C, "_functorch", None)
-    if fz is not None and hasattr(fz, "is_legacy_batchedtensor"):
-        return fz.is_legacy_batchedtensor(t) or fz.is_batchedtensor(t)
-    return "Batched" in str(torch._C._dispatch_keys(t))  # (3 us; the checks above cost 0.6)
+_FUNCTORCH = getattr(torch._C, "_functorch", None)
+if _FUNCTORCH is not None and hasattr(_FUNCTORCH, "is_legacy_batchedtensor"):
+    def _batched(t):
+        """Whether ``t`` is a vmap-batched tensor (functorch's, or the legacy vmap's of is_grads_batched)."""
+        return _FUNCTORCH.is_legacy_batchedtensor(t) or _FUNCTORCH.is_batchedtensor(t)
+else:  # (another torch: its dispatch keys, 3 us where the checks above cost 0.6)
+    def _batched(t):
+        return "Batched" in str(torch._C._dispatch_keys(t))
 
 
 def _refuse_batched(grad_outputs):
@@ -585,23 +587,16 @@ def _weights_dtype(module):
     d = module.__dict__
     # (A module without submodules: its own parameters, as named_parameters() gives them, without its
     # generator's cost: 8 of a cell step's 40 us at B=1.)
-    if "_parameters" in d and not d.get("_modules"):
-        # (The common case first, in a plain loop: CPU tensors of one supported dtype. 12-15 us of a
-        # small cell's training step went here in the general loop below, which names the offender.)
-        dtype = None
-        for p in d["_parameters"].values():
-            if p is None:
-                continue
-            if not (isinstance(p, torch.Tensor) and p.is_cpu and (p.dtype == dtype if dtype else p.dtype in _DTYPES)):
-                break
-            dtype = p.dtype
-        else:
-            return dtype
-    params = (((name, p) for name, p in d["_parameters"].items() if p is not None)
-              if "_parameters" in d and not d.get("_modules") else module.named_parameters())
+    params = (d["_parameters"].items() if "_parameters" in d and not d.get("_modules")
+              else module.named_parameters())
     dtype = None
     for name, p in params:
-        _check_tensor(type(module).__name__, f"parameter {name}", p)
+        if p is None:
+            continue
+        # (_check_tensor, which names the offender, only where the check fails: its call and message
+        # took 12-15 us of a small cell's training step)
+        if not (isinstance(p, torch.Tensor) and p.is_cpu and p.dtype in _DTYPES):
+            _check_tensor(type(module).__name__, f"parameter {name}", p)
         if dtype is None:
             dtype = p.dtype
         elif p.dtype != dtype:
