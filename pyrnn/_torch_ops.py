@@ -27,8 +27,8 @@ Tensor? zoneout_h=None, Tensor? zoneout_c=None) -> (Tensor y, Tensor h_n, Tensor
     runs (no workspace kept) and residual is an empty uint8 tensor of shape [0].
 
 ``pyrnn::rnn_layer_backward(<the same 10 tensors>, Tensor y, Tensor residual, Tensor? grad_y,
-Tensor? grad_h_n, Tensor? grad_c_n, <the same 4 options>, Tensor? zoneout_h=None, Tensor? zoneout_c=None)
--> (Tensor x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr)``
+Tensor? grad_h_n, Tensor? grad_c_n, <the same 4 options>, Tensor? zoneout_h=None, Tensor? zoneout_c=None,
+bool want_dx=True) -> (Tensor x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr)``
     The gradients of rnn_layer's tensor inputs, from rnn_layer's output y and
     residual: the C++ BPTT over the workspace in ``residual``
     (``F.workspace_from_residual``), without running the forward again. An
@@ -36,7 +36,10 @@ Tensor? grad_h_n, Tensor? grad_c_n, <the same 4 options>, Tensor? zoneout_h=None
     anyway) makes it rerun the forward in training mode first, so the
     gradients stay right at the cost of a second forward. A gradient of an
     input that was None is an empty tensor of shape [0]. Omitted grad_* are zeros. The
-    masks (lengths, h_mask, zoneout_*) get no gradient.
+    masks (lengths, h_mask, zoneout_*) get no gradient. want_dx=False skips x's
+    gradient (dx = dG W_ih, a quarter of the backward's FLOPs at I = H) and returns
+    an empty tensor of shape [0] in its place; the autograd formula passes it when
+    x needs no gradient (data fed to a first layer).
 
 rnn_layer has an autograd formula (rnn_layer_backward; it saves the inputs, y
 and residual), fake (meta) kernels for both (the residual's size is symbolic in T
@@ -207,9 +210,11 @@ def _residual_array(residual):
 @torch.library.custom_op(
     "pyrnn::rnn_layer_backward", mutates_args=(), device_types="cpu",
     schema=f"({_TENSORS}, Tensor y, Tensor residual, Tensor? grad_y, Tensor? grad_h_n, Tensor? grad_c_n, "
-           f"{_OPTIONS}, {_ZONEOUT}) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+           f"{_OPTIONS}, {_ZONEOUT}, bool want_dx=True) -> "
+           "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
 def rnn_layer_backward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask, y, residual, grad_y, grad_h_n,
-                       grad_c_n, cell, nonlinearity, reset_after, reverse, zoneout_h=None, zoneout_c=None):
+                       grad_c_n, cell, nonlinearity, reset_after, reverse, zoneout_h=None, zoneout_c=None,
+                       want_dx=True):
     _check_cell(cell)
     tensors = (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask)
     if residual.numel():
@@ -220,7 +225,8 @@ def rnn_layer_backward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask,
     else:  # rnn_layer ran with need_residual=False: rebuild the workspace with a training forward
         *_, ws = _kernel(*tensors, cell, nonlinearity, reset_after, reverse, training=True, zoneout_h=zoneout_h,
                          zoneout_c=zoneout_c)
-    g = F.backward(ws, _np(grad_y), _np(grad_h_n), _np(grad_c_n) if cell == "lstm" else None)
+    g = F.backward(ws, _np(grad_y), _np(grad_h_n), _np(grad_c_n) if cell == "lstm" else None,
+                   input_grad=bool(want_dx))
     empty = np.empty((0,), dtype=ws.dtype)
     grads = [empty.copy() if t is None or g[k] is None else g[k] for k, t in zip(_GRAD_NAMES, tensors)]
     return tuple(_fresh(grads, tensors + (y, residual, grad_y, grad_h_n, grad_c_n, zoneout_h, zoneout_c)))
@@ -229,10 +235,11 @@ def rnn_layer_backward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask,
 @rnn_layer_backward.register_fake
 def _rnn_layer_backward_fake(x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths, h_mask, y, residual, grad_y,
                              grad_h_n, grad_c_n, cell, nonlinearity, reset_after, reverse, zoneout_h=None,
-                             zoneout_c=None):
+                             zoneout_c=None, want_dx=True):
     _check_cell(cell)
-    return tuple(x.new_empty((0,)) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
-                 for t in (x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr))
+    return tuple(x.new_empty((0,)) if t is None or (k == 0 and not want_dx)
+                 else torch.empty_like(t, memory_format=torch.contiguous_format)
+                 for k, t in enumerate((x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr)))
 
 
 # ------------------------------------------------------------ autograd --
@@ -256,7 +263,9 @@ def _backward_args(ctx, grad_y, grad_h_n, grad_c_n):
     """(rnn_layer_backward's arguments, the saved forward inputs) from a _save'd ctx."""
     saved = ctx.saved_tensors
     lstm = ctx.options[0] == "lstm"
-    return (*saved[:12], grad_y, grad_h_n, grad_c_n if lstm else None, *ctx.options, *saved[12:14]), saved[:10]
+    # want_dx: x's gradient only when autograd asks for it
+    return ((*saved[:12], grad_y, grad_h_n, grad_c_n if lstm else None, *ctx.options, *saved[12:14],
+             bool(ctx.needs_input_grad[0])), saved[:10])
 
 
 def _input_grads(ctx, grads, inputs):

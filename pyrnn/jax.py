@@ -24,6 +24,9 @@ keeps its activations (the training workspace) as a residual uint8 array that
 the backward consumes (:func:`pyrnn.functional.workspace_from_residual`), so a
 gradient costs one forward and one backward, as in PyTorch. Gradients reach
 x, the initial states and every weight; ``lengths`` is not differentiable.
+Where x is not differentiated (data fed to a first layer), the backward does
+not compute its gradient (dx = dG W_ih, a quarter of the backward's FLOPs at
+I = H): the rule sees which inputs JAX perturbs (``symbolic_zeros``).
 The kernels run on the host CPU, so inputs on another device are copied to it
 and back. float32 and float64 (``jax_enable_x64``) only, all of one dtype.
 
@@ -52,6 +55,7 @@ except ImportError as e:  # (name the extra, not only the module)
     raise ModuleNotFoundError(f"pyrnn.jax needs JAX, which is not importable ({e}): pip install jax "
                               f"(pyrnn's extra: pyrnn[jax])", name="jax") from e
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 from . import _core
 from . import functional as F
@@ -70,6 +74,7 @@ class _Spec(NamedTuple):
     reverse: bool
     reset_after: bool = True
     nonlinearity: str = "tanh"
+    want_dx: bool = True  # the backward's: x is differentiated (set by the custom_vjp rule)
 
 
 def _host(a):
@@ -101,12 +106,12 @@ def _training_callback(spec, nbytes, *arrays):
     return (y, h_n, residual) if c_n is None else (y, h_n, c_n, residual)
 
 
-def _backward_callback(spec, present, residual, y, *args):
+def _backward_callback(spec, present, residual, y, *args):  # present: the gradients returned, by name
     arrays, cts = args[:len(_NAMES)], args[len(_NAMES):]
     x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, lengths = (_host(a) for a in arrays)
     ws = F.workspace_from_residual(np.asarray(residual), spec.cell, x, h0, c0, W_ih, W_hh, b_ih, b_hh, y=_host(y), W_hr=W_hr,
                                    lengths=lengths, **_options(spec))
-    grads = F.backward(ws, *(_host(c) for c in cts))
+    grads = F.backward(ws, *(_host(c) for c in cts), input_grad=spec.want_dx)
     return tuple(grads[name] for name in present)
 
 
@@ -156,6 +161,7 @@ def backend():
 
 
 _PRESENT = (("h0", 1), ("c0", 2), ("b_ih", 4), ("W_hr", 8), ("lengths", 16))
+_NO_DX = 32  # the backward's: x needs no gradient (csrc/bindings/xla_ffi.cpp kNoDx)
 
 
 def _ffi_operands(spec, arrays):
@@ -200,9 +206,14 @@ def _ffi_backward(spec, residual, y, arrays, cts):
     states = _out_shapes(spec, x, arrays[1], arrays[4], arrays[7])[1:]
     shapes = [jax.ShapeDtypeStruct(a.shape if a is not None else (0,), x.dtype) for a in arrays[:-1]]
     shapes[1:1 + len(states)] = states
+    if not spec.want_dx:  # dx zero-size and not computed (the handler's kNoDx bit)
+        shapes[0] = jax.ShapeDtypeStruct((0,), x.dtype)
+        attrs["present"] = np.int64(attrs["present"] | _NO_DX)
     operands, shapes = _vary_results([residual, *ops, y, dy, dh_n, dc_n], shapes)
     grads = jax.ffi.ffi_call("pyrnn_sequence_bwd", shapes, vmap_method="sequential")(*operands, **attrs)
-    return _invariant_like(tuple(None if a is None else g for a, g in zip(arrays[:-1], grads)), arrays[:-1])
+    wanted = (spec.want_dx,) + (True,) * (len(arrays) - 2)
+    return _invariant_like(tuple(None if a is None or not w else g for a, g, w in zip(arrays[:-1], grads, wanted)),
+                           arrays[:-1])
 
 
 def _pure_callback(fn, shapes, *args):
@@ -336,17 +347,22 @@ def _backward(spec, residual, y, arrays, cts):
     """The gradients of x, the states and the weights (None where the input was None)."""
     if _ffi_registered():
         return _ffi_backward(spec, residual, y, arrays, cts)
-    present = tuple(name for name, a in zip(_NAMES[:-1], arrays) if a is not None)
-    shapes = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays[:-1] if a is not None)
+    wanted = [a is not None and (k > 0 or spec.want_dx) for k, a in enumerate(arrays[:-1])]
+    present = tuple(name for name, w in zip(_NAMES[:-1], wanted) if w)
+    shapes = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a, w in zip(arrays[:-1], wanted) if w)
     grads = iter(_pure_callback(functools.partial(_backward_callback, spec, present), shapes, residual, y,
                                 *arrays, *cts))
-    grads = tuple(None if a is None else next(grads) for a in arrays[:-1])
+    grads = tuple(next(grads) if w else None for w in wanted)
     return _invariant_like(grads, arrays[:-1])
 
 
-def _sequence_fwd(spec, *arrays):
+def _sequence_fwd(spec, *primals):
+    # symbolic_zeros: each array comes as a CustomVJPPrimal saying whether JAX differentiates it; x's
+    # flag goes to the backward as the residuals' structure (a tuple of one or none), which is static
+    arrays = tuple(None if p is None else p.value for p in primals)
     outs, residual = _training_forward(spec, *arrays)
-    return _outputs_typed_like(outs, arrays[0]), (residual, outs[0], arrays)
+    typed = _outputs_typed_like(outs, arrays[0])
+    return typed, (residual, outs[0], arrays, typed, (None,) if primals[0].perturbed else ())
 
 
 def _explicit_spec(a):
@@ -374,12 +390,14 @@ def _typed_like(grads, arrays):
 
 
 def _sequence_bwd(spec, saved, cts):
-    residual, y, arrays = saved
-    grads = _backward(spec, residual, y, arrays, tuple(cts))
+    residual, y, arrays, typed, want_dx = saved
+    # an output nobody used has a symbolic zero cotangent: zeros typed as that output (the kernels' operands)
+    cts = tuple(jnp.zeros_like(o) if isinstance(c, SymbolicZero) else c for c, o in zip(cts, typed))
+    grads = _backward(spec._replace(want_dx=bool(want_dx)), residual, y, arrays, cts)
     return _typed_like(grads, arrays[:-1]) + (None,)  # lengths: no gradient
 
 
-_sequence.defvjp(_sequence_fwd, _sequence_bwd)
+_sequence.defvjp(_sequence_fwd, _sequence_bwd, symbolic_zeros=True)
 
 
 def _varying_axes(a):

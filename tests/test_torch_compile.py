@@ -241,6 +241,71 @@ def test_traced_training_step_runs_each_forward_once(monkeypatch, mode):
     assert counts == {"forward": 2 * 4, "backward": 0}
 
 
+def _record_want_dx(monkeypatch):
+    """The want_dx argument of every C++ sequence backward call, in order."""
+    seen = []
+    real = _core.sequence_backward
+
+    def spy(*a, **kw):
+        out = real(*a, **kw)
+        seen.append(out[0] is not None)
+        return out
+
+    monkeypatch.setattr(_core, "sequence_backward", spy)
+    return seen
+
+
+@pytest.mark.parametrize("mode", ["lstm_proj", "gru", "rnn_relu"])
+def test_compiled_training_skips_dx_of_data_input(monkeypatch, mode):
+    """Compiled (and torch.func) training: the first layer's backward computes no dx when x is data,
+    the second layer's does (its input is the first layer's output), as eager; gradients bitwise eager's."""
+    cls, opts = MODULES[mode]
+    torch.manual_seed(0)
+    model = _Model(cls, num_layers=2, bidirectional=True, **opts)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    _train_step(model, compiled, x)  # compiles
+    seen = _record_want_dx(monkeypatch)
+    expected = _train_step(model, model, x)
+    assert sorted(seen) == [False, False, True, True]  # eager: layer 0 both directions without dx
+    seen.clear()
+    got = _train_step(model, compiled, x)
+    assert sorted(seen) == [False, False, True, True]
+    for a, e in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(expected)):
+        assert torch.equal(a, e)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    seen.clear()
+    grads = grad(lambda p: functional_call(model, p, (x,)))(params)
+    assert sorted(seen) == [False, False, True, True]
+    for n, g in grads.items():
+        assert torch.equal(g, expected[1][n])
+    # x requiring a gradient: every backward computes dx, and x.grad is eager's
+    xs, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
+    seen.clear()
+    _train_step(model, compiled, xs)
+    assert seen == [True] * 4
+    _train_step(model, model, xe)
+    assert torch.equal(xs.grad, xe.grad)
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru_reset_before"])
+def test_rnn_layer_backward_want_dx_false(mode):
+    """want_dx=False: x's gradient an empty [0] tensor, every other gradient bitwise the one computed beside
+    dx (from the residual and from a rerun); opcheck with it."""
+    args = _op_args(mode, "masked", torch.float64, grad=False)
+    y, h_n, c_n, residual = torch.ops.pyrnn.rnn_layer(*args)
+    dy = torch.randn(y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(1))
+    opts = args[10:14]
+    full = torch.ops.pyrnn.rnn_layer_backward(*args[:10], y, residual, dy, None, None, *opts)
+    for res in (residual, torch.empty(0, dtype=torch.uint8)):
+        part = torch.ops.pyrnn.rnn_layer_backward(*args[:10], y, res, dy, None, None, *opts, None, None, False)
+        assert part[0].shape == (0,) and full[0].shape == args[0].shape
+        for a, b in zip(part[1:], full[1:]):
+            assert torch.equal(a, b)
+    torch.library.opcheck(torch.ops.pyrnn.rnn_layer_backward.default,
+                          args[:10] + (y, residual, dy, None, None) + opts + (None, None, False))
+
+
 def test_compile_fullgraph_with_states_batch_first_and_input_grad():
     torch.manual_seed(0)
     model = _Model("LSTM", num_layers=2, proj_size=3, batch_first=True)

@@ -12,6 +12,9 @@
 // pyrnn_sequence_bwd: residual, x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr,
 //   lengths, y, dy, dh_n, dc_n -> dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dW_hr
 //   (zero-size where the forward had no such input; dc_n zero-size means zeros).
+//   Bit kNoDx of the backward's `present`: x needs no gradient, dx is zero-size
+//   and not computed (data fed to a first layer; the bit is clear in calls
+//   staged before it existed, so those keep computing dx).
 // Shapes and dtypes are checked in Python (pyrnn/jax.py) before the call is
 // staged; the handlers check what protects memory.
 #include <pybind11/pybind11.h>
@@ -31,7 +34,7 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-enum Present : int64_t { kH0 = 1, kC0 = 2, kBias = 4, kWhr = 8, kLengths = 16 };
+enum Present : int64_t { kH0 = 1, kC0 = 2, kBias = 4, kWhr = 8, kLengths = 16, kNoDx = 32 };
 
 template <class T>
 T* data_of(const ffi::AnyBuffer& b) {
@@ -152,7 +155,8 @@ ffi::Error backward_typed(int64_t cell, int64_t present, bool reverse, const ffi
   g.dW_ih = data_of<Real>(out[3]), g.dW_hh = data_of<Real>(out[4]);
   g.db_ih = data_of<Real>(out[5]), g.db_hh = data_of<Real>(out[6]), g.dW_hr = data_of<Real>(out[7]);
   const int64_t G = pyrnn::gates_of(a.cell), H = a.H, lstm = a.cell == pyrnn::CellKind::Lstm;
-  const int64_t bias = (present & kBias) ? G * H : 0, want[8] = {a.T * a.B * a.I, a.B * Ho, lstm * a.B * H,
+  const bool want_dx = !(present & kNoDx);
+  const int64_t bias = (present & kBias) ? G * H : 0, want[8] = {want_dx * a.T * a.B * a.I, a.B * Ho, lstm * a.B * H,
                                                                  G * H * a.I,     G * H * Ho, bias,
                                                                  bias,            a.P * H};
   for (int k = 0; k < 8; ++k)
@@ -163,6 +167,7 @@ ffi::Error backward_typed(int64_t cell, int64_t present, bool reverse, const ffi
   if (!(present & kBias)) g.db_ih = g.db_hh = nullptr;
   if (!(present & kWhr)) g.dW_hr = nullptr;
   if (!lstm) g.dc0 = nullptr;
+  if (!want_dx) g.dx = nullptr;  // the kernel skips dx = dG W_ih
   const pyrnn::EnvSnapshot env(pyrnn::EnvSnapshot::kLastRead);
   try {
     pyrnn::WorkspacePtr<Real> ws =
