@@ -211,9 +211,13 @@ def _ffi_backward(spec, residual, y, arrays, cts):
         attrs["present"] = np.int64(attrs["present"] | _NO_DX)
     operands, shapes = _vary_results([residual, *ops, y, dy, dh_n, dc_n], shapes)
     grads = jax.ffi.ffi_call("pyrnn_sequence_bwd", shapes, vmap_method="sequential")(*operands, **attrs)
-    wanted = (spec.want_dx,) + (True,) * (len(arrays) - 2)
-    return _invariant_like(tuple(None if a is None or not w else g for a, g, w in zip(arrays[:-1], grads, wanted)),
-                           arrays[:-1])
+    return _invariant_like(tuple(g if w else None for g, w in zip(grads, _wanted(spec, arrays))), arrays[:-1])
+
+
+def _wanted(spec, arrays):
+    """Which of the gradients of x, the states and the weights the backward returns: those of the
+    inputs given, x's only where it is differentiated."""
+    return [a is not None and (k > 0 or spec.want_dx) for k, a in enumerate(arrays[:-1])]
 
 
 def _pure_callback(fn, shapes, *args):
@@ -347,7 +351,7 @@ def _backward(spec, residual, y, arrays, cts):
     """The gradients of x, the states and the weights (None where the input was None)."""
     if _ffi_registered():
         return _ffi_backward(spec, residual, y, arrays, cts)
-    wanted = [a is not None and (k > 0 or spec.want_dx) for k, a in enumerate(arrays[:-1])]
+    wanted = _wanted(spec, arrays)
     present = tuple(name for name, w in zip(_NAMES[:-1], wanted) if w)
     shapes = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a, w in zip(arrays[:-1], wanted) if w)
     grads = iter(_pure_callback(functools.partial(_backward_callback, spec, present), shapes, residual, y,
@@ -361,8 +365,7 @@ def _sequence_fwd(spec, *primals):
     # flag goes to the backward as the residuals' structure (a tuple of one or none), which is static
     arrays = tuple(None if p is None else p.value for p in primals)
     outs, residual = _training_forward(spec, *arrays)
-    typed = _outputs_typed_like(outs, arrays[0])
-    return typed, (residual, outs[0], arrays, typed, (None,) if primals[0].perturbed else ())
+    return _outputs_typed_like(outs, arrays[0]), (residual, outs, arrays, (None,) if primals[0].perturbed else ())
 
 
 def _explicit_spec(a):
@@ -390,10 +393,10 @@ def _typed_like(grads, arrays):
 
 
 def _sequence_bwd(spec, saved, cts):
-    residual, y, arrays, typed, want_dx = saved
-    # an output nobody used has a symbolic zero cotangent: zeros typed as that output (the kernels' operands)
-    cts = tuple(jnp.zeros_like(o) if isinstance(c, SymbolicZero) else c for c, o in zip(cts, typed))
-    grads = _backward(spec._replace(want_dx=bool(want_dx)), residual, y, arrays, cts)
+    residual, outs, arrays, want_dx = saved
+    # an output nobody used has a symbolic zero cotangent: zeros like that output, as the kernel reads it
+    cts = tuple(jnp.zeros_like(o) if isinstance(c, SymbolicZero) else c for c, o in zip(cts, outs))
+    grads = _backward(spec._replace(want_dx=bool(want_dx)), residual, outs[0], arrays, cts)
     return _typed_like(grads, arrays[:-1]) + (None,)  # lengths: no gradient
 
 
