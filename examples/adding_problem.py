@@ -14,7 +14,7 @@ Adam, gradient-norm clipping) for each T, prints the test MSE table and plots
 the learning curves::
 
     python examples/adding_problem.py                 # T = 50, 100, 200
-    python examples/adding_problem.py --fast          # T = 50, fewer steps (CI)
+    python examples/adding_problem.py --fast          # T = 50, fewer steps, a smaller test set (CI)
     python examples/adding_problem.py --lengths 100 --models lstm rnn
 
 Built only on pyrnn's public API: the layers' forward/backward and pyrnn.optim.
@@ -120,7 +120,7 @@ def plot(results, lengths, models, path):
 
 
 def parse_args(argv):
-    p = _common.parser(__doc__, "T = 50 and 800 steps (about half a minute; CI runs it)")
+    p = _common.parser(__doc__, "T = 50, 800 steps and 500 test sequences (CI runs it)")
     p.add_argument("--lengths", type=_common.positive_int, nargs="+",
                    help="sequence lengths T (default 50 100 200; fast: 50)")
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
@@ -130,13 +130,16 @@ def parse_args(argv):
     p.add_argument("--hidden", type=_common.positive_int, default=64)
     p.add_argument("--lr", type=_common.positive_float, default=1e-2, help="Adam learning rate")
     p.add_argument("--clip", type=_common.positive_float, default=1.0, help="gradient-norm clipping threshold")
-    p.add_argument("--test-size", type=_common.positive_int, default=2000)
+    p.add_argument("--test-size", type=_common.positive_int,
+                   help="test sequences per T, evaluated 40 times in training (default 2000; fast: 500)")
     _common.add_run_options(p, __file__)
     args = p.parse_args(argv)
     if args.lengths is None:
         args.lengths = [50] if args.fast else [50, 100, 200]
     if args.steps is None:
         args.steps = 800 if args.fast else 3000
+    if args.test_size is None:
+        args.test_size = 500 if args.fast else 2000
     if min(args.lengths) < 2:
         p.error("--lengths must be at least 2")
     return args

@@ -2,7 +2,8 @@
 instantiates the cotangents of unused outputs itself (its custom_vjp rule has symbolic_zeros).
 
 Every gradient of a call without dx is bitwise the one computed beside dx; both match a lax.scan
-implementation; both backends (the XLA FFI custom call and jax.pure_callback)."""
+implementation (jitted: its op-by-op gradient took seconds); both backends (the XLA FFI custom call
+and jax.pure_callback)."""
 
 import re
 
@@ -92,7 +93,7 @@ def test_grad_of_weights_only_matches_grad_with_x(backend, variant, monkeypatch)
         assert [p & 32 for p in _bwd_calls(jax.grad(loss_wx, argnums=(0, 1, 2)), p1, p2, x)] == [0, 0]
     for a, b in zip(jax.tree_util.tree_leaves(g_w), jax.tree_util.tree_leaves(g_wx[:2])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    want = jax.grad(lambda p1, p2: _two_layers(_oracle, variant, p1, p2, x, LENGTHS), argnums=(0, 1))(p1, p2)
+    want = jax.jit(jax.grad(lambda p1, p2: _two_layers(_oracle, variant, p1, p2, x, LENGTHS), argnums=(0, 1)))(p1, p2)
     tol = 1e-10 if dtype == jnp.float64 else 3e-5
     for a, e in zip(jax.tree_util.tree_leaves(g_w), jax.tree_util.tree_leaves(want)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=tol, atol=tol)
@@ -115,7 +116,7 @@ def test_unused_outputs_give_zero_cotangents(backend, variant, used):
         return jnp.sum(jnp.cos(run(variant, p, x, h0, c0, LENGTHS, False)[k]))
 
     got = jax.jit(jax.grad(lambda *a: loss(_pyrnn, *a), argnums=(0, 1, 2, 3)))(p, x, h0, c0)
-    want = jax.grad(lambda *a: loss(_oracle, *a), argnums=(0, 1, 2, 3))(p, x, h0, c0)
+    want = jax.jit(jax.grad(lambda *a: loss(_oracle, *a), argnums=(0, 1, 2, 3)))(p, x, h0, c0)
     assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
     for a, e in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=3e-5, atol=3e-5)
@@ -132,7 +133,7 @@ def test_x_only_and_states_only(backend):
 
     for argnums in (1, 2, (2, 3), 0):
         got = jax.grad(lambda *a: loss(_pyrnn, *a), argnums=argnums)(p, x, h0, c0)
-        want = jax.grad(lambda *a: loss(_oracle, *a), argnums=argnums)(p, x, h0, c0)
+        want = jax.jit(jax.grad(lambda *a: loss(_oracle, *a), argnums=argnums))(p, x, h0, c0)
         for a, e in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=3e-5, atol=3e-5)
 
