@@ -20,7 +20,11 @@ void register_config(py::module_& m) {
     d["flags"] = PYRNN_FLAGS_COMMON;
     py::dict isa_flags;
 #if defined(PYRNN_HAVE_X86)
+#if defined(PYRNN_NO_AVX512)
+    isa_flags["avx512"] = "(not built: PYRNN_NO_AVX512)";
+#else
     isa_flags["avx512"] = PYRNN_FLAGS_AVX512;
+#endif
     isa_flags["avx2"] = PYRNN_FLAGS_AVX2;
 #endif
     isa_flags["baseline"] = PYRNN_FLAGS_BASELINE;

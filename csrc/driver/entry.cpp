@@ -14,7 +14,9 @@ namespace pyrnn {
 
 const KernelTable& kernels_for(Isa isa) {
 #if defined(PYRNN_HAVE_X86)
+#if !defined(PYRNN_NO_AVX512)
   if (isa == Isa::Avx512) return kernels_avx512();
+#endif
   if (isa == Isa::Avx2) return kernels_avx2();
 #endif
   (void)isa;

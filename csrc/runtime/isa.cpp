@@ -48,7 +48,11 @@ Isa detect() {
   const bool avx2 = b & (1u << 5);
   if (!avx2) return Isa::Baseline;
   const bool f = b & (1u << 16), dq = b & (1u << 17), bw = b & (1u << 30), vl = b & (1u << 31);
+#if !defined(PYRNN_NO_AVX512)  // (a build without those kernels: CMakeLists.txt)
   if (f && dq && bw && vl && (xcr & 0xE6) == 0xE6) return Isa::Avx512;  // + opmask, ZMM state
+#else
+  (void)f, (void)dq, (void)bw, (void)vl;
+#endif
   return Isa::Avx2;
 }
 #else
