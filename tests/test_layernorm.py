@@ -657,9 +657,9 @@ def test_torch_gradcheck(cell, proj, masks, rng):
 
     # functional_call swaps parameters in; the kernels run eagerly on them
     inputs = (x, h0, c0) + tuple(p.detach().clone().requires_grad_() for p in params)
-    # The whole Jacobian (~1200 inputs by ~170 outputs) for the LSTM with projection and masks, which
-    # runs every branch of the others; a random projection of it (fast_mode: u^T J v per input,
-    # which any wrong gradient entry changes) for the rest, 15 s less each.
+    # The whole Jacobian (~1200 inputs by ~170 outputs) for the LSTM with projection and masks, the
+    # case with the most parts; for the other five a random projection of it (fast_mode: v^T J u per
+    # input, which a wrong gradient entry changes almost surely), 15 s less each.
     assert torch.autograd.gradcheck(f, inputs, fast_mode=not (cell == "lstm" and proj and masks))
 
 
