@@ -555,6 +555,50 @@ def _check_tensor(owner, name, t, dtype=None):
                          f"Convert it: .to({dtype}){other}")
 
 
+def _check_packed(owner, packed, dtype):
+    """A PackedSequence input: its data [sum(batch_sizes), I] of the weights' dtype, batch_sizes a
+    1-D int64 CPU tensor of positive, non-increasing counts summing to data's rows, and its
+    sorted_indices/unsorted_indices (both or neither) a permutation of the batch and its inverse.
+    A hand-built one can break any of these; torch's pad_packed_sequence corrupts memory on a
+    negative count, and a short permutation silently drops sequences."""
+    _check_tensor(owner, "input", packed.data, dtype)
+    if packed.data.dim() != 2:
+        raise InputError(f"{owner}: a PackedSequence's data must be 2-D [sum(batch_sizes), input_size], got "
+                         f"{packed.data.dim()}-D of shape {tuple(packed.data.shape)}")
+    sizes = packed.batch_sizes
+    if not isinstance(sizes, torch.Tensor) or sizes.dtype != torch.int64 or sizes.dim() != 1 or not sizes.is_cpu:
+        got = (f"{sizes.dim()}-D {sizes.dtype} on {sizes.device}" if isinstance(sizes, torch.Tensor)
+               else type(sizes).__name__)
+        raise TypeError(f"{owner}: a PackedSequence's batch_sizes must be a 1-D int64 CPU tensor, got {got}")
+    counts = sizes.tolist()
+    if not counts:
+        raise InputError(f"{owner}: Expected sequence length to be larger than 0 (the PackedSequence's batch_sizes "
+                         f"is empty)")
+    if min(counts) < 1 or any(b > a for a, b in zip(counts, counts[1:])):
+        raise InputError(f"{owner}: a PackedSequence's batch_sizes must be positive and non-increasing "
+                         f"(as pack_padded_sequence makes them), got {counts}")
+    if sum(counts) != packed.data.size(0):
+        raise InputError(f"{owner}: a PackedSequence's batch_sizes sum to {sum(counts)} but its data has "
+                         f"{packed.data.size(0)} rows")
+    order, inverse = packed.sorted_indices, packed.unsorted_indices
+    if (order is None) != (inverse is None):
+        raise InputError(f"{owner}: a PackedSequence has sorted_indices and unsorted_indices both or neither")
+    if order is not None:
+        batch = counts[0]
+        for what, idx in (("sorted_indices", order), ("unsorted_indices", inverse)):
+            if not isinstance(idx, torch.Tensor) or idx.dtype != torch.int64 or idx.dim() != 1 \
+                    or idx.numel() != batch:
+                got = (f"{idx.dim()}-D {idx.dtype} of {idx.numel()} elements" if isinstance(idx, torch.Tensor)
+                       else type(idx).__name__)
+                raise InputError(f"{owner}: a PackedSequence's {what} must be a 1-D int64 tensor of the batch's "
+                                 f"{batch} indices, got {got}")
+        o, u = order.cpu(), inverse.cpu()
+        if not torch.equal(torch.sort(o).values, torch.arange(batch)) or \
+                not torch.equal(u[o], torch.arange(batch)):
+            raise InputError(f"{owner}: a PackedSequence's sorted_indices must be a permutation of 0..{batch - 1} "
+                             f"and unsorted_indices its inverse, got {o.tolist()} and {u.tolist()}")
+
+
 def _autocast_cpu():
     """Whether torch.autocast is enabled for the CPU here."""
     try:
@@ -778,7 +822,7 @@ class _PyrnnRNNMixin(CellStateZoneout):
         input, hx = _autocast_inputs(dtype, input, hx)
         packed = isinstance(input, PackedSequence)
         if packed:
-            _check_tensor(name, "input", input.data, dtype)
+            _check_packed(name, input, dtype)
             x, lengths = pad_packed_sequence(input)  # [T, B, I] and lengths, in the caller's batch order
             unbatched = False
         else:
@@ -1457,7 +1501,7 @@ class FrozenRNN(_Frozen):
         layer = self.frozen
         packed = isinstance(input, PackedSequence)
         if packed:
-            _check_tensor(owner, "input", input.data, self.torch_dtype)
+            _check_packed(owner, input, self.torch_dtype)
             x, lengths = pad_packed_sequence(input, batch_first=layer.batch_first)
             lengths = lengths.numpy().astype(np.int64)
         else:
@@ -1877,7 +1921,7 @@ class _LayerNormRNN(CellStateZoneout, nn.Module):
         if packed:
             if lengths is not None:
                 raise ValueError(f"{name}: a PackedSequence carries its lengths; do not pass lengths too")
-            _check_tensor(name, "input", input.data, dtype)
+            _check_packed(name, input, dtype)
             x, lengths = pad_packed_sequence(input)
             unbatched = False
         else:

@@ -114,6 +114,21 @@ def test_cell_errors(call, exc, message):
         call(cell)
 
 
+@pytest.mark.parametrize("cls", ["GRUCell", "RNNCell"])
+@pytest.mark.parametrize("frozen", [False, True])
+def test_gru_and_rnn_cells_refuse_an_lstm_state_tuple(cls, frozen):
+    """An LSTM's (h, c) given to a GRU or RNN cell names the mistake (it was NumPy's "inhomogeneous
+    shape" error, or "Expected hx to be 2D ... got 3D"); a nested list h still works as an array."""
+    cell = getattr(pyrnn, cls)(3, 4, seed=0, dtype=np.float64)
+    step = cell.freeze() if frozen else cell
+    x, h = np.ones((2, 3)), np.full((2, 4), 0.5)
+    for hx in ((h, None), (h, h), (h,)):
+        with pytest.raises(TypeError, match=re.escape("hx must be an array h or None (only an LSTM cell takes a "
+                                                      f"tuple (h, c)), got a tuple of {len(hx)}")):
+            step(x, hx)
+    np.testing.assert_array_equal(step(x, h.tolist()), step(x, h))
+
+
 @pytest.mark.parametrize("cls", ["LSTMCell", "GRUCell", "RNNCell"])
 def test_cell_backward_checks_gradient_shapes(cls):
     """dh1 (dc1) must have h's shape: a transposed or flattened gradient is an error, not a reshape."""
