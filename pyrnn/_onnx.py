@@ -453,6 +453,12 @@ class WithLengths(nn.Module):
         if exporting():
             # (The lengths' values are not known while exporting: ONNX Runtime checks them against T.)
             return export_forward(self.rnn, x, hx, lengths=lengths)
+        # pyrnn.torch's layers, traced (torch.compile, torch.export): lengths straight to their operator,
+        # which checks the values when it runs (packing's data-dependent shapes do not trace)
+        direct = getattr(self.rnn, "_forward_with_lengths", None)
+        result = None if direct is None else direct(x, lengths, hx)
+        if result is not None:
+            return result
         if B and not bool(((lengths >= 1) & (lengths <= T)).all()):
             raise ValueError(f"WithLengths: lengths must lie in [1, T] = [1, {T}], got min {int(lengths.min())} and "
                              f"max {int(lengths.max())}")

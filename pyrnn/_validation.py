@@ -476,13 +476,13 @@ def check_training_rates(module):
     out-of-range values were used silently (above 1 as 1, below 0 as no masks)."""
     if not module.training:
         return
-    if getattr(module, "dropout", 0.0):
-        check_probability("dropout", module.dropout)
-    if getattr(module, "recurrent_dropout", 0.0):
-        check_probability("recurrent_dropout", module.recurrent_dropout)
-    for name in ("zoneout", "zoneout_c"):
-        if getattr(module, name, 0.0):
-            check_zoneout(name, getattr(module, name))
+    # (every value checked, not only truthy ones: None set on a schedule failed later with a bare
+    # "'>' not supported"; the LSTM's zoneout_c=None means "as zoneout")
+    check_probability("dropout", getattr(module, "dropout", 0.0))
+    check_probability("recurrent_dropout", getattr(module, "recurrent_dropout", 0.0))
+    check_zoneout("zoneout", getattr(module, "zoneout", 0.0))
+    if getattr(module, "zoneout_c", None) is not None:
+        check_zoneout("zoneout_c", module.zoneout_c)
 
 
 def check_layer_dropout(dropout, num_layers):

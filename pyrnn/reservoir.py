@@ -42,7 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import functional as F
-from ._validation import check_dtype, check_parameter_memory, make_rng, refuse_masked
+from ._validation import check_dtype, check_parameter_memory, make_rng, refuse_masked, to_numpy
 
 __all__ = ["ESN", "spectral_radius"]
 
@@ -78,7 +78,7 @@ def _positive_int(name: str, value: Any, allow_zero: bool = False) -> int:
 
 def _real_array(name: str, a: Any, dtype: np.dtype) -> NDArray:
     """``a`` as an array of ``dtype``: any real (integer or floating) finite data is accepted and cast."""
-    refuse_masked(name, a)
+    a = to_numpy(a, name) if hasattr(a, "detach") else refuse_masked(name, a)  # (a tensor detached, as the layers)
     try:
         with warnings.catch_warnings():  # (NumPy < 1.24 makes a ragged list an object array, with this warning)
             warnings.simplefilter("error", _RaggedWarning)

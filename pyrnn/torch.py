@@ -97,6 +97,7 @@ import functools
 import numbers
 import importlib.abc
 import sys
+import threading
 import weakref
 from collections.abc import Mapping
 from typing import ClassVar, NamedTuple
@@ -360,6 +361,7 @@ class _StepChain:
     __slots__ = ("kind", "weights", "stamp", "forward", "backward", "steps", "__weakref__")
     _HELD = 32
     _holding: ClassVar[collections.deque[weakref.ref[_StepChain]]] = collections.deque()  # chains with a forward packing
+    _holding_lock: ClassVar[threading.Lock] = threading.Lock()  # (steps from several Python threads at once)
 
     def __init__(self, kind, weights, stamp):
         self.kind, self.weights, self.stamp = kind, weights, stamp
@@ -367,17 +369,19 @@ class _StepChain:
         self.steps = 1
 
     def _pack_forward(self):
-        held = _StepChain._holding
-        live = [ref for ref in held if (chain := ref()) is not None and chain.forward is not None]
-        held.clear()
-        held.extend(live)
-        while len(held) >= _StepChain._HELD:
-            old = held.popleft()()
-            if old is not None:
-                old.forward = None
         W_ih, W_hh = self.weights
-        self.forward = _core.PackedRecurrence(self.kind, F._c(_np(W_ih)), F._c(_np(W_hh)))
-        held.append(weakref.ref(self))
+        packed = _core.PackedRecurrence(self.kind, F._c(_np(W_ih)), F._c(_np(W_hh)))
+        with _StepChain._holding_lock:
+            held = _StepChain._holding
+            live = [ref for ref in held if (chain := ref()) is not None and chain.forward is not None]
+            held.clear()
+            held.extend(live)
+            while len(held) >= _StepChain._HELD:
+                old = held.popleft()()
+                if old is not None:
+                    old.forward = None
+            self.forward = packed
+            held.append(weakref.ref(self))
 
     @staticmethod
     def chainable(spec, x, W_hr):
@@ -407,11 +411,12 @@ class _StepChain:
     @staticmethod
     def drop_forward_packings(*_):
         """Drops every chain's forward packing (an optimizer's step pre-hook, for all optimizers)."""
-        held = _StepChain._holding
-        while held:
-            chain = held.popleft()()
-            if chain is not None:
-                chain.forward = None
+        with _StepChain._holding_lock:
+            held = _StepChain._holding
+            while held:
+                chain = held.popleft()()
+                if chain is not None:
+                    chain.forward = None
 
     def backward_packing(self, ws):
         """The packing for a backward call of this chain (made from its workspace ``ws`` at the
@@ -817,6 +822,19 @@ class _PyrnnRNNMixin(CellStateZoneout):
         PackedSequence when the input is one."""
         if _onnx.exporting():  # standard ONNX LSTM/GRU/RNN nodes (pyrnn/_onnx.py)
             return _onnx.export_forward(self, input, hx)
+        return self._forward(input, hx, None)
+
+    def _forward_with_lengths(self, x, lengths, hx):
+        """WithLengths' call while traced (torch.compile, torch.export, ...): padded ``x`` and its [B]
+        ``lengths`` straight to the pyrnn::rnn_layer operator, which takes lengths, where packing
+        (data-dependent shapes) does not trace; the padded output (zeros past each length) and the
+        states at each sequence's last step, as packing gives them. None (pack instead) when not
+        traced or for a subclass with a forward of its own."""
+        if type(self).forward is not _PyrnnRNNMixin.forward or not _traced(x):
+            return None
+        return self._forward(x, hx, lengths.to(torch.int64))
+
+    def _forward(self, input, hx, lengths):
         name = type(self).__name__
         dtype = _weights_dtype(self)
         input, hx = _autocast_inputs(dtype, input, hx)
@@ -831,7 +849,6 @@ class _PyrnnRNNMixin(CellStateZoneout):
                 raise InputError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
             unbatched = input.dim() == 2
             x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
-            lengths = None
         if x.size(-1) != self.input_size:
             raise InputError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
                                f"got {x.size(-1)}")
@@ -922,7 +939,7 @@ def _stacked_call(module, run, x, D, packed, unbatched, lengths, input):
     """A recurrent module's layers in turn (``run(layer, d, x)`` -> (y, h_n, c_n); dropout between
     layers in training), and its results in the layout of ``input``."""
     def dropout(layer, y):
-        if not (module.dropout > 0 and module.training):
+        if not (module.training and module.dropout > 0):
             return y
         if packed:  # torch.nn drops units of the packed data [sum(lengths), D*H]: the same draws, in that order
             p = _repack(y, lengths, input)
@@ -1585,16 +1602,17 @@ def _qconfig_precision(key, qconfig):
         return None
     weight = getattr(qconfig, "weight", None)
     if not callable(weight):
-        raise TypeError(f"quantize_dynamic: qconfig_spec[{key!r}] must be a qconfig (e.g. "
+        raise TypeError(f"quantize_dynamic: qconfig_spec's entry for {key} must be a qconfig (e.g. "
                         f"torch.ao.quantization.default_dynamic_qconfig) or None, got {type(qconfig).__name__}")
     wdtype = getattr(weight(), "dtype", None)
     if wdtype not in _QUANT_DTYPES:
-        raise ValueError(f"quantize_dynamic: qconfig_spec[{key!r}] asks for {wdtype} weights; pyrnn's kernels take "
-                         f"torch.qint8 or torch.bfloat16 (float16_dynamic_qconfig: use dtype=torch.bfloat16)")
+        raise ValueError(f"quantize_dynamic: qconfig_spec's entry for {key} asks for {wdtype} weights; pyrnn's "
+                         f"kernels take torch.qint8 or torch.bfloat16 (float16_dynamic_qconfig: use "
+                         f"dtype=torch.bfloat16)")
     return _QUANT_DTYPES[wdtype]
 
 
-def quantize_dynamic(model, qconfig_spec=None, dtype=torch.qint8, inplace=False):
+def quantize_dynamic(model, qconfig_spec=None, dtype=torch.qint8, mapping=None, inplace=False):
     """torch.ao.quantization.quantize_dynamic for recurrent layers, on pyrnn's kernels.
 
     Replaces every LSTM, GRU, RNN and cell (torch.nn or pyrnn.torch) in
@@ -1614,12 +1632,22 @@ def quantize_dynamic(model, qconfig_spec=None, dtype=torch.qint8, inplace=False)
     the layer's). Other modules (Linear included) are left as they are;
     torch's own ``quantize_dynamic(model, {nn.Linear})`` can follow. Returns
     the converted model (a copy unless ``inplace``); a recurrent module given
-    as ``model`` is returned converted.
+    as ``model`` is returned converted. ``mapping``, in torch's place (before
+    ``inplace``): None, or torch's dict from float module types to quantized
+    ones (e.g. ``get_default_dynamic_quant_module_mappings()``), of which
+    pyrnn reads the keys: only recurrent modules of those types are converted
+    (torch's default has no ``nn.RNN``), each by a frozen copy whatever the
+    value.
     """
     if not isinstance(dtype, (torch.dtype, str)) or dtype not in _QUANT_DTYPES:  # (a list: unhashable)
         raise ValueError(f"quantize_dynamic: dtype must be torch.qint8 or torch.bfloat16, got {dtype!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize_dynamic needs a torch.nn.Module, got {type(model).__name__}")
+    if mapping is not None and not isinstance(mapping, Mapping):  # (inplace passed 4th, as pyrnn's old order)
+        raise TypeError(f"quantize_dynamic: mapping (4th, as torch's) must be None or a dict from float module "
+                        f"types to quantized ones, got {type(mapping).__name__} {mapping!r}; pass inplace= by name")
+    if not isinstance(inplace, (bool, np.bool_)):
+        raise TypeError(f"quantize_dynamic: inplace must be a bool, got {type(inplace).__name__} {inplace!r}")
     if qconfig_spec is None:
         qconfig_spec = set(_RECURRENT + _CELLS)  # (and so pyrnn.torch's drop-ins of them)
     if isinstance(qconfig_spec, (str, type)) or not hasattr(qconfig_spec, "__iter__"):  # ("rnn" split into letters)
@@ -1646,11 +1674,12 @@ def quantize_dynamic(model, qconfig_spec=None, dtype=torch.qint8, inplace=False)
         return _QUANT_DTYPES[q] if not isinstance(qconfig_spec, Mapping) else _qconfig_precision(key, q)
 
     def convertible(m):
-        return isinstance(m, _RECURRENT + _CELLS) and type(m).forward in _LAYER_FORWARDS
+        return (isinstance(m, _RECURRENT + _CELLS) and type(m).forward in _LAYER_FORWARDS
+                and (mapping is None or type(m) in mapping or _DROP_INS.get(type(m)) in mapping))
 
     root = lookup("", model, None)
     if convertible(model):
-        p = precision_of("", root)
+        p = precision_of(f"the model ({type(model).__name__})", root)
         if p is not None:
             return _freeze_with_hooks(model, p)
     if not inplace:
@@ -1668,7 +1697,7 @@ def quantize_dynamic(model, qconfig_spec=None, dtype=torch.qint8, inplace=False)
             q = lookup(full, child, inherited)
             if convertible(child):
                 places.append((module, child_name, child))
-                p = precision_of(full, q)
+                p = precision_of(f"submodule {full!r} ({type(child).__name__})", q)
                 if p is not None:
                     chosen.setdefault(id(child), p)
             else:

@@ -25,3 +25,9 @@ def threads():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The `slow` end-to-end tests first (otherwise in collection order): with pytest-xdist's workers
+    (the README's `-n 2`) a long test that starts last leaves one worker running it alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

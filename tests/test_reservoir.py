@@ -576,3 +576,16 @@ def test_example_refuses_arguments_that_would_fail_later(argv, capsys):
     assert e.value.code == 2
     assert "error:" in capsys.readouterr().err
     ex.parse_args(["--fast", "--train", "300", "--washout", "297", "--lstm-window", "50"])
+
+
+def test_torch_tensors_that_require_grad_are_taken_as_arrays():
+    """An ESN takes torch tensors as the layers do, detached (a review, 2026-12-05: one that required
+    grad raised torch's "Can't call numpy() on Tensor that requires grad")."""
+    torch = pytest.importorskip("torch")
+    u = torch.randn(30, 2, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(30, 2, dtype=torch.float64, requires_grad=True)
+    a, b = ESN(2, 10, seed=0), ESN(2, 10, seed=0)
+    np.testing.assert_array_equal(a.states(u), b.states(u.detach().numpy()))
+    a.fit(u, y, washout=5)
+    b.fit(u.detach().numpy(), y.detach().numpy(), washout=5)
+    np.testing.assert_array_equal(a.predict(u), b.predict(u.detach().numpy()))

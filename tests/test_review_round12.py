@@ -419,6 +419,26 @@ def test_torch_zoneout_attributes_checked_at_forward():
 
 
 @needs_torch
+@pytest.mark.parametrize("attr", ["zoneout", "recurrent_dropout", "dropout"])
+def test_rates_set_to_none_name_the_attribute(attr):
+    """None assigned to a rate (e.g. on a schedule) is a TypeError naming it at the next training call
+    (a review, 2026-12-05: it was a bare "'>' not supported"); the LSTM's zoneout_c=None stays valid."""
+    made = [pt.LSTM(3, 4, num_layers=2), pt.LayerNormLSTM(3, 4), pt.GRUCell(3, 4), pyrnn.GRU(3, 4)]
+    for m in made:
+        if not hasattr(m, attr):
+            continue
+        setattr(m, attr, None)
+        x = np.zeros((2, 1, 3), np.float32) if isinstance(m, pyrnn.GRU) else \
+            (torch.zeros(2, 3) if isinstance(m, pt.GRUCell) else torch.zeros(2, 1, 3))
+        with pytest.raises(TypeError, match=f"{attr} should be a number in range .*got NoneType None"):
+            m(x)
+        m.eval()(x)
+    lstm = pt.LSTM(3, 4, zoneout=0.2)
+    lstm.zoneout_c = None  # (as zoneout)
+    lstm(torch.zeros(2, 1, 3))
+
+
+@needs_torch
 def test_bf16_state_dict_loads_into_numpy_layers_and_cells():
     ref = nn.LSTM(3, 4).to(torch.bfloat16)
     layer = pyrnn.LSTM(3, 4)

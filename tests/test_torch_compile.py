@@ -545,3 +545,42 @@ def test_double_backward_raises_through_the_operator():
     x = torch.randn(T, B, I, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="double backward is not supported"):
         grad(lambda x: grad(lambda x: m(x)[0].square().sum())(x).sum())(x)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: pt.GRU(4, 5),
+    lambda: pt.LSTM(4, 5, num_layers=2, bidirectional=True, batch_first=True),
+    lambda: pt.LSTM(4, 6, proj_size=3),
+    lambda: pt.RNN(4, 5, nonlinearity="relu", bidirectional=True),
+])
+def test_with_lengths_exports_and_compiles_fullgraph(make):
+    """pyrnn.torch.WithLengths over pyrnn's layers traces (a review, 2026-12-05: its check of the
+    lengths' values, and packing, failed torch.export and fullgraph compiles): traced, the lengths go
+    to the layers' operator, with the packed eager call's results bitwise and its gradients; the
+    exported program checks the lengths' values when it runs."""
+    torch.manual_seed(0)
+    rnn = make()
+    m = pt.WithLengths(rnn)
+    x = torch.randn(3, 6, 4) if rnn.batch_first else torch.randn(6, 3, 4)
+    lengths = torch.tensor([6, 2, 4])
+
+    def flat(out):
+        y, s = out
+        return [y] + ([s] if isinstance(s, torch.Tensor) else list(s))
+
+    with torch.no_grad():
+        eager = flat(m.eval()(x, lengths))
+        exported = torch.export.export(m, (x, lengths)).module()
+        for got in (flat(exported(x, lengths)), flat(torch.compile(m, fullgraph=True, backend="aot_eager")(x, lengths))):
+            assert all(torch.equal(a, b) for a, b in zip(got, eager))
+        with pytest.raises(ValueError, match=r"lengths must lie in \[1, T\] = \[1, 6\]"):
+            exported(x, torch.tensor([7, 2, 4]))
+    m.train()  # (no dropout between layers here: the same computation)
+    grads = []
+    for f in (m, torch.compile(m, fullgraph=True, backend="aot_eager")):
+        rnn.zero_grad()
+        xx = x.clone().requires_grad_(True)
+        sum(t.square().sum() for t in flat(f(xx, lengths))).backward()
+        grads.append([xx.grad] + [p.grad.clone() for p in rnn.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

@@ -58,6 +58,31 @@ def test_quantize_dynamic_selection_and_inplace():
         pt.quantize_dynamic(nn.LSTM(3, 4).double())
 
 
+def test_quantize_dynamic_takes_torchs_positional_mapping():
+    """torch.ao's signature (model, qconfig_spec, dtype, mapping, inplace): a mapping passed 4th is
+    not read as inplace (a review, 2026-12-05: the caller's model was converted in place); its keys
+    select the types converted; a bool 4th argument (pyrnn's old order) is a TypeError."""
+    from torch.ao.quantization import float16_dynamic_qconfig
+    from torch.ao.quantization.quantization_mappings import get_default_dynamic_quant_module_mappings
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.LSTM(4, 8), nn.RNN(8, 8), pt.GRU(8, 8))
+    mapping = get_default_dynamic_quant_module_mappings()  # (LSTM and GRU, no RNN)
+    q = pt.quantize_dynamic(model, None, torch.qint8, mapping)
+    assert isinstance(model[0], nn.LSTM) and model.training  # the caller's model untouched
+    assert isinstance(q[0], pt.FrozenRNN) and isinstance(q[1], nn.RNN) and isinstance(q[2], pt.FrozenRNN)
+    q = pt.quantize_dynamic(model, {nn.LSTM, nn.RNN}, torch.qint8, {nn.RNN: None}, False)
+    assert isinstance(q[0], nn.LSTM) and isinstance(q[1], pt.FrozenRNN) and isinstance(q[2], pt.GRU)
+    same = pt.quantize_dynamic(model, None, torch.qint8, None, True)
+    assert same is model and all(isinstance(m, pt.FrozenRNN) for m in model)
+    with pytest.raises(TypeError, match=r"mapping \(4th, as torch's\) must be None or a dict .* got bool True"):
+        pt.quantize_dynamic(nn.Sequential(nn.LSTM(3, 4)), None, torch.qint8, True)
+    with pytest.raises(TypeError, match="inplace must be a bool, got str"):
+        pt.quantize_dynamic(nn.LSTM(3, 4), inplace="yes")
+    with pytest.raises(ValueError, match=r"qconfig_spec's entry for submodule '0' \(LSTM\) asks for torch.float16"):
+        pt.quantize_dynamic(nn.Sequential(nn.LSTM(3, 4)), {nn.LSTM: float16_dynamic_qconfig})
+
+
 def test_frozen_layer_is_called_like_the_module():
     torch.manual_seed(1)
     m = pt.LSTM(5, 7, num_layers=2, bidirectional=True, batch_first=True, proj_size=3)

@@ -445,3 +445,54 @@ def test_a_deep_bidirectional_decoder_keeps_every_chain_packed():
     finally:
         pt._StepChain._pack_forward = real
     assert len(calls) == 10 and len({id(c) for c in calls}) == 10
+
+
+def test_steps_trained_from_several_python_threads():
+    """Cells trained step by step from several Python threads at once (a review, 2026-12-05): the
+    process-wide list of chains holding a forward packing is changed under a lock (it raised
+    "deque mutated during iteration" in most threads), and each thread's gradients equal a serial
+    run's bitwise."""
+    import sys
+    import threading
+
+    import copy
+
+    torch.manual_seed(0)  # (models made here: torch's default generator is one for all threads)
+    models = [([pt.GRUCell(4, 4) if j % 2 else pt.LSTMCell(4, 4) for j in range(12)], torch.randn(3, 2, 4))
+              for _ in range(4)]
+    copies = copy.deepcopy(models)
+
+    def train(k, models=models):
+        cells, x = models[k]
+        for _ in range(8):
+            outs = []
+            for c in cells:
+                h = None
+                for t in range(3):
+                    h = c(x[t], h)
+                outs.append(h[0] if isinstance(h, tuple) else h)
+            torch.stack(outs).sum().backward()
+        return [p.grad.clone() for c in cells for p in c.parameters()]
+
+    serial = [train(k, copies) for k in range(4)]
+    results, errors = {}, []
+
+    def worker(k):
+        try:
+            results[k] = train(k)
+        except Exception as e:  # (reported below)
+            errors.append(f"thread {k}: {type(e).__name__}: {e}")
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # (switches threads often: the race showed in most runs)
+    try:
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors
+    for k in range(4):
+        assert all(torch.equal(a, b) for a, b in zip(results[k], serial[k]))
