@@ -84,7 +84,8 @@ class _StepInputs:
             x, (h, c), unbatched = self._prepare(x, [("hx[0]", h), ("hx[1]", c)])
             h1, c1 = step(x, h, c, unbatched)
             return (h1[0], c1[0]) if unbatched else (h1, c1)
-        if isinstance(hx, tuple):  # an LSTM's (h, c) given to a GRU or RNN cell (a list is array-like)
+        if isinstance(hx, tuple) and any(e is None or hasattr(e, "shape") for e in hx):
+            # an LSTM's (h, c) given to a GRU or RNN cell (a tuple of numbers or rows is array-like)
             raise TypeError(f"{type(self).__name__}: hx must be an array h or None (only an LSTM cell takes a "
                             f"tuple (h, c)), got a tuple of {len(hx)}")
         x, (h,), unbatched = self._prepare(x, [("hx", hx)])

@@ -118,7 +118,8 @@ def test_cell_errors(call, exc, message):
 @pytest.mark.parametrize("frozen", [False, True])
 def test_gru_and_rnn_cells_refuse_an_lstm_state_tuple(cls, frozen):
     """An LSTM's (h, c) given to a GRU or RNN cell names the mistake (it was NumPy's "inhomogeneous
-    shape" error, or "Expected hx to be 2D ... got 3D"); a nested list h still works as an array."""
+    shape" error, or "Expected hx to be 2D ... got 3D"); nested lists or tuples of numbers still work as
+    an array."""
     cell = getattr(pyrnn, cls)(3, 4, seed=0, dtype=np.float64)
     step = cell.freeze() if frozen else cell
     x, h = np.ones((2, 3)), np.full((2, 4), 0.5)
@@ -127,6 +128,7 @@ def test_gru_and_rnn_cells_refuse_an_lstm_state_tuple(cls, frozen):
                                                       f"tuple (h, c)), got a tuple of {len(hx)}")):
             step(x, hx)
     np.testing.assert_array_equal(step(x, h.tolist()), step(x, h))
+    np.testing.assert_array_equal(step(x, tuple(map(tuple, h.tolist()))), step(x, h))  # (rows of numbers)
 
 
 @pytest.mark.parametrize("cls", ["LSTMCell", "GRUCell", "RNNCell"])

@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence  # noqa: E402
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pack_sequence  # noqa: E402
 
 import pyrnn.torch as pt  # noqa: E402
 
@@ -54,19 +54,28 @@ def test_malformed_packed_sequences_raise(which, case):
         module(packed)
 
 
+@pytest.mark.parametrize("how", ["unsorted", "sorted", "pack_sequence"])
 @pytest.mark.parametrize("which", list(_modules()))
-def test_well_formed_packed_sequences_are_accepted(which):
+def test_well_formed_packed_sequences_are_accepted(which, how):
     module = _modules()[which]
     batch_first = getattr(module, "batch_first", False)
     torch.manual_seed(1)
     x = torch.randn(3, 6, 4) if batch_first else torch.randn(6, 3, 4)
-    packed = pack_padded_sequence(x, torch.tensor([4, 6, 2]), batch_first=batch_first, enforce_sorted=False)
+    if how == "unsorted":
+        packed = pack_padded_sequence(x, torch.tensor([4, 6, 2]), batch_first=batch_first, enforce_sorted=False)
+    elif how == "sorted":  # (no indices)
+        packed = pack_padded_sequence(x, torch.tensor([6, 4, 2]), batch_first=batch_first)
+        assert packed.sorted_indices is None
+    else:
+        packed = pack_sequence([torch.randn(n, 4) for n in (4, 6, 2)], enforce_sorted=False)
     with torch.no_grad():
         y, _ = module(packed)
         # a hand-built PackedSequence equal to the one pack_padded_sequence made gives the same result
-        again = PackedSequence(packed.data.clone(), packed.batch_sizes.clone(), packed.sorted_indices.clone(),
-                               packed.unsorted_indices.clone())
+        again = PackedSequence(packed.data.clone(), packed.batch_sizes.clone(),
+                               *(None if i is None else i.clone() for i in (packed.sorted_indices,
+                                                                            packed.unsorted_indices)))
         y_again, _ = module(again)
     assert y.data.shape[0] == 12
     assert torch.equal(y_again.data, y.data)
-    assert torch.equal(y.unsorted_indices, packed.unsorted_indices)
+    assert (y.unsorted_indices is None) == (packed.unsorted_indices is None)
+    assert packed.unsorted_indices is None or torch.equal(y.unsorted_indices, packed.unsorted_indices)

@@ -584,3 +584,31 @@ def test_with_lengths_exports_and_compiles_fullgraph(make):
         grads.append([xx.grad] + [p.grad.clone() for p in rnn.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_with_lengths_traced_keeps_the_layers_hooks():
+    """A hook on the layer (its own or a global one) sees the traced call as the eager one: traced
+    (here a tensor subclass input, nn.Parameter, which takes the operator's path), WithLengths then
+    packs as in eager instead of calling the operator; unhooked, it calls the operator."""
+    torch.manual_seed(0)
+    rnn = pt.GRU(4, 5)
+    m = pt.WithLengths(rnn)
+    x, lengths = nn.Parameter(torch.randn(6, 3, 4)), torch.tensor([6, 2, 4])
+    assert pt._traced(x)
+    direct = rnn._forward_with_lengths(x, lengths, None)
+    assert direct is not None
+    calls = []
+    handle = rnn.register_forward_pre_hook(lambda mod, args: calls.append(type(args[0]).__name__))
+    try:
+        assert rnn._forward_with_lengths(x, lengths, None) is None
+        y, h = m(x, lengths)
+    finally:
+        handle.remove()
+    assert calls == ["PackedSequence"]
+    assert torch.equal(y, direct[0]) and torch.equal(h, direct[1])
+    handle = nn.modules.module.register_module_forward_pre_hook(lambda mod, args: calls.append(type(mod).__name__))
+    try:
+        assert rnn._forward_with_lengths(x, lengths, None) is None
+    finally:
+        handle.remove()
+    assert rnn._forward_with_lengths(x, lengths, None) is not None

@@ -77,8 +77,6 @@ def test_quantize_dynamic_takes_torchs_positional_mapping():
     assert same is model and all(isinstance(m, pt.FrozenRNN) for m in model)
     with pytest.raises(TypeError, match=r"mapping \(4th, as torch's\) must be None or a dict .* got bool True"):
         pt.quantize_dynamic(nn.Sequential(nn.LSTM(3, 4)), None, torch.qint8, True)
-    with pytest.raises(TypeError, match="inplace must be a bool, got str"):
-        pt.quantize_dynamic(nn.LSTM(3, 4), inplace="yes")
     with pytest.raises(ValueError, match=r"qconfig_spec's entry for submodule '0' \(LSTM\) asks for torch.float16"):
         pt.quantize_dynamic(nn.Sequential(nn.LSTM(3, 4)), {nn.LSTM: float16_dynamic_qconfig})
 
