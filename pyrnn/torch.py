@@ -607,7 +607,7 @@ def _check_packed(owner, packed, dtype):
 
 def _hooked(module):
     """Whether calling ``module`` runs any hook (its own or a global one), as Module.__call__ decides."""
-    from torch.nn.modules import module as m
+    m = nn.modules.module
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
                 or module._backward_pre_hooks or getattr(m, "_global_forward_hooks", None)
                 or getattr(m, "_global_forward_pre_hooks", None) or getattr(m, "_global_backward_hooks", None)
